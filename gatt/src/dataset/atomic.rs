@@ -1,0 +1,63 @@
+//! Write-then-rename, so readers never see half a file.
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+/// A file written under a temporary name next to its target and renamed into place by
+/// [`AtomicFile::commit`]; dropped without commit, the temporary file is removed.
+pub struct AtomicFile {
+    target: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(target: &Path) -> Result<Self> {
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create folder", e))?;
+        }
+        let name = target
+            .file_name()
+            .ok_or_else(|| Error::input(format!("{}: not a file path", target.display())))?;
+        let tmp = target.with_file_name(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+        Ok(AtomicFile {
+            target: target.to_path_buf(),
+            tmp,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+
+    pub fn writer(&mut self) -> &mut BufWriter<File> {
+        self.file.as_mut().expect("writer used after commit")
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let w = self.file.take().expect("committed twice");
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, "write", e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&self.tmp, "write", e))?;
+        drop(f);
+        std::fs::rename(&self.tmp, &self.target)
+            .map_err(|e| Error::io(&self.target, "move into place", e))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Datasets on disk: dialogue records and masked samples, as JSONL or Parquet.
+//!
+//! Readers stream (a JSONL line or a Parquet slice at a time) and report errors by
+//! file, line/row and field. Writers write to a temporary file and rename it into place
+//! only when the whole dataset is written, so a crash never leaves a partial output.
+
+mod atomic;
+mod jsonl;
+mod parquet;
+mod raw;
+
+pub use atomic::AtomicFile;
+
+use crate::dialogue::Dialogue;
+use crate::error::{Error, Result};
+use crate::mask::MaskedSample;
+use std::path::{Path, PathBuf};
+
+/// File format, from `--format` or the file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Parquet,
+    Jsonl,
+}
+
+impl Format {
+    /// `.parquet` is Parquet; `.jsonl`, `.json` and `.ndjson` are JSON lines.
+    pub fn from_path(path: &Path) -> Result<Format> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("parquet") | Some("pq") => Ok(Format::Parquet),
+            Some("jsonl") | Some("json") | Some("ndjson") => Ok(Format::Jsonl),
+            _ => Err(Error::input(format!(
+                "{}: unknown file type; use a .jsonl or .parquet extension (or --format)",
+                path.display()
+            ))),
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Jsonl => "jsonl",
+        }
+    }
+}
+
+/// Where a record sits in its file, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    /// 1-based line (JSONL) or 0-based row (Parquet).
+    pub index: usize,
+    pub format: Format,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.format {
+            Format::Jsonl => write!(f, "{}:{}", self.path.display(), self.index),
+            Format::Parquet => write!(f, "{}: row {}", self.path.display(), self.index),
+        }
+    }
+}
+
+/// Streams the dialogue records of a JSONL or Parquet file (our records, or ShareGPT's
+/// `conversations: [{from, value}]`).
+pub fn read_dialogues(
+    path: &Path,
+) -> Result<Box<dyn Iterator<Item = Result<(Location, Dialogue)>> + Send>> {
+    match Format::from_path(path)? {
+        Format::Jsonl => Ok(Box::new(jsonl::DialogueLines::open(path)?)),
+        Format::Parquet => Ok(Box::new(parquet::DialogueRows::open(path)?)),
+    }
+}
+
+/// Reads a whole dataset into memory (for small inputs such as user-turn banks).
+pub fn read_all(path: &Path) -> Result<Vec<Dialogue>> {
+    read_dialogues(path)?.map(|r| r.map(|(_, d)| d)).collect()
+}
+
+/// Writes dialogue records; [`DialogueWriter::finish`] makes the file appear.
+pub enum DialogueWriter {
+    Jsonl(jsonl::JsonlWriter),
+    Parquet(parquet::DialogueParquet),
+}
+
+impl DialogueWriter {
+    pub fn create(path: &Path, format: Format) -> Result<Self> {
+        Ok(match format {
+            Format::Jsonl => DialogueWriter::Jsonl(jsonl::JsonlWriter::create(path)?),
+            Format::Parquet => DialogueWriter::Parquet(parquet::DialogueParquet::create(path)?),
+        })
+    }
+
+    pub fn write(&mut self, d: &Dialogue) -> Result<()> {
+        match self {
+            DialogueWriter::Jsonl(w) => w.write(d),
+            DialogueWriter::Parquet(w) => w.write(d),
+        }
+    }
+
+    pub fn finish(self) -> Result<()> {
+        match self {
+            DialogueWriter::Jsonl(w) => w.finish(),
+            DialogueWriter::Parquet(w) => w.finish(),
+        }
+    }
+}
+
+/// Writes masked samples: `id, input_ids, labels, attention_mask, n_tokens, n_loss_tokens`.
+pub enum SampleWriter {
+    Jsonl(jsonl::JsonlWriter),
+    Parquet(parquet::SampleParquet),
+}
+
+#[derive(serde::Serialize)]
+struct SampleRow<'a> {
+    id: &'a str,
+    input_ids: &'a [u32],
+    labels: &'a [i64],
+    attention_mask: &'a [u8],
+    n_tokens: usize,
+    n_loss_tokens: usize,
+}
+
+impl SampleWriter {
+    pub fn create(path: &Path, format: Format) -> Result<Self> {
+        Ok(match format {
+            Format::Jsonl => SampleWriter::Jsonl(jsonl::JsonlWriter::create(path)?),
+            Format::Parquet => SampleWriter::Parquet(parquet::SampleParquet::create(path)?),
+        })
+    }
+
+    pub fn write(&mut self, s: &MaskedSample) -> Result<()> {
+        match self {
+            SampleWriter::Jsonl(w) => w.write(&SampleRow {
+                id: &s.id,
+                input_ids: &s.input_ids,
+                labels: &s.labels,
+                attention_mask: &s.attention_mask,
+                n_tokens: s.n_tokens(),
+                n_loss_tokens: s.n_loss_tokens(),
+            }),
+            SampleWriter::Parquet(w) => w.write(s),
+        }
+    }
+
+    pub fn finish(self) -> Result<()> {
+        match self {
+            SampleWriter::Jsonl(w) => w.finish(),
+            SampleWriter::Parquet(w) => w.finish(),
+        }
+    }
+}
+
+/// Reads masked samples back (for `gatt inspect` and training).
+pub fn read_samples(path: &Path) -> Result<Vec<MaskedSample>> {
+    match Format::from_path(path)? {
+        Format::Parquet => parquet::read_samples(path),
+        Format::Jsonl => jsonl::read_samples(path),
+    }
+}
+
+#[cfg(test)]
+mod tests;

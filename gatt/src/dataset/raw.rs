@@ -1,0 +1,112 @@
+//! The record shapes accepted on input, converted to [`Dialogue`].
+
+use super::Location;
+use crate::dialogue::{Constraint, Dialogue, Message, Role};
+use crate::error::{Error, Result};
+use serde::Deserialize;
+
+/// Our record, or a ShareGPT one; everything optional so that missing fields get
+/// a message naming them rather than a generic parse error.
+#[derive(Deserialize)]
+struct RawRecord {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+    #[serde(default)]
+    conversations: Option<Vec<ShareGptTurn>>,
+    #[serde(default)]
+    instruction: Option<String>,
+    #[serde(default)]
+    constraints: Option<Vec<Constraint>>,
+    /// An object, or (in Parquet) the same object as a JSON string.
+    #[serde(default)]
+    meta: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ShareGptTurn {
+    from: String,
+    value: String,
+}
+
+fn sharegpt_role(from: &str) -> Option<Role> {
+    match from {
+        "system" => Some(Role::System),
+        "human" | "user" => Some(Role::User),
+        "gpt" | "assistant" | "chatgpt" | "bing" | "bard" | "model" => Some(Role::Assistant),
+        _ => None,
+    }
+}
+
+/// Parses one JSON record found at `loc`.
+pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let raw: RawRecord = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let syntax = e.inner().is_syntax() || e.inner().is_eof();
+        if path == "." || syntax {
+            Error::input(format!("{loc}: invalid JSON record: {}", e.inner()))
+        } else {
+            Error::input(format!("{loc}: field `{path}`: {}", e.inner()))
+        }
+    })?;
+    let messages = match (raw.messages, raw.conversations) {
+        (Some(m), _) => m,
+        (None, Some(turns)) => turns
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let role = sharegpt_role(&t.from).ok_or_else(|| {
+                    Error::input(format!(
+                        "{loc}: field `conversations[{i}].from`: unknown speaker `{}` \
+                         (expected system, human or gpt)",
+                        t.from
+                    ))
+                })?;
+                Ok(Message::new(role, t.value))
+            })
+            .collect::<Result<_>>()?,
+        (None, None) => {
+            return Err(Error::input(format!(
+                "{loc}: field `messages` missing (expected `messages: [{{role, content}}]` or \
+                 ShareGPT `conversations: [{{from, value}}]`)"
+            )))
+        }
+    };
+    let id = match raw.id {
+        Some(serde_json::Value::String(s)) => s,
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        Some(serde_json::Value::Null) | None => format!("row-{}", loc.index),
+        Some(other) => {
+            return Err(Error::input(format!(
+                "{loc}: field `id`: expected a string or number, found {other}"
+            )))
+        }
+    };
+    let meta = match raw.meta {
+        None | Some(serde_json::Value::Null) => Default::default(),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(serde_json::Value::String(s)) if s.is_empty() => Default::default(),
+        Some(serde_json::Value::String(s)) => match serde_json::from_str(&s) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => {
+                return Err(Error::input(format!(
+                    "{loc}: field `meta`: expected a JSON object"
+                )))
+            }
+        },
+        Some(_) => {
+            return Err(Error::input(format!(
+                "{loc}: field `meta`: expected a JSON object"
+            )))
+        }
+    };
+    Ok(Dialogue {
+        id,
+        messages,
+        instruction: raw.instruction.unwrap_or_default(),
+        constraints: raw.constraints.unwrap_or_default(),
+        meta,
+    })
+}

@@ -1,0 +1,281 @@
+//! Loss masks: which tokens of a rendered conversation the trainer learns from.
+//!
+//! The flow for one record is
+//! `render (template) -> reply spans (text) -> tokenize once -> align spans to tokens ->
+//! verify -> labels`. Nothing depends on `{% generation %}` tags: a reply's span is
+//! found by rendering the conversation up to it with the generation prompt (exactly the
+//! text the model sees at inference) and checking that the whole conversation continues
+//! that text with the reply and an end-of-turn marker.
+
+mod align;
+mod spans;
+
+use crate::dialogue::{Dialogue, Message, Purpose, Role};
+use crate::model::ChatFormat;
+use crate::template::ChatTemplate;
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+/// Label value that carries no loss (what PyTorch's cross-entropy ignores).
+pub const IGNORE: i64 = -100;
+
+/// Which tokens carry loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Only the final assistant reply and its end-of-turn marker (the paper's GAtt).
+    #[default]
+    Gatt,
+    /// One sample per assistant turn: the conversation up to that reply, loss only on it.
+    GattExpand,
+    /// Every assistant reply (ordinary SFT, for ablations).
+    Assistant,
+    /// Every token.
+    All,
+}
+
+/// How to treat records longer than `--max-len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Truncate {
+    /// Drop the oldest user/assistant pairs (keeping the system message and the final
+    /// reply intact) until the record fits.
+    Left,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MaskOptions {
+    pub policy: Policy,
+    pub max_len: Option<usize>,
+    pub truncate: Option<Truncate>,
+}
+
+/// One training sample, in the layout Hugging Face trainers read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MaskedSample {
+    /// The record's id; expanded samples get `ID#TURN`.
+    pub id: String,
+    pub input_ids: Vec<u32>,
+    /// Aligned with `input_ids` (the trainer shifts): the token id where there is
+    /// loss, [`IGNORE`] elsewhere.
+    pub labels: Vec<i64>,
+    pub attention_mask: Vec<u8>,
+}
+
+impl MaskedSample {
+    pub fn n_tokens(&self) -> usize {
+        self.input_ids.len()
+    }
+    pub fn n_loss_tokens(&self) -> usize {
+        self.labels.iter().filter(|l| **l != IGNORE).count()
+    }
+}
+
+/// Why a record produced no sample; `--on-error skip` counts records by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The record is malformed (role order, empty content, no final reply).
+    Invalid,
+    /// The template raised an error or could not render.
+    TemplateError,
+    /// The template renders earlier turns differently once later turns follow.
+    TemplateRewritesHistory,
+    /// The template changes the reply's text (e.g. strips it).
+    TemplateAltersReply,
+    /// No end-of-turn marker follows a reply.
+    NoEndOfTurn,
+    /// A token crosses the boundary between template text and reply.
+    SeamMerge,
+    /// The loss tokens do not decode to the reply and its marker.
+    DecodeMismatch,
+    /// Longer than `--max-len` (and not truncated).
+    TooLong,
+    /// No token carries loss.
+    EmptyMask,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Invalid => "invalid",
+            SkipReason::TemplateError => "template_error",
+            SkipReason::TemplateRewritesHistory => "template_rewrites_history",
+            SkipReason::TemplateAltersReply => "template_alters_reply",
+            SkipReason::NoEndOfTurn => "no_end_of_turn",
+            SkipReason::SeamMerge => "seam_merge",
+            SkipReason::DecodeMismatch => "decode_mismatch",
+            SkipReason::TooLong => "too_long",
+            SkipReason::EmptyMask => "empty_mask",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskError {
+    pub reason: SkipReason,
+    pub detail: String,
+}
+
+impl MaskError {
+    pub(crate) fn new(reason: SkipReason, detail: impl Into<String>) -> Self {
+        MaskError {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for MaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.detail, self.reason.as_str())
+    }
+}
+
+/// Builds masked samples for one model's template and tokenizer.
+pub struct Masker {
+    template: ChatTemplate,
+    tokenizer: Tokenizer,
+    /// Sorted ids of special tokens: text between them is tokenized independently.
+    special_ids: Vec<u32>,
+    opts: MaskOptions,
+}
+
+impl Masker {
+    pub fn new(format: ChatFormat, opts: MaskOptions) -> Self {
+        let ChatFormat {
+            mut tokenizer,
+            template,
+            ..
+        } = format;
+        // Special tokens come from the template text; a post-processor would only add
+        // tokens or trim offsets, both wrong here (transformers tokenizes chat
+        // templates with add_special_tokens=False).
+        tokenizer.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        let special_ids = crate::tokenizer::special_ids(&tokenizer);
+        Masker {
+            template,
+            tokenizer,
+            special_ids,
+            opts,
+        }
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Masks one record (whose messages already carry the instruction where training
+    /// wants it); every sample is verified before it is returned.
+    pub fn mask(&self, d: &Dialogue) -> Result<Vec<MaskedSample>, MaskError> {
+        d.validate(Purpose::Training)
+            .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
+        let mut messages = d.messages.clone();
+        loop {
+            let full = self.render(&messages, false)?;
+            let enc = self
+                .tokenizer
+                .encode(full.as_str(), false)
+                .map_err(|e| MaskError::new(SkipReason::TemplateError, format!("tokenizer: {e}")))?;
+            if let Some(max) = self.opts.max_len {
+                if enc.len() > max {
+                    if self.opts.truncate == Some(Truncate::Left) && drop_oldest_pair(&mut messages) {
+                        continue;
+                    }
+                    return Err(MaskError::new(
+                        SkipReason::TooLong,
+                        format!("{} tokens, more than --max-len {max}", enc.len()),
+                    ));
+                }
+            }
+            return self.samples(&d.id, &messages, &full, enc.get_ids(), enc.get_offsets());
+        }
+    }
+
+    fn render(&self, messages: &[Message], gen_prompt: bool) -> Result<String, MaskError> {
+        self.template
+            .render(messages, gen_prompt)
+            .map_err(|e| MaskError::new(SkipReason::TemplateError, e.to_string()))
+    }
+
+    fn samples(
+        &self,
+        id: &str,
+        messages: &[Message],
+        full: &str,
+        ids: &[u32],
+        offsets: &[(usize, usize)],
+    ) -> Result<Vec<MaskedSample>, MaskError> {
+        if self.opts.policy == Policy::All {
+            return Ok(vec![sample(id.to_string(), ids, ids.len(), &[0..ids.len()])?]);
+        }
+        let replies: Vec<usize> = match self.opts.policy {
+            Policy::Gatt => vec![messages.len() - 1],
+            _ => messages
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.role == Role::Assistant)
+                .map(|(i, _)| i)
+                .collect(),
+        };
+        let mut token_spans = Vec::with_capacity(replies.len());
+        for &i in &replies {
+            let prompt = self.render(&messages[..i], true)?;
+            let span = spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
+            let tokens = align::token_span(offsets, span.start, span.end, i)?;
+            align::verify_prompt(&self.tokenizer, &self.special_ids, full, ids, offsets, tokens.start)?;
+            align::verify_decode(&self.tokenizer, full, ids, &span, &tokens, i)?;
+            token_spans.push(tokens);
+        }
+        match self.opts.policy {
+            Policy::GattExpand => token_spans
+                .iter()
+                .enumerate()
+                .map(|(turn, t)| sample(format!("{id}#{}", turn + 1), ids, t.end, std::slice::from_ref(t)))
+                .collect(),
+            _ => Ok(vec![sample(id.to_string(), ids, ids.len(), &token_spans)?]),
+        }
+    }
+}
+
+/// Removes the oldest user/assistant pair after the system message; false when only the
+/// final exchange is left.
+fn drop_oldest_pair(messages: &mut Vec<Message>) -> bool {
+    let start = usize::from(messages.first().map(|m| m.role) == Some(Role::System));
+    if messages.len() - start <= 2 {
+        return false;
+    }
+    messages.drain(start..start + 2);
+    true
+}
+
+fn sample(
+    id: String,
+    ids: &[u32],
+    len: usize,
+    loss: &[std::ops::Range<usize>],
+) -> Result<MaskedSample, MaskError> {
+    let mut labels = vec![IGNORE; len];
+    for r in loss {
+        for t in r.clone() {
+            labels[t] = i64::from(ids[t]);
+        }
+    }
+    let s = MaskedSample {
+        id,
+        input_ids: ids[..len].to_vec(),
+        labels,
+        attention_mask: vec![1; len],
+    };
+    if s.n_loss_tokens() == 0 {
+        return Err(MaskError::new(SkipReason::EmptyMask, "no token carries loss"));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests;

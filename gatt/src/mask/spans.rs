@@ -1,0 +1,82 @@
+//! Finding a reply in the rendered text.
+
+use super::{MaskError, SkipReason};
+use crate::template::ChatTemplate;
+
+/// Byte range of one reply in the rendered conversation: from where the model starts
+/// writing (the end of the generation prompt) to the end of its end-of-turn marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplySpan {
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Locates message `turn` (content `content`) in `full`, given `prompt`: the conversation
+/// before it rendered with the generation prompt.
+pub fn reply_span(
+    template: &ChatTemplate,
+    full: &str,
+    prompt: &str,
+    content: &str,
+    turn: usize,
+) -> Result<ReplySpan, MaskError> {
+    if !full.starts_with(prompt) {
+        let at = full
+            .bytes()
+            .zip(prompt.bytes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(full.len().min(prompt.len()));
+        return Err(MaskError::new(
+            SkipReason::TemplateRewritesHistory,
+            format!(
+                "messages[{turn}]: the prompt the model sees at inference (the conversation \
+                 before this reply, with the generation prompt) is not a prefix of the whole \
+                 rendered conversation; they differ from byte {at}: the template rewrites \
+                 earlier turns or its generation prompt differs from its assistant header"
+            ),
+        ));
+    }
+    let after = &full[prompt.len()..];
+    // The template may put whitespace between its header and the reply (llama2's space).
+    let gap = after
+        .char_indices()
+        .take_while(|(_, c)| c.is_whitespace())
+        .map(|(i, c)| i + c.len_utf8())
+        .chain(std::iter::once(0))
+        .filter(|g| after[*g..].starts_with(content))
+        .min()
+        .ok_or_else(|| {
+            MaskError::new(
+                SkipReason::TemplateAltersReply,
+                format!(
+                    "messages[{turn}]: the template does not reproduce the reply verbatim \
+                     (it strips or rewrites it), so its tokens cannot be located"
+                ),
+            )
+        })?;
+    let rest = &after[gap + content.len()..];
+    let marker = template
+        .end_of_turn
+        .iter()
+        .filter_map(|m| rest.find(m.as_str()).map(|p| (p, m.len())))
+        .min()
+        .filter(|(p, _)| rest[..*p].trim().is_empty())
+        .ok_or_else(|| {
+            MaskError::new(
+                SkipReason::NoEndOfTurn,
+                format!(
+                    "messages[{turn}]: no end-of-turn marker ({}) follows the reply in the \
+                     rendered text",
+                    if template.end_of_turn.is_empty() {
+                        "none known for this template".to_string()
+                    } else {
+                        template.end_of_turn.join(", ")
+                    }
+                ),
+            )
+        })?;
+    Ok(ReplySpan {
+        start: prompt.len(),
+        end: prompt.len() + gap + content.len() + marker.0 + marker.1,
+    })
+}

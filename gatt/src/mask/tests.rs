@@ -1,0 +1,220 @@
+use super::*;
+use crate::dialogue::{Dialogue, Message};
+use crate::model::ChatFormat;
+use crate::template::ChatTemplate;
+use proptest::prelude::*;
+use std::sync::OnceLock;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden");
+
+fn tokenizer() -> Tokenizer {
+    static TOK: OnceLock<Tokenizer> = OnceLock::new();
+    TOK.get_or_init(|| {
+        crate::tokenizer::from_json_file(&std::path::Path::new(FIXTURES).join("smollm2_tokenizer.json"))
+            .unwrap()
+    })
+    .clone()
+}
+
+/// SmolLM2's own template and tokenizer, from the committed fixtures.
+fn smollm2(opts: MaskOptions) -> Masker {
+    let source = std::fs::read_to_string(format!("{FIXTURES}/smollm2_chat_template.jinja")).unwrap();
+    let template =
+        ChatTemplate::new("smollm2", source, "<|im_start|>", "<|im_end|>", vec![]).unwrap();
+    let format = ChatFormat {
+        tokenizer: tokenizer(),
+        template,
+        stop_ids: vec![2],
+    };
+    let format = format.with_template_markers();
+    Masker::new(format, opts)
+}
+
+fn policy(p: Policy) -> MaskOptions {
+    MaskOptions {
+        policy: p,
+        ..Default::default()
+    }
+}
+
+fn dialogue() -> Dialogue {
+    Dialogue::new(
+        "d1",
+        vec![
+            Message::system("Always answer in French."),
+            Message::user("Hello!"),
+            Message::assistant("Bonjour !"),
+            Message::user("What is 2+2?"),
+            Message::assistant("Deux plus deux font 4."),
+        ],
+    )
+}
+
+fn loss_text(m: &Masker, s: &MaskedSample) -> String {
+    let ids: Vec<u32> = s.labels.iter().filter(|l| **l != IGNORE).map(|l| *l as u32).collect();
+    m.tokenizer().decode(&ids, false).unwrap()
+}
+
+#[test]
+fn gatt_trains_only_the_final_reply_and_its_end_of_turn() {
+    let m = smollm2(policy(Policy::Gatt));
+    let out = m.mask(&dialogue()).unwrap();
+    assert_eq!(out.len(), 1);
+    let s = &out[0];
+    assert_eq!(loss_text(&m, s), "Deux plus deux font 4.<|im_end|>");
+    // The loss tokens are one contiguous run at the end (only the final "\n" follows).
+    let first = s.labels.iter().position(|l| *l != IGNORE).unwrap();
+    let last = s.labels.iter().rposition(|l| *l != IGNORE).unwrap();
+    assert_eq!(last - first + 1, s.n_loss_tokens());
+    assert_eq!(s.input_ids[last], 2, "the <|im_end|> token carries loss");
+    assert_eq!(last, s.n_tokens() - 2);
+    // The earlier reply's tokens and end-of-turn carry none.
+    assert_eq!(s.labels.iter().filter(|l| **l == 2).count(), 1);
+}
+
+#[test]
+fn prompt_tokens_are_what_the_model_sees_at_inference() {
+    let m = smollm2(policy(Policy::Gatt));
+    let d = dialogue();
+    let s = &m.mask(&d).unwrap()[0];
+    let prompt = m.template().render(&d.messages[..4], true).unwrap();
+    let prompt_ids = m.tokenizer().encode(prompt.as_str(), false).unwrap();
+    let first = s.labels.iter().position(|l| *l != IGNORE).unwrap();
+    assert_eq!(&s.input_ids[..first], prompt_ids.get_ids());
+    // And the whole sequence is the tokenization of the full rendering.
+    let full = m.template().render(&d.messages, false).unwrap();
+    assert_eq!(s.input_ids, m.tokenizer().encode(full.as_str(), false).unwrap().get_ids());
+}
+
+#[test]
+fn expand_gives_one_sample_per_reply() {
+    let m = smollm2(policy(Policy::GattExpand));
+    let out = m.mask(&dialogue()).unwrap();
+    assert_eq!(out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["d1#1", "d1#2"]);
+    assert_eq!(loss_text(&m, &out[0]), "Bonjour !<|im_end|>");
+    assert_eq!(loss_text(&m, &out[1]), "Deux plus deux font 4.<|im_end|>");
+    // Each sample ends with its reply's end-of-turn token and is a prefix of the next.
+    assert_eq!(*out[0].input_ids.last().unwrap(), 2);
+    assert!(out[1].input_ids.starts_with(&out[0].input_ids));
+}
+
+#[test]
+fn assistant_policy_trains_every_reply() {
+    let m = smollm2(policy(Policy::Assistant));
+    let s = &m.mask(&dialogue()).unwrap()[0];
+    assert_eq!(loss_text(&m, s), "Bonjour !<|im_end|>Deux plus deux font 4.<|im_end|>");
+}
+
+#[test]
+fn all_policy_trains_every_token() {
+    let m = smollm2(policy(Policy::All));
+    let s = &m.mask(&dialogue()).unwrap()[0];
+    assert_eq!(s.n_loss_tokens(), s.n_tokens());
+}
+
+#[test]
+fn reply_starting_with_spaces_is_a_seam_merge() {
+    let m = smollm2(policy(Policy::Gatt));
+    let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("  indented")]);
+    let e = m.mask(&d).unwrap_err();
+    assert_eq!(e.reason, SkipReason::SeamMerge, "{e}");
+}
+
+#[test]
+fn template_that_rewrites_history_is_refused() {
+    // Shows only the latest user message: earlier turns vanish once a new one follows.
+    let source = "{% for m in messages %}{% if m.role == 'assistant' or loop.last %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let t = ChatTemplate::new("rewriter", source, "", "<|im_end|>", vec![]).unwrap();
+    let format = ChatFormat { tokenizer: tokenizer(), template: t, stop_ids: vec![2] }
+        .with_template_markers();
+    let m = Masker::new(format, policy(Policy::Gatt));
+    let e = m.mask(&dialogue()).unwrap_err();
+    assert_eq!(e.reason, SkipReason::TemplateRewritesHistory, "{e}");
+}
+
+#[test]
+fn template_that_strips_replies_is_refused() {
+    let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let t = ChatTemplate::new("strip", source, "", "<|im_end|>", vec![]).unwrap();
+    let format = ChatFormat { tokenizer: tokenizer(), template: t, stop_ids: vec![2] }
+        .with_template_markers();
+    let m = Masker::new(format, policy(Policy::Gatt));
+    let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("ok \n")]);
+    assert_eq!(m.mask(&d).unwrap_err().reason, SkipReason::TemplateAltersReply);
+}
+
+#[test]
+fn invalid_records_are_reported_with_the_field() {
+    let m = smollm2(policy(Policy::Gatt));
+    let d = Dialogue::new("s", vec![Message::user("hi"), Message::user("again")]);
+    let e = m.mask(&d).unwrap_err();
+    assert_eq!(e.reason, SkipReason::Invalid);
+    assert!(e.detail.contains("messages[1].role"), "{e}");
+}
+
+#[test]
+fn max_len_skips_and_truncate_left_keeps_system_and_final_reply() {
+    let full = smollm2(policy(Policy::Gatt)).mask(&dialogue()).unwrap()[0].n_tokens();
+    let limit = full - 5;
+    let skip = smollm2(MaskOptions { max_len: Some(limit), ..policy(Policy::Gatt) });
+    assert_eq!(skip.mask(&dialogue()).unwrap_err().reason, SkipReason::TooLong);
+    let trunc = smollm2(MaskOptions {
+        max_len: Some(limit),
+        truncate: Some(Truncate::Left),
+        ..policy(Policy::Gatt)
+    });
+    let s = &trunc.mask(&dialogue()).unwrap()[0];
+    assert!(s.n_tokens() <= limit);
+    let text = trunc.tokenizer().decode(&s.input_ids, false).unwrap();
+    assert!(text.contains("Always answer in French."), "{text}");
+    assert!(!text.contains("Bonjour"), "{text}");
+    assert_eq!(loss_text(&trunc, s), "Deux plus deux font 4.<|im_end|>");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Whatever the text (unicode, emoji, CJK, whitespace, marker look-alikes), a mask is
+    /// either verified or refused with a reason; never silently wrong.
+    #[test]
+    fn masks_are_verified_or_refused(
+        turns in proptest::collection::vec((text(), text()), 1..4),
+        system in proptest::option::of(text()),
+    ) {
+        let m = smollm2(policy(Policy::Gatt));
+        let mut msgs: Vec<Message> = system.into_iter().map(Message::system).collect();
+        for (u, a) in &turns {
+            msgs.push(Message::user(u.clone()));
+            msgs.push(Message::assistant(a.clone()));
+        }
+        let d = Dialogue::new("p", msgs.clone());
+        match m.mask(&d) {
+            Ok(out) => {
+                let s = &out[0];
+                let want = format!("{}<|im_end|>", msgs.last().unwrap().content);
+                prop_assert_eq!(loss_text(&m, s), want);
+                let prompt = m.template().render(&msgs[..msgs.len() - 1], true).unwrap();
+                let ids = m.tokenizer().encode(prompt.as_str(), false).unwrap();
+                let first = s.labels.iter().position(|l| *l != IGNORE).unwrap();
+                prop_assert_eq!(&s.input_ids[..first], ids.get_ids());
+            }
+            Err(e) => prop_assert!(
+                matches!(e.reason, SkipReason::SeamMerge | SkipReason::Invalid | SkipReason::DecodeMismatch),
+                "unexpected refusal: {}", e
+            ),
+        }
+    }
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9 .,!?]{1,40}",
+        "\\PC{1,30}",
+        Just("<|im_end|> looks like a marker".to_string()),
+        Just("[INST] not an instruction [/INST]".to_string()),
+        Just("  leading spaces".to_string()),
+        Just("trailing newline\n".to_string()),
+        Just("日本語のテキスト 😀👍🏽 مرحبا".to_string()),
+        Just("\n\n1. first\n2. second".to_string()),
+    ]
+}

@@ -1,0 +1,195 @@
+//! Everything about a model but its weights.
+
+use crate::error::{Error, Result};
+use crate::template::ChatTemplate;
+use crate::tokenizer;
+use candle_core::quantized::gguf_file;
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// Markers that close a turn in the common chat formats; those that are special tokens
+/// of the model's tokenizer count as end-of-turn markers besides its EOS token.
+const KNOWN_END_OF_TURN: [&str; 6] = [
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|endoftext|>",
+    "</s>",
+];
+
+/// A model's tokenizer, chat template and stop tokens.
+pub struct ChatFormat {
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    /// Token ids that end generation (the end-of-turn markers and EOS).
+    pub stop_ids: Vec<u32>,
+}
+
+impl ChatFormat {
+    /// Reads the tokenizer and template from a GGUF file's metadata.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let content = read_gguf(path)?;
+        let ctx = |e: Error| e.context(path.display());
+        let tok = tokenizer::from_gguf(&content).map_err(ctx)?;
+        let source = content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok().cloned())
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "{}: GGUF has no `tokenizer.chat_template`; pass --template NAME",
+                    path.display()
+                ))
+            })?;
+        let bos = tokenizer::gguf_token_text(&content, "tokenizer.ggml.bos_token_id");
+        let eos = tokenizer::gguf_token_text(&content, "tokenizer.ggml.eos_token_id");
+        let template = ChatTemplate::new(
+            format!("{} (tokenizer.chat_template)", path.display()),
+            source,
+            bos.clone().unwrap_or_default(),
+            eos.clone().unwrap_or_default(),
+            vec![],
+        )?;
+        Ok(Self::assemble(tok, template, eos.as_deref()))
+    }
+
+    /// Reads `tokenizer.json` and `tokenizer_config.json` (or `chat_template.jinja`).
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let tok = tokenizer::from_json_file(&dir.join("tokenizer.json"))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
+            Ok(s) => serde_json::from_str(&s).map_err(|e| {
+                Error::input(format!("{}: invalid JSON: {e}", cfg_path.display()))
+            })?,
+            Err(_) => serde_json::Value::Null,
+        };
+        let token = |key: &str| -> Option<String> {
+            match cfg.get(key)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        };
+        let (bos, eos) = (token("bos_token"), token("eos_token"));
+        let source = match template_from_config(&cfg) {
+            Some(s) => s,
+            None => std::fs::read_to_string(dir.join("chat_template.jinja")).map_err(|_| {
+                Error::input(format!(
+                    "{}: no chat_template in tokenizer_config.json and no chat_template.jinja; \
+                     pass --template NAME",
+                    dir.display()
+                ))
+            })?,
+        };
+        let template = ChatTemplate::new(
+            format!("{} (chat_template)", dir.display()),
+            source,
+            bos.unwrap_or_default(),
+            eos.clone().unwrap_or_default(),
+            vec![],
+        )?;
+        Ok(Self::assemble(tok, template, eos.as_deref()))
+    }
+
+    /// Uses another template (built-in name, .jinja file, tokenizer_config.json) with
+    /// this model's tokenizer; every template marker must be a token of the tokenizer.
+    pub fn with_template(self, mut template: ChatTemplate) -> Result<Self> {
+        if template.bos_token.is_empty() {
+            template.bos_token = self.template.bos_token.clone();
+        }
+        if template.eos_token.is_empty() {
+            template.eos_token = self.template.eos_token.clone();
+        }
+        let eos = template.eos_token.clone();
+        for marker in template.end_of_turn.iter().chain(std::iter::once(&eos)) {
+            if !marker.is_empty() && self.tokenizer.token_to_id(marker).is_none() {
+                return Err(Error::input(format!(
+                    "chat template {} ends turns with `{marker}`, which is not a token of this \
+                     tokenizer: template and tokenizer belong to different models",
+                    template.origin
+                )));
+            }
+        }
+        let eos = (!eos.is_empty()).then_some(eos);
+        Ok(Self::assemble(self.tokenizer, template, eos.as_deref()))
+    }
+
+    fn assemble(tok: Tokenizer, mut template: ChatTemplate, eos: Option<&str>) -> Self {
+        let specials: Vec<String> = tokenizer::special_ids(&tok)
+            .iter()
+            .filter_map(|id| tok.id_to_token(*id))
+            .collect();
+        let mut markers: Vec<String> = template.end_of_turn.clone();
+        for m in eos.into_iter().chain(KNOWN_END_OF_TURN) {
+            if specials.iter().any(|s| s == m) && !markers.iter().any(|x| x == m) {
+                markers.push(m.to_string());
+            }
+        }
+        let stop_ids = markers.iter().filter_map(|m| tok.token_to_id(m)).collect();
+        template.end_of_turn = markers;
+        ChatFormat {
+            tokenizer: tok,
+            template,
+            stop_ids,
+        }
+    }
+}
+
+/// `chat_template` may be a string or a list of named templates (use `default`).
+fn template_from_config(cfg: &serde_json::Value) -> Option<String> {
+    match cfg.get("chat_template")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .or_else(|| list.first())
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    }
+}
+
+/// Loads a chat template given on the command line: a built-in name, a `.jinja` file or
+/// a `tokenizer_config.json`.
+pub fn load_template(spec: &str) -> Result<ChatTemplate> {
+    let path = Path::new(spec);
+    if !path.exists() {
+        return ChatTemplate::builtin(spec);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let cfg: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::input(format!("{}: invalid JSON: {e}", path.display())))?;
+        let src = template_from_config(&cfg).ok_or_else(|| {
+            Error::input(format!("{}: field `chat_template` missing", path.display()))
+        })?;
+        let tok = |k: &str| {
+            cfg.get(k)
+                .and_then(|v| v.as_str().or_else(|| v.get("content")?.as_str()))
+                .unwrap_or("")
+                .to_string()
+        };
+        return ChatTemplate::new(spec, src, tok("bos_token"), tok("eos_token"), vec![]);
+    }
+    ChatTemplate::new(spec, text, "", "", vec![])
+}
+
+/// Reads a GGUF header and metadata, with errors that say what is wrong with the file.
+pub fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    gguf_file::Content::read(&mut f).map_err(|e| {
+        Error::input(format!(
+            "{}: not a readable GGUF file ({e}); is it truncated or of another format?",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+impl ChatFormat {
+    /// Recomputes end-of-turn markers and stop ids after a test assembled a format by hand.
+    pub(crate) fn with_template_markers(self) -> Self {
+        let eos = self.template.eos_token.clone();
+        Self::assemble(self.tokenizer, self.template, Some(eos.as_str()).filter(|e| !e.is_empty()))
+    }
+}

@@ -1,0 +1,62 @@
+//! Where a model comes from (`default`, a GGUF file, a Hugging Face folder) and what
+//! every stage needs of it besides the weights: tokenizer, chat template, stop tokens.
+
+pub mod fetch;
+mod format;
+
+pub use fetch::{default_model_path, ensure_default_model, gatt_home};
+pub use format::{load_template, read_gguf, ChatFormat};
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// A model on disk, by file layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A single GGUF file (weights, tokenizer and template in its metadata).
+    Gguf(PathBuf),
+    /// A Hugging Face folder: config.json, *.safetensors, tokenizer.json,
+    /// tokenizer_config.json.
+    HfDir(PathBuf),
+}
+
+impl ModelSource {
+    /// Resolves a `--model` value: `default`, a `.gguf` file or a model folder.
+    /// `default` downloads the default model on first use.
+    pub fn resolve(spec: &str) -> Result<Self> {
+        if spec == "default" {
+            return Ok(ModelSource::Gguf(ensure_default_model()?));
+        }
+        let path = Path::new(spec);
+        if path.is_dir() {
+            if !path.join("tokenizer.json").exists() && !path.join("config.json").exists() {
+                return Err(Error::input(format!(
+                    "{spec}: folder has neither config.json nor tokenizer.json; \
+                     expected a Hugging Face model folder"
+                )));
+            }
+            return Ok(ModelSource::HfDir(path.to_path_buf()));
+        }
+        if path.is_file() {
+            return Ok(ModelSource::Gguf(path.to_path_buf()));
+        }
+        Err(Error::input(format!(
+            "--model {spec}: no such file or folder; pass `default`, a .gguf file or a \
+             Hugging Face model folder"
+        )))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelSource::Gguf(p) | ModelSource::HfDir(p) => p,
+        }
+    }
+
+    /// Tokenizer, chat template and stop tokens, without loading the weights.
+    pub fn chat_format(&self) -> Result<ChatFormat> {
+        match self {
+            ModelSource::Gguf(p) => ChatFormat::from_gguf(p),
+            ModelSource::HfDir(p) => ChatFormat::from_hf_dir(p),
+        }
+    }
+}

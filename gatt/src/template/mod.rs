@@ -1,0 +1,256 @@
+//! Chat templates: the model's own Jinja template, rendered as Hugging Face renders it.
+//!
+//! Templates are untrusted input (they ship inside model files): the environment has no
+//! loader (no file access), a fuel limit bounds execution, and errors name the template.
+
+mod builtin;
+mod pyjson;
+
+use crate::dialogue::Message;
+use crate::error::{Error, Result};
+use minijinja::{Environment, ErrorKind, Value};
+
+pub use builtin::{builtin_names, builtins, Builtin};
+
+/// Upper bound on template instructions per render: far above what a real template
+/// needs for a long conversation, low enough that a runaway loop fails in well under
+/// a second.
+const FUEL: u64 = 20_000_000;
+
+/// A compiled chat template with the special tokens it refers to.
+pub struct ChatTemplate {
+    /// Where the template came from, for error messages (`builtin:chatml`, a path, ...).
+    pub origin: String,
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+    /// Markers that close an assistant reply (e.g. `<|im_end|>`); the loss of a reply
+    /// covers its content and the first of these that follows it.
+    pub end_of_turn: Vec<String>,
+    env: Environment<'static>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .field("end_of_turn", &self.end_of_turn)
+            .finish()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; a syntax error is reported with the template's origin and line.
+    pub fn new(
+        origin: impl Into<String>,
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+        end_of_turn: Vec<String>,
+    ) -> Result<Self> {
+        let origin = origin.into();
+        let source = source.into();
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(100);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", pyjson::tojson);
+        env.add_template_owned("chat", source.clone())
+            .map_err(|e| Error::input(format!("chat template {origin}: {}", describe(&e))))?;
+        let mut end_of_turn = end_of_turn;
+        end_of_turn.retain(|m| !m.is_empty());
+        Ok(ChatTemplate {
+            origin,
+            source,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+            end_of_turn,
+            env,
+        })
+    }
+
+    /// One of the templates shipped in `templates/chat/` (see [`builtin_names`]).
+    pub fn builtin(name: &str) -> Result<Self> {
+        let b = builtins().iter().find(|b| b.name == name).ok_or_else(|| {
+            Error::input(format!(
+                "unknown chat template `{name}`; built-in templates are: {}. \
+                 Pass a path to a .jinja file or a tokenizer_config.json to use another one",
+                builtin_names().join(", ")
+            ))
+        })?;
+        ChatTemplate::new(
+            format!("builtin:{}", b.name),
+            b.source,
+            b.bos_token.as_str(),
+            b.eos_token.as_str(),
+            vec![b.end_of_turn.clone()],
+        )
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the text ends where the model
+    /// starts writing its reply.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self.env.get_template("chat").expect("compiled in new()");
+        let ctx = minijinja::context! {
+            messages => Value::from_serialize(messages),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+            tools => Value::from(()),
+            documents => Value::from(()),
+        };
+        tmpl.render(ctx)
+            .map_err(|e| Error::input(format!("chat template {}: {}", self.origin, describe(&e))))
+    }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = match e.kind() {
+        ErrorKind::OutOfFuel => "the template ran too long (endless loop?)".to_string(),
+        _ => e.to_string(),
+    };
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s
+}
+
+fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
+    Err(minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("the template refused the conversation: {msg}"),
+    ))
+}
+
+/// `strftime_now(fmt)` as Hugging Face provides it (Llama 3.1+ templates print the date).
+fn strftime_now(fmt: String) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_date(secs / 86_400, &fmt)
+}
+
+const MONTHS: [&str; 12] = [
+    "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December",
+];
+
+/// Formats days since 1970-01-01 with the strftime codes templates use (%d %m %Y %b %B).
+fn format_date(days: u64, fmt: &str) -> String {
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let name = MONTHS[(month - 1) as usize];
+    fmt.replace("%d", &format!("{day:02}"))
+        .replace("%m", &format!("{month:02}"))
+        .replace("%Y", &year.to_string())
+        .replace("%B", name)
+        .replace("%b", &name[..3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convo() -> Vec<Message> {
+        vec![Message::user("Hi"), Message::assistant("Hello!")]
+    }
+
+    #[test]
+    fn chatml_renders_with_generation_prompt() {
+        let t = ChatTemplate::builtin("chatml").unwrap();
+        let full = t.render(&convo(), false).unwrap();
+        assert_eq!(
+            full,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        );
+        let prompt = t.render(&convo()[..1], true).unwrap();
+        assert_eq!(prompt, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn every_builtin_compiles_and_renders() {
+        for name in builtin_names() {
+            let t = ChatTemplate::builtin(name).unwrap();
+            let text = t.render(&convo(), false).unwrap();
+            assert!(text.contains("Hello!"), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn raise_exception_is_a_clear_error() {
+        let t = ChatTemplate::new(
+            "test",
+            "{{ raise_exception('roles must alternate') }}",
+            "",
+            "",
+            vec![],
+        )
+        .unwrap();
+        let e = t.render(&convo(), false).unwrap_err().to_string();
+        assert!(e.contains("roles must alternate"), "{e}");
+        assert!(e.contains("test"), "{e}");
+    }
+
+    #[test]
+    fn endless_template_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "loop",
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "",
+            "",
+            vec![],
+        )
+        .unwrap();
+        let e = t.render(&convo(), false).unwrap_err().to_string();
+        assert!(e.contains("too long"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_origin() {
+        let e = ChatTemplate::new("my.jinja", "{% if %}", "", "", vec![]).unwrap_err();
+        assert!(e.to_string().contains("my.jinja"), "{e}");
+        assert!(e.is_input());
+    }
+
+    #[test]
+    fn no_filesystem_access() {
+        let t = ChatTemplate::new("inc", "{% include '/etc/passwd' %}", "", "", vec![]).unwrap();
+        assert!(t.render(&convo(), false).is_err());
+    }
+
+    #[test]
+    fn python_string_methods_work() {
+        let t = ChatTemplate::new(
+            "py",
+            "{% for m in messages %}{{ m['content'].strip().upper() }}|{% endfor %}",
+            "",
+            "",
+            vec![],
+        )
+        .unwrap();
+        let msgs = vec![Message::user("  hi  ")];
+        assert_eq!(t.render(&msgs, false).unwrap(), "HI|");
+    }
+
+    #[test]
+    fn dates_format() {
+        assert_eq!(format_date(0, "%d %b %Y"), "01 Jan 1970");
+        assert_eq!(format_date(20_454, "%d %B %Y"), "01 January 2026");
+    }
+}
