@@ -1,1 +1,50 @@
-fn main(){}
+//! `gatt`: the command-line front end. Each subcommand lives in `cmd/` and is a thin
+//! layer over the library crates (`gatt`, `gatt-synth`, `gatt-eval`).
+
+mod cmd;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Ghost Attention (GAtt) toolkit: synthesize multi-turn dialogues under an instruction,
+/// build last-turn loss masks for fine-tuning, and measure how long a chat model keeps an
+/// instruction.
+///
+/// Typical flow:
+///   gatt synth --out run --dialogues 100 --turns 4 --mask   # sample dialogues + masks
+///   gatt mask --input dialogues.parquet --out masked.parquet --model default
+///   gatt inspect masked.parquet --row 0 --model default
+///
+/// Exit status: 0 success, 1 runtime failure, 2 bad input or arguments.
+#[derive(Parser)]
+#[command(name = "gatt", version, verbatim_doc_comment, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Mask(cmd::mask::Args),
+    Inspect(cmd::inspect::Args),
+    Templates(cmd::templates::Args),
+    Model(cmd::model::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mask(a) => cmd::mask::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Templates(a) => cmd::templates::run(a),
+        Command::Model(a) => cmd::model::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatt: error: {e}");
+            ExitCode::from(if e.is_input() { 2 } else { 1 })
+        }
+    }
+}

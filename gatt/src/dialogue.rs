@@ -212,7 +212,8 @@ impl Dialogue {
                 );
             }
         }
-        if purpose == Purpose::Training && self.messages.last().map(|m| m.role) != Some(Role::Assistant)
+        if purpose == Purpose::Training
+            && self.messages.last().map(|m| m.role) != Some(Role::Assistant)
         {
             let last = self.messages.len() - 1;
             return invalid(
@@ -240,7 +241,10 @@ impl Dialogue {
 
     /// Number of user turns.
     pub fn turns(&self) -> usize {
-        self.messages.iter().filter(|m| m.role == Role::User).count()
+        self.messages
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .count()
     }
 }
 

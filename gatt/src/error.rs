@@ -30,7 +30,10 @@ impl Error {
     /// An I/O failure on `path`, worded for the user.
     pub fn io(path: &Path, action: &str, err: std::io::Error) -> Self {
         if err.kind() == std::io::ErrorKind::NotFound {
-            Error::Input(format!("{}: cannot {action}: file not found", path.display()))
+            Error::Input(format!(
+                "{}: cannot {action}: file not found",
+                path.display()
+            ))
         } else {
             Error::Runtime(format!("{}: cannot {action}: {err}", path.display()))
         }

@@ -152,7 +152,11 @@ pub fn from_gguf(content: &gguf_file::Content) -> Result<Tokenizer> {
 /// Text of token `key` (e.g. `tokenizer.ggml.eos_token_id`) in a GGUF file.
 pub fn gguf_token_text(content: &gguf_file::Content, key: &str) -> Option<String> {
     let id = content.metadata.get(key)?.to_u32().ok()? as usize;
-    let tokens = content.metadata.get("tokenizer.ggml.tokens")?.to_vec().ok()?;
+    let tokens = content
+        .metadata
+        .get("tokenizer.ggml.tokens")?
+        .to_vec()
+        .ok()?;
     tokens.get(id)?.to_string().ok().cloned()
 }
 

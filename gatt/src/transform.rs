@@ -10,7 +10,17 @@ use crate::dialogue::{Message, Role};
 pub const SEPARATOR: &str = "\n\n";
 
 /// Where the instruction goes inside each user turn during sampling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Attach {
     /// `instruction\n\nuser text`
@@ -21,7 +31,17 @@ pub enum Attach {
 }
 
 /// Where the instruction lives in the training record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Placement {
     /// The instruction becomes the system message, or extends an existing one.
@@ -115,7 +135,12 @@ pub fn to_training(
     at: Attach,
     placement: Placement,
 ) -> Vec<Message> {
-    place_once(&detach(augmented, instruction, at), instruction, placement, at)
+    place_once(
+        &detach(augmented, instruction, at),
+        instruction,
+        placement,
+        at,
+    )
 }
 
 #[cfg(test)]

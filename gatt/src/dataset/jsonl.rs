@@ -92,7 +92,11 @@ pub fn read_samples(path: &Path) -> Result<Vec<MaskedSample>> {
             continue;
         }
         let s: SampleLine = serde_json::from_str(&line).map_err(|e| {
-            Error::input(format!("{}:{}: not a masked sample: {e}", path.display(), i + 1))
+            Error::input(format!(
+                "{}:{}: not a masked sample: {e}",
+                path.display(),
+                i + 1
+            ))
         })?;
         let n = s.input_ids.len();
         out.push(MaskedSample {

@@ -49,7 +49,10 @@ fn open_reader(path: &Path) -> Result<ParquetReader<std::fs::File>> {
 impl DialogueRows {
     pub fn open(path: &Path) -> Result<Self> {
         let rows = open_reader(path)?.num_rows().map_err(|e| {
-            Error::input(format!("{}: not a readable Parquet file: {e}", path.display()))
+            Error::input(format!(
+                "{}: not a readable Parquet file: {e}",
+                path.display()
+            ))
         })?;
         Ok(DialogueRows {
             path: path.to_path_buf(),
@@ -220,9 +223,15 @@ pub struct SampleParquet {
 fn sample_schema() -> Schema {
     Schema::from_iter([
         Field::new("id".into(), DataType::String),
-        Field::new("input_ids".into(), DataType::List(Box::new(DataType::UInt32))),
+        Field::new(
+            "input_ids".into(),
+            DataType::List(Box::new(DataType::UInt32)),
+        ),
         Field::new("labels".into(), DataType::List(Box::new(DataType::Int64))),
-        Field::new("attention_mask".into(), DataType::List(Box::new(DataType::UInt8))),
+        Field::new(
+            "attention_mask".into(),
+            DataType::List(Box::new(DataType::UInt8)),
+        ),
         Field::new("n_tokens".into(), DataType::UInt32),
         Field::new("n_loss_tokens".into(), DataType::UInt32),
     ])
@@ -279,14 +288,23 @@ fn samples_frame(samples: &[MaskedSample]) -> Result<DataFrame> {
         labels.append_slice(&s.labels);
         mask.append_slice(&s.attention_mask);
     }
-    let id = Column::new("id".into(), samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>());
+    let id = Column::new(
+        "id".into(),
+        samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+    );
     let n_tokens = Column::new(
         "n_tokens".into(),
-        samples.iter().map(|s| s.n_tokens() as u32).collect::<Vec<_>>(),
+        samples
+            .iter()
+            .map(|s| s.n_tokens() as u32)
+            .collect::<Vec<_>>(),
     );
     let n_loss = Column::new(
         "n_loss_tokens".into(),
-        samples.iter().map(|s| s.n_loss_tokens() as u32).collect::<Vec<_>>(),
+        samples
+            .iter()
+            .map(|s| s.n_loss_tokens() as u32)
+            .collect::<Vec<_>>(),
     );
     Ok(DataFrame::new(
         n,
@@ -302,9 +320,12 @@ fn samples_frame(samples: &[MaskedSample]) -> Result<DataFrame> {
 }
 
 pub fn read_samples(path: &Path) -> Result<Vec<MaskedSample>> {
-    let mut df = open_reader(path)?
-        .finish()
-        .map_err(|e| Error::input(format!("{}: not a readable Parquet file: {e}", path.display())))?;
+    let mut df = open_reader(path)?.finish().map_err(|e| {
+        Error::input(format!(
+            "{}: not a readable Parquet file: {e}",
+            path.display()
+        ))
+    })?;
     let mut json = Vec::new();
     JsonWriter::new(&mut json)
         .with_json_format(JsonFormat::JsonLines)

@@ -20,7 +20,10 @@ fn records() -> Vec<Dialogue> {
         },
     ];
     a.meta.insert("seed".into(), serde_json::json!(7));
-    let b = Dialogue::new("b", vec![Message::user("日本語"), Message::assistant("はい")]);
+    let b = Dialogue::new(
+        "b",
+        vec![Message::user("日本語"), Message::assistant("はい")],
+    );
     vec![a, b]
 }
 
@@ -67,7 +70,10 @@ fn sharegpt_is_accepted() {
     )
     .unwrap();
     let d = &read_all(&path).unwrap()[0];
-    assert_eq!(d.messages, vec![Message::user("hi"), Message::assistant("hello")]);
+    assert_eq!(
+        d.messages,
+        vec![Message::user("hi"), Message::assistant("hello")]
+    );
     assert_eq!(d.id, "row-1");
 }
 
@@ -86,7 +92,10 @@ fn errors_name_file_line_and_field() {
     assert!(e.contains("bad.jsonl:3"), "{e}");
     assert!(e.contains("messages[0].role"), "{e}");
     let e = results[2].as_ref().unwrap_err().to_string();
-    assert!(e.contains("bad.jsonl:4") && e.contains("invalid JSON"), "{e}");
+    assert!(
+        e.contains("bad.jsonl:4") && e.contains("invalid JSON"),
+        "{e}"
+    );
 }
 
 #[test]

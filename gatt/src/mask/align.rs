@@ -35,7 +35,10 @@ pub fn token_span(
         return Err(seam("end", last));
     }
     if last <= first {
-        return Err(MaskError::new(SkipReason::EmptyMask, format!("messages[{turn}]: reply has no tokens")));
+        return Err(MaskError::new(
+            SkipReason::EmptyMask,
+            format!("messages[{turn}]: reply has no tokens"),
+        ));
     }
     Ok(first..last)
 }

@@ -177,13 +177,13 @@ impl Masker {
         let mut messages = d.messages.clone();
         loop {
             let full = self.render(&messages, false)?;
-            let enc = self
-                .tokenizer
-                .encode(full.as_str(), false)
-                .map_err(|e| MaskError::new(SkipReason::TemplateError, format!("tokenizer: {e}")))?;
+            let enc = self.tokenizer.encode(full.as_str(), false).map_err(|e| {
+                MaskError::new(SkipReason::TemplateError, format!("tokenizer: {e}"))
+            })?;
             if let Some(max) = self.opts.max_len {
                 if enc.len() > max {
-                    if self.opts.truncate == Some(Truncate::Left) && drop_oldest_pair(&mut messages) {
+                    if self.opts.truncate == Some(Truncate::Left) && drop_oldest_pair(&mut messages)
+                    {
                         continue;
                     }
                     return Err(MaskError::new(
@@ -211,7 +211,12 @@ impl Masker {
         offsets: &[(usize, usize)],
     ) -> Result<Vec<MaskedSample>, MaskError> {
         if self.opts.policy == Policy::All {
-            return Ok(vec![sample(id.to_string(), ids, ids.len(), &[0..ids.len()])?]);
+            return Ok(vec![sample(
+                id.to_string(),
+                ids,
+                ids.len(),
+                &[0..ids.len()],
+            )?]);
         }
         let replies: Vec<usize> = match self.opts.policy {
             Policy::Gatt => vec![messages.len() - 1],
@@ -227,7 +232,14 @@ impl Masker {
             let prompt = self.render(&messages[..i], true)?;
             let span = spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
             let tokens = align::token_span(offsets, span.start, span.end, i)?;
-            align::verify_prompt(&self.tokenizer, &self.special_ids, full, ids, offsets, tokens.start)?;
+            align::verify_prompt(
+                &self.tokenizer,
+                &self.special_ids,
+                full,
+                ids,
+                offsets,
+                tokens.start,
+            )?;
             align::verify_decode(&self.tokenizer, full, ids, &span, &tokens, i)?;
             token_spans.push(tokens);
         }
@@ -235,7 +247,14 @@ impl Masker {
             Policy::GattExpand => token_spans
                 .iter()
                 .enumerate()
-                .map(|(turn, t)| sample(format!("{id}#{}", turn + 1), ids, t.end, std::slice::from_ref(t)))
+                .map(|(turn, t)| {
+                    sample(
+                        format!("{id}#{}", turn + 1),
+                        ids,
+                        t.end,
+                        std::slice::from_ref(t),
+                    )
+                })
                 .collect(),
             _ => Ok(vec![sample(id.to_string(), ids, ids.len(), &token_spans)?]),
         }
@@ -272,7 +291,10 @@ fn sample(
         attention_mask: vec![1; len],
     };
     if s.n_loss_tokens() == 0 {
-        return Err(MaskError::new(SkipReason::EmptyMask, "no token carries loss"));
+        return Err(MaskError::new(
+            SkipReason::EmptyMask,
+            "no token carries loss",
+        ));
     }
     Ok(s)
 }

@@ -10,15 +10,18 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/g
 fn tokenizer() -> Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        crate::tokenizer::from_json_file(&std::path::Path::new(FIXTURES).join("smollm2_tokenizer.json"))
-            .unwrap()
+        crate::tokenizer::from_json_file(
+            &std::path::Path::new(FIXTURES).join("smollm2_tokenizer.json"),
+        )
+        .unwrap()
     })
     .clone()
 }
 
 /// SmolLM2's own template and tokenizer, from the committed fixtures.
 fn smollm2(opts: MaskOptions) -> Masker {
-    let source = std::fs::read_to_string(format!("{FIXTURES}/smollm2_chat_template.jinja")).unwrap();
+    let source =
+        std::fs::read_to_string(format!("{FIXTURES}/smollm2_chat_template.jinja")).unwrap();
     let template =
         ChatTemplate::new("smollm2", source, "<|im_start|>", "<|im_end|>", vec![]).unwrap();
     let format = ChatFormat {
@@ -51,7 +54,12 @@ fn dialogue() -> Dialogue {
 }
 
 fn loss_text(m: &Masker, s: &MaskedSample) -> String {
-    let ids: Vec<u32> = s.labels.iter().filter(|l| **l != IGNORE).map(|l| *l as u32).collect();
+    let ids: Vec<u32> = s
+        .labels
+        .iter()
+        .filter(|l| **l != IGNORE)
+        .map(|l| *l as u32)
+        .collect();
     m.tokenizer().decode(&ids, false).unwrap()
 }
 
@@ -83,14 +91,23 @@ fn prompt_tokens_are_what_the_model_sees_at_inference() {
     assert_eq!(&s.input_ids[..first], prompt_ids.get_ids());
     // And the whole sequence is the tokenization of the full rendering.
     let full = m.template().render(&d.messages, false).unwrap();
-    assert_eq!(s.input_ids, m.tokenizer().encode(full.as_str(), false).unwrap().get_ids());
+    assert_eq!(
+        s.input_ids,
+        m.tokenizer()
+            .encode(full.as_str(), false)
+            .unwrap()
+            .get_ids()
+    );
 }
 
 #[test]
 fn expand_gives_one_sample_per_reply() {
     let m = smollm2(policy(Policy::GattExpand));
     let out = m.mask(&dialogue()).unwrap();
-    assert_eq!(out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["d1#1", "d1#2"]);
+    assert_eq!(
+        out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["d1#1", "d1#2"]
+    );
     assert_eq!(loss_text(&m, &out[0]), "Bonjour !<|im_end|>");
     assert_eq!(loss_text(&m, &out[1]), "Deux plus deux font 4.<|im_end|>");
     // Each sample ends with its reply's end-of-turn token and is a prefix of the next.
@@ -102,7 +119,10 @@ fn expand_gives_one_sample_per_reply() {
 fn assistant_policy_trains_every_reply() {
     let m = smollm2(policy(Policy::Assistant));
     let s = &m.mask(&dialogue()).unwrap()[0];
-    assert_eq!(loss_text(&m, s), "Bonjour !<|im_end|>Deux plus deux font 4.<|im_end|>");
+    assert_eq!(
+        loss_text(&m, s),
+        "Bonjour !<|im_end|>Deux plus deux font 4.<|im_end|>"
+    );
 }
 
 #[test]
@@ -115,7 +135,10 @@ fn all_policy_trains_every_token() {
 #[test]
 fn reply_starting_with_spaces_is_a_seam_merge() {
     let m = smollm2(policy(Policy::Gatt));
-    let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("  indented")]);
+    let d = Dialogue::new(
+        "s",
+        vec![Message::user("hi"), Message::assistant("  indented")],
+    );
     let e = m.mask(&d).unwrap_err();
     assert_eq!(e.reason, SkipReason::SeamMerge, "{e}");
 }
@@ -125,8 +148,12 @@ fn template_that_rewrites_history_is_refused() {
     // Shows only the latest user message: earlier turns vanish once a new one follows.
     let source = "{% for m in messages %}{% if m.role == 'assistant' or loop.last %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
     let t = ChatTemplate::new("rewriter", source, "", "<|im_end|>", vec![]).unwrap();
-    let format = ChatFormat { tokenizer: tokenizer(), template: t, stop_ids: vec![2] }
-        .with_template_markers();
+    let format = ChatFormat {
+        tokenizer: tokenizer(),
+        template: t,
+        stop_ids: vec![2],
+    }
+    .with_template_markers();
     let m = Masker::new(format, policy(Policy::Gatt));
     let e = m.mask(&dialogue()).unwrap_err();
     assert_eq!(e.reason, SkipReason::TemplateRewritesHistory, "{e}");
@@ -136,11 +163,18 @@ fn template_that_rewrites_history_is_refused() {
 fn template_that_strips_replies_is_refused() {
     let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
     let t = ChatTemplate::new("strip", source, "", "<|im_end|>", vec![]).unwrap();
-    let format = ChatFormat { tokenizer: tokenizer(), template: t, stop_ids: vec![2] }
-        .with_template_markers();
+    let format = ChatFormat {
+        tokenizer: tokenizer(),
+        template: t,
+        stop_ids: vec![2],
+    }
+    .with_template_markers();
     let m = Masker::new(format, policy(Policy::Gatt));
     let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("ok \n")]);
-    assert_eq!(m.mask(&d).unwrap_err().reason, SkipReason::TemplateAltersReply);
+    assert_eq!(
+        m.mask(&d).unwrap_err().reason,
+        SkipReason::TemplateAltersReply
+    );
 }
 
 #[test]
@@ -156,8 +190,14 @@ fn invalid_records_are_reported_with_the_field() {
 fn max_len_skips_and_truncate_left_keeps_system_and_final_reply() {
     let full = smollm2(policy(Policy::Gatt)).mask(&dialogue()).unwrap()[0].n_tokens();
     let limit = full - 5;
-    let skip = smollm2(MaskOptions { max_len: Some(limit), ..policy(Policy::Gatt) });
-    assert_eq!(skip.mask(&dialogue()).unwrap_err().reason, SkipReason::TooLong);
+    let skip = smollm2(MaskOptions {
+        max_len: Some(limit),
+        ..policy(Policy::Gatt)
+    });
+    assert_eq!(
+        skip.mask(&dialogue()).unwrap_err().reason,
+        SkipReason::TooLong
+    );
     let trunc = smollm2(MaskOptions {
         max_len: Some(limit),
         truncate: Some(Truncate::Left),

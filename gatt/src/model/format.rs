@@ -59,9 +59,8 @@ impl ChatFormat {
         let tok = tokenizer::from_json_file(&dir.join("tokenizer.json"))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(s) => serde_json::from_str(&s).map_err(|e| {
-                Error::input(format!("{}: invalid JSON: {e}", cfg_path.display()))
-            })?,
+            Ok(s) => serde_json::from_str(&s)
+                .map_err(|e| Error::input(format!("{}: invalid JSON: {e}", cfg_path.display())))?,
             Err(_) => serde_json::Value::Null,
         };
         let token = |key: &str| -> Option<String> {
@@ -121,7 +120,11 @@ impl ChatFormat {
             .filter_map(|id| tok.id_to_token(*id))
             .collect();
         let mut markers: Vec<String> = template.end_of_turn.clone();
-        for m in eos.into_iter().chain(KNOWN_END_OF_TURN) {
+        // EOS always ends a turn; other known markers only where the template writes them.
+        let used = KNOWN_END_OF_TURN
+            .into_iter()
+            .filter(|m| template.source.contains(m));
+        for m in eos.into_iter().chain(used) {
             if specials.iter().any(|s| s == m) && !markers.iter().any(|x| x == m) {
                 markers.push(m.to_string());
             }
@@ -190,6 +193,23 @@ impl ChatFormat {
     /// Recomputes end-of-turn markers and stop ids after a test assembled a format by hand.
     pub(crate) fn with_template_markers(self) -> Self {
         let eos = self.template.eos_token.clone();
-        Self::assemble(self.tokenizer, self.template, Some(eos.as_str()).filter(|e| !e.is_empty()))
+        Self::assemble(
+            self.tokenizer,
+            self.template,
+            Some(eos.as_str()).filter(|e| !e.is_empty()),
+        )
+    }
+}
+
+impl ChatFormat {
+    /// A tokenizer awaiting a template ([`ChatFormat::with_template`]); until then it
+    /// renders messages as plain ChatML.
+    pub fn bare(tokenizer: Tokenizer) -> Result<Self> {
+        let template = ChatTemplate::builtin("chatml")?;
+        Ok(ChatFormat {
+            tokenizer,
+            template,
+            stop_ids: Vec::new(),
+        })
     }
 }

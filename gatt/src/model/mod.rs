@@ -52,6 +52,14 @@ impl ModelSource {
         }
     }
 
+    /// The tokenizer alone (for models whose template comes from elsewhere).
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        match self {
+            ModelSource::Gguf(p) => crate::tokenizer::from_gguf(&read_gguf(p)?),
+            ModelSource::HfDir(d) => crate::tokenizer::from_json_file(&d.join("tokenizer.json")),
+        }
+    }
+
     /// Tokenizer, chat template and stop tokens, without loading the weights.
     pub fn chat_format(&self) -> Result<ChatFormat> {
         match self {

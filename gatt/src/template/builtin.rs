@@ -49,7 +49,9 @@ pub fn builtins() -> &'static [Builtin] {
                 b.source = SOURCES
                     .iter()
                     .find(|(f, _)| *f == b.file)
-                    .unwrap_or_else(|| panic!("manifest names {} but it is not compiled in", b.file))
+                    .unwrap_or_else(|| {
+                        panic!("manifest names {} but it is not compiled in", b.file)
+                    })
                     .1;
                 b.name = name;
                 b

@@ -30,8 +30,10 @@ fn write(
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
         ValueKind::Number => out.push_str(&v.to_string()),
-        ValueKind::String => out.push_str(&serde_json::to_string(v.as_str().unwrap_or(""))
-            .map_err(|e| Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?),
+        ValueKind::String => out.push_str(
+            &serde_json::to_string(v.as_str().unwrap_or(""))
+                .map_err(|e| Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))?,
+        ),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
             out.push('[');
@@ -58,7 +60,10 @@ fn write(
                     out.push_str(item_sep);
                 }
                 newline(out, depth + 1);
-                let key = k.as_str().map(str::to_string).unwrap_or_else(|| k.to_string());
+                let key = k
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| k.to_string());
                 out.push_str(&serde_json::to_string(&key).unwrap_or_default());
                 out.push_str(": ");
                 write(out, &v.get_item(k)?, indent, depth + 1, sort)?;
@@ -88,6 +93,9 @@ mod tests {
         let out = env
             .render_str("{{ v | tojson }}", minijinja::context! { v => v })
             .unwrap();
-        assert_eq!(out, r#"{"args": [1, "é<>"], "n": null, "name": "f", "ok": true}"#);
+        assert_eq!(
+            out,
+            r#"{"args": [1, "é<>"], "n": null, "name": "f", "ok": true}"#
+        );
     }
 }

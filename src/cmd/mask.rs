@@ -1,0 +1,184 @@
+//! `gatt mask`: dialogue records in, train-ready masked samples out.
+
+use super::FormatArgs;
+use crate::progress;
+use gatt::dataset::{read_dialogues, Format, SampleWriter};
+use gatt::mask::{MaskOptions, Masker, Policy, SkipReason, Truncate};
+use gatt::{Error, Result};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Build loss masks: tokenize each dialogue with the model's chat template and mark the
+/// tokens that carry loss.
+///
+/// The input's messages are masked as given (for GAtt data the instruction is already in
+/// the first turn only). With the default policy `gatt` only the final assistant reply and
+/// its end-of-turn token carry loss; every earlier token, earlier replies included, gets
+/// label -100. Each sample is verified: the loss tokens must decode to exactly the reply
+/// plus its end-of-turn marker, and the tokens before it must be exactly the prompt the
+/// model sees at inference. A record that cannot be masked exactly fails (or, with
+/// `--on-error skip`, is skipped and counted); nothing is truncated silently.
+///
+/// Output columns: id, input_ids (u32), labels (i64, -100 = no loss, unshifted),
+/// attention_mask, n_tokens, n_loss_tokens.
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Dialogue records: .jsonl or .parquet (`messages: [{role, content}]`, or ShareGPT
+    /// `conversations: [{from, value}]`).
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Output file (.parquet or .jsonl); written atomically.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Which tokens carry loss.
+    #[arg(long, value_enum, default_value_t = Policy::Gatt)]
+    pub policy: Policy,
+    /// Skip records longer than N tokens (counted in the summary), unless --truncate.
+    #[arg(long, value_name = "N")]
+    pub max_len: Option<usize>,
+    /// With --max-len: drop the oldest turns (keeping the system message and the final
+    /// reply) instead of skipping.
+    #[arg(long, value_enum, requires = "max_len")]
+    pub truncate: Option<Truncate>,
+    /// What to do with a record that cannot be masked exactly.
+    #[arg(long, value_enum, default_value_t = OnError::Fail)]
+    pub on_error: OnError,
+    /// Output format (default: from the --out extension).
+    #[arg(long, value_enum)]
+    pub out_format: Option<Format>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Stop at the first bad record (exit status 2).
+    Fail,
+    /// Skip it and count it by reason.
+    Skip,
+}
+
+/// Records masked per parallel batch.
+const BATCH: usize = 1024;
+
+#[derive(Default, serde::Serialize)]
+struct Summary {
+    records: usize,
+    samples: usize,
+    tokens: usize,
+    loss_tokens: usize,
+    skipped: BTreeMap<&'static str, usize>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| Error::runtime(format!("thread pool: {e}")))?;
+    }
+    let out_format = match args.out_format {
+        Some(f) => f,
+        None => Format::from_path(&args.out)?,
+    };
+    let masker = Masker::new(
+        args.format.load()?,
+        MaskOptions {
+            policy: args.policy,
+            max_len: args.max_len,
+            truncate: args.truncate,
+        },
+    );
+    let mut records = read_dialogues(&args.input)?;
+    let mut writer = SampleWriter::create(&args.out, out_format)?;
+    let mut summary = Summary::default();
+    let pb = progress::bar(None, "records");
+    loop {
+        let batch: Vec<_> = records.by_ref().take(BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let results: Vec<_> = batch
+            .into_par_iter()
+            .map(|r| r.map(|(loc, d)| (masker.mask(&d), loc, d.id)))
+            .collect();
+        for r in results {
+            summary.records += 1;
+            let (result, loc, id) = match r {
+                Ok(x) => x,
+                Err(e) if args.on_error == OnError::Skip => {
+                    *summary.skipped.entry("unreadable").or_default() += 1;
+                    pb.suspend(|| eprintln!("gatt: skipped: {e}"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match result {
+                Ok(samples) => {
+                    for s in &samples {
+                        summary.samples += 1;
+                        summary.tokens += s.n_tokens();
+                        summary.loss_tokens += s.n_loss_tokens();
+                        writer.write(s)?;
+                    }
+                }
+                Err(e) if args.on_error == OnError::Skip => {
+                    *summary.skipped.entry(e.reason.as_str()).or_default() += 1;
+                }
+                Err(e) => {
+                    return Err(Error::input(format!(
+                        "{loc} (id {id}): {e}{}",
+                        hint(e.reason)
+                    )))
+                }
+            }
+        }
+        pb.set_position(summary.records as u64);
+        pb.set_message(format!("{} tokens", summary.tokens));
+    }
+    pb.finish_and_clear();
+    if summary.samples == 0 {
+        return Err(Error::input(format!(
+            "{}: no record could be masked ({} records); output not written",
+            args.input.display(),
+            summary.records
+        )));
+    }
+    writer.finish()?;
+    report(&summary, &args.out);
+    Ok(())
+}
+
+fn hint(reason: SkipReason) -> &'static str {
+    match reason {
+        SkipReason::TooLong => "; raise --max-len, or pass --truncate left",
+        SkipReason::Invalid => "",
+        _ => "; pass --on-error skip to skip such records and count them",
+    }
+}
+
+fn report(s: &Summary, out: &std::path::Path) {
+    eprintln!(
+        "gatt mask: {} records -> {} samples in {}; {} tokens, {} with loss ({:.1}%)",
+        s.records,
+        s.samples,
+        out.display(),
+        s.tokens,
+        s.loss_tokens,
+        100.0 * s.loss_tokens as f64 / s.tokens.max(1) as f64
+    );
+    if !s.skipped.is_empty() {
+        let parts: Vec<String> = s.skipped.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        eprintln!(
+            "gatt mask: skipped {} ({})",
+            s.skipped.values().sum::<usize>(),
+            parts.join(", ")
+        );
+    }
+    println!("{}", serde_json::to_string(s).unwrap_or_default());
+}

@@ -1,0 +1,32 @@
+//! `gatt templates`: the built-in chat templates.
+
+use gatt::template::{builtins, ChatTemplate};
+use gatt::{Message, Result};
+
+/// List the built-in chat templates, or show one rendered on a sample conversation.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Render this template on a two-turn example.
+    pub name: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.name {
+        None => {
+            for b in builtins() {
+                println!("{:<10} {}", b.name, b.description);
+            }
+        }
+        Some(name) => {
+            let t = ChatTemplate::builtin(&name)?;
+            let msgs = [
+                Message::system("You are helpful."),
+                Message::user("Hi!"),
+                Message::assistant("Hello."),
+                Message::user("How are you?"),
+            ];
+            print!("{}", t.render(&msgs, true)?);
+        }
+    }
+    Ok(())
+}
