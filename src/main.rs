@@ -30,6 +30,7 @@ enum Command {
     Inspect(cmd::inspect::Args),
     Templates(cmd::templates::Args),
     Model(cmd::model::Args),
+    Generate(cmd::generate::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Templates(a) => cmd::templates::run(a),
         Command::Model(a) => cmd::model::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,3 +1,5 @@
+pub mod backend;
+pub mod generate;
 pub mod inspect;
 pub mod mask;
 pub mod model;

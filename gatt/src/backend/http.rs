@@ -1,0 +1,226 @@
+//! An OpenAI-compatible `/v1/chat/completions` client: N requests in flight, timeouts,
+//! and retries with exponential backoff and jitter on 429, 5xx and dropped connections.
+
+use super::sampling::SamplingParams;
+use super::{candidate_seed, ChatBackend, Reply, Request};
+use crate::error::{Error, Result};
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Base URL, e.g. `http://127.0.0.1:8000` (with or without `/v1`).
+    pub endpoint: String,
+    /// The `model` field of each request.
+    pub model: String,
+    /// The API key's value (read from the environment variable the user names).
+    pub api_key: Option<String>,
+    pub in_flight: usize,
+    pub timeout: Duration,
+    pub max_retries: u32,
+    /// First backoff delay; doubles with each retry.
+    pub backoff: Duration,
+}
+
+impl HttpOptions {
+    pub fn new(endpoint: impl Into<String>, model: impl Into<String>) -> Self {
+        HttpOptions {
+            endpoint: endpoint.into(),
+            model: model.into(),
+            api_key: None,
+            in_flight: 8,
+            timeout: Duration::from_secs(120),
+            max_retries: 5,
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+pub struct HttpBackend {
+    opts: HttpOptions,
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl HttpBackend {
+    pub fn new(opts: HttpOptions) -> Self {
+        let base = opts.endpoint.trim_end_matches('/');
+        let url = if base.ends_with("/v1") {
+            format!("{base}/chat/completions")
+        } else {
+            format!("{base}/v1/chat/completions")
+        };
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(opts.timeout))
+            .http_status_as_error(false)
+            .build();
+        HttpBackend {
+            agent: ureq::Agent::new_with_config(config),
+            url,
+            opts,
+        }
+    }
+
+    /// One completion, retried on transient failures.
+    fn complete(&self, req: &Request, params: &SamplingParams, seed: u64) -> Result<Reply> {
+        let mut body = serde_json::json!({
+            "model": self.opts.model,
+            "messages": req.messages,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "seed": seed,
+        });
+        if let Some(p) = params.top_p {
+            body["top_p"] = p.into();
+        }
+        if let Some(k) = params.top_k {
+            body["top_k"] = k.into();
+        }
+        if params.repetition_penalty != 1.0 {
+            body["repetition_penalty"] = f64::from(params.repetition_penalty).into();
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut attempt = 0;
+        loop {
+            let outcome = self.send(&body);
+            match outcome {
+                Ok(reply) => return Ok(reply),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(why)) if attempt >= self.opts.max_retries => {
+                    return Err(Error::runtime(format!(
+                        "{}: gave up after {} attempts: {why}",
+                        self.url,
+                        attempt + 1
+                    )))
+                }
+                Err(Attempt::Retry(_)) => {
+                    let base = self.opts.backoff.as_secs_f64() * 2f64.powi(attempt as i32);
+                    let jitter = rng.random_range(0.5..1.5);
+                    std::thread::sleep(Duration::from_secs_f64(base * jitter));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn send(&self, body: &serde_json::Value) -> std::result::Result<Reply, Attempt> {
+        let mut r = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json");
+        if let Some(key) = &self.opts.api_key {
+            r = r.header("Authorization", format!("Bearer {key}"));
+        }
+        let mut resp = match r.send_json(body) {
+            Ok(resp) => resp,
+            Err(ureq::Error::Timeout(_)) => {
+                return Err(Attempt::Retry(format!(
+                    "no answer within {:?}",
+                    self.opts.timeout
+                )))
+            }
+            Err(e) => return Err(Attempt::Retry(format!("connection failed: {e}"))),
+        };
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Attempt::Retry(format!("reading the response failed: {e}")))?;
+        match status {
+            200..=299 => parse_completion(&text)
+                .map_err(|e| Attempt::Fatal(Error::runtime(format!("{}: {e}", self.url)))),
+            429 | 500..=599 => Err(Attempt::Retry(format!("HTTP {status}"))),
+            _ => Err(Attempt::Fatal(Error::input(format!(
+                "{}: HTTP {status}: {}",
+                self.url,
+                text.chars().take(300).collect::<String>()
+            )))),
+        }
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Fatal(Error),
+}
+
+fn parse_completion(text: &str) -> std::result::Result<Reply, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        format!(
+            "the server's answer is not JSON ({e}): {}",
+            text.chars().take(200).collect::<String>()
+        )
+    })?;
+    let choice = v
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or("the server's answer has no `choices[0]`")?;
+    let content = choice
+        .pointer("/message/content")
+        .and_then(|c| c.as_str())
+        .ok_or("the server's answer has no `choices[0].message.content`")?;
+    let usage = |k: &str| {
+        v.pointer(&format!("/usage/{k}"))
+            .and_then(|x| x.as_u64())
+            .unwrap_or(0) as usize
+    };
+    Ok(Reply {
+        text: content.trim().to_string(),
+        prompt_tokens: usage("prompt_tokens"),
+        completion_tokens: usage("completion_tokens"),
+        finished: choice.get("finish_reason").and_then(|f| f.as_str()) != Some("length"),
+    })
+}
+
+impl ChatBackend for HttpBackend {
+    fn describe(&self) -> String {
+        format!("{} ({})", self.opts.model, self.url)
+    }
+
+    fn preferred_batch(&self) -> usize {
+        self.opts.in_flight.max(1) * 2
+    }
+
+    fn generate(&self, requests: &[Request], params: &SamplingParams) -> Result<Vec<Vec<Reply>>> {
+        let n = params.n.max(1);
+        let jobs: Vec<(usize, usize)> = (0..requests.len())
+            .flat_map(|r| (0..n).map(move |c| (r, c)))
+            .collect();
+        let results: Mutex<Vec<Option<Result<Reply>>>> =
+            Mutex::new((0..jobs.len()).map(|_| None).collect());
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..self.opts.in_flight.max(1).min(jobs.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(r, c)) = jobs.get(i) else { break };
+                    let req = &requests[r];
+                    let out = self.complete(req, params, candidate_seed(req.seed, c));
+                    let failed = out.is_err();
+                    results.lock().expect("no poisoned lock")[i] = Some(out);
+                    if failed {
+                        // Stop handing out work; the first error is reported.
+                        next.store(jobs.len(), Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let results = results.into_inner().expect("no poisoned lock");
+        let mut replies: Vec<Vec<Reply>> = vec![Vec::with_capacity(n); requests.len()];
+        for ((r, _), out) in jobs.iter().zip(results) {
+            match out {
+                Some(reply) => replies[*r].push(reply?),
+                None => {}
+            }
+        }
+        if let Some(missing) = replies.iter().position(|v| v.len() != n) {
+            return Err(Error::runtime(format!("request {missing} got no reply")));
+        }
+        Ok(replies)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+//! Fault injection against a scripted HTTP server on loopback.
+
+use super::*;
+use crate::dialogue::Message;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+
+/// What the scripted server does with the i-th request it receives.
+#[derive(Clone)]
+enum Script {
+    Status(u16, &'static str),
+    Ok(&'static str),
+    Hang,
+    Drop,
+}
+
+fn ok_body(text: &str) -> String {
+    serde_json::json!({
+        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2}
+    })
+    .to_string()
+}
+
+/// Serves `script` in order (the last entry repeats); returns the base URL and a counter.
+fn serve(script: Vec<Script>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let i = seen.fetch_add(1, Ordering::SeqCst);
+            let step = script[i.min(script.len() - 1)].clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                let (status, text) = match step {
+                    Script::Status(s, t) => (s, t.to_string()),
+                    Script::Ok(t) => (200, ok_body(t)),
+                    Script::Hang => {
+                        std::thread::sleep(Duration::from_secs(5));
+                        return;
+                    }
+                    Script::Drop => return,
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            });
+        }
+    });
+    (url, count)
+}
+
+fn backend(url: &str) -> HttpBackend {
+    let mut o = HttpOptions::new(url, "test-model");
+    o.timeout = Duration::from_millis(800);
+    o.backoff = Duration::from_millis(10);
+    o.max_retries = 3;
+    o.in_flight = 2;
+    HttpBackend::new(o)
+}
+
+fn one_request() -> Vec<Request> {
+    vec![Request {
+        messages: vec![Message::user("hi")],
+        seed: 1,
+    }]
+}
+
+#[test]
+fn retries_429_and_5xx_then_succeeds() {
+    let (url, count) = serve(vec![
+        Script::Status(429, "{}"),
+        Script::Status(503, "{}"),
+        Script::Drop,
+        Script::Ok("hello"),
+    ]);
+    let out = backend(&url)
+        .generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap();
+    assert_eq!(out[0][0].text, "hello");
+    assert_eq!(out[0][0].completion_tokens, 2);
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn other_4xx_is_a_clear_error_without_retry() {
+    let (url, count) = serve(vec![Script::Status(404, r#"{"error": "model not found"}"#)]);
+    let e = backend(&url)
+        .generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("404") && e.contains("model not found"), "{e}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn garbage_json_is_a_clear_error() {
+    let (url, _) = serve(vec![Script::Status(200, "<html>oops</html>")]);
+    let e = backend(&url)
+        .generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not JSON"), "{e}");
+}
+
+#[test]
+fn a_hanging_server_times_out_and_gives_up() {
+    let (url, count) = serve(vec![Script::Hang]);
+    let start = std::time::Instant::now();
+    let e = backend(&url)
+        .generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gave up after 4 attempts"), "{e}");
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn many_requests_keep_their_order() {
+    let (url, _) = serve(vec![Script::Ok("same")]);
+    let reqs: Vec<Request> = (0..7)
+        .map(|i| Request {
+            messages: vec![Message::user(format!("q{i}"))],
+            seed: i,
+        })
+        .collect();
+    let mut p = SamplingParams::greedy(8);
+    p.n = 2;
+    let out = backend(&url).generate(&reqs, &p).unwrap();
+    assert_eq!(out.len(), 7);
+    assert!(out.iter().all(|c| c.len() == 2));
+}

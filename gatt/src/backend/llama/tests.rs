@@ -1,0 +1,197 @@
+//! A tiny random llama, written as a GGUF in memory and loaded by the real loader.
+
+use super::*;
+use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+use std::io::Cursor;
+
+pub(crate) fn tiny_gguf(arch: &str) -> Vec<u8> {
+    let dev = Device::Cpu;
+    let (vocab, hidden, ff, layers, heads, kv) =
+        (64usize, 32usize, 48usize, 2usize, 4usize, 2usize);
+    let hd = hidden / heads;
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut seed = 0u64;
+    let mut rand = |shape: &[usize]| {
+        seed += 1;
+        // Deterministic pseudo-random weights in [-0.5, 0.5).
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|i| {
+                let x = ((i as u64 + 1) * 2654435761 + seed * 40503) % 1000;
+                x as f32 / 1000.0 - 0.5
+            })
+            .collect();
+        let t = Tensor::from_vec(data, shape, &dev).unwrap();
+        QTensor::quantize(&t, GgmlDType::F32).unwrap()
+    };
+    let ones = |n: usize| {
+        QTensor::quantize(
+            &Tensor::ones(n, DType::F32, &Device::Cpu).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap()
+    };
+    tensors.push(("token_embd.weight".into(), rand(&[vocab, hidden])));
+    tensors.push(("output_norm.weight".into(), ones(hidden)));
+    for l in 0..layers {
+        let p = format!("blk.{l}");
+        tensors.push((format!("{p}.attn_norm.weight"), ones(hidden)));
+        tensors.push((format!("{p}.ffn_norm.weight"), ones(hidden)));
+        tensors.push((format!("{p}.attn_q.weight"), rand(&[heads * hd, hidden])));
+        tensors.push((format!("{p}.attn_k.weight"), rand(&[kv * hd, hidden])));
+        tensors.push((format!("{p}.attn_v.weight"), rand(&[kv * hd, hidden])));
+        tensors.push((
+            format!("{p}.attn_output.weight"),
+            rand(&[hidden, heads * hd]),
+        ));
+        tensors.push((format!("{p}.ffn_gate.weight"), rand(&[ff, hidden])));
+        tensors.push((format!("{p}.ffn_up.weight"), rand(&[ff, hidden])));
+        tensors.push((format!("{p}.ffn_down.weight"), rand(&[hidden, ff])));
+        if arch == "qwen2" {
+            tensors.push((format!("{p}.attn_q.bias"), rand(&[heads * hd])));
+            tensors.push((format!("{p}.attn_k.bias"), rand(&[kv * hd])));
+            tensors.push((format!("{p}.attn_v.bias"), rand(&[kv * hd])));
+        }
+    }
+    let md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (format!("{arch}.block_count"), Value::U32(layers as u32)),
+        (
+            format!("{arch}.embedding_length"),
+            Value::U32(hidden as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count"),
+            Value::U32(heads as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            Value::U32(kv as u32),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
+        (format!("{arch}.rope.freq_base"), Value::F32(10000.0)),
+        (format!("{arch}.context_length"), Value::U32(128)),
+    ];
+    let mut buf = Cursor::new(Vec::new());
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut buf, &md_refs, &t_refs).unwrap();
+    buf.into_inner()
+}
+
+fn load(arch: &str) -> Model {
+    let bytes = tiny_gguf(arch);
+    let mut r = Cursor::new(bytes);
+    let ct = gguf_file::Content::read(&mut r).unwrap();
+    Model::from_gguf(&ct, &mut r, &Device::Cpu).unwrap()
+}
+
+fn full_logits(m: &Model, prompt: &[u32]) -> Vec<f32> {
+    let mut cache = Cache::new(&m.cfg, 64);
+    let b = pad_prompts(&[prompt.to_vec()], 0, &Device::Cpu).unwrap();
+    logits_rows(
+        &m.forward(&b.tokens, &b.positions, &b.pad, &mut cache)
+            .unwrap(),
+    )
+    .unwrap()
+    .remove(0)
+}
+
+fn close(a: &[f32], b: &[f32]) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4)
+}
+
+#[test]
+fn incremental_decoding_matches_full_forward() {
+    for arch in ["llama", "qwen2"] {
+        let m = load(arch);
+        let prompt = [3u32, 17, 5, 42, 9];
+        let full = full_logits(&m, &prompt);
+        let mut cache = Cache::new(&m.cfg, 64);
+        let b = pad_prompts(&[prompt[..3].to_vec()], 0, &Device::Cpu).unwrap();
+        m.forward(&b.tokens, &b.positions, &b.pad, &mut cache)
+            .unwrap();
+        let mut last = Vec::new();
+        for &t in &prompt[3..] {
+            let (tok, pos) = step_inputs(&[t], &[0], cache.len(), &Device::Cpu).unwrap();
+            last = logits_rows(&m.forward(&tok, &pos, &[0], &mut cache).unwrap())
+                .unwrap()
+                .remove(0);
+        }
+        assert!(close(&full, &last), "{arch}: cached decoding diverged");
+    }
+}
+
+fn greedy(m: &Model, prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {
+    let mut cache = Cache::new(&m.cfg, 64);
+    let b = pad_prompts(prompts, 0, &Device::Cpu).unwrap();
+    let mut rows = logits_rows(
+        &m.forward(&b.tokens, &b.positions, &b.pad, &mut cache)
+            .unwrap(),
+    )
+    .unwrap();
+    let mut out = vec![Vec::new(); prompts.len()];
+    for _ in 0..steps {
+        let next: Vec<u32> = rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .unwrap()
+                    .0 as u32
+            })
+            .collect();
+        for (o, t) in out.iter_mut().zip(&next) {
+            o.push(*t);
+        }
+        let (tok, pos) = step_inputs(&next, &b.pad, cache.len(), &Device::Cpu).unwrap();
+        rows = logits_rows(&m.forward(&tok, &pos, &b.pad, &mut cache).unwrap()).unwrap();
+    }
+    out
+}
+
+#[test]
+fn ragged_batch_matches_each_prompt_alone() {
+    for arch in ["llama", "qwen2"] {
+        let m = load(arch);
+        let prompts = vec![
+            vec![1u32, 2, 3, 4, 5, 6, 7],
+            vec![9u32, 8],
+            vec![30u32, 31, 32, 33],
+        ];
+        let batched = greedy(&m, &prompts, 6);
+        for (p, b) in prompts.iter().zip(&batched) {
+            assert_eq!(&greedy(&m, std::slice::from_ref(p), 6)[0], b, "{arch}");
+        }
+        // Logits of the padded prompt step equal the unpadded ones.
+        let mut cache = Cache::new(&m.cfg, 64);
+        let b = pad_prompts(&prompts, 0, &Device::Cpu).unwrap();
+        let rows = logits_rows(
+            &m.forward(&b.tokens, &b.positions, &b.pad, &mut cache)
+                .unwrap(),
+        )
+        .unwrap();
+        for (p, row) in prompts.iter().zip(&rows) {
+            assert!(close(&full_logits(&m, p), row), "{arch}: padding leaked");
+        }
+    }
+}
+
+#[test]
+fn unsupported_architecture_is_a_clear_error() {
+    let mut bytes = tiny_gguf("llama");
+    // Rename the architecture in place ("llama" -> "lxama").
+    let at = bytes.windows(5).position(|w| w == b"llama").unwrap();
+    bytes[at + 1] = b'x';
+    let mut r = Cursor::new(bytes);
+    let ct = gguf_file::Content::read(&mut r).unwrap();
+    let e = Model::from_gguf(&ct, &mut r, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("unsupported architecture"), "{e}");
+}

@@ -1,0 +1,53 @@
+//! `gatt generate`: one reply from the chat model (the first smoke test to run).
+
+use super::backend::{BackendArgs, SamplingArgs};
+use gatt::backend::Request;
+use gatt::{Message, Result};
+
+/// Print the chat model's reply to one prompt.
+///
+/// Example: gatt generate --prompt "What is the capital of France?" --temperature 0
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The user message.
+    #[arg(long)]
+    pub prompt: String,
+    /// An optional system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let backend = args.backend.load()?;
+    let mut messages: Vec<Message> = args.system.iter().map(Message::system).collect();
+    messages.push(Message::user(&args.prompt));
+    let start = std::time::Instant::now();
+    let out = backend.generate(
+        &[Request {
+            messages,
+            seed: args.seed,
+        }],
+        &args.sampling.params(1),
+    )?;
+    let reply = &out[0][0];
+    println!("{}", reply.text);
+    eprintln!(
+        "gatt generate: {} prompt + {} reply tokens in {:.2}s{}",
+        reply.prompt_tokens,
+        reply.completion_tokens,
+        start.elapsed().as_secs_f64(),
+        if reply.finished {
+            ""
+        } else {
+            " (cut at --max-tokens)"
+        }
+    );
+    Ok(())
+}
