@@ -12,6 +12,7 @@
 //! file, line and field at fault so that the command-line tool can tell the user what to fix.
 
 pub mod backend;
+pub mod catalog;
 pub mod dataset;
 pub mod dialogue;
 pub mod error;

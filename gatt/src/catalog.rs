@@ -1,0 +1,306 @@
+//! Constraint catalogs (`templates/catalogs/`): what the generator can ask for and what
+//! the evaluator needs to check it (aliases, keywords, language codes).
+//!
+//! The built-in catalogs are compiled in; `--catalog FILE` replaces one kind's entries
+//! with a file written by `gatt constraints expand` (same JSON shape).
+
+use crate::dialogue::{Constraint, ConstraintKind};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hobby {
+    pub name: String,
+    /// Lowercase words a reply about this hobby likely contains (the name first).
+    pub keywords: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figure {
+    pub name: String,
+    /// Other names that identify the figure (surname, spellings without diacritics).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Language {
+    pub name: String,
+    /// ISO 639-3 code as the language detector reports it (`fra`, `cmn`, ...).
+    pub code: String,
+    #[serde(default)]
+    pub native: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Persona {
+    pub name: String,
+    /// The role as the instruction states it ("a gruff pirate captain ...").
+    pub description: String,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+}
+
+/// A format rule checkable by code; `text` may hold one `{param}` placeholder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormatRule {
+    pub id: String,
+    pub text: String,
+    /// Placeholder name -> allowed values (e.g. `{"n": [20, 30]}`).
+    #[serde(default)]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl FormatRule {
+    /// The placeholder's allowed values, as strings.
+    pub fn param_values(&self) -> Vec<String> {
+        let Some(p) = &self.params else {
+            return Vec::new();
+        };
+        p.values()
+            .next()
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The rule's text with its parameter filled in.
+    pub fn render(&self, param: Option<&str>) -> String {
+        match (&self.params, param) {
+            (Some(p), Some(v)) => match p.keys().next() {
+                Some(k) => self.text.replace(&format!("{{{k}}}"), v),
+                None => self.text.clone(),
+            },
+            _ => self.text.clone(),
+        }
+    }
+}
+
+/// Verbose phrasings and the terse one, per kind (`{value}` is the constraint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phrasing {
+    pub verbose: Vec<String>,
+    pub terse: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phrasings {
+    pub hobby: Phrasing,
+    pub language: Phrasing,
+    pub figure: Phrasing,
+    pub persona: Phrasing,
+    pub format: Phrasing,
+}
+
+impl Phrasings {
+    pub fn of(&self, kind: &ConstraintKind) -> Option<&Phrasing> {
+        match kind {
+            ConstraintKind::Hobby => Some(&self.hobby),
+            ConstraintKind::Language => Some(&self.language),
+            ConstraintKind::Figure => Some(&self.figure),
+            ConstraintKind::Persona => Some(&self.persona),
+            ConstraintKind::Format => Some(&self.format),
+            ConstraintKind::Other(_) => None,
+        }
+    }
+}
+
+/// Probe questions asked at probe turns (the paper's "What is your name?").
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Probes {
+    #[serde(default)]
+    pub hobby: Vec<String>,
+    #[serde(default)]
+    pub figure: Vec<String>,
+    #[serde(default)]
+    pub persona: Vec<String>,
+}
+
+impl Probes {
+    pub fn of(&self, kind: &ConstraintKind) -> &[String] {
+        match kind {
+            ConstraintKind::Hobby => &self.hobby,
+            ConstraintKind::Figure => &self.figure,
+            ConstraintKind::Persona => &self.persona,
+            _ => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalog {
+    pub hobbies: Vec<Hobby>,
+    pub figures: Vec<Figure>,
+    pub languages: Vec<Language>,
+    pub personas: Vec<Persona>,
+    pub formats: Vec<FormatRule>,
+    /// Pairs of `kind:value` ids that are never combined in one instruction.
+    pub incompatible: Vec<(String, String)>,
+    pub phrasings: Phrasings,
+    pub probes: Probes,
+    /// The built-in bank of user messages.
+    pub user_bank: Vec<String>,
+}
+
+macro_rules! builtin_json {
+    ($file:literal) => {
+        include_str!(concat!("../../templates/", $file))
+    };
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(name: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::input(format!("{name}: {e}")))
+}
+
+#[derive(Deserialize)]
+struct Bank {
+    messages: Vec<String>,
+}
+
+impl Catalog {
+    /// The catalogs shipped in `templates/`.
+    pub fn builtin() -> Catalog {
+        let load = || -> Result<Catalog> {
+            let pairs: Vec<[String; 2]> = parse(
+                "incompatible.json",
+                builtin_json!("catalogs/incompatible.json"),
+            )?;
+            Ok(Catalog {
+                hobbies: parse("hobbies.json", builtin_json!("catalogs/hobbies.json"))?,
+                figures: parse("figures.json", builtin_json!("catalogs/figures.json"))?,
+                languages: parse("languages.json", builtin_json!("catalogs/languages.json"))?,
+                personas: parse("personas.json", builtin_json!("catalogs/personas.json"))?,
+                formats: parse("formats.json", builtin_json!("catalogs/formats.json"))?,
+                incompatible: pairs.into_iter().map(|[a, b]| (a, b)).collect(),
+                phrasings: parse("phrasings.json", builtin_json!("catalogs/phrasings.json"))?,
+                probes: parse("probes.json", builtin_json!("users/probes.json"))?,
+                user_bank: parse::<Bank>("bank.json", builtin_json!("users/bank.json"))?.messages,
+            })
+        };
+        load().expect("built-in catalogs in templates/ are valid")
+    }
+
+    /// Replaces one kind's entries with those of a catalog file (a JSON list of entries
+    /// of that kind, as `gatt constraints expand` writes).
+    pub fn load_file(&mut self, kind: &ConstraintKind, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        let name = path.display().to_string();
+        match kind {
+            ConstraintKind::Hobby => self.hobbies = parse(&name, &text)?,
+            ConstraintKind::Figure => self.figures = parse(&name, &text)?,
+            ConstraintKind::Language => self.languages = parse(&name, &text)?,
+            ConstraintKind::Persona => self.personas = parse(&name, &text)?,
+            ConstraintKind::Format => self.formats = parse(&name, &text)?,
+            ConstraintKind::Other(k) => {
+                return Err(Error::input(format!("{name}: unknown catalog kind `{k}`")))
+            }
+        }
+        Ok(())
+    }
+
+    /// The catalog entry names of one kind (what `Constraint::value` holds).
+    pub fn values(&self, kind: &ConstraintKind) -> Vec<&str> {
+        match kind {
+            ConstraintKind::Hobby => self.hobbies.iter().map(|h| h.name.as_str()).collect(),
+            ConstraintKind::Figure => self.figures.iter().map(|h| h.name.as_str()).collect(),
+            ConstraintKind::Language => self.languages.iter().map(|h| h.name.as_str()).collect(),
+            ConstraintKind::Persona => self.personas.iter().map(|h| h.name.as_str()).collect(),
+            ConstraintKind::Format => self.formats.iter().map(|h| h.id.as_str()).collect(),
+            ConstraintKind::Other(_) => Vec::new(),
+        }
+    }
+
+    pub fn hobby(&self, name: &str) -> Option<&Hobby> {
+        self.hobbies
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+    }
+    pub fn figure(&self, name: &str) -> Option<&Figure> {
+        self.figures
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+    }
+    pub fn language(&self, name: &str) -> Option<&Language> {
+        self.languages
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+    }
+    pub fn persona(&self, name: &str) -> Option<&Persona> {
+        self.personas
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+    }
+    pub fn format(&self, id: &str) -> Option<&FormatRule> {
+        self.formats.iter().find(|h| h.id == id)
+    }
+
+    /// `kind:value` id of a constraint, as `incompatible.json` names them.
+    pub fn id_of(c: &Constraint) -> String {
+        format!("{}:{}", c.kind, c.value)
+    }
+
+    /// True when the two constraints may share one instruction.
+    pub fn compatible(&self, a: &Constraint, b: &Constraint) -> bool {
+        if a.kind == b.kind && a.kind != ConstraintKind::Format {
+            return false;
+        }
+        if a.kind == ConstraintKind::Format
+            && b.kind == ConstraintKind::Format
+            && a.value == b.value
+        {
+            return false;
+        }
+        let (x, y) = (Self::id_of(a), Self::id_of(b));
+        !self
+            .incompatible
+            .iter()
+            .any(|(p, q)| (p == &x && q == &y) || (p == &y && q == &x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalogs_meet_their_minimum_sizes() {
+        let c = Catalog::builtin();
+        assert!(c.hobbies.len() >= 100);
+        assert!(c.figures.len() >= 100);
+        assert!(c.languages.len() >= 20);
+        assert!(c.formats.len() >= 8);
+        assert!(c.user_bank.len() >= 300);
+        assert!(c.probes.figure.iter().any(|p| p == "What is your name?"));
+    }
+
+    #[test]
+    fn incompatible_pairs_are_refused() {
+        let c = Catalog::builtin();
+        let f = |v: &str| Constraint::new(ConstraintKind::Format, v);
+        assert!(!c.compatible(&f("lowercase"), &f("uppercase")));
+        assert!(!c.compatible(&f("json"), &f("haiku")));
+        let fr = Constraint::new(ConstraintKind::Language, "French");
+        let de = Constraint::new(ConstraintKind::Language, "German");
+        assert!(!c.compatible(&fr, &de));
+        assert!(c.compatible(&fr, &Constraint::new(ConstraintKind::Hobby, "Tennis")));
+    }
+
+    #[test]
+    fn format_rules_render_their_parameter() {
+        let c = Catalog::builtin();
+        let r = c.format("max_words").unwrap();
+        assert!(!r.param_values().is_empty());
+        assert!(r.render(Some("20")).contains("20"));
+    }
+}
