@@ -1,1 +1,22 @@
+//! The GAtt generator: turns a chat model into a GAtt training set.
+//!
+//! ```text
+//! constraints (sample) -> instruction (phrase) -> user turns (users)
+//!   -> replies, turn by turn, instruction in every user turn (pipeline)
+//!   -> training record, instruction in the first turn only (gatt::transform)
+//! ```
+//!
+//! Every dialogue is a pure function of (seed, its index), so runs repeat byte for byte,
+//! shards partition the work, and a resumed run ends exactly where a clean one would.
 
+pub mod phrase;
+pub mod pipeline;
+pub mod plan;
+pub mod run;
+pub mod sample;
+pub mod scorer;
+pub mod users;
+
+pub use pipeline::{SynthOptions, Synthesizer};
+pub use plan::{DialoguePlan, Shard};
+pub use scorer::{DefaultScorer, Scorer};

@@ -1,0 +1,190 @@
+//! Sampling the replies: the instruction in every user turn, the earlier sampled replies
+//! in context, dialogues batched through the backend turn by turn.
+
+use crate::plan::{mix, plan, DialoguePlan, PlanOptions, Shard};
+use crate::scorer::{best, Scorer};
+use crate::users::UserSource;
+use gatt::backend::{ChatBackend, Request, SamplingParams};
+use gatt::catalog::Catalog;
+use gatt::transform::{attach, to_training, Attach, Placement};
+use gatt::{ConstraintKind, Dialogue, Message, Result, Role};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SynthOptions {
+    pub dialogues: usize,
+    pub turns: usize,
+    pub seed: u64,
+    pub kinds: Vec<ConstraintKind>,
+    pub max_combined: usize,
+    pub terse: f64,
+    pub attach: Attach,
+    pub placement: Placement,
+    pub candidates: usize,
+    pub sampling: SamplingParams,
+    /// The model writes the user's messages after the first.
+    pub user_sim: bool,
+    #[serde(serialize_with = "shard_str")]
+    pub shard: Shard,
+    /// Dialogues per chunk file (the unit of resumption).
+    pub chunk: usize,
+}
+
+fn shard_str<S: serde::Serializer>(s: &Shard, ser: S) -> std::result::Result<S::Ok, S::Error> {
+    ser.serialize_str(&s.to_string())
+}
+
+/// Asks the model to play the user (`--user-sim`).
+const USER_SIM_PROMPT: &str = "You are role-playing a curious person chatting with an \
+AI assistant. Read the conversation and write only the person's next message: one or two \
+natural sentences that continue the conversation. Do not answer as the assistant.";
+
+pub struct Synthesizer<'a> {
+    pub backend: &'a dyn ChatBackend,
+    pub catalog: &'a Catalog,
+    pub users: &'a UserSource,
+    pub scorer: &'a dyn Scorer,
+    pub opts: SynthOptions,
+}
+
+/// One dialogue being sampled.
+struct InFlight {
+    plan: DialoguePlan,
+    /// The conversation without the instruction.
+    plain: Vec<Message>,
+    prompt_tokens: Vec<usize>,
+    completion_tokens: Vec<usize>,
+    finished: Vec<bool>,
+}
+
+impl Synthesizer<'_> {
+    /// This shard's dialogue plans, in job order.
+    pub fn plans(&self) -> Vec<DialoguePlan> {
+        let o = PlanOptions {
+            seed: self.opts.seed,
+            kinds: &self.opts.kinds,
+            max_combined: self.opts.max_combined,
+            terse: self.opts.terse,
+            turns: self.opts.turns,
+        };
+        (0..self.opts.dialogues)
+            .filter(|i| self.opts.shard.owns(*i))
+            .map(|i| plan(i, &o, self.catalog, self.users))
+            .collect()
+    }
+
+    /// Samples the dialogues of `plans` together; returns training records in order.
+    pub fn run_chunk(&self, plans: &[DialoguePlan]) -> Result<Vec<Dialogue>> {
+        let mut live: Vec<InFlight> = plans
+            .iter()
+            .map(|p| InFlight {
+                plan: p.clone(),
+                plain: Vec::new(),
+                prompt_tokens: Vec::new(),
+                completion_tokens: Vec::new(),
+                finished: Vec::new(),
+            })
+            .collect();
+        let mut params = self.opts.sampling.clone();
+        params.n = self.opts.candidates.max(1);
+        for turn in 0..self.opts.turns {
+            if self.opts.user_sim && turn > 0 {
+                self.simulate_users(&mut live, turn)?;
+            }
+            let active: Vec<usize> = (0..live.len())
+                .filter(|&i| live[i].plan.users.len() > turn)
+                .collect();
+            if active.is_empty() {
+                break;
+            }
+            let requests: Vec<Request> = active
+                .iter()
+                .map(|&i| {
+                    let d = &mut live[i];
+                    d.plain.push(Message::user(d.plan.users[turn].clone()));
+                    Request {
+                        messages: attach(&d.plain, &d.plan.instruction, self.opts.attach),
+                        seed: mix(d.plan.seed ^ (turn as u64 + 1)),
+                    }
+                })
+                .collect();
+            let replies = self.backend.generate(&requests, &params)?;
+            for (&i, candidates) in active.iter().zip(replies) {
+                let d = &mut live[i];
+                let pick = best(self.scorer, &d.plan.constraints, &candidates, turn + 1);
+                let r = &candidates[pick];
+                d.plain.push(Message::assistant(r.text.clone()));
+                d.prompt_tokens.push(r.prompt_tokens);
+                d.completion_tokens.push(r.completion_tokens);
+                d.finished.push(r.finished);
+            }
+        }
+        Ok(live.into_iter().map(|d| self.record(d)).collect())
+    }
+
+    /// Writes each live dialogue's next user message with the model playing the user.
+    fn simulate_users(&self, live: &mut [InFlight], turn: usize) -> Result<()> {
+        let idx: Vec<usize> = (0..live.len())
+            .filter(|&i| live[i].plain.len() == 2 * turn)
+            .collect();
+        let requests: Vec<Request> = idx
+            .iter()
+            .map(|&i| {
+                let d = &live[i];
+                // Roles flipped: the model speaks as the user, reading the assistant as its partner.
+                let mut messages = vec![Message::system(USER_SIM_PROMPT)];
+                messages.extend(d.plain.iter().map(|m| match m.role {
+                    Role::User => Message::assistant(m.content.clone()),
+                    _ => Message::user(m.content.clone()),
+                }));
+                Request {
+                    messages,
+                    seed: mix(d.plan.seed ^ 0x5EED_0000 ^ turn as u64),
+                }
+            })
+            .collect();
+        let mut params = self.opts.sampling.clone();
+        params.n = 1;
+        params.max_new_tokens = params.max_new_tokens.min(64);
+        let replies = self.backend.generate(&requests, &params)?;
+        for (&i, r) in idx.iter().zip(replies) {
+            let text = r[0].text.trim().to_string();
+            let users = &mut live[i].plan.users;
+            users.truncate(turn);
+            if !text.is_empty() {
+                users.push(text);
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, d: InFlight) -> Dialogue {
+        let p = &d.plan;
+        let augmented = attach(&d.plain, &p.instruction, self.opts.attach);
+        let messages = to_training(
+            &augmented,
+            &p.instruction,
+            self.opts.attach,
+            self.opts.placement,
+        );
+        let mut meta = serde_json::Map::new();
+        meta.insert(
+            "augmented".into(),
+            serde_json::to_value(&augmented).unwrap_or_default(),
+        );
+        meta.insert("model".into(), self.backend.describe().into());
+        meta.insert("seed".into(), p.seed.into());
+        meta.insert("index".into(), p.index.into());
+        meta.insert("terse".into(), p.terse.into());
+        meta.insert("prompt_tokens".into(), d.prompt_tokens.into());
+        meta.insert("completion_tokens".into(), d.completion_tokens.into());
+        meta.insert("finished".into(), d.finished.into());
+        Dialogue {
+            id: p.id.clone(),
+            messages,
+            instruction: p.instruction.clone(),
+            constraints: p.constraints.clone(),
+            meta,
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! What each dialogue will be, decided up front from (seed, index) alone.
+
+use crate::phrase::phrase;
+use crate::sample::sample_constraints;
+use crate::users::UserSource;
+use gatt::catalog::Catalog;
+use gatt::{Constraint, ConstraintKind, Error, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Everything random about one dialogue except the model's replies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DialoguePlan {
+    /// Position in the whole (unsharded) job.
+    pub index: usize,
+    pub id: String,
+    /// Seeds this dialogue's sampling.
+    pub seed: u64,
+    pub constraints: Vec<Constraint>,
+    pub instruction: String,
+    pub terse: bool,
+    /// The user's messages, without the instruction.
+    pub users: Vec<String>,
+}
+
+/// `I/N`: this machine's share of a job split over N machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 1-based.
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 1, count: 1 }
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::input(format!(
+                "--shard {s}: expected I/N with 1 <= I <= N, e.g. 2/4"
+            ))
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index == 0 || count == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// Dialogues are dealt round-robin, so shards stay balanced and disjoint.
+    pub fn owns(&self, index: usize) -> bool {
+        index % self.count == self.index - 1
+    }
+}
+
+/// SplitMix64: decorrelates the seeds of neighbouring dialogues.
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+pub struct PlanOptions<'a> {
+    pub seed: u64,
+    pub kinds: &'a [ConstraintKind],
+    pub max_combined: usize,
+    /// Probability that the instruction is terse (the paper: 0.5).
+    pub terse: f64,
+    pub turns: usize,
+}
+
+pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource) -> DialoguePlan {
+    let seed = mix(o.seed ^ mix(index as u64));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let constraints = sample_constraints(&mut rng, catalog, o.kinds, o.max_combined);
+    let terse = rng.random_bool(o.terse.clamp(0.0, 1.0));
+    let instruction = phrase(&mut rng, &constraints, catalog, terse);
+    let users = users.turns_for(&mut rng, index, o.turns);
+    DialoguePlan {
+        index,
+        id: format!("gatt-{:x}-{index:07}", o.seed),
+        seed,
+        constraints,
+        instruction,
+        terse,
+        users,
+    }
+}
