@@ -3,6 +3,8 @@
 
 mod cmd;
 mod progress;
+mod scoring;
+mod synth_report;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,6 +33,7 @@ enum Command {
     Templates(cmd::templates::Args),
     Model(cmd::model::Args),
     Generate(cmd::generate::Args),
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Templates(a) => cmd::templates::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use gatt::mask::{MaskOptions, Masker, Policy, SkipReason, Truncate};
 use gatt::{Error, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Build loss masks: tokenize each dialogue with the model's chat template and mark the
 /// tokens that carry loss.
@@ -66,13 +66,13 @@ pub enum OnError {
 /// Records masked per parallel batch.
 const BATCH: usize = 1024;
 
-#[derive(Default, serde::Serialize)]
-struct Summary {
-    records: usize,
-    samples: usize,
-    tokens: usize,
-    loss_tokens: usize,
-    skipped: BTreeMap<&'static str, usize>,
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub records: usize,
+    pub samples: usize,
+    pub tokens: usize,
+    pub loss_tokens: usize,
+    pub skipped: BTreeMap<&'static str, usize>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -94,8 +94,22 @@ pub fn run(args: Args) -> Result<()> {
             truncate: args.truncate,
         },
     );
-    let mut records = read_dialogues(&args.input)?;
-    let mut writer = SampleWriter::create(&args.out, out_format)?;
+    let summary = mask_file(&masker, &args.input, &args.out, out_format, args.on_error)?;
+    report(&summary, &args.out);
+    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    Ok(())
+}
+
+/// Masks every record of `input` into `out`; shared with `gatt synth --mask`.
+pub fn mask_file(
+    masker: &Masker,
+    input: &Path,
+    out: &Path,
+    out_format: Format,
+    on_error: OnError,
+) -> Result<Summary> {
+    let mut records = read_dialogues(input)?;
+    let mut writer = SampleWriter::create(out, out_format)?;
     let mut summary = Summary::default();
     let pb = progress::bar(None, "records");
     loop {
@@ -111,7 +125,7 @@ pub fn run(args: Args) -> Result<()> {
             summary.records += 1;
             let (result, loc, id) = match r {
                 Ok(x) => x,
-                Err(e) if args.on_error == OnError::Skip => {
+                Err(e) if on_error == OnError::Skip => {
                     *summary.skipped.entry("unreadable").or_default() += 1;
                     pb.suspend(|| eprintln!("gatt: skipped: {e}"));
                     continue;
@@ -127,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
                         writer.write(s)?;
                     }
                 }
-                Err(e) if args.on_error == OnError::Skip => {
+                Err(e) if on_error == OnError::Skip => {
                     *summary.skipped.entry(e.reason.as_str()).or_default() += 1;
                 }
                 Err(e) => {
@@ -145,13 +159,12 @@ pub fn run(args: Args) -> Result<()> {
     if summary.samples == 0 {
         return Err(Error::input(format!(
             "{}: no record could be masked ({} records); output not written",
-            args.input.display(),
+            input.display(),
             summary.records
         )));
     }
     writer.finish()?;
-    report(&summary, &args.out);
-    Ok(())
+    Ok(summary)
 }
 
 fn hint(reason: SkipReason) -> &'static str {
@@ -162,7 +175,7 @@ fn hint(reason: SkipReason) -> &'static str {
     }
 }
 
-fn report(s: &Summary, out: &std::path::Path) {
+pub fn report(s: &Summary, out: &Path) {
     eprintln!(
         "gatt mask: {} records -> {} samples in {}; {} tokens, {} with loss ({:.1}%)",
         s.records,
@@ -180,5 +193,4 @@ fn report(s: &Summary, out: &std::path::Path) {
             parts.join(", ")
         );
     }
-    println!("{}", serde_json::to_string(s).unwrap_or_default());
 }

@@ -3,6 +3,7 @@ pub mod generate;
 pub mod inspect;
 pub mod mask;
 pub mod model;
+pub mod synth;
 pub mod templates;
 
 use gatt::model::{load_template, ChatFormat, ModelSource};

@@ -35,7 +35,8 @@ pub fn default_model_path() -> PathBuf {
         .join(GGUF_FILE)
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+/// Hex sha256 of a file (model provenance in run manifests).
+pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).map_err(|e| Error::io(path, "read", e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

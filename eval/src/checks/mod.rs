@@ -1,0 +1,185 @@
+//! Programmatic adherence checks: does one reply respect one constraint?
+//!
+//! Every check answers Pass, Fail or Undetermined, and says why in `evidence`.
+//! Undetermined is never counted as a pass: it means the reply does not let code decide
+//! (too short to detect a language, a hobby on a turn where nobody asked about hobbies)
+//! or the constraint itself cannot be checked (an unknown kind or catalog value).
+//!
+//! One module per constraint kind; [`check`] dispatches.
+
+mod figure;
+mod format;
+mod hobby;
+mod language;
+mod persona;
+pub mod sentences;
+pub mod text;
+
+use gatt::catalog::Catalog;
+use gatt::{Constraint, ConstraintKind};
+use serde::{Deserialize, Serialize};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Undetermined,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Undetermined => "undetermined",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A verdict and the reason for it, written for a person reading a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub verdict: Verdict,
+    pub evidence: String,
+}
+
+impl Check {
+    pub fn pass(evidence: impl Into<String>) -> Self {
+        Check {
+            verdict: Verdict::Pass,
+            evidence: evidence.into(),
+        }
+    }
+    pub fn fail(evidence: impl Into<String>) -> Self {
+        Check {
+            verdict: Verdict::Fail,
+            evidence: evidence.into(),
+        }
+    }
+    pub fn undetermined(evidence: impl Into<String>) -> Self {
+        Check {
+            verdict: Verdict::Undetermined,
+            evidence: evidence.into(),
+        }
+    }
+}
+
+/// Evidence of a turn that did not ask about the constraint's kind.
+pub const NOT_A_PROBE: &str = "not a probe turn";
+/// Evidence of an empty reply, which fails every constraint.
+pub const EMPTY_REPLY: &str = "empty reply";
+
+/// Evidence beginning with this marks a constraint that cannot be checked at all (an
+/// unknown kind, a value missing from the catalog, a bad format parameter): the data is
+/// at fault, not the reply. Reports count these separately as problems.
+pub const PROBLEM: &str = "cannot check: ";
+
+/// An Undetermined check for a constraint the evaluator cannot check.
+pub(crate) fn problem(reason: impl std::fmt::Display) -> Check {
+    Check::undetermined(format!("{PROBLEM}{reason}"))
+}
+
+/// True when `evidence` reports a problem with the constraint rather than the reply.
+pub fn is_problem(evidence: &str) -> bool {
+    evidence.starts_with(PROBLEM)
+}
+
+/// Checks one reply against one constraint. `probe`: true when this turn's user message
+/// was a probe question for this constraint's kind.
+///
+/// Hobbies, public figures and personas only show when the user asks about them (the
+/// paper probes with "What is your name?"), so they are decided on probe turns only.
+/// Language and format rules hold for every reply and are decided on every turn.
+pub fn check(c: &Constraint, reply: &str, catalog: &Catalog, probe: bool) -> Check {
+    let unknown = || problem(format!("{} `{}` is not in the catalog", c.kind, c.value));
+    match &c.kind {
+        ConstraintKind::Other(kind) => problem(format!("unknown constraint kind `{kind}`")),
+        ConstraintKind::Language => match catalog.language(&c.value) {
+            Some(lang) => decide(reply, true, || language::check(lang, reply)),
+            None => unknown(),
+        },
+        ConstraintKind::Format => match catalog.format(&c.value) {
+            Some(rule) => decide(reply, true, || {
+                format::check(&rule.id, c.param.as_deref(), reply)
+            }),
+            None => problem(format!("format rule `{}` is not in the catalog", c.value)),
+        },
+        ConstraintKind::Figure => match catalog.figure(&c.value) {
+            Some(figure) => decide(reply, probe, || figure::check(figure, reply)),
+            None => unknown(),
+        },
+        ConstraintKind::Hobby => match catalog.hobby(&c.value) {
+            Some(hobby) => decide(reply, probe, || hobby::check(hobby, reply)),
+            None => unknown(),
+        },
+        ConstraintKind::Persona => match catalog.persona(&c.value) {
+            Some(persona) => decide(reply, probe, || persona::check(persona, reply)),
+            None => unknown(),
+        },
+    }
+}
+
+/// The checks every known constraint shares: an empty reply fails (the model broke down,
+/// whatever it was asked), a turn that did not ask is undetermined.
+fn decide(reply: &str, asked: bool, check: impl FnOnce() -> Check) -> Check {
+    if reply.trim().is_empty() {
+        Check::fail(EMPTY_REPLY)
+    } else if !asked {
+        Check::undetermined(NOT_A_PROBE)
+    } else {
+        check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(kind: &str, value: &str) -> Constraint {
+        Constraint::new(ConstraintKind::from(kind.to_string()), value)
+    }
+
+    #[test]
+    fn unknown_kinds_and_values_are_problems() {
+        let cat = Catalog::builtin();
+        let k = check(&c("mood", "happy"), "I am happy", &cat, true);
+        assert_eq!(k.verdict, Verdict::Undetermined);
+        assert!(is_problem(&k.evidence), "{}", k.evidence);
+        let v = check(&c("hobby", "Underwater basket weaving"), "x", &cat, true);
+        assert_eq!(v.verdict, Verdict::Undetermined);
+        assert!(is_problem(&v.evidence), "{}", v.evidence);
+    }
+
+    #[test]
+    fn empty_reply_fails_and_non_probe_turns_are_undetermined() {
+        let cat = Catalog::builtin();
+        let tennis = c("hobby", "Tennis");
+        assert_eq!(
+            check(&tennis, "  \n", &cat, false),
+            Check::fail(EMPTY_REPLY)
+        );
+        let k = check(&tennis, "I love tennis.", &cat, false);
+        assert_eq!(k, Check::undetermined(NOT_A_PROBE));
+        assert!(!is_problem(&k.evidence));
+        assert_eq!(
+            check(&tennis, "I love tennis.", &cat, true).verdict,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn verdicts_serialize_in_snake_case() {
+        assert_eq!(
+            serde_json::to_string(&Verdict::Undetermined).unwrap(),
+            "\"undetermined\""
+        );
+    }
+}

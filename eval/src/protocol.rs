@@ -1,0 +1,166 @@
+//! The evaluation protocol: talk to a model for many turns and see whether it keeps its
+//! instruction (the paper's Table 30 and Li et al. 2024's drift measurement).
+//!
+//! Each dialogue states its instruction once, in the system message, exactly as a model
+//! trained with GAtt sees it in use. Then, turn after turn, the user asks a question from
+//! the catalog's bank, or, every `probe_every` turns, a probe question about a hobby,
+//! figure or persona of the instruction ("What is your name?"). The model's own replies
+//! stay in the context, so drift compounds as it would in a real conversation.
+//!
+//! Turn `t` of every dialogue is generated in one batch (in chunks of the backend's
+//! preferred size), so a run costs `turns` rounds of batched generation.
+
+mod plan;
+mod score;
+
+pub use plan::{phrase, pick_constraints, DialoguePlan};
+pub use score::{score_dialogue, ScoredTurn, UNKNOWN_MODEL};
+
+use gatt::backend::{ChatBackend, Request, SamplingParams};
+use gatt::catalog::Catalog;
+use gatt::{ConstraintKind, Dialogue, Error, Message, Result};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolOptions {
+    /// User turns per dialogue.
+    pub turns: usize,
+    pub dialogues: usize,
+    /// One constraint of each kind per dialogue.
+    pub kinds: Vec<ConstraintKind>,
+    /// Every `probe_every`-th turn is a probe question; 0 = never.
+    pub probe_every: usize,
+    pub seed: u64,
+    /// `n` is ignored: one reply per turn.
+    pub sampling: SamplingParams,
+}
+
+impl Default for ProtocolOptions {
+    /// The paper's setting: hobby and figure, probed every other turn, 20 turns, greedy.
+    fn default() -> Self {
+        ProtocolOptions {
+            turns: 20,
+            dialogues: 50,
+            kinds: vec![ConstraintKind::Figure, ConstraintKind::Hobby],
+            probe_every: 2,
+            seed: 0,
+            sampling: SamplingParams::greedy(256),
+        }
+    }
+}
+
+/// The FNV-1a 64-bit prime: spreads dialogue indices over the seed space.
+const DIALOGUE_PRIME: u64 = 0x0000_0100_0000_01B3;
+
+/// The sampling seed of dialogue `index` at `turn`, so that each reply has its own seed
+/// and the run repeats exactly.
+pub fn request_seed(seed: u64, index: usize, turn: usize) -> u64 {
+    seed ^ (index as u64)
+        .wrapping_mul(DIALOGUE_PRIME)
+        .wrapping_add(turn as u64)
+}
+
+/// Runs the protocol and returns the finished dialogues. `progress` is called after each
+/// batch with the number of replies generated so far (of `dialogues * turns`).
+///
+/// Each dialogue records `meta.model`, `meta.seed`, `meta.index`, `meta.probe_turns`
+/// (turn numbers) and `meta.probe_kinds` (the kind each probe asked about), which
+/// [`score_dialogue`] reads.
+pub fn run_protocol(
+    backend: &dyn ChatBackend,
+    catalog: &Catalog,
+    opts: &ProtocolOptions,
+    progress: &dyn Fn(usize),
+) -> Result<Vec<Dialogue>> {
+    if opts.turns == 0 {
+        return Err(Error::input("the protocol needs at least one turn"));
+    }
+    if opts.kinds.is_empty() {
+        return Err(Error::input(
+            "the protocol needs at least one constraint kind",
+        ));
+    }
+    let plans = (0..opts.dialogues)
+        .map(|i| DialoguePlan::new(i, catalog, opts))
+        .collect::<Result<Vec<_>>>()?;
+    let model = backend.describe();
+    let mut dialogues: Vec<Dialogue> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, plan)| start(i, plan, &model, opts.seed))
+        .collect();
+
+    let params = SamplingParams {
+        n: 1,
+        ..opts.sampling.clone()
+    };
+    let batch = backend.preferred_batch().max(1);
+    let mut done = 0;
+    for turn in 1..=opts.turns {
+        for (d, plan) in dialogues.iter_mut().zip(&plans) {
+            d.messages
+                .push(Message::user(plan.user_messages[turn - 1].clone()));
+        }
+        for first in (0..dialogues.len()).step_by(batch) {
+            let chunk = first..(first + batch).min(dialogues.len());
+            let requests: Vec<Request> = chunk
+                .clone()
+                .map(|i| Request {
+                    messages: dialogues[i].messages.clone(),
+                    seed: request_seed(opts.seed, i, turn),
+                })
+                .collect();
+            let replies = backend.generate(&requests, &params)?;
+            if replies.len() != requests.len() {
+                return Err(Error::runtime(format!(
+                    "backend returned {} replies for {} conversations",
+                    replies.len(),
+                    requests.len()
+                )));
+            }
+            for (i, candidates) in chunk.clone().zip(replies) {
+                let Some(reply) = candidates.into_iter().next() else {
+                    return Err(Error::runtime(format!(
+                        "backend returned no reply for dialogue {} at turn {turn}",
+                        dialogues[i].id
+                    )));
+                };
+                dialogues[i].messages.push(Message::assistant(reply.text));
+            }
+            done += chunk.len();
+            progress(done);
+        }
+    }
+    Ok(dialogues)
+}
+
+/// A dialogue holding only its system message, with its provenance.
+fn start(index: usize, plan: &DialoguePlan, model: &str, seed: u64) -> Dialogue {
+    let mut d = Dialogue::new(
+        format!("eval-{index:05}"),
+        vec![Message::system(plan.instruction.clone())],
+    );
+    d.instruction = plan.instruction.clone();
+    d.constraints = plan.constraints.clone();
+    let (turns, kinds): (Vec<usize>, Vec<&str>) =
+        plan.probes.iter().map(|(t, k)| (*t, k.as_str())).unzip();
+    d.meta.insert("model".into(), json!(model));
+    d.meta.insert("seed".into(), json!(seed));
+    d.meta.insert("index".into(), json!(index));
+    d.meta.insert("probe_turns".into(), json!(turns));
+    d.meta.insert("probe_kinds".into(), json!(kinds));
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_seeds_differ_per_dialogue_and_turn() {
+        let a = request_seed(7, 0, 1);
+        assert_ne!(a, request_seed(7, 1, 1));
+        assert_ne!(a, request_seed(7, 0, 2));
+        assert_eq!(a, request_seed(7, 0, 1));
+    }
+}

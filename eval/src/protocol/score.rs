@@ -1,0 +1,189 @@
+//! Scoring a finished dialogue: one row per (turn, constraint).
+//!
+//! Works on any dialogue with constraints: the protocol's own (which records its probe
+//! turns in `meta.probe_turns` and `meta.probe_kinds`), and generated training data,
+//! where the instruction sits in the system message or is attached to user turns and no
+//! probe turns are recorded. There a turn counts as a probe for a kind when its user
+//! message, without the instruction, is one of the catalog's probe questions for it.
+
+use crate::checks::{check, Verdict};
+use gatt::catalog::Catalog;
+use gatt::{ConstraintKind, Dialogue, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Model name used when a dialogue's `meta.model` is missing.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
+/// The verdict on one constraint at one turn of one dialogue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredTurn {
+    pub model: String,
+    pub dialogue: String,
+    /// 1-based: the n-th user message and the reply to it.
+    pub turn: usize,
+    pub kind: ConstraintKind,
+    pub value: String,
+    pub verdict: Verdict,
+    pub evidence: String,
+    /// True when the verdict came from a judge model rather than code (always false here).
+    pub judge: bool,
+}
+
+/// Scores every answered turn of `d` against each of its constraints. A final user
+/// message without a reply is not scored.
+pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
+    let model = d
+        .meta
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(UNKNOWN_MODEL);
+    let recorded = RecordedProbes::from_meta(&d.meta);
+    let mut rows = Vec::new();
+    let mut turn = 0;
+    for (i, message) in d.messages.iter().enumerate() {
+        if message.role != Role::User {
+            continue;
+        }
+        turn += 1;
+        let Some(reply) = d.messages.get(i + 1).filter(|m| m.role == Role::Assistant) else {
+            continue;
+        };
+        let question = without_instruction(&message.content, &d.instruction);
+        for c in &d.constraints {
+            let probe = recorded.asked(turn, &c.kind) || is_probe(question, &c.kind, catalog);
+            let result = check(c, &reply.content, catalog, probe);
+            rows.push(ScoredTurn {
+                model: model.to_string(),
+                dialogue: d.id.clone(),
+                turn,
+                kind: c.kind.clone(),
+                value: c.value.clone(),
+                verdict: result.verdict,
+                evidence: result.evidence,
+                judge: false,
+            });
+        }
+    }
+    rows
+}
+
+/// The user's own words: the message with the instruction (if attached) taken out.
+fn without_instruction<'a>(message: &'a str, instruction: &str) -> &'a str {
+    let instruction = instruction.trim();
+    if instruction.is_empty() {
+        return message.trim();
+    }
+    let m = message.trim();
+    m.strip_prefix(instruction)
+        .or_else(|| m.strip_suffix(instruction))
+        .unwrap_or(m)
+        .trim()
+}
+
+fn is_probe(question: &str, kind: &ConstraintKind, catalog: &Catalog) -> bool {
+    catalog
+        .probes
+        .of(kind)
+        .iter()
+        .any(|p| p.trim().eq_ignore_ascii_case(question))
+}
+
+/// Probe turns as the protocol records them in `meta`.
+struct RecordedProbes {
+    /// (turn, kind asked about; `None` when the record does not say).
+    turns: Vec<(usize, Option<ConstraintKind>)>,
+}
+
+impl RecordedProbes {
+    /// Reads `probe_turns` (turn numbers) and, when present and as long, `probe_kinds`.
+    /// Malformed entries are ignored: they only lose probe information.
+    fn from_meta(meta: &serde_json::Map<String, Value>) -> Self {
+        let array = |key: &str| meta.get(key).and_then(Value::as_array);
+        let turns: Vec<Option<usize>> = array("probe_turns")
+            .map(|a| a.iter().map(|t| t.as_u64().map(|t| t as usize)).collect())
+            .unwrap_or_default();
+        let kinds: Option<Vec<ConstraintKind>> = array("probe_kinds")
+            .filter(|k| k.len() == turns.len())
+            .map(|k| {
+                k.iter()
+                    .map(|v| ConstraintKind::from(v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            });
+        let turns = turns
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((t?, kinds.as_ref().map(|k| k[i].clone()))))
+            .collect();
+        RecordedProbes { turns }
+    }
+
+    fn asked(&self, turn: usize, kind: &ConstraintKind) -> bool {
+        self.turns
+            .iter()
+            .any(|(t, k)| *t == turn && k.as_ref().is_none_or(|k| k == kind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatt::{Constraint, Message};
+
+    fn napoleon(messages: Vec<Message>) -> Dialogue {
+        let mut d = Dialogue::new("d1", messages);
+        d.instruction = "Always act as Napoleon Bonaparte from now on.".into();
+        d.constraints = vec![
+            Constraint::new(ConstraintKind::Figure, "Napoleon Bonaparte"),
+            Constraint::new(ConstraintKind::Hobby, "Chess"),
+        ];
+        d
+    }
+
+    #[test]
+    fn probe_questions_are_recognised_without_meta() {
+        let d = napoleon(vec![
+            Message::user("Always act as Napoleon Bonaparte from now on. Why is the sky blue?"),
+            Message::assistant("Rayleigh scattering, mon ami."),
+            Message::user("What is your name? Always act as Napoleon Bonaparte from now on."),
+            Message::assistant("I am Napoléon."),
+            Message::user("What is your name?"),
+        ]);
+        let rows = score_dialogue(&d, &Catalog::builtin());
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.turn, r.kind.as_str(), r.verdict))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "figure", Verdict::Undetermined),
+                (1, "hobby", Verdict::Undetermined),
+                (2, "figure", Verdict::Pass),
+                (2, "hobby", Verdict::Undetermined),
+            ]
+        );
+        assert!(rows.iter().all(|r| r.model == UNKNOWN_MODEL && !r.judge));
+    }
+
+    #[test]
+    fn recorded_probe_turns_and_kinds_decide() {
+        let mut d = napoleon(vec![
+            Message::system("Always act as Napoleon Bonaparte from now on."),
+            Message::user("Hello"),
+            Message::assistant("Bonjour. I play chess."),
+        ]);
+        d.meta.insert("model".into(), "m".into());
+        d.meta.insert("probe_turns".into(), serde_json::json!([1]));
+        d.meta
+            .insert("probe_kinds".into(), serde_json::json!(["hobby"]));
+        let rows = score_dialogue(&d, &Catalog::builtin());
+        assert_eq!(rows[0].verdict, Verdict::Undetermined); // figure: not asked
+        assert_eq!(rows[1].verdict, Verdict::Pass); // hobby: asked, chess named
+        assert_eq!(rows[1].model, "m");
+
+        d.meta.remove("probe_kinds");
+        let rows = score_dialogue(&d, &Catalog::builtin());
+        assert_eq!(rows[0].verdict, Verdict::Fail); // without kinds, every kind was asked
+    }
+}

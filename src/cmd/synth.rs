@@ -1,0 +1,240 @@
+//! `gatt synth`: the main job. A chat model in, a GAtt training set out.
+
+use super::backend::{BackendArgs, SamplingArgs};
+use super::mask::{mask_file, OnError};
+use crate::progress;
+use gatt::catalog::Catalog;
+use gatt::dataset::Format;
+use gatt::mask::{MaskOptions, Masker, Policy, Truncate};
+use gatt::model::{ChatFormat, ModelSource};
+use gatt::transform::{Attach, Placement};
+use gatt::{ConstraintKind, Error, Result};
+use gatt_synth::plan::Shard;
+use gatt_synth::users::UserSource;
+use gatt_synth::{SynthOptions, Synthesizer};
+use std::path::PathBuf;
+
+/// Synthesize GAtt dialogues: sample constraints, phrase an instruction, attach it to
+/// every user turn, sample each reply turn by turn with the chat model, then keep the
+/// instruction only in the first turn. With --mask, also write the train-ready masks.
+///
+/// Writes into --out: dialogues.parquet (training records; `meta.augmented` holds the
+/// conversation as sampled), masked.parquet (with --mask), report.md / report.json, and
+/// run.json (arguments, versions, model hash, counts, timings). Work is saved chunk by
+/// chunk: after an interruption, the same command with --resume finishes the job with
+/// exactly the records a clean run would have.
+///
+/// Examples:
+///   gatt synth --out run1 --dialogues 8 --turns 3 --mask
+///   gatt synth --out big --dialogues 20000 --turns 6 --shard 2/4 --endpoint http://gpu:8000 --api-model m
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Output folder.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Dialogues in the whole job (before sharding).
+    #[arg(long, default_value_t = 8)]
+    pub dialogues: usize,
+    /// User turns per dialogue.
+    #[arg(long, default_value_t = 3)]
+    pub turns: usize,
+    /// Constraint kinds to sample from (comma-separated): hobby, language, figure,
+    /// persona, format.
+    #[arg(long, value_delimiter = ',', default_value = "hobby,language,figure")]
+    pub constraints: Vec<String>,
+    /// Combine up to K compatible constraints in one instruction.
+    #[arg(long, default_value_t = 2)]
+    pub max_combined: usize,
+    /// Probability that an instruction is terse ("Language: French."); the paper used 0.5.
+    #[arg(long, default_value_t = 0.5)]
+    pub terse: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where the instruction goes in each user turn while sampling.
+    #[arg(long, value_enum, default_value_t = Attach::Prefix)]
+    pub attach: Attach,
+    /// Where the instruction goes in the training record.
+    #[arg(long, value_enum, default_value_t = Placement::System)]
+    pub placement: Placement,
+    /// Sample K replies per turn and keep the best.
+    #[arg(long, default_value_t = 1)]
+    pub candidates: usize,
+    /// Reuse the user turns of existing dialogues (.jsonl/.parquet/ShareGPT).
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Let the chat model write each next user message.
+    #[arg(long)]
+    pub user_sim: bool,
+    /// Replace a built-in catalog: KIND=FILE (e.g. hobby=hobbies.json, from
+    /// `gatt constraints expand`). Repeatable.
+    #[arg(long, value_name = "KIND=FILE")]
+    pub catalog: Vec<String>,
+    /// Continue an interrupted run in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Do share I of a job split over N machines (I/N).
+    #[arg(long, default_value = "1/1")]
+    pub shard: Shard,
+    /// Dialogues per saved chunk (default: the backend's batch).
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    /// Format of dialogues.* and masked.*.
+    #[arg(long, value_enum, default_value_t = Format::Parquet)]
+    pub format: Format,
+    /// Also write the masked samples (masked.parquet) in this run.
+    #[arg(long)]
+    pub mask: bool,
+    /// Loss policy for --mask (see `gatt mask --help`).
+    #[arg(long, value_enum, default_value_t = Policy::Gatt)]
+    pub policy: Policy,
+    #[arg(long, value_name = "N")]
+    pub max_len: Option<usize>,
+    #[arg(long, value_enum, requires = "max_len")]
+    pub truncate: Option<Truncate>,
+    /// With --mask: records that cannot be masked exactly are skipped and counted by
+    /// default; `fail` stops instead.
+    #[arg(long, value_enum, default_value_t = OnError::Skip)]
+    pub on_error: OnError,
+    /// Model whose tokenizer and template --mask uses with --endpoint.
+    #[arg(long, value_name = "M")]
+    pub mask_model: Option<String>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn parse_kinds(names: &[String]) -> Result<Vec<ConstraintKind>> {
+    let kinds: Vec<ConstraintKind> = names
+        .iter()
+        .map(|n| ConstraintKind::from(n.trim().to_lowercase()))
+        .collect();
+    if let Some(ConstraintKind::Other(k)) =
+        kinds.iter().find(|k| matches!(k, ConstraintKind::Other(_)))
+    {
+        return Err(Error::input(format!(
+            "--constraints: unknown kind `{k}` (use hobby, language, figure, persona, format)"
+        )));
+    }
+    if kinds.is_empty() {
+        return Err(Error::input("--constraints: name at least one kind"));
+    }
+    Ok(kinds)
+}
+
+pub fn load_catalog(specs: &[String]) -> Result<Catalog> {
+    let mut catalog = Catalog::builtin();
+    for spec in specs {
+        let (kind, file) = spec.split_once('=').ok_or_else(|| {
+            Error::input(format!(
+                "--catalog {spec}: expected KIND=FILE, e.g. hobby=hobbies.json"
+            ))
+        })?;
+        catalog.load_file(&ConstraintKind::from(kind.to_string()), file.as_ref())?;
+    }
+    Ok(catalog)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.dialogues == 0 || args.turns == 0 {
+        return Err(Error::input("--dialogues and --turns must be at least 1"));
+    }
+    if !(0.0..=1.0).contains(&args.terse) {
+        return Err(Error::input("--terse is a probability between 0 and 1"));
+    }
+    let kinds = parse_kinds(&args.constraints)?;
+    let catalog = load_catalog(&args.catalog)?;
+    let users = match &args.users {
+        Some(p) => UserSource::from_file(p)?,
+        None => UserSource::Bank(catalog.user_bank.clone()),
+    };
+    let backend = args.backend.load()?;
+    let mut provenance = serde_json::json!({ "backend": backend.describe() });
+    if args.backend.endpoint.is_none() {
+        let source = ModelSource::resolve(&args.backend.model)?;
+        provenance["model_sha256"] = gatt::model::fetch::sha256_file(source.path())?.into();
+    }
+    let opts = SynthOptions {
+        dialogues: args.dialogues,
+        turns: args.turns,
+        seed: args.seed,
+        kinds,
+        max_combined: args.max_combined,
+        terse: args.terse,
+        attach: args.attach,
+        placement: args.placement,
+        candidates: args.candidates,
+        sampling: args.sampling.params(args.candidates),
+        user_sim: args.user_sim,
+        shard: args.shard,
+        chunk: args.chunk.unwrap_or_else(|| backend.preferred_batch()),
+    };
+    let scorer = crate::scoring::EvalScorer::new(&catalog);
+    let synth = Synthesizer {
+        backend: backend.as_ref(),
+        catalog: &catalog,
+        users: &users,
+        scorer: &scorer,
+        opts,
+    };
+    let total = synth.plans().len();
+    let pb = progress::bar(Some(total as u64), "dialogues");
+    let started = std::time::Instant::now();
+    let summary = gatt_synth::run::run(
+        &synth,
+        &args.out,
+        args.resume,
+        args.format,
+        provenance,
+        &|p| {
+            pb.set_position(p.dialogues_done as u64);
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            pb.set_message(format!("{:.1} tok/s", p.tokens_generated as f64 / secs));
+        },
+    )?;
+    pb.finish_and_clear();
+    eprintln!(
+        "gatt synth: {} dialogues ({} resumed) -> {} in {:.1}s",
+        summary.progress.dialogues_done,
+        summary.progress.dialogues_resumed,
+        summary.output.display(),
+        summary.seconds
+    );
+    let mask_summary = if args.mask {
+        let format = mask_format(&args)?;
+        let masker = Masker::new(
+            format,
+            MaskOptions {
+                policy: args.policy,
+                max_len: args.max_len,
+                truncate: args.truncate,
+            },
+        );
+        let out = args.out.join(format!("masked.{}", args.format.extension()));
+        let s = mask_file(&masker, &summary.output, &out, args.format, args.on_error)?;
+        super::mask::report(&s, &out);
+        Some(s)
+    } else {
+        None
+    };
+    crate::synth_report::write(&args.out, &summary, mask_summary.as_ref(), &catalog)?;
+    eprintln!(
+        "gatt synth: report in {}",
+        args.out.join("report.md").display()
+    );
+    Ok(())
+}
+
+fn mask_format(args: &Args) -> Result<ChatFormat> {
+    let spec =
+        match (&args.mask_model, &args.backend.endpoint) {
+            (Some(m), _) => m.clone(),
+            (None, None) => args.backend.model.clone(),
+            (None, Some(_)) => return Err(Error::input(
+                "--mask with --endpoint needs --mask-model M: the model (GGUF or folder) whose \
+                 tokenizer and chat template the trainer will use",
+            )),
+        };
+    ModelSource::resolve(&spec)?.chat_format()
+}

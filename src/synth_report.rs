@@ -1,0 +1,113 @@
+//! The human- and machine-readable report of a synthesis run (`report.md`, `report.json`).
+
+use crate::cmd::mask::Summary as MaskSummary;
+use gatt::catalog::Catalog;
+use gatt::dataset::read_all;
+use gatt::{Error, Result};
+use gatt_synth::run::RunSummary;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    schema_version: u32,
+    run: &'a RunSummary,
+    dialogues: usize,
+    turns: BTreeMap<usize, usize>,
+    constraints_by_kind: BTreeMap<String, usize>,
+    terse_share: f64,
+    tokens_generated: usize,
+    mask: Option<&'a MaskSummary>,
+}
+
+pub fn write(
+    dir: &Path,
+    run: &RunSummary,
+    mask: Option<&MaskSummary>,
+    _catalog: &Catalog,
+) -> Result<()> {
+    let records = read_all(&run.output)?;
+    let mut turns = BTreeMap::new();
+    let mut kinds = BTreeMap::new();
+    let mut terse = 0;
+    let mut tokens = 0usize;
+    for d in &records {
+        *turns.entry(d.turns()).or_insert(0) += 1;
+        for c in &d.constraints {
+            *kinds.entry(c.kind.to_string()).or_insert(0) += 1;
+        }
+        terse += usize::from(d.meta.get("terse").and_then(|v| v.as_bool()) == Some(true));
+        tokens += d
+            .meta
+            .get("completion_tokens")
+            .and_then(|v| v.as_array())
+            .map_or(0, |a| {
+                a.iter().filter_map(|x| x.as_u64()).sum::<u64>() as usize
+            });
+    }
+    let report = Report {
+        schema_version: 1,
+        run,
+        dialogues: records.len(),
+        turns,
+        constraints_by_kind: kinds,
+        terse_share: terse as f64 / records.len().max(1) as f64,
+        tokens_generated: tokens,
+        mask,
+    };
+    let json_path = dir.join("report.json");
+    let mut f = gatt::dataset::AtomicFile::create(&json_path)?;
+    serde_json::to_writer_pretty(f.writer(), &report)
+        .map_err(|e| Error::runtime(format!("{}: {e}", json_path.display())))?;
+    f.commit()?;
+
+    let mut md = String::new();
+    md.push_str("# GAtt synthesis report\n\n");
+    md.push_str(&format!(
+        "- dialogues: {} ({} resumed), written to `{}`\n- wall time: {:.1} s; reply tokens: {} ({:.1} tokens/s)\n- terse instructions: {:.0}%\n",
+        report.dialogues,
+        run.progress.dialogues_resumed,
+        run.output.file_name().unwrap_or_default().to_string_lossy(),
+        run.seconds,
+        tokens,
+        tokens as f64 / run.seconds.max(1e-3),
+        100.0 * report.terse_share
+    ));
+    md.push_str("\n| constraint kind | dialogues |\n|---|---|\n");
+    for (k, n) in &report.constraints_by_kind {
+        md.push_str(&format!("| {k} | {n} |\n"));
+    }
+    if let Some(m) = mask {
+        md.push_str(&format!(
+            "\n## Masks\n\n- samples: {} from {} records\n- tokens: {}, with loss: {} ({:.1}%)\n",
+            m.samples,
+            m.records,
+            m.tokens,
+            m.loss_tokens,
+            100.0 * m.loss_tokens as f64 / m.tokens.max(1) as f64
+        ));
+        for (reason, n) in &m.skipped {
+            md.push_str(&format!("- skipped ({reason}): {n}\n"));
+        }
+    }
+    if let Some(d) = records.first() {
+        md.push_str("\n## First dialogue\n\n");
+        md.push_str(&format!(
+            "Instruction: `{}`\n\n",
+            d.instruction.replace('`', "'")
+        ));
+        for m in &d.messages {
+            md.push_str(&format!(
+                "- **{}**: {}\n",
+                m.role.as_str(),
+                m.content.replace('\n', " ")
+            ));
+        }
+    }
+    let md_path = dir.join("report.md");
+    let mut f = gatt::dataset::AtomicFile::create(&md_path)?;
+    std::io::Write::write_all(f.writer(), md.as_bytes())
+        .map_err(|e| Error::io(&md_path, "write", e))?;
+    f.commit()
+}
