@@ -34,6 +34,8 @@ enum Command {
     Model(cmd::model::Args),
     Generate(cmd::generate::Args),
     Synth(cmd::synth::Args),
+    Eval(cmd::eval::Args),
+    Report(cmd::report::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,8 @@ fn main() -> ExitCode {
         Command::Model(a) => cmd::model::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Report(a) => cmd::report::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

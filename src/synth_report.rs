@@ -25,9 +25,10 @@ pub fn write(
     dir: &Path,
     run: &RunSummary,
     mask: Option<&MaskSummary>,
-    _catalog: &Catalog,
+    catalog: &Catalog,
 ) -> Result<()> {
     let records = read_all(&run.output)?;
+    let adherence = adherence_report(&records, catalog, &dir.join("adherence"))?;
     let mut turns = BTreeMap::new();
     let mut kinds = BTreeMap::new();
     let mut terse = 0;
@@ -91,6 +92,12 @@ pub fn write(
             md.push_str(&format!("- skipped ({reason}): {n}\n"));
         }
     }
+    md.push_str(
+        "\n## Adherence of the sampled replies\n\nHow often the model kept the instruction while \
+         it was attached to every user turn (the replies this dataset trains on); details in \
+         `adherence/report.html`.\n\n",
+    );
+    md.push_str(&adherence);
     if let Some(d) = records.first() {
         md.push_str("\n## First dialogue\n\n");
         md.push_str(&format!(
@@ -110,4 +117,21 @@ pub fn write(
     std::io::Write::write_all(f.writer(), md.as_bytes())
         .map_err(|e| Error::io(&md_path, "write", e))?;
     f.commit()
+}
+
+/// Scores the replies as they were sampled (the augmented conversation) and writes the
+/// evaluator's report; returns its Markdown for inclusion.
+fn adherence_report(records: &[gatt::Dialogue], catalog: &Catalog, out: &Path) -> Result<String> {
+    let mut rows = Vec::new();
+    for d in records {
+        let mut sampled = d.clone();
+        if let Some(aug) = d.meta.get("augmented") {
+            sampled.messages =
+                serde_json::from_value(aug.clone()).unwrap_or_else(|_| d.messages.clone());
+        }
+        rows.extend(gatt_eval::score_dialogue(&sampled, catalog));
+    }
+    let report = gatt_eval::Report::from_scored(&rows, serde_json::json!({"source": "gatt synth"}));
+    gatt_eval::write_report(&report, out)?;
+    Ok(std::fs::read_to_string(out.join("report.md")).unwrap_or_default())
 }

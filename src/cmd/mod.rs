@@ -1,8 +1,10 @@
 pub mod backend;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod mask;
 pub mod model;
+pub mod report;
 pub mod synth;
 pub mod templates;
 

@@ -46,7 +46,7 @@ impl EmbeddedBackend {
         let format = source.chat_format()?;
         let ct = read_gguf(&path)?;
         let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
-        let model = Model::from_gguf(&ct, &mut f, device)
+        let model = Model::from_gguf(&ct, &mut f, device, llama::Weights::Dense)
             .map_err(|e| Error::input(format!("{}: cannot load the model: {e}", path.display())))?;
         if format.stop_ids.is_empty() {
             return Err(Error::input(format!(
@@ -133,7 +133,10 @@ impl EmbeddedBackend {
 
 impl ChatBackend for EmbeddedBackend {
     fn describe(&self) -> String {
-        self.path.display().to_string()
+        self.path.file_name().map_or_else(
+            || self.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     fn preferred_batch(&self) -> usize {

@@ -86,7 +86,7 @@ fn load(arch: &str) -> Model {
     let bytes = tiny_gguf(arch);
     let mut r = Cursor::new(bytes);
     let ct = gguf_file::Content::read(&mut r).unwrap();
-    Model::from_gguf(&ct, &mut r, &Device::Cpu).unwrap()
+    Model::from_gguf(&ct, &mut r, &Device::Cpu, Weights::Quantized).unwrap()
 }
 
 fn full_logits(m: &Model, prompt: &[u32]) -> Vec<f32> {
@@ -189,7 +189,7 @@ fn unsupported_architecture_is_a_clear_error() {
     bytes[at + 1] = b'x';
     let mut r = Cursor::new(bytes);
     let ct = gguf_file::Content::read(&mut r).unwrap();
-    let e = Model::from_gguf(&ct, &mut r, &Device::Cpu)
+    let e = Model::from_gguf(&ct, &mut r, &Device::Cpu, Weights::Quantized)
         .err()
         .unwrap()
         .to_string();
