@@ -28,14 +28,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Synth(cmd::synth::Args),
     Mask(cmd::mask::Args),
     Inspect(cmd::inspect::Args),
-    Templates(cmd::templates::Args),
-    Model(cmd::model::Args),
-    Generate(cmd::generate::Args),
-    Synth(cmd::synth::Args),
     Eval(cmd::eval::Args),
     Report(cmd::report::Args),
+    Generate(cmd::generate::Args),
+    Model(cmd::model::Args),
+    Templates(cmd::templates::Args),
 }
 
 fn main() -> ExitCode {

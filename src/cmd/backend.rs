@@ -8,14 +8,14 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackendArgs {
     /// Chat model run in-process: `default` (SmolLM2-135M-Instruct, fetched on first use)
-    /// or a .gguf file (llama or qwen2 architecture).
+    /// or a .gguf file (llama or qwen2 architecture). `gatt eval` takes several.
     #[arg(
-        long,
+        long = "model",
         value_name = "M",
         default_value = "default",
         conflicts_with = "endpoint"
     )]
-    pub model: String,
+    pub models: Vec<String>,
     /// Use an OpenAI-compatible server instead (vLLM, SGLang, TGI, llama.cpp), e.g.
     /// http://127.0.0.1:8000.
     #[arg(long, value_name = "URL", requires = "api_model")]
@@ -41,6 +41,23 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
+    /// The one model of commands that take one.
+    pub fn model(&self) -> Result<&str> {
+        match self.models.as_slice() {
+            [m] => Ok(m),
+            [] => Ok("default"),
+            _ => Err(Error::input("this command takes one --model")),
+        }
+    }
+
+    /// A copy that runs `model`.
+    pub fn with_model(&self, model: &str) -> Self {
+        BackendArgs {
+            models: vec![model.to_string()],
+            ..self.clone()
+        }
+    }
+
     pub fn load(&self) -> Result<Box<dyn ChatBackend>> {
         if let Some(url) = &self.endpoint {
             let mut o = HttpOptions::new(url, self.api_model.clone().unwrap_or_default());
@@ -55,7 +72,7 @@ impl BackendArgs {
             o.timeout = Duration::from_secs(self.timeout.max(1));
             return Ok(Box::new(HttpBackend::new(o)));
         }
-        let source = ModelSource::resolve(&self.model)?;
+        let source = ModelSource::resolve(self.model()?)?;
         let device = gatt::backend::device(&self.device)?;
         Ok(Box::new(EmbeddedBackend::load(
             &source, &device, self.batch,

@@ -29,11 +29,8 @@ pub struct Args {
     #[arg(long, short)]
     pub out: PathBuf,
     /// Score the dialogues of this file instead of generating (needs `constraints`).
-    #[arg(long, value_name = "FILE", conflicts_with = "models")]
+    #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
-    /// Models to evaluate (repeat the flag): `default`, .gguf files.
-    #[arg(long = "model", value_name = "M", default_value = "default")]
-    pub models: Vec<String>,
     #[arg(long, default_value_t = 12)]
     pub turns: usize,
     #[arg(long, default_value_t = 50)]
@@ -86,15 +83,16 @@ pub fn run(args: Args) -> Result<()> {
                 ..args.sampling.params(1)
             },
         };
-        let models: Vec<String> = match &args.backend.endpoint {
-            Some(_) => vec![String::new()],
-            None => args.models.clone(),
+        let backends: Vec<super::backend::BackendArgs> = match &args.backend.endpoint {
+            Some(_) => vec![args.backend.clone()],
+            None => args
+                .backend
+                .models
+                .iter()
+                .map(|m| args.backend.with_model(m))
+                .collect(),
         };
-        for model in models {
-            let mut b = args.backend.clone();
-            if !model.is_empty() {
-                b.model = model;
-            }
+        for b in backends {
             let backend = b.load()?;
             let total = (opts.turns * opts.dialogues) as u64;
             let pb = progress::bar(Some(total), &format!("replies ({})", backend.describe()));

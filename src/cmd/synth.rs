@@ -152,7 +152,7 @@ pub fn run(args: Args) -> Result<()> {
     let backend = args.backend.load()?;
     let mut provenance = serde_json::json!({ "backend": backend.describe() });
     if args.backend.endpoint.is_none() {
-        let source = ModelSource::resolve(&args.backend.model)?;
+        let source = ModelSource::resolve(args.backend.model()?)?;
         provenance["model_sha256"] = gatt::model::fetch::sha256_file(source.path())?.into();
     }
     let opts = SynthOptions {
@@ -230,7 +230,7 @@ fn mask_format(args: &Args) -> Result<ChatFormat> {
     let spec =
         match (&args.mask_model, &args.backend.endpoint) {
             (Some(m), _) => m.clone(),
-            (None, None) => args.backend.model.clone(),
+            (None, None) => args.backend.model()?.to_string(),
             (None, Some(_)) => return Err(Error::input(
                 "--mask with --endpoint needs --mask-model M: the model (GGUF or folder) whose \
                  tokenizer and chat template the trainer will use",

@@ -1,0 +1,247 @@
+//! End-to-end tests of `gatt mask`, `gatt inspect` and `gatt templates`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden");
+
+fn gatt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tok_args() -> Vec<String> {
+    vec![
+        "--tokenizer".into(),
+        format!("{FIXTURES}/smollm2_tokenizer.json"),
+        "--template".into(),
+        format!("{FIXTURES}/smollm2_chat_template.jinja"),
+    ]
+}
+
+fn mask(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["mask".into(), "--input".into(), input.display().to_string()];
+    args.extend(["--out".into(), out.display().to_string()]);
+    args.extend(tok_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    gatt(&refs)
+}
+
+#[test]
+fn masks_a_dataset_and_inspect_shows_the_loss_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.parquet");
+    let o = mask(
+        &Path::new(FIXTURES).join("dialogues.jsonl"),
+        &out,
+        &["--on-error", "skip"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["records"], 40);
+    assert!(summary["samples"].as_u64().unwrap() >= 35);
+    assert!(summary["skipped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|v| v.as_u64().unwrap() <= 2));
+    let mut args = vec![
+        "inspect".to_string(),
+        out.display().to_string(),
+        "--row".into(),
+        "0".into(),
+    ];
+    args.extend(tok_args());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = gatt(&refs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("[[The capital of France is Paris.<|im_end|>]]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn expand_policy_writes_one_sample_per_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("d.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("m.jsonl");
+    let o = mask(&input, &out, &["--policy", "gatt-expand"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["a#1", "a#2"]);
+}
+
+/// Bad input exits with status 2, names the file, line and field, and leaves no output.
+#[test]
+fn bad_input_is_reported_with_location_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.parquet");
+    let cases = [
+        ("{not json", "bad.jsonl:1", "invalid JSON"),
+        (
+            r#"{"id": "x", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}"#,
+            "bad.jsonl:1",
+            "messages[1].role",
+        ),
+        (
+            r#"{"id": "x", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}"#,
+            "bad.jsonl:1",
+            "messages[1].content",
+        ),
+        (
+            r#"{"id": "x", "messages": [{"role": "robot", "content": "a"}]}"#,
+            "bad.jsonl:1",
+            "messages[0].role",
+        ),
+        (r#"{"id": "x"}"#, "bad.jsonl:1", "`messages` missing"),
+    ];
+    for (line, place, field) in cases {
+        let input = dir.path().join("bad.jsonl");
+        std::fs::write(&input, line).unwrap();
+        let o = mask(&input, &out, &[]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{line}: {err}");
+        assert!(err.contains(place) && err.contains(field), "{line}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+    }
+}
+
+#[test]
+fn unknown_template_missing_file_and_mismatched_tokenizer_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = Path::new(FIXTURES).join("dialogues.jsonl");
+    let out = dir.path().join("m.parquet");
+    let tok = format!("{FIXTURES}/smollm2_tokenizer.json");
+    let o = gatt(&[
+        "mask",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--tokenizer",
+        &tok,
+        "--template",
+        "nosuch",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown chat template `nosuch`"),
+        "{}",
+        stderr(&o)
+    );
+    // llama3's end-of-turn marker is not a token of SmolLM2's tokenizer.
+    let o = gatt(&[
+        "mask",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--tokenizer",
+        &tok,
+        "--template",
+        "llama3",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("different models"), "{}", stderr(&o));
+    let o = gatt(&[
+        "mask",
+        "--input",
+        "/nonexistent.jsonl",
+        "--out",
+        out.to_str().unwrap(),
+        "--tokenizer",
+        &tok,
+        "--template",
+        "chatml",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent.jsonl"), "{}", stderr(&o));
+    let o = gatt(&["mask", "--input", input.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "missing --out is a usage error");
+}
+
+#[test]
+fn a_failing_template_is_reported_not_panicked() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t.jinja");
+    std::fs::write(&t, "{{ raise_exception('System role not supported') }}").unwrap();
+    let out = dir.path().join("m.parquet");
+    let tok = format!("{FIXTURES}/smollm2_tokenizer.json");
+    let input = format!("{FIXTURES}/dialogues.jsonl");
+    let o = gatt(&[
+        "mask",
+        "--input",
+        &input,
+        "--out",
+        out.to_str().unwrap(),
+        "--tokenizer",
+        &tok,
+        "--template",
+        t.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("System role not supported"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn templates_lists_the_builtins() {
+    let o = gatt(&["templates"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for name in [
+        "chatml", "llama2", "llama3", "mistral", "gemma", "phi3", "qwen2.5",
+    ] {
+        assert!(text.contains(name), "{text}");
+    }
+}
+
+/// Every subcommand's --help renders (clap checks its definitions when it does).
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        "synth",
+        "mask",
+        "inspect",
+        "eval",
+        "report",
+        "generate",
+        "model",
+        "templates",
+    ] {
+        let o = gatt(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        assert!(!String::from_utf8_lossy(&o.stdout).is_empty());
+    }
+}
