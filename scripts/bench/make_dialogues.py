@@ -26,7 +26,7 @@ from pathlib import Path
 
 # Length knobs, calibrated for about 700 SmolLM2 tokens per dialogue (chat markup included).
 USER_SENTENCES = (1, 4)
-REPLY_SENTENCES = (2, 7)
+REPLY_SENTENCES = (2, 6)
 LIST_CHANCE = 0.35
 SYSTEM_CHANCE = 0.5
 
@@ -49,7 +49,6 @@ NAMES = ["Maya", "Jonas", "Priya", "Tomás", "Aiko", "Léa", "Omar", "Grace", "S
 CITIES = ["Lisbon", "Kraków", "Osaka", "São Paulo", "Montréal", "Reykjavík", "Nairobi", "Zürich", "Austin", "Melbourne"]
 MONEY = ["euros", "dollars", "pounds", "francs"]
 TIME_UNITS = ["minutes", "hours", "days", "weeks"]
-UNITS = ["minutes", "hours", "days", "weeks", "grams", "kilometres", "litres", "percent", "euros", "dollars"]
 UNICODE_BITS = ["café", "naïve", "résumé", "jalapeño", "façade", "déjà vu", "20 °C", "€45", "£12", "½ cup", "—", "→", "“good enough”", "✓", "🙂"]
 
 OPENERS_USER = [
@@ -154,7 +153,6 @@ class Gen:
             "t": topic[0],
             "n": r.choice(NAMES),
             "c": r.choice(CITIES),
-            "u": r.choice(UNITS),
             "m": r.choice(MONEY),
             "tu": r.choice(TIME_UNITS),
             "d": str(r.choice([2, 3, 5, 10, 12, 15, 20, 30, 45, 60, 90, 120, 250, 1500])),
