@@ -34,6 +34,7 @@ enum Command {
     Eval(cmd::eval::Args),
     Report(cmd::report::Args),
     Generate(cmd::generate::Args),
+    Constraints(cmd::constraints::Args),
     Model(cmd::model::Args),
     Templates(cmd::templates::Args),
 }
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         Command::Mask(a) => cmd::mask::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Templates(a) => cmd::templates::run(a),
+        Command::Constraints(a) => cmd::constraints::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Synth(a) => cmd::synth::run(a),

@@ -1,4 +1,5 @@
 pub mod backend;
+pub mod constraints;
 pub mod eval;
 pub mod generate;
 pub mod inspect;

@@ -9,6 +9,7 @@
 //! Every dialogue is a pure function of (seed, its index), so runs repeat byte for byte,
 //! shards partition the work, and a resumed run ends exactly where a clean one would.
 
+pub mod expand;
 pub mod phrase;
 pub mod pipeline;
 pub mod plan;

@@ -1,0 +1,89 @@
+//! `gatt constraints`: look at and grow the constraint catalogs.
+
+use super::backend::BackendArgs;
+use super::synth::load_catalog;
+use crate::progress;
+use gatt::{ConstraintKind, Error, Result};
+use std::path::PathBuf;
+
+/// List or grow the constraint catalogs (hobbies, figures, personas, languages, format
+/// rules) that `gatt synth` samples from.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: ConstraintsCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ConstraintsCommand {
+    /// Print the entries of one kind.
+    List {
+        #[arg(long)]
+        kind: String,
+    },
+    /// Ask the chat model for new entries (as the paper did, so the model is only asked to
+    /// play what it knows), deduplicate them against the catalog, and write a catalog file
+    /// for `gatt synth --catalog KIND=FILE`.
+    ///
+    /// Example: gatt constraints expand --kind hobby --n 50 --out hobbies.json
+    Expand {
+        /// hobby, figure or persona.
+        #[arg(long)]
+        kind: String,
+        /// New entries wanted.
+        #[arg(long, default_value_t = 50)]
+        n: usize,
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        backend: BackendArgs,
+    },
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let catalog = load_catalog(&[])?;
+    match args.command {
+        ConstraintsCommand::List { kind } => {
+            let kind = ConstraintKind::from(kind);
+            let values = catalog.values(&kind);
+            if values.is_empty() {
+                return Err(Error::input(format!("--kind {kind}: no such catalog")));
+            }
+            for v in values {
+                println!("{v}");
+            }
+        }
+        ConstraintsCommand::Expand {
+            kind,
+            n,
+            out,
+            seed,
+            backend,
+        } => {
+            let kind = ConstraintKind::from(kind);
+            let backend = backend.load()?;
+            let pb = progress::bar(Some(n as u64), "new entries");
+            let new =
+                gatt_synth::expand::expand(backend.as_ref(), &catalog, &kind, n, seed, &|k| {
+                    pb.set_position(k as u64)
+                })?;
+            pb.finish_and_clear();
+            let json = gatt_synth::expand::catalog_json(&catalog, &kind, &new)?;
+            let mut f = gatt::dataset::AtomicFile::create(&out)?;
+            serde_json::to_writer_pretty(f.writer(), &json)
+                .map_err(|e| Error::runtime(format!("{}: {e}", out.display())))?;
+            f.commit()?;
+            eprintln!(
+                "gatt constraints: {} new {kind} entries (of {n} wanted) -> {}",
+                new.len(),
+                out.display()
+            );
+            for name in &new {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
+}
