@@ -245,6 +245,27 @@ impl Catalog {
         self.formats.iter().find(|h| h.id == id)
     }
 
+    /// What a constraint puts in a phrasing's `{value}`: a persona's description ("a gruff
+    /// pirate captain ..."), a format rule's rendered text, otherwise the value itself.
+    pub fn value_text(&self, c: &Constraint) -> String {
+        match c.kind {
+            ConstraintKind::Persona => self.persona(&c.value).map(|p| p.description.clone()),
+            ConstraintKind::Format => self.format(&c.value).map(|r| r.render(c.param.as_deref())),
+            _ => None,
+        }
+        .unwrap_or_else(|| c.value.clone())
+    }
+
+    /// One constraint stated with `pattern` (a phrasing holding `{value}`), or as
+    /// `kind: value.` without one.
+    pub fn state(&self, c: &Constraint, pattern: Option<&str>) -> String {
+        let value = self.value_text(c);
+        match pattern {
+            Some(p) => tidy(&p.replace("{value}", &value)),
+            None => format!("{}: {value}.", c.kind),
+        }
+    }
+
     /// `kind:value` id of a constraint, as `incompatible.json` names them.
     pub fn id_of(c: &Constraint) -> String {
         format!("{}:{}", c.kind, c.value)
@@ -267,6 +288,16 @@ impl Catalog {
             .iter()
             .any(|(p, q)| (p == &x && q == &y) || (p == &y && q == &x))
     }
+}
+
+/// A value ending in punctuation inside a phrasing ending in "." reads `..`; drop one.
+fn tidy(s: &str) -> String {
+    for p in ["?.", "!.", "..", ".\"."] {
+        if let Some(head) = s.strip_suffix(p) {
+            return format!("{head}{}", &p[..p.len() - 1]);
+        }
+    }
+    s.to_string()
 }
 
 #[cfg(test)]

@@ -34,6 +34,22 @@ pub struct Args {
     pub out: PathBuf,
     #[command(flatten)]
     pub format: FormatArgs,
+    #[command(flatten)]
+    pub mask: MaskFlags,
+    /// What to do with a record that cannot be masked exactly.
+    #[arg(long, value_enum, default_value_t = OnError::Fail)]
+    pub on_error: OnError,
+    /// Output format (default: from the --out extension).
+    #[arg(long, value_enum)]
+    pub out_format: Option<Format>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Loss policy and length limits, shared with `gatt synth --mask`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MaskFlags {
     /// Which tokens carry loss.
     #[arg(long, value_enum, default_value_t = Policy::Gatt)]
     pub policy: Policy,
@@ -44,15 +60,16 @@ pub struct Args {
     /// reply) instead of skipping.
     #[arg(long, value_enum, requires = "max_len")]
     pub truncate: Option<Truncate>,
-    /// What to do with a record that cannot be masked exactly.
-    #[arg(long, value_enum, default_value_t = OnError::Fail)]
-    pub on_error: OnError,
-    /// Output format (default: from the --out extension).
-    #[arg(long, value_enum)]
-    pub out_format: Option<Format>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+}
+
+impl MaskFlags {
+    pub fn options(&self) -> MaskOptions {
+        MaskOptions {
+            policy: self.policy,
+            max_len: self.max_len,
+            truncate: self.truncate,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -86,14 +103,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(f) => f,
         None => Format::from_path(&args.out)?,
     };
-    let masker = Masker::new(
-        args.format.load()?,
-        MaskOptions {
-            policy: args.policy,
-            max_len: args.max_len,
-            truncate: args.truncate,
-        },
-    );
+    let masker = Masker::new(args.format.load()?, args.mask.options());
     let summary = mask_file(&masker, &args.input, &args.out, out_format, args.on_error)?;
     report(&summary, &args.out);
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());

@@ -1,11 +1,11 @@
 //! `gatt synth`: the main job. A chat model in, a GAtt training set out.
 
 use super::backend::{BackendArgs, SamplingArgs};
-use super::mask::{mask_file, OnError};
+use super::mask::{mask_file, MaskFlags, OnError};
 use crate::progress;
 use gatt::catalog::Catalog;
 use gatt::dataset::Format;
-use gatt::mask::{MaskOptions, Masker, Policy, Truncate};
+use gatt::mask::Masker;
 use gatt::model::{ChatFormat, ModelSource};
 use gatt::transform::{Attach, Placement};
 use gatt::{ConstraintKind, Error, Result};
@@ -85,13 +85,8 @@ pub struct Args {
     /// Also write the masked samples (masked.parquet) in this run.
     #[arg(long)]
     pub mask: bool,
-    /// Loss policy for --mask (see `gatt mask --help`).
-    #[arg(long, value_enum, default_value_t = Policy::Gatt)]
-    pub policy: Policy,
-    #[arg(long, value_name = "N")]
-    pub max_len: Option<usize>,
-    #[arg(long, value_enum, requires = "max_len")]
-    pub truncate: Option<Truncate>,
+    #[command(flatten)]
+    pub mask_flags: MaskFlags,
     /// With --mask: records that cannot be masked exactly are skipped and counted by
     /// default; `fail` stops instead.
     #[arg(long, value_enum, default_value_t = OnError::Skip)]
@@ -203,14 +198,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mask_summary = if args.mask {
         let format = mask_format(&args)?;
-        let masker = Masker::new(
-            format,
-            MaskOptions {
-                policy: args.policy,
-                max_len: args.max_len,
-                truncate: args.truncate,
-            },
-        );
+        let masker = Masker::new(format, args.mask_flags.options());
         let out = args.out.join(format!("masked.{}", args.format.extension()));
         let s = mask_file(&masker, &summary.output, &out, args.format, args.on_error)?;
         super::mask::report(&s, &out);

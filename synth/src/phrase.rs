@@ -1,24 +1,9 @@
 //! Phrasing constraints as one instruction, verbose or terse ("Figure: Napoleon.").
 
 use gatt::catalog::Catalog;
-use gatt::{Constraint, ConstraintKind};
+use gatt::Constraint;
 use rand::seq::IndexedRandom;
 use rand::Rng;
-
-/// The text a constraint contributes to `{value}` in a phrasing.
-pub fn value_text(c: &Constraint, catalog: &Catalog) -> String {
-    match c.kind {
-        ConstraintKind::Persona => catalog
-            .persona(&c.value)
-            .map(|p| p.description.clone())
-            .unwrap_or_else(|| c.value.clone()),
-        ConstraintKind::Format => catalog
-            .format(&c.value)
-            .map(|r| r.render(c.param.as_deref()))
-            .unwrap_or_else(|| c.value.clone()),
-        _ => c.value.clone(),
-    }
-}
 
 /// One instruction for all `constraints`: each phrased with a random verbose phrasing,
 /// or all with their terse form.
@@ -31,34 +16,23 @@ pub fn phrase<R: Rng>(
     let parts: Vec<String> = constraints
         .iter()
         .map(|c| {
-            let value = value_text(c, catalog);
-            let Some(p) = catalog.phrasings.of(&c.kind) else {
-                return format!("{}: {value}.", c.kind);
-            };
-            let pattern = if terse {
-                &p.terse
-            } else {
-                p.verbose.choose(rng).unwrap_or(&p.terse)
-            };
-            tidy(&pattern.replace("{value}", &value))
+            let pattern = catalog.phrasings.of(&c.kind).map(|p| {
+                if terse {
+                    &p.terse
+                } else {
+                    p.verbose.choose(rng).unwrap_or(&p.terse)
+                }
+            });
+            catalog.state(c, pattern.map(String::as_str))
         })
         .collect();
     parts.join(" ")
 }
 
-/// A value ending in punctuation inside a phrasing ending in "." reads `..`; drop one.
-fn tidy(s: &str) -> String {
-    for p in ["?.", "!.", "..", ".\"."] {
-        if let Some(head) = s.strip_suffix(p) {
-            return format!("{head}{}", &p[..p.len() - 1]);
-        }
-    }
-    s.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatt::ConstraintKind;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

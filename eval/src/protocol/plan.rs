@@ -135,41 +135,14 @@ pub fn phrase(constraints: &[Constraint], catalog: &Catalog) -> String {
     let parts: Vec<String> = constraints
         .iter()
         .map(|c| {
-            let value = value_text(c, catalog);
-            match catalog
+            let pattern = catalog
                 .phrasings
                 .of(&c.kind)
-                .and_then(|p| p.verbose.first())
-            {
-                Some(pattern) => tidy(&pattern.replace("{value}", &value)),
-                None => format!("{}: {value}.", c.kind),
-            }
+                .and_then(|p| p.verbose.first());
+            catalog.state(c, pattern.map(String::as_str))
         })
         .collect();
     parts.join(" ")
-}
-
-/// What a constraint puts in `{value}`: a persona's description ("a gruff pirate
-/// captain ..."), a format rule's rendered text, otherwise the value itself.
-fn value_text(c: &Constraint, catalog: &Catalog) -> String {
-    match c.kind {
-        ConstraintKind::Persona => catalog.persona(&c.value).map(|p| p.description.clone()),
-        ConstraintKind::Format => catalog
-            .format(&c.value)
-            .map(|r| r.render(c.param.as_deref())),
-        _ => None,
-    }
-    .unwrap_or_else(|| c.value.clone())
-}
-
-/// A value ending in punctuation inside a phrasing ending in "." reads `..`; drop one.
-fn tidy(s: &str) -> String {
-    for p in ["?.", "!.", "..", ".\"."] {
-        if let Some(head) = s.strip_suffix(p) {
-            return format!("{head}{}", &p[..p.len() - 1]);
-        }
-    }
-    s.to_string()
 }
 
 #[cfg(test)]
