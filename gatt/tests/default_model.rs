@@ -57,9 +57,11 @@ fn batched_greedy_equals_one_by_one() {
 
 #[test]
 fn same_seed_same_samples() {
-    let mut p = SamplingParams::default();
-    p.max_new_tokens = 24;
-    p.n = 2;
+    let p = SamplingParams {
+        max_new_tokens: 24,
+        n: 2,
+        ..SamplingParams::default()
+    };
     let reqs = vec![ask(
         "You are a helpful assistant.",
         "Tell me a fun fact.",

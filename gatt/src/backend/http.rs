@@ -210,9 +210,8 @@ impl ChatBackend for HttpBackend {
         let results = results.into_inner().expect("no poisoned lock");
         let mut replies: Vec<Vec<Reply>> = vec![Vec::with_capacity(n); requests.len()];
         for ((r, _), out) in jobs.iter().zip(results) {
-            match out {
-                Some(reply) => replies[*r].push(reply?),
-                None => {}
+            if let Some(reply) = out {
+                replies[*r].push(reply?);
             }
         }
         if let Some(missing) = replies.iter().position(|v| v.len() != n) {

@@ -63,11 +63,12 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// A stream of records with their place in the file.
+pub type Records = Box<dyn Iterator<Item = Result<(Location, Dialogue)>> + Send>;
+
 /// Streams the dialogue records of a JSONL or Parquet file (our records, or ShareGPT's
 /// `conversations: [{from, value}]`).
-pub fn read_dialogues(
-    path: &Path,
-) -> Result<Box<dyn Iterator<Item = Result<(Location, Dialogue)>> + Send>> {
+pub fn read_dialogues(path: &Path) -> Result<Records> {
     match Format::from_path(path)? {
         Format::Jsonl => Ok(Box::new(jsonl::DialogueLines::open(path)?)),
         Format::Parquet => Ok(Box::new(parquet::DialogueRows::open(path)?)),
@@ -82,14 +83,16 @@ pub fn read_all(path: &Path) -> Result<Vec<Dialogue>> {
 /// Writes dialogue records; [`DialogueWriter::finish`] makes the file appear.
 pub enum DialogueWriter {
     Jsonl(jsonl::JsonlWriter),
-    Parquet(parquet::DialogueParquet),
+    Parquet(Box<parquet::DialogueParquet>),
 }
 
 impl DialogueWriter {
     pub fn create(path: &Path, format: Format) -> Result<Self> {
         Ok(match format {
             Format::Jsonl => DialogueWriter::Jsonl(jsonl::JsonlWriter::create(path)?),
-            Format::Parquet => DialogueWriter::Parquet(parquet::DialogueParquet::create(path)?),
+            Format::Parquet => {
+                DialogueWriter::Parquet(Box::new(parquet::DialogueParquet::create(path)?))
+            }
         })
     }
 
@@ -111,7 +114,7 @@ impl DialogueWriter {
 /// Writes masked samples: `id, input_ids, labels, attention_mask, n_tokens, n_loss_tokens`.
 pub enum SampleWriter {
     Jsonl(jsonl::JsonlWriter),
-    Parquet(parquet::SampleParquet),
+    Parquet(Box<parquet::SampleParquet>),
 }
 
 #[derive(serde::Serialize)]
@@ -128,7 +131,9 @@ impl SampleWriter {
     pub fn create(path: &Path, format: Format) -> Result<Self> {
         Ok(match format {
             Format::Jsonl => SampleWriter::Jsonl(jsonl::JsonlWriter::create(path)?),
-            Format::Parquet => SampleWriter::Parquet(parquet::SampleParquet::create(path)?),
+            Format::Parquet => {
+                SampleWriter::Parquet(Box::new(parquet::SampleParquet::create(path)?))
+            }
         })
     }
 

@@ -211,11 +211,12 @@ impl Masker {
         offsets: &[(usize, usize)],
     ) -> Result<Vec<MaskedSample>, MaskError> {
         if self.opts.policy == Policy::All {
+            let everything = 0..ids.len();
             return Ok(vec![sample(
                 id.to_string(),
                 ids,
                 ids.len(),
-                &[0..ids.len()],
+                std::slice::from_ref(&everything),
             )?]);
         }
         let replies: Vec<usize> = match self.opts.policy {
