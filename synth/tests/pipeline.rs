@@ -185,3 +185,40 @@ fn shard_syntax_is_checked() {
         Shard { index: 2, count: 3 }
     );
 }
+
+#[test]
+fn user_simulation_writes_later_user_turns() {
+    let backend = Fake {
+        calls: AtomicUsize::new(0),
+        fail_after: usize::MAX,
+    };
+    let catalog = Catalog::builtin();
+    let users = UserSource::Bank(catalog.user_bank.clone());
+    let mut o = opts(Shard::default());
+    o.user_sim = true;
+    o.dialogues = 2;
+    let s = Synthesizer {
+        backend: &backend,
+        catalog: &catalog,
+        users: &users,
+        scorer: &DefaultScorer,
+        opts: o,
+    };
+    let plans = s.plans();
+    let records = s.run_chunk(&plans).unwrap();
+    for (d, p) in records.iter().zip(&plans) {
+        let user_turns: Vec<&str> = d
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .collect();
+        assert_eq!(user_turns.len(), 3);
+        // The first comes from the bank, the later ones from the model playing the user.
+        assert_eq!(user_turns[0], p.users[0]);
+        assert!(
+            user_turns[1..].iter().all(|u| u.starts_with("reply ")),
+            "{user_turns:?}"
+        );
+    }
+}
