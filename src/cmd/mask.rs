@@ -3,7 +3,7 @@
 use super::FormatArgs;
 use crate::progress;
 use gatt::dataset::{read_dialogues, Format, SampleWriter};
-use gatt::mask::{MaskOptions, Masker, Policy, SkipReason, Truncate};
+use gatt::mask::{MaskOptions, MaskedSample, Masker, Policy, SkipReason, Truncate};
 use gatt::{Error, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -122,15 +122,59 @@ pub fn mask_file(
     let mut writer = SampleWriter::create(out, out_format)?;
     let mut summary = Summary::default();
     let pb = progress::bar(None, "records");
+    // Writing (Parquet encoding, compression) runs on its own thread, overlapping the
+    // masking of the next batch.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<MaskedSample>>(2);
+    let written = std::thread::scope(|scope| -> Result<SampleWriter> {
+        let writer_thread = scope.spawn(move || -> Result<SampleWriter> {
+            for batch in rx {
+                for s in &batch {
+                    writer.write(s)?;
+                }
+            }
+            Ok(writer)
+        });
+        let masked = mask_batches(masker, &mut records, on_error, &mut summary, &pb, &tx);
+        drop(tx);
+        let writer = writer_thread
+            .join()
+            .expect("the writer thread does not panic");
+        masked?;
+        writer
+    });
+    let writer = written?;
+    pb.finish_and_clear();
+    if summary.samples == 0 {
+        return Err(Error::input(format!(
+            "{}: no record could be masked ({} records); output not written",
+            input.display(),
+            summary.records
+        )));
+    }
+    writer.finish()?;
+    Ok(summary)
+}
+
+/// Masks `records` batch by batch in parallel, counting into `summary` and sending the
+/// samples to the writer, in input order.
+fn mask_batches(
+    masker: &Masker,
+    records: &mut gatt::dataset::Records,
+    on_error: OnError,
+    summary: &mut Summary,
+    pb: &indicatif::ProgressBar,
+    tx: &std::sync::mpsc::SyncSender<Vec<MaskedSample>>,
+) -> Result<()> {
     loop {
         let batch: Vec<_> = records.by_ref().take(BATCH).collect();
         if batch.is_empty() {
-            break;
+            return Ok(());
         }
         let results: Vec<_> = batch
             .into_par_iter()
             .map(|r| r.map(|(loc, d)| (masker.mask(&d), loc, d.id)))
             .collect();
+        let mut out = Vec::with_capacity(results.len());
         for r in results {
             summary.records += 1;
             let (result, loc, id) = match r {
@@ -144,11 +188,11 @@ pub fn mask_file(
             };
             match result {
                 Ok(samples) => {
-                    for s in &samples {
+                    for s in samples {
                         summary.samples += 1;
                         summary.tokens += s.n_tokens();
                         summary.loss_tokens += s.n_loss_tokens();
-                        writer.write(s)?;
+                        out.push(s);
                     }
                 }
                 Err(e) if on_error == OnError::Skip => {
@@ -162,19 +206,13 @@ pub fn mask_file(
                 }
             }
         }
+        // A closed channel means the writer failed; its error is reported by the caller.
+        if tx.send(out).is_err() {
+            return Ok(());
+        }
         pb.set_position(summary.records as u64);
         pb.set_message(format!("{} tokens", summary.tokens));
     }
-    pb.finish_and_clear();
-    if summary.samples == 0 {
-        return Err(Error::input(format!(
-            "{}: no record could be masked ({} records); output not written",
-            input.display(),
-            summary.records
-        )));
-    }
-    writer.finish()?;
-    Ok(summary)
 }
 
 fn hint(reason: SkipReason) -> &'static str {
