@@ -359,24 +359,7 @@ pub(crate) mod tests {
     use ConstraintKind::*;
     use Verdict::*;
 
-    pub(crate) fn scored(
-        model: &str,
-        d: &str,
-        turn: usize,
-        kind: ConstraintKind,
-        v: Verdict,
-    ) -> ScoredTurn {
-        ScoredTurn {
-            model: model.into(),
-            dialogue: d.into(),
-            turn,
-            kind,
-            value: "x".into(),
-            verdict: v,
-            evidence: "e".into(),
-            judge: false,
-        }
-    }
+    pub(crate) use crate::stats::tests::row as scored;
 
     /// Two models, two dialogues each, `turns` turns, hobby and language constraints.
     pub(crate) fn sample(turns: usize) -> Report {
