@@ -3,12 +3,16 @@
 //!
 //! For each thread count (a rayon pool of exactly that many threads):
 //! - `bare`: every dialogue is rendered with the chat template beforehand; only
-//!   `Tokenizer::encode_batch` over the rendered texts is timed.
+//!   `Tokenizer::encode_batch` over the rendered texts is timed (it keeps every
+//!   `Encoding` until the batch is done, as a caller of the batch API does).
+//! - `bare_encode`: the same texts through a rayon `par_iter` of
+//!   `Tokenizer::encode(text, false)`, each encoding dropped at once: the bare cost of
+//!   tokenizing, the stricter baseline.
 //! - `mask`: `Masker::mask` over all dialogues (render, tokenize, align, verify), timed.
 //!
 //! Each is repeated `--reps` times (bare and mask alternate, so drift hits both); the
-//! summary line per thread count gives medians and the median of the per-repetition
-//! ratios mask_time / bare_time. With `--phases` it also times, once, what `gatt mask`
+//! summary line per thread count gives medians and the medians of the per-repetition
+//! ratios mask_time / bare_time and mask_time / bare_encode_time. With `--phases` it also times, once, what `gatt mask`
 //! does around the masks: reading and parsing the JSONL, and writing the Parquet output.
 //!
 //! Usage:
@@ -108,6 +112,19 @@ fn bare(masker: &Masker, texts: &[String]) -> (f64, usize) {
     (secs, tokens)
 }
 
+/// Seconds and total tokens of one pass of `encode` per text, results dropped at once.
+fn bare_encode(masker: &Masker, texts: &[String]) -> (f64, usize) {
+    let t0 = Instant::now();
+    let tokens: usize = texts
+        .par_iter()
+        .map(|t| match masker.tokenizer().encode(t.as_str(), false) {
+            Ok(e) => e.len(),
+            Err(e) => die(&format!("tokenizer: {e}")),
+        })
+        .sum();
+    (t0.elapsed().as_secs_f64(), tokens)
+}
+
 /// Seconds and total tokens of one masking pass (every record must mask).
 fn mask(masker: &Masker, dialogues: &[Dialogue]) -> (f64, usize) {
     let t0 = Instant::now();
@@ -166,17 +183,22 @@ fn main() {
             .num_threads(n)
             .build()
             .unwrap_or_else(|e| die(&format!("thread pool: {e}")));
-        let (mut bare_tps, mut mask_tps, mut ratios) = (vec![], vec![], vec![]);
-        let mut tokens = (0, 0);
+        let (mut bare_tps, mut enc_tps, mut mask_tps) = (vec![], vec![], vec![]);
+        let (mut ratios, mut enc_ratios) = (vec![], vec![]);
+        let mut tokens = (0, 0, 0);
         pool.install(|| {
             // One untimed pass each warms caches (tokenizer word cache, allocator).
             let _ = bare(&masker, &texts[..texts.len().min(500)]);
+            let _ = bare_encode(&masker, &texts[..texts.len().min(500)]);
             let _ = mask(&masker, &dialogues[..dialogues.len().min(500)]);
             for rep in 0..args.reps {
                 let (bs, bt) = bare(&masker, &texts);
+                let (es, et) = bare_encode(&masker, &texts);
                 let (ms, mt) = mask(&masker, &dialogues);
-                tokens = (bt, mt);
-                for (name, secs, tok) in [("bare", bs, bt), ("mask", ms, mt)] {
+                tokens = (bt, et, mt);
+                for (name, secs, tok) in
+                    [("bare", bs, bt), ("bare_encode", es, et), ("mask", ms, mt)]
+                {
                     println!(
                         "{}",
                         json!({
@@ -190,8 +212,10 @@ fn main() {
                     );
                 }
                 bare_tps.push(bt as f64 / bs);
+                enc_tps.push(et as f64 / es);
                 mask_tps.push(mt as f64 / ms);
                 ratios.push(ms / bs);
+                enc_ratios.push(ms / es);
             }
         });
         println!(
@@ -201,10 +225,13 @@ fn main() {
                 "threads": n,
                 "reps": args.reps,
                 "tokens_bare": tokens.0,
-                "tokens_mask": tokens.1,
+                "tokens_bare_encode": tokens.1,
+                "tokens_mask": tokens.2,
                 "bare_tokens_per_s": median(bare_tps),
+                "bare_encode_tokens_per_s": median(enc_tps),
                 "mask_tokens_per_s": median(mask_tps),
                 "ratio_mask_over_bare": median(ratios),
+                "ratio_mask_over_bare_encode": median(enc_ratios),
             })
         );
     }
