@@ -37,6 +37,7 @@ enum Command {
     Constraints(cmd::constraints::Args),
     Model(cmd::model::Args),
     Templates(cmd::templates::Args),
+    Train(cmd::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => cmd::synth::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Train(a) => cmd::train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ pub mod mask;
 pub mod model;
 pub mod template;
 pub mod tokenizer;
+pub mod train;
 pub mod transform;
 
 pub use dialogue::{Constraint, ConstraintKind, Dialogue, Message, Role};

@@ -8,6 +8,7 @@ pub mod model;
 pub mod report;
 pub mod synth;
 pub mod templates;
+pub mod train;
 
 use gatt::model::{load_template, ChatFormat, ModelSource};
 use gatt::{Error, Result};

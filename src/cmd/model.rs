@@ -21,6 +21,14 @@ pub enum ModelCommand {
         #[arg(default_value = "default")]
         model: String,
     },
+    /// Write a model as a Hugging Face folder (dequantized to f32): the base that
+    /// Python's peft loads a `gatt train` adapter onto, or a start for other tools.
+    Export {
+        #[arg(default_value = "default")]
+        model: String,
+        #[arg(long, short)]
+        out: std::path::PathBuf,
+    },
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -28,6 +36,13 @@ pub fn run(args: Args) -> Result<()> {
         ModelCommand::Fetch => {
             let p = gatt::model::ensure_default_model()?;
             println!("{}", p.display());
+        }
+        ModelCommand::Export { model, out } => {
+            let source = ModelSource::resolve(&model)?;
+            let format = source.chat_format()?;
+            let mut m = gatt::backend::load_model(&source, &gatt::backend::device("cpu")?)?;
+            gatt::model::hf_folder::write(&mut m, &source, &format, &out)?;
+            println!("{}", out.display());
         }
         ModelCommand::Info { model } => {
             let source = ModelSource::resolve(&model)?;

@@ -30,24 +30,29 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
+/// The weights of a model, dense f32 (see [`llama::Weights`]).
+pub fn load_model(source: &ModelSource, device: &Device) -> Result<Model> {
+    let path = source.path();
+    let cannot = |e: candle_core::Error| {
+        Error::input(format!("{}: cannot load the model: {e}", path.display()))
+    };
+    match source {
+        ModelSource::Gguf(p) => {
+            let ct = read_gguf(p)?;
+            let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, "open", e))?;
+            Model::from_gguf(&ct, &mut f, device, llama::Weights::Dense).map_err(cannot)
+        }
+        ModelSource::HfDir(d) => llama::hf::load_dir(d, device).map_err(cannot),
+    }
+}
+
 impl EmbeddedBackend {
-    /// Loads a GGUF model (llama or qwen2 architecture, any quantization candle reads).
+    /// Loads a GGUF model (llama or qwen2 architecture, any quantization candle reads)
+    /// or a Hugging Face folder (config.json, *.safetensors, tokenizer files).
     pub fn load(source: &ModelSource, device: &Device, max_batch: usize) -> Result<Self> {
-        let path = match source {
-            ModelSource::Gguf(p) => p.clone(),
-            ModelSource::HfDir(d) => {
-                return Err(Error::input(format!(
-                    "{}: the embedded backend runs GGUF files; convert the folder to GGUF \
-                     (llama.cpp's convert_hf_to_gguf.py) or serve it and use --endpoint",
-                    d.display()
-                )))
-            }
-        };
         let format = source.chat_format()?;
-        let ct = read_gguf(&path)?;
-        let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, "open", e))?;
-        let model = Model::from_gguf(&ct, &mut f, device, llama::Weights::Dense)
-            .map_err(|e| Error::input(format!("{}: cannot load the model: {e}", path.display())))?;
+        let path = source.path().to_path_buf();
+        let model = load_model(source, device)?;
         if format.stop_ids.is_empty() {
             return Err(Error::input(format!(
                 "{}: no end-of-turn token found; generation could not stop",

@@ -7,7 +7,7 @@ mod http;
 pub mod llama;
 pub mod sampling;
 
-pub use embedded::{device, EmbeddedBackend};
+pub use embedded::{device, load_model, EmbeddedBackend};
 pub use http::{HttpBackend, HttpOptions};
 pub use sampling::SamplingParams;
 

@@ -1,0 +1,262 @@
+//! A training run on disk:
+//!
+//! ```text
+//! OUT/train.json        arguments, base model, data, counts, timings (rewritten as it goes)
+//! OUT/loss.jsonl        one line per optimizer step
+//! OUT/loss.html         the loss curve
+//! OUT/checkpoint/       weights + optimizer moments + step (replaced atomically)
+//! OUT/adapter/          LoRA: peft layout (adapter_config.json, adapter_model.safetensors)
+//! OUT/model/            full fine-tuning: a Hugging Face folder
+//! ```
+
+use super::{data, Method, StepLog, TrainOptions, Trainer};
+use crate::backend::load_model;
+use crate::error::{Error, Result};
+use crate::model::{hf_folder, ModelSource};
+use candle_core::Device;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct RunSpec {
+    pub data: PathBuf,
+    /// `--model` as given (`default`, a GGUF file, a Hugging Face folder).
+    pub model: String,
+    pub out: PathBuf,
+    pub opts: TrainOptions,
+    /// Skip samples longer than this (default: the model's context length).
+    pub max_len: Option<usize>,
+    /// Save a checkpoint every N optimizer steps (and at the end).
+    pub save_every: usize,
+    pub resume: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub examples: usize,
+    pub skipped: serde_json::Value,
+    pub trainable_parameters: usize,
+    pub tokens: usize,
+    pub loss_tokens: usize,
+    pub seconds: f64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    /// `adapter` or `model`, relative to the run folder.
+    pub output: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainJson {
+    model: String,
+    data: PathBuf,
+    options: TrainOptions,
+    max_len: Option<usize>,
+    gatt_version: String,
+    summary: Option<RunSummary>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CheckpointState {
+    step: usize,
+    options: TrainOptions,
+    data: PathBuf,
+    examples: usize,
+}
+
+fn candle(what: &str) -> impl Fn(candle_core::Error) -> Error + '_ {
+    move |e| Error::runtime(format!("{what}: {e}"))
+}
+
+/// Trains as `spec` says; `on_step` sees every logged step (progress bars).
+pub fn run(
+    spec: &RunSpec,
+    device: &Device,
+    mut on_step: impl FnMut(&StepLog),
+) -> Result<RunSummary> {
+    let source = ModelSource::resolve(&spec.model)?;
+    let format = source.chat_format()?;
+    let model = load_model(&source, device)?;
+    let max_len = spec.max_len.unwrap_or(model.cfg.context_length);
+    let (examples, skipped) = data::load(&spec.data, model.cfg.vocab, &format.stop_ids, max_len)?;
+    let n_examples = examples.len();
+    let ckpt_dir = spec.out.join("checkpoint");
+    if !spec.resume && ckpt_dir.exists() {
+        return Err(Error::input(format!(
+            "{}: a run is already there; pass --resume to continue it or choose another --out",
+            spec.out.display()
+        )));
+    }
+    std::fs::create_dir_all(&spec.out).map_err(|e| Error::io(&spec.out, "create", e))?;
+    let mut trainer = Trainer::new(model, examples, spec.opts.clone(), device)?;
+    let log_path = spec.out.join("loss.jsonl");
+    let mut logs: Vec<StepLog> = Vec::new();
+    if spec.resume && ckpt_dir.exists() {
+        let state: CheckpointState = read_json(&ckpt_dir.join("state.json"))?;
+        if state.options != spec.opts || state.data != spec.data || state.examples != n_examples {
+            return Err(Error::input(format!(
+                "{}: the checkpoint was made with other settings or data; --resume needs the \
+                 same arguments (saved ones are in {}/train.json)",
+                spec.out.display(),
+                spec.out.display()
+            )));
+        }
+        let st = ckpt_dir.join("state.safetensors");
+        let tensors = candle_core::safetensors::load(&st, device)
+            .map_err(|e| Error::input(format!("{}: {e}", st.display())))?;
+        trainer.restore(&tensors, state.step)?;
+        logs = read_logs(&log_path)?
+            .into_iter()
+            .filter(|l| l.step <= state.step)
+            .collect();
+    }
+    write_logs(&log_path, &logs)?;
+    let mut train_json = TrainJson {
+        model: spec.model.clone(),
+        data: spec.data.clone(),
+        options: spec.opts.clone(),
+        max_len: spec.max_len,
+        gatt_version: env!("CARGO_PKG_VERSION").to_string(),
+        summary: None,
+    };
+    write_json(&spec.out.join("train.json"), &train_json)?;
+    let total = trainer.total_steps();
+    let mut log_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, "open", e))?;
+    while trainer.step < total {
+        let log = trainer.train_step()?;
+        let line = serde_json::to_string(&log).expect("logs serialize");
+        writeln!(log_file, "{line}").map_err(|e| Error::io(&log_path, "write", e))?;
+        on_step(&log);
+        logs.push(log);
+        if trainer.step % spec.save_every.max(1) == 0 || trainer.step == total {
+            save_checkpoint(&trainer, &ckpt_dir, spec, n_examples)?;
+            write_curve(&spec.out, &logs)?;
+        }
+    }
+    write_curve(&spec.out, &logs)?;
+    let trainable = trainer.params().iter().map(|p| p.var.elem_count()).sum();
+    let output = match &spec.opts.method {
+        Method::Lora(cfg) => {
+            let cfg = cfg.clone();
+            let base = source.path().display().to_string();
+            super::lora::save_peft(trainer.model_mut(), &cfg, &base, &spec.out.join("adapter"))?;
+            "adapter"
+        }
+        Method::Full => {
+            let mut model = trainer.into_model();
+            hf_folder::write(&mut model, &source, &format, &spec.out.join("model"))?;
+            "model"
+        }
+    };
+    let summary = RunSummary {
+        steps: total,
+        examples: n_examples,
+        skipped: serde_json::to_value(&skipped).expect("counts serialize"),
+        trainable_parameters: trainable,
+        tokens: logs.iter().map(|l| l.tokens).sum(),
+        loss_tokens: logs.iter().map(|l| l.loss_tokens).sum(),
+        seconds: logs.iter().map(|l| l.seconds).sum(),
+        first_loss: logs.first().map(|l| l.loss),
+        last_loss: logs.last().map(|l| l.loss),
+        output: output.into(),
+    };
+    train_json.summary = Some(summary.clone());
+    write_json(&spec.out.join("train.json"), &train_json)?;
+    Ok(summary)
+}
+
+/// Writes a merged Hugging Face folder from a LoRA run: base weights + adapters.
+pub fn merge(run_dir: &Path, out: &Path, device: &Device) -> Result<()> {
+    let tj: TrainJson = read_json(&run_dir.join("train.json"))?;
+    if tj.options.method == Method::Full {
+        return Err(Error::input(format!(
+            "{}: a full fine-tuning run; its model folder is {}/model already",
+            run_dir.display(),
+            run_dir.display()
+        )));
+    }
+    let adapter = run_dir.join("adapter");
+    if !adapter.join("adapter_config.json").exists() {
+        return Err(Error::input(format!(
+            "{}: no finished adapter (the run has not completed; finish it with --resume)",
+            adapter.display()
+        )));
+    }
+    let source = ModelSource::resolve(&tj.model)?;
+    let format = source.chat_format()?;
+    let mut model = load_model(&source, device)?;
+    super::lora::load_peft(&mut model, &adapter, device)?;
+    model.merge_lora().map_err(candle("merging the adapter"))?;
+    hf_folder::write(&mut model, &source, &format, out)
+}
+
+fn save_checkpoint(trainer: &Trainer, dir: &Path, spec: &RunSpec, examples: usize) -> Result<()> {
+    let tmp = hf_folder::sibling(dir, "tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    let result = (|| {
+        let st = tmp.join("state.safetensors");
+        candle_core::safetensors::save(&trainer.state_tensors(), &st)
+            .map_err(|e| Error::runtime(format!("{}: {e} (disk full?)", st.display())))?;
+        write_json(
+            &tmp.join("state.json"),
+            &CheckpointState {
+                step: trainer.step,
+                options: spec.opts.clone(),
+                data: spec.data.clone(),
+                examples,
+            },
+        )
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::runtime(format!(
+            "{e}; the previous checkpoint in {} is intact",
+            dir.display()
+        )));
+    }
+    hf_folder::replace_dir(&tmp, dir)
+}
+
+fn write_curve(out: &Path, logs: &[StepLog]) -> Result<()> {
+    let pts: Vec<(usize, f64)> = logs.iter().map(|l| (l.step, l.loss)).collect();
+    let path = out.join("loss.html");
+    let tmp = hf_folder::sibling(&path, "tmp");
+    std::fs::write(&tmp, super::curve::html("gatt train: loss", &pts))
+        .map_err(|e| Error::io(&tmp, "write", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename", e))
+}
+
+fn read_logs(path: &Path) -> Result<Vec<StepLog>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Vec::new());
+    };
+    // A line cut by a crash is dropped; the checkpoint decides where training resumes.
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn write_logs(path: &Path, logs: &[StepLog]) -> Result<()> {
+    let mut text = String::new();
+    for l in logs {
+        text.push_str(&serde_json::to_string(l).expect("logs serialize"));
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let tmp = hf_folder::sibling(path, "tmp");
+    let text = serde_json::to_string_pretty(v).expect("serializable") + "\n";
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, "write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    serde_json::from_str(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
+}
