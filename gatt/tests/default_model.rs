@@ -81,3 +81,76 @@ fn prompt_longer_than_context_is_a_clear_error() {
         .unwrap_err();
     assert!(e.to_string().contains("context"), "{e}");
 }
+
+/// Logits of the default model as Python `transformers` computes them (it dequantizes
+/// the same GGUF to float32 and un-permutes llama.cpp's q/k rows); made by
+/// scripts/train/export_hf.py.
+#[derive(serde::Deserialize)]
+struct TransformersLogits {
+    prompt_ids: Vec<u32>,
+    last_logits_first10: Vec<f32>,
+    argmax: u32,
+    argmax_logit: f32,
+}
+
+fn last_logits(m: &gatt::backend::llama::Model, ids: &[u32]) -> Vec<f32> {
+    use gatt::backend::llama::{logits_rows, pad_prompts, Cache};
+    let dev = candle_core::Device::Cpu;
+    let mut cache = Cache::new(&m.cfg, ids.len() + 1);
+    let p = pad_prompts(&[ids.to_vec()], 0, &dev).unwrap();
+    logits_rows(
+        &m.forward(&p.tokens, &p.positions, &p.pad, &mut cache)
+            .unwrap(),
+    )
+    .unwrap()
+    .remove(0)
+}
+
+#[test]
+fn logits_match_transformers_from_gguf_and_from_our_hugging_face_export() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/golden/transformers_logits.json"
+    );
+    let want: TransformersLogits =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let source = ModelSource::resolve("default").unwrap();
+    let dev = candle_core::Device::Cpu;
+    let mut gguf = gatt::backend::load_model(&source, &dev).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let format = source.chat_format().unwrap();
+    gatt::model::hf_folder::write(&mut gguf, &source, &format, &dir.path().join("hf")).unwrap();
+    let hf = gatt::backend::load_model(&ModelSource::HfDir(dir.path().join("hf")), &dev).unwrap();
+    for (what, m) in [("gguf", &gguf), ("hf export", &hf)] {
+        let got = last_logits(m, &want.prompt_ids);
+        let argmax = got
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
+        assert_eq!(argmax, want.argmax, "{what}");
+        assert!(
+            (got[argmax as usize] - want.argmax_logit).abs() < 2e-2,
+            "{what}"
+        );
+        for (g, w) in got.iter().zip(&want.last_logits_first10) {
+            assert!((g - w).abs() < 2e-2, "{what}: {g} vs {w}");
+        }
+    }
+    // The exported folder carries a tokenizer and template that give the same prompt.
+    let back = ModelSource::HfDir(dir.path().join("hf"))
+        .chat_format()
+        .unwrap();
+    let text = back
+        .template
+        .render(&[Message::user("What is the capital of France?")], true)
+        .unwrap();
+    let ids = back
+        .tokenizer
+        .encode(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(ids, want.prompt_ids);
+}

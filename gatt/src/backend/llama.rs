@@ -197,31 +197,36 @@ impl Linear {
 }
 
 /// Seeded inverted dropout for LoRA inputs while training (reproducible on resume).
+/// A splitmix64 stream: one cheap 64-bit draw gives the keep/drop bits of two elements.
 pub struct Dropout {
-    rng: rand_chacha::ChaCha8Rng,
+    state: u64,
 }
 
 impl Dropout {
     pub fn new(seed: u64) -> Self {
-        use rand::SeedableRng;
-        Dropout {
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-        }
+        Dropout { state: seed }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 
     fn mask(&mut self, dims: &[usize], p: f32, device: &Device) -> Result<Tensor> {
-        use rand::Rng;
         let n: usize = dims.iter().product();
         let keep = 1.0 / (1.0 - p);
-        let m: Vec<f32> = (0..n)
-            .map(|_| {
-                if self.rng.random::<f32>() < p {
-                    0.0
-                } else {
-                    keep
-                }
-            })
-            .collect();
+        let threshold = (p as f64 * u32::MAX as f64) as u32;
+        let mut m = Vec::with_capacity(n + 1);
+        while m.len() < n {
+            let r = self.next();
+            for half in [r as u32, (r >> 32) as u32] {
+                m.push(if half < threshold { 0.0 } else { keep });
+            }
+        }
+        m.truncate(n);
         Tensor::from_vec(m, dims, device)
     }
 }

@@ -224,8 +224,13 @@ impl Trainer {
         );
         let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let (mut loss, mut tokens, mut loss_tokens) = (0f64, 0, 0);
-        for (_, batch) in &micro {
-            let refs: Vec<&Example> = batch.iter().map(|&i| &self.examples[i]).collect();
+        // Each sequence of a micro-batch runs through the model on its own: no compute
+        // is spent on padding, and memory grows linearly with the micro-batch (candle's
+        // backward pass of a per-sequence slice of a padded batch allocates the whole
+        // batch again, for every sequence).
+        let sequences = micro.iter().flat_map(|(_, b)| b.iter().copied());
+        for i in sequences {
+            let refs = [&self.examples[i]];
             let mb = MicroBatch::new(&refs, self.opts.loss_mean, totals, &self.device)
                 .map_err(candle("building a batch"))?;
             let l = loss::weighted_loss(&self.model, &mb).map_err(candle("forward pass"))?;

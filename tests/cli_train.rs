@@ -1,0 +1,170 @@
+//! End-to-end tests of `gatt train` and `gatt train merge` on the default model.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gatt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Three short dialogues, masked for the default model.
+fn masked(dir: &Path) -> String {
+    let dialogues = dir.join("d.jsonl");
+    let mut lines = String::new();
+    for (i, (q, a)) in [
+        ("Say hi.", "Bonjour !"),
+        ("What is two plus two?", "Deux plus deux font quatre."),
+        ("Name a colour.", "Le bleu."),
+    ]
+    .iter()
+    .enumerate()
+    {
+        lines.push_str(&format!(
+            "{{\"id\":\"d{i}\",\"messages\":[{{\"role\":\"system\",\"content\":\"Answer in French.\"}},\
+             {{\"role\":\"user\",\"content\":\"{q}\"}},{{\"role\":\"assistant\",\"content\":\"{a}\"}}]}}\n"
+        ));
+    }
+    std::fs::write(&dialogues, lines).unwrap();
+    let out = dir.join("m.parquet");
+    let o = gatt(&[
+        "mask",
+        "--input",
+        dialogues.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        "default",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    out.display().to_string()
+}
+
+#[test]
+fn lora_run_resumes_merges_and_the_merged_folder_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = masked(dir.path());
+    let run = dir.path().join("run");
+    let args = [
+        "train",
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-tokens",
+        "64",
+        "--lora-r",
+        "4",
+        "--save-every",
+        "1",
+        "--lr",
+        "1e-3",
+    ];
+    let o = gatt(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "loss.jsonl",
+        "loss.html",
+        "train.json",
+        "checkpoint/state.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let log = std::fs::read_to_string(run.join("loss.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    // Again without --resume: refused, nothing overwritten.
+    let o = gatt(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--resume"));
+    // --resume with other settings: refused.
+    let mut other = args.to_vec();
+    other.extend(["--resume", "--seed", "9"]);
+    let o = gatt(&other);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // --resume of a finished run: no new steps, same log.
+    let mut same = args.to_vec();
+    same.push("--resume");
+    let o = gatt(&same);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(run.join("loss.jsonl")).unwrap(),
+        log
+    );
+    // Merge, then the merged Hugging Face folder runs in the embedded backend.
+    let merged = dir.path().join("merged");
+    let o = gatt(&[
+        "train",
+        "merge",
+        run.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(merged.join(f).exists(), "{f} missing");
+    }
+    let o = gatt(&[
+        "generate",
+        "--model",
+        merged.to_str().unwrap(),
+        "--system",
+        "You are a helpful assistant.",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Paris"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn data_for_another_tokenizer_is_refused_with_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"id\":\"ok\",\"input_ids\":[1,2,3],\"labels\":[-100,2,2],\"attention_mask\":[1,1,1]}\n\
+         {\"id\":\"big\",\"input_ids\":[1,999999,2],\"labels\":[-100,-100,2],\"attention_mask\":[1,1,1]}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = gatt(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("row 2") && t.contains("999999") && t.contains("vocabulary"),
+        "{t}"
+    );
+}
