@@ -86,9 +86,17 @@ pub fn config_from_json(v: &Value) -> Result<Config> {
             "unsupported model_type `{other}` in config.json (supported: llama, qwen2)"
         ),
     };
-    if !v["rope_scaling"].is_null() && v.get("rope_scaling").is_some() {
-        candle_core::bail!("config.json: rope_scaling is not supported");
+    // transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older versions
+    // `rope_theta` and `rope_scaling`.
+    let rope = &v["rope_parameters"];
+    let scaled =
+        !v["rope_scaling"].is_null() || rope["rope_type"].as_str().is_some_and(|t| t != "default");
+    if scaled {
+        candle_core::bail!(
+            "config.json: scaled rotary embeddings (rope_scaling) are not supported"
+        );
     }
+    let rope_theta = v["rope_theta"].as_f64().or(rope["rope_theta"].as_f64());
     let num = |k: &str| -> Result<usize> {
         v[k].as_u64()
             .map(|n| n as usize)
@@ -106,7 +114,7 @@ pub fn config_from_json(v: &Value) -> Result<Config> {
         n_kv_head: num("num_key_value_heads").unwrap_or(n_head),
         hidden,
         head_dim,
-        rope_base: v["rope_theta"].as_f64().unwrap_or(10_000.0) as f32,
+        rope_base: rope_theta.unwrap_or(10_000.0) as f32,
         rms_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
         context_length: num("max_position_embeddings")?,
         rope_interleaved,
@@ -140,6 +148,7 @@ pub fn config_to_json(cfg: &Config, bos: Option<u32>, eos: Option<u32>) -> Value
         "rms_norm_eps": cfg.rms_eps,
         "rope_theta": cfg.rope_base,
         "rope_scaling": null,
+        "rope_parameters": {"rope_theta": cfg.rope_base, "rope_type": "default"},
         "tie_word_embeddings": cfg.tie_embeddings,
         "vocab_size": cfg.vocab,
         "torch_dtype": "float32",
@@ -226,4 +235,48 @@ pub fn export_tensors(model: &mut Model) -> Result<HashMap<String, Tensor>> {
         out.insert(name, t);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: Value) -> Value {
+        let mut v = json!({
+            "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 2, "max_position_embeddings": 128,
+            "vocab_size": 100, "intermediate_size": 96, "rms_norm_eps": 1e-5,
+        });
+        if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+            m.extend(e);
+        }
+        v
+    }
+
+    #[test]
+    fn rope_theta_is_read_from_either_transformers_layout() {
+        let old = config_from_json(&cfg(json!({"rope_theta": 100000.0}))).unwrap();
+        let new = config_from_json(&cfg(
+            json!({"rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}}),
+        ))
+        .unwrap();
+        assert_eq!(old.rope_base, 100000.0);
+        assert_eq!(new.rope_base, 100000.0);
+        let scaled = cfg(json!({"rope_parameters": {"rope_theta": 1e4, "rope_type": "llama3"}}));
+        assert!(config_from_json(&scaled).is_err());
+        assert!(config_from_json(&cfg(json!({"model_type": "gpt2"}))).is_err());
+    }
+
+    #[test]
+    fn row_permutations_are_inverse() {
+        let w = Tensor::arange(0f32, 8.0 * 3.0, &Device::Cpu)
+            .unwrap()
+            .reshape((8, 3))
+            .unwrap();
+        let back = to_hf_rows(&to_gguf_rows(&w, 2).unwrap(), 2).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+        // GGUF row h*D + 2p + s is HF row h*D + s*D/2 + p (D = 4 here).
+        let g = to_gguf_rows(&w, 2).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(g[1][0], w.to_vec2::<f32>().unwrap()[2][0]);
+    }
 }
