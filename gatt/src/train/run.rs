@@ -89,7 +89,7 @@ pub fn run(
     std::fs::create_dir_all(&spec.out).map_err(|e| Error::io(&spec.out, "create", e))?;
     let mut trainer = Trainer::new(model, examples, spec.opts.clone(), device)?;
     let log_path = spec.out.join("loss.jsonl");
-    let mut logs: Vec<StepLog> = Vec::new();
+    let mut kept: Vec<(StepLog, String)> = Vec::new();
     if spec.resume && ckpt_dir.exists() {
         let state: CheckpointState = read_json(&ckpt_dir.join("state.json"))?;
         if state.options != spec.opts || state.data != spec.data || state.examples != n_examples {
@@ -104,12 +104,15 @@ pub fn run(
         let tensors = candle_core::safetensors::load(&st, device)
             .map_err(|e| Error::input(format!("{}: {e}", st.display())))?;
         trainer.restore(&tensors, state.step)?;
-        logs = read_logs(&log_path)?
+        kept = read_logs(&log_path)
             .into_iter()
-            .filter(|l| l.step <= state.step)
+            .filter(|(l, _)| l.step <= state.step)
             .collect();
     }
-    write_logs(&log_path, &logs)?;
+    // Lines are kept verbatim (re-serializing a float can change its last digit).
+    let text: String = kept.iter().map(|(_, line)| format!("{line}\n")).collect();
+    std::fs::write(&log_path, text).map_err(|e| Error::io(&log_path, "write", e))?;
+    let mut logs: Vec<StepLog> = kept.into_iter().map(|(l, _)| l).collect();
     let mut train_json = TrainJson {
         model: spec.model.clone(),
         data: spec.data.clone(),
@@ -229,24 +232,15 @@ fn write_curve(out: &Path, logs: &[StepLog]) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename", e))
 }
 
-fn read_logs(path: &Path) -> Result<Vec<StepLog>> {
+/// Logged steps with their original lines.
+fn read_logs(path: &Path) -> Vec<(StepLog, String)> {
     let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
     // A line cut by a crash is dropped; the checkpoint decides where training resumes.
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
-fn write_logs(path: &Path, logs: &[StepLog]) -> Result<()> {
-    let mut text = String::new();
-    for l in logs {
-        text.push_str(&serde_json::to_string(l).expect("logs serialize"));
-        text.push('\n');
-    }
-    std::fs::write(path, text).map_err(|e| Error::io(path, "write", e))
+    text.lines()
+        .filter_map(|l| Some((serde_json::from_str(l).ok()?, l.to_string())))
+        .collect()
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
