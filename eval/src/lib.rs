@@ -5,10 +5,12 @@
 //!   -> stats (adherence per turn, Wilson intervals, survival) -> report (json, md, html)
 //! ```
 //!
-//! Checks are code, not a judge model: every verdict can be reproduced and explained,
-//! and a reply the code cannot decide is counted as undetermined, never as a pass.
+//! Checks are code: every verdict can be reproduced and explained, and a reply the code
+//! cannot decide is counted as undetermined, never as a pass. An optional judge model
+//! ([`judge`]) adds its own rows for persona, hobby and figure on every turn.
 
 pub mod checks;
+pub mod judge;
 pub mod protocol;
 pub mod report;
 pub mod stats;

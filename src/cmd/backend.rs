@@ -7,8 +7,9 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// Chat model run in-process: `default` (SmolLM2-135M-Instruct, fetched on first use)
-    /// or a .gguf file (llama or qwen2 architecture). `gatt eval` takes several.
+    /// Chat model run in-process: `default` (SmolLM2-135M-Instruct, fetched on first use),
+    /// a .gguf file or a Hugging Face folder (llama or qwen2 architecture, e.g. from
+    /// `gatt train merge`). `gatt eval` takes several.
     #[arg(
         long = "model",
         value_name = "M",

@@ -46,14 +46,44 @@ pub struct Args {
     /// Replace a built-in catalog: KIND=FILE. Repeatable.
     #[arg(long, value_name = "KIND=FILE")]
     pub catalog: Vec<String>,
+    /// Also let this model (`default`, .gguf, folder) judge persona, hobby and figure on
+    /// every turn; its verdicts are reported apart, as `MODEL (judge)`.
+    #[arg(long, value_name = "M", conflicts_with = "judge_endpoint")]
+    pub judge_model: Option<String>,
+    /// A judge behind an OpenAI-compatible server (uses --judge-api-model and
+    /// --api-key-env).
+    #[arg(long, value_name = "URL", requires = "judge_api_model")]
+    pub judge_endpoint: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub judge_api_model: Option<String>,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
+/// The judge's backend, if one was asked for.
+fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBackend>>> {
+    let b = &args.backend;
+    let judge = match (&args.judge_model, &args.judge_endpoint) {
+        (Some(m), _) => BackendArgs {
+            endpoint: None,
+            ..b.with_model(m)
+        },
+        (None, Some(url)) => BackendArgs {
+            endpoint: Some(url.clone()),
+            api_model: args.judge_api_model.clone(),
+            ..b.clone()
+        },
+        (None, None) => return Ok(None),
+    };
+    judge.load().map(Some)
+}
+
 pub fn run(args: Args) -> Result<()> {
     let catalog = load_catalog(&args.catalog)?;
+    let judge = judge_backend(&args)?;
+    let mut judged: Vec<gatt::Dialogue> = Vec::new();
     let mut rows: Vec<ScoredTurn> = Vec::new();
     let mut meta = serde_json::json!({ "gatt_version": env!("CARGO_PKG_VERSION") });
     if let Some(input) = &args.input {
@@ -66,6 +96,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         for d in &dialogues {
             rows.extend(score_dialogue(d, &catalog));
+        }
+        if judge.is_some() {
+            judged = dialogues;
         }
         meta["input"] = input.display().to_string().into();
     } else {
@@ -110,11 +143,30 @@ pub fn run(args: Args) -> Result<()> {
                 rows.extend(score_dialogue(d, &catalog));
             }
             w.finish()?;
+            if judge.is_some() {
+                judged.extend(dialogues);
+            }
         }
         meta["protocol"] = serde_json::json!({
             "turns": args.turns, "dialogues": args.dialogues, "constraints": args.constraints,
             "probe_every": args.probe_every, "seed": args.seed,
         });
+    }
+    if let Some(j) = &judge {
+        let params = SamplingParams {
+            max_new_tokens: 4,
+            temperature: 0.0,
+            n: 1,
+            ..SamplingParams::default()
+        };
+        let pb = progress::bar(None, &format!("judge verdicts ({})", j.describe()));
+        let verdicts =
+            gatt_eval::judge::judge_dialogues(j.as_ref(), &judged, &catalog, &params, &|n| {
+                pb.set_position(n as u64)
+            })?;
+        pb.finish_and_clear();
+        meta["judge"] = j.describe().into();
+        rows.extend(verdicts);
     }
     let report = Report::from_scored(&rows, meta);
     write_report(&report, &args.out)?;
