@@ -293,6 +293,8 @@ pub struct Model {
     device: Device,
     training: bool,
     dropout: Option<Mutex<Dropout>>,
+    /// When set, every layer's attention probabilities are collected here.
+    captured: Mutex<Option<Vec<Tensor>>>,
 }
 
 /// What a named weight is, so converters know how it is stored.
@@ -472,6 +474,7 @@ impl Model {
             device: device.clone(),
             training: false,
             dropout: None,
+            captured: Mutex::new(None),
         })
     }
 
@@ -634,6 +637,22 @@ impl Model {
         self.hidden(tokens, positions, pad, None)
     }
 
+    /// Attention probabilities of one sequence, one tensor per layer, each
+    /// heads x len x len (row i: how much position i attends to each position; rows sum
+    /// to 1, zero above the diagonal). For attention-to-instruction analyses.
+    pub fn attention_maps(&self, ids: &[u32]) -> Result<Vec<Tensor>> {
+        *self.captured.lock().expect("capture lock") = Some(Vec::new());
+        let p = pad_prompts(&[ids.to_vec()], 0, &self.device)?;
+        let result = self.hidden(&p.tokens, &p.positions, &p.pad, None);
+        let maps = self
+            .captured
+            .lock()
+            .expect("capture lock")
+            .take()
+            .unwrap_or_default();
+        result.map(|_| maps)
+    }
+
     /// Output projection of hidden-state rows (n x hidden) to logits (n x vocab).
     pub fn logits(&self, rows: &Tensor) -> Result<Tensor> {
         self.output.forward(rows, None)
@@ -734,6 +753,9 @@ impl Model {
             } else {
                 candle_nn::ops::softmax_last_dim(&att)?
             };
+            if let Some(maps) = self.captured.lock().expect("capture lock").as_mut() {
+                maps.push(att.reshape((nh, n_q, n_k))?.detach());
+            }
             let y = att.matmul(&vs.contiguous()?)?.reshape((1, nh, n_q, hd))?;
             ys.push(if q_skip > 0 {
                 Tensor::cat(

@@ -195,3 +195,26 @@ fn unsupported_architecture_is_a_clear_error() {
         .to_string();
     assert!(e.contains("unsupported architecture"), "{e}");
 }
+
+#[test]
+fn attention_maps_are_causal_distributions_per_layer_and_head() {
+    for arch in ["llama", "qwen2"] {
+        let m = load(arch);
+        let ids = [3u32, 17, 5, 42, 9, 11];
+        let maps = m.attention_maps(&ids).unwrap();
+        assert_eq!(maps.len(), m.cfg.n_layer);
+        for a in &maps {
+            assert_eq!(a.dims(), &[m.cfg.n_head, ids.len(), ids.len()]);
+            for head in a.to_vec3::<f32>().unwrap() {
+                for (i, row) in head.iter().enumerate() {
+                    assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{arch}");
+                    assert!(row[i + 1..].iter().all(|&x| x == 0.0), "{arch}: not causal");
+                }
+            }
+        }
+        // The first position can only attend to itself.
+        assert!((maps[0].to_vec3::<f32>().unwrap()[0][0][0] - 1.0).abs() < 1e-6);
+        // Capturing changes nothing for later calls.
+        assert!(close(&full_logits(&m, &ids), &full_logits(&m, &ids)));
+    }
+}
