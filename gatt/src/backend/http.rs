@@ -42,7 +42,13 @@ pub struct HttpBackend {
     opts: HttpOptions,
     url: String,
     agent: ureq::Agent,
+    /// Sampling fields beyond OpenAI's own that the server refused; left out from then on.
+    dropped: Mutex<Vec<&'static str>>,
 }
+
+/// Fields many servers (vLLM, SGLang, TGI, llama.cpp) accept beyond OpenAI's schema;
+/// strict servers (e.g. `transformers serve`) refuse them with a 4xx naming the field.
+const EXTENSION_FIELDS: [&str; 2] = ["top_k", "repetition_penalty"];
 
 impl HttpBackend {
     pub fn new(opts: HttpOptions) -> Self {
@@ -60,6 +66,7 @@ impl HttpBackend {
             agent: ureq::Agent::new_with_config(config),
             url,
             opts,
+            dropped: Mutex::new(Vec::new()),
         }
     }
 
@@ -84,10 +91,25 @@ impl HttpBackend {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut attempt = 0;
         loop {
+            for f in self.dropped.lock().expect("dropped fields").iter() {
+                if let Some(m) = body.as_object_mut() {
+                    m.remove(*f);
+                }
+            }
             let outcome = self.send(&body);
             match outcome {
                 Ok(reply) => return Ok(reply),
-                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Fatal(e)) => {
+                    // A strict server refusing an extension field: go on without it.
+                    let text = e.to_string();
+                    let refused = EXTENSION_FIELDS.into_iter().find(|f| {
+                        body.get(*f).is_some() && text.contains(f) && is_client_error(&text)
+                    });
+                    match refused {
+                        Some(f) => self.drop_field(f),
+                        None => return Err(e),
+                    }
+                }
                 Err(Attempt::Retry(why)) if attempt >= self.opts.max_retries => {
                     return Err(Error::runtime(format!(
                         "{}: gave up after {} attempts: {why}",
@@ -102,6 +124,17 @@ impl HttpBackend {
                     attempt += 1;
                 }
             }
+        }
+    }
+
+    fn drop_field(&self, field: &'static str) {
+        let mut d = self.dropped.lock().expect("dropped fields");
+        if !d.contains(&field) {
+            eprintln!(
+                "gatt: warning: {} does not accept `{field}`; sampling without it from now on",
+                self.url
+            );
+            d.push(field);
         }
     }
 
@@ -139,6 +172,11 @@ impl HttpBackend {
             )))),
         }
     }
+}
+
+/// A 400 or 422 answer (how servers report fields they do not know).
+fn is_client_error(message: &str) -> bool {
+    message.contains("HTTP 400") || message.contains("HTTP 422")
 }
 
 enum Attempt {

@@ -13,6 +13,8 @@ enum Script {
     Ok(&'static str),
     Hang,
     Drop,
+    /// 422 naming the field when the request has it, else a reply.
+    RejectField(&'static str),
 }
 
 fn ok_body(text: &str) -> String {
@@ -56,6 +58,14 @@ fn serve(script: Vec<Script>) -> (String, Arc<AtomicUsize>) {
                         return;
                     }
                     Script::Drop => return,
+                    Script::RejectField(f) => {
+                        let body = String::from_utf8_lossy(&body).to_string();
+                        if body.contains(&format!("\"{f}\"")) {
+                            (422, format!("{{\"detail\":\"Unexpected fields in the request: {{'{f}'}}\"}}"))
+                        } else {
+                            (200, ok_body("fine"))
+                        }
+                    }
                 };
                 let _ = write!(
                     stream,
@@ -148,4 +158,23 @@ fn many_requests_keep_their_order() {
     let out = backend(&url).generate(&reqs, &p).unwrap();
     assert_eq!(out.len(), 7);
     assert!(out.iter().all(|c| c.len() == 2));
+}
+
+#[test]
+fn a_strict_server_refusing_an_extension_field_is_retried_without_it() {
+    let (url, count) = serve(vec![Script::RejectField("repetition_penalty")]);
+    let b = backend(&url);
+    let params = SamplingParams {
+        repetition_penalty: 1.1,
+        ..SamplingParams::default()
+    };
+    let r = b.generate(&one_request(), &params).unwrap();
+    assert_eq!(r[0][0].text, "fine");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    // Later requests leave it out from the start.
+    b.generate(&one_request(), &params).unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    // Other client errors stay errors.
+    let (url, _) = serve(vec![Script::Status(422, "{\"detail\":\"bad messages\"}")]);
+    assert!(backend(&url).generate(&one_request(), &params).is_err());
 }
