@@ -366,3 +366,47 @@ fn hugging_face_export_loads_back_to_the_same_logits() {
         assert_eq!(back.cfg, m.cfg);
     }
 }
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_instead_of_writing_nan_weights() {
+    let o = TrainOptions {
+        lr: 1e30,
+        max_grad_norm: 0.0,
+        ..opts(Method::Full)
+    };
+    let mut t = Trainer::new(tiny("llama"), examples(), o, &Device::Cpu).unwrap();
+    let mut err = None;
+    for _ in 0..t.total_steps() {
+        if let Err(e) = t.train_step() {
+            err = Some(e.to_string());
+            break;
+        }
+    }
+    let e = err.expect("a 1e30 learning rate must blow up");
+    assert!(
+        e.contains("nothing was updated") && e.contains("--lr"),
+        "{e}"
+    );
+}
+
+#[test]
+fn data_checks_count_empty_samples_and_refuse_another_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.jsonl");
+    let line = |id: &str, ids: &[u32], labels: &[i64]| {
+        serde_json::json!({"id": id, "input_ids": ids, "labels": labels}).to_string() + "\n"
+    };
+    std::fs::write(
+        &p,
+        line("a", &[1, 2, 3], &[IGNORE, 2, 3])
+            + &line("empty", &[1, 2], &[IGNORE, IGNORE])
+            + &line("long", &[1; 9], &[3; 9]),
+    )
+    .unwrap();
+    let (ex, skipped) = data::load(&p, 64, &[3], 8).unwrap();
+    assert_eq!(ex.len(), 1);
+    assert_eq!((skipped.no_loss_tokens, skipped.too_long), (1, 1));
+    // Last loss token is not the model's end of turn: masked for another model.
+    let e = data::load(&p, 64, &[7], 8).unwrap_err().to_string();
+    assert!(e.contains("row 1") && e.contains("end-of-turn"), "{e}");
+}
