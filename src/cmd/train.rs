@@ -8,8 +8,9 @@ use std::path::PathBuf;
 /// Fine-tune a model on GAtt masks (from `gatt mask` or `gatt synth --mask`).
 ///
 /// The loss is cross-entropy on the tokens whose label is not -100, so with GAtt masks
-/// the model learns only the final reply of each dialogue. Batches hold up to
-/// --batch-tokens tokens (padding included; padding never carries loss). The run folder
+/// the model learns only the final reply of each dialogue. A micro-batch holds samples of
+/// similar length up to --batch-tokens (longest x count); each sample runs unpadded, so
+/// no compute or loss goes to padding. The run folder
 /// gets loss.jsonl, loss.html (the curve), train.json, a checkpoint after every
 /// --save-every steps (an interrupted run continues with the same command plus
 /// --resume), and at the end adapter/ (LoRA, in the layout Python's peft loads) or
@@ -83,7 +84,7 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps (the schedule spans N).
     #[arg(long)]
     pub max_steps: Option<usize>,
-    /// Tokens per micro-batch, padding included (longest sample x samples).
+    /// Token budget of a micro-batch (longest sample x samples).
     #[arg(long, default_value_t = 4096)]
     pub batch_tokens: usize,
     /// Micro-batches per optimizer step.
