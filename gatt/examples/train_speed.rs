@@ -49,6 +49,58 @@ fn main() -> gatt::Result<()> {
         t.elapsed().as_secs_f64(),
         l.to_scalar::<f32>().unwrap()
     );
+    // Phases of one sequence in training mode, frozen base (as LoRA sees it).
+    {
+        let mut m = load_model(&source, &dev)?;
+        m.set_training(true, 0);
+        let e = batch[0];
+        let mb1 =
+            loss::MicroBatch::new(&[e], loss::LossMean::Token, loss::StepTotals::of([e]), &dev)
+                .unwrap();
+        // A trainable scalar in front so that backward has something to differentiate.
+        let t = Instant::now();
+        let h = m
+            .hidden_states(&mb1.tokens, &mb1.positions, &mb1.pad)
+            .unwrap();
+        let h_s = t.elapsed().as_secs_f64();
+        let scale = candle_core::Var::new(1f32, &dev).unwrap();
+        let t = Instant::now();
+        let l = (loss::weighted_loss(&m, &mb1).unwrap() * scale.as_tensor().clone()).unwrap();
+        let f_s = t.elapsed().as_secs_f64();
+        drop(h);
+        println!(
+            "one sequence of {} tokens: hidden states {h_s:.2}s, forward+loss {f_s:.2}s",
+            e.ids.len()
+        );
+        let mut m2 = load_model(&source, &dev)?;
+        let cfg = LoraConfig {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            targets: gatt::backend::llama::LINEAR_NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        gatt::train::lora::attach(&mut m2, &cfg, 0, &dev)?;
+        let mut vars = Vec::new();
+        for (_, l) in m2.loras_mut() {
+            let v = candle_core::Var::from_tensor(&l.b).unwrap();
+            l.b = v.as_tensor().clone();
+            vars.push(v);
+        }
+        m2.set_training(true, 0);
+        let t = Instant::now();
+        let l = loss::weighted_loss(&m2, &mb1).unwrap();
+        let f2 = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let _g = l.backward().unwrap();
+        println!(
+            "with LoRA: forward+loss {f2:.2}s, backward {:.2}s",
+            t.elapsed().as_secs_f64()
+        );
+        let _ = l;
+    }
     for method in ["lora", "full"] {
         let m = load_model(&source, &dev)?;
         let opts = TrainOptions {

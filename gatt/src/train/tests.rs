@@ -32,6 +32,8 @@ fn examples() -> Vec<Example> {
         example(&[3, 6, 2], 1),
         example(&[7, 8, 9, 10, 11, 12, 13, 14, 15, 2], 5),
         example(&[40, 41, 42, 43, 2], 2),
+        // Longer than 32 keys, next to short ones: padding well past a SIMD block.
+        example(&(0..45u32).map(|i| (i * 7 + 3) % 60).collect::<Vec<_>>(), 6),
     ]
 }
 
