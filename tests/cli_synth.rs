@@ -187,4 +187,19 @@ fn generate_answers_and_bad_arguments_exit_2() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let bank = dir.path().join("bank.json");
+    std::fs::write(&bank, "{\"messages\": [\"  \"]}").unwrap();
+    let out = dir.path().join("e");
+    let o = gatt_cmd(&[
+        "eval",
+        "--out",
+        out.to_str().unwrap(),
+        "--user-bank",
+        bank.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`messages` is empty"));
 }

@@ -46,6 +46,11 @@ pub struct Args {
     /// Replace a built-in catalog: KIND=FILE. Repeatable.
     #[arg(long, value_name = "KIND=FILE")]
     pub catalog: Vec<String>,
+    /// Draw the user turns from this bank instead of the built-in one (JSON
+    /// `{"messages": [...]}`, like templates/users/bank.json), e.g. messages held out
+    /// from training.
+    #[arg(long, value_name = "FILE")]
+    pub user_bank: Option<PathBuf>,
     /// Also let this model (`default`, .gguf, folder) judge persona, hobby and figure on
     /// every turn; its verdicts are reported apart, as `MODEL (judge)`.
     #[arg(long, value_name = "M", conflicts_with = "judge_endpoint")]
@@ -60,6 +65,34 @@ pub struct Args {
     pub backend: BackendArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+/// A user-message bank: `{"messages": ["...", ...]}` with at least one message.
+fn read_bank(path: &std::path::Path) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Bank {
+        messages: Vec<String>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let bank: Bank = serde_json::from_str(&text).map_err(|e| {
+        Error::input(format!(
+            "{}: line {}: expected {{\"messages\": [\"...\"]}}: {e}",
+            path.display(),
+            e.line()
+        ))
+    })?;
+    let messages: Vec<String> = bank
+        .messages
+        .into_iter()
+        .filter(|m| !m.trim().is_empty())
+        .collect();
+    if messages.is_empty() {
+        return Err(Error::input(format!(
+            "{}: `messages` is empty",
+            path.display()
+        )));
+    }
+    Ok(messages)
 }
 
 /// The judge's backend, if one was asked for.
@@ -81,7 +114,10 @@ fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBacken
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let catalog = load_catalog(&args.catalog)?;
+    let mut catalog = load_catalog(&args.catalog)?;
+    if let Some(path) = &args.user_bank {
+        catalog.user_bank = read_bank(path)?;
+    }
     let judge = judge_backend(&args)?;
     let mut judged: Vec<gatt::Dialogue> = Vec::new();
     let mut rows: Vec<ScoredTurn> = Vec::new();
