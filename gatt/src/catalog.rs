@@ -209,6 +209,26 @@ impl Catalog {
         Ok(())
     }
 
+    /// Replaces the user-message bank with a file in the same format as the built-in
+    /// one (`{"messages": [...]}`), e.g. messages held out from training.
+    pub fn load_user_bank(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        let bank: Bank = parse(&path.display().to_string(), &text)?;
+        let messages: Vec<String> = bank
+            .messages
+            .into_iter()
+            .filter(|m| !m.trim().is_empty())
+            .collect();
+        if messages.is_empty() {
+            return Err(Error::input(format!(
+                "{}: `messages` is empty",
+                path.display()
+            )));
+        }
+        self.user_bank = messages;
+        Ok(())
+    }
+
     /// The catalog entry names of one kind (what `Constraint::value` holds).
     pub fn values(&self, kind: &ConstraintKind) -> Vec<&str> {
         match kind {

@@ -67,34 +67,6 @@ pub struct Args {
     pub sampling: SamplingArgs,
 }
 
-/// A user-message bank: `{"messages": ["...", ...]}` with at least one message.
-fn read_bank(path: &std::path::Path) -> Result<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct Bank {
-        messages: Vec<String>,
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
-    let bank: Bank = serde_json::from_str(&text).map_err(|e| {
-        Error::input(format!(
-            "{}: line {}: expected {{\"messages\": [\"...\"]}}: {e}",
-            path.display(),
-            e.line()
-        ))
-    })?;
-    let messages: Vec<String> = bank
-        .messages
-        .into_iter()
-        .filter(|m| !m.trim().is_empty())
-        .collect();
-    if messages.is_empty() {
-        return Err(Error::input(format!(
-            "{}: `messages` is empty",
-            path.display()
-        )));
-    }
-    Ok(messages)
-}
-
 /// The judge's backend, if one was asked for.
 fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBackend>>> {
     let b = &args.backend;
@@ -116,7 +88,7 @@ fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBacken
 pub fn run(args: Args) -> Result<()> {
     let mut catalog = load_catalog(&args.catalog)?;
     if let Some(path) = &args.user_bank {
-        catalog.user_bank = read_bank(path)?;
+        catalog.load_user_bank(path)?;
     }
     let judge = judge_backend(&args)?;
     let mut judged: Vec<gatt::Dialogue> = Vec::new();

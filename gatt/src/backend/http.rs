@@ -99,15 +99,15 @@ impl HttpBackend {
             let outcome = self.send(&body);
             match outcome {
                 Ok(reply) => return Ok(reply),
-                Err(Attempt::Fatal(e)) => {
-                    // A strict server refusing an extension field: go on without it.
-                    let text = e.to_string();
-                    let refused = EXTENSION_FIELDS.into_iter().find(|f| {
-                        body.get(*f).is_some() && text.contains(f) && is_client_error(&text)
-                    });
-                    match refused {
+                Err(Attempt::Fatal(e)) => return Err(e),
+                // A strict server refusing an extension field: go on without it.
+                Err(Attempt::Refused { error, body: text }) => {
+                    match EXTENSION_FIELDS
+                        .into_iter()
+                        .find(|f| body.get(*f).is_some() && text.contains(f))
+                    {
                         Some(f) => self.drop_field(f),
-                        None => return Err(e),
+                        None => return Err(error),
                     }
                 }
                 Err(Attempt::Retry(why)) if attempt >= self.opts.max_retries => {
@@ -165,23 +165,31 @@ impl HttpBackend {
             200..=299 => parse_completion(&text)
                 .map_err(|e| Attempt::Fatal(Error::runtime(format!("{}: {e}", self.url)))),
             429 | 500..=599 => Err(Attempt::Retry(format!("HTTP {status}"))),
-            _ => Err(Attempt::Fatal(Error::input(format!(
-                "{}: HTTP {status}: {}",
-                self.url,
-                text.chars().take(300).collect::<String>()
-            )))),
+            // How servers report request fields they do not know.
+            400 | 422 => Err(Attempt::Refused {
+                error: client_error(&self.url, status, &text),
+                body: text,
+            }),
+            _ => Err(Attempt::Fatal(client_error(&self.url, status, &text))),
         }
     }
 }
 
-/// A 400 or 422 answer (how servers report fields they do not know).
-fn is_client_error(message: &str) -> bool {
-    message.contains("HTTP 400") || message.contains("HTTP 422")
+fn client_error(url: &str, status: u16, body: &str) -> Error {
+    Error::input(format!(
+        "{url}: HTTP {status}: {}",
+        body.chars().take(300).collect::<String>()
+    ))
 }
 
 enum Attempt {
     Retry(String),
     Fatal(Error),
+    /// 400/422: fatal unless the body names a field we can leave out.
+    Refused {
+        error: Error,
+        body: String,
+    },
 }
 
 fn parse_completion(text: &str) -> std::result::Result<Reply, String> {

@@ -12,11 +12,20 @@
 
 mod frozen;
 pub mod hf;
+mod inputs;
+mod linear;
+mod load;
+mod weights;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};
+use linear::Linear;
+pub use linear::{Dropout, Lora, Weights};
+pub(crate) use load::{SourceTensor, TensorSource};
+pub use weights::{module_of, WeightKind, LINEAR_NAMES};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::kv_cache::KvCache;
-use std::io::{Read, Seek};
 use std::sync::Mutex;
 
 /// Hyper-parameters, read from the GGUF metadata (`{arch}.*` keys).
@@ -96,141 +105,6 @@ impl RmsNorm {
     }
 }
 
-/// How weights are held in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Weights {
-    /// Dequantized to f32 at load: candle's f32 matrix multiply picks AVX2/AVX-512 at
-    /// run time and batches well, so prefill and batched decoding are many times faster
-    /// on a portable build (about 4x the file's size in memory).
-    #[default]
-    Dense,
-    /// Kept as stored in the file: least memory, but candle's quantized kernels only
-    /// use SIMD when the binary is built for the CPU (`-C target-cpu=native`).
-    Quantized,
-}
-
-enum Weight {
-    /// Transposed: (in, out).
-    Dense(Tensor),
-    Quantized(QMatMul),
-}
-
-/// A low-rank adapter: `y += scale * dropout(x) A B`.
-pub struct Lora {
-    /// (in, rank), transposed like the dense weights.
-    pub a: Tensor,
-    /// (rank, out).
-    pub b: Tensor,
-    pub scale: f64,
-    pub dropout: f32,
-}
-
-/// A linear layer, with an optional (dequantized) bias and LoRA adapter.
-struct Linear {
-    weight: Weight,
-    bias: Option<Tensor>,
-    lora: Option<Lora>,
-}
-
-/// `x` (.., k) times `w` (k, n), as one matrix product for all rows: weights are read once.
-fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let k = dims[dims.len() - 1];
-    let rows = x.elem_count() / k;
-    let x2 = x.reshape((rows, k))?;
-    // A frozen weight under a differentiable input: skip its (unused) gradient.
-    let y = if x2.track_op() && !w.track_op() {
-        frozen::matmul(&x2, w)?
-    } else {
-        x2.matmul(w)?
-    };
-    let mut out = dims;
-    *out.last_mut().expect("at least one dim") = w.dim(1)?;
-    y.reshape(out)
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor, dropout: Option<&Mutex<Dropout>>) -> Result<Tensor> {
-        let mut y = match &self.weight {
-            Weight::Quantized(q) => q.forward(x)?,
-            Weight::Dense(w) => matmul_rows(x, w)?,
-        };
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
-        if let Some(l) = &self.lora {
-            let x = match dropout {
-                Some(d) if l.dropout > 0.0 => {
-                    let mask =
-                        d.lock()
-                            .expect("dropout rng")
-                            .mask(x.dims(), l.dropout, x.device())?;
-                    (x * mask)?
-                }
-                _ => x.clone(),
-            };
-            let delta = matmul_rows(&matmul_rows(&x, &l.a)?, &l.b)?;
-            y = (y + (delta * l.scale)?)?;
-        }
-        Ok(y)
-    }
-
-    fn out_dim(&self) -> Result<usize> {
-        match &self.weight {
-            Weight::Dense(w) => w.dim(1),
-            Weight::Quantized(q) => match q {
-                QMatMul::QTensor(t) => Ok(t.shape().dims()[0]),
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0),
-            },
-        }
-    }
-
-    fn in_dim(&self) -> Result<usize> {
-        match &self.weight {
-            Weight::Dense(w) => w.dim(0),
-            Weight::Quantized(q) => match q {
-                QMatMul::QTensor(t) => Ok(t.shape().dims()[1]),
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(1),
-            },
-        }
-    }
-}
-
-/// Seeded inverted dropout for LoRA inputs while training (reproducible on resume).
-/// A splitmix64 stream: one cheap 64-bit draw gives the keep/drop bits of two elements.
-pub struct Dropout {
-    state: u64,
-}
-
-impl Dropout {
-    pub fn new(seed: u64) -> Self {
-        Dropout { state: seed }
-    }
-
-    fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn mask(&mut self, dims: &[usize], p: f32, device: &Device) -> Result<Tensor> {
-        let n: usize = dims.iter().product();
-        let keep = 1.0 / (1.0 - p);
-        let threshold = (p as f64 * u32::MAX as f64) as u32;
-        let mut m = Vec::with_capacity(n + 1);
-        while m.len() < n {
-            let r = self.next();
-            for half in [r as u32, (r >> 32) as u32] {
-                m.push(if half < threshold { 0.0 } else { keep });
-            }
-        }
-        m.truncate(n);
-        Tensor::from_vec(m, dims, device)
-    }
-}
-
 struct Attention {
     q: Linear,
     k: Linear,
@@ -297,28 +171,6 @@ pub struct Model {
     captured: Mutex<Option<Vec<Tensor>>>,
 }
 
-/// What a named weight is, so converters know how it is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightKind {
-    /// A linear layer's matrix, stored transposed: (in, out).
-    Matrix,
-    /// The token embedding, (vocab, hidden).
-    Embedding,
-    /// A norm weight or a bias.
-    Vector,
-}
-
-/// Every linear layer's name within a block, as Hugging Face and peft spell it.
-pub const LINEAR_NAMES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
-
 fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
     let inv: Vec<f32> = (0..half)
@@ -332,152 +184,7 @@ fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((freqs.cos()?, freqs.sin()?))
 }
 
-/// Where a loader finds each tensor: by GGUF name, as an f32 matrix in (out, in) layout
-/// (Hugging Face orientation, llama.cpp's q/k row order) or a vector.
-pub(crate) trait TensorSource {
-    fn get(&mut self, gguf_name: &str) -> Result<Option<SourceTensor>>;
-}
-
-pub(crate) enum SourceTensor {
-    Quantized(QTensor),
-    Dense(Tensor),
-}
-
-impl SourceTensor {
-    fn dense(self, device: &Device) -> Result<Tensor> {
-        match self {
-            SourceTensor::Quantized(q) => q.dequantize(device),
-            SourceTensor::Dense(t) => t.to_dtype(DType::F32)?.to_device(device),
-        }
-    }
-}
-
-struct GgufSource<'a, R> {
-    ct: &'a gguf_file::Content,
-    reader: &'a mut R,
-    device: Device,
-}
-
-impl<R: Read + Seek> TensorSource for GgufSource<'_, R> {
-    fn get(&mut self, name: &str) -> Result<Option<SourceTensor>> {
-        if !self.ct.tensor_infos.contains_key(name) {
-            return Ok(None);
-        }
-        Ok(Some(SourceTensor::Quantized(self.ct.tensor(
-            self.reader,
-            name,
-            &self.device,
-        )?)))
-    }
-}
-
-fn required(src: &mut dyn TensorSource, name: &str) -> Result<SourceTensor> {
-    src.get(name)?
-        .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))
-}
-
 impl Model {
-    pub fn from_gguf<R: Read + Seek>(
-        ct: &gguf_file::Content,
-        reader: &mut R,
-        device: &Device,
-        weights: Weights,
-    ) -> Result<Self> {
-        let cfg = Config::from_gguf(ct)?;
-        let mut src = GgufSource {
-            ct,
-            reader,
-            device: device.clone(),
-        };
-        Self::load(cfg, &mut src, device, weights)
-    }
-
-    /// Builds the model from tensors named as in GGUF files.
-    pub(crate) fn load(
-        mut cfg: Config,
-        src: &mut dyn TensorSource,
-        device: &Device,
-        weights: Weights,
-    ) -> Result<Self> {
-        let linear = |w: SourceTensor, b: Option<SourceTensor>| -> Result<Linear> {
-            let weight = match (weights, w) {
-                (Weights::Quantized, SourceTensor::Quantized(q)) => {
-                    Weight::Quantized(QMatMul::from_qtensor(q)?)
-                }
-                // Stored transposed (in x out) so the product reads it contiguously.
-                (_, w) => Weight::Dense(w.dense(device)?.t()?.contiguous()?),
-            };
-            Ok(Linear {
-                weight,
-                bias: b.map(|b| b.dense(device)).transpose()?,
-                lora: None,
-            })
-        };
-        let norm = |w: SourceTensor| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: w.dense(device)?,
-                eps: cfg.rms_eps as f32,
-            })
-        };
-        let embed = required(src, "token_embd.weight")?.dense(device)?;
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for i in 0..cfg.n_layer {
-            let p = format!("blk.{i}");
-            let mut opt = |n: &str| src.get(&format!("{p}.{n}"));
-            let (bq, bk, bv) = (
-                opt("attn_q.bias")?,
-                opt("attn_k.bias")?,
-                opt("attn_v.bias")?,
-            );
-            let mut t = |n: &str| required(src, &format!("{p}.{n}"));
-            layers.push(Layer {
-                attn_norm: norm(t("attn_norm.weight")?)?,
-                attn: Attention {
-                    q: linear(t("attn_q.weight")?, bq)?,
-                    k: linear(t("attn_k.weight")?, bk)?,
-                    v: linear(t("attn_v.weight")?, bv)?,
-                    o: linear(t("attn_output.weight")?, None)?,
-                },
-                ffn_norm: norm(t("ffn_norm.weight")?)?,
-                mlp: Mlp {
-                    gate: linear(t("ffn_gate.weight")?, None)?,
-                    up: linear(t("ffn_up.weight")?, None)?,
-                    down: linear(t("ffn_down.weight")?, None)?,
-                },
-            });
-        }
-        let norm_out = norm(required(src, "output_norm.weight")?)?;
-        // Small models tie the output projection to the embeddings.
-        let (output, tied) = match src.get("output.weight")? {
-            Some(w) => (linear(w, None)?, false),
-            None => (
-                Linear {
-                    weight: Weight::Dense(embed.t()?.contiguous()?),
-                    bias: None,
-                    lora: None,
-                },
-                true,
-            ),
-        };
-        cfg.vocab = embed.dim(0)?;
-        cfg.intermediate = layers.first().map_or(Ok(0), |l| l.mlp.gate.out_dim())?;
-        cfg.tie_embeddings = tied;
-        let (cos, sin) = rope_tables(&cfg, device)?;
-        Ok(Model {
-            cfg,
-            embed,
-            layers,
-            norm: norm_out,
-            output,
-            cos,
-            sin,
-            device: device.clone(),
-            training: false,
-            dropout: None,
-            captured: Mutex::new(None),
-        })
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -487,124 +194,6 @@ impl Model {
     pub fn set_training(&mut self, training: bool, dropout_seed: u64) {
         self.training = training;
         self.dropout = training.then(|| Mutex::new(Dropout::new(dropout_seed)));
-    }
-
-    /// Every weight by its Hugging Face name, for trainers and converters. A tied
-    /// output projection is not listed (it is the embedding); after replacing
-    /// `model.embed_tokens.weight`, call [`Model::retie`].
-    pub fn weights_mut(&mut self) -> Vec<(String, WeightKind, &mut Tensor)> {
-        let mut out: Vec<(String, WeightKind, &mut Tensor)> = Vec::new();
-        out.push((
-            "model.embed_tokens.weight".into(),
-            WeightKind::Embedding,
-            &mut self.embed,
-        ));
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            let Layer {
-                attn_norm,
-                attn,
-                ffn_norm,
-                mlp,
-            } = l;
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                WeightKind::Vector,
-                &mut attn_norm.weight,
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                WeightKind::Vector,
-                &mut ffn_norm.weight,
-            ));
-            for (name, lin) in linears(attn, mlp) {
-                let module = module_of(name);
-                if let Weight::Dense(w) = &mut lin.weight {
-                    out.push((format!("{p}.{module}.{name}.weight"), WeightKind::Matrix, w));
-                }
-                if let Some(b) = &mut lin.bias {
-                    out.push((format!("{p}.{module}.{name}.bias"), WeightKind::Vector, b));
-                }
-            }
-        }
-        out.push((
-            "model.norm.weight".into(),
-            WeightKind::Vector,
-            &mut self.norm.weight,
-        ));
-        if !self.cfg.tie_embeddings {
-            if let Weight::Dense(w) = &mut self.output.weight {
-                out.push(("lm_head.weight".into(), WeightKind::Matrix, w));
-            }
-        }
-        out
-    }
-
-    /// Points a tied output projection at the (possibly replaced) embedding, so both
-    /// share one tensor and one gradient.
-    pub fn retie(&mut self) -> Result<()> {
-        if self.cfg.tie_embeddings {
-            self.output.weight = Weight::Dense(self.embed.t()?);
-        }
-        Ok(())
-    }
-
-    /// Adds a LoRA adapter to every linear layer named in `targets` (`q_proj`, ...);
-    /// `init(name, in, out)` returns A (in, rank) and B (rank, out). Returns the
-    /// adapters' names (`model.layers.0.self_attn.q_proj`) in order.
-    pub fn add_lora(
-        &mut self,
-        targets: &[String],
-        scale: f64,
-        dropout: f32,
-        mut init: impl FnMut(&str, usize, usize) -> Result<(Tensor, Tensor)>,
-    ) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            for (name, lin) in l.linears_mut() {
-                if !targets.iter().any(|t| t == name) {
-                    continue;
-                }
-                let module = module_of(name);
-                let full = format!("model.layers.{i}.{module}.{name}");
-                let (a, b) = init(&full, lin.in_dim()?, lin.out_dim()?)?;
-                lin.lora = Some(Lora {
-                    a,
-                    b,
-                    scale,
-                    dropout,
-                });
-                names.push(full);
-            }
-        }
-        Ok(names)
-    }
-
-    /// The adapters by name (see [`Model::add_lora`]).
-    pub fn loras_mut(&mut self) -> Vec<(String, &mut Lora)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter_mut().enumerate() {
-            for (name, lin) in l.linears_mut() {
-                let module = module_of(name);
-                if let Some(lora) = &mut lin.lora {
-                    out.push((format!("model.layers.{i}.{module}.{name}"), lora));
-                }
-            }
-        }
-        out
-    }
-
-    /// Folds every adapter into its dense weight (`W += scale * A B`) and drops it.
-    pub fn merge_lora(&mut self) -> Result<()> {
-        for l in &mut self.layers {
-            for (_, lin) in l.linears_mut() {
-                if let (Some(lora), Weight::Dense(w)) = (lin.lora.take(), &mut lin.weight) {
-                    let delta = (lora.a.matmul(&lora.b)? * lora.scale)?;
-                    *w = (w.detach() + delta.detach())?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Runs `tokens` (batch x new) through the model, appending to `cache`.
@@ -775,32 +364,6 @@ impl Model {
     }
 }
 
-/// The Hugging Face sub-module that holds a linear layer.
-pub fn module_of(linear: &str) -> &'static str {
-    match linear {
-        "q_proj" | "k_proj" | "v_proj" | "o_proj" => "self_attn",
-        _ => "mlp",
-    }
-}
-
-impl Layer {
-    fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
-        linears(&mut self.attn, &mut self.mlp)
-    }
-}
-
-fn linears<'a>(a: &'a mut Attention, m: &'a mut Mlp) -> [(&'static str, &'a mut Linear); 7] {
-    [
-        ("q_proj", &mut a.q),
-        ("k_proj", &mut a.k),
-        ("v_proj", &mut a.v),
-        ("o_proj", &mut a.o),
-        ("gate_proj", &mut m.gate),
-        ("up_proj", &mut m.up),
-        ("down_proj", &mut m.down),
-    ]
-}
-
 /// Rotary embedding from ordinary tensor ops (candle's fused kernels have no
 /// backward pass); `cos`/`sin` are batch x len x head_dim/2 (per-sequence positions).
 fn rope_differentiable(
@@ -842,53 +405,6 @@ fn causal_mask(q: usize, k: usize, device: &Device) -> Result<Tensor> {
 
 /// Additive mask value for positions a query must not see (exp underflows to 0).
 const MASKED: f32 = -1e9;
-
-/// Left-padded batch inputs for a set of ragged token sequences.
-pub struct PaddedBatch {
-    pub tokens: Tensor,
-    pub positions: Tensor,
-    /// Padding length of each sequence.
-    pub pad: Vec<usize>,
-}
-
-/// Builds the prompt step: sequences left-padded to a common length.
-pub fn pad_prompts(prompts: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<PaddedBatch> {
-    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let b = prompts.len();
-    let mut tokens = Vec::with_capacity(b * len);
-    let mut positions = Vec::with_capacity(b * len);
-    let mut pad = Vec::with_capacity(b);
-    for p in prompts {
-        let n_pad = len - p.len();
-        pad.push(n_pad);
-        tokens.extend(std::iter::repeat_n(pad_id, n_pad).chain(p.iter().copied()));
-        positions.extend((0..len).map(|i| i.saturating_sub(n_pad) as u32));
-    }
-    Ok(PaddedBatch {
-        tokens: Tensor::from_vec(tokens, (b, len), device)?,
-        positions: Tensor::from_vec(positions, (b, len), device)?,
-        pad,
-    })
-}
-
-/// Inputs for one decoding step: the next token of every sequence, at cache length `kv`.
-pub fn step_inputs(
-    next: &[u32],
-    pad: &[usize],
-    kv: usize,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let positions: Vec<u32> = pad.iter().map(|p| (kv - p) as u32).collect();
-    Ok((
-        Tensor::from_vec(next.to_vec(), (next.len(), 1), device)?,
-        Tensor::from_vec(positions, (next.len(), 1), device)?,
-    ))
-}
-
-/// Logits as plain vectors, one per sequence.
-pub fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    logits.to_dtype(DType::F32)?.to_vec2::<f32>()
-}
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -61,3 +61,48 @@ impl Drop for AtomicFile {
         }
     }
 }
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = AtomicFile::create(path)?;
+    f.writer()
+        .write_all(bytes)
+        .map_err(|e| Error::io(path, "write", e))?;
+    f.commit()
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON values serialize") + "\n";
+    write_file(path, text.as_bytes())
+}
+
+/// Fills a folder under a temporary name next to `out`, then renames it into place,
+/// replacing what was there. If `fill` fails, the temporary folder is removed and `out`
+/// is untouched.
+pub fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = sibling(out, "tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = sibling(out, "old");
+    if out.exists() {
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, "move aside", e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, "rename into place", e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// `out` with a suffix, next to it (same file system, so renames are atomic).
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    out.with_file_name(format!(".{name}.{suffix}-{}", std::process::id()))
+}

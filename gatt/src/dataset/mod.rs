@@ -9,7 +9,7 @@ mod jsonl;
 mod parquet;
 mod raw;
 
-pub use atomic::AtomicFile;
+pub use atomic::{write_dir, write_file, write_json, AtomicFile};
 
 use crate::dialogue::Dialogue;
 use crate::error::{Error, Result};

@@ -5,9 +5,10 @@
 
 use super::{ChatFormat, ModelSource};
 use crate::backend::llama::{hf, Model};
+use crate::dataset::{write_dir, write_json};
 use crate::error::{Error, Result};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Tokenizer files copied verbatim from a Hugging Face source folder.
 const TOKENIZER_FILES: [&str; 5] = [
@@ -26,15 +27,7 @@ pub fn write(
     format: &ChatFormat,
     out: &Path,
 ) -> Result<()> {
-    let tmp = sibling(out, "tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    let result = fill(model, source, format, &tmp);
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    replace_dir(&tmp, out)
+    write_dir(out, |dir| fill(model, source, format, dir))
 }
 
 fn fill(model: &mut Model, source: &ModelSource, format: &ChatFormat, dir: &Path) -> Result<()> {
@@ -86,33 +79,5 @@ fn fill(model: &mut Model, source: &ModelSource, format: &ChatFormat, dir: &Path
             )?;
         }
     }
-    Ok(())
-}
-
-pub(crate) fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).expect("JSON values serialize");
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, "write", e))
-}
-
-/// `out` with a suffix, next to it (same file system, so renames are atomic).
-pub(crate) fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    out.with_file_name(format!(".{name}.{suffix}-{}", std::process::id()))
-}
-
-/// Moves the finished folder `tmp` to `out`, replacing what was there.
-pub(crate) fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, "create", e))?;
-    }
-    let old = sibling(out, "old");
-    if out.exists() {
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, "move aside", e))?;
-    }
-    std::fs::rename(tmp, out).map_err(|e| Error::io(out, "rename into place", e))?;
-    let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! (out x rank), Hugging Face row order).
 
 use crate::backend::llama::{hf, module_of, Model, LINEAR_NAMES};
+use crate::dataset::{write_dir, write_json};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -82,20 +83,6 @@ fn fnv(s: &str) -> u64 {
     })
 }
 
-/// Heads whose output rows llama.cpp permutes, for the module `name`.
-fn permuted_heads(model: &Model, name: &str) -> Option<usize> {
-    if !model.cfg.rope_interleaved {
-        return None;
-    }
-    if name.ends_with("q_proj") {
-        Some(model.cfg.n_head)
-    } else if name.ends_with("k_proj") {
-        Some(model.cfg.n_kv_head)
-    } else {
-        None
-    }
-}
-
 fn peft_key(name: &str, ab: &str) -> String {
     format!("base_model.model.{name}.lora_{ab}.weight")
 }
@@ -104,7 +91,10 @@ fn peft_key(name: &str, ab: &str) -> String {
 pub fn save_peft(model: &mut Model, cfg: &LoraConfig, base: &str, out: &Path) -> Result<()> {
     let mut tensors = HashMap::new();
     let names: Vec<String> = model.loras_mut().into_iter().map(|(n, _)| n).collect();
-    let heads: Vec<Option<usize>> = names.iter().map(|n| permuted_heads(model, n)).collect();
+    let heads: Vec<Option<usize>> = names
+        .iter()
+        .map(|n| hf::permuted_heads(&model.cfg, n))
+        .collect();
     let conv = |e: candle_core::Error| Error::runtime(format!("exporting the adapter: {e}"));
     for ((name, lora), heads) in model.loras_mut().into_iter().zip(heads) {
         let a = lora
@@ -127,31 +117,27 @@ pub fn save_peft(model: &mut Model, cfg: &LoraConfig, base: &str, out: &Path) ->
         tensors.insert(peft_key(&name, "A"), a);
         tensors.insert(peft_key(&name, "B"), b);
     }
-    let tmp = crate::model::hf_folder::sibling(out, "tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    let st = tmp.join("adapter_model.safetensors");
-    candle_core::safetensors::save(&tensors, &st).map_err(conv)?;
-    crate::model::hf_folder::write_json(
-        &tmp.join("adapter_config.json"),
-        &serde_json::json!({
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": base,
-            "r": cfg.rank,
-            "lora_alpha": cfg.alpha,
-            "lora_dropout": cfg.dropout,
-            "target_modules": cfg.targets,
-            "bias": "none",
-            "fan_in_fan_out": false,
-            "inference_mode": true,
-            "init_lora_weights": true,
-            "modules_to_save": null,
-            "use_rslora": false,
-            "use_dora": false,
-        }),
-    )?;
-    crate::model::hf_folder::replace_dir(&tmp, out)
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "use_rslora": false,
+        "use_dora": false,
+    });
+    write_dir(out, |dir| {
+        candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))
+            .map_err(conv)?;
+        write_json(&dir.join("adapter_config.json"), &config)
+    })
 }
 
 /// Reads a peft adapter folder written by [`save_peft`] (or by peft itself, for
@@ -187,7 +173,7 @@ pub fn load_peft(model: &mut Model, dir: &Path, device: &Device) -> Result<LoraC
     for i in 0..model.cfg.n_layer {
         for t in &cfg.targets {
             let name = format!("model.layers.{i}.{}.{t}", module_of(t));
-            wanted.push((permuted_heads(model, &name), name));
+            wanted.push((hf::permuted_heads(&model.cfg, &name), name));
         }
     }
     let mut found = HashMap::new();

@@ -97,8 +97,8 @@ pub struct Trainer {
     params: Vec<Param>,
     opt: AdamW,
     examples: Vec<Example>,
-    /// Micro-batches in training order, with their epoch.
-    plan: Vec<(usize, Batch)>,
+    /// Micro-batches in training order, epoch after epoch.
+    plan: Vec<Batch>,
     schedule: Schedule,
     opts: TrainOptions,
     device: Device,
@@ -157,12 +157,9 @@ impl Trainer {
                 }
             }
         }
-        let mut plan = Vec::new();
-        for epoch in 0..opts.epochs {
-            for b in data::epoch_batches(&examples, opts.batch_tokens, opts.seed, epoch) {
-                plan.push((epoch, b));
-            }
-        }
+        let plan: Vec<Batch> = (0..opts.epochs)
+            .flat_map(|epoch| data::epoch_batches(&examples, opts.batch_tokens, opts.seed, epoch))
+            .collect();
         let mut total = plan.len().div_ceil(opts.grad_accum);
         if let Some(m) = opts.max_steps {
             total = total.min(m);
@@ -213,10 +210,8 @@ impl Trainer {
         let started = std::time::Instant::now();
         let accum = self.opts.grad_accum;
         let range = self.step * accum..((self.step + 1) * accum).min(self.plan.len());
-        let micro: Vec<(usize, Batch)> = self.plan[range].to_vec();
-        let all = micro
-            .iter()
-            .flat_map(|(_, b)| b.iter().map(|&i| &self.examples[i]));
+        let micro: Vec<Batch> = self.plan[range.clone()].to_vec();
+        let all = micro.iter().flatten().map(|&i| &self.examples[i]);
         let totals = StepTotals::of(all);
         self.model.set_training(
             true,
@@ -228,7 +223,7 @@ impl Trainer {
         // is spent on padding, and memory grows linearly with the micro-batch (candle's
         // backward pass of a per-sequence slice of a padded batch allocates the whole
         // batch again, for every sequence).
-        let sequences = micro.iter().flat_map(|(_, b)| b.iter().copied());
+        let sequences = micro.iter().flatten().copied();
         for i in sequences {
             let refs = [&self.examples[i]];
             let mb = MicroBatch::new(&refs, self.opts.loss_mean, totals, &self.device)
@@ -268,12 +263,11 @@ impl Trainer {
             .step(&self.params, &grads, lr)
             .map_err(candle("optimizer step"))?;
         self.step += 1;
-        let epoch = micro.last().map_or(0, |(e, _)| *e);
         let per_epoch = self.plan.len() as f64 / self.opts.epochs as f64;
         Ok(StepLog {
             step: self.step,
             total_steps: self.total_steps(),
-            epoch: ((self.step * accum).min(self.plan.len()) as f64 / per_epoch).max(epoch as f64),
+            epoch: range.end as f64 / per_epoch,
             loss,
             lr,
             grad_norm,

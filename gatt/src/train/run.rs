@@ -9,8 +9,9 @@
 //! OUT/model/            full fine-tuning: a Hugging Face folder
 //! ```
 
-use super::{data, Method, StepLog, TrainOptions, Trainer};
+use super::{candle, data, Method, StepLog, TrainOptions, Trainer};
 use crate::backend::load_model;
+use crate::dataset::{write_dir, write_file, write_json};
 use crate::error::{Error, Result};
 use crate::model::{hf_folder, ModelSource};
 use candle_core::Device;
@@ -61,10 +62,6 @@ struct CheckpointState {
     options: TrainOptions,
     data: PathBuf,
     examples: usize,
-}
-
-fn candle(what: &str) -> impl Fn(candle_core::Error) -> Error + '_ {
-    move |e| Error::runtime(format!("{what}: {e}"))
 }
 
 /// Trains as `spec` says; `on_step` sees every logged step (progress bars).
@@ -196,40 +193,32 @@ pub fn merge(run_dir: &Path, out: &Path, device: &Device) -> Result<()> {
 }
 
 fn save_checkpoint(trainer: &Trainer, dir: &Path, spec: &RunSpec, examples: usize) -> Result<()> {
-    let tmp = hf_folder::sibling(dir, "tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    let result = (|| {
+    let state = CheckpointState {
+        step: trainer.step,
+        options: spec.opts.clone(),
+        data: spec.data.clone(),
+        examples,
+    };
+    write_dir(dir, |tmp| {
         let st = tmp.join("state.safetensors");
         candle_core::safetensors::save(&trainer.state_tensors(), &st)
             .map_err(|e| Error::runtime(format!("{}: {e} (disk full?)", st.display())))?;
-        write_json(
-            &tmp.join("state.json"),
-            &CheckpointState {
-                step: trainer.step,
-                options: spec.opts.clone(),
-                data: spec.data.clone(),
-                examples,
-            },
-        )
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(Error::runtime(format!(
+        write_json(&tmp.join("state.json"), &state)
+    })
+    .map_err(|e| {
+        Error::runtime(format!(
             "{e}; the previous checkpoint in {} is intact",
             dir.display()
-        )));
-    }
-    hf_folder::replace_dir(&tmp, dir)
+        ))
+    })
 }
 
 fn write_curve(out: &Path, logs: &[StepLog]) -> Result<()> {
     let pts: Vec<(usize, f64)> = logs.iter().map(|l| (l.step, l.loss)).collect();
-    let path = out.join("loss.html");
-    let tmp = hf_folder::sibling(&path, "tmp");
-    std::fs::write(&tmp, super::curve::html("gatt train: loss", &pts))
-        .map_err(|e| Error::io(&tmp, "write", e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, "rename", e))
+    write_file(
+        &out.join("loss.html"),
+        super::curve::html("gatt train: loss", &pts).as_bytes(),
+    )
 }
 
 /// Logged steps with their original lines.
@@ -241,13 +230,6 @@ fn read_logs(path: &Path) -> Vec<(StepLog, String)> {
     text.lines()
         .filter_map(|l| Some((serde_json::from_str(l).ok()?, l.to_string())))
         .collect()
-}
-
-fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
-    let tmp = hf_folder::sibling(path, "tmp");
-    let text = serde_json::to_string_pretty(v).expect("serializable") + "\n";
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, "write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename", e))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -2,7 +2,8 @@
 
 use super::loss::{token_nll, weighted_loss, MicroBatch, StepTotals};
 use super::*;
-use crate::backend::llama::{logits_rows, pad_prompts, tests::tiny_gguf, Cache, Weights};
+use crate::backend::llama::tests::{full_logits, tiny_gguf};
+use crate::backend::llama::Weights;
 use crate::mask::IGNORE;
 use candle_core::quantized::gguf_file;
 use std::io::Cursor;
@@ -35,6 +36,23 @@ fn examples() -> Vec<Example> {
         // Longer than 32 keys, next to short ones: padding well past a SIMD block.
         example(&(0..45u32).map(|i| (i * 7 + 3) % 60).collect::<Vec<_>>(), 6),
     ]
+}
+
+/// The weighted loss of `batch` as one step.
+fn batch_loss(m: &Model, batch: &[&Example], mean: LossMean) -> f64 {
+    let totals = StepTotals::of(batch.iter().copied());
+    let mb = MicroBatch::new(batch, mean, totals, &Device::Cpu).unwrap();
+    weighted_loss(m, &mb).unwrap().to_scalar::<f32>().unwrap() as f64
+}
+
+/// Gradients equal up to float rounding.
+fn assert_same_grads(a: &[Vec<f32>], b: &[Vec<f32>]) {
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() <= 1e-6 * (1.0 + p.abs()), "{p} vs {q}");
+        }
+    }
 }
 
 fn grads_of(
@@ -79,14 +97,7 @@ fn loss_equals_cross_entropy_computed_by_hand_from_the_inference_model() {
         let mut n = 0;
         for e in &exs {
             for (j, label) in e.targets() {
-                let mut cache = Cache::new(&m.cfg, 64);
-                let p = pad_prompts(&[e.ids[..=j].to_vec()], 0, &Device::Cpu).unwrap();
-                let row = logits_rows(
-                    &m.forward(&p.tokens, &p.positions, &p.pad, &mut cache)
-                        .unwrap(),
-                )
-                .unwrap()
-                .remove(0);
+                let row = full_logits(&m, &e.ids[..=j]);
                 let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
                 let lse = max
                     + row
@@ -110,7 +121,7 @@ fn loss_equals_cross_entropy_computed_by_hand_from_the_inference_model() {
         )
         .unwrap();
         assert_eq!(mb.n_loss, n);
-        let got = weighted_loss(&m, &mb).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let got = batch_loss(&m, &refs, LossMean::Token);
         assert!((got - expected).abs() < 1e-4, "{arch}: {got} vs {expected}");
         // Sample mean: the mean of per-sample means.
         let nll = token_nll(&m, &mb).unwrap().to_vec1::<f32>().unwrap();
@@ -121,14 +132,7 @@ fn loss_equals_cross_entropy_computed_by_hand_from_the_inference_model() {
             per_sample.push(nll[at..at + k].iter().map(|&x| x as f64).sum::<f64>() / k as f64);
             at += k;
         }
-        let mb = MicroBatch::new(
-            &refs,
-            LossMean::Sample,
-            StepTotals::of(refs.iter().copied()),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let got = weighted_loss(&m, &mb).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let got = batch_loss(&m, &refs, LossMean::Sample);
         let want = per_sample.iter().sum::<f64>() / per_sample.len() as f64;
         assert!(
             (got - want).abs() < 1e-5,
@@ -149,22 +153,12 @@ fn ignored_tokens_and_padding_contribute_exactly_zero_gradient() {
     let alone = grads_of(&m, &[&a], totals, &vars);
     let with_silent = grads_of(&m, &[&a, &silent], totals, &vars);
     assert!(alone.iter().any(|g| g.iter().any(|x| *x != 0.0)));
-    for (x, y) in alone.iter().zip(&with_silent) {
-        assert_eq!(x.len(), y.len());
-        for (p, q) in x.iter().zip(y) {
-            assert!((p - q).abs() <= 1e-6 * (1.0 + p.abs()), "{p} vs {q}");
-        }
-    }
+    assert_same_grads(&alone, &with_silent);
     // Changing a token after the last loss position changes nothing either.
     let mut b = a.clone();
     b.ids.push(33);
     b.labels.push(IGNORE);
-    let tail = grads_of(&m, &[&b], totals, &vars);
-    for (x, y) in alone.iter().zip(&tail) {
-        for (p, q) in x.iter().zip(y) {
-            assert!((p - q).abs() <= 1e-6 * (1.0 + p.abs()), "{p} vs {q}");
-        }
-    }
+    assert_same_grads(&alone, &grads_of(&m, &[&b], totals, &vars));
 }
 
 #[test]
@@ -192,8 +186,7 @@ fn gradients_match_finite_differences() {
         vars[idx]
             .set(&Tensor::from_vec(w, vars[idx].shape(), &Device::Cpu).unwrap())
             .unwrap();
-        let mb = MicroBatch::new(&refs, LossMean::Token, totals, &Device::Cpu).unwrap();
-        weighted_loss(&m, &mb).unwrap().to_scalar::<f32>().unwrap() as f64
+        batch_loss(&m, &refs, LossMean::Token)
     };
     let h = 1e-2;
     let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h as f64);
@@ -227,14 +220,7 @@ fn lora() -> Method {
 fn data_loss(m: &Model) -> f64 {
     let exs = examples();
     let refs: Vec<&Example> = exs.iter().collect();
-    let mb = MicroBatch::new(
-        &refs,
-        LossMean::Token,
-        StepTotals::of(refs.iter().copied()),
-        &Device::Cpu,
-    )
-    .unwrap();
-    weighted_loss(m, &mb).unwrap().to_scalar::<f32>().unwrap() as f64
+    batch_loss(m, &refs, LossMean::Token)
 }
 
 #[test]
@@ -300,17 +286,6 @@ fn resuming_from_saved_state_is_bit_identical() {
     }
 }
 
-fn last_logits(m: &Model, ids: &[u32]) -> Vec<f32> {
-    let mut cache = Cache::new(&m.cfg, 64);
-    let p = pad_prompts(&[ids.to_vec()], 0, &Device::Cpu).unwrap();
-    logits_rows(
-        &m.forward(&p.tokens, &p.positions, &p.pad, &mut cache)
-            .unwrap(),
-    )
-    .unwrap()
-    .remove(0)
-}
-
 #[test]
 fn merged_lora_gives_the_logits_of_base_plus_adapter_and_survives_the_peft_round_trip() {
     for arch in ["llama", "qwen2"] {
@@ -320,8 +295,8 @@ fn merged_lora_gives_the_logits_of_base_plus_adapter_and_survives_the_peft_round
         }
         let mut adapted = t.into_model();
         let ids = [1u32, 5, 9, 13, 17];
-        let with_adapter = last_logits(&adapted, &ids);
-        let base = last_logits(&tiny(arch), &ids);
+        let with_adapter = full_logits(&adapted, &ids);
+        let base = full_logits(&tiny(arch), &ids);
         assert!(
             with_adapter
                 .iter()
@@ -337,9 +312,9 @@ fn merged_lora_gives_the_logits_of_base_plus_adapter_and_survives_the_peft_round
         lora::save_peft(&mut adapted, &cfg, "base", &dir.path().join("adapter")).unwrap();
         let mut reloaded = tiny(arch);
         lora::load_peft(&mut reloaded, &dir.path().join("adapter"), &Device::Cpu).unwrap();
-        let round = last_logits(&reloaded, &ids);
+        let round = full_logits(&reloaded, &ids);
         reloaded.merge_lora().unwrap();
-        let merged = last_logits(&reloaded, &ids);
+        let merged = full_logits(&reloaded, &ids);
         for ((a, b), c) in with_adapter.iter().zip(&round).zip(&merged) {
             assert!(
                 (a - b).abs() < 1e-4 && (a - c).abs() < 1e-4,
@@ -360,7 +335,7 @@ fn hugging_face_export_loads_back_to_the_same_logits() {
         std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
         let back = crate::backend::llama::hf::load_dir(dir.path(), &Device::Cpu).unwrap();
         let ids = [3u32, 17, 5, 42, 9];
-        let (a, b) = (last_logits(&m, &ids), last_logits(&back, &ids));
+        let (a, b) = (full_logits(&m, &ids), full_logits(&back, &ids));
         assert!(
             a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5),
             "{arch}"

@@ -41,13 +41,16 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 }
 
 /// Heads whose rows llama.cpp permutes for a tensor, by Hugging Face name.
-fn permuted_heads(cfg: &Config, hf: &str) -> Option<usize> {
+/// Works on a weight's name (`...q_proj.weight`) or a module's (`...q_proj`, for the
+/// output rows of a LoRA adapter).
+pub fn permuted_heads(cfg: &Config, hf: &str) -> Option<usize> {
     if !cfg.rope_interleaved {
         return None;
     }
-    if hf.ends_with("self_attn.q_proj.weight") {
+    let module = hf.strip_suffix(".weight").unwrap_or(hf);
+    if module.ends_with("self_attn.q_proj") {
         Some(cfg.n_head)
-    } else if hf.ends_with("self_attn.k_proj.weight") {
+    } else if module.ends_with("self_attn.k_proj") {
         Some(cfg.n_kv_head)
     } else {
         None
@@ -104,6 +107,12 @@ pub fn config_from_json(v: &Value) -> Result<Config> {
     };
     let hidden = num("hidden_size")?;
     let n_head = num("num_attention_heads")?;
+    let n_kv_head = num("num_key_value_heads").unwrap_or(n_head);
+    if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+        candle_core::bail!(
+            "config.json: {n_head} attention heads and {n_kv_head} key/value heads do not fit"
+        );
+    }
     let head_dim = num("head_dim").unwrap_or(hidden / n_head);
     if head_dim * n_head != hidden {
         candle_core::bail!("config.json: head_dim x heads != hidden_size is not supported");
@@ -111,7 +120,7 @@ pub fn config_from_json(v: &Value) -> Result<Config> {
     Ok(Config {
         n_layer: num("num_hidden_layers")?,
         n_head,
-        n_kv_head: num("num_key_value_heads").unwrap_or(n_head),
+        n_kv_head,
         hidden,
         head_dim,
         rope_base: rope_theta.unwrap_or(10_000.0) as f32,
@@ -265,6 +274,7 @@ mod tests {
         let scaled = cfg(json!({"rope_parameters": {"rope_theta": 1e4, "rope_type": "llama3"}}));
         assert!(config_from_json(&scaled).is_err());
         assert!(config_from_json(&cfg(json!({"model_type": "gpt2"}))).is_err());
+        assert!(config_from_json(&cfg(json!({"num_attention_heads": 0}))).is_err());
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! Linear layers: dense or quantized weights, an optional bias, an optional LoRA
+//! adapter with its (seeded) dropout.
+
+use super::frozen;
+use candle_core::quantized::QMatMul;
+use candle_core::{Device, Module, Result, Tensor};
+use std::sync::Mutex;
+
+/// How weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Weights {
+    /// Dequantized to f32 at load: candle's f32 matrix multiply picks AVX2/AVX-512 at
+    /// run time and batches well, so prefill and batched decoding are many times faster
+    /// on a portable build (about 4x the file's size in memory).
+    #[default]
+    Dense,
+    /// Kept as stored in the file: least memory, but candle's quantized kernels only
+    /// use SIMD when the binary is built for the CPU (`-C target-cpu=native`).
+    Quantized,
+}
+
+pub(super) enum Weight {
+    /// Transposed: (in, out).
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
+/// A low-rank adapter: `y += scale * dropout(x) A B`.
+pub struct Lora {
+    /// (in, rank), transposed like the dense weights.
+    pub a: Tensor,
+    /// (rank, out).
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+/// A linear layer, with an optional (dequantized) bias and LoRA adapter.
+pub(super) struct Linear {
+    pub(super) weight: Weight,
+    pub(super) bias: Option<Tensor>,
+    pub(super) lora: Option<Lora>,
+}
+
+/// `x` (.., k) times `w` (k, n), as one matrix product for all rows: weights are read once.
+fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k;
+    let x2 = x.reshape((rows, k))?;
+    // A frozen weight under a differentiable input: skip its (unused) gradient.
+    let y = if x2.track_op() && !w.track_op() {
+        frozen::matmul(&x2, w)?
+    } else {
+        x2.matmul(w)?
+    };
+    let mut out = dims;
+    *out.last_mut().expect("at least one dim") = w.dim(1)?;
+    y.reshape(out)
+}
+
+impl Linear {
+    pub(super) fn forward(&self, x: &Tensor, dropout: Option<&Mutex<Dropout>>) -> Result<Tensor> {
+        let mut y = match &self.weight {
+            Weight::Quantized(q) => q.forward(x)?,
+            Weight::Dense(w) => matmul_rows(x, w)?,
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let x = match dropout {
+                Some(d) if l.dropout > 0.0 => {
+                    let mask =
+                        d.lock()
+                            .expect("dropout rng")
+                            .mask(x.dims(), l.dropout, x.device())?;
+                    (x * mask)?
+                }
+                _ => x.clone(),
+            };
+            let delta = matmul_rows(&matmul_rows(&x, &l.a)?, &l.b)?;
+            y = (y + (delta * l.scale)?)?;
+        }
+        Ok(y)
+    }
+
+    pub(super) fn out_dim(&self) -> Result<usize> {
+        match &self.weight {
+            Weight::Dense(w) => w.dim(1),
+            Weight::Quantized(q) => match q {
+                QMatMul::QTensor(t) => Ok(t.shape().dims()[0]),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0),
+            },
+        }
+    }
+
+    pub(super) fn in_dim(&self) -> Result<usize> {
+        match &self.weight {
+            Weight::Dense(w) => w.dim(0),
+            Weight::Quantized(q) => match q {
+                QMatMul::QTensor(t) => Ok(t.shape().dims()[1]),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(1),
+            },
+        }
+    }
+}
+
+/// Seeded inverted dropout for LoRA inputs while training (reproducible on resume).
+/// A splitmix64 stream: one cheap 64-bit draw gives the keep/drop bits of two elements.
+pub struct Dropout {
+    state: u64,
+}
+
+impl Dropout {
+    pub fn new(seed: u64) -> Self {
+        Dropout { state: seed }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn mask(&mut self, dims: &[usize], p: f32, device: &Device) -> Result<Tensor> {
+        let n: usize = dims.iter().product();
+        let keep = 1.0 / (1.0 - p);
+        let threshold = (p as f64 * u32::MAX as f64) as u32;
+        let mut m = Vec::with_capacity(n + 1);
+        while m.len() < n {
+            let r = self.next();
+            for half in [r as u32, (r >> 32) as u32] {
+                m.push(if half < threshold { 0.0 } else { keep });
+            }
+        }
+        m.truncate(n);
+        Tensor::from_vec(m, dims, device)
+    }
+}
