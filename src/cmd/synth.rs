@@ -144,6 +144,18 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => UserSource::from_file(p)?,
         None => UserSource::Bank(catalog.user_bank.clone()),
     };
+    if let (Some(path), false) = (&args.users, args.user_sim) {
+        let (short, total) = users.short_records(args.turns);
+        if short > 0 {
+            eprintln!(
+                "gatt synth: warning: {}: {short} of {total} records have fewer than {} user \
+                 turns, so their dialogues end early (give longer records, a smaller --turns, \
+                 or --user-sim to continue them)",
+                path.display(),
+                args.turns
+            );
+        }
+    }
     let backend = args.backend.load()?;
     let mut provenance = serde_json::json!({ "backend": backend.describe() });
     if args.backend.endpoint.is_none() {

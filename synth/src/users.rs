@@ -36,6 +36,15 @@ impl UserSource {
         Ok(UserSource::Dialogues(users))
     }
 
+    /// Records with fewer than `turns` user turns, and all records: a dialogue built on
+    /// a short record ends early, which `gatt synth` warns about.
+    pub fn short_records(&self, turns: usize) -> (usize, usize) {
+        match self {
+            UserSource::Bank(_) => (0, 0),
+            UserSource::Dialogues(d) => (d.iter().filter(|u| u.len() < turns).count(), d.len()),
+        }
+    }
+
     pub fn turns_for<R: Rng>(&self, rng: &mut R, index: usize, turns: usize) -> Vec<String> {
         match self {
             UserSource::Bank(bank) => {
@@ -51,5 +60,24 @@ impl UserSource {
             }
             UserSource::Dialogues(d) => d[index % d.len()].iter().take(turns).cloned().collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn short_records_are_counted_and_end_early() {
+        let users = UserSource::Dialogues(vec![vec!["a".into(); 4], vec!["b".into(); 8]]);
+        assert_eq!(users.short_records(8), (1, 2));
+        assert_eq!(users.short_records(4), (0, 2));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(users.turns_for(&mut rng, 0, 8).len(), 4);
+        assert_eq!(users.turns_for(&mut rng, 1, 8).len(), 8);
+        let bank = UserSource::Bank(vec!["x".into(), "y".into()]);
+        assert_eq!(bank.short_records(8), (0, 0));
+        assert_eq!(bank.turns_for(&mut rng, 0, 8).len(), 8);
     }
 }

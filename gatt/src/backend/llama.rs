@@ -10,11 +10,11 @@
 //! row order for the query and key projections (interleaved rotary pairs);
 //! [`hf`] converts to and from the Hugging Face layout.
 
-mod frozen;
 pub mod hf;
 mod inputs;
 mod linear;
 mod load;
+mod matmul;
 mod weights;
 
 pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};

@@ -1,7 +1,7 @@
 //! Linear layers: dense or quantized weights, an optional bias, an optional LoRA
 //! adapter with its (seeded) dropout.
 
-use super::frozen;
+use super::matmul::matmul;
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Module, Result, Tensor};
 use std::sync::Mutex;
@@ -48,12 +48,7 @@ fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k;
     let x2 = x.reshape((rows, k))?;
-    // A frozen weight under a differentiable input: skip its (unused) gradient.
-    let y = if x2.track_op() && !w.track_op() {
-        frozen::matmul(&x2, w)?
-    } else {
-        x2.matmul(w)?
-    };
+    let y = matmul(&x2, w)?;
     let mut out = dims;
     *out.last_mut().expect("at least one dim") = w.dim(1)?;
     y.reshape(out)
