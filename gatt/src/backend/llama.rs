@@ -15,6 +15,7 @@ mod inputs;
 mod linear;
 mod load;
 mod matmul;
+mod softmax;
 mod weights;
 
 pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};
@@ -332,16 +333,8 @@ impl Model {
                 .reshape((nkv, rep * n_q, hd))?;
             let ks = k.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
             let vs = v.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
-            let mut att = (qs.matmul(&ks.t()?)? / (hd as f64).sqrt())?;
-            if n_q > 1 {
-                let mask = causal_mask(n_q, n_k, x.device())?.repeat((rep, 1))?;
-                att = att.broadcast_add(&mask)?;
-            }
-            let att = if self.training {
-                candle_nn::ops::softmax(&att, D::Minus1)?
-            } else {
-                candle_nn::ops::softmax_last_dim(&att)?
-            };
+            let scores = qs.matmul(&ks.t()?)?;
+            let att = softmax::causal(&scores, n_q, 1.0 / (hd as f64).sqrt(), self.training)?;
             if let Some(maps) = self.captured.lock().expect("capture lock").as_mut() {
                 maps.push(att.reshape((nh, n_q, n_k))?.detach());
             }
@@ -393,18 +386,6 @@ fn rope_differentiable(
         Tensor::cat(&[y0, y1], 3)
     }
 }
-
-/// Queries (the last `q` of `k` positions) see only earlier and equal positions.
-fn causal_mask(q: usize, k: usize, device: &Device) -> Result<Tensor> {
-    let offset = k - q;
-    let mask: Vec<f32> = (0..q)
-        .flat_map(|i| (0..k).map(move |j| if j <= i + offset { 0.0 } else { MASKED }))
-        .collect();
-    Tensor::from_vec(mask, (q, k), device)
-}
-
-/// Additive mask value for positions a query must not see (exp underflows to 0).
-const MASKED: f32 = -1e9;
 
 #[cfg(test)]
 pub(crate) mod tests;
