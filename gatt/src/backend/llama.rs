@@ -25,7 +25,7 @@ pub(crate) use load::{SourceTensor, TensorSource};
 pub use weights::{module_of, WeightKind, LINEAR_NAMES};
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use std::sync::Mutex;
 

@@ -196,7 +196,12 @@ mod tests {
             let theirs = reference(s.as_tensor(), n_q, 0.125);
             assert!(max_diff(&ours, &theirs) < 1e-6, "{groups} {n_q} {n_k}");
             let g_ours = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_theirs = (theirs * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_theirs = (theirs * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let (a, b) = (g_ours.get(&s).unwrap(), g_theirs.get(&s).unwrap());
             assert!(max_diff(a, b) < 1e-6, "{groups} {n_q} {n_k}");
         }
