@@ -10,7 +10,7 @@
 #     docs/experiments/gatt-smollm2-500/synth.sh
 #
 # Writes $WORK/turns-N/shard-I/ (one synth run each) and $WORK/dialogues.jsonl (all
-# finished chunks, in job order).
+# finished chunks, ordered by turns, shard and chunk).
 set -uo pipefail
 G=${G:-gatt}
 DEVICE=${DEVICE:-cpu}

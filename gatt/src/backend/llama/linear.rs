@@ -9,8 +9,8 @@ use std::sync::Mutex;
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Weights {
-    /// Dequantized to f32 at load: candle's f32 matrix multiply picks AVX2/AVX-512 at
-    /// run time and batches well, so prefill and batched decoding are many times faster
+    /// Dequantized to f32 at load: the f32 matrix product (`matmul.rs`, on the crate candle
+    /// uses) picks AVX2/AVX-512 at run time and batches well, so prefill and batched decoding are many times faster
     /// on a portable build (about 4x the file's size in memory).
     #[default]
     Dense,

@@ -52,7 +52,8 @@ fn causal_mask(q: usize, k: usize, device: &Device) -> Result<Tensor> {
 /// Additive mask value for positions a query must not see (exp underflows to 0).
 const MASKED: f32 = -1e9;
 
-/// Rows per parallel task, and the size under which one thread does it all.
+/// Elements per parallel task (whole rows, at least one), and the size under which one
+/// thread does it all.
 const ELEMS_PER_TASK: usize = 16 * 1024;
 
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
@@ -62,8 +63,8 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f
     }
 }
 
-/// Runs `f(first_row, rows_out, rows_in...)` over blocks of whole rows, in parallel
-/// when there is enough work.
+/// Runs `f(first_row, block)` over blocks of whole rows of `out` (the caller reads its
+/// inputs at the same rows), in parallel when there is enough work.
 fn for_row_blocks<F>(out: &mut [f32], n_k: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
