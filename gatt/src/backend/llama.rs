@@ -22,6 +22,7 @@ pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};
 use linear::Linear;
 pub use linear::{Dropout, Lora, Weights};
 pub(crate) use load::{SourceTensor, TensorSource};
+use matmul::matmul;
 pub use weights::{module_of, WeightKind, LINEAR_NAMES};
 
 use candle_core::quantized::gguf_file;
@@ -333,12 +334,18 @@ impl Model {
                 .reshape((nkv, rep * n_q, hd))?;
             let ks = k.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
             let vs = v.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
-            let scores = qs.matmul(&ks.t()?)?;
+            let scores = matmul(&qs, &ks.t()?)?;
             let att = softmax::causal(&scores, n_q, 1.0 / (hd as f64).sqrt(), self.training)?;
             if let Some(maps) = self.captured.lock().expect("capture lock").as_mut() {
                 maps.push(att.reshape((nh, n_q, n_k))?.detach());
             }
-            let y = att.matmul(&vs.contiguous()?)?.reshape((1, nh, n_q, hd))?;
+            // The CPU product reads the cache in place; others want it contiguous.
+            let vs = if vs.device().is_cpu() {
+                vs
+            } else {
+                vs.contiguous()?
+            };
+            let y = matmul(&att, &vs)?.reshape((1, nh, n_q, hd))?;
             ys.push(if q_skip > 0 {
                 Tensor::cat(
                     &[

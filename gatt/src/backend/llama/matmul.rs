@@ -6,13 +6,34 @@
 //! thread pool costs several times the product itself (92 x 576 x 16: about 20 us on one
 //! thread, 120-180 us on two). And candle's backward pass computes the gradients of both
 //! operands, where a frozen base weight needs none (a third of LoRA's backward work).
+//! candle also asks for its thread count on every product, and on Linux that count is
+//! read from `/proc/cpuinfo` each time (tens of microseconds); here it is read once.
 //! On other devices, and for other dtypes, the product is candle's own.
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
+use std::sync::OnceLock;
 
 /// Products with fewer multiply-adds than this run on the calling thread.
 const ONE_THREAD_BELOW: usize = 4 << 20;
+
+/// candle's thread count (`CANDLE_NUM_THREADS`, `RAYON_NUM_THREADS` or the physical
+/// cores), read once per process.
+pub fn num_threads() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(candle_core::utils::get_num_threads)
+}
+
+/// Batch count, rows, columns and (batch, row, column) strides of a rank-2 or rank-3
+/// operand; a rank-2 operand is one batch.
+fn dims_and_strides(l: &Layout) -> Result<(usize, usize, usize, [isize; 3])> {
+    let st = l.stride();
+    match *l.shape().dims() {
+        [r, c] => Ok((1, r, c, [0, st[0] as isize, st[1] as isize])),
+        [b, r, c] => Ok((b, r, c, [st[0] as isize, st[1] as isize, st[2] as isize])),
+        _ => bail!("gatt-matmul: expected rank 2 or 3, got {:?}", l.shape()),
+    }
+}
 
 struct Matmul;
 
@@ -31,48 +52,58 @@ impl CustomOp2 for Matmul {
         let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
             bail!("gatt-matmul: expected f32 operands")
         };
-        let (m, k) = l1.shape().dims2()?;
-        let (k2, n) = l2.shape().dims2()?;
-        if k != k2 {
-            bail!("gatt-matmul: ({m}, {k}) x ({k2}, {n}) do not fit")
+        let (ba, m, k, sa) = dims_and_strides(l1)?;
+        let (bb, k2, n, sb) = dims_and_strides(l2)?;
+        if k != k2 || ba != bb {
+            bail!(
+                "gatt-matmul: {:?} x {:?} do not fit",
+                l1.shape(),
+                l2.shape()
+            )
         }
-        let (a_rs, a_cs) = (l1.stride()[0] as isize, l1.stride()[1] as isize);
-        let (b_rs, b_cs) = (l2.stride()[0] as isize, l2.stride()[1] as isize);
         let a = &a[l1.start_offset()..];
         let b = &b[l2.start_offset()..];
-        let mut c = vec![0f32; m * n];
-        let parallelism = match candle_core::utils::get_num_threads() {
-            t if t > 1 && m * n * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
+        let mut c = vec![0f32; ba * m * n];
+        let parallelism = match num_threads() {
+            t if t > 1 && ba * m * n * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
             _ => Parallelism::None,
         };
         if m > 0 && n > 0 {
-            // SAFETY: the layouts come from candle and address only elements of `a` and
-            // `b` from their start offsets; `c` is a fresh contiguous m x n buffer.
-            unsafe {
-                gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    a_cs,
-                    a_rs,
-                    b.as_ptr(),
-                    b_cs,
-                    b_rs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
+            for i in 0..ba {
+                // SAFETY: the layouts come from candle and address only elements of `a`
+                // and `b` from their start offsets; `c` is a fresh contiguous
+                // batch x m x n buffer and batch `i` writes only its own m x n block.
+                unsafe {
+                    gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr().add(i * m * n),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr().offset(i as isize * sa[0]),
+                        sa[2],
+                        sa[1],
+                        b.as_ptr().offset(i as isize * sb[0]),
+                        sb[2],
+                        sb[1],
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    )
+                }
             }
         }
-        Ok((CpuStorage::F32(c), Shape::from((m, n))))
+        let shape = if l1.shape().rank() == 2 {
+            Shape::from((m, n))
+        } else {
+            Shape::from((ba, m, n))
+        };
+        Ok((CpuStorage::F32(c), shape))
     }
 
     fn bwd(
@@ -96,13 +127,13 @@ impl CustomOp2 for Matmul {
     }
 }
 
-/// `a` (m, k) times `b` (k, n).
+/// `a` (m, k) times `b` (k, n), or batched: (batch, m, k) times (batch, k, n).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let cpu_f32 = a.device().is_cpu()
         && b.device().is_cpu()
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32;
-    if cpu_f32 && a.rank() == 2 && b.rank() == 2 {
+    if cpu_f32 && a.rank() == b.rank() && matches!(a.rank(), 2 | 3) {
         a.apply_op2(b, Matmul)
     } else {
         a.matmul(b)
@@ -143,6 +174,23 @@ mod tests {
                 .unwrap();
             assert!(max_diff(&matmul(&a2, &b).unwrap(), &want) < 1e-3);
         }
+    }
+
+    #[test]
+    fn batched_equals_candle_for_strided_operands() {
+        let dev = Device::Cpu;
+        // Attention's shapes: heads x queries x dim times a key cache read in place
+        // (a narrowed, transposed view with a batch stride larger than its block).
+        let q = Tensor::randn(0f32, 1.0, (3, 5, 8), &dev).unwrap();
+        let cache = Tensor::randn(0f32, 1.0, (3, 20, 8), &dev).unwrap();
+        let keys = cache.narrow(1, 4, 11).unwrap();
+        let want = q.matmul(&keys.t().unwrap().contiguous().unwrap()).unwrap();
+        let got = matmul(&q, &keys.t().unwrap()).unwrap();
+        assert_eq!(got.dims(), &[3, 5, 11]);
+        assert!(max_diff(&got, &want) < 1e-4);
+        let p = Tensor::randn(0f32, 1.0, (3, 5, 11), &dev).unwrap();
+        let want = p.matmul(&keys.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&matmul(&p, &keys).unwrap(), &want) < 1e-4);
     }
 
     #[test]
