@@ -15,7 +15,11 @@ mod inputs;
 mod linear;
 mod load;
 mod matmul;
+mod norm;
+mod rope;
+mod rows;
 mod softmax;
+mod swiglu;
 mod weights;
 
 pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};
@@ -99,11 +103,7 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        if training {
-            candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)
-        } else {
-            candle_nn::ops::rms_norm(x, &self.weight, self.eps)
-        }
+        norm::rms_norm(x, &self.weight, self.eps, training)
     }
 }
 
@@ -122,8 +122,8 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, d: Option<&Mutex<Dropout>>) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x, d)?)?;
-        self.down.forward(&(gate * self.up.forward(x, d)?)?, d)
+        let gate = swiglu::silu_mul(&self.gate.forward(x, d)?, &self.up.forward(x, d)?)?;
+        self.down.forward(&gate, d)
     }
 }
 
@@ -285,11 +285,23 @@ impl Model {
         self.norm.forward(&x, train)
     }
 
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        match (self.training, self.cfg.rope_interleaved) {
-            (false, true) => candle_nn::rotary_emb::rope_i(x, cos, sin),
-            (false, false) => candle_nn::rotary_emb::rope(x, cos, sin),
-            (true, interleaved) => rope_differentiable(x, cos, sin, interleaved),
+    /// Splits a projection's output (b, t, n*head_dim) into `n` heads (b, n, t,
+    /// head_dim) rotated by their positions. Training needs a backward pass, which
+    /// candle's fused rotary kernels lack.
+    fn rotated_heads(&self, y: &Tensor, n: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let interleaved = self.cfg.rope_interleaved;
+        if self.training {
+            return rope::rotated_heads(y, n, cos, sin, interleaved);
+        }
+        let (b, t, _) = y.dims3()?;
+        let heads = y
+            .reshape((b, t, n, self.cfg.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        if interleaved {
+            candle_nn::rotary_emb::rope_i(&heads, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope(&heads, cos, sin)
         }
     }
 
@@ -311,8 +323,8 @@ impl Model {
             y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
         };
         let d = self.dropout.as_ref();
-        let q = self.rope(&heads(layer.attn.q.forward(x, d)?, nh)?, cos, sin)?;
-        let k = self.rope(&heads(layer.attn.k.forward(x, d)?, nkv)?, cos, sin)?;
+        let q = self.rotated_heads(&layer.attn.q.forward(x, d)?, nh, cos, sin)?;
+        let k = self.rotated_heads(&layer.attn.k.forward(x, d)?, nkv, cos, sin)?;
         let v = heads(layer.attn.v.forward(x, d)?, nkv)?;
         let (k, v) = match kv {
             Some(kv) => kv.append(&k, &v)?,
@@ -361,36 +373,6 @@ impl Model {
         let y = Tensor::cat(&ys, 0)?;
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         layer.attn.o.forward(&y, d)
-    }
-}
-
-/// Rotary embedding from ordinary tensor ops (candle's fused kernels have no
-/// backward pass); `cos`/`sin` are batch x len x head_dim/2 (per-sequence positions).
-fn rope_differentiable(
-    x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    interleaved: bool,
-) -> Result<Tensor> {
-    let (b, h, t, d) = x.dims4()?;
-    let half = d / 2;
-    if interleaved {
-        let cos = cos.reshape((b, 1, t, half, 1))?;
-        let sin = sin.reshape((b, 1, t, half, 1))?;
-        let x = x.reshape((b, h, t, half, 2))?;
-        let x0 = x.narrow(4, 0, 1)?;
-        let x1 = x.narrow(4, 1, 1)?;
-        let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-        let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
-        Tensor::cat(&[y0, y1], 4)?.reshape((b, h, t, d))
-    } else {
-        let cos = cos.reshape((b, 1, t, half))?;
-        let sin = sin.reshape((b, 1, t, half))?;
-        let x0 = x.narrow(3, 0, half)?;
-        let x1 = x.narrow(3, half, half)?;
-        let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
-        let y1 = (x1.broadcast_mul(&cos)? + x0.broadcast_mul(&sin)?)?;
-        Tensor::cat(&[y0, y1], 3)
     }
 }
 

@@ -8,10 +8,10 @@
 //! come from candle's ops (candle's fused softmax kernels have no backward pass, so
 //! training uses the composed one).
 
+use super::rows::{contiguous_f32, for_row_blocks};
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
 };
-use rayon::prelude::*;
 
 /// Row-wise softmax of `scale * scores` (.., rows, n_k), where row `r` is query
 /// `r % n_q` of the last `n_q` positions and sees the keys up to its own position.
@@ -52,34 +52,6 @@ fn causal_mask(q: usize, k: usize, device: &Device) -> Result<Tensor> {
 /// Additive mask value for positions a query must not see (exp underflows to 0).
 const MASKED: f32 = -1e9;
 
-/// Elements per parallel task (whole rows, at least one), and the size under which one
-/// thread does it all.
-const ELEMS_PER_TASK: usize = 16 * 1024;
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => bail!("causal softmax: expected a contiguous f32 tensor"),
-    }
-}
-
-/// Runs `f(first_row, block)` over blocks of whole rows of `out` (the caller reads its
-/// inputs at the same rows), in parallel when there is enough work.
-fn for_row_blocks<F>(out: &mut [f32], n_k: usize, f: F)
-where
-    F: Fn(usize, &mut [f32]) + Sync,
-{
-    let rows_per_task = (ELEMS_PER_TASK / n_k.max(1)).max(1);
-    let block = rows_per_task * n_k;
-    if out.len() <= block {
-        f(0, out);
-    } else {
-        out.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(i, o)| f(i * rows_per_task, o));
-    }
-}
-
 struct CausalSoftmax {
     n_q: usize,
     scale: f32,
@@ -91,7 +63,7 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
+        let x = contiguous_f32(storage, layout, "causal softmax")?;
         let n_k = layout.dims()[layout.dims().len() - 1];
         let (n_q, scale) = (self.n_q, self.scale);
         let mut y = vec![0f32; x.len()];
@@ -139,8 +111,8 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let p = contiguous_f32(s1, l1)?;
-        let g = contiguous_f32(s2, l2)?;
+        let p = contiguous_f32(s1, l1, "causal softmax")?;
+        let g = contiguous_f32(s2, l2, "causal softmax")?;
         let n_k = l1.dims()[l1.dims().len() - 1];
         let scale = self.scale;
         let mut d = vec![0f32; p.len()];

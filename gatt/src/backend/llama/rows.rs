@@ -1,0 +1,35 @@
+//! What the model's own CPU kernels share: borrowing a contiguous f32 buffer from candle's
+//! storage, and splitting an output into blocks of whole rows for rayon.
+
+use candle_core::{bail, CpuStorage, Layout, Result};
+use rayon::prelude::*;
+
+/// Elements per parallel task (whole rows, at least one), and the size under which one
+/// thread does it all: below this, waking a second thread costs more than it saves.
+const ELEMS_PER_TASK: usize = 16 * 1024;
+
+/// The elements of a contiguous f32 tensor; `op` names the kernel in the error.
+pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => bail!("{op}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// Runs `f(first_row, block)` over blocks of whole rows of `out` (rows of `row_len`
+/// elements; the caller reads its inputs at the same rows), in parallel when there is
+/// enough work.
+pub fn for_row_blocks<F>(out: &mut [f32], row_len: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let rows_per_task = (ELEMS_PER_TASK / row_len.max(1)).max(1);
+    let block = rows_per_task * row_len;
+    if out.len() <= block {
+        f(0, out);
+    } else {
+        out.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, o)| f(i * rows_per_task, o));
+    }
+}
