@@ -13,7 +13,13 @@ fn main() {
         Weights::Dense
     };
     let m = Model::from_gguf(&ct, &mut f, &Device::Cpu, w).unwrap();
+    // `only=B` runs the batch-B case alone (for profiling).
+    let only: Option<usize> =
+        std::env::args().find_map(|a| a.strip_prefix("only=").and_then(|b| b.parse().ok()));
     for &(b, plen) in &[(1usize, 512usize), (1, 32), (4, 32), (16, 32)] {
+        if only.is_some_and(|o| o != b || plen == 512) {
+            continue;
+        }
         let prompts: Vec<Vec<u32>> = (0..b)
             .map(|s| {
                 (0..plen)

@@ -10,12 +10,14 @@
 //! row order for the query and key projections (interleaved rotary pairs);
 //! [`hf`] converts to and from the Hugging Face layout.
 
+mod decode_attention;
 pub mod hf;
 mod inputs;
 mod linear;
 mod load;
 mod matmul;
 mod norm;
+mod qmatvec;
 mod rope;
 mod rows;
 mod softmax;
@@ -331,6 +333,12 @@ impl Model {
             None => (k, v),
         };
         let kv_len = k.dim(2)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let capturing = self.captured.lock().expect("capture lock").is_some();
+        if t == 1 && !self.training && !capturing && x.device().is_cpu() {
+            let y = decode_attention::one_query(&q, &k, &v, pad, scale as f32)?;
+            return layer.attn.o.forward(&y, d);
+        }
         let rep = nh / nkv;
         let mut ys = Vec::with_capacity(b);
         for (s, &p) in pad.iter().enumerate() {
@@ -347,7 +355,7 @@ impl Model {
             let ks = k.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
             let vs = v.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
             let scores = matmul(&qs, &ks.t()?)?;
-            let att = softmax::causal(&scores, n_q, 1.0 / (hd as f64).sqrt(), self.training)?;
+            let att = softmax::causal(&scores, n_q, scale, self.training)?;
             if let Some(maps) = self.captured.lock().expect("capture lock").as_mut() {
                 maps.push(att.reshape((nh, n_q, n_k))?.detach());
             }

@@ -2,8 +2,10 @@
 //! adapter with its (seeded) dropout.
 
 use super::matmul::matmul;
+use super::qmatvec::QMatrix;
+use super::rows::contiguous_f32;
 use candle_core::quantized::QMatMul;
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 use std::sync::Mutex;
 
 /// How weights are held in memory.
@@ -38,6 +40,10 @@ pub struct Lora {
 /// A linear layer, with an optional (dequantized) bias and LoRA adapter.
 pub(super) struct Linear {
     pub(super) weight: Weight,
+    /// The file's quantized blocks beside dense weights, for products of a few rows
+    /// (decoding), which then read 4-6x fewer bytes. Dropped whenever the dense weights
+    /// may change (training, merging), so the two never disagree.
+    pub(super) blocks: Option<QMatrix>,
     pub(super) bias: Option<Tensor>,
     pub(super) lora: Option<Lora>,
 }
@@ -54,11 +60,48 @@ fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     y.reshape(out)
 }
 
+/// Products of at most this many rows go through the quantized blocks: measured on 2
+/// cores, they beat the f32 product for every SmolLM2 matrix at 1 and 4 rows and for a
+/// whole decoding step at 16 (the output projection gains most).
+const FEW_ROWS: usize = 16;
+
+/// Rows of `x` (.., k) are few, on the CPU, in f32, and need no gradient.
+fn few_rows(x: &Tensor, k: usize) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && !x.track_op()
+        && x.dims().last() == Some(&k)
+        && x.elem_count() / k.max(1) <= FEW_ROWS
+}
+
+/// `x` (.., k) times the blocks' matrix transposed: (.., n_out).
+struct BlockProduct<'a>(&'a QMatrix);
+
+impl CustomOp1 for BlockProduct<'_> {
+    fn name(&self) -> &'static str {
+        "gatt-quantized-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "quantized product")?;
+        let q = self.0;
+        let y = q.matmul(x, x.len() / q.k);
+        let mut dims = layout.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = q.n_out;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}
+
 impl Linear {
     pub(super) fn forward(&self, x: &Tensor, dropout: Option<&Mutex<Dropout>>) -> Result<Tensor> {
-        let mut y = match &self.weight {
-            Weight::Quantized(q) => q.forward(x)?,
-            Weight::Dense(w) => matmul_rows(x, w)?,
+        let mut y = match (&self.weight, &self.blocks) {
+            (_, Some(q)) if few_rows(x, q.k) => {
+                x.contiguous()?.apply_op1_no_bwd(&BlockProduct(q))?
+            }
+            (Weight::Quantized(q), _) => q.forward(x)?,
+            (Weight::Dense(w), _) => matmul_rows(x, w)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;

@@ -2,8 +2,9 @@
 //! Hugging Face folder.
 
 use super::linear::{Linear, Weight};
+use super::qmatvec::{QMatrix, QType};
 use super::*;
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use std::io::{Read, Seek};
 
 /// Where a loader finds each tensor: by GGUF name, as an f32 matrix in (out, in) layout
@@ -18,6 +19,26 @@ pub(crate) enum SourceTensor {
 }
 
 impl SourceTensor {
+    /// The file's blocks, kept beside dense CPU weights for products of a few rows (the
+    /// formats the few-row kernels read; others use the dense product only).
+    fn blocks(&self, device: &Device, weights: Weights) -> Result<Option<QMatrix>> {
+        let SourceTensor::Quantized(q) = self else {
+            return Ok(None);
+        };
+        let qtype = match q.dtype() {
+            GgmlDType::Q4_1 => QType::Q4_1,
+            GgmlDType::Q8_0 => QType::Q8_0,
+            _ => return Ok(None),
+        };
+        if weights != Weights::Dense || !device.is_cpu() {
+            return Ok(None);
+        }
+        let (n_out, k) = q.shape().dims2()?;
+        QMatrix::new(qtype, n_out, k, q.data()?.into_owned())
+            .map(Some)
+            .map_err(candle_core::Error::Msg)
+    }
+
     fn dense(self, device: &Device) -> Result<Tensor> {
         match self {
             SourceTensor::Quantized(q) => q.dequantize(device),
@@ -74,6 +95,7 @@ impl Model {
         weights: Weights,
     ) -> Result<Self> {
         let linear = |w: SourceTensor, b: Option<SourceTensor>| -> Result<Linear> {
+            let blocks = w.blocks(device, weights)?;
             let weight = match (weights, w) {
                 (Weights::Quantized, SourceTensor::Quantized(q)) => {
                     Weight::Quantized(QMatMul::from_qtensor(q)?)
@@ -83,6 +105,7 @@ impl Model {
             };
             Ok(Linear {
                 weight,
+                blocks,
                 bias: b.map(|b| b.dense(device)).transpose()?,
                 lora: None,
             })
@@ -93,7 +116,9 @@ impl Model {
                 eps: cfg.rms_eps as f32,
             })
         };
-        let embed = required(src, "token_embd.weight")?.dense(device)?;
+        let embed = required(src, "token_embd.weight")?;
+        let embed_blocks = embed.blocks(device, weights)?;
+        let embed = embed.dense(device)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
@@ -127,6 +152,7 @@ impl Model {
             None => (
                 Linear {
                     weight: Weight::Dense(embed.t()?.contiguous()?),
+                    blocks: embed_blocks,
                     bias: None,
                     lora: None,
                 },

@@ -23,8 +23,17 @@ pub fn for_row_blocks<F>(out: &mut [f32], row_len: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
-    let rows_per_task = (ELEMS_PER_TASK / row_len.max(1)).max(1);
-    let block = rows_per_task * row_len;
+    for_row_blocks_by_work(out, row_len, row_len, f)
+}
+
+/// [`for_row_blocks`] for rows that each cost about `row_work` element operations
+/// (more than their length when a row reads many inputs).
+pub fn for_row_blocks_by_work<F>(out: &mut [f32], row_len: usize, row_work: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let rows_per_task = (ELEMS_PER_TASK / row_work.max(1)).max(1);
+    let block = rows_per_task * row_len.max(1);
     if out.len() <= block {
         f(0, out);
     } else {

@@ -30,7 +30,9 @@ impl Model {
     /// Every weight by its Hugging Face name, for trainers and converters. A tied
     /// output projection is not listed (it is the embedding); after replacing
     /// `model.embed_tokens.weight`, call [`Model::retie`].
+    /// The few-row quantized blocks are dropped: the caller may change the weights.
     pub fn weights_mut(&mut self) -> Vec<(String, WeightKind, &mut Tensor)> {
+        self.drop_blocks();
         let mut out: Vec<(String, WeightKind, &mut Tensor)> = Vec::new();
         out.push((
             "model.embed_tokens.weight".into(),
@@ -83,8 +85,19 @@ impl Model {
     pub fn retie(&mut self) -> Result<()> {
         if self.cfg.tie_embeddings {
             self.output.weight = Weight::Dense(self.embed.t()?);
+            self.output.blocks = None;
         }
         Ok(())
+    }
+
+    /// Forgets the file's quantized blocks, so every product uses the dense weights.
+    pub fn drop_blocks(&mut self) {
+        for l in &mut self.layers {
+            for (_, lin) in l.linears_mut() {
+                lin.blocks = None;
+            }
+        }
+        self.output.blocks = None;
     }
 
     /// Adds a LoRA adapter to every linear layer named in `targets` (`q_proj`, ...);
@@ -139,6 +152,7 @@ impl Model {
                 if let (Some(lora), Weight::Dense(w)) = (lin.lora.take(), &mut lin.weight) {
                     let delta = (lora.a.matmul(&lora.b)? * lora.scale)?;
                     *w = (w.detach() + delta.detach())?;
+                    lin.blocks = None;
                 }
             }
         }

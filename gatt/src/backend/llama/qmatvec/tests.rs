@@ -1,0 +1,329 @@
+//! Tests: layout decoding, activation quantization, scalar kernel vs the f64 product of the
+//! dequantized weights, AVX2 vs scalar, and chunked threading.
+
+use super::*;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const MS: [usize; 7] = [1, 2, 3, 4, 5, 16, 17];
+const KS: [usize; 3] = [32, 576, 1536];
+const NS: [usize; 3] = [1, 7, 576];
+const TYPES: [QType; 2] = [QType::Q4_1, QType::Q8_0];
+
+fn scalar() -> MatmulOptions {
+    MatmulOptions {
+        threads: Some(1),
+        force_scalar: true,
+    }
+}
+
+fn simd(threads: usize) -> MatmulOptions {
+    MatmulOptions {
+        threads: Some(threads),
+        force_scalar: false,
+    }
+}
+
+/// Random weights with per-row scale and offset (so Q4_1's `m` term matters).
+fn rand_weights(rng: &mut StdRng, n: usize, k: usize) -> Vec<f32> {
+    let mut w = Vec::with_capacity(n * k);
+    for _ in 0..n {
+        let scale: f32 = rng.random_range(0.01..2.0);
+        let off: f32 = rng.random_range(-0.5..0.5) * scale;
+        w.extend((0..k).map(|_| off + scale * rng.random_range(-1.0f32..1.0)));
+    }
+    w
+}
+
+/// Random activations with occasional outliers (as in real hidden states), some zero blocks.
+fn rand_acts(rng: &mut StdRng, m: usize, k: usize) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..m * k)
+        .map(|_| {
+            let v: f32 = rng.random_range(-1.0..1.0);
+            if rng.random_range(0..50) == 0 {
+                v * 20.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    if k >= 64 {
+        x[32..64].fill(0.0); // an all-zero block (d = 0) in row 0
+    }
+    x
+}
+
+/// Checks `got` against the exact product of the dequantized weights with the unquantized
+/// activations. The only intended error is activation quantization: each x is replaced by
+/// `d8·q` with `|x − d8·q| ≤ d8/2 = max|x_block| / 254`, so
+/// `|err(r, j)| ≤ Σ_blocks max|x_block|/254 · Σ_{i∈block} |W[j][i]|` exactly (a worst-case
+/// bound, not a statistical one). On top we allow f32 summation error of
+/// `1e-4 · Σ|W||x|` (about 40× smaller than the quantization term). Expressed against the row
+/// norms this bound implies (Cauchy–Schwarz, `‖block maxima‖ ≤ ‖x‖`)
+/// `|err| ≤ √32/254 · ‖x_r‖·‖W_j‖ ≈ 2.2e-2 · ‖x_r‖·‖W_j‖`, which is checked as well; typical
+/// errors are ~1e-3 of the norms and the worst seen in these tests (blocks with outliers) ~8e-3.
+/// Returns the largest `|err| / (‖x_r‖·‖W_j‖)` seen, or an error message.
+fn check_vs_reference(w: &QMatrix, x: &[f32], m: usize, got: &[f32]) -> Result<f64, String> {
+    let (n, k) = (w.n_out, w.k);
+    let wd = w.dequantize();
+    let mut worst = 0f64;
+    for r in 0..m {
+        let xr = &x[r * k..(r + 1) * k];
+        let xnorm = xr.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        for j in 0..n {
+            let wr = &wd[j * k..(j + 1) * k];
+            let (mut exact, mut bound, mut absprod, mut wnorm) = (0f64, 0f64, 0f64, 0f64);
+            for (wb, xb) in wr.chunks_exact(BLOCK).zip(xr.chunks_exact(BLOCK)) {
+                let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs())) as f64;
+                let wabs: f64 = wb.iter().map(|&v| (v as f64).abs()).sum();
+                bound += amax / 254.0 * wabs;
+                for (&a, &b) in wb.iter().zip(xb) {
+                    exact += a as f64 * b as f64;
+                    absprod += (a as f64 * b as f64).abs();
+                    wnorm += (a as f64).powi(2);
+                }
+            }
+            let err = (got[r * n + j] as f64 - exact).abs();
+            let tol = bound * (1.0 + 1e-6) + 1e-4 * absprod + 1e-30;
+            if err.is_nan() || err > tol {
+                return Err(format!(
+                    "{:?} n={n} k={k} m={m} r={r} j={j}: got {} want {exact} err {err:e} > tol {tol:e}",
+                    w.qtype,
+                    got[r * n + j]
+                ));
+            }
+            let denom = xnorm * wnorm.sqrt();
+            if denom > 0.0 {
+                worst = worst.max(err / denom);
+            }
+        }
+    }
+    if worst > 2.23e-2 {
+        return Err(format!(
+            "relative error {worst:e} above 2.23e-2 of the row norms"
+        ));
+    }
+    Ok(worst)
+}
+
+#[test]
+fn new_checks_sizes() {
+    assert!(QMatrix::new(QType::Q4_1, 2, 64, vec![0; 80]).is_ok());
+    assert!(QMatrix::new(QType::Q4_1, 2, 64, vec![0; 79]).is_err());
+    assert!(QMatrix::new(QType::Q8_0, 3, 32, vec![0; 102]).is_ok());
+    assert!(QMatrix::new(QType::Q8_0, 3, 33, vec![0; 102]).is_err());
+    assert!(QMatrix::new(QType::Q8_0, 3, 0, vec![]).is_err());
+}
+
+/// Hand-built blocks pin down the byte layout and the element order of the nibbles.
+#[test]
+fn dequantize_known_blocks() {
+    let mut b = Vec::new();
+    b.extend_from_slice(&f16::from_f32(0.5).to_le_bytes());
+    b.extend_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+    b.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+    let w = QMatrix::new(QType::Q4_1, 1, 32, b).unwrap().dequantize();
+    for i in 0..16 {
+        assert_eq!(w[i], 0.5 * i as f32 - 1.0);
+        assert_eq!(w[i + 16], 0.5 * (15 - i) as f32 - 1.0);
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(&f16::from_f32(0.25).to_le_bytes());
+    b.extend((0..32i32).map(|i| ((i - 16) * 8) as i8 as u8));
+    let w = QMatrix::new(QType::Q8_0, 1, 32, b).unwrap().dequantize();
+    for (i, &v) in w.iter().enumerate() {
+        assert_eq!(v, 0.25 * ((i as i32 - 16) * 8) as f32);
+    }
+}
+
+/// A one-block product where activation quantization is lossless (only f32 rounding left).
+#[test]
+fn tiny_product_by_hand() {
+    // max|x| = 127 gives d8 = 1 and q = x exactly; weights are exact in f16.
+    let mut x: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 4.0).collect();
+    x[0] = -127.0;
+    for qt in TYPES {
+        let wf: Vec<f32> = (0..32).map(|i| (i % 16) as f32 * 0.5 - 2.0).collect();
+        let w = QMatrix::quantize_from_f32(qt, 1, 32, &wf);
+        let want: f32 = w.dequantize().iter().zip(&x).map(|(a, b)| a * b).sum();
+        for opts in [scalar(), simd(1)] {
+            let got = w.matmul_with(&x, 1, opts)[0];
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs(),
+                "{qt:?} {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_scalar_matches_avx2() {
+    if !has_avx2() {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(1);
+    for case in 0..2000 {
+        let mut x = [0f32; BLOCK];
+        for v in x.iter_mut() {
+            *v = rng.random_range(-3.0..3.0);
+        }
+        if case % 7 == 0 {
+            // exact .5 ties after scaling: max 127 so id = 1
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = (i as f32 - 16.0) + 0.5;
+            }
+            x[0] = 127.0;
+        }
+        if case == 1 {
+            x = [0.0; BLOCK];
+        }
+        let (mut qa, mut qb) = ([0i8; BLOCK], [0i8; BLOCK]);
+        let sa = quantize_block_scalar(&x, &mut qa);
+        let sb = unsafe { avx2::quantize_block(&x, &mut qb) };
+        assert_eq!(qa, qb, "case {case}");
+        assert_eq!(sa.0.to_bits(), sb.0.to_bits());
+        assert_eq!(sa.1, sb.1);
+        assert_eq!(sa.1, qa.iter().map(|&q| q as i32).sum::<i32>());
+        assert!(qa.iter().all(|&q| q != -128));
+    }
+}
+
+#[test]
+fn scalar_kernel_vs_dequantized_reference() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut worst = 0f64;
+    for qt in TYPES {
+        for k in KS {
+            for n in NS {
+                let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
+                for m in MS {
+                    let x = rand_acts(&mut rng, m, k);
+                    let y = w.matmul_with(&x, m, scalar());
+                    worst = worst.max(check_vs_reference(&w, &x, m, &y).unwrap());
+                }
+            }
+        }
+    }
+    eprintln!("scalar: worst |err| / (|x||w|) = {worst:e}");
+}
+
+#[test]
+fn avx2_kernel_vs_scalar_and_reference() {
+    if !has_avx2() {
+        eprintln!("no AVX2: skipped");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(3);
+    for qt in TYPES {
+        for k in KS {
+            for n in NS {
+                let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
+                let wd = w.dequantize();
+                for m in MS {
+                    let x = rand_acts(&mut rng, m, k);
+                    let ys = w.matmul_with(&x, m, scalar());
+                    let yv = w.matmul_with(&x, m, simd(1));
+                    check_vs_reference(&w, &x, m, &yv).unwrap();
+                    // Same integer sums; only the f32 summation order differs.
+                    for r in 0..m {
+                        for j in 0..n {
+                            let absprod: f32 =
+                                (0..k).map(|i| (wd[j * k + i] * x[r * k + i]).abs()).sum();
+                            let (a, b) = (yv[r * n + j], ys[r * n + j]);
+                            assert!(
+                                (a - b).abs() <= 1e-5 * absprod + 1e-30,
+                                "{qt:?} n={n} k={k} m={m} r={r} j={j}: avx2 {a} scalar {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every output is computed by the same code whatever the chunking, so the threaded results
+/// must be bit-identical to the single-threaded ones (odd n_out, chunks of uneven size).
+#[test]
+fn threaded_chunking_is_exact() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for qt in TYPES {
+        for n in [1, 2, 3, 7, 33, 576, 577] {
+            let k = 576;
+            let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
+            for m in MS {
+                let x = rand_acts(&mut rng, m, k);
+                for force_scalar in [false, true] {
+                    let one = w.matmul_with(
+                        &x,
+                        m,
+                        MatmulOptions {
+                            threads: Some(1),
+                            force_scalar,
+                        },
+                    );
+                    for t in [2, 3, 4, 7, 64] {
+                        let y = w.matmul_with(
+                            &x,
+                            m,
+                            MatmulOptions {
+                                threads: Some(t),
+                                force_scalar,
+                            },
+                        );
+                        assert!(
+                            y.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{qt:?} n={n} m={m} threads={t} scalar={force_scalar}"
+                        );
+                    }
+                    let auto = w.matmul(&x, m);
+                    if !force_scalar || !has_avx2() {
+                        assert!(auto
+                            .iter()
+                            .zip(&one)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The reference check must reject real kernel bugs: swapping the nibble halves of one
+/// Q4_1 block, or flipping a Q8_0 sign, is detected.
+#[test]
+fn reference_check_detects_wrong_results() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (n, k, m) = (7, 576, 3);
+    let x = rand_acts(&mut rng, m, k);
+    for qt in TYPES {
+        let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
+        let mut bad = w.data().to_vec();
+        let bb = qt.block_bytes();
+        for blk in bad.chunks_exact_mut(bb).skip(3).step_by(9) {
+            match qt {
+                QType::Q4_1 => blk[4..].iter_mut().for_each(|q| *q = q.rotate_left(4)),
+                QType::Q8_0 => blk[2..]
+                    .iter_mut()
+                    .step_by(2)
+                    .for_each(|q| *q = (*q as i8).wrapping_neg() as u8),
+            }
+        }
+        let wrong = QMatrix::new(qt, n, k, bad)
+            .unwrap()
+            .matmul_with(&x, m, simd(1));
+        assert!(check_vs_reference(&w, &x, m, &wrong).is_err(), "{qt:?}");
+        let right = w.matmul_with(&x, m, simd(1));
+        assert!(check_vs_reference(&w, &x, m, &right).is_ok());
+    }
+}
+
+#[test]
+fn matmul_into_overwrites_and_handles_empty() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let w = QMatrix::quantize_from_f32(QType::Q4_1, 5, 64, &rand_weights(&mut rng, 5, 64));
+    let x = rand_acts(&mut rng, 2, 64);
+    let mut y = vec![f32::NAN; 10];
+    w.matmul_into(&x, 2, &mut y, MatmulOptions::default());
+    assert_eq!(y, w.matmul(&x, 2));
+    assert!(w.matmul(&[], 0).is_empty());
+}
