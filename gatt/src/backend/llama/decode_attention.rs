@@ -121,7 +121,9 @@ impl CustomOp3 for OneQuery {
         // layer costs more than small batches' attention itself.
         let row_work = 2 * hd * len;
         if row_work * b * nh < PARALLEL_FROM {
-            y.chunks_mut(hd).enumerate().for_each(|(r, out)| attend(r, out));
+            y.chunks_mut(hd)
+                .enumerate()
+                .for_each(|(r, out)| attend(r, out));
         } else {
             for_row_blocks_by_work(&mut y, hd, row_work, |first, block| {
                 for (i, out) in block.chunks_mut(hd).enumerate() {

@@ -1,7 +1,7 @@
 //! Linear layers: dense or quantized weights, an optional bias, an optional LoRA
 //! adapter with its (seeded) dropout.
 
-use super::matmul::matmul;
+use super::matmul::matmul_scaled;
 use super::qmatvec::QMatrix;
 use super::rows::contiguous_f32;
 use candle_core::quantized::QMatMul;
@@ -48,13 +48,14 @@ pub(super) struct Linear {
     pub(super) lora: Option<Lora>,
 }
 
-/// `x` (.., k) times `w` (k, n), as one matrix product for all rows: weights are read once.
-fn matmul_rows(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// `scale * x w` for `x` (.., k) and `w` (k, n), as one matrix product for all rows:
+/// weights are read once.
+fn matmul_rows(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k;
     let x2 = x.reshape((rows, k))?;
-    let y = matmul(&x2, w)?;
+    let y = matmul_scaled(&x2, w, scale)?;
     let mut out = dims;
     *out.last_mut().expect("at least one dim") = w.dim(1)?;
     y.reshape(out)
@@ -101,7 +102,7 @@ impl Linear {
                 x.contiguous()?.apply_op1_no_bwd(&BlockProduct(q))?
             }
             (Weight::Quantized(q), _) => q.forward(x)?,
-            (Weight::Dense(w), _) => matmul_rows(x, w)?,
+            (Weight::Dense(w), _) => matmul_rows(x, w, 1.0)?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
@@ -117,8 +118,8 @@ impl Linear {
                 }
                 _ => x.clone(),
             };
-            let delta = matmul_rows(&matmul_rows(&x, &l.a)?, &l.b)?;
-            y = (y + (delta * l.scale)?)?;
+            let delta = matmul_rows(&matmul_rows(&x, &l.a, 1.0)?, &l.b, l.scale)?;
+            y = (y + delta)?;
         }
         Ok(y)
     }

@@ -35,7 +35,11 @@ fn dims_and_strides(l: &Layout) -> Result<(usize, usize, usize, [isize; 3])> {
     }
 }
 
-struct Matmul;
+/// The product scaled by `scale` (the scale is free inside gemm; a LoRA adapter would
+/// otherwise spend a pass over its output, and another backwards, multiplying by it).
+struct Matmul {
+    scale: f32,
+}
 
 impl CustomOp2 for Matmul {
     fn name(&self) -> &'static str {
@@ -63,22 +67,28 @@ impl CustomOp2 for Matmul {
         }
         let a = &a[l1.start_offset()..];
         let b = &b[l2.start_offset()..];
-        let mut c = vec![0f32; ba * m * n];
+        let len = ba * m * n;
         let parallelism = match num_threads() {
-            t if t > 1 && ba * m * n * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
+            t if t > 1 && len * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
             _ => Parallelism::None,
         };
-        if m > 0 && n > 0 {
+        // The output is left uninitialized for gemm to write (zeroing it first is a whole
+        // extra pass over fresh pages); an empty inner dimension gives zeros.
+        let mut c: Vec<f32> = Vec::with_capacity(len);
+        if k == 0 {
+            c.resize(len, 0.0);
+        } else if len > 0 {
+            let dst = c.spare_capacity_mut().as_mut_ptr() as *mut f32;
             for i in 0..ba {
                 // SAFETY: the layouts come from candle and address only elements of `a`
-                // and `b` from their start offsets; `c` is a fresh contiguous
-                // batch x m x n buffer and batch `i` writes only its own m x n block.
+                // and `b` from their start offsets; `dst` has room for batch x m x n
+                // elements and batch `i` writes only its own m x n block.
                 unsafe {
                     gemm(
                         m,
                         n,
                         k,
-                        c.as_mut_ptr().add(i * m * n),
+                        dst.add(i * m * n),
                         1,
                         n as isize,
                         false,
@@ -89,7 +99,7 @@ impl CustomOp2 for Matmul {
                         sb[2],
                         sb[1],
                         0.0,
-                        1.0,
+                        self.scale,
                         false,
                         false,
                         false,
@@ -97,6 +107,9 @@ impl CustomOp2 for Matmul {
                     )
                 }
             }
+            // SAFETY: with `read_dst` false and k > 0, gemm wrote every element of every
+            // block.
+            unsafe { c.set_len(len) };
         }
         let shape = if l1.shape().rank() == 2 {
             Shape::from((m, n))
@@ -113,13 +126,14 @@ impl CustomOp2 for Matmul {
         _c: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let s = self.scale as f64;
         let grad_a = if a.track_op() {
-            Some(matmul(grad, &b.t()?)?)
+            Some(matmul_scaled(grad, &b.t()?, s)?)
         } else {
             None
         };
         let grad_b = if b.track_op() {
-            Some(matmul(&a.t()?, grad)?)
+            Some(matmul_scaled(&a.t()?, grad, s)?)
         } else {
             None
         };
@@ -129,14 +143,26 @@ impl CustomOp2 for Matmul {
 
 /// `a` (m, k) times `b` (k, n), or batched: (batch, m, k) times (batch, k, n).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_scaled(a, b, 1.0)
+}
+
+/// `scale * a b`, shapes as in [`matmul`].
+pub fn matmul_scaled(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
     let cpu_f32 = a.device().is_cpu()
         && b.device().is_cpu()
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32;
     if cpu_f32 && a.rank() == b.rank() && matches!(a.rank(), 2 | 3) {
-        a.apply_op2(b, Matmul)
-    } else {
+        a.apply_op2(
+            b,
+            Matmul {
+                scale: scale as f32,
+            },
+        )
+    } else if scale == 1.0 {
         a.matmul(b)
+    } else {
+        a.matmul(b)? * scale
     }
 }
 
@@ -177,6 +203,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_inner_dimension_gives_zeros() {
+        let dev = Device::Cpu;
+        let a = Tensor::zeros((3, 0), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros((0, 4), DType::F32, &dev).unwrap();
+        let c = matmul(&a, &b).unwrap();
+        assert_eq!(c.dims(), &[3, 4]);
+        assert_eq!(
+            c.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+    }
+
+    #[test]
     fn batched_equals_candle_for_strided_operands() {
         let dev = Device::Cpu;
         // Attention's shapes: heads x queries x dim times a key cache read in place
@@ -214,6 +258,17 @@ mod tests {
             .unwrap();
         for v in [a.as_tensor(), b.as_tensor()] {
             assert!(max_diff(ours.get(v).unwrap(), theirs.get(v).unwrap()) < 1e-4);
+        }
+        // Scaled: the gradient carries the scale.
+        let scaled = (matmul_scaled(a.as_tensor(), b.as_tensor(), 0.5).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [a.as_tensor(), b.as_tensor()] {
+            let half = (theirs.get(v).unwrap() * 0.5).unwrap();
+            assert!(max_diff(scaled.get(v).unwrap(), &half) < 1e-4);
         }
         let grads = matmul(a.as_tensor(), &frozen)
             .unwrap()

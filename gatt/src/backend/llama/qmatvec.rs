@@ -15,7 +15,7 @@
 //! Each weight block is loaded and unpacked once and used for up to four activation rows held
 //! in registers (small `m` additionally pairs two weight rows), so the weights are streamed
 //! from memory once per call for any `m`. Large products split the output rows into contiguous
-//! chunks over rayon's global pool.
+//! chunks over candle's (spinning) barrier pool.
 //!
 //! The AVX2 + FMA + F16C kernels are chosen at run time (the detection is done once and
 //! cached); other CPUs use a portable scalar kernel that computes the same integer sums.
@@ -26,7 +26,7 @@
 //! kernels pick SIMD only at compile time (a portable build runs them scalar).
 
 use half::f16;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Number of elements in one ggml block.
 pub const BLOCK: usize = 32;
@@ -54,15 +54,16 @@ impl QType {
 /// How a call may use threads and which kernel it uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MatmulOptions {
-    /// `None`: split over rayon's global pool only when the product is large enough
-    /// (see [`PAR_MIN_WORK`]). `Some(1)`: run on the calling thread. `Some(t)`: always split
-    /// the output rows into `t` contiguous chunks run on rayon's global pool.
+    /// `None`: split over candle's barrier pool (one chunk per participant) only when the
+    /// product is large enough (see [`PAR_MIN_WORK`]). `Some(1)`: run on the calling
+    /// thread. `Some(t)`: always split the output rows into `t` contiguous chunks, shared
+    /// out among the pool's participants.
     pub threads: Option<usize>,
     /// Use the portable scalar kernel even where AVX2 is available (testing, benchmarking).
     pub force_scalar: bool,
 }
 
-/// Automatic mode splits a call over rayon when `weight bytes × (m + 2)` reaches this value.
+/// Automatic mode splits a call over threads when `weight bytes × (m + 2)` reaches this value.
 /// One-thread time on the 2-core Zen4 is roughly proportional to `bytes × (m + 2)`; this
 /// threshold corresponds to about 40 µs, below which the pool's wake-up and join (10–25 µs,
 /// erratic on a shared VM) eat the gain. Measured: q/o 576×576 Q4_1 at m=4 (31 µs on one
@@ -199,7 +200,9 @@ impl QMatrix {
         let acts = QActs::new(x, m, self.k, simd);
         let threads = match opts.threads {
             Some(t) => t.max(1),
-            None if self.data.len() * (m + 2) >= PAR_MIN_WORK => rayon::current_num_threads(),
+            None if self.data.len() * (m + 2) >= PAR_MIN_WORK => {
+                candle_core::utils::barrier_pool().n_workers() + 1
+            }
             None => 1,
         };
         let n = self.n_out;
@@ -219,16 +222,19 @@ impl QMatrix {
                 per_chunk[c].push(piece);
             }
         }
-        // The calling thread computes the first chunk itself while pool workers take the rest
-        // (cheaper than blocking the caller on a `par_iter` injected into the pool).
+        // The chunks run on candle's barrier pool, whose workers spin for a while after
+        // each job before they sleep: decoding calls one product after another, and a
+        // sleeping pool (rayon's) takes longer to wake than a small product takes. The
+        // calling thread is one of the pool's participants.
         let acts = &acts;
-        let mut chunks = per_chunk.into_iter().enumerate();
-        let (_, mut first) = chunks.next().expect("n_out > 0");
-        rayon::in_place_scope(|s| {
-            for (c, mut outs) in chunks {
-                s.spawn(move |_| self.run_chunk(c * chunk, &mut outs, acts, simd));
+        let chunks: Vec<Mutex<Vec<&mut [f32]>>> = per_chunk.into_iter().map(Mutex::new).collect();
+        let pool = candle_core::utils::barrier_pool();
+        let parts = pool.n_workers() + 1;
+        pool.execute(|p| {
+            for c in (p..n_chunks).step_by(parts) {
+                let mut outs = chunks[c].lock().expect("chunk lock");
+                self.run_chunk(c * chunk, &mut outs, acts, simd);
             }
-            self.run_chunk(0, &mut first, acts, simd);
         });
     }
 
