@@ -63,12 +63,13 @@ pub struct MatmulOptions {
     pub force_scalar: bool,
 }
 
-/// Automatic mode splits a call over threads when `weight bytes × (m + 2)` reaches this value.
-/// One-thread time on the 2-core Zen4 is roughly proportional to `bytes × (m + 2)`; this
-/// threshold corresponds to about 40 µs, below which the pool's wake-up and join (10–25 µs,
-/// erratic on a shared VM) eat the gain. Measured: q/o 576×576 Q4_1 at m=4 (31 µs on one
-/// thread) got slower on two, gate/up 1536×576 at m=4 (81 µs) went to 63 µs.
-pub const PAR_MIN_WORK: usize = 2 << 20;
+/// Automatic mode splits a call over threads when `weight bytes × (m + 2)` reaches this value
+/// (one-thread time is roughly proportional to it). candle's barrier pool spins between
+/// jobs, so splitting costs a few microseconds, not the 10–25 µs of waking rayon's pool:
+/// with this threshold every SmolLM2 matrix splits at m = 1, which took a whole decoding
+/// step from 12.9 to 7.9 ms on 2 cores (`decode_speed` example; 2 MiB, the threshold
+/// measured with rayon, kept the layers on one thread).
+pub const PAR_MIN_WORK: usize = 64 << 10;
 
 /// A weight matrix of `n_out` rows × `k` columns in raw GGUF block layout.
 #[derive(Clone, Debug)]
