@@ -25,8 +25,8 @@ mod swiglu;
 mod weights;
 
 pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};
-use linear::Linear;
 pub use linear::{Dropout, Lora, Weights};
+use linear::{Linear, Pass};
 pub(crate) use load::{SourceTensor, TensorSource};
 use matmul::matmul;
 pub use weights::{module_of, WeightKind, LINEAR_NAMES};
@@ -123,9 +123,9 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor, d: Option<&Mutex<Dropout>>) -> Result<Tensor> {
-        let gate = swiglu::silu_mul(&self.gate.forward(x, d)?, &self.up.forward(x, d)?)?;
-        self.down.forward(&gate, d)
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let gate = swiglu::silu_mul(&self.gate.forward(x, pass)?, &self.up.forward(x, pass)?)?;
+        self.down.forward(&gate, pass)
     }
 }
 
@@ -216,7 +216,11 @@ impl Model {
         let t = tokens.dim(1)?;
         let x = self.hidden(tokens, positions, pad, Some(cache))?;
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
-        self.logits(&last)
+        let pass = Pass {
+            dropout: None,
+            one_row_per_sequence: true,
+        };
+        self.output.forward(&last, pass)
     }
 
     /// Final hidden states (after the last norm) of every position, batch x len x
@@ -248,7 +252,7 @@ impl Model {
 
     /// Output projection of hidden-state rows (n x hidden) to logits (n x vocab).
     pub fn logits(&self, rows: &Tensor) -> Result<Tensor> {
-        self.output.forward(rows, None)
+        self.output.forward(rows, Pass::default())
     }
 
     fn hidden(
@@ -268,20 +272,25 @@ impl Model {
             .embed
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, hidden))?;
-        let d = self.dropout.as_ref();
+        let pass = Pass {
+            dropout: self.dropout.as_ref(),
+            one_row_per_sequence: t == 1,
+        };
         let train = self.training;
         for (i, layer) in self.layers.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| &mut c.kv[i]);
             let h = self.attention(
                 layer,
                 &layer.attn_norm.forward(&x, train)?,
-                &cos,
-                &sin,
+                (&cos, &sin),
                 pad,
                 kv,
+                pass,
             )?;
             x = (x + h)?;
-            let h = layer.mlp.forward(&layer.ffn_norm.forward(&x, train)?, d)?;
+            let h = layer
+                .mlp
+                .forward(&layer.ffn_norm.forward(&x, train)?, pass)?;
             x = (x + h)?;
         }
         self.norm.forward(&x, train)
@@ -314,20 +323,19 @@ impl Model {
         &self,
         layer: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
         pad: &[usize],
         kv: Option<&mut KvCache>,
+        pass: Pass,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
         };
-        let d = self.dropout.as_ref();
-        let q = self.rotated_heads(&layer.attn.q.forward(x, d)?, nh, cos, sin)?;
-        let k = self.rotated_heads(&layer.attn.k.forward(x, d)?, nkv, cos, sin)?;
-        let v = heads(layer.attn.v.forward(x, d)?, nkv)?;
+        let q = self.rotated_heads(&layer.attn.q.forward(x, pass)?, nh, cos, sin)?;
+        let k = self.rotated_heads(&layer.attn.k.forward(x, pass)?, nkv, cos, sin)?;
+        let v = heads(layer.attn.v.forward(x, pass)?, nkv)?;
         let (k, v) = match kv {
             Some(kv) => kv.append(&k, &v)?,
             None => (k, v),
@@ -337,7 +345,7 @@ impl Model {
         let capturing = self.captured.lock().expect("capture lock").is_some();
         if t == 1 && !self.training && !capturing && x.device().is_cpu() {
             let y = decode_attention::one_query(&q, &k, &v, pad, scale as f32)?;
-            return layer.attn.o.forward(&y, d);
+            return layer.attn.o.forward(&y, pass);
         }
         let rep = nh / nkv;
         let mut ys = Vec::with_capacity(b);
@@ -380,7 +388,7 @@ impl Model {
         }
         let y = Tensor::cat(&ys, 0)?;
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        layer.attn.o.forward(&y, d)
+        layer.attn.o.forward(&y, pass)
     }
 }
 

@@ -61,18 +61,22 @@ fn matmul_rows(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
     y.reshape(out)
 }
 
-/// Products of at most this many rows go through the quantized blocks: measured on 2
-/// cores, they beat the f32 product for every SmolLM2 matrix at 1 and 4 rows and for a
-/// whole decoding step at 16 (the output projection gains most).
-const FEW_ROWS: usize = 16;
+/// How one forward pass runs its linear layers.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Pass<'a> {
+    /// LoRA dropout while training.
+    pub dropout: Option<&'a Mutex<Dropout>>,
+    /// One row per sequence (a decoding step, or the last position's logits): the
+    /// product reads the quantized blocks where there are some. Chosen by the kind of
+    /// step, never by the batch size, so a sequence computes the same numbers alone as
+    /// in any batch. Measured on 2 cores, the blocks beat the f32 product for every
+    /// SmolLM2 matrix at 1 and 4 rows and for a whole decoding step at 16.
+    pub one_row_per_sequence: bool,
+}
 
-/// Rows of `x` (.., k) are few, on the CPU, in f32, and need no gradient.
-fn few_rows(x: &Tensor, k: usize) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && !x.track_op()
-        && x.dims().last() == Some(&k)
-        && x.elem_count() / k.max(1) <= FEW_ROWS
+/// The blocks can take `x` (.., k): on the CPU, f32, and no gradient needed.
+fn blocks_take(x: &Tensor, k: usize) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() && x.dims().last() == Some(&k)
 }
 
 /// `x` (.., k) times the blocks' matrix transposed: (.., n_out).
@@ -96,9 +100,9 @@ impl CustomOp1 for BlockProduct<'_> {
 }
 
 impl Linear {
-    pub(super) fn forward(&self, x: &Tensor, dropout: Option<&Mutex<Dropout>>) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let mut y = match (&self.weight, &self.blocks) {
-            (_, Some(q)) if few_rows(x, q.k) => {
+            (_, Some(q)) if pass.one_row_per_sequence && blocks_take(x, q.k) => {
                 x.contiguous()?.apply_op1_no_bwd(&BlockProduct(q))?
             }
             (Weight::Quantized(q), _) => q.forward(x)?,
@@ -108,7 +112,7 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            let x = match dropout {
+            let x = match pass.dropout {
                 Some(d) if l.dropout > 0.0 => {
                     let mask =
                         d.lock()
