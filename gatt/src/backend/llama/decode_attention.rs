@@ -6,8 +6,9 @@
 //! that bookkeeping costs more than the attention arithmetic. Decoding only (no backward
 //! pass), on the CPU; other devices use the general path.
 
-use super::rows::for_row_blocks_by_work;
+use super::qmatvec::has_avx2;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
 
 /// `q` (b, heads, 1, hd) against keys and values (b, kv_heads, len, hd), where sequence
 /// `s` sees positions `pad[s]..len`; returns (b, 1, heads*hd), ready for the output
@@ -19,9 +20,6 @@ pub fn one_query(q: &Tensor, k: &Tensor, v: &Tensor, pad: &[usize], scale: f32) 
     };
     q.contiguous()?.apply_op3_no_bwd(k, v, &op)
 }
-
-/// Multiply-adds under which one call runs on the calling thread.
-const PARALLEL_FROM: usize = 2 << 20;
 
 struct OneQuery {
     pad: Vec<usize>,
@@ -45,7 +43,9 @@ fn strided<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], [usize; 3])>
 }
 
 /// Dot product in eight independent lanes, which the compiler turns into SIMD (a plain
-/// sum must keep its order and stays scalar).
+/// sum must keep its order and stays scalar). Always inlined, so that the AVX2 twins
+/// below compile it with their features.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -62,6 +62,30 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     lanes.iter().sum::<f32>() + tail
 }
+
+/// `out += p * v`.
+#[inline(always)]
+fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
+    out.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
+}
+
+/// The same two loops compiled for AVX2 + FMA, chosen at run time (a portable build
+/// otherwise gets 4-wide SSE without fused multiply-add).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        super::dot(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
+        super::axpy(p, v, out)
+    }
+}
+
+/// Multiply-adds from which one call is split over candle's (spinning) barrier pool.
+const PARALLEL_FROM: usize = 64 << 10;
 
 impl CustomOp3 for OneQuery {
     fn name(&self) -> &'static str {
@@ -97,7 +121,23 @@ impl CustomOp3 for OneQuery {
         let (k, ks) = strided(s2, l2)?;
         let (v, vs) = strided(s3, l3)?;
         let rep = nh / nkv;
-        let mut y = vec![0f32; b * nh * hd];
+        let simd = cfg!(target_arch = "x86_64") && has_avx2();
+        let dot = |a: &[f32], b: &[f32]| -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: AVX2 and FMA were detected at run time.
+                return unsafe { avx2::dot(a, b) };
+            }
+            dot(a, b)
+        };
+        let axpy = |p: f32, v: &[f32], out: &mut [f32]| {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: as above.
+                return unsafe { avx2::axpy(p, v, out) };
+            }
+            axpy(p, v, out)
+        };
         // Output row r is head r % nh of sequence r / nh.
         let attend = |r: usize, out: &mut [f32]| {
             let (s, h) = (r / nh, r % nh);
@@ -112,22 +152,30 @@ impl CustomOp3 for OneQuery {
             for (j, &score) in (first..len).zip(&scores) {
                 let p = (score - max).exp();
                 sum += p;
-                out.iter_mut().zip(val(j)).for_each(|(o, v)| *o += p * v);
+                axpy(p, val(j), out);
             }
             let inv = 1.0 / sum;
             out.iter_mut().for_each(|o| *o *= inv);
         };
-        // Each row reads two rows of the cache per key. Waking the thread pool once per
-        // layer costs more than small batches' attention itself.
-        let row_work = 2 * hd * len;
-        if row_work * b * nh < PARALLEL_FROM {
+        let mut y = vec![0f32; b * nh * hd];
+        // Each row reads two rows of the cache per key. Large calls split the rows over
+        // candle's barrier pool, whose workers spin between jobs (waking rayon's pool
+        // once per layer costs more than a small batch's attention).
+        let pool = candle_core::utils::barrier_pool();
+        let parts = pool.n_workers() + 1;
+        if parts == 1 || 2 * hd * len * b * nh < PARALLEL_FROM {
             y.chunks_mut(hd)
                 .enumerate()
                 .for_each(|(r, out)| attend(r, out));
         } else {
-            for_row_blocks_by_work(&mut y, hd, row_work, |first, block| {
-                for (i, out) in block.chunks_mut(hd).enumerate() {
-                    attend(first + i, out);
+            let per = (b * nh).div_ceil(parts);
+            let chunks: Vec<Mutex<&mut [f32]>> = y.chunks_mut(per * hd).map(Mutex::new).collect();
+            pool.execute(|p| {
+                if let Some(chunk) = chunks.get(p) {
+                    let mut out = chunk.lock().expect("chunk lock");
+                    for (i, row) in out.chunks_mut(hd).enumerate() {
+                        attend(p * per + i, row);
+                    }
                 }
             });
         }
