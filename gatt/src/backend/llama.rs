@@ -17,6 +17,7 @@ mod linear;
 mod load;
 mod matmul;
 mod norm;
+mod packed_attention;
 mod qmatvec;
 mod rope;
 mod rows;
@@ -96,6 +97,16 @@ impl Config {
             tie_embeddings: false,
         })
     }
+}
+
+/// How a batch's sequences lie in its rows of tokens.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// One sequence per row, left-padded by `pad[s]` slots (in the tokens for a prompt
+    /// step, in the cache afterwards).
+    Padded(&'a [usize]),
+    /// One row holding the sequences end to end, of these lengths (training on the CPU).
+    Packed(&'a [usize]),
 }
 
 struct RmsNorm {
@@ -214,7 +225,7 @@ impl Model {
         cache: &mut Cache,
     ) -> Result<Tensor> {
         let t = tokens.dim(1)?;
-        let x = self.hidden(tokens, positions, pad, Some(cache))?;
+        let x = self.hidden(tokens, positions, Rows::Padded(pad), Some(cache))?;
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
         let pass = Pass {
             dropout: None,
@@ -231,7 +242,23 @@ impl Model {
         positions: &Tensor,
         pad: &[usize],
     ) -> Result<Tensor> {
-        self.hidden(tokens, positions, pad, None)
+        self.hidden(tokens, positions, Rows::Padded(pad), None)
+    }
+
+    /// Final hidden states (1 x T x hidden) of sequences packed end to end in one row
+    /// of T tokens (`positions` restart at 0 for each sequence; `segments` are the
+    /// lengths): the training forward pass on the CPU, where every linear layer is then
+    /// one product for the whole batch and no position is padding.
+    pub fn hidden_states_packed(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        segments: &[usize],
+    ) -> Result<Tensor> {
+        if !self.device.is_cpu() {
+            candle_core::bail!("packed sequences need the CPU; pad them on other devices")
+        }
+        self.hidden(tokens, positions, Rows::Packed(segments), None)
     }
 
     /// Attention probabilities of one sequence, one tensor per layer, each
@@ -240,7 +267,7 @@ impl Model {
     pub fn attention_maps(&self, ids: &[u32]) -> Result<Vec<Tensor>> {
         *self.captured.lock().expect("capture lock") = Some(Vec::new());
         let p = pad_prompts(&[ids.to_vec()], 0, &self.device)?;
-        let result = self.hidden(&p.tokens, &p.positions, &p.pad, None);
+        let result = self.hidden(&p.tokens, &p.positions, Rows::Padded(&p.pad), None);
         let maps = self
             .captured
             .lock()
@@ -259,7 +286,7 @@ impl Model {
         &self,
         tokens: &Tensor,
         positions: &Tensor,
-        pad: &[usize],
+        rows: Rows,
         mut cache: Option<&mut Cache>,
     ) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
@@ -274,7 +301,7 @@ impl Model {
             .reshape((b, t, hidden))?;
         let pass = Pass {
             dropout: self.dropout.as_ref(),
-            one_row_per_sequence: t == 1,
+            one_row_per_sequence: t == 1 && matches!(rows, Rows::Padded(_)),
         };
         let train = self.training;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -283,7 +310,7 @@ impl Model {
                 layer,
                 &layer.attn_norm.forward(&x, train)?,
                 (&cos, &sin),
-                pad,
+                rows,
                 kv,
                 pass,
             )?;
@@ -324,7 +351,7 @@ impl Model {
         layer: &Layer,
         x: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
-        pad: &[usize],
+        rows: Rows,
         kv: Option<&mut KvCache>,
         pass: Pass,
     ) -> Result<Tensor> {
@@ -340,8 +367,16 @@ impl Model {
             Some(kv) => kv.append(&k, &v)?,
             None => (k, v),
         };
-        let kv_len = k.dim(2)?;
         let scale = 1.0 / (hd as f64).sqrt();
+        let pad = match rows {
+            Rows::Padded(pad) => pad,
+            Rows::Packed(segments) => {
+                let y = packed_attention::packed(&q, &k, &v, segments, scale as f32)?;
+                let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+                return layer.attn.o.forward(&y, pass);
+            }
+        };
+        let kv_len = k.dim(2)?;
         let capturing = self.captured.lock().expect("capture lock").is_some();
         if t == 1 && !self.training && !capturing && x.device().is_cpu() {
             let y = decode_attention::one_query(&q, &k, &v, pad, scale as f32)?;

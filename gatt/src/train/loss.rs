@@ -30,11 +30,20 @@ pub enum LossMean {
     Sample,
 }
 
-/// A padded micro-batch with the rows and targets that carry loss.
+/// How a micro-batch's sequences lie in its tokens.
+pub enum Sequences {
+    /// One per row, left-padded by this many slots each.
+    Padded(Vec<usize>),
+    /// End to end in one row, of these lengths (CPU only): no padding at all, and every
+    /// linear layer is one product for the whole micro-batch.
+    Packed(Vec<usize>),
+}
+
+/// A micro-batch with the rows and targets that carry loss.
 pub struct MicroBatch {
     pub tokens: Tensor,
     pub positions: Tensor,
-    pub pad: Vec<usize>,
+    pub sequences: Sequences,
     /// Indices into the flattened (batch x len) hidden states.
     pub rows: Tensor,
     pub targets: Tensor,
@@ -67,6 +76,7 @@ impl StepTotals {
 }
 
 impl MicroBatch {
+    /// One sequence per row, left-padded (any device).
     pub fn new(
         examples: &[&Example],
         mean: LossMean,
@@ -77,24 +87,79 @@ impl MicroBatch {
         // The pad id is never seen: padded positions are skipped by attention and loss.
         let p = pad_prompts(&ids, 0, device)?;
         let len = p.tokens.dim(1)?;
+        let starts: Vec<usize> = (0..examples.len()).map(|s| s * len + p.pad[s]).collect();
+        Self::build(
+            examples,
+            &starts,
+            mean,
+            totals,
+            device,
+            p.tokens,
+            p.positions,
+            Sequences::Padded(p.pad),
+        )
+    }
+
+    /// All sequences end to end in one row (CPU only).
+    pub fn packed(
+        examples: &[&Example],
+        mean: LossMean,
+        totals: StepTotals,
+        device: &Device,
+    ) -> Result<Self> {
+        let (mut ids, mut positions, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+        for e in examples {
+            starts.push(ids.len());
+            ids.extend_from_slice(&e.ids);
+            positions.extend(0..e.ids.len() as u32);
+        }
+        let t = ids.len();
+        let tokens = Tensor::from_vec(ids, (1, t), device)?;
+        let positions = Tensor::from_vec(positions, (1, t), device)?;
+        let lengths = examples.iter().map(|e| e.ids.len()).collect();
+        Self::build(
+            examples,
+            &starts,
+            mean,
+            totals,
+            device,
+            tokens,
+            positions,
+            Sequences::Packed(lengths),
+        )
+    }
+
+    /// The loss rows, targets and weights, given where each sequence's first token is in
+    /// the flattened tokens.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        examples: &[&Example],
+        starts: &[usize],
+        mean: LossMean,
+        totals: StepTotals,
+        device: &Device,
+        tokens: Tensor,
+        positions: Tensor,
+        sequences: Sequences,
+    ) -> Result<Self> {
         let (mut rows, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
-        for (s, e) in examples.iter().enumerate() {
+        for (e, &start) in examples.iter().zip(starts) {
             let n = e.n_targets();
             let w = match mean {
                 LossMean::Token => 1.0 / totals.loss_tokens as f32,
                 LossMean::Sample => 1.0 / (totals.samples as f32 * n as f32),
             };
             for (j, label) in e.targets() {
-                rows.push((s * len + p.pad[s] + j) as u32);
+                rows.push((start + j) as u32);
                 targets.push(label);
                 weights.push(w);
             }
         }
         let n_loss = rows.len();
         Ok(MicroBatch {
-            tokens: p.tokens,
-            positions: p.positions,
-            pad: p.pad,
+            tokens,
+            positions,
+            sequences,
             rows: Tensor::from_vec(rows, n_loss, device)?,
             targets: Tensor::from_vec(targets, (n_loss, 1), device)?,
             weights: Tensor::from_vec(weights, n_loss, device)?,
@@ -106,7 +171,12 @@ impl MicroBatch {
 
 /// Per-target negative log-likelihood (n_loss,).
 pub fn token_nll(model: &Model, b: &MicroBatch) -> Result<Tensor> {
-    let h = model.hidden_states(&b.tokens, &b.positions, &b.pad)?;
+    let h = match &b.sequences {
+        Sequences::Padded(pad) => model.hidden_states(&b.tokens, &b.positions, pad)?,
+        Sequences::Packed(lengths) => {
+            model.hidden_states_packed(&b.tokens, &b.positions, lengths)?
+        }
+    };
     let (bs, t, hidden) = h.dims3()?;
     let rows = h.reshape((bs * t, hidden))?.index_select(&b.rows, 0)?;
     let logits = model.logits(&rows)?;

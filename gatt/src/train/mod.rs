@@ -219,15 +219,25 @@ impl Trainer {
         );
         let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let (mut loss, mut tokens, mut loss_tokens) = (0f64, 0, 0);
-        // Each sequence of a micro-batch runs through the model on its own: no compute
-        // is spent on padding, and memory grows linearly with the micro-batch (candle's
-        // backward pass of a per-sequence slice of a padded batch allocates the whole
-        // batch again, for every sequence).
-        let sequences = micro.iter().flatten().copied();
-        for i in sequences {
-            let refs = [&self.examples[i]];
-            let mb = MicroBatch::new(&refs, self.opts.loss_mean, totals, &self.device)
-                .map_err(candle("building a batch"))?;
+        // On the CPU a micro-batch's sequences run packed end to end in one row: every
+        // linear layer (and its weight gradient) is one product, nothing is padding.
+        // Elsewhere each sequence runs on its own (candle's backward pass of a
+        // per-sequence slice of a padded batch allocates the whole batch again, for
+        // every sequence).
+        let groups: Vec<Vec<usize>> = if self.device.is_cpu() {
+            micro.iter().map(|m| m.to_vec()).collect()
+        } else {
+            micro.iter().flatten().map(|&i| vec![i]).collect()
+        };
+        for group in groups {
+            let refs: Vec<&Example> = group.iter().map(|&i| &self.examples[i]).collect();
+            let (mean, device) = (self.opts.loss_mean, &self.device);
+            let mb = if device.is_cpu() {
+                MicroBatch::packed(&refs, mean, totals, device)
+            } else {
+                MicroBatch::new(&refs, mean, totals, device)
+            }
+            .map_err(candle("building a batch"))?;
             let l = loss::weighted_loss(&self.model, &mb).map_err(candle("forward pass"))?;
             loss += l.to_scalar::<f32>().map_err(candle("loss"))? as f64;
             let store = l.backward().map_err(candle("backward pass"))?;

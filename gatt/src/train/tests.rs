@@ -162,6 +162,65 @@ fn ignored_tokens_and_padding_contribute_exactly_zero_gradient() {
 }
 
 #[test]
+fn packed_sequences_give_the_loss_and_gradients_of_each_sequence_alone() {
+    for arch in ["llama", "qwen2"] {
+        let mut m = tiny(arch);
+        let vars = trainable(&mut m);
+        let exs = examples();
+        let refs: Vec<&Example> = exs.iter().collect();
+        let totals = StepTotals::of(refs.iter().copied());
+        // Reference: one padded single-sequence batch at a time, summed.
+        let (mut loss, mut grads) = (0f32, Vec::new());
+        for e in &refs {
+            let mb = MicroBatch::new(&[*e], LossMean::Token, totals, &Device::Cpu).unwrap();
+            let l = weighted_loss(&m, &mb).unwrap();
+            loss += l.to_scalar::<f32>().unwrap();
+            let g = l.backward().unwrap();
+            let one: Vec<Vec<f32>> = vars
+                .iter()
+                .map(|v| {
+                    g.get(v.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
+                .collect();
+            if grads.is_empty() {
+                grads = one;
+            } else {
+                for (a, b) in grads.iter_mut().zip(&one) {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        let mb = MicroBatch::packed(&refs, LossMean::Token, totals, &Device::Cpu).unwrap();
+        let l = weighted_loss(&m, &mb).unwrap();
+        assert!(
+            (l.to_scalar::<f32>().unwrap() - loss).abs() < 1e-5,
+            "{arch}"
+        );
+        let g = l.backward().unwrap();
+        for (v, want) in vars.iter().zip(&grads) {
+            let got: Vec<f32> = g
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (p, q) in got.iter().zip(want) {
+                assert!(
+                    (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                    "{arch}: {p} vs {q}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn gradients_match_finite_differences() {
     // One weight of the first query projection, nudged both ways.
     let exs = examples();
