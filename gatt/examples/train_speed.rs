@@ -61,9 +61,10 @@ fn main() -> gatt::Result<()> {
             loss::MicroBatch::new(&[e], loss::LossMean::Token, loss::StepTotals::of([e]), &dev)
                 .unwrap();
         let t = Instant::now();
-        let h = m
-            .hidden_states(&mb1.tokens, &mb1.positions, &mb1.pad)
-            .unwrap();
+        let loss::Sequences::Padded(pad) = &mb1.sequences else {
+            unreachable!("MicroBatch::new pads")
+        };
+        let h = m.hidden_states(&mb1.tokens, &mb1.positions, pad).unwrap();
         let h_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         loss::weighted_loss(&m, &mb1).unwrap();

@@ -92,6 +92,13 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The pointer (a method, so that closures capture the whole `Shared`).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Offsets of each segment's first token and of its probability blocks.
 struct Plan {
     starts: Vec<usize>,
@@ -182,18 +189,17 @@ impl CustomOp3 for Packed {
             let qh = View::rows(q[(h * t + o) * hd..].as_ptr(), hd);
             let kk = View::rows(k[(kh * t + o) * hd..].as_ptr(), hd);
             let vv = View::rows(v[(kh * t + o) * hd..].as_ptr(), hd);
-            let (pp, op) = (pp, op);
             // SAFETY: block (g, h) of `probs` and rows o..o+n of head h of `out` belong
             // to this task alone; the inputs hold n rows of hd from these offsets.
             unsafe {
-                let p = pp.0.add(plan.prob_starts[g] + h * n * n);
+                let p = pp.at(plan.prob_starts[g] + h * n * n);
                 mm(n, n, hd, p, qh, kk.t(), false);
                 causal_softmax(std::slice::from_raw_parts_mut(p, n * n), n, self.scale);
                 mm(
                     n,
                     hd,
                     n,
-                    op.0.add((h * t + o) * hd),
+                    op.at((h * t + o) * hd),
                     View::rows(p, n),
                     vv,
                     false,
@@ -280,7 +286,6 @@ impl CustomOp3 for PackedGrad<'_> {
             .collect();
         tasks.par_iter().for_each(|&(g, kh)| {
             let (n, o) = (self.fwd.segments[g], plan.starts[g]);
-            let base = base;
             let kk = View::rows(k[(kh * t + o) * hd..].as_ptr(), hd);
             let vv = View::rows(v[(kh * t + o) * hd..].as_ptr(), hd);
             let mut ds = vec![0f32; n * n];
@@ -299,9 +304,9 @@ impl CustomOp3 for PackedGrad<'_> {
                             *d = scale * p * (*d - dot);
                         }
                     }
-                    let dq = base.0.add((h * t + o) * hd);
-                    let dk = base.0.add(nq + (kh * t + o) * hd);
-                    let dv = base.0.add(nq + nk + (kh * t + o) * hd);
+                    let dq = base.at((h * t + o) * hd);
+                    let dk = base.at(nq + (kh * t + o) * hd);
+                    let dv = base.at(nq + nk + (kh * t + o) * hd);
                     let first = h == kh * rep;
                     mm(n, hd, n, dq, View::rows(ds.as_ptr(), n), kk, false);
                     mm(n, hd, n, dk, View::rows(ds.as_ptr(), n).t(), qh, !first);
