@@ -11,13 +11,15 @@ use std::sync::Mutex;
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Weights {
-    /// Dequantized to f32 at load: the f32 matrix product (`matmul.rs`, on the crate candle
-    /// uses) picks AVX2/AVX-512 at run time and batches well, so prefill and batched decoding are many times faster
-    /// on a portable build (about 4x the file's size in memory).
+    /// Dequantized to f32 at load for prompts and training (the f32 matrix product,
+    /// `matmul.rs`, picks AVX2/AVX-512 at run time and is fastest for many rows), with
+    /// the file's Q4_1/Q8_0 blocks kept beside them for decoding steps (`qmatvec.rs`,
+    /// also dispatched at run time; decoding is bound by reading the weights, and the
+    /// blocks are 4-6x smaller). About 4x the file's size in memory.
     #[default]
     Dense,
-    /// Kept as stored in the file: least memory, but candle's quantized kernels only
-    /// use SIMD when the binary is built for the CPU (`-C target-cpu=native`).
+    /// Kept as stored in the file, through candle's quantized kernels: least memory, but
+    /// those only use SIMD when the binary is built for the CPU (`-C target-cpu=native`).
     Quantized,
 }
 
