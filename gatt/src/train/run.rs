@@ -14,7 +14,8 @@ use crate::backend::load_model;
 use crate::dataset::{write_dir, write_file, write_json};
 use crate::error::{Error, Result};
 use crate::model::{hf_folder, ModelSource};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -199,11 +200,23 @@ fn save_checkpoint(trainer: &Trainer, dir: &Path, spec: &RunSpec, examples: usiz
         data: spec.data.clone(),
         examples,
     };
+    write_checkpoint(dir, &trainer.state_tensors(), &state, |_| Ok(()))
+}
+
+/// Writes a checkpoint folder atomically. `prepare` runs on the fresh temporary folder
+/// before anything is written into it (tests use it to make the disk look full).
+fn write_checkpoint(
+    dir: &Path,
+    tensors: &HashMap<String, Tensor>,
+    state: &CheckpointState,
+    prepare: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     write_dir(dir, |tmp| {
+        prepare(tmp)?;
         let st = tmp.join("state.safetensors");
-        candle_core::safetensors::save(&trainer.state_tensors(), &st)
+        candle_core::safetensors::save(tensors, &st)
             .map_err(|e| Error::runtime(format!("{}: {e} (disk full?)", st.display())))?;
-        write_json(&tmp.join("state.json"), &state)
+        write_json(&tmp.join("state.json"), state)
     })
     .map_err(|e| {
         Error::runtime(format!(
@@ -235,4 +248,73 @@ fn read_logs(path: &Path) -> Vec<(StepLog, String)> {
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
     serde_json::from_str(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that fails part-way, as on a full disk: a child process of this test
+    /// binary writes a checkpoint, lowers its file-size limit (writes past it fail with
+    /// "file too large"), and writes the next one.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_write_failing_at_checkpoint_time_is_a_clear_error_and_keeps_the_last_checkpoint() {
+        const CHILD: &str = "GATT_TEST_FILE_SIZE_LIMIT_CHILD";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            failing_checkpoint_write(Path::new(&dir));
+            println!("the failing write was exercised");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let name = "train::run::tests::a_write_failing_at_checkpoint_time_is_a_clear_error_and_keeps_the_last_checkpoint";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD, root.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("the failing write was exercised"), "{text}");
+    }
+
+    fn failing_checkpoint_write(root: &Path) {
+        let dir = root.join("checkpoint");
+        let state = |step| CheckpointState {
+            step,
+            options: TrainOptions::default(),
+            data: PathBuf::from("masked.parquet"),
+            examples: 3,
+        };
+        let small = Tensor::arange(0f32, 1000.0, &Device::Cpu).unwrap();
+        let tensors = HashMap::from([("param.w".to_string(), small)]);
+        write_checkpoint(&dir, &tensors, &state(1), |_| Ok(())).unwrap();
+        let before = std::fs::read(dir.join("state.json")).unwrap();
+        let weights_before = std::fs::read(dir.join("state.safetensors")).unwrap();
+        // SAFETY: plain libc calls; this child process runs this one test only.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+        }
+        let big = Tensor::zeros(1 << 20, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let tensors = HashMap::from([("param.w".to_string(), big)]);
+        let err = write_checkpoint(&dir, &tensors, &state(2), |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("disk full?"), "{err}");
+        assert!(err.contains("previous checkpoint"), "{err}");
+        // The step-1 checkpoint is untouched and no temporary folder is left behind.
+        assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), before);
+        assert_eq!(
+            std::fs::read(dir.join("state.safetensors")).unwrap(),
+            weights_before
+        );
+        let left: Vec<_> = std::fs::read_dir(root).unwrap().collect();
+        assert_eq!(left.len(), 1, "left behind: {left:?}");
+    }
 }
