@@ -169,18 +169,8 @@ pub fn matmul_scaled(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::llama::rows::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(x: &Tensor, y: &Tensor) -> f32 {
-        (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn equals_candle_for_strided_operands_small_and_large() {

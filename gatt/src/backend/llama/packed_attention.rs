@@ -321,6 +321,7 @@ impl CustomOp3 for PackedGrad<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::llama::rows::max_diff;
     use candle_core::{Device, Var, D};
 
     /// Each segment on its own with candle's ops (grouped heads repeated).
@@ -359,17 +360,6 @@ mod tests {
             o += n;
         }
         Tensor::cat(&outs, 1).unwrap().unsqueeze(0).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

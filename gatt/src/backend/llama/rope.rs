@@ -164,18 +164,8 @@ impl CustomOp3 for Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::llama::rows::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn values_and_gradients_equal_the_composed_ops() {

@@ -1,6 +1,8 @@
 //! What the model's own CPU kernels share: borrowing a contiguous f32 buffer from candle's
 //! storage, and splitting an output into blocks of whole rows for rayon.
 
+#[cfg(test)]
+use candle_core::Tensor;
 use candle_core::{bail, CpuStorage, Layout, Result};
 use rayon::prelude::*;
 
@@ -41,4 +43,15 @@ where
             .enumerate()
             .for_each(|(i, o)| f(i * rows_per_task, o));
     }
+}
+
+/// Largest absolute difference between two tensors of one shape (the kernels' tests
+/// compare against candle's composed ops with it).
+#[cfg(test)]
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
 }

@@ -134,6 +134,7 @@ impl CustomOp2 for SoftmaxGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::llama::rows::max_diff;
     use candle_core::Var;
 
     /// The composed path (mask, scale, candle's softmax) as the reference.
@@ -145,17 +146,6 @@ mod tests {
             .unwrap();
         let att = (scores * scale).unwrap().broadcast_add(&mask).unwrap();
         candle_nn::ops::softmax(&att, D::Minus1).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]
