@@ -321,7 +321,7 @@ impl CustomOp3 for PackedGrad<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::llama::rows::max_diff;
+    use crate::backend::llama::rows::{max_diff, probe_grads};
     use candle_core::{Device, Var, D};
 
     /// Each segment on its own with candle's ops (grouped heads repeated).
@@ -374,18 +374,8 @@ mod tests {
         let ours = packed(q.as_tensor(), k.as_tensor(), v.as_tensor(), &segments, 0.3).unwrap();
         let theirs = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), &segments, 0.3);
         assert!(max_diff(&ours, &theirs) < 1e-5);
-        let g1 = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (theirs * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = probe_grads(&ours, &probe);
+        let g2 = probe_grads(&theirs, &probe);
         for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
             let d = max_diff(
                 g1.get(x.as_tensor()).unwrap(),

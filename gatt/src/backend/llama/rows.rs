@@ -55,3 +55,12 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.to_scalar::<f32>())
         .expect("tensors of one shape")
 }
+
+/// Gradients of `sum(out * probe)`: a random probe checks every output's gradient path.
+#[cfg(test)]
+pub fn probe_grads(out: &Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+    (out * probe)
+        .and_then(|p| p.sum_all())
+        .and_then(|s| s.backward())
+        .expect("a differentiable output")
+}
