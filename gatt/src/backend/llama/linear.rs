@@ -76,7 +76,8 @@ pub(super) struct Pass<'a> {
     pub one_row_per_sequence: bool,
 }
 
-/// The blocks can take `x` (.., k): on the CPU, f32, and no gradient needed.
+/// The blocks can take `x` (.., k): on the CPU, f32, and no gradient needed (the caller
+/// also checks that the dense weight is not being trained).
 fn blocks_take(x: &Tensor, k: usize) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() && x.dims().last() == Some(&k)
 }
@@ -104,7 +105,9 @@ impl CustomOp1 for BlockProduct<'_> {
 impl Linear {
     pub(super) fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let mut y = match (&self.weight, &self.blocks) {
-            (_, Some(q)) if pass.one_row_per_sequence && blocks_take(x, q.k) => {
+            (Weight::Dense(w), Some(q))
+                if pass.one_row_per_sequence && !w.track_op() && blocks_take(x, q.k) =>
+            {
                 x.contiguous()?.apply_op1_no_bwd(&BlockProduct(q))?
             }
             (Weight::Quantized(q), _) => q.forward(x)?,

@@ -166,7 +166,8 @@ impl CustomOp3 for Packed {
                 l3.shape()
             )
         }
-        if nkv == 0 || nh % nkv != 0 || self.segments.iter().sum::<usize>() != t {
+        let covered = self.segments.iter().sum::<usize>() == t;
+        if nkv == 0 || nh % nkv != 0 || !covered || self.segments.contains(&0) {
             bail!(
                 "packed attention: segments {:?} for {t} tokens",
                 self.segments
@@ -218,7 +219,8 @@ impl CustomOp3 for Packed {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let probs = std::mem::take(&mut *self.probs.lock().expect("probabilities lock"));
+        // Copied, not taken: a second backward pass over the same graph still works.
+        let probs = self.probs.lock().expect("probabilities lock").clone();
         let back = PackedGrad {
             fwd: self,
             probs,
@@ -391,5 +393,6 @@ mod tests {
         let q = Tensor::zeros((1, 2, 6, 4), candle_core::DType::F32, &dev).unwrap();
         let k = Tensor::zeros((1, 1, 6, 4), candle_core::DType::F32, &dev).unwrap();
         assert!(packed(&q, &k, &k, &[2, 3], 1.0).is_err());
+        assert!(packed(&q, &k, &k, &[6, 0], 1.0).is_err());
     }
 }
