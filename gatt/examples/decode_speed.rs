@@ -14,8 +14,10 @@ fn main() {
     };
     let m = Model::from_gguf(&ct, &mut f, &Device::Cpu, w).unwrap();
     // `only=B` runs the batch-B case alone, `steps=N` decodes N steps (for profiling).
-    let only: Option<usize> =
-        std::env::args().find_map(|a| a.strip_prefix("only=").and_then(|b| b.parse().ok()));
+    let arg = |key: &str| -> Option<usize> {
+        std::env::args().find_map(|a| a.strip_prefix(key).and_then(|v| v.parse().ok()))
+    };
+    let (only, steps) = (arg("only="), arg("steps=").unwrap_or(32));
     for &(b, plen) in &[(1usize, 512usize), (1, 32), (4, 32), (16, 32)] {
         if only.is_some_and(|o| o != b || plen == 512) {
             continue;
@@ -33,9 +35,6 @@ fn main() {
         m.forward(&bt.tokens, &bt.positions, &bt.pad, &mut cache)
             .unwrap();
         let prefill = t0.elapsed().as_secs_f64();
-        let steps: usize = std::env::args()
-            .find_map(|a| a.strip_prefix("steps=").and_then(|n| n.parse().ok()))
-            .unwrap_or(32);
         let t1 = Instant::now();
         for _ in 0..steps {
             let (t, p) = step_inputs(&vec![500; b], &bt.pad, cache.len(), &Device::Cpu).unwrap();

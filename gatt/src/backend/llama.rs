@@ -323,26 +323,6 @@ impl Model {
         self.norm.forward(&x, train)
     }
 
-    /// Splits a projection's output (b, t, n*head_dim) into `n` heads (b, n, t,
-    /// head_dim) rotated by their positions. Training needs a backward pass, which
-    /// candle's fused rotary kernels lack.
-    fn rotated_heads(&self, y: &Tensor, n: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let interleaved = self.cfg.rope_interleaved;
-        if self.training {
-            return rope::rotated_heads(y, n, cos, sin, interleaved);
-        }
-        let (b, t, _) = y.dims3()?;
-        let heads = y
-            .reshape((b, t, n, self.cfg.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        if interleaved {
-            candle_nn::rotary_emb::rope_i(&heads, cos, sin)
-        } else {
-            candle_nn::rotary_emb::rope(&heads, cos, sin)
-        }
-    }
-
     /// Projections run batched; the attention itself runs per sequence over that
     /// sequence's own (unpadded) keys, so a sequence computes exactly what it would
     /// alone, whatever else shares the batch.
@@ -357,12 +337,10 @@ impl Model {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let q = self.rotated_heads(&layer.attn.q.forward(x, pass)?, nh, cos, sin)?;
-        let k = self.rotated_heads(&layer.attn.k.forward(x, pass)?, nkv, cos, sin)?;
-        let v = heads(layer.attn.v.forward(x, pass)?, nkv)?;
+        let (angles, il, train) = ((cos, sin), self.cfg.rope_interleaved, self.training);
+        let q = rope::rotated_heads(&layer.attn.q.forward(x, pass)?, nh, angles, il, train)?;
+        let k = rope::rotated_heads(&layer.attn.k.forward(x, pass)?, nkv, angles, il, train)?;
+        let v = rope::split_heads(&layer.attn.v.forward(x, pass)?, nkv)?;
         let (k, v) = match kv {
             Some(kv) => kv.append(&k, &v)?,
             None => (k, v),

@@ -224,15 +224,16 @@ impl Trainer {
         // Elsewhere each sequence runs on its own (candle's backward pass of a
         // per-sequence slice of a padded batch allocates the whole batch again, for
         // every sequence).
-        let groups: Vec<Vec<usize>> = if self.device.is_cpu() {
-            micro.iter().map(|m| m.to_vec()).collect()
+        let packed = self.device.is_cpu();
+        let groups: Vec<&[usize]> = if packed {
+            micro.iter().map(|m| &m[..]).collect()
         } else {
-            micro.iter().flatten().map(|&i| vec![i]).collect()
+            micro.iter().flatten().map(std::slice::from_ref).collect()
         };
         for group in groups {
             let refs: Vec<&Example> = group.iter().map(|&i| &self.examples[i]).collect();
             let (mean, device) = (self.opts.loss_mean, &self.device);
-            let mb = if device.is_cpu() {
+            let mb = if packed {
                 MicroBatch::packed(&refs, mean, totals, device)
             } else {
                 MicroBatch::new(&refs, mean, totals, device)

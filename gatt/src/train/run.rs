@@ -200,19 +200,16 @@ fn save_checkpoint(trainer: &Trainer, dir: &Path, spec: &RunSpec, examples: usiz
         data: spec.data.clone(),
         examples,
     };
-    write_checkpoint(dir, &trainer.state_tensors(), &state, |_| Ok(()))
+    write_checkpoint(dir, &trainer.state_tensors(), &state)
 }
 
-/// Writes a checkpoint folder atomically. `prepare` runs on the fresh temporary folder
-/// before anything is written into it (tests use it to make the disk look full).
+/// Writes a checkpoint folder atomically: a failed write leaves the previous one.
 fn write_checkpoint(
     dir: &Path,
     tensors: &HashMap<String, Tensor>,
     state: &CheckpointState,
-    prepare: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     write_dir(dir, |tmp| {
-        prepare(tmp)?;
         let st = tmp.join("state.safetensors");
         candle_core::safetensors::save(tensors, &st)
             .map_err(|e| Error::runtime(format!("{}: {e} (disk full?)", st.display())))?;
@@ -289,7 +286,7 @@ mod tests {
         };
         let small = Tensor::arange(0f32, 1000.0, &Device::Cpu).unwrap();
         let tensors = HashMap::from([("param.w".to_string(), small)]);
-        write_checkpoint(&dir, &tensors, &state(1), |_| Ok(())).unwrap();
+        write_checkpoint(&dir, &tensors, &state(1)).unwrap();
         let before = std::fs::read(dir.join("state.json")).unwrap();
         let weights_before = std::fs::read(dir.join("state.safetensors")).unwrap();
         // SAFETY: plain libc calls; this child process runs this one test only.
@@ -303,7 +300,7 @@ mod tests {
         }
         let big = Tensor::zeros(1 << 20, candle_core::DType::F32, &Device::Cpu).unwrap();
         let tensors = HashMap::from([("param.w".to_string(), big)]);
-        let err = write_checkpoint(&dir, &tensors, &state(2), |_| Ok(()))
+        let err = write_checkpoint(&dir, &tensors, &state(2))
             .unwrap_err()
             .to_string();
         assert!(err.contains("disk full?"), "{err}");

@@ -62,7 +62,12 @@ fn grads_of(
     params: &[Var],
 ) -> Vec<Vec<f32>> {
     let mb = MicroBatch::new(batch, LossMean::Token, totals, &Device::Cpu).unwrap();
-    let g = weighted_loss(model, &mb).unwrap().backward().unwrap();
+    grads_in(model, &mb, params)
+}
+
+/// Each parameter's gradient of the micro-batch's weighted loss (empty where none).
+fn grads_in(model: &Model, mb: &MicroBatch, params: &[Var]) -> Vec<Vec<f32>> {
+    let g = weighted_loss(model, mb).unwrap().backward().unwrap();
     params
         .iter()
         .map(|v| {
@@ -170,23 +175,11 @@ fn packed_sequences_give_the_loss_and_gradients_of_each_sequence_alone() {
         let refs: Vec<&Example> = exs.iter().collect();
         let totals = StepTotals::of(refs.iter().copied());
         // Reference: one padded single-sequence batch at a time, summed.
-        let (mut loss, mut grads) = (0f32, Vec::new());
+        let (mut loss, mut grads) = (0f32, Vec::<Vec<f32>>::new());
         for e in &refs {
             let mb = MicroBatch::new(&[*e], LossMean::Token, totals, &Device::Cpu).unwrap();
-            let l = weighted_loss(&m, &mb).unwrap();
-            loss += l.to_scalar::<f32>().unwrap();
-            let g = l.backward().unwrap();
-            let one: Vec<Vec<f32>> = vars
-                .iter()
-                .map(|v| {
-                    g.get(v.as_tensor())
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap()
-                })
-                .collect();
+            loss += weighted_loss(&m, &mb).unwrap().to_scalar::<f32>().unwrap();
+            let one = grads_in(&m, &mb, &vars);
             if grads.is_empty() {
                 grads = one;
             } else {
@@ -195,21 +188,18 @@ fn packed_sequences_give_the_loss_and_gradients_of_each_sequence_alone() {
                 }
             }
         }
+        assert!(
+            grads.iter().all(|g| !g.is_empty()),
+            "{arch}: every weight has a gradient"
+        );
         let mb = MicroBatch::packed(&refs, LossMean::Token, totals, &Device::Cpu).unwrap();
         let l = weighted_loss(&m, &mb).unwrap();
         assert!(
             (l.to_scalar::<f32>().unwrap() - loss).abs() < 1e-5,
             "{arch}"
         );
-        let g = l.backward().unwrap();
-        for (v, want) in vars.iter().zip(&grads) {
-            let got: Vec<f32> = g
-                .get(v.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+        for (got, want) in grads_in(&m, &mb, &vars).iter().zip(&grads) {
+            assert_eq!(got.len(), want.len(), "{arch}: a gradient is missing");
             for (p, q) in got.iter().zip(want) {
                 assert!(
                     (p - q).abs() <= 1e-5 * (1.0 + q.abs()),

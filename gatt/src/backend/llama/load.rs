@@ -25,14 +25,14 @@ impl SourceTensor {
         let SourceTensor::Quantized(q) = self else {
             return Ok(None);
         };
+        if weights != Weights::Dense || !device.is_cpu() {
+            return Ok(None);
+        }
         let qtype = match q.dtype() {
             GgmlDType::Q4_1 => QType::Q4_1,
             GgmlDType::Q8_0 => QType::Q8_0,
             _ => return Ok(None),
         };
-        if weights != Weights::Dense || !device.is_cpu() {
-            return Ok(None);
-        }
         let (n_out, k) = q.shape().dims2()?;
         QMatrix::new(qtype, n_out, k, q.data()?.into_owned())
             .map(Some)

@@ -9,6 +9,7 @@
 //! the probabilities are kept from the forward pass for the backward pass. CPU only.
 
 use super::rows::contiguous_f32;
+use super::softmax::{softmax_grad_in_place, softmax_in_place};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -128,17 +129,8 @@ impl Packed {
 /// diagonal).
 fn causal_softmax(s: &mut [f32], n: usize, scale: f32) {
     for (i, row) in s.chunks_mut(n).enumerate() {
-        let max = row[..=i]
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-        let mut sum = 0f32;
-        for x in &mut row[..=i] {
-            *x = (*x * scale - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        row[..=i].iter_mut().for_each(|x| *x *= inv);
-        row[i + 1..].iter_mut().for_each(|x| *x = 0.0);
+        softmax_in_place(&mut row[..=i], scale);
+        row[i + 1..].fill(0.0);
     }
 }
 
@@ -301,10 +293,7 @@ impl CustomOp3 for PackedGrad<'_> {
                     // dP = dO V^T, then dS = scale * P * (dP - rowsum(dP * P)).
                     mm(n, n, hd, ds.as_mut_ptr(), dout, vv.t(), false);
                     for (drow, prow) in ds.chunks_mut(n).zip(p.chunks(n)) {
-                        let dot: f32 = drow.iter().zip(prow).map(|(d, p)| d * p).sum();
-                        for (d, &p) in drow.iter_mut().zip(prow) {
-                            *d = scale * p * (*d - dot);
-                        }
+                        softmax_grad_in_place(prow, drow, scale);
                     }
                     let dq = base.at((h * t + o) * hd);
                     let dk = base.at(nq + (kh * t + o) * hd);

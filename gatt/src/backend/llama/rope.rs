@@ -1,6 +1,6 @@
-//! Rotary position embedding for training: one pass from a projection's output
-//! (batch x len x heads*head_dim) to rotated heads (batch x heads x len x head_dim), and
-//! one pass back for the gradient.
+//! Rotary position embedding: from a projection's output (batch x len x heads*head_dim)
+//! to rotated heads (batch x heads x len x head_dim). Inference uses candle's fused
+//! kernels; training on the CPU one pass each way, here.
 //!
 //! candle's fused rotary kernels have no backward pass. Composed from ordinary ops
 //! (narrow, four multiplies, an add, a subtract, a concatenation, after a transposing
@@ -11,20 +11,34 @@
 use super::rows::{contiguous_f32, for_row_blocks};
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+/// Splits `y` (b, t, n*hd) into `n` contiguous heads (b, n, t, hd).
+pub fn split_heads(y: &Tensor, n: usize) -> Result<Tensor> {
+    let (b, t, width) = y.dims3()?;
+    y.reshape((b, t, n, width / n))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
 /// Splits `y` (b, t, n*hd) into `n` heads and rotates each by its position's angles;
 /// `cos`/`sin` are (b, t, hd/2). Pairs are adjacent elements (`interleaved`, llama's
-/// GGUF order) or the two halves of a head.
+/// GGUF order) or the two halves of a head. `training` needs a backward pass, which
+/// candle's fused kernels lack.
 pub fn rotated_heads(
     y: &Tensor,
     n: usize,
-    cos: &Tensor,
-    sin: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
     interleaved: bool,
+    training: bool,
 ) -> Result<Tensor> {
-    let (b, t, width) = y.dims3()?;
-    let hd = width / n;
-    let cpu_f32 = y.device().is_cpu() && y.dtype() == DType::F32;
-    if cpu_f32 {
+    if !training {
+        let heads = split_heads(y, n)?;
+        return if interleaved {
+            candle_nn::rotary_emb::rope_i(&heads, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope(&heads, cos, sin)
+        };
+    }
+    if y.device().is_cpu() && y.dtype() == DType::F32 {
         let op = Rope {
             n,
             interleaved,
@@ -34,8 +48,7 @@ pub fn rotated_heads(
             .contiguous()?
             .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op);
     }
-    let heads = y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?;
-    composed(&heads, cos, sin, interleaved)
+    composed(&split_heads(y, n)?, cos, sin, interleaved)
 }
 
 /// The rotation from ordinary tensor ops (any device); `x` is (b, h, t, d).
@@ -177,7 +190,8 @@ mod tests {
                 let ang = Tensor::randn(0f32, 2.0, (b, t, hd / 2), &dev).unwrap();
                 let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
                 let probe = Tensor::randn(0f32, 1.0, (b, n, t, hd), &dev).unwrap();
-                let ours = rotated_heads(y.as_tensor(), n, &cos, &sin, interleaved).unwrap();
+                let ours =
+                    rotated_heads(y.as_tensor(), n, (&cos, &sin), interleaved, true).unwrap();
                 let heads = y
                     .as_tensor()
                     .reshape((b, t, n, hd))

@@ -52,6 +52,28 @@ fn causal_mask(q: usize, k: usize, device: &Device) -> Result<Tensor> {
 /// Additive mask value for positions a query must not see (exp underflows to 0).
 const MASKED: f32 = -1e9;
 
+/// Softmax of `scale * row`, in place.
+pub(super) fn softmax_in_place(row: &mut [f32], scale: f32) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+    let mut sum = 0f32;
+    for y in row.iter_mut() {
+        *y = (*y * scale - max).exp();
+        sum += *y;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|y| *y *= inv);
+}
+
+/// The softmax's backward pass for one row, in place: `d` holds the gradient of the
+/// probabilities `p` on entry and that of the scores on return,
+/// `scale * p * (d - sum(p * d))`.
+pub(super) fn softmax_grad_in_place(p: &[f32], d: &mut [f32], scale: f32) {
+    let dot: f32 = p.iter().zip(d.iter()).map(|(p, g)| p * g).sum();
+    for (d, &p) in d.iter_mut().zip(p) {
+        *d = scale * p * (*d - dot);
+    }
+}
+
 struct CausalSoftmax {
     n_q: usize,
     scale: f32,
@@ -72,16 +94,8 @@ impl CustomOp1 for CausalSoftmax {
                 let r = first + i;
                 let x = &x[r * n_k..(r + 1) * n_k];
                 let seen = r % n_q + 1 + (n_k - n_q);
-                let max = x[..seen]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-                let mut sum = 0f32;
-                for (y, &x) in y[..seen].iter_mut().zip(&x[..seen]) {
-                    *y = (x * scale - max).exp();
-                    sum += *y;
-                }
-                let inv = 1.0 / sum;
-                y[..seen].iter_mut().for_each(|y| *y *= inv);
+                y[..seen].copy_from_slice(&x[..seen]);
+                softmax_in_place(&mut y[..seen], scale);
             }
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
@@ -120,11 +134,8 @@ impl CustomOp2 for SoftmaxGrad {
             for (i, d) in ds.chunks_mut(n_k).enumerate() {
                 let r = first + i;
                 let p = &p[r * n_k..(r + 1) * n_k];
-                let g = &g[r * n_k..(r + 1) * n_k];
-                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                for ((d, &p), &g) in d.iter_mut().zip(p).zip(g) {
-                    *d = scale * p * (g - dot);
-                }
+                d.copy_from_slice(&g[r * n_k..(r + 1) * n_k]);
+                softmax_grad_in_place(p, d, scale);
             }
         });
         Ok((CpuStorage::F32(d), l1.shape().clone()))

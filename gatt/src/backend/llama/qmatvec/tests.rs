@@ -158,6 +158,7 @@ fn tiny_product_by_hand() {
 #[test]
 fn activation_quantization_scalar_matches_avx2() {
     if !has_avx2() {
+        eprintln!("no AVX2: skipped");
         return;
     }
     let mut rng = StdRng::seed_from_u64(1);
