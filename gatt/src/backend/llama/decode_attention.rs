@@ -6,6 +6,7 @@
 //! that bookkeeping costs more than the attention arithmetic. Decoding only (no backward
 //! pass), on the CPU; other devices use the general path.
 
+use super::exp::exp_shifted_in_place;
 use super::qmatvec::has_avx2;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -146,11 +147,11 @@ impl CustomOp3 for OneQuery {
             let first = self.pad[s];
             let key = |j: usize| &k[s * ks[0] + kh * ks[1] + j * ks[2]..][..hd];
             let val = |j: usize| &v[s * vs[0] + kh * vs[1] + j * vs[2]..][..hd];
-            let scores: Vec<f32> = (first..len).map(|j| self.scale * dot(q, key(j))).collect();
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut probs: Vec<f32> = (first..len).map(|j| self.scale * dot(q, key(j))).collect();
+            let max = probs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            exp_shifted_in_place(&mut probs, max);
             let mut sum = 0f32;
-            for (j, &score) in (first..len).zip(&scores) {
-                let p = (score - max).exp();
+            for (j, &p) in (first..len).zip(&probs) {
                 sum += p;
                 axpy(p, val(j), out);
             }

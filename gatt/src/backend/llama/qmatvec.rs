@@ -1,35 +1,47 @@
 //! Fast CPU products of a few f32 activation rows with GGUF-quantized weight matrices.
 //!
-//! The weights are kept exactly as they are stored in a GGUF file: `n_out` rows of `k`
-//! elements, each row a run of 32-element ggml blocks ([`QType::Q4_1`] or [`QType::Q8_0`]).
-//! [`QMatrix::matmul`] computes `Y = X · Wᵀ` for `m` activation rows (`X`: `m × k`, `Y`: `m × n_out`).
+//! The weights are the GGUF file's own 32-element ggml blocks ([`QType::Q4_1`] or
+//! [`QType::Q8_0`]) for an `n_out × k` matrix. [`QMatrix::matmul`] computes `Y = X · Wᵀ` for
+//! `m` activation rows (`X`: `m × k`, `Y`: `m × n_out`).
 //!
 //! The method follows llama.cpp: every activation row is quantized once per call into Q8
 //! blocks (`d = max|x| / 127`, `q = round(x / d)`, plus `s = d · Σq` for the Q4_1 offset term),
 //! and each weight block is then combined with the activation blocks by integer dot products
-//! (`maddubs` / `madd` on AVX2) scaled into float accumulators:
+//! scaled into float accumulators:
 //!
 //! * Q4_1 · Q8: `d4·d8·Σ q4ᵢ·q8ᵢ + m4·s8`
 //! * Q8_0 · Q8: `d·d8·Σ qᵢ·q8ᵢ`
 //!
-//! Each weight block is loaded and unpacked once and used for up to four activation rows held
-//! in registers (small `m` additionally pairs two weight rows), so the weights are streamed
-//! from memory once per call for any `m`. Large products split the output rows into contiguous
-//! chunks over candle's (spinning) barrier pool.
+//! **Layout.** At load the blocks are regrouped so that [`GROUP`] = 8 weight rows lie side by
+//! side: for each block index, the 8 rows' scales, then their quants in 4-byte runs, row after
+//! row. One 256-bit register then holds four consecutive quants of each of the 8 rows, and
+//! multiplying it with four activation quants broadcast to every lane (`dpbusd` on AVX-512
+//! VNNI, `maddubs` + `madd` on AVX2) sums a block for 8 outputs at once: no horizontal sums,
+//! one scale multiply per 8 outputs, and the unpacked weights serve up to four activation
+//! rows. The bytes are the file's, reordered, so the weights stay 4-6x smaller than f32.
 //!
-//! The AVX2 + FMA + F16C kernels are chosen at run time (the detection is done once and
-//! cached); other CPUs use a portable scalar kernel that computes the same integer sums.
+//! **Same numbers for any batch.** Every output is the same sequence of operations whatever
+//! `m`, the tiling or the threading: exact integer block sums, then per block
+//! `acc = fma(isum, d·d8, acc)` (and `macc = fma(m4, s8, macc)`), then `acc + macc`. The
+//! scalar, AVX2 and VNNI kernels give bit-identical results, so a sequence decodes the same
+//! tokens alone, in any batch, and on any x86 CPU.
+//!
+//! The SIMD kernels are chosen at run time (detected once, then cached); other CPUs use the
+//! portable scalar kernel. Large products split the groups into contiguous chunks over
+//! candle's (spinning) barrier pool.
 //!
 //! Why the model needs this: decoding multiplies one row (or a batch of a few) by every
-//! weight matrix, so its speed is the speed of reading the weights. These blocks are
-//! 4-6x smaller than the f32 weights the matrix product uses, and candle's own quantized
-//! kernels pick SIMD only at compile time (a portable build runs them scalar).
+//! weight matrix, so its speed is the speed of reading the weights, and with many rows the
+//! speed of the integer products.
 
 use half::f16;
 use std::sync::{Mutex, OnceLock};
 
 /// Number of elements in one ggml block.
 pub const BLOCK: usize = 32;
+
+/// Weight rows regrouped side by side (one 32-bit lane of a 256-bit register each).
+pub const GROUP: usize = 8;
 
 /// Weight quantization formats supported by the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +54,62 @@ pub enum QType {
 }
 
 impl QType {
-    /// Bytes in one 32-element block.
+    /// Bytes in one 32-element block of the GGUF file.
     pub const fn block_bytes(self) -> usize {
         match self {
             QType::Q4_1 => 20,
             QType::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of one block index of a regrouped group of [`GROUP`] rows:
+    /// Q4_1 `[d f16; 8] [m f16; 8] [4 × 32 bytes of nibbles]`, Q8_0 `[d f16; 8] [8 × 32 bytes]`.
+    /// Quant vector `v`, lane `j` holds row `j`'s GGUF quant bytes `4v .. 4v + 4`.
+    const fn group_block_bytes(self) -> usize {
+        match self {
+            QType::Q4_1 => 32 + 128,
+            QType::Q8_0 => 16 + 256,
+        }
+    }
+
+    /// Offset of the quant vectors in a group block.
+    const fn quants_at(self) -> usize {
+        match self {
+            QType::Q4_1 => 32,
+            QType::Q8_0 => 16,
+        }
+    }
+}
+
+/// Instruction sets the kernels are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2 + FMA + F16C (`maddubs` / `madd` integer products).
+    Avx2,
+    /// The AVX2 set plus AVX-512 VNNI on 256-bit registers (`dpbusd`).
+    Vnni,
+}
+
+impl Isa {
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => has_avx2(),
+            Isa::Vnni => has_vnni(),
+        }
+    }
+
+    /// The fastest kernel this CPU can run.
+    pub fn best() -> Isa {
+        if has_vnni() {
+            Isa::Vnni
+        } else if has_avx2() {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
         }
     }
 }
@@ -56,11 +119,12 @@ impl QType {
 pub struct MatmulOptions {
     /// `None`: split over candle's barrier pool (one chunk per participant) only when the
     /// product is large enough (see [`PAR_MIN_WORK`]). `Some(1)`: run on the calling
-    /// thread. `Some(t)`: always split the output rows into `t` contiguous chunks, shared
-    /// out among the pool's participants.
+    /// thread. `Some(t)`: always split the groups into `t` contiguous chunks, shared out
+    /// among the pool's participants.
     pub threads: Option<usize>,
-    /// Use the portable scalar kernel even where AVX2 is available (testing, benchmarking).
-    pub force_scalar: bool,
+    /// `None`: the fastest available kernel ([`Isa::best`]). A named kernel must be
+    /// available (testing, benchmarking).
+    pub isa: Option<Isa>,
 }
 
 /// Automatic mode splits a call over threads when `weight bytes × (m + 2)` reaches this value
@@ -71,33 +135,59 @@ pub struct MatmulOptions {
 /// measured with rayon, kept the layers on one thread).
 pub const PAR_MIN_WORK: usize = 64 << 10;
 
-/// A weight matrix of `n_out` rows × `k` columns in raw GGUF block layout.
+/// A weight matrix of `n_out` rows × `k` columns, its GGUF blocks regrouped by [`GROUP`]
+/// rows (the last group padded with zero rows).
 #[derive(Clone, Debug)]
 pub struct QMatrix {
-    /// Block format of `data`.
+    /// Block format.
     pub qtype: QType,
     /// Number of rows (outputs).
     pub n_out: usize,
     /// Number of columns (inputs); a multiple of 32.
     pub k: usize,
+    /// `n_out.div_ceil(GROUP)` groups of `k / 32` group blocks.
     data: Vec<u8>,
 }
 
 impl QMatrix {
-    /// Wraps raw GGUF block bytes (row after row, each row `k / 32` blocks).
-    /// Fails if `k` is not a positive multiple of 32 or `data` has the wrong length.
-    pub fn new(qtype: QType, n_out: usize, k: usize, data: Vec<u8>) -> Result<Self, String> {
+    /// Takes raw GGUF block bytes (row after row, each row `k / 32` blocks) and regroups them.
+    /// Fails if `k` is not a positive multiple of 32 or `gguf` has the wrong length.
+    pub fn new(qtype: QType, n_out: usize, k: usize, gguf: Vec<u8>) -> Result<Self, String> {
         if k == 0 || !k.is_multiple_of(BLOCK) {
             return Err(format!("k = {k} is not a positive multiple of {BLOCK}"));
         }
         let want = n_out
             .checked_mul(k / BLOCK * qtype.block_bytes())
             .ok_or("matrix size overflows usize")?;
-        if data.len() != want {
+        if gguf.len() != want {
             return Err(format!(
                 "{qtype:?} {n_out}x{k}: expected {want} bytes, got {}",
-                data.len()
+                gguf.len()
             ));
+        }
+        let nb = k / BLOCK;
+        let (bb, gbb, at) = (
+            qtype.block_bytes(),
+            qtype.group_block_bytes(),
+            qtype.quants_at(),
+        );
+        let mut data = vec![0u8; n_out.div_ceil(GROUP) * nb * gbb];
+        for (j, row) in gguf.chunks_exact(nb * bb).enumerate() {
+            let (g, lane) = (j / GROUP, j % GROUP);
+            for (b, src) in row.chunks_exact(bb).enumerate() {
+                let dst = &mut data[(g * nb + b) * gbb..][..gbb];
+                dst[2 * lane..2 * lane + 2].copy_from_slice(&src[0..2]);
+                let quants = match qtype {
+                    QType::Q4_1 => {
+                        dst[16 + 2 * lane..16 + 2 * lane + 2].copy_from_slice(&src[2..4]);
+                        &src[4..]
+                    }
+                    QType::Q8_0 => &src[2..],
+                };
+                for (v, run) in quants.chunks_exact(4).enumerate() {
+                    dst[at + 32 * v + 4 * lane..][..4].copy_from_slice(run);
+                }
+            }
         }
         Ok(Self {
             qtype,
@@ -107,71 +197,56 @@ impl QMatrix {
         })
     }
 
-    /// The raw block bytes.
-    #[cfg(test)]
-    pub fn data(&self) -> &[u8] {
-        &self.data
+    /// Bytes of one group (all its block indices).
+    fn group_bytes(&self) -> usize {
+        self.k / BLOCK * self.qtype.group_block_bytes()
     }
 
-    /// Bytes per weight row.
-    pub fn row_bytes(&self) -> usize {
-        self.k / BLOCK * self.qtype.block_bytes()
+    /// Row `j`'s block `b`: scale `d`, offset `m` (0 for Q8_0) and the 32 integer quants in
+    /// element order (the portable kernel's and the tests' view of the regrouped bytes).
+    fn block(&self, j: usize, b: usize) -> (f32, f32, [i32; BLOCK]) {
+        let gbb = self.qtype.group_block_bytes();
+        let (g, lane) = (j / GROUP, j % GROUP);
+        let blk = &self.data[(g * (self.k / BLOCK) + b) * gbb..][..gbb];
+        let half_at = |at: usize| f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32();
+        let d = half_at(2 * lane);
+        let quant = |v: usize, t: usize| blk[self.qtype.quants_at() + 32 * v + 4 * lane + t];
+        let mut q = [0i32; BLOCK];
+        let mut m = 0.0;
+        match self.qtype {
+            QType::Q4_1 => {
+                m = half_at(16 + 2 * lane);
+                for i in 0..16 {
+                    let byte = quant(i / 4, i % 4);
+                    q[i] = (byte & 15) as i32;
+                    q[i + 16] = (byte >> 4) as i32;
+                }
+            }
+            QType::Q8_0 => {
+                for (i, qi) in q.iter_mut().enumerate() {
+                    *qi = quant(i / 4, i % 4) as i8 as i32;
+                }
+            }
+        }
+        (d, m, q)
     }
 
     /// Quantizes an `n_out × k` row-major f32 matrix the way ggml's reference quantizers do
     /// (meant for tests and benchmarks).
     #[cfg(test)]
     pub fn quantize_from_f32(qtype: QType, n_out: usize, k: usize, w: &[f32]) -> Self {
-        assert!(
-            k > 0 && k.is_multiple_of(BLOCK),
-            "k must be a positive multiple of 32"
-        );
         assert_eq!(w.len(), n_out * k, "w must hold n_out * k values");
-        let mut data = Vec::with_capacity(n_out * k / BLOCK * qtype.block_bytes());
-        for x in w.chunks_exact(BLOCK) {
-            match qtype {
-                QType::Q4_1 => {
-                    let (mn, mx) = x
-                        .iter()
-                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-                            (a.min(v), b.max(v))
-                        });
-                    let d = (mx - mn) / 15.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    data.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                    data.extend_from_slice(&f16::from_f32(mn).to_le_bytes());
-                    for i in 0..16 {
-                        let q0 = (((x[i] - mn) * id + 0.5) as u8).min(15);
-                        let q1 = (((x[i + 16] - mn) * id + 0.5) as u8).min(15);
-                        data.push(q0 | (q1 << 4));
-                    }
-                }
-                QType::Q8_0 => {
-                    let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
-                    let d = amax / 127.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    data.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-                    data.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
-                }
-            }
-        }
-        Self::new(qtype, n_out, k, data).expect("sizes are consistent")
+        Self::new(qtype, n_out, k, quantize_gguf(qtype, k, w)).expect("sizes are consistent")
     }
 
     /// Dequantizes to an `n_out × k` row-major f32 matrix (the reference values).
     #[cfg(test)]
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.n_out * self.k);
-        for blk in self.data.chunks_exact(self.qtype.block_bytes()) {
-            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            match self.qtype {
-                QType::Q4_1 => {
-                    let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-                    let qs = &blk[4..20];
-                    out.extend(qs.iter().map(|&q| d * (q & 15) as f32 + m));
-                    out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
-                }
-                QType::Q8_0 => out.extend(blk[2..34].iter().map(|&q| d * (q as i8) as f32)),
+        for j in 0..self.n_out {
+            for b in 0..self.k / BLOCK {
+                let (d, m, q) = self.block(j, b);
+                out.extend(q.iter().map(|&q| d * q as f32 + m));
             }
         }
         out
@@ -197,8 +272,10 @@ impl QMatrix {
         if m == 0 || self.n_out == 0 {
             return;
         }
-        let simd = !opts.force_scalar && has_avx2();
-        let acts = QActs::new(x, m, self.k, simd);
+        let isa = opts.isa.unwrap_or_else(Isa::best);
+        assert!(isa.available(), "{isa:?} kernels need a CPU that has them");
+        let acts = QActs::new(x, m, self.k, isa != Isa::Scalar);
+        let groups = self.n_out.div_ceil(GROUP);
         let threads = match opts.threads {
             Some(t) => t.max(1),
             None if self.data.len() * (m + 2) >= PAR_MIN_WORK => {
@@ -207,14 +284,13 @@ impl QMatrix {
             None => 1,
         };
         let n = self.n_out;
-        if threads == 1 || n < 2 {
+        if threads == 1 || groups < 2 {
             let mut outs: Vec<&mut [f32]> = y.chunks_exact_mut(n).collect();
-            self.run_chunk(0, &mut outs, &acts, simd);
+            self.run_chunk(0, &mut outs, &acts, isa);
             return;
         }
-        // Contiguous chunks of output rows, each an even number of rows (pairs suit the
-        // two-row tiles), one per thread.
-        let chunk = n.div_ceil(threads).next_multiple_of(2).min(n);
+        // Contiguous runs of whole groups, one per thread.
+        let chunk = groups.div_ceil(threads) * GROUP;
         let n_chunks = n.div_ceil(chunk);
         let mut per_chunk: Vec<Vec<&mut [f32]>> =
             (0..n_chunks).map(|_| Vec::with_capacity(m)).collect();
@@ -234,30 +310,70 @@ impl QMatrix {
         pool.execute(|p| {
             for c in (p..n_chunks).step_by(parts) {
                 let mut outs = chunks[c].lock().expect("chunk lock");
-                self.run_chunk(c * chunk, &mut outs, acts, simd);
+                self.run_chunk(c * chunk, &mut outs, acts, isa);
             }
         });
     }
 
-    /// Computes output rows `j0 .. j0 + outs[0].len()` for all activation rows.
-    fn run_chunk(&self, j0: usize, outs: &mut [&mut [f32]], acts: &QActs, simd: bool) {
-        let rb = self.row_bytes();
+    /// Computes output rows `j0 .. j0 + outs[0].len()` (`j0` a multiple of [`GROUP`]) for all
+    /// activation rows.
+    fn run_chunk(&self, j0: usize, outs: &mut [&mut [f32]], acts: &QActs, isa: Isa) {
         let n = outs[0].len();
-        let rows = &self.data[j0 * rb..(j0 + n) * rb];
+        let gb = self.group_bytes();
+        let groups = &self.data[j0 / GROUP * gb..(j0 + n).div_ceil(GROUP) * gb];
         #[cfg(target_arch = "x86_64")]
-        if simd {
-            // SAFETY: `simd` is only true when AVX2, FMA and F16C were detected at run time.
+        {
+            // SAFETY: `isa` was checked to be available on this CPU.
             unsafe {
-                match self.qtype {
-                    QType::Q4_1 => avx2::chunk_q4_1(rows, acts, outs),
-                    QType::Q8_0 => avx2::chunk_q8_0(rows, acts, outs),
+                match (isa, self.qtype) {
+                    (Isa::Avx2, QType::Q4_1) => return simd::q4_1_avx2(groups, acts, outs),
+                    (Isa::Avx2, QType::Q8_0) => return simd::q8_0_avx2(groups, acts, outs),
+                    (Isa::Vnni, QType::Q4_1) => return simd::q4_1_vnni(groups, acts, outs),
+                    (Isa::Vnni, QType::Q8_0) => return simd::q8_0_vnni(groups, acts, outs),
+                    (Isa::Scalar, _) => {}
                 }
             }
-            return;
         }
-        let _ = simd;
-        scalar::chunk(self.qtype, rows, acts, outs);
+        scalar::chunk(self, j0, acts, outs);
     }
+}
+
+/// Quantizes rows of `k` values to GGUF block bytes as ggml's reference quantizers do.
+#[cfg(test)]
+pub fn quantize_gguf(qtype: QType, k: usize, w: &[f32]) -> Vec<u8> {
+    assert!(
+        k > 0 && k.is_multiple_of(BLOCK) && w.len().is_multiple_of(k),
+        "k must be a positive multiple of 32 dividing w.len()"
+    );
+    let mut data = Vec::with_capacity(w.len() / BLOCK * qtype.block_bytes());
+    for x in w.chunks_exact(BLOCK) {
+        match qtype {
+            QType::Q4_1 => {
+                let (mn, mx) = x
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                        (a.min(v), b.max(v))
+                    });
+                let d = (mx - mn) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                data.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                data.extend_from_slice(&f16::from_f32(mn).to_le_bytes());
+                for i in 0..16 {
+                    let q0 = (((x[i] - mn) * id + 0.5) as u8).min(15);
+                    let q1 = (((x[i + 16] - mn) * id + 0.5) as u8).min(15);
+                    data.push(q0 | (q1 << 4));
+                }
+            }
+            QType::Q8_0 => {
+                let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                data.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+                data.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
+            }
+        }
+    }
+    data
 }
 
 /// True when the AVX2 + FMA + F16C kernels can run (detected once, then cached).
@@ -277,6 +393,23 @@ pub fn has_avx2() -> bool {
     })
 }
 
+/// True when the VNNI kernels can run: the AVX2 set plus AVX-512 VNNI and VL.
+pub fn has_vnni() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            has_avx2()
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Activation rows quantized to Q8 blocks, stored block-major so the `m` rows of one block
 /// index are adjacent: block `b` of row `r` is entry `b·m + r`.
 struct QActs {
@@ -288,6 +421,8 @@ struct QActs {
     d: Vec<f32>,
     /// `d · Σ q` per block (the Q4_1 offset term).
     s: Vec<f32>,
+    /// `Σ q` per block (the VNNI Q8_0 kernel's correction for its unsigned weights).
+    sum: Vec<i32>,
 }
 
 impl QActs {
@@ -299,6 +434,7 @@ impl QActs {
             qs: vec![[0; BLOCK]; nb * m],
             d: vec![0.0; nb * m],
             s: vec![0.0; nb * m],
+            sum: vec![0; nb * m],
         };
         for (r, row) in x.chunks_exact(k).enumerate() {
             for (b, xb) in row.chunks_exact(BLOCK).enumerate() {
@@ -306,8 +442,8 @@ impl QActs {
                 let i = b * m + r;
                 #[cfg(target_arch = "x86_64")]
                 let (d, sum) = if simd {
-                    // SAFETY: AVX2 + FMA + F16C were detected.
-                    unsafe { avx2::quantize_block(xb, &mut a.qs[i]) }
+                    // SAFETY: the caller picked a SIMD kernel, so AVX2 + FMA + F16C were detected.
+                    unsafe { simd::quantize_block(xb, &mut a.qs[i]) }
                 } else {
                     quantize_block_scalar(xb, &mut a.qs[i])
                 };
@@ -318,6 +454,7 @@ impl QActs {
                 };
                 a.d[i] = d;
                 a.s[i] = d * sum as f32;
+                a.sum[i] = sum;
             }
         }
         a
@@ -338,75 +475,48 @@ fn quantize_block_scalar(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
     (amax / 127.0, sum)
 }
 
-/// Portable kernels: the same integer block sums as the AVX2 path, one output at a time.
+/// The portable kernel: the same integer block sums and the same float operations, in the
+/// same order, as the SIMD kernels, one output at a time.
 mod scalar {
-    use super::{f16, QActs, QType};
+    use super::{QActs, QMatrix, QType, BLOCK};
 
-    pub(super) fn chunk(qtype: QType, rows: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
-        let rb = a.nb * qtype.block_bytes();
-        for (j, row) in rows.chunks_exact(rb).enumerate() {
-            for (r, out) in outs.iter_mut().enumerate() {
-                out[j] = match qtype {
-                    QType::Q4_1 => dot_q4_1(row, a, r),
-                    QType::Q8_0 => dot_q8_0(row, a, r),
+    pub(super) fn chunk(w: &QMatrix, j0: usize, a: &QActs, outs: &mut [&mut [f32]]) {
+        let m = a.m;
+        let (mut acc, mut macc) = (vec![0f32; m], vec![0f32; m]);
+        for j in 0..outs[0].len() {
+            acc.fill(0.0);
+            macc.fill(0.0);
+            for b in 0..a.nb {
+                let (d, mn, q) = w.block(j0 + j, b);
+                for r in 0..m {
+                    let i = b * m + r;
+                    let isum: i32 = (0..BLOCK).map(|t| q[t] * a.qs[i][t] as i32).sum();
+                    acc[r] = (isum as f32).mul_add(d * a.d[i], acc[r]);
+                    macc[r] = mn.mul_add(a.s[i], macc[r]);
+                }
+            }
+            for r in 0..m {
+                outs[r][j] = match w.qtype {
+                    QType::Q4_1 => acc[r] + macc[r],
+                    QType::Q8_0 => acc[r],
                 };
             }
         }
     }
-
-    fn dot_q4_1(row: &[u8], a: &QActs, r: usize) -> f32 {
-        let (mut acc, mut macc) = (0f32, 0f32);
-        for (b, blk) in row.chunks_exact(20).enumerate() {
-            let i = b * a.m + r;
-            let d4 = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            let m4 = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-            let y = &a.qs[i];
-            let mut isum = 0i32;
-            for (t, &q) in blk[4..20].iter().enumerate() {
-                isum += (q & 15) as i32 * y[t] as i32 + (q >> 4) as i32 * y[t + 16] as i32;
-            }
-            acc += d4 * a.d[i] * isum as f32;
-            macc += m4 * a.s[i];
-        }
-        acc + macc
-    }
-
-    fn dot_q8_0(row: &[u8], a: &QActs, r: usize) -> f32 {
-        let mut acc = 0f32;
-        for (b, blk) in row.chunks_exact(34).enumerate() {
-            let i = b * a.m + r;
-            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            let isum: i32 = blk[2..34]
-                .iter()
-                .zip(&a.qs[i])
-                .map(|(&w, &y)| w as i8 as i32 * y as i32)
-                .sum();
-            acc += d * a.d[i] * isum as f32;
-        }
-        acc
-    }
 }
 
-/// AVX2 + FMA + F16C kernels. Every function here requires those features at run time.
+/// AVX2 and VNNI kernels. Every function here requires its features at run time; the two
+/// instruction sets share the tile code and differ only in the block's integer dot product
+/// ([`IntDot`]).
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{QActs, BLOCK};
+mod simd {
+    use super::{QActs, QType, BLOCK, GROUP};
     use std::arch::x86_64::*;
 
-    /// Software prefetch distance in bytes along a weight row. The hardware prefetcher alone
+    /// Software prefetch distance in bytes along the weights. The hardware prefetcher alone
     /// left the 30 MB lm_head product (m=1) at ~7 GB/s; prefetching 1 KB ahead gave ~13 GB/s
     /// (512 B and 2–4 KB were worse).
     const PF_DIST: usize = 1024;
-
-    /// Horizontal sum of 8 floats.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        _mm_cvtss_f32(h)
-    }
 
     /// AVX2 twin of `quantize_block_scalar` (bit-identical results).
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -443,176 +553,225 @@ mod avx2 {
         (amax / 127.0, _mm_cvtsi128_si32(s))
     }
 
-    /// Q4_1 tile: `NW` weight rows × `R` activation rows starting at `r0`.
-    /// Returns `out[w][r]`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn tile_q4_1<const NW: usize, const R: usize>(
-        rows: [&[u8]; NW],
-        a: &QActs,
-        r0: usize,
-    ) -> [[f32; R]; NW] {
-        let (nb, m) = (a.nb, a.m);
-        for w in rows {
-            assert_eq!(w.len(), nb * 20);
-        }
-        assert!(r0 + R <= m);
-        let shift = _mm256_set_epi64x(4, 4, 0, 0);
-        let mask = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); R]; NW];
-        let mut macc = [[0f32; R]; NW];
-        for b in 0..nb {
-            let i = b * m + r0;
-            let d8: &[f32; R] = a.d[i..i + R].try_into().unwrap();
-            let s8: &[f32; R] = a.s[i..i + R].try_into().unwrap();
-            let ys: &[[i8; BLOCK]; R] = a.qs[i..i + R].try_into().unwrap();
-            for w in 0..NW {
-                let blk = rows[w].as_ptr().add(b * 20);
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF_DIST) as *const i8);
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                let d4 = _mm_cvtss_f32(dm);
-                let m4 = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                // Both 128-bit lanes get the 16 packed bytes; the low lane keeps the low
-                // nibbles (elements 0..16), the high lane the high nibbles (16..32).
-                let raw =
-                    _mm256_broadcastsi128_si256(_mm_loadu_si128(blk.add(4) as *const __m128i));
-                let q = _mm256_and_si256(_mm256_srlv_epi64(raw, shift), mask);
-                for r in 0..R {
-                    let y = _mm256_loadu_si256(ys[r].as_ptr() as *const __m256i);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
-                    let sc = _mm256_set1_ps(d4 * d8[r]);
-                    acc[w][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[w][r]);
-                    macc[w][r] += m4 * s8[r];
-                }
-            }
-        }
-        let mut out = [[0f32; R]; NW];
-        for w in 0..NW {
-            for r in 0..R {
-                out[w][r] = hsum(acc[w][r]) + macc[w][r];
-            }
-        }
-        out
+    /// A block's integer dot products for the 8 rows of a group: `w` holds the 8 quant
+    /// vectors (vector `v`, lane `j`: row `j`'s quants `4v .. 4v + 4`), `a` points at the
+    /// activation block's 32 quants. Returns the 8 exact sums.
+    trait IntDot {
+        /// Q4_1 nibbles (0..15) times signed activations.
+        unsafe fn q4(w: &[__m256i; 8], a: *const i8) -> __m256i;
+        /// Prepares signed Q8_0 weight quants once per block for [`IntDot::q8`].
+        unsafe fn q8_prepare(w: __m256i) -> __m256i;
+        /// Prepared Q8_0 quants times activations; `sum` is the activation block's `Σq`.
+        unsafe fn q8(w: &[__m256i; 8], a: *const i8, sum: i32) -> __m256i;
     }
 
-    /// Q8_0 tile: `NW` weight rows × `R` activation rows starting at `r0`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn tile_q8_0<const NW: usize, const R: usize>(
-        rows: [&[u8]; NW],
-        a: &QActs,
-        r0: usize,
-    ) -> [[f32; R]; NW] {
-        let (nb, m) = (a.nb, a.m);
-        for w in rows {
-            assert_eq!(w.len(), nb * 34);
-        }
-        assert!(r0 + R <= m);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); R]; NW];
-        for b in 0..nb {
-            let i = b * m + r0;
-            let d8: &[f32; R] = a.d[i..i + R].try_into().unwrap();
-            let ys: &[[i8; BLOCK]; R] = a.qs[i..i + R].try_into().unwrap();
-            for w in 0..NW {
-                let blk = rows[w].as_ptr().add(b * 34);
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF_DIST) as *const i8);
-                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                    (blk as *const u16).read_unaligned() as i32,
-                )));
-                let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                // maddubs needs an unsigned operand: |q| and y carrying q's sign.
-                let aq = _mm256_sign_epi8(q, q);
-                for r in 0..R {
-                    let y = _mm256_loadu_si256(ys[r].as_ptr() as *const __m256i);
-                    let p =
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(y, q)), ones);
-                    let sc = _mm256_set1_ps(d * d8[r]);
-                    acc[w][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sc, acc[w][r]);
-                }
-            }
-        }
-        let mut out = [[0f32; R]; NW];
-        for w in 0..NW {
-            for r in 0..R {
-                out[w][r] = hsum(acc[w][r]);
-            }
-        }
-        out
-    }
-
-    /// Loops a tile function over a chunk of weight rows and all activation rows. Groups of
-    /// four activation rows use one weight row per tile (4 independent accumulators); the last
-    /// 1–3 rows pair two weight rows so that small `m` still has independent FMA chains.
-    macro_rules! chunk_loop {
-        ($tile:ident, $bb:expr, $rows:expr, $a:expr, $outs:expr) => {{
-            let (rows, a, outs): (&[u8], &QActs, &mut [&mut [f32]]) = ($rows, $a, $outs);
-            let rb = a.nb * $bb;
-            let n = outs[0].len();
-            let m = a.m;
-            let mut j = 0;
-            while j < n {
-                let w0 = &rows[j * rb..(j + 1) * rb];
-                let mut r0 = 0;
-                if j + 1 < n {
-                    let w1 = &rows[(j + 1) * rb..(j + 2) * rb];
-                    while m - r0 >= 4 {
-                        store(outs, r0, j, $tile::<1, 4>([w0], a, r0));
-                        store(outs, r0, j + 1, $tile::<1, 4>([w1], a, r0));
-                        r0 += 4;
-                    }
-                    match m - r0 {
-                        3 => {
-                            store(outs, r0, j, $tile::<2, 2>([w0, w1], a, r0));
-                            store(outs, r0 + 2, j, $tile::<2, 1>([w0, w1], a, r0 + 2));
-                        }
-                        2 => store(outs, r0, j, $tile::<2, 2>([w0, w1], a, r0)),
-                        1 => store(outs, r0, j, $tile::<2, 1>([w0, w1], a, r0)),
-                        _ => {}
-                    }
-                    j += 2;
-                } else {
-                    while m - r0 >= 4 {
-                        store(outs, r0, j, $tile::<1, 4>([w0], a, r0));
-                        r0 += 4;
-                    }
-                    match m - r0 {
-                        3 => store(outs, r0, j, $tile::<1, 3>([w0], a, r0)),
-                        2 => store(outs, r0, j, $tile::<1, 2>([w0], a, r0)),
-                        1 => store(outs, r0, j, $tile::<1, 1>([w0], a, r0)),
-                        _ => {}
-                    }
-                    j += 1;
-                }
-            }
-        }};
-    }
-
+    /// Four activation quants (`4v .. 4v + 4`) in every lane.
     #[inline(always)]
-    fn store<const NW: usize, const R: usize>(
+    unsafe fn quad(a: *const i8, v: usize) -> __m256i {
+        _mm256_set1_epi32((a.add(4 * v) as *const i32).read_unaligned())
+    }
+
+    /// `maddubs` multiplies unsigned by signed bytes and adds pairs into i16, `madd` adds
+    /// those pairs into i32.
+    struct Avx2;
+
+    impl IntDot for Avx2 {
+        #[inline(always)]
+        unsafe fn q4(w: &[__m256i; 8], a: *const i8) -> __m256i {
+            // Each i16 pair sum is at most 2·15·127 = 3810, so all eight fit in i16 (30480)
+            // and one `madd` finishes the block.
+            let p = |v: usize| _mm256_maddubs_epi16(w[v], quad(a, v));
+            let s0 = _mm256_add_epi16(_mm256_add_epi16(p(0), p(1)), _mm256_add_epi16(p(2), p(3)));
+            let s1 = _mm256_add_epi16(_mm256_add_epi16(p(4), p(5)), _mm256_add_epi16(p(6), p(7)));
+            _mm256_madd_epi16(_mm256_add_epi16(s0, s1), _mm256_set1_epi16(1))
+        }
+
+        #[inline(always)]
+        unsafe fn q8_prepare(w: __m256i) -> __m256i {
+            w
+        }
+
+        #[inline(always)]
+        unsafe fn q8(w: &[__m256i; 8], a: *const i8, _sum: i32) -> __m256i {
+            // `maddubs` wants one unsigned operand: |w|, and the activations carrying w's sign.
+            // A pair sum reaches 2·128·127, so each vector goes to i32 on its own.
+            let ones = _mm256_set1_epi16(1);
+            let p = |v: usize| {
+                let s = _mm256_maddubs_epi16(
+                    _mm256_sign_epi8(w[v], w[v]),
+                    _mm256_sign_epi8(quad(a, v), w[v]),
+                );
+                _mm256_madd_epi16(s, ones)
+            };
+            let s0 = _mm256_add_epi32(_mm256_add_epi32(p(0), p(1)), _mm256_add_epi32(p(2), p(3)));
+            let s1 = _mm256_add_epi32(_mm256_add_epi32(p(4), p(5)), _mm256_add_epi32(p(6), p(7)));
+            _mm256_add_epi32(s0, s1)
+        }
+    }
+
+    /// `dpbusd` multiplies unsigned by signed bytes and adds runs of four into i32 lanes.
+    struct Vnni;
+
+    impl IntDot for Vnni {
+        #[inline(always)]
+        unsafe fn q4(w: &[__m256i; 8], a: *const i8) -> __m256i {
+            // Two chains of four, so consecutive `dpbusd`s need not wait on each other.
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            for v in (0..8).step_by(2) {
+                s0 = _mm256_dpbusd_epi32(s0, w[v], quad(a, v));
+                s1 = _mm256_dpbusd_epi32(s1, w[v + 1], quad(a, v + 1));
+            }
+            _mm256_add_epi32(s0, s1)
+        }
+
+        #[inline(always)]
+        unsafe fn q8_prepare(w: __m256i) -> __m256i {
+            // w + 128 as unsigned bytes; `q8` subtracts 128·Σa again.
+            _mm256_xor_si256(w, _mm256_set1_epi8(-128))
+        }
+
+        #[inline(always)]
+        unsafe fn q8(w: &[__m256i; 8], a: *const i8, sum: i32) -> __m256i {
+            let mut s0 = _mm256_setzero_si256();
+            let mut s1 = _mm256_setzero_si256();
+            for v in (0..8).step_by(2) {
+                s0 = _mm256_dpbusd_epi32(s0, w[v], quad(a, v));
+                s1 = _mm256_dpbusd_epi32(s1, w[v + 1], quad(a, v + 1));
+            }
+            _mm256_sub_epi32(_mm256_add_epi32(s0, s1), _mm256_set1_epi32(128 * sum))
+        }
+    }
+
+    /// One group (8 weight rows) × `R` activation rows from `r0`: returns the 8 outputs of
+    /// each activation row.
+    #[inline(always)]
+    unsafe fn tile<I: IntDot, const R: usize>(
+        qtype: QType,
+        group: &[u8],
+        a: &QActs,
+        r0: usize,
+    ) -> [__m256; R] {
+        let gbb = qtype.group_block_bytes();
+        debug_assert_eq!(group.len(), a.nb * gbb);
+        debug_assert!(r0 + R <= a.m);
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut macc = [_mm256_setzero_ps(); R];
+        for b in 0..a.nb {
+            let blk = group.as_ptr().add(b * gbb);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF_DIST) as *const i8);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let load = |v: usize| {
+                _mm256_loadu_si256(blk.add(qtype.quants_at() + 32 * v) as *const __m256i)
+            };
+            let mut w = [_mm256_setzero_si256(); 8];
+            let mut mn = _mm256_setzero_ps();
+            match qtype {
+                QType::Q4_1 => {
+                    mn = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+                    // Vector v's low nibbles are elements 4v.., its high nibbles 16 + 4v...
+                    for v in 0..4 {
+                        let raw = load(v);
+                        w[v] = _mm256_and_si256(raw, mask);
+                        w[v + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+                    }
+                }
+                QType::Q8_0 => {
+                    for (v, wv) in w.iter_mut().enumerate() {
+                        *wv = I::q8_prepare(load(v));
+                    }
+                }
+            }
+            let i0 = b * a.m + r0;
+            for r in 0..R {
+                let i = i0 + r;
+                let ap = a.qs.get_unchecked(i).as_ptr();
+                let isum = match qtype {
+                    QType::Q4_1 => I::q4(&w, ap),
+                    QType::Q8_0 => I::q8(&w, ap, *a.sum.get_unchecked(i)),
+                };
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(*a.d.get_unchecked(i)));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+                if qtype == QType::Q4_1 {
+                    macc[r] = _mm256_fmadd_ps(mn, _mm256_set1_ps(*a.s.get_unchecked(i)), macc[r]);
+                }
+            }
+        }
+        if qtype == QType::Q4_1 {
+            for r in 0..R {
+                acc[r] = _mm256_add_ps(acc[r], macc[r]);
+            }
+        }
+        acc
+    }
+
+    /// Writes a tile's outputs: rows `r0..`, columns `j .. j + lanes` (`lanes` < 8 only for
+    /// the padded last group).
+    #[inline(always)]
+    unsafe fn store<const R: usize>(
         outs: &mut [&mut [f32]],
         r0: usize,
         j: usize,
-        v: [[f32; R]; NW],
+        lanes: usize,
+        t: [__m256; R],
     ) {
-        for (w, vw) in v.iter().enumerate() {
-            for (r, &x) in vw.iter().enumerate() {
-                outs[r0 + r][j + w] = x;
+        for (r, v) in t.into_iter().enumerate() {
+            let out = &mut outs[r0 + r][j..j + lanes];
+            if lanes == GROUP {
+                _mm256_storeu_ps(out.as_mut_ptr(), v);
+            } else {
+                let mut tmp = [0f32; GROUP];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+                out.copy_from_slice(&tmp[..lanes]);
             }
         }
     }
 
-    /// Q4_1 weight rows (raw blocks) × all activation rows into `outs[r][j]`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn chunk_q4_1(rows: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
-        chunk_loop!(tile_q4_1, 20, rows, a, outs)
+    /// All groups of a chunk × all activation rows, in tiles of up to four rows.
+    #[inline(always)]
+    unsafe fn chunk<I: IntDot>(qtype: QType, groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+        let n = outs[0].len();
+        let gb = a.nb * qtype.group_block_bytes();
+        for (g, group) in groups.chunks_exact(gb).enumerate() {
+            let j = g * GROUP;
+            let lanes = (n - j).min(GROUP);
+            let mut r0 = 0;
+            while a.m - r0 >= 8 {
+                store(outs, r0, j, lanes, tile::<I, 8>(qtype, group, a, r0));
+                r0 += 8;
+            }
+            while a.m - r0 >= 4 {
+                store(outs, r0, j, lanes, tile::<I, 4>(qtype, group, a, r0));
+                r0 += 4;
+            }
+            match a.m - r0 {
+                3 => store(outs, r0, j, lanes, tile::<I, 3>(qtype, group, a, r0)),
+                2 => store(outs, r0, j, lanes, tile::<I, 2>(qtype, group, a, r0)),
+                1 => store(outs, r0, j, lanes, tile::<I, 1>(qtype, group, a, r0)),
+                _ => {}
+            }
+        }
     }
 
-    /// Q8_0 weight rows (raw blocks) × all activation rows into `outs[r][j]`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn chunk_q8_0(rows: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
-        chunk_loop!(tile_q8_0, 34, rows, a, outs)
+    pub(super) unsafe fn q4_1_avx2(groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+        chunk::<Avx2>(QType::Q4_1, groups, a, outs)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q8_0_avx2(groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+        chunk::<Avx2>(QType::Q8_0, groups, a, outs)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn q4_1_vnni(groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+        chunk::<Vnni>(QType::Q4_1, groups, a, outs)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn q8_0_vnni(groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+        chunk::<Vnni>(QType::Q8_0, groups, a, outs)
     }
 }
 

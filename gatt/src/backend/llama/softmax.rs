@@ -8,6 +8,7 @@
 //! come from candle's ops (candle's fused softmax kernels have no backward pass, so
 //! training uses the composed one).
 
+use super::exp::exp_shifted_in_place;
 use super::rows::{contiguous_f32, for_row_blocks};
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
@@ -54,12 +55,10 @@ const MASKED: f32 = -1e9;
 
 /// Softmax of `scale * row`, in place.
 pub(super) fn softmax_in_place(row: &mut [f32], scale: f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-    let mut sum = 0f32;
-    for y in row.iter_mut() {
-        *y = (*y * scale - max).exp();
-        sum += *y;
-    }
+    row.iter_mut().for_each(|y| *y *= scale);
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    exp_shifted_in_place(row, max);
+    let sum: f32 = row.iter().sum();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|y| *y *= inv);
 }

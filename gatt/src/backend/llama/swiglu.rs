@@ -4,6 +4,7 @@
 //! each into a fresh intermediate-sized buffer, per layer and per direction. On other
 //! devices than the CPU the composed form is used.
 
+use super::exp::{exp, exp_shifted_in_place};
 use super::rows::{contiguous_f32, for_row_blocks};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -15,9 +16,9 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     candle_nn::ops::silu(gate)? * up
 }
 
-/// The logistic function.
+/// The logistic function (with the same `exp` as the forward pass's slices).
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + exp(-x))
 }
 
 /// Rows of this many elements for splitting the work (any length works).
@@ -46,8 +47,12 @@ impl CustomOp2 for SiluMul {
         for_row_blocks(&mut y, ROW, |first, ys| {
             let at = first * ROW;
             let (g, u) = (&g[at..at + ys.len()], &u[at..at + ys.len()]);
+            for (y, &g) in ys.iter_mut().zip(g) {
+                *y = -g;
+            }
+            exp_shifted_in_place(ys, 0.0);
             for ((y, &g), &u) in ys.iter_mut().zip(g).zip(u) {
-                *y = g * sigmoid(g) * u;
+                *y = g * (1.0 / (1.0 + *y)) * u;
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))

@@ -1,5 +1,6 @@
-//! Tests: layout decoding, activation quantization, scalar kernel vs the f64 product of the
-//! dequantized weights, AVX2 vs scalar, and chunked threading.
+//! Tests: layout decoding and regrouping, activation quantization, scalar kernel vs the f64
+//! product of the dequantized weights, SIMD kernels vs scalar (bit for bit), and chunked
+//! threading.
 
 use super::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -12,15 +13,51 @@ const TYPES: [QType; 2] = [QType::Q4_1, QType::Q8_0];
 fn scalar() -> MatmulOptions {
     MatmulOptions {
         threads: Some(1),
-        force_scalar: true,
+        isa: Some(Isa::Scalar),
     }
 }
 
-fn simd(threads: usize) -> MatmulOptions {
+/// The SIMD kernels this CPU has (each one not present says so on stderr).
+fn simd_isas() -> Vec<Isa> {
+    [Isa::Avx2, Isa::Vnni]
+        .into_iter()
+        .filter(|isa| {
+            let ok = isa.available();
+            if !ok {
+                eprintln!("no {isa:?} on this CPU: that kernel is not tested");
+            }
+            ok
+        })
+        .collect()
+}
+
+fn on(isa: Isa, threads: usize) -> MatmulOptions {
     MatmulOptions {
         threads: Some(threads),
-        force_scalar: false,
+        isa: Some(isa),
     }
+}
+
+fn bits_equal(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Decodes GGUF block bytes directly (independent of the regrouped layout).
+fn dequantize_gguf(qtype: QType, bytes: &[u8]) -> Vec<f32> {
+    let mut out = Vec::new();
+    for blk in bytes.chunks_exact(qtype.block_bytes()) {
+        let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        match qtype {
+            QType::Q4_1 => {
+                let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+                let qs = &blk[4..20];
+                out.extend(qs.iter().map(|&q| d * (q & 15) as f32 + m));
+                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+            QType::Q8_0 => out.extend(blk[2..34].iter().map(|&q| d * (q as i8) as f32)),
+        }
+    }
+    out
 }
 
 /// Random weights with per-row scale and offset (so Q4_1's `m` term matters).
@@ -135,6 +172,22 @@ fn dequantize_known_blocks() {
     }
 }
 
+/// Regrouping keeps every element of every row, for row counts that fill groups and ones
+/// that leave the last group padded.
+#[test]
+fn regrouping_keeps_every_element() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for qt in TYPES {
+        for (n, k) in [(1, 32), (8, 64), (9, 96), (17, 576)] {
+            let bytes = quantize_gguf(qt, k, &rand_weights(&mut rng, n, k));
+            let w = QMatrix::new(qt, n, k, bytes.clone()).unwrap();
+            let got = w.dequantize();
+            let want = dequantize_gguf(qt, &bytes);
+            assert!(bits_equal(&got, &want), "{qt:?} n={n} k={k}");
+        }
+    }
+}
+
 /// A one-block product where activation quantization is lossless (only f32 rounding left).
 #[test]
 fn tiny_product_by_hand() {
@@ -145,7 +198,8 @@ fn tiny_product_by_hand() {
         let wf: Vec<f32> = (0..32).map(|i| (i % 16) as f32 * 0.5 - 2.0).collect();
         let w = QMatrix::quantize_from_f32(qt, 1, 32, &wf);
         let want: f32 = w.dequantize().iter().zip(&x).map(|(a, b)| a * b).sum();
-        for opts in [scalar(), simd(1)] {
+        let opts = std::iter::once(scalar()).chain(simd_isas().into_iter().map(|i| on(i, 1)));
+        for opts in opts {
             let got = w.matmul_with(&x, 1, opts)[0];
             assert!(
                 (got - want).abs() <= 1e-6 * want.abs(),
@@ -179,7 +233,7 @@ fn activation_quantization_scalar_matches_avx2() {
         }
         let (mut qa, mut qb) = ([0i8; BLOCK], [0i8; BLOCK]);
         let sa = quantize_block_scalar(&x, &mut qa);
-        let sb = unsafe { avx2::quantize_block(&x, &mut qb) };
+        let sb = unsafe { simd::quantize_block(&x, &mut qb) };
         assert_eq!(qa, qb, "case {case}");
         assert_eq!(sa.0.to_bits(), sb.0.to_bits());
         assert_eq!(sa.1, sb.1);
@@ -207,36 +261,48 @@ fn scalar_kernel_vs_dequantized_reference() {
     eprintln!("scalar: worst |err| / (|x||w|) = {worst:e}");
 }
 
+/// The SIMD kernels compute the same integer sums and the same float operations in the same
+/// order as the scalar kernel, so their results are bit-identical (a sequence decodes the
+/// same tokens on any x86 CPU).
 #[test]
-fn avx2_kernel_vs_scalar_and_reference() {
-    if !has_avx2() {
-        eprintln!("no AVX2: skipped");
-        return;
-    }
+fn simd_kernels_match_scalar_bit_for_bit() {
     let mut rng = StdRng::seed_from_u64(3);
+    let isas = simd_isas();
     for qt in TYPES {
         for k in KS {
             for n in NS {
                 let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
-                let wd = w.dequantize();
                 for m in MS {
                     let x = rand_acts(&mut rng, m, k);
                     let ys = w.matmul_with(&x, m, scalar());
-                    let yv = w.matmul_with(&x, m, simd(1));
-                    check_vs_reference(&w, &x, m, &yv).unwrap();
-                    // Same integer sums; only the f32 summation order differs.
-                    for r in 0..m {
-                        for j in 0..n {
-                            let absprod: f32 =
-                                (0..k).map(|i| (wd[j * k + i] * x[r * k + i]).abs()).sum();
-                            let (a, b) = (yv[r * n + j], ys[r * n + j]);
-                            assert!(
-                                (a - b).abs() <= 1e-5 * absprod + 1e-30,
-                                "{qt:?} n={n} k={k} m={m} r={r} j={j}: avx2 {a} scalar {b}"
-                            );
-                        }
+                    for &isa in &isas {
+                        let yv = w.matmul_with(&x, m, on(isa, 1));
+                        check_vs_reference(&w, &x, m, &yv).unwrap();
+                        assert!(bits_equal(&yv, &ys), "{qt:?} {isa:?} n={n} k={k} m={m}");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Each output row's numbers do not depend on the other rows of the call: row `r` of an
+/// m-row product equals the one-row product of row `r` alone, bit for bit.
+#[test]
+fn a_row_computes_the_same_alone_as_in_a_batch() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let (n, k, m) = (40, 576, 7);
+    for qt in TYPES {
+        let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
+        let x = rand_acts(&mut rng, m, k);
+        for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+            let all = w.matmul_with(&x, m, on(isa, 1));
+            for r in 0..m {
+                let alone = w.matmul_with(&x[r * k..(r + 1) * k], 1, on(isa, 1));
+                assert!(
+                    bits_equal(&alone, &all[r * n..(r + 1) * n]),
+                    "{qt:?} {isa:?} r={r}"
+                );
             }
         }
     }
@@ -253,36 +319,19 @@ fn threaded_chunking_is_exact() {
             let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
             for m in MS {
                 let x = rand_acts(&mut rng, m, k);
-                for force_scalar in [false, true] {
-                    let one = w.matmul_with(
-                        &x,
-                        m,
-                        MatmulOptions {
-                            threads: Some(1),
-                            force_scalar,
-                        },
-                    );
+                for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+                    let one = w.matmul_with(&x, m, on(isa, 1));
                     for t in [2, 3, 4, 7, 64] {
-                        let y = w.matmul_with(
-                            &x,
-                            m,
-                            MatmulOptions {
-                                threads: Some(t),
-                                force_scalar,
-                            },
-                        );
+                        let y = w.matmul_with(&x, m, on(isa, t));
                         assert!(
-                            y.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{qt:?} n={n} m={m} threads={t} scalar={force_scalar}"
+                            bits_equal(&y, &one),
+                            "{qt:?} n={n} m={m} threads={t} {isa:?}"
                         );
                     }
-                    let auto = w.matmul(&x, m);
-                    if !force_scalar || !has_avx2() {
-                        assert!(auto
-                            .iter()
-                            .zip(&one)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()));
-                    }
+                    assert!(
+                        bits_equal(&w.matmul(&x, m), &one),
+                        "{qt:?} n={n} m={m} auto"
+                    );
                 }
             }
         }
@@ -297,8 +346,9 @@ fn reference_check_detects_wrong_results() {
     let (n, k, m) = (7, 576, 3);
     let x = rand_acts(&mut rng, m, k);
     for qt in TYPES {
-        let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
-        let mut bad = w.data().to_vec();
+        let bytes = quantize_gguf(qt, k, &rand_weights(&mut rng, n, k));
+        let w = QMatrix::new(qt, n, k, bytes.clone()).unwrap();
+        let mut bad = bytes;
         let bb = qt.block_bytes();
         for blk in bad.chunks_exact_mut(bb).skip(3).step_by(9) {
             match qt {
@@ -309,12 +359,16 @@ fn reference_check_detects_wrong_results() {
                     .for_each(|q| *q = (*q as i8).wrapping_neg() as u8),
             }
         }
-        let wrong = QMatrix::new(qt, n, k, bad)
-            .unwrap()
-            .matmul_with(&x, m, simd(1));
-        assert!(check_vs_reference(&w, &x, m, &wrong).is_err(), "{qt:?}");
-        let right = w.matmul_with(&x, m, simd(1));
-        assert!(check_vs_reference(&w, &x, m, &right).is_ok());
+        let wrong = QMatrix::new(qt, n, k, bad).unwrap();
+        for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+            let got = wrong.matmul_with(&x, m, on(isa, 1));
+            assert!(
+                check_vs_reference(&w, &x, m, &got).is_err(),
+                "{qt:?} {isa:?}"
+            );
+            let right = w.matmul_with(&x, m, on(isa, 1));
+            assert!(check_vs_reference(&w, &x, m, &right).is_ok());
+        }
     }
 }
 

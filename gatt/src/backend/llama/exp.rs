@@ -1,0 +1,177 @@
+//! `exp` for f32 slices, eight lanes at a time on AVX2, with a scalar twin that gives the
+//! same bits.
+//!
+//! The SiLU gate and every softmax call `exp` once per element. glibc's scalar `expf` costs
+//! about as much per element as a whole decoding step's integer products do per weight
+//! row, so with 16 sequences in a batch the gate alone took a tenth of a step. This is the
+//! Cephes polynomial (relative error within 2 ulp over the whole range): `x = n·ln2 + r`
+//! with `|r| ≤ ln2/2`, `exp(r)` by a degree-7 polynomial, `2ⁿ` built in the exponent bits.
+//! The scalar version performs the same operations (fused multiply-adds included), so a
+//! result never depends on the CPU or on where a slice's vector part ends.
+
+/// Below this `exp` is 0 (and `2ⁿ` would leave the normal range).
+const LO: f32 = -87.336_55;
+/// Above this `exp` is infinite.
+const HI: f32 = 88.722_83;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 in two parts: `n · LN2_HI` is exact for the `n` that occur.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes `expf` coefficients, highest degree first: `exp(r) ≈ 1 + r + r²·P(r)`.
+const P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
+/// `e^x` (0 below about -87.3, infinite above about 88.7, NaN for NaN).
+pub fn exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < LO {
+        return 0.0;
+    }
+    if x > HI {
+        return f32::INFINITY;
+    }
+    let n = (x * LOG2E).round_ties_even();
+    let r = (-n).mul_add(LN2_HI, x);
+    let r = (-n).mul_add(LN2_LO, r);
+    let mut p = P[0];
+    for c in &P[1..] {
+        p = p.mul_add(r, *c);
+    }
+    let y = p.mul_add(r * r, r) + 1.0;
+    // 2ⁿ in two halves: n reaches 128 just below HI, past the largest normal exponent.
+    let n = n as i32;
+    let half = n >> 1;
+    let two = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
+    y * two(half) * two(n - half)
+}
+
+/// `xs[i] = e^(xs[i] - shift)` for every element.
+pub fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::qmatvec::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { avx2::exp_shifted_in_place(xs, shift) };
+        return;
+    }
+    xs.iter_mut().for_each(|x| *x = exp(*x - shift));
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
+        let mut chunks = xs.chunks_exact_mut(8);
+        let s = _mm256_set1_ps(shift);
+        for c in &mut chunks {
+            let x = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), s);
+            _mm256_storeu_ps(c.as_mut_ptr(), exp8(x));
+        }
+        chunks
+            .into_remainder()
+            .iter_mut()
+            .for_each(|x| *x = exp(*x - shift));
+    }
+
+    /// The scalar [`exp`], lane by lane.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+        let low = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LO));
+        let high = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(HI));
+        let xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LO)), _mm256_set1_ps(HI));
+        const RND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let n = _mm256_round_ps::<RND>(_mm256_mul_ps(xc, _mm256_set1_ps(LOG2E)));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), xc);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(P[0]);
+        for c in &P[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+        }
+        let y = _mm256_add_ps(
+            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+            _mm256_set1_ps(1.0),
+        );
+        let ni = _mm256_cvtps_epi32(n);
+        let half = _mm256_srai_epi32::<1>(ni);
+        let two = |e: __m256i| {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                e,
+                _mm256_set1_epi32(127),
+            )))
+        };
+        let y = _mm256_mul_ps(_mm256_mul_ps(y, two(half)), two(_mm256_sub_epi32(ni, half)));
+        let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), low);
+        let y = _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), high);
+        _mm256_blendv_ps(y, x, nan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative error against f64 `exp` over the whole normal range, within 2 ulp.
+    #[test]
+    fn close_to_the_exact_value() {
+        let mut worst = 0f64;
+        let mut x = LO;
+        while x <= HI {
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.000_7;
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
+    }
+
+    #[test]
+    fn edges() {
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-1e9), 0.0);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(HI).is_finite());
+        assert!(exp(LO) > 0.0);
+    }
+
+    /// The AVX2 lanes give the scalar bits, the tail included, for every kind of input.
+    #[test]
+    fn slices_match_the_scalar_bit_for_bit() {
+        let mut xs: Vec<f32> = (0..20_003).map(|i| -95.0 + i as f32 * 0.0095).collect();
+        xs.extend([
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            0.0,
+            -0.0,
+            LO,
+            HI,
+            -1e9,
+            1e-30,
+        ]);
+        for shift in [0.0, 3.5] {
+            let mut got = xs.clone();
+            exp_shifted_in_place(&mut got, shift);
+            for (&x, &g) in xs.iter().zip(&got) {
+                let want = exp(x - shift);
+                assert!(
+                    want.to_bits() == g.to_bits() || (want.is_nan() && g.is_nan()),
+                    "x={x} shift={shift}: {g} vs {want}"
+                );
+            }
+        }
+    }
+}
