@@ -1,9 +1,14 @@
 //! Times prefill and decode steps of the embedded model at several batch sizes.
-//! Usage: cargo run -p gatt --example decode_speed [--release]
+//! Usage: cargo run -p gatt --example decode_speed [--release] -- [quantized] [only=B]
+//! [steps=N]
+//!
+//! The last line compares aggregate decoding at batch 16 with batch 1 (both after a
+//! 32-token prompt) measured in this run.
 use candle_core::Device;
 use gatt::backend::llama::*;
 use std::time::Instant;
 fn main() {
+    gatt::allocator::tune();
     let path = gatt::model::ensure_default_model().unwrap();
     let ct = gatt::model::read_gguf(&path).unwrap();
     let mut f = std::fs::File::open(&path).unwrap();
@@ -17,7 +22,8 @@ fn main() {
     let arg = |key: &str| -> Option<usize> {
         std::env::args().find_map(|a| a.strip_prefix(key).and_then(|v| v.parse().ok()))
     };
-    let (only, steps) = (arg("only="), arg("steps=").unwrap_or(32));
+    let (only, steps) = (arg("only="), arg("steps=").unwrap_or(64));
+    let mut decode_at = Vec::new();
     for &(b, plen) in &[(1usize, 512usize), (1, 32), (4, 32), (16, 32)] {
         if only.is_some_and(|o| o != b || plen == 512) {
             continue;
@@ -29,7 +35,7 @@ fn main() {
                     .collect()
             })
             .collect();
-        let mut cache = Cache::new(&m.cfg, plen + 64);
+        let mut cache = Cache::new(&m.cfg, plen + steps + 1);
         let bt = pad_prompts(&prompts, 2, &Device::Cpu).unwrap();
         let t0 = Instant::now();
         m.forward(&bt.tokens, &bt.positions, &bt.pad, &mut cache)
@@ -42,7 +48,15 @@ fn main() {
             let _ = logits_rows(&l).unwrap();
         }
         let dec = t1.elapsed().as_secs_f64();
-        println!("batch {b:>2} prompt {plen:>3}: prefill {:.0} tok/s, decode {:.1} tok/s aggregate ({:.1} ms/step)",
-            (b * plen) as f64 / prefill, (b * steps) as f64 / dec, 1000.0 * dec / steps as f64);
+        let rate = (b * steps) as f64 / dec;
+        if plen == 32 {
+            decode_at.push((b, rate));
+        }
+        println!("batch {b:>2} prompt {plen:>3}: prefill {:.0} tok/s, decode {rate:.1} tok/s aggregate ({:.1} ms/step)",
+            (b * plen) as f64 / prefill, 1000.0 * dec / steps as f64);
+    }
+    let at = |b| decode_at.iter().find(|&&(x, _)| x == b).map(|&(_, r)| r);
+    if let (Some(one), Some(sixteen)) = (at(1), at(16)) {
+        println!("batch 16 / batch 1 aggregate decode: {:.2}x", sixteen / one);
     }
 }

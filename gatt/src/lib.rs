@@ -11,6 +11,7 @@
 //! Everything that reads user input returns [`Error`], whose `Input` variant names the
 //! file, line and field at fault so that the command-line tool can tell the user what to fix.
 
+pub mod allocator;
 pub mod backend;
 pub mod catalog;
 pub mod dataset;

@@ -55,7 +55,7 @@ def run(path, threads, steps, flash):
 def main():
     path = sys.argv[1]
     threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 32
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 64
     for flash in (False, True):
         for row in run(path, threads, steps, flash):
             print(json.dumps(row), flush=True)

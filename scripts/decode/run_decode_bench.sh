@@ -21,5 +21,5 @@ for r in $(seq "$REPS"); do
   echo "== round $r: gatt (dense f32 + Q4_1/Q8_0 blocks for few rows)"
   target/debug/examples/decode_speed
   echo "== round $r: llama.cpp"
-  "$PY" scripts/decode/llamacpp_speed.py "$GGUF" "$THREADS" 32
+  "$PY" scripts/decode/llamacpp_speed.py "$GGUF" "$THREADS" 64
 done

@@ -44,9 +44,7 @@ fn strided<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], [usize; 3])>
 }
 
 /// Dot product in eight independent lanes, which the compiler turns into SIMD (a plain
-/// sum must keep its order and stays scalar). Always inlined, so that the AVX2 twins
-/// below compile it with their features.
-#[inline(always)]
+/// sum must keep its order and stays scalar): the portable path.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -64,24 +62,127 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `out += p * v`.
-#[inline(always)]
-fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
-    out.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
+/// `out[i] = scale · q·kᵢ` for the keys `kᵢ = keys[i·stride..][..q.len()]`.
+fn scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && q.len().is_multiple_of(8) {
+        assert!(out.is_empty() || keys.len() >= (out.len() - 1) * stride + q.len());
+        // SAFETY: AVX2 and FMA were detected; the keys are in bounds (checked above).
+        return unsafe { avx2::scores(q, keys, stride, scale, out) };
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = scale * dot(q, &keys[i * stride..][..q.len()]);
+    }
 }
 
-/// The same two loops compiled for AVX2 + FMA, chosen at run time (a portable build
-/// otherwise gets 4-wide SSE without fused multiply-add).
+/// `out = Σᵢ p[i] · vᵢ` for the values `vᵢ = vals[i·stride..][..out.len()]`.
+fn weighted_sum(p: &[f32], vals: &[f32], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && out.len().is_multiple_of(8) {
+        assert!(p.is_empty() || vals.len() >= (p.len() - 1) * stride + out.len());
+        // SAFETY: AVX2 and FMA were detected; the values are in bounds (checked above).
+        return unsafe { avx2::weighted_sum(p, vals, stride, out) };
+    }
+    out.fill(0.0);
+    for (i, &pi) in p.iter().enumerate() {
+        let v = &vals[i * stride..][..out.len()];
+        out.iter_mut().zip(v).for_each(|(o, v)| *o += pi * v);
+    }
+}
+
+/// AVX2 + FMA kernels, chosen at run time, for head sizes that are multiples of 8.
+/// Scores take four keys at a time and values accumulate in registers, so neither waits
+/// on one chain of dependent additions.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        super::dot(a, b)
+    use std::arch::x86_64::*;
+
+    /// The sums of four vectors' lanes, each as ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)).
+    #[inline(always)]
+    unsafe fn sum4(a: [__m256; 4]) -> __m128 {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h))
+    }
+
+    /// One vector's lane sum, in the same order as [`sum4`].
+    #[inline(always)]
+    unsafe fn sum1(a: __m256) -> f32 {
+        let h = _mm256_hadd_ps(a, a);
+        let h = _mm256_hadd_ps(h, h);
+        _mm_cvtss_f32(_mm_add_ps(
+            _mm256_castps256_ps128(h),
+            _mm256_extractf128_ps::<1>(h),
+        ))
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn axpy(p: f32, v: &[f32], out: &mut [f32]) {
-        super::axpy(p, v, out)
+    pub(super) unsafe fn scores(
+        q: &[f32],
+        keys: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (hd, n) = (q.len(), out.len());
+        let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+        let mut i = 0;
+        while i + 4 <= n {
+            let mut a = [_mm256_setzero_ps(); 4];
+            for c in (0..hd).step_by(8) {
+                let qv = _mm256_loadu_ps(qp.add(c));
+                for (t, at) in a.iter_mut().enumerate() {
+                    let k = _mm256_loadu_ps(kp.add((i + t) * stride + c));
+                    *at = _mm256_fmadd_ps(qv, k, *at);
+                }
+            }
+            let s = _mm_mul_ps(sum4(a), _mm_set1_ps(scale));
+            _mm_storeu_ps(out.as_mut_ptr().add(i), s);
+            i += 4;
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(i) {
+            let mut a = _mm256_setzero_ps();
+            for c in (0..hd).step_by(8) {
+                let k = _mm256_loadu_ps(kp.add(i * stride + c));
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), k, a);
+            }
+            *o = sum1(a) * scale;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum(p: &[f32], vals: &[f32], stride: usize, out: &mut [f32]) {
+        let hd = out.len();
+        let mut c = 0;
+        while c + 64 <= hd {
+            columns::<8>(p, vals, stride, c, out);
+            c += 64;
+        }
+        while c < hd {
+            columns::<1>(p, vals, stride, c, out);
+            c += 8;
+        }
+    }
+
+    /// Columns `c .. c + 8·W` of the weighted sum, in `W` registers.
+    #[inline(always)]
+    unsafe fn columns<const W: usize>(
+        p: &[f32],
+        vals: &[f32],
+        stride: usize,
+        c: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); W];
+        for (i, &pi) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pi);
+            let row = vals.as_ptr().add(i * stride + c);
+            for (r, ar) in acc.iter_mut().enumerate() {
+                *ar = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * r)), *ar);
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * r), *ar);
+        }
     }
 }
 
@@ -122,39 +223,20 @@ impl CustomOp3 for OneQuery {
         let (k, ks) = strided(s2, l2)?;
         let (v, vs) = strided(s3, l3)?;
         let rep = nh / nkv;
-        let simd = cfg!(target_arch = "x86_64") && has_avx2();
-        let dot = |a: &[f32], b: &[f32]| -> f32 {
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: AVX2 and FMA were detected at run time.
-                return unsafe { avx2::dot(a, b) };
-            }
-            dot(a, b)
-        };
-        let axpy = |p: f32, v: &[f32], out: &mut [f32]| {
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: as above.
-                return unsafe { avx2::axpy(p, v, out) };
-            }
-            axpy(p, v, out)
-        };
         // Output row r is head r % nh of sequence r / nh.
         let attend = |r: usize, out: &mut [f32]| {
             let (s, h) = (r / nh, r % nh);
             let kh = h / rep;
             let q = &q[r * hd..(r + 1) * hd];
             let first = self.pad[s];
-            let key = |j: usize| &k[s * ks[0] + kh * ks[1] + j * ks[2]..][..hd];
-            let val = |j: usize| &v[s * vs[0] + kh * vs[1] + j * vs[2]..][..hd];
-            let mut probs: Vec<f32> = (first..len).map(|j| self.scale * dot(q, key(j))).collect();
+            let keys = &k[s * ks[0] + kh * ks[1] + first * ks[2]..];
+            let vals = &v[s * vs[0] + kh * vs[1] + first * vs[2]..];
+            let mut probs = vec![0f32; len - first];
+            scores(q, keys, ks[2], self.scale, &mut probs);
             let max = probs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             exp_shifted_in_place(&mut probs, max);
-            let mut sum = 0f32;
-            for (j, &p) in (first..len).zip(&probs) {
-                sum += p;
-                axpy(p, val(j), out);
-            }
+            let sum: f32 = probs.iter().sum();
+            weighted_sum(&probs, vals, vs[2], out);
             let inv = 1.0 / sum;
             out.iter_mut().for_each(|o| *o *= inv);
         };
@@ -192,9 +274,11 @@ mod tests {
     #[test]
     fn equals_softmax_attention_over_each_sequences_own_keys() {
         let dev = Device::Cpu;
-        // Few rows (one thread) and many (parallel blocks); two query heads per key head.
-        for (b, len) in [(3usize, 6usize), (16, 300)] {
-            let (nh, nkv, hd, cap) = (4, 2, 8, len + 5);
+        // Few rows (one thread) and many (parallel blocks); two query heads per key head;
+        // head sizes for the SIMD kernels (8, and 72 = one 64-column block and a rest) and
+        // for the portable path (6); key counts with and without a rest after fours.
+        for (b, len, hd) in [(3usize, 6usize, 8usize), (16, 300, 8), (2, 7, 72), (3, 9, 6)] {
+            let (nh, nkv, cap) = (4, 2, len + 5);
             let q = Tensor::randn(0f32, 1.0, (b, nh, 1, hd), &dev).unwrap();
             // Keys and values read in place from a larger cache, as during decoding.
             let kc = Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), &dev).unwrap();
