@@ -4,7 +4,8 @@
 //! candle's fused kernel has no backward pass, and the composed form (square, mean, add,
 //! sqrt, divide, multiply) is six passes over the activations forward and about twice
 //! that backward, each into a fresh buffer; the model normalizes twice per layer. On
-//! other devices than the CPU training uses the composed form.
+//! other devices than the CPU training uses the composed form. Inference on the CPU uses
+//! this forward pass too: candle's fused kernel sums the squares one at a time.
 
 use super::rows::{contiguous_f32, for_row_blocks};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -12,18 +13,28 @@ use rayon::prelude::*;
 
 /// Normalizes `x` (.., hidden) and scales by `w` (hidden).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32, training: bool) -> Result<Tensor> {
-    if !training {
-        return candle_nn::ops::rms_norm(x, w, eps);
-    }
     if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         return x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps });
+    }
+    if !training {
+        return candle_nn::ops::rms_norm(x, w, eps);
     }
     candle_nn::ops::rms_norm_slow(x, w, eps)
 }
 
-/// `1 / sqrt(mean(x^2) + eps)` of one row.
+/// `1 / sqrt(mean(x^2) + eps)` of one row. The squares are summed in eight lanes, which
+/// the compiler turns into SIMD (a plain sum keeps its order and stays scalar: with 16
+/// sequences decoding, the model's norms took 4% of a step that way).
 fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ss: f32 = x.iter().map(|v| v * v).sum();
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] += c[i] * c[i];
+        }
+    }
+    let ss = lanes.iter().sum::<f32>() + tail;
     1.0 / (ss / x.len() as f32 + eps).sqrt()
 }
 
