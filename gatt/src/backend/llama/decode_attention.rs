@@ -277,7 +277,12 @@ mod tests {
         // Few rows (one thread) and many (parallel blocks); two query heads per key head;
         // head sizes for the SIMD kernels (8, and 72 = one 64-column block and a rest) and
         // for the portable path (6); key counts with and without a rest after fours.
-        for (b, len, hd) in [(3usize, 6usize, 8usize), (16, 300, 8), (2, 7, 72), (3, 9, 6)] {
+        for (b, len, hd) in [
+            (3usize, 6usize, 8usize),
+            (16, 300, 8),
+            (2, 7, 72),
+            (3, 9, 6),
+        ] {
             let (nh, nkv, cap) = (4, 2, len + 5);
             let q = Tensor::randn(0f32, 1.0, (b, nh, 1, hd), &dev).unwrap();
             // Keys and values read in place from a larger cache, as during decoding.

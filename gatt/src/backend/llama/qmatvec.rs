@@ -35,7 +35,11 @@
 //! speed of the integer products.
 
 use half::f16;
+use std::mem::MaybeUninit;
 use std::sync::{Mutex, OnceLock};
+
+/// One activation row's outputs for a chunk of weight rows, written once each.
+type Out<'a> = &'a mut [MaybeUninit<f32>];
 
 /// Number of elements in one ggml block.
 pub const BLOCK: usize = 32;
@@ -260,13 +264,18 @@ impl QMatrix {
 
     /// [`matmul`](Self::matmul) with explicit threading / kernel options.
     pub fn matmul_with(&self, x: &[f32], m: usize, opts: MatmulOptions) -> Vec<f32> {
-        let mut y = vec![0f32; m * self.n_out];
-        self.matmul_into(x, m, &mut y, opts);
+        let len = m * self.n_out;
+        // Left uninitialized for the kernels to write (zeroing the logits of a batch first
+        // was an extra pass over 3 MB per decoding step).
+        let mut y = Vec::with_capacity(len);
+        self.product(x, m, &mut y.spare_capacity_mut()[..len], opts);
+        // SAFETY: `product` wrote all `len` elements.
+        unsafe { y.set_len(len) };
         y
     }
 
-    /// Writes `X · Wᵀ` into `y` (`m × n_out`, row-major), overwriting it.
-    pub fn matmul_into(&self, x: &[f32], m: usize, y: &mut [f32], opts: MatmulOptions) {
+    /// Writes every element of `y` (`m × n_out`).
+    fn product(&self, x: &[f32], m: usize, y: &mut [MaybeUninit<f32>], opts: MatmulOptions) {
         assert_eq!(x.len(), m * self.k, "x must be m x k");
         assert_eq!(y.len(), m * self.n_out, "y must be m x n_out");
         if m == 0 || self.n_out == 0 {
@@ -285,15 +294,14 @@ impl QMatrix {
         };
         let n = self.n_out;
         if threads == 1 || groups < 2 {
-            let mut outs: Vec<&mut [f32]> = y.chunks_exact_mut(n).collect();
+            let mut outs: Vec<Out> = y.chunks_exact_mut(n).collect();
             self.run_chunk(0, &mut outs, &acts, isa);
             return;
         }
         // Contiguous runs of whole groups, one per thread.
         let chunk = groups.div_ceil(threads) * GROUP;
         let n_chunks = n.div_ceil(chunk);
-        let mut per_chunk: Vec<Vec<&mut [f32]>> =
-            (0..n_chunks).map(|_| Vec::with_capacity(m)).collect();
+        let mut per_chunk: Vec<Vec<Out>> = (0..n_chunks).map(|_| Vec::with_capacity(m)).collect();
         for row in y.chunks_exact_mut(n) {
             for (c, piece) in row.chunks_mut(chunk).enumerate() {
                 per_chunk[c].push(piece);
@@ -304,7 +312,7 @@ impl QMatrix {
         // sleeping pool (rayon's) takes longer to wake than a small product takes. The
         // calling thread is one of the pool's participants.
         let acts = &acts;
-        let chunks: Vec<Mutex<Vec<&mut [f32]>>> = per_chunk.into_iter().map(Mutex::new).collect();
+        let chunks: Vec<Mutex<Vec<Out>>> = per_chunk.into_iter().map(Mutex::new).collect();
         let pool = candle_core::utils::barrier_pool();
         let parts = pool.n_workers() + 1;
         pool.execute(|p| {
@@ -317,7 +325,7 @@ impl QMatrix {
 
     /// Computes output rows `j0 .. j0 + outs[0].len()` (`j0` a multiple of [`GROUP`]) for all
     /// activation rows.
-    fn run_chunk(&self, j0: usize, outs: &mut [&mut [f32]], acts: &QActs, isa: Isa) {
+    fn run_chunk(&self, j0: usize, outs: &mut [Out], acts: &QActs, isa: Isa) {
         let n = outs[0].len();
         let gb = self.group_bytes();
         let groups = &self.data[j0 / GROUP * gb..(j0 + n).div_ceil(GROUP) * gb];
@@ -431,30 +439,32 @@ impl QActs {
         let mut a = QActs {
             m,
             nb,
-            qs: vec![[0; BLOCK]; nb * m],
-            d: vec![0.0; nb * m],
-            s: vec![0.0; nb * m],
-            sum: vec![0; nb * m],
+            qs: Vec::with_capacity(nb * m),
+            d: Vec::with_capacity(nb * m),
+            s: Vec::with_capacity(nb * m),
+            sum: Vec::with_capacity(nb * m),
         };
-        for (r, row) in x.chunks_exact(k).enumerate() {
-            for (b, xb) in row.chunks_exact(BLOCK).enumerate() {
-                let xb: &[f32; BLOCK] = xb.try_into().unwrap();
-                let i = b * m + r;
+        // Block-major order: entry b·m + r is pushed b·m + r-th.
+        for b in 0..nb {
+            for r in 0..m {
+                let xb: &[f32; BLOCK] = x[r * k + b * BLOCK..][..BLOCK].try_into().unwrap();
+                let mut q = [0i8; BLOCK];
                 #[cfg(target_arch = "x86_64")]
                 let (d, sum) = if simd {
                     // SAFETY: the caller picked a SIMD kernel, so AVX2 + FMA + F16C were detected.
-                    unsafe { simd::quantize_block(xb, &mut a.qs[i]) }
+                    unsafe { simd::quantize_block(xb, &mut q) }
                 } else {
-                    quantize_block_scalar(xb, &mut a.qs[i])
+                    quantize_block_scalar(xb, &mut q)
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 let (d, sum) = {
                     let _ = simd;
-                    quantize_block_scalar(xb, &mut a.qs[i])
+                    quantize_block_scalar(xb, &mut q)
                 };
-                a.d[i] = d;
-                a.s[i] = d * sum as f32;
-                a.sum[i] = sum;
+                a.qs.push(q);
+                a.d.push(d);
+                a.s.push(d * sum as f32);
+                a.sum.push(sum);
             }
         }
         a
@@ -478,9 +488,9 @@ fn quantize_block_scalar(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
 /// The portable kernel: the same integer block sums and the same float operations, in the
 /// same order, as the SIMD kernels, one output at a time.
 mod scalar {
-    use super::{QActs, QMatrix, QType, BLOCK};
+    use super::{Out, QActs, QMatrix, QType, BLOCK};
 
-    pub(super) fn chunk(w: &QMatrix, j0: usize, a: &QActs, outs: &mut [&mut [f32]]) {
+    pub(super) fn chunk(w: &QMatrix, j0: usize, a: &QActs, outs: &mut [Out]) {
         let m = a.m;
         let (mut acc, mut macc) = (vec![0f32; m], vec![0f32; m]);
         for j in 0..outs[0].len() {
@@ -496,10 +506,10 @@ mod scalar {
                 }
             }
             for r in 0..m {
-                outs[r][j] = match w.qtype {
+                outs[r][j].write(match w.qtype {
                     QType::Q4_1 => acc[r] + macc[r],
                     QType::Q8_0 => acc[r],
-                };
+                });
             }
         }
     }
@@ -510,7 +520,7 @@ mod scalar {
 /// ([`IntDot`]).
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{QActs, QType, BLOCK, GROUP};
+    use super::{Out, QActs, QType, BLOCK, GROUP};
     use std::arch::x86_64::*;
 
     /// Software prefetch distance in bytes along the weights, every cache line of a block.
@@ -714,7 +724,7 @@ mod simd {
     /// the padded last group).
     #[inline(always)]
     unsafe fn store<const R: usize>(
-        outs: &mut [&mut [f32]],
+        outs: &mut [Out],
         r0: usize,
         j: usize,
         lanes: usize,
@@ -723,18 +733,20 @@ mod simd {
         for (r, v) in t.into_iter().enumerate() {
             let out = &mut outs[r0 + r][j..j + lanes];
             if lanes == GROUP {
-                _mm256_storeu_ps(out.as_mut_ptr(), v);
+                _mm256_storeu_ps(out.as_mut_ptr() as *mut f32, v);
             } else {
                 let mut tmp = [0f32; GROUP];
                 _mm256_storeu_ps(tmp.as_mut_ptr(), v);
-                out.copy_from_slice(&tmp[..lanes]);
+                for (o, &t) in out.iter_mut().zip(&tmp) {
+                    o.write(t);
+                }
             }
         }
     }
 
     /// All groups of a chunk × all activation rows, in tiles of up to four rows.
     #[inline(always)]
-    unsafe fn chunk<I: IntDot>(qtype: QType, groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+    unsafe fn chunk<I: IntDot>(qtype: QType, groups: &[u8], a: &QActs, outs: &mut [Out]) {
         let n = outs[0].len();
         let gb = a.nb * qtype.group_block_bytes();
         for (g, group) in groups.chunks_exact(gb).enumerate() {
@@ -759,22 +771,22 @@ mod simd {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q4_1_avx2(groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+    pub(super) unsafe fn q4_1_avx2(groups: &[u8], a: &QActs, outs: &mut [Out]) {
         chunk::<Avx2>(QType::Q4_1, groups, a, outs)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q8_0_avx2(groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+    pub(super) unsafe fn q8_0_avx2(groups: &[u8], a: &QActs, outs: &mut [Out]) {
         chunk::<Avx2>(QType::Q8_0, groups, a, outs)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn q4_1_vnni(groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+    pub(super) unsafe fn q4_1_vnni(groups: &[u8], a: &QActs, outs: &mut [Out]) {
         chunk::<Vnni>(QType::Q4_1, groups, a, outs)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn q8_0_vnni(groups: &[u8], a: &QActs, outs: &mut [&mut [f32]]) {
+    pub(super) unsafe fn q8_0_vnni(groups: &[u8], a: &QActs, outs: &mut [Out]) {
         chunk::<Vnni>(QType::Q8_0, groups, a, outs)
     }
 }

@@ -373,12 +373,17 @@ fn reference_check_detects_wrong_results() {
 }
 
 #[test]
-fn matmul_into_overwrites_and_handles_empty() {
+fn every_output_is_written_and_empty_products_work() {
     let mut rng = StdRng::seed_from_u64(6);
-    let w = QMatrix::quantize_from_f32(QType::Q4_1, 5, 64, &rand_weights(&mut rng, 5, 64));
-    let x = rand_acts(&mut rng, 2, 64);
-    let mut y = vec![f32::NAN; 10];
-    w.matmul_into(&x, 2, &mut y, MatmulOptions::default());
-    assert_eq!(y, w.matmul(&x, 2));
-    assert!(w.matmul(&[], 0).is_empty());
+    for qt in TYPES {
+        // 13 rows: one full group and a padded one.
+        let w = QMatrix::quantize_from_f32(qt, 13, 64, &rand_weights(&mut rng, 13, 64));
+        let x = rand_acts(&mut rng, 3, 64);
+        for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+            let y = w.matmul_with(&x, 3, on(isa, 2));
+            assert_eq!(y.len(), 39);
+            check_vs_reference(&w, &x, 3, &y).unwrap();
+        }
+        assert!(w.matmul(&[], 0).is_empty());
+    }
 }
