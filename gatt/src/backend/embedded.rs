@@ -1,6 +1,6 @@
 //! The in-process backend: a GGUF model on candle, decoding many conversations at once.
 
-use super::llama::{self, Cache, Model};
+use super::llama::{self, Model};
 use super::sampling::{Sampler, SamplingParams};
 use super::{candidate_seed, ChatBackend, Reply, Request};
 use crate::error::{Error, Result};
@@ -94,7 +94,7 @@ impl EmbeddedBackend {
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let ctx = self.model.cfg.context_length;
         let max_new = max_new.min(ctx.saturating_sub(longest));
-        let mut cache = Cache::new(&self.model.cfg, longest + max_new);
+        let mut cache = self.model.sampling_cache(longest + max_new);
         let batch = llama::pad_prompts(prompts, self.format.stop_ids[0], dev)?;
         let logits = self
             .model

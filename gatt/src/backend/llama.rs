@@ -151,14 +151,27 @@ struct Layer {
 /// Per-call decoding state: one KV cache per layer.
 pub struct Cache {
     kv: Vec<KvCache>,
+    /// The element type keys and values are stored in.
+    dtype: DType,
 }
 
 impl Cache {
+    /// Keys and values kept in f32: decoding computes what one forward pass over the
+    /// whole sequence would.
     pub fn new(cfg: &Config, capacity: usize) -> Self {
+        Self::with_dtype(cfg, capacity, DType::F32)
+    }
+
+    /// Keys and values stored as `dtype`. F16 (as llama.cpp does by default) halves the
+    /// cache's memory and the bytes every decoding step reads from it, which with long
+    /// prompts or many sequences is a large part of a step; values round to 11
+    /// significant bits. The CPU's decoding steps read f16 directly, other paths convert.
+    pub fn with_dtype(cfg: &Config, capacity: usize, dtype: DType) -> Self {
         Cache {
             kv: (0..cfg.n_layer)
                 .map(|_| KvCache::new(2, capacity.max(16)))
                 .collect(),
+            dtype,
         }
     }
 
@@ -203,6 +216,17 @@ fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
 impl Model {
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The cache for sampling: f16 keys and values on the CPU, whose decoding steps read
+    /// them directly (half the bytes), f32 elsewhere.
+    pub fn sampling_cache(&self, capacity: usize) -> Cache {
+        let dtype = if self.device.is_cpu() {
+            DType::F16
+        } else {
+            DType::F32
+        };
+        Cache::with_dtype(&self.cfg, capacity, dtype)
     }
 
     /// Differentiable kernels (and LoRA dropout, seeded) for training; fused ones for
@@ -306,7 +330,7 @@ impl Model {
         };
         let train = self.training;
         for (i, layer) in self.layers.iter().enumerate() {
-            let kv = cache.as_deref_mut().map(|c| &mut c.kv[i]);
+            let kv = cache.as_deref_mut().map(|c| (&mut c.kv[i], c.dtype));
             let h = self.attention(
                 layer,
                 &layer.attn_norm.forward(&x, train)?,
@@ -333,7 +357,7 @@ impl Model {
         x: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
         rows: Rows,
-        kv: Option<&mut KvCache>,
+        kv: Option<(&mut KvCache, DType)>,
         pass: Pass,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -343,7 +367,7 @@ impl Model {
         let k = rope::rotated_heads(&layer.attn.k.forward(x, pass)?, nkv, angles, il, train)?;
         let v = rope::split_heads(&layer.attn.v.forward(x, pass)?, nkv)?;
         let (k, v) = match kv {
-            Some(kv) => kv.append(&k, &v)?,
+            Some((kv, dtype)) => kv.append(&k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?,
             None => (k, v),
         };
         let scale = 1.0 / (hd as f64).sqrt();
@@ -361,6 +385,7 @@ impl Model {
             let y = decode_attention::one_query(&q, &k, &v, pad, scale as f32)?;
             return layer.attn.o.forward(&y, pass);
         }
+        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
         let rep = nh / nkv;
         let mut ys = Vec::with_capacity(b);
         for (s, &p) in pad.iter().enumerate() {

@@ -148,26 +148,29 @@ fn incremental_decoding_matches_full_forward() {
     {
         let prompt = [3u32, 17, 5, 42, 9];
         let full = full_logits(&m, &prompt);
-        let mut cache = Cache::new(&m.cfg, 64);
-        let b = pad_prompts(&[prompt[..3].to_vec()], 0, &Device::Cpu).unwrap();
-        m.forward(&b.tokens, &b.positions, &b.pad, &mut cache)
-            .unwrap();
-        let mut last = Vec::new();
-        for &t in &prompt[3..] {
-            let (tok, pos) = step_inputs(&[t], &[0], cache.len(), &Device::Cpu).unwrap();
-            last = logits_rows(&m.forward(&tok, &pos, &[0], &mut cache).unwrap())
-                .unwrap()
-                .remove(0);
+        // An f16 cache rounds keys and values to 11 significant bits.
+        for (kv, tol) in [(DType::F32, tol), (DType::F16, tol.max(5e-3))] {
+            let mut cache = Cache::with_dtype(&m.cfg, 64, kv);
+            let b = pad_prompts(&[prompt[..3].to_vec()], 0, &Device::Cpu).unwrap();
+            m.forward(&b.tokens, &b.positions, &b.pad, &mut cache)
+                .unwrap();
+            let mut last = Vec::new();
+            for &t in &prompt[3..] {
+                let (tok, pos) = step_inputs(&[t], &[0], cache.len(), &Device::Cpu).unwrap();
+                last = logits_rows(&m.forward(&tok, &pos, &[0], &mut cache).unwrap())
+                    .unwrap()
+                    .remove(0);
+            }
+            assert!(
+                close_within(&full, &last, tol),
+                "{arch}, {path}, {kv:?} cache: cached decoding diverged"
+            );
         }
-        assert!(
-            close_within(&full, &last, tol),
-            "{arch}, {path}: cached decoding diverged"
-        );
     }
 }
 
-fn greedy(m: &Model, prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<u32>> {
-    let mut cache = Cache::new(&m.cfg, 64);
+fn greedy(m: &Model, prompts: &[Vec<u32>], steps: usize, kv: DType) -> Vec<Vec<u32>> {
+    let mut cache = Cache::with_dtype(&m.cfg, 64, kv);
     let b = pad_prompts(prompts, 0, &Device::Cpu).unwrap();
     let mut rows = logits_rows(
         &m.forward(&b.tokens, &b.positions, &b.pad, &mut cache)
@@ -206,13 +209,15 @@ fn ragged_batch_matches_each_prompt_alone() {
             vec![9u32, 8],
             vec![30u32, 31, 32, 33],
         ];
-        let batched = greedy(&m, &prompts, 6);
-        for (p, b) in prompts.iter().zip(&batched) {
-            assert_eq!(
-                &greedy(&m, std::slice::from_ref(p), 6)[0],
-                b,
-                "{arch}, {path}"
-            );
+        for kv in [DType::F32, DType::F16] {
+            let batched = greedy(&m, &prompts, 6, kv);
+            for (p, b) in prompts.iter().zip(&batched) {
+                assert_eq!(
+                    &greedy(&m, std::slice::from_ref(p), 6, kv)[0],
+                    b,
+                    "{arch}, {path}, {kv:?} cache"
+                );
+            }
         }
         // Logits of the padded prompt step equal the unpadded ones.
         let mut cache = Cache::new(&m.cfg, 64);
