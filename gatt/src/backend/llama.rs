@@ -136,7 +136,8 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let gate = swiglu::silu_mul(&self.gate.forward(x, pass)?, &self.up.forward(x, pass)?)?;
+        let [gate, up] = Linear::forward_all([&self.gate, &self.up], x, pass)?;
+        let gate = swiglu::silu_mul(&gate, &up)?;
         self.down.forward(&gate, pass)
     }
 }
@@ -363,9 +364,11 @@ impl Model {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
         let (angles, il, train) = ((cos, sin), self.cfg.rope_interleaved, self.training);
-        let q = rope::rotated_heads(&layer.attn.q.forward(x, pass)?, nh, angles, il, train)?;
-        let k = rope::rotated_heads(&layer.attn.k.forward(x, pass)?, nkv, angles, il, train)?;
-        let v = rope::split_heads(&layer.attn.v.forward(x, pass)?, nkv)?;
+        let a = &layer.attn;
+        let [q, k, v] = Linear::forward_all([&a.q, &a.k, &a.v], x, pass)?;
+        let q = rope::rotated_heads(&q, nh, angles, il, train)?;
+        let k = rope::rotated_heads(&k, nkv, angles, il, train)?;
+        let v = rope::split_heads(&v, nkv)?;
         let (k, v) = match kv {
             Some((kv, dtype)) => kv.append(&k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?,
             None => (k, v),

@@ -5,7 +5,7 @@ use super::matmul::matmul_scaled;
 use super::qmatvec::QMatrix;
 use super::rows::contiguous_f32;
 use candle_core::quantized::QMatMul;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor, D};
 use std::sync::Mutex;
 
 /// How weights are held in memory.
@@ -82,8 +82,8 @@ fn blocks_take(x: &Tensor, k: usize) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() && x.dims().last() == Some(&k)
 }
 
-/// `x` (.., k) times the blocks' matrix transposed: (.., n_out).
-struct BlockProduct<'a>(&'a QMatrix);
+/// `x` (.., k) times several block matrices, their outputs side by side: (.., Σ n_out).
+struct BlockProduct<'a>(Vec<&'a QMatrix>);
 
 impl CustomOp1 for BlockProduct<'_> {
     fn name(&self) -> &'static str {
@@ -92,11 +92,11 @@ impl CustomOp1 for BlockProduct<'_> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "quantized product")?;
-        let q = self.0;
-        let y = q.matmul(x, x.len() / q.k);
+        let k = self.0[0].k;
+        let y = QMatrix::matmul_stacked(&self.0, x, x.len() / k, Default::default());
         let mut dims = layout.dims().to_vec();
         if let Some(last) = dims.last_mut() {
-            *last = q.n_out;
+            *last = self.0.iter().map(|q| q.n_out).sum();
         }
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
@@ -104,15 +104,59 @@ impl CustomOp1 for BlockProduct<'_> {
 
 impl Linear {
     pub(super) fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let mut y = match (&self.weight, &self.blocks) {
+        let [y] = Self::forward_all([self], x, pass)?;
+        Ok(y)
+    }
+
+    /// Layers that read one input (q, k and v; gate and up). Those that decode from
+    /// blocks share one quantization of `x` and one product.
+    pub(super) fn forward_all<const N: usize>(
+        layers: [&Linear; N],
+        x: &Tensor,
+        pass: Pass,
+    ) -> Result<[Tensor; N]> {
+        let blocks: Vec<Option<&QMatrix>> = layers.iter().map(|l| l.blocks_for(x, pass)).collect();
+        let stacked: Vec<&QMatrix> = blocks.iter().flatten().copied().collect();
+        let mut side_by_side = None;
+        if !stacked.is_empty() {
+            side_by_side = Some(x.contiguous()?.apply_op1_no_bwd(&BlockProduct(stacked))?);
+        }
+        let mut at = 0;
+        let mut out = Vec::with_capacity(N);
+        for (layer, blocks) in layers.iter().zip(&blocks) {
+            let y = match (blocks, &side_by_side) {
+                (Some(q), Some(all)) => {
+                    at += q.n_out;
+                    all.narrow(D::Minus1, at - q.n_out, q.n_out)?
+                }
+                _ => layer.product(x)?,
+            };
+            out.push(layer.with_bias_and_lora(y, x, pass)?);
+        }
+        Ok(out.try_into().expect("one output per layer"))
+    }
+
+    /// The blocks that compute this layer's product for `x` in `pass`, if any.
+    fn blocks_for(&self, x: &Tensor, pass: Pass) -> Option<&QMatrix> {
+        match (&self.weight, &self.blocks) {
             (Weight::Dense(w), Some(q))
                 if pass.one_row_per_sequence && !w.track_op() && blocks_take(x, q.k) =>
             {
-                x.contiguous()?.apply_op1_no_bwd(&BlockProduct(q))?
+                Some(q)
             }
-            (Weight::Quantized(q), _) => q.forward(x)?,
-            (Weight::Dense(w), _) => matmul_rows(x, w, 1.0)?,
-        };
+            _ => None,
+        }
+    }
+
+    /// `x` times the weights.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Quantized(q) => q.forward(x),
+            Weight::Dense(w) => matmul_rows(x, w, 1.0),
+        }
+    }
+
+    fn with_bias_and_lora(&self, mut y: Tensor, x: &Tensor, pass: Pass) -> Result<Tensor> {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

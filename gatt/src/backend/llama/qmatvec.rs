@@ -1,8 +1,9 @@
 //! Fast CPU products of a few f32 activation rows with GGUF-quantized weight matrices.
 //!
 //! The weights are the GGUF file's own 32-element ggml blocks ([`QType::Q4_1`] or
-//! [`QType::Q8_0`]) for an `n_out × k` matrix. [`QMatrix::matmul`] computes `Y = X · Wᵀ` for
-//! `m` activation rows (`X`: `m × k`, `Y`: `m × n_out`).
+//! [`QType::Q8_0`]) for an `n_out × k` matrix. [`QMatrix::matmul_stacked`] computes
+//! `Y = X · Wᵀ` for `m` activation rows (`X`: `m × k`, `Y`: `m × n_out`), for several
+//! matrices that read the same rows at once.
 //!
 //! The method follows llama.cpp: every activation row is quantized once per call into Q8
 //! blocks (`d = max|x| / 127`, `q = round(x / d)`, plus `s = d · Σq` for the Q4_1 offset term),
@@ -257,70 +258,41 @@ impl QMatrix {
     }
 
     /// `Y = X · Wᵀ` for `m` activation rows `x` (`m × k`, row-major); returns `m × n_out`.
-    /// Uses the automatic threading policy and the fastest available kernel.
+    /// Uses the automatic threading policy and the fastest available kernel. (The model
+    /// calls [`matmul_stacked`](Self::matmul_stacked); the one-matrix forms serve tests.)
+    #[cfg(test)]
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         self.matmul_with(x, m, MatmulOptions::default())
     }
 
     /// [`matmul`](Self::matmul) with explicit threading / kernel options.
+    #[cfg(test)]
     pub fn matmul_with(&self, x: &[f32], m: usize, opts: MatmulOptions) -> Vec<f32> {
-        let len = m * self.n_out;
+        Self::matmul_stacked(&[self], x, m, opts)
+    }
+
+    /// `[X·W₁ᵀ | X·W₂ᵀ | …]` for matrices of one `k`: each activation row's outputs side by
+    /// side (`m × Σ n_out`). The activations are quantized once and one dispatch to the
+    /// pool runs every product: the model's q, k and v (and its gate and up) projections
+    /// read one input.
+    pub fn matmul_stacked(mats: &[&QMatrix], x: &[f32], m: usize, opts: MatmulOptions) -> Vec<f32> {
+        let k = mats.first().map_or(0, |w| w.k);
+        assert!(
+            mats.iter().all(|w| w.k == k),
+            "stacked matrices must share k"
+        );
+        assert_eq!(x.len(), m * k, "x must be m x k");
+        let width: usize = mats.iter().map(|w| w.n_out).sum();
+        let len = m * width;
         // Left uninitialized for the kernels to write (zeroing the logits of a batch first
         // was an extra pass over 3 MB per decoding step).
         let mut y = Vec::with_capacity(len);
-        self.product(x, m, &mut y.spare_capacity_mut()[..len], opts);
+        if len > 0 {
+            product(mats, x, m, width, &mut y.spare_capacity_mut()[..len], opts);
+        }
         // SAFETY: `product` wrote all `len` elements.
         unsafe { y.set_len(len) };
         y
-    }
-
-    /// Writes every element of `y` (`m × n_out`).
-    fn product(&self, x: &[f32], m: usize, y: &mut [MaybeUninit<f32>], opts: MatmulOptions) {
-        assert_eq!(x.len(), m * self.k, "x must be m x k");
-        assert_eq!(y.len(), m * self.n_out, "y must be m x n_out");
-        if m == 0 || self.n_out == 0 {
-            return;
-        }
-        let isa = opts.isa.unwrap_or_else(Isa::best);
-        assert!(isa.available(), "{isa:?} kernels need a CPU that has them");
-        let acts = QActs::new(x, m, self.k, isa != Isa::Scalar);
-        let groups = self.n_out.div_ceil(GROUP);
-        let threads = match opts.threads {
-            Some(t) => t.max(1),
-            None if self.data.len() * (m + 2) >= PAR_MIN_WORK => {
-                candle_core::utils::barrier_pool().n_workers() + 1
-            }
-            None => 1,
-        };
-        let n = self.n_out;
-        if threads == 1 || groups < 2 {
-            let mut outs: Vec<Out> = y.chunks_exact_mut(n).collect();
-            self.run_chunk(0, &mut outs, &acts, isa);
-            return;
-        }
-        // Contiguous runs of whole groups, one per thread.
-        let chunk = groups.div_ceil(threads) * GROUP;
-        let n_chunks = n.div_ceil(chunk);
-        let mut per_chunk: Vec<Vec<Out>> = (0..n_chunks).map(|_| Vec::with_capacity(m)).collect();
-        for row in y.chunks_exact_mut(n) {
-            for (c, piece) in row.chunks_mut(chunk).enumerate() {
-                per_chunk[c].push(piece);
-            }
-        }
-        // The chunks run on candle's barrier pool, whose workers spin for a while after
-        // each job before they sleep: decoding calls one product after another, and a
-        // sleeping pool (rayon's) takes longer to wake than a small product takes. The
-        // calling thread is one of the pool's participants.
-        let acts = &acts;
-        let chunks: Vec<Mutex<Vec<Out>>> = per_chunk.into_iter().map(Mutex::new).collect();
-        let pool = candle_core::utils::barrier_pool();
-        let parts = pool.n_workers() + 1;
-        pool.execute(|p| {
-            for c in (p..n_chunks).step_by(parts) {
-                let mut outs = chunks[c].lock().expect("chunk lock");
-                self.run_chunk(c * chunk, &mut outs, acts, isa);
-            }
-        });
     }
 
     /// Computes output rows `j0 .. j0 + outs[0].len()` (`j0` a multiple of [`GROUP`]) for all
@@ -344,6 +316,93 @@ impl QMatrix {
         }
         scalar::chunk(self, j0, acts, outs);
     }
+}
+
+/// A run of whole groups of one matrix, computed by one thread.
+struct Piece {
+    thread: usize,
+    mat: usize,
+    /// First output row (a multiple of [`GROUP`]) and number of rows.
+    j0: usize,
+    width: usize,
+}
+
+/// Writes every element of `y` (`m × width`, the matrices' outputs side by side).
+fn product(
+    mats: &[&QMatrix],
+    x: &[f32],
+    m: usize,
+    width: usize,
+    y: &mut [MaybeUninit<f32>],
+    opts: MatmulOptions,
+) {
+    let isa = opts.isa.unwrap_or_else(Isa::best);
+    assert!(isa.available(), "{isa:?} kernels need a CPU that has them");
+    let acts = QActs::new(x, m, mats[0].k, isa != Isa::Scalar);
+    let bytes: usize = mats.iter().map(|w| w.data.len()).sum();
+    let pool = candle_core::utils::barrier_pool();
+    let parts = pool.n_workers() + 1;
+    let threads = match opts.threads {
+        Some(t) => t.max(1),
+        None if bytes * (m + 2) >= PAR_MIN_WORK => parts,
+        None => 1,
+    };
+    // Equal shares of all the groups, in output order; a share may span matrices.
+    let total: usize = mats.iter().map(|w| w.n_out.div_ceil(GROUP)).sum();
+    let per = total.div_ceil(threads);
+    let mut pieces = Vec::new();
+    let mut done = 0;
+    for (mat, w) in mats.iter().enumerate() {
+        let groups = w.n_out.div_ceil(GROUP);
+        let mut g = 0;
+        while g < groups {
+            let thread = done / per;
+            let end = groups.min(g + (thread + 1) * per - done);
+            pieces.push(Piece {
+                thread,
+                mat,
+                j0: g * GROUP,
+                width: (end * GROUP).min(w.n_out) - g * GROUP,
+            });
+            done += end - g;
+            g = end;
+        }
+    }
+    // The pieces tile every output row in order.
+    let mut outs: Vec<Vec<Out>> = pieces.iter().map(|_| Vec::with_capacity(m)).collect();
+    for row in y.chunks_exact_mut(width) {
+        let mut rest = row;
+        for (piece, out) in pieces.iter().zip(outs.iter_mut()) {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(piece.width);
+            out.push(head);
+            rest = tail;
+        }
+    }
+    let n_threads = pieces.last().map_or(0, |p| p.thread + 1);
+    let mut jobs: Vec<Vec<(&Piece, Vec<Out>)>> = (0..n_threads).map(|_| Vec::new()).collect();
+    for (piece, out) in pieces.iter().zip(outs) {
+        jobs[piece.thread].push((piece, out));
+    }
+    let acts = &acts;
+    let run = |job: &mut Vec<(&Piece, Vec<Out>)>| {
+        for (piece, out) in job.iter_mut() {
+            mats[piece.mat].run_chunk(piece.j0, out, acts, isa);
+        }
+    };
+    if n_threads <= 1 {
+        jobs.iter_mut().for_each(run);
+        return;
+    }
+    // The shares run on candle's barrier pool, whose workers spin for a while after each
+    // job before they sleep: decoding calls one product after another, and a sleeping
+    // pool (rayon's) takes longer to wake than a small product takes. The calling thread
+    // is one of the pool's participants.
+    let jobs: Vec<Mutex<Vec<(&Piece, Vec<Out>)>>> = jobs.into_iter().map(Mutex::new).collect();
+    pool.execute(|p| {
+        for t in (p..n_threads).step_by(parts) {
+            run(&mut jobs[t].lock().expect("job lock"));
+        }
+    });
 }
 
 /// Quantizes rows of `k` values to GGUF block bytes as ggml's reference quantizers do.

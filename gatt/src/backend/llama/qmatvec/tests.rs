@@ -387,3 +387,34 @@ fn every_output_is_written_and_empty_products_work() {
         assert!(w.matmul(&[], 0).is_empty());
     }
 }
+
+/// A stacked product equals the separate products side by side, bit for bit, whatever
+/// the threading (shares that span matrices included).
+#[test]
+fn stacked_products_equal_separate_ones() {
+    let mut rng = StdRng::seed_from_u64(10);
+    let k = 96;
+    for qt in TYPES {
+        let mats: Vec<QMatrix> = [13, 8, 1, 40]
+            .iter()
+            .map(|&n| QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k)))
+            .collect();
+        let refs: Vec<&QMatrix> = mats.iter().collect();
+        for m in [1, 3, 16] {
+            let x = rand_acts(&mut rng, m, k);
+            let mut want = Vec::new();
+            let parts: Vec<Vec<f32>> = mats.iter().map(|w| w.matmul(&x, m)).collect();
+            for r in 0..m {
+                for (w, y) in mats.iter().zip(&parts) {
+                    want.extend_from_slice(&y[r * w.n_out..(r + 1) * w.n_out]);
+                }
+            }
+            for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+                for t in [1, 2, 3, 5, 64] {
+                    let got = QMatrix::matmul_stacked(&refs, &x, m, on(isa, t));
+                    assert!(bits_equal(&got, &want), "{qt:?} m={m} {isa:?} threads={t}");
+                }
+            }
+        }
+    }
+}
