@@ -327,6 +327,9 @@ struct Piece {
     width: usize,
 }
 
+/// One thread's pieces, each with its part of every activation row's outputs.
+type Job<'a> = Vec<(&'a Piece, Vec<Out<'a>>)>;
+
 /// Writes every element of `y` (`m × width`, the matrices' outputs side by side).
 fn product(
     mats: &[&QMatrix],
@@ -379,12 +382,12 @@ fn product(
         }
     }
     let n_threads = pieces.last().map_or(0, |p| p.thread + 1);
-    let mut jobs: Vec<Vec<(&Piece, Vec<Out>)>> = (0..n_threads).map(|_| Vec::new()).collect();
+    let mut jobs: Vec<Job> = (0..n_threads).map(|_| Vec::new()).collect();
     for (piece, out) in pieces.iter().zip(outs) {
         jobs[piece.thread].push((piece, out));
     }
     let acts = &acts;
-    let run = |job: &mut Vec<(&Piece, Vec<Out>)>| {
+    let run = |job: &mut Job| {
         for (piece, out) in job.iter_mut() {
             mats[piece.mat].run_chunk(piece.j0, out, acts, isa);
         }
@@ -397,7 +400,7 @@ fn product(
     // job before they sleep: decoding calls one product after another, and a sleeping
     // pool (rayon's) takes longer to wake than a small product takes. The calling thread
     // is one of the pool's participants.
-    let jobs: Vec<Mutex<Vec<(&Piece, Vec<Out>)>>> = jobs.into_iter().map(Mutex::new).collect();
+    let jobs: Vec<Mutex<Job>> = jobs.into_iter().map(Mutex::new).collect();
     pool.execute(|p| {
         for t in (p..n_threads).step_by(parts) {
             run(&mut jobs[t].lock().expect("job lock"));
