@@ -1,10 +1,10 @@
 //! What the model's own CPU kernels share: borrowing a contiguous f32 buffer from candle's
-//! storage, and splitting an output into blocks of whole rows for rayon.
+//! storage, and splitting an output into blocks of whole rows over threads.
 
 #[cfg(test)]
 use candle_core::Tensor;
 use candle_core::{bail, CpuStorage, Layout, Result};
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Elements per parallel task (whole rows, at least one), and the size under which one
 /// thread does it all: below this, waking a second thread costs more than it saves.
@@ -30,6 +30,11 @@ where
 
 /// [`for_row_blocks`] for rows that each cost about `row_work` element operations
 /// (more than their length when a row reads many inputs).
+///
+/// The blocks run on candle's barrier pool, as candle's own element-wise ops and the
+/// quantized products do: its workers spin between jobs, while waking rayon's sleeping
+/// workers cost tens of microseconds per call, and with 16 sequences decoding that was
+/// once per layer (the SiLU gate).
 pub fn for_row_blocks_by_work<F>(out: &mut [f32], row_len: usize, row_work: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
@@ -38,11 +43,14 @@ where
     let block = rows_per_task * row_len.max(1);
     if out.len() <= block {
         f(0, out);
-    } else {
-        out.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(i, o)| f(i * rows_per_task, o));
+        return;
     }
+    let blocks: Vec<Mutex<&mut [f32]>> = out.chunks_mut(block).map(Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
+        for i in range {
+            f(i * rows_per_task, &mut blocks[i].lock().expect("block lock"));
+        }
+    });
 }
 
 /// Largest absolute difference between two tensors of one shape (the kernels' tests
