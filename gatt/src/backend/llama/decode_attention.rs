@@ -318,7 +318,7 @@ impl CustomOp3 for OneQuery {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, nh, t, hd) = l1.shape().dims4()?;
         let (b2, nkv, len, hd2) = l2.shape().dims4()?;
-        if t != 1 || b2 != b || hd2 != hd || l3.shape() != l2.shape() || nkv == 0 {
+        if t != 1 || b2 != b || hd2 != hd || l3.shape() != l2.shape() || nkv == 0 || nh % nkv != 0 {
             bail!(
                 "decode attention: queries {:?} against keys {:?} and values {:?}",
                 l1.shape(),
@@ -350,16 +350,19 @@ mod tests {
     #[test]
     fn equals_softmax_attention_over_each_sequences_own_keys() {
         let dev = Device::Cpu;
-        // Few rows (one thread) and many (parallel blocks); two query heads per key head;
-        // head sizes for the SIMD kernels (8, and 72 = one 64-column block and a rest) and
-        // for the portable path (6); key counts with and without a rest after fours.
-        for (b, len, hd) in [
-            (3usize, 6usize, 8usize),
-            (16, 300, 8),
-            (2, 7, 72),
-            (3, 9, 6),
+        // Few rows (one thread) and many (parallel blocks); 1, 2, 3 and 7 query heads per
+        // key head; head sizes for the SIMD kernels (8, and 72 = one 64-column block and
+        // a rest) and for the portable path (6); key counts with and without a rest after
+        // fours.
+        for (b, len, hd, nh, nkv) in [
+            (3usize, 6usize, 8usize, 4usize, 2usize),
+            (16, 300, 8, 9, 3),
+            (2, 7, 72, 4, 2),
+            (3, 9, 6, 4, 2),
+            (2, 13, 16, 7, 1),
+            (2, 5, 8, 2, 2),
         ] {
-            let (nh, nkv, cap) = (4, 2, len + 5);
+            let cap = len + 5;
             let q = Tensor::randn(0f32, 1.0, (b, nh, 1, hd), &dev).unwrap();
             // Keys and values read in place from a larger cache, as during decoding.
             let kc = Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), &dev).unwrap();
@@ -388,25 +391,18 @@ mod tests {
     fn check_against_composed_ops(q: &Tensor, k: &Tensor, v: &Tensor, pad: &[usize]) {
         let (b, nh, _, hd) = q.dims4().unwrap();
         let len = k.dim(2).unwrap();
+        let rep = nh / k.dim(1).unwrap();
         let got = one_query(q, k, v, pad, 0.3).unwrap();
         assert_eq!(got.dims(), &[b, 1, nh * hd]);
         for (s, &p) in pad.iter().enumerate() {
             for h in 0..nh {
                 let qh = q.get(s).unwrap().get(h).unwrap(); // (1, hd)
-                let kh = k
-                    .get(s)
-                    .unwrap()
-                    .get(h / 2)
-                    .unwrap()
-                    .narrow(0, p, len - p)
-                    .unwrap();
-                let vh = v
-                    .get(s)
-                    .unwrap()
-                    .get(h / 2)
-                    .unwrap()
-                    .narrow(0, p, len - p)
-                    .unwrap();
+                                                            // The positions sequence s sees of the key head that head h reads.
+                let seen = |c: &Tensor| {
+                    let c = c.get(s).unwrap().get(h / rep).unwrap();
+                    c.narrow(0, p, len - p).unwrap()
+                };
+                let (kh, vh) = (seen(k), seen(v));
                 let scores = (qh.matmul(&kh.t().unwrap()).unwrap() * 0.3).unwrap();
                 let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
                 let want = probs.matmul(&vh).unwrap().flatten_all().unwrap();

@@ -77,10 +77,16 @@ mod avx2 {
             let x = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), s);
             _mm256_storeu_ps(c.as_mut_ptr(), exp8(x));
         }
-        chunks
-            .into_remainder()
-            .iter_mut()
-            .for_each(|x| *x = exp(*x - shift));
+        // The last 1-7 elements through the same lanes (the scalar twin would call the C
+        // library's `fmaf` for each fused multiply-add).
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut lanes = [0f32; 8];
+            lanes[..rest.len()].copy_from_slice(rest);
+            let x = _mm256_sub_ps(_mm256_loadu_ps(lanes.as_ptr()), s);
+            _mm256_storeu_ps(lanes.as_mut_ptr(), exp8(x));
+            rest.copy_from_slice(&lanes[..rest.len()]);
+        }
     }
 
     /// The scalar [`exp`], lane by lane.

@@ -48,7 +48,10 @@ where
     let blocks: Vec<Mutex<&mut [f32]>> = out.chunks_mut(block).map(Mutex::new).collect();
     candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
         for i in range {
-            f(i * rows_per_task, &mut blocks[i].lock().expect("block lock"));
+            f(
+                i * rows_per_task,
+                &mut blocks[i].lock().expect("block lock"),
+            );
         }
     });
 }

@@ -4,7 +4,7 @@
 //! each into a fresh intermediate-sized buffer, per layer and per direction. On other
 //! devices than the CPU the composed form is used.
 
-use super::exp::{exp, exp_shifted_in_place};
+use super::exp::exp_shifted_in_place;
 use super::rows::{contiguous_f32, for_row_blocks};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -14,11 +14,6 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul);
     }
     candle_nn::ops::silu(gate)? * up
-}
-
-/// The logistic function (with the same `exp` as the forward pass's slices).
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
 }
 
 /// Rows of this many elements for splitting the work (any length works).
@@ -96,12 +91,22 @@ impl CustomOp3 for SiluMulGrad {
         let n = x.len();
         let mut out = vec![0f32; 2 * n];
         let (d_gate, d_up) = out.split_at_mut(n);
+        // d_up holds s = sigmoid(x) first, as in the forward pass: exp(-x) in bulk, then
+        // 1 / (1 + exp(-x)).
+        for_row_blocks(d_up, ROW, |first, s| {
+            let x = &x[first * ROW..first * ROW + s.len()];
+            for (s, &x) in s.iter_mut().zip(x) {
+                *s = -x;
+            }
+            exp_shifted_in_place(s, 0.0);
+            s.iter_mut().for_each(|s| *s = 1.0 / (1.0 + *s));
+        });
+        let sig: &[f32] = d_up;
         for_row_blocks(d_gate, ROW, |first, dg| {
             let at = first * ROW;
             let len = dg.len();
             let (x, u, g) = (&x[at..at + len], &u[at..at + len], &g[at..at + len]);
-            for (((d, &x), &u), &g) in dg.iter_mut().zip(x).zip(u).zip(g) {
-                let s = sigmoid(x);
+            for ((((d, &x), &u), &g), &s) in dg.iter_mut().zip(x).zip(u).zip(g).zip(&sig[at..]) {
                 *d = g * u * s * (1.0 + x * (1.0 - s));
             }
         });
@@ -110,7 +115,7 @@ impl CustomOp3 for SiluMulGrad {
             let len = du.len();
             let (x, g) = (&x[at..at + len], &g[at..at + len]);
             for ((d, &x), &g) in du.iter_mut().zip(x).zip(g) {
-                *d = g * x * sigmoid(x);
+                *d *= g * x;
             }
         });
         let mut dims = vec![2];
