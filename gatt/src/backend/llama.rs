@@ -136,8 +136,13 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let [gate, up] = Linear::forward_all([&self.gate, &self.up], x, pass)?;
-        let gate = swiglu::silu_mul(&gate, &up)?;
+        let gate = match Linear::forward_side_by_side(&[&self.gate, &self.up], x, pass)? {
+            Some(both) => swiglu::silu_mul_halves(&both)?,
+            None => {
+                let [gate, up] = Linear::forward_all([&self.gate, &self.up], x, pass)?;
+                swiglu::silu_mul(&gate, &up)?
+            }
+        };
         self.down.forward(&gate, pass)
     }
 }

@@ -136,6 +136,27 @@ impl Linear {
         Ok(out.try_into().expect("one output per layer"))
     }
 
+    /// `[x·W₁ᵀ | x·W₂ᵀ | …]` as one tensor when every layer decodes from blocks and has no
+    /// bias or adapter, else `None` (the model's gate and up, which the SiLU gate then
+    /// reads in place).
+    pub(super) fn forward_side_by_side(
+        layers: &[&Linear],
+        x: &Tensor,
+        pass: Pass,
+    ) -> Result<Option<Tensor>> {
+        let plain = |l: &&Linear| l.bias.is_none() && l.lora.is_none();
+        let blocks: Option<Vec<&QMatrix>> = layers
+            .iter()
+            .map(|l| plain(l).then(|| l.blocks_for(x, pass)).flatten())
+            .collect();
+        match blocks {
+            Some(b) if !b.is_empty() => {
+                Ok(Some(x.contiguous()?.apply_op1_no_bwd(&BlockProduct(b))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The blocks that compute this layer's product for `x` in `pass`, if any.
     fn blocks_for(&self, x: &Tensor, pass: Pass) -> Option<&QMatrix> {
         match (&self.weight, &self.blocks) {

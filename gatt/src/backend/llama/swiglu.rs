@@ -6,7 +6,9 @@
 
 use super::exp::exp_shifted_in_place;
 use super::rows::{contiguous_f32, for_row_blocks};
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 
 /// `silu(gate) * up`, elementwise; both have the same shape.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -16,8 +18,53 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     candle_nn::ops::silu(gate)? * up
 }
 
+/// `silu(a) * b` for the two halves of `both` (.., 2n), giving (.., n): the gate and up
+/// products side by side as one stacked product of a decoding step leaves them, read in
+/// place (inference only: no backward pass).
+pub fn silu_mul_halves(both: &Tensor) -> Result<Tensor> {
+    both.contiguous()?.apply_op1_no_bwd(&SiluMulHalves)
+}
+
 /// Rows of this many elements for splitting the work (any length works).
 const ROW: usize = 1024;
+
+/// `y = silu(g) · u`: exp(-g) in bulk, then `g / (1 + exp(-g)) · u`.
+fn silu_mul_into(g: &[f32], u: &[f32], y: &mut [f32]) {
+    for (y, &g) in y.iter_mut().zip(g) {
+        *y = -g;
+    }
+    exp_shifted_in_place(y, 0.0);
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+        *y = g * (1.0 / (1.0 + *y)) * u;
+    }
+}
+
+struct SiluMulHalves;
+
+impl CustomOp1 for SiluMulHalves {
+    fn name(&self) -> &'static str {
+        "gatt-silu-mul-halves"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "silu mul")?;
+        let mut dims = layout.dims().to_vec();
+        let two_n = dims.last().copied().unwrap_or(0);
+        if two_n == 0 || two_n % 2 != 0 {
+            bail!("silu mul: the last dimension of {dims:?} is not two halves")
+        }
+        let n = two_n / 2;
+        let mut y = vec![0f32; x.len() / 2];
+        for_row_blocks(&mut y, n, |first, ys| {
+            for (i, y) in ys.chunks_mut(n).enumerate() {
+                let (g, u) = x[(first + i) * two_n..][..two_n].split_at(n);
+                silu_mul_into(g, u, y);
+            }
+        });
+        *dims.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}
 
 struct SiluMul;
 
@@ -41,14 +88,7 @@ impl CustomOp2 for SiluMul {
         let mut y = vec![0f32; g.len()];
         for_row_blocks(&mut y, ROW, |first, ys| {
             let at = first * ROW;
-            let (g, u) = (&g[at..at + ys.len()], &u[at..at + ys.len()]);
-            for (y, &g) in ys.iter_mut().zip(g) {
-                *y = -g;
-            }
-            exp_shifted_in_place(ys, 0.0);
-            for ((y, &g), &u) in ys.iter_mut().zip(g).zip(u) {
-                *y = g * (1.0 / (1.0 + *y)) * u;
-            }
+            silu_mul_into(&g[at..at + ys.len()], &u[at..at + ys.len()], ys);
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -129,6 +169,24 @@ mod tests {
     use super::*;
     use crate::backend::llama::rows::{max_diff, probe_grads};
     use candle_core::{Device, Var};
+
+    /// The halves of one tensor give the same bits as the two tensors apart.
+    #[test]
+    fn halves_equal_the_two_tensors() {
+        let dev = Device::Cpu;
+        for rows in [1usize, 3, 40] {
+            let both = Tensor::randn(0f32, 3.0, (rows, 2 * 1500), &dev).unwrap();
+            let (g, u) = (
+                both.narrow(1, 0, 1500).unwrap(),
+                both.narrow(1, 1500, 1500).unwrap(),
+            );
+            let want = silu_mul(&g, &u).unwrap();
+            let got = silu_mul_halves(&both).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(max_diff(&got, &want), 0.0);
+        }
+        assert!(silu_mul_halves(&Tensor::zeros((2, 3), DType::F32, &dev).unwrap()).is_err());
+    }
 
     #[test]
     fn values_and_gradients_equal_the_composed_ops() {
