@@ -136,7 +136,12 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let gate = match Linear::forward_side_by_side(&[&self.gate, &self.up], x, pass)? {
+        let halves = self.gate.out_dim()? == self.up.out_dim()?;
+        let both = match halves {
+            true => Linear::forward_side_by_side(&[&self.gate, &self.up], x, pass)?,
+            false => None,
+        };
+        let gate = match both {
             Some(both) => swiglu::silu_mul_halves(&both)?,
             None => {
                 let [gate, up] = Linear::forward_all([&self.gate, &self.up], x, pass)?;

@@ -289,11 +289,12 @@ impl OneQuery {
         } else {
             let per = (b * nh).div_ceil(parts);
             let chunks: Vec<Mutex<&mut [f32]>> = y.chunks_mut(per * hd).map(Mutex::new).collect();
-            pool.execute(|p| {
-                if let Some(chunk) = chunks.get(p) {
-                    let mut out = chunk.lock().expect("chunk lock");
+            // Inline on the calling thread if it is a pool worker itself.
+            pool.execute_chunked(chunks.len(), |range| {
+                for c in range {
+                    let mut out = chunks[c].lock().expect("chunk lock");
                     for (i, row) in out.chunks_mut(hd).enumerate() {
-                        attend(p * per + i, row);
+                        attend(c * per + i, row);
                     }
                 }
             });

@@ -298,6 +298,8 @@ impl QMatrix {
     /// Computes output rows `j0 .. j0 + outs[0].len()` (`j0` a multiple of [`GROUP`]) for all
     /// activation rows.
     fn run_chunk(&self, j0: usize, outs: &mut [Out], acts: &QActs, isa: Isa) {
+        // What the kernels' unchecked reads rely on.
+        assert!(acts.nb * BLOCK == self.k && outs.len() == acts.m && j0.is_multiple_of(GROUP));
         let n = outs[0].len();
         let gb = self.group_bytes();
         let groups = &self.data[j0 / GROUP * gb..(j0 + n).div_ceil(GROUP) * gb];
@@ -318,7 +320,7 @@ impl QMatrix {
     }
 }
 
-/// A run of whole groups of one matrix, computed by one thread.
+/// A run of whole groups of one matrix, in one share of the work.
 struct Piece {
     thread: usize,
     mat: usize,
@@ -401,8 +403,10 @@ fn product(
     // pool (rayon's) takes longer to wake than a small product takes. The calling thread
     // is one of the pool's participants.
     let jobs: Vec<Mutex<Job>> = jobs.into_iter().map(Mutex::new).collect();
-    pool.execute(|p| {
-        for t in (p..n_threads).step_by(parts) {
+    // `execute_chunked` hands out the shares one at a time, and runs them all on the
+    // calling thread if it is a pool worker itself (a nested call would deadlock).
+    pool.execute_chunked(n_threads, |range| {
+        for t in range {
             run(&mut jobs[t].lock().expect("job lock"));
         }
     });
@@ -536,8 +540,11 @@ impl QActs {
 /// Quantizes 32 values to Q8 (`d = max|x|/127`, `q = round_ties_even(x · 127/max|x|)`);
 /// returns `(d, Σq)`. Bit-identical to the AVX2 version.
 fn quantize_block_scalar(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
+    if x.iter().any(|v| !v.is_finite()) {
+        return non_finite_block(q);
+    }
     let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let id = inverse_step(amax);
     let mut sum = 0i32;
     for (qi, &v) in q.iter_mut().zip(x) {
         let r = (v * id).round_ties_even() as i32;
@@ -545,6 +552,24 @@ fn quantize_block_scalar(x: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
         sum += r;
     }
     (amax / 127.0, sum)
+}
+
+/// A block holding NaN or an infinity: scale NaN, so that every output it feeds is NaN
+/// (as the f32 product would give), and zero quants.
+fn non_finite_block(q: &mut [i8; BLOCK]) -> (f32, i32) {
+    q.fill(0);
+    (f32::NAN, 0)
+}
+
+/// `127 / max|x|`, or 0 where that is not finite (an all-zero block, or one so small that
+/// the quotient overflows): such blocks quantize to zeros.
+fn inverse_step(amax: f32) -> f32 {
+    let id = 127.0 / amax;
+    if id.is_finite() {
+        id
+    } else {
+        0.0
+    }
 }
 
 /// The portable kernel: the same integer block sums and the same float operations, in the
@@ -602,6 +627,14 @@ mod simd {
             _mm256_loadu_ps(p.add(16)),
             _mm256_loadu_ps(p.add(24)),
         ];
+        // x - x is 0 for finite x and NaN for NaN or an infinity.
+        let bad = v
+            .iter()
+            .map(|&x| _mm256_cmp_ps::<_CMP_UNORD_Q>(_mm256_sub_ps(x, x), _mm256_sub_ps(x, x)))
+            .fold(_mm256_setzero_ps(), |a, b| _mm256_or_ps(a, b));
+        if _mm256_movemask_ps(bad) != 0 {
+            return super::non_finite_block(q);
+        }
         let sign = _mm256_set1_ps(-0.0);
         let mx = _mm256_max_ps(
             _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
@@ -610,7 +643,7 @@ mod simd {
         let h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
         let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
-        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let id = _mm256_set1_ps(super::inverse_step(amax));
         const RND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         let i0 = _mm256_cvtps_epi32(_mm256_round_ps::<RND>(_mm256_mul_ps(v[0], id)));
         let i1 = _mm256_cvtps_epi32(_mm256_round_ps::<RND>(_mm256_mul_ps(v[1], id)));

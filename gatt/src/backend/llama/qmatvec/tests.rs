@@ -228,17 +228,46 @@ fn activation_quantization_scalar_matches_avx2() {
             }
             x[0] = 127.0;
         }
-        if case == 1 {
-            x = [0.0; BLOCK];
+        match case {
+            1 => x = [0.0; BLOCK],
+            // Blocks so small that 127 / max|x| overflows quantize to zeros.
+            2 => x = [1e-37; BLOCK],
+            3 => x[5] = f32::NAN,
+            4 => x[31] = f32::INFINITY,
+            5 => x[0] = f32::NEG_INFINITY,
+            _ => {}
         }
         let (mut qa, mut qb) = ([0i8; BLOCK], [0i8; BLOCK]);
         let sa = quantize_block_scalar(&x, &mut qa);
         let sb = unsafe { simd::quantize_block(&x, &mut qb) };
         assert_eq!(qa, qb, "case {case}");
-        assert_eq!(sa.0.to_bits(), sb.0.to_bits());
+        assert_eq!(sa.0.to_bits(), sb.0.to_bits(), "case {case}");
+        assert_eq!(sa.0.is_nan(), (3..=5).contains(&case), "case {case}");
         assert_eq!(sa.1, sb.1);
         assert_eq!(sa.1, qa.iter().map(|&q| q as i32).sum::<i32>());
         assert!(qa.iter().all(|&q| q != -128));
+    }
+}
+
+/// An activation that is NaN or infinite makes the outputs it feeds NaN, as the f32
+/// product would, in every kernel alike.
+#[test]
+fn non_finite_activations_give_nan() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for qt in TYPES {
+        let w = QMatrix::quantize_from_f32(qt, 9, 64, &rand_weights(&mut rng, 9, 64));
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x = rand_acts(&mut rng, 2, 64);
+            x[64 + 40] = bad;
+            for isa in std::iter::once(Isa::Scalar).chain(simd_isas()) {
+                let y = w.matmul_with(&x, 2, on(isa, 1));
+                assert!(
+                    y[..9].iter().all(|v| v.is_finite()),
+                    "{qt:?} {isa:?}: row 0 is clean"
+                );
+                assert!(y[9..].iter().all(|v| v.is_nan()), "{qt:?} {isa:?} {bad}");
+            }
+        }
     }
 }
 
