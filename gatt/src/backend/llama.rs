@@ -265,7 +265,7 @@ impl Model {
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
         let pass = Pass {
             dropout: None,
-            one_row_per_sequence: true,
+            inference: !self.training,
         };
         self.output.forward(&last, pass)
     }
@@ -337,7 +337,7 @@ impl Model {
             .reshape((b, t, hidden))?;
         let pass = Pass {
             dropout: self.dropout.as_ref(),
-            one_row_per_sequence: t == 1 && matches!(rows, Rows::Padded(_)),
+            inference: !self.training && matches!(rows, Rows::Padded(_)),
         };
         let train = self.training;
         for (i, layer) in self.layers.iter().enumerate() {

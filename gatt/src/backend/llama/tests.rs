@@ -109,9 +109,9 @@ fn load_as(arch: &str, quantized: bool, weights: Weights) -> Model {
     Model::from_gguf(&ct, &mut r, &Device::Cpu, weights).unwrap()
 }
 
-/// Both decoding paths: weights as stored (f32 file), and the default for quantized
-/// files: dense weights for prompts, the file's blocks for one-row-per-sequence steps.
-/// The second also returns a tolerance: its steps quantize activations to 8 bits.
+/// Both inference paths: weights as stored (f32 file, the f32 product), and the default
+/// for quantized files: the file's blocks, for prompts and decoding steps alike. The
+/// second also returns a tolerance: its products quantize activations to 8 bits.
 fn both_paths(arch: &str) -> [(&'static str, Model, f32); 2] {
     [
         ("f32 file", load(arch), 1e-4),
