@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Decode and prefill speed of the embedded model against llama.cpp on the same GGUF, the
 # same synthetic prompts and the same thread count, back to back in one run (REPS rounds,
-# alternating, so both see the same machine load). Each gatt round runs its cases three
+# alternating, so both see the same machine load). Each gatt round runs its cases five
 # times, interleaved, and ends with the median and best of each and the batch-16 ratio.
 #
 #   scripts/decode/run_decode_bench.sh [REPS]
@@ -20,7 +20,7 @@ cargo build -q -p gatt --example decode_speed
 GGUF="$(cargo run -q -- model fetch)"
 for r in $(seq "$REPS"); do
   echo "== round $r: gatt (dense f32 + Q4_1/Q8_0 blocks for few rows)"
-  target/debug/examples/decode_speed rounds=3
+  target/debug/examples/decode_speed rounds=5
   echo "== round $r: llama.cpp"
   "$PY" scripts/decode/llamacpp_speed.py "$GGUF" "$THREADS" 64
 done
