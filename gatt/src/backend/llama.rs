@@ -11,7 +11,7 @@
 //! [`hf`] converts to and from the Hugging Face layout.
 
 mod decode_attention;
-mod exp;
+pub(crate) mod exp;
 pub mod hf;
 mod inputs;
 mod linear;

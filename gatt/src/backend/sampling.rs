@@ -1,6 +1,7 @@
 //! Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling
 //! with a repetition penalty, from a seeded generator so that runs repeat exactly.
 
+use super::llama::exp::exp_shifted_in_place;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -90,37 +91,58 @@ impl Sampler {
             idx.select_nth_unstable_by(k - 1, by_logit);
             idx.truncate(k);
         }
-        idx.sort_unstable_by(by_logit);
-        let max = logits[idx[0] as usize];
-        let mut probs: Vec<f32> = idx
+        // Unnormalized probabilities of the candidates, in candidate order.
+        let max = idx
             .iter()
-            .map(|&i| ((logits[i as usize] - max) / temp).exp())
-            .collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-        if let Some(top_p) = self.params.top_p.filter(|p| *p < 1.0) {
-            let mut acc = 0.0;
-            let cut = probs
-                .iter()
-                .position(|p| {
-                    acc += p;
-                    acc as f64 >= top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(cut);
-            let total: f32 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= total);
-        }
-        let r: f32 = self.rng.random();
-        let mut acc = 0.0;
-        for (p, &i) in probs.iter().zip(&idx) {
-            acc += p;
-            if r < acc {
-                return i;
+            .fold(f32::NEG_INFINITY, |m, &i| m.max(logits[i as usize]));
+        let mut weights: Vec<f32> = idx.iter().map(|&i| logits[i as usize] / temp).collect();
+        exp_shifted_in_place(&mut weights, max / temp);
+        let total: f32 = weights.iter().sum();
+        let top_p = self.params.top_p.filter(|p| *p < 1.0);
+        let Some(top_p) = top_p else {
+            return pick(&idx, &weights, self.rng.random::<f32>() * total);
+        };
+        // The nucleus: the fewest most probable candidates whose mass reaches `top_p`. Only
+        // the head of the order is sorted, grown until it holds that mass (the whole
+        // vocabulary was sorted for every token before, a sixth of a synthesis run).
+        let mass = top_p as f32 * total;
+        let by_weight = |a: &usize, b: &usize| weights[*b].total_cmp(&weights[*a]);
+        let mut order: Vec<usize> = (0..idx.len()).collect();
+        let mut head = 64.min(order.len());
+        loop {
+            if head < order.len() {
+                order.select_nth_unstable_by(head - 1, by_weight);
             }
+            order[..head].sort_unstable_by(by_weight);
+            let mut acc = 0.0;
+            let cut = order[..head].iter().position(|&i| {
+                acc += weights[i];
+                acc >= mass
+            });
+            if let Some(cut) = cut.or((head == order.len()).then_some(head - 1)) {
+                order.truncate(cut + 1);
+                break;
+            }
+            head = (head * 4).min(order.len());
         }
-        idx[probs.len() - 1]
+        let kept: Vec<u32> = order.iter().map(|&i| idx[i]).collect();
+        let kept_weights: Vec<f32> = order.iter().map(|&i| weights[i]).collect();
+        let kept_total: f32 = kept_weights.iter().sum();
+        pick(&kept, &kept_weights, self.rng.random::<f32>() * kept_total)
     }
+}
+
+/// The candidate at which the running sum of `weights` passes `r` (the last one if
+/// rounding leaves `r` beyond the sum).
+fn pick(candidates: &[u32], weights: &[f32], r: f32) -> u32 {
+    let mut acc = 0.0;
+    for (&c, &w) in candidates.iter().zip(weights) {
+        acc += w;
+        if r < acc {
+            return c;
+        }
+    }
+    candidates[candidates.len() - 1]
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -166,5 +188,57 @@ mod tests {
         assert_eq!(draw(3), draw(3));
         assert!(draw(3).iter().all(|t| *t < 2));
         assert!(draw(3).contains(&0) && draw(3).contains(&1));
+    }
+
+    /// Top-p keeps the fewest most probable tokens whose mass reaches p, also when that
+    /// takes more than the first sorted block of candidates (a flat distribution).
+    #[test]
+    fn top_p_keeps_the_nucleus() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.5),
+            top_k: None,
+            repetition_penalty: 1.0,
+            ..SamplingParams::default()
+        };
+        // Peaked: token 7 holds about 73% of the mass, so it is the whole nucleus.
+        let mut peaked = vec![0f32; 1000];
+        peaked[7] = 8.0;
+        let mut s = Sampler::new(&p, 1);
+        assert!((0..200).all(|_| s.sample(&mut peaked.clone(), &[]) == 7));
+        // Flat over 1000 tokens with a slope: the nucleus is the top ~half (well over the
+        // 64 sorted first), and every draw falls in it.
+        let flat: Vec<f32> = (0..1000).map(|i| i as f32 * 1e-4).collect();
+        let mut s = Sampler::new(&p, 2);
+        let draws: Vec<u32> = (0..2000)
+            .map(|_| s.sample(&mut flat.clone(), &[]))
+            .collect();
+        assert!(
+            draws.iter().all(|&t| t >= 490),
+            "a draw outside the nucleus"
+        );
+        let distinct: std::collections::HashSet<u32> = draws.iter().copied().collect();
+        assert!(distinct.len() > 300, "only {} tokens drawn", distinct.len());
+    }
+
+    /// Without top-p every token can be drawn, in proportion to its probability.
+    #[test]
+    fn without_top_p_draws_follow_the_probabilities() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: None,
+            top_k: None,
+            repetition_penalty: 1.0,
+            ..SamplingParams::default()
+        };
+        // Probabilities 1/2, 1/4, 1/4.
+        let logits = [2f32.ln(), 0.0, 0.0];
+        let mut s = Sampler::new(&p, 3);
+        let mut counts = [0usize; 3];
+        for _ in 0..4000 {
+            counts[s.sample(&mut logits.clone(), &[]) as usize] += 1;
+        }
+        assert!((1850..2150).contains(&counts[0]), "{counts:?}");
+        assert!((850..1150).contains(&counts[1]) && (850..1150).contains(&counts[2]));
     }
 }
