@@ -136,12 +136,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let halves = self.gate.out_dim()? == self.up.out_dim()?;
-        let both = match halves {
-            true => Linear::forward_side_by_side(&[&self.gate, &self.up], x, pass)?,
-            false => None,
-        };
-        let gate = match both {
+        let gate = match Linear::forward_halves(&self.gate, &self.up, x, pass)? {
             Some(both) => swiglu::silu_mul_halves(&both)?,
             None => {
                 let [gate, up] = Linear::forward_all([&self.gate, &self.up], x, pass)?;

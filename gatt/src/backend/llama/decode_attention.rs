@@ -250,7 +250,6 @@ const PARALLEL_FROM: usize = 64 << 10;
 
 impl OneQuery {
     /// The attention of every (sequence, head) row over keys and values of type `E`.
-    #[allow(clippy::too_many_arguments)]
     fn run<E: CacheElem>(
         &self,
         (b, nh, nkv, len, hd): (usize, usize, usize, usize, usize),

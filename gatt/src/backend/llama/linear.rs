@@ -179,23 +179,21 @@ impl Linear {
         Ok(out.try_into().expect("one output per layer"))
     }
 
-    /// `[x·W₁ᵀ | x·W₂ᵀ | …]` as one tensor when every layer decodes from blocks and has no
-    /// bias or adapter, else `None` (the model's gate and up, which the SiLU gate then
-    /// reads in place).
-    pub(super) fn forward_side_by_side(
-        layers: &[&Linear],
+    /// `[x·Aᵀ | x·Bᵀ]` as one tensor of two equal halves when both layers decode from
+    /// blocks, are as wide and have no bias or adapter, else `None` (the model's gate and
+    /// up, which the SiLU gate then reads in place).
+    pub(super) fn forward_halves(
+        a: &Linear,
+        b: &Linear,
         x: &Tensor,
         pass: Pass,
     ) -> Result<Option<Tensor>> {
-        let plain = |l: &&Linear| l.bias.is_none() && l.lora.is_none();
-        let blocks: Option<Vec<(&QMatrix, &Tensor)>> = layers
-            .iter()
-            .map(|l| plain(l).then(|| l.blocks_for(x, pass)).flatten())
-            .collect();
-        match blocks {
-            Some(b) if !b.is_empty() => {
-                Ok(Some(x.contiguous()?.apply_op1_no_bwd(&BlockProduct(b))?))
-            }
+        let plain = |l: &Linear| l.bias.is_none() && l.lora.is_none();
+        match (a.blocks_for(x, pass), b.blocks_for(x, pass)) {
+            (Some(qa), Some(qb)) if plain(a) && plain(b) && qa.0.n_out == qb.0.n_out => Ok(Some(
+                x.contiguous()?
+                    .apply_op1_no_bwd(&BlockProduct(vec![qa, qb]))?,
+            )),
             _ => Ok(None),
         }
     }

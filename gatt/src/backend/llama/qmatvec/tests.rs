@@ -275,22 +275,29 @@ fn non_finite_activations_give_nan() {
     }
 }
 
-#[test]
-fn scalar_kernel_vs_dequantized_reference() {
-    let mut rng = StdRng::seed_from_u64(2);
-    let mut worst = 0f64;
+/// Runs `check` on every (format, k, n, m) of the test grid: random weights, random
+/// activations.
+fn for_each_case(seed: u64, mut check: impl FnMut(&QMatrix, &[f32], usize)) {
+    let mut rng = StdRng::seed_from_u64(seed);
     for qt in TYPES {
         for k in KS {
             for n in NS {
                 let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
                 for m in MS {
-                    let x = rand_acts(&mut rng, m, k);
-                    let y = w.matmul_with(&x, m, scalar());
-                    worst = worst.max(check_vs_reference(&w, &x, m, &y).unwrap());
+                    check(&w, &rand_acts(&mut rng, m, k), m);
                 }
             }
         }
     }
+}
+
+#[test]
+fn scalar_kernel_vs_dequantized_reference() {
+    let mut worst = 0f64;
+    for_each_case(2, |w, x, m| {
+        let y = w.matmul_with(x, m, scalar());
+        worst = worst.max(check_vs_reference(w, x, m, &y).unwrap());
+    });
     eprintln!("scalar: worst |err| / (|x||w|) = {worst:e}");
 }
 
@@ -299,24 +306,16 @@ fn scalar_kernel_vs_dequantized_reference() {
 /// same tokens on any x86 CPU).
 #[test]
 fn simd_kernels_match_scalar_bit_for_bit() {
-    let mut rng = StdRng::seed_from_u64(3);
     let isas = simd_isas();
-    for qt in TYPES {
-        for k in KS {
-            for n in NS {
-                let w = QMatrix::quantize_from_f32(qt, n, k, &rand_weights(&mut rng, n, k));
-                for m in MS {
-                    let x = rand_acts(&mut rng, m, k);
-                    let ys = w.matmul_with(&x, m, scalar());
-                    for &isa in &isas {
-                        let yv = w.matmul_with(&x, m, on(isa, 1));
-                        check_vs_reference(&w, &x, m, &yv).unwrap();
-                        assert!(bits_equal(&yv, &ys), "{qt:?} {isa:?} n={n} k={k} m={m}");
-                    }
-                }
-            }
+    for_each_case(3, |w, x, m| {
+        let ys = w.matmul_with(x, m, scalar());
+        for &isa in &isas {
+            let yv = w.matmul_with(x, m, on(isa, 1));
+            check_vs_reference(w, x, m, &yv).unwrap();
+            let (qt, n, k) = (w.qtype, w.n_out, w.k);
+            assert!(bits_equal(&yv, &ys), "{qt:?} {isa:?} n={n} k={k} m={m}");
         }
-    }
+    });
 }
 
 /// Each output row's numbers do not depend on the other rows of the call: row `r` of an
