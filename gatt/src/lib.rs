@@ -5,13 +5,18 @@
 //! ```text
 //! dialogue -> transform (attach / keep-first) -> template (render) -> tokenizer (ids)
 //!          -> mask (labels) -> dataset (files)
-//! model -> backend (sample replies)
+//! chat model -> backend (sample replies: the `ChatBackend` trait, the HTTP backend)
 //! ```
+//!
+//! The model runtime (the in-process model, kernels, sampling, training) is the crate
+//! `gatt-runtime`; the generator, the evaluator and the command-line tool are crates of
+//! their own. This crate depends on none of them.
 //!
 //! Everything that reads user input returns [`Error`], whose `Input` variant names the
 //! file, line and field at fault so that the command-line tool can tell the user what to fix.
 
-pub mod allocator;
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod catalog;
 pub mod dataset;
@@ -21,7 +26,6 @@ pub mod mask;
 pub mod model;
 pub mod template;
 pub mod tokenizer;
-pub mod train;
 pub mod transform;
 
 pub use dialogue::{Constraint, ConstraintKind, Dialogue, Message, Role};

@@ -1,8 +1,7 @@
 //! An OpenAI-compatible `/v1/chat/completions` client: N requests in flight, timeouts,
 //! and retries with exponential backoff and jitter on 429, 5xx and dropped connections.
 
-use super::sampling::SamplingParams;
-use super::{candidate_seed, ChatBackend, Reply, Request};
+use super::{candidate_seed, ChatBackend, Reply, Request, SamplingParams};
 use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,17 +2,13 @@
 //! one interface. [`EmbeddedBackend`] runs a GGUF model in-process on candle (batched);
 //! [`HttpBackend`] talks to any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp).
 
-mod embedded;
 mod http;
-pub mod llama;
-pub mod sampling;
 
-pub use embedded::{device, load_model, EmbeddedBackend};
 pub use http::{HttpBackend, HttpOptions};
-pub use sampling::SamplingParams;
 
 use crate::dialogue::Message;
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
 
 /// One conversation awaiting a reply (ends with a user message).
 #[derive(Debug, Clone, PartialEq)]
@@ -50,4 +46,44 @@ pub fn candidate_seed(seed: u64, i: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(i as u64)
         .rotate_left(17)
+}
+
+/// How replies are sampled: the same settings for every backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    /// 1.0 means none; >1 discourages tokens already in the context.
+    pub repetition_penalty: f32,
+    /// Candidates per conversation.
+    pub n: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            max_new_tokens: 256,
+            temperature: 0.7,
+            top_p: Some(0.9),
+            top_k: None,
+            repetition_penalty: 1.1,
+            n: 1,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        SamplingParams {
+            max_new_tokens,
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            repetition_penalty: 1.0,
+            n: 1,
+        }
+    }
 }

@@ -3,7 +3,6 @@
 
 pub mod fetch;
 mod format;
-pub mod hf_folder;
 
 pub use fetch::{default_model_path, ensure_default_model, gatt_home};
 pub use format::{load_template, read_gguf, ChatFormat};

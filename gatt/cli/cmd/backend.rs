@@ -1,0 +1,113 @@
+//! Flags that choose the chat model: the embedded GGUF model or an HTTP server.
+
+use gatt::backend::{ChatBackend, HttpBackend, HttpOptions, SamplingParams};
+use gatt::model::ModelSource;
+use gatt::{Error, Result};
+use gatt_runtime::EmbeddedBackend;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Chat model run in-process: `default` (SmolLM2-135M-Instruct, fetched on first use),
+    /// a .gguf file or a Hugging Face folder (llama or qwen2 architecture, e.g. from
+    /// `gatt train merge`). `gatt eval` takes several.
+    #[arg(
+        long = "model",
+        value_name = "M",
+        default_value = "default",
+        conflicts_with = "endpoint"
+    )]
+    pub models: Vec<String>,
+    /// Use an OpenAI-compatible server instead (vLLM, SGLang, TGI, llama.cpp), e.g.
+    /// http://127.0.0.1:8000.
+    #[arg(long, value_name = "URL", requires = "api_model")]
+    pub endpoint: Option<String>,
+    /// Model name to send to --endpoint.
+    #[arg(long, value_name = "NAME")]
+    pub api_model: Option<String>,
+    /// Name of the environment variable holding the API key (never printed).
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// Requests in flight against --endpoint.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+    /// Seconds before a request to --endpoint is abandoned (and retried).
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Conversations decoded together by the embedded model.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Device of the embedded model: cpu, or cuda (build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl BackendArgs {
+    /// The one model of commands that take one.
+    pub fn model(&self) -> Result<&str> {
+        match self.models.as_slice() {
+            [m] => Ok(m),
+            [] => Ok("default"),
+            _ => Err(Error::input("this command takes one --model")),
+        }
+    }
+
+    /// A copy that runs `model`.
+    pub fn with_model(&self, model: &str) -> Self {
+        BackendArgs {
+            models: vec![model.to_string()],
+            ..self.clone()
+        }
+    }
+
+    pub fn load(&self) -> Result<Box<dyn ChatBackend>> {
+        if let Some(url) = &self.endpoint {
+            let mut o = HttpOptions::new(url, self.api_model.clone().unwrap_or_default());
+            if let Some(var) = &self.api_key_env {
+                o.api_key = Some(std::env::var(var).map_err(|_| {
+                    Error::input(format!(
+                        "--api-key-env {var}: that environment variable is not set"
+                    ))
+                })?);
+            }
+            o.in_flight = self.in_flight.max(1);
+            o.timeout = Duration::from_secs(self.timeout.max(1));
+            return Ok(Box::new(HttpBackend::new(o)));
+        }
+        let source = ModelSource::resolve(self.model()?)?;
+        let device = gatt_runtime::device(&self.device)?;
+        Ok(Box::new(EmbeddedBackend::load(
+            &source, &device, self.batch,
+        )?))
+    }
+}
+
+/// Sampling flags shared by every command that generates.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Maximum tokens per reply.
+    #[arg(long, default_value_t = 192)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f64,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long, default_value_t = 1.1)]
+    pub repetition_penalty: f32,
+}
+
+impl SamplingArgs {
+    pub fn params(&self, n: usize) -> SamplingParams {
+        SamplingParams {
+            max_new_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: Some(self.top_p),
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            n,
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `gatt model`: fetch the default model, describe a model.
+
+use gatt::model::{read_gguf, ModelSource};
+use gatt::Result;
+
+/// Fetch the default model or show what a model file holds.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: ModelCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Download and verify the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into
+    /// $GATT_HOME (default ~/.cache/gatt); does nothing when it is already there.
+    Fetch,
+    /// Architecture, parameters, context length, chat template and stop tokens.
+    Info {
+        /// `default`, a .gguf file or a Hugging Face model folder.
+        #[arg(default_value = "default")]
+        model: String,
+    },
+    /// Write a model as a Hugging Face folder (dequantized to f32): the base that
+    /// Python's peft loads a `gatt train` adapter onto, or a start for other tools.
+    Export {
+        #[arg(default_value = "default")]
+        model: String,
+        #[arg(long, short)]
+        out: std::path::PathBuf,
+    },
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        ModelCommand::Fetch => {
+            let p = gatt::model::ensure_default_model()?;
+            println!("{}", p.display());
+        }
+        ModelCommand::Export { model, out } => {
+            let source = ModelSource::resolve(&model)?;
+            let format = source.chat_format()?;
+            let mut m = gatt_runtime::load_model(&source, &gatt_runtime::device("cpu")?)?;
+            gatt_runtime::export::write(&mut m, &source, &format, &out)?;
+            println!("{}", out.display());
+        }
+        ModelCommand::Info { model } => {
+            let source = ModelSource::resolve(&model)?;
+            println!("path:          {}", source.path().display());
+            if let ModelSource::Gguf(p) = &source {
+                let c = read_gguf(p)?;
+                let arch = c
+                    .metadata
+                    .get("general.architecture")
+                    .and_then(|v| v.to_string().ok().cloned())
+                    .unwrap_or_else(|| "?".into());
+                let get = |k: &str| {
+                    c.metadata
+                        .get(&format!("{arch}.{k}"))
+                        .and_then(|v| v.to_u32().ok())
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "?".into())
+                };
+                let params: usize = c.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
+                println!("architecture:  {arch}");
+                println!("parameters:    {:.1}M", params as f64 / 1e6);
+                println!("context:       {}", get("context_length"));
+                println!("layers:        {}", get("block_count"));
+                println!("hidden:        {}", get("embedding_length"));
+                println!(
+                    "heads:         {} ({} kv)",
+                    get("attention.head_count"),
+                    get("attention.head_count_kv")
+                );
+            }
+            let f = source.chat_format()?;
+            let stops: Vec<String> = f
+                .stop_ids
+                .iter()
+                .map(|id| {
+                    format!(
+                        "{} ({id})",
+                        f.tokenizer.id_to_token(*id).unwrap_or_default()
+                    )
+                })
+                .collect();
+            println!("vocabulary:    {}", f.tokenizer.get_vocab_size(true));
+            println!("stop tokens:   {}", stops.join(", "));
+            println!("chat template:\n{}", f.template.source);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! `gatt train`: fine-tune on masked samples (LoRA or full), and `gatt train merge`.
+
+use crate::progress;
+use gatt::{Error, Result};
+use gatt_runtime::train::{self, LoraConfig, LossMean, Method, RunSpec, TrainOptions};
+use std::path::PathBuf;
+
+/// Fine-tune a model on GAtt masks (from `gatt mask` or `gatt synth --mask`).
+///
+/// The loss is cross-entropy on the tokens whose label is not -100, so with GAtt masks
+/// the model learns only the final reply of each dialogue. A micro-batch holds samples of
+/// similar length up to --batch-tokens (longest x count); each sample runs unpadded, so
+/// no compute or loss goes to padding. The run folder
+/// gets loss.jsonl, loss.html (the curve), train.json, a checkpoint after every
+/// --save-every steps (an interrupted run continues with the same command plus
+/// --resume), and at the end adapter/ (LoRA, in the layout Python's peft loads) or
+/// model/ (full fine-tuning, a Hugging Face folder).
+///
+/// Examples:
+///   gatt train --data run1/masked.parquet --out tune1
+///   gatt train merge tune1 --out tune1/merged
+///   gatt eval --model default --model tune1/merged --turns 12 --out cmp
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<TrainCommand>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Fold a LoRA run's adapter into its base model and write a Hugging Face folder
+    /// (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that
+    /// `gatt --model DIR` and Python `transformers` load.
+    Merge {
+        /// The folder of a finished `gatt train` run.
+        run: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Masked samples (.parquet or .jsonl with input_ids and labels).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Model to start from: `default`, a .gguf file (dequantized to f32: quantized
+    /// weights cannot be trained) or a Hugging Face folder (llama or qwen2).
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// Run folder.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// `lora` trains low-rank adapters (small, fast); `full` trains every weight.
+    #[arg(long, default_value = "lora", value_parser = ["lora", "full"])]
+    pub method: String,
+    #[arg(long, default_value_t = 16)]
+    pub lora_r: usize,
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f32,
+    /// Layers that get adapters (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub targets: Vec<String>,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub lr: f64,
+    /// Share of the steps spent warming the learning rate up (then cosine decay).
+    #[arg(long, default_value_t = 0.05)]
+    pub warmup_ratio: f64,
+    /// The cosine decays to this share of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Stop after N optimizer steps (the schedule spans N).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Token budget of a micro-batch (longest sample x samples).
+    #[arg(long, default_value_t = 4096)]
+    pub batch_tokens: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// `token`: mean over all loss tokens of a step (as Hugging Face trainers);
+    /// `sample`: mean of each sample's mean, so long replies do not dominate.
+    #[arg(long, value_enum, default_value_t = LossMeanArg::Token)]
+    pub loss_mean: LossMeanArg,
+    /// Skip samples longer than N tokens (default: the model's context length).
+    #[arg(long, value_name = "N")]
+    pub max_len: Option<usize>,
+    #[arg(long, default_value_t = 50)]
+    pub save_every: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue the interrupted run in --out (same arguments).
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu, or cuda (build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if let Some(TrainCommand::Merge { run, out }) = args.command {
+        let device = gatt_runtime::device("cpu")?;
+        train::merge(&run, &out, &device)?;
+        println!(
+            "gatt train merge: {} + adapter -> {}",
+            run.display(),
+            out.display()
+        );
+        return Ok(());
+    }
+    let a = args.train;
+    let (Some(data), Some(out)) = (a.data.clone(), a.out.clone()) else {
+        return Err(Error::input(
+            "gatt train needs --data FILE and --out DIR (see `gatt train --help`)",
+        ));
+    };
+    let method = match a.method.as_str() {
+        "full" => Method::Full,
+        _ => Method::Lora(LoraConfig {
+            rank: a.lora_r,
+            alpha: a.lora_alpha,
+            dropout: a.lora_dropout,
+            targets: a.targets.clone(),
+        }),
+    };
+    if !(a.lr > 0.0 && a.lr.is_finite()) {
+        return Err(Error::input("--lr must be a positive number"));
+    }
+    let spec = RunSpec {
+        data,
+        model: a.model.clone(),
+        out: out.clone(),
+        opts: TrainOptions {
+            method,
+            lr: a.lr,
+            warmup_ratio: a.warmup_ratio,
+            min_lr_ratio: a.min_lr_ratio,
+            epochs: a.epochs,
+            max_steps: a.max_steps,
+            batch_tokens: a.batch_tokens,
+            grad_accum: a.grad_accum,
+            max_grad_norm: a.max_grad_norm,
+            adamw: train::optim::AdamWConfig {
+                weight_decay: a.weight_decay,
+                ..Default::default()
+            },
+            loss_mean: a.loss_mean.into(),
+            seed: a.seed,
+        },
+        max_len: a.max_len,
+        save_every: a.save_every,
+        resume: a.resume,
+    };
+    let device = gatt_runtime::device(&a.device)?;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let started = std::time::Instant::now();
+    let mut tokens = 0usize;
+    let summary = train::run(&spec, &device, |log| {
+        let pb = bar.get_or_insert_with(|| {
+            let pb = progress::bar(Some(log.total_steps as u64), "training steps");
+            pb.set_position(log.step as u64 - 1);
+            pb
+        });
+        tokens += log.tokens;
+        pb.set_position(log.step as u64);
+        pb.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            log.loss,
+            log.lr,
+            tokens as f64 / started.elapsed().as_secs_f64()
+        ));
+    })?;
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    println!(
+        "gatt train: {} steps on {} samples ({} tokens, {} with loss) in {:.1}s; loss {} -> {}; {} in {}/{}",
+        summary.steps,
+        summary.examples,
+        summary.tokens,
+        summary.loss_tokens,
+        summary.seconds,
+        summary.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        if summary.output == "adapter" { "adapter (peft layout)" } else { "model (Hugging Face folder)" },
+        out.display(),
+        summary.output,
+    );
+    Ok(())
+}
+
+/// `--loss-mean` values; the library's [`LossMean`] knows nothing of flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LossMeanArg {
+    Token,
+    Sample,
+}
+
+impl From<LossMeanArg> for LossMean {
+    fn from(a: LossMeanArg) -> Self {
+        match a {
+            LossMeanArg::Token => LossMean::Token,
+            LossMeanArg::Sample => LossMean::Sample,
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The model's matrix product on the CPU: threads chosen by the product's size, and a
+//! backward pass that computes only the gradients something needs.
+//!
+//! candle runs every product on all threads. For the small products of decoding one
+//! sequence (1 x 576 x 1536) and of LoRA adapters (rows x 576 x rank), waking the
+//! thread pool costs several times the product itself (92 x 576 x 16: about 20 us on one
+//! thread, 120-180 us on two). And candle's backward pass computes the gradients of both
+//! operands, where a frozen base weight needs none (a third of LoRA's backward work).
+//! candle also asks for its thread count on every product, and on Linux that count is
+//! read from `/proc/cpuinfo` each time (tens of microseconds); here it is read once.
+//! On other devices, and for other dtypes, the product is candle's own.
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use std::sync::OnceLock;
+
+/// Products with fewer multiply-adds than this run on the calling thread.
+const ONE_THREAD_BELOW: usize = 4 << 20;
+
+/// candle's thread count (`CANDLE_NUM_THREADS`, `RAYON_NUM_THREADS` or the physical
+/// cores), read once per process.
+fn num_threads() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(candle_core::utils::get_num_threads)
+}
+
+/// Batch count, rows, columns and (batch, row, column) strides of a rank-2 or rank-3
+/// operand; a rank-2 operand is one batch.
+fn dims_and_strides(l: &Layout) -> Result<(usize, usize, usize, [isize; 3])> {
+    let st = l.stride();
+    match *l.shape().dims() {
+        [r, c] => Ok((1, r, c, [0, st[0] as isize, st[1] as isize])),
+        [b, r, c] => Ok((b, r, c, [st[0] as isize, st[1] as isize, st[2] as isize])),
+        _ => bail!("gatt-matmul: expected rank 2 or 3, got {:?}", l.shape()),
+    }
+}
+
+/// The product scaled by `scale` (the scale is free inside gemm; a LoRA adapter would
+/// otherwise spend a pass over its output, and another backwards, multiplying by it).
+struct Matmul {
+    scale: f32,
+}
+
+impl CustomOp2 for Matmul {
+    fn name(&self) -> &'static str {
+        "gatt-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            bail!("gatt-matmul: expected f32 operands")
+        };
+        let (ba, m, k, sa) = dims_and_strides(l1)?;
+        let (bb, k2, n, sb) = dims_and_strides(l2)?;
+        if k != k2 || ba != bb {
+            bail!(
+                "gatt-matmul: {:?} x {:?} do not fit",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let a = &a[l1.start_offset()..];
+        let b = &b[l2.start_offset()..];
+        let len = ba * m * n;
+        let parallelism = match num_threads() {
+            t if t > 1 && len * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
+            _ => Parallelism::None,
+        };
+        // The output is left uninitialized for gemm to write (zeroing it first is a whole
+        // extra pass over fresh pages); an empty inner dimension gives zeros.
+        let mut c: Vec<f32> = Vec::with_capacity(len);
+        if k == 0 {
+            c.resize(len, 0.0);
+        } else if len > 0 {
+            let dst = c.spare_capacity_mut().as_mut_ptr() as *mut f32;
+            for i in 0..ba {
+                // SAFETY: the layouts come from candle and address only elements of `a`
+                // and `b` from their start offsets; `dst` has room for batch x m x n
+                // elements and batch `i` writes only its own m x n block.
+                unsafe {
+                    gemm(
+                        m,
+                        n,
+                        k,
+                        dst.add(i * m * n),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr().offset(i as isize * sa[0]),
+                        sa[2],
+                        sa[1],
+                        b.as_ptr().offset(i as isize * sb[0]),
+                        sb[2],
+                        sb[1],
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    )
+                }
+            }
+            // SAFETY: with `read_dst` false and k > 0, gemm wrote every element of every
+            // block.
+            unsafe { c.set_len(len) };
+        }
+        let shape = if l1.shape().rank() == 2 {
+            Shape::from((m, n))
+        } else {
+            Shape::from((ba, m, n))
+        };
+        Ok((CpuStorage::F32(c), shape))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _c: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let s = self.scale as f64;
+        let grad_a = if a.track_op() {
+            Some(matmul_scaled(grad, &b.t()?, s)?)
+        } else {
+            None
+        };
+        let grad_b = if b.track_op() {
+            Some(matmul_scaled(&a.t()?, grad, s)?)
+        } else {
+            None
+        };
+        Ok((grad_a, grad_b))
+    }
+}
+
+/// `a` (m, k) times `b` (k, n), or batched: (batch, m, k) times (batch, k, n).
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_scaled(a, b, 1.0)
+}
+
+/// `scale * a b`, shapes as in [`matmul`].
+pub fn matmul_scaled(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    let cpu_f32 = a.device().is_cpu()
+        && b.device().is_cpu()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32;
+    if cpu_f32 && a.rank() == b.rank() && matches!(a.rank(), 2 | 3) {
+        a.apply_op2(
+            b,
+            Matmul {
+                scale: scale as f32,
+            },
+        )
+    } else if scale == 1.0 {
+        a.matmul(b)
+    } else {
+        a.matmul(b)? * scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::rows::max_diff;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn equals_candle_for_strided_operands_small_and_large() {
+        let dev = Device::Cpu;
+        for (m, k, n) in [(1, 576, 64), (7, 5, 3), (92, 576, 16), (300, 96, 200)] {
+            let a = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let bt = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let b = bt.t().unwrap(); // column-major view
+            let want = a.matmul(&b.contiguous().unwrap()).unwrap();
+            assert!(max_diff(&matmul(&a, &b).unwrap(), &want) < 1e-3);
+            let wide = Tensor::randn(0f32, 1.0, (m, k + 3), &dev).unwrap();
+            let a2 = wide.narrow(1, 2, k).unwrap(); // offset and row stride
+            let want = a2
+                .contiguous()
+                .unwrap()
+                .matmul(&b.contiguous().unwrap())
+                .unwrap();
+            assert!(max_diff(&matmul(&a2, &b).unwrap(), &want) < 1e-3);
+        }
+    }
+
+    #[test]
+    fn an_empty_inner_dimension_gives_zeros() {
+        let dev = Device::Cpu;
+        let a = Tensor::zeros((3, 0), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros((0, 4), DType::F32, &dev).unwrap();
+        let c = matmul(&a, &b).unwrap();
+        assert_eq!(c.dims(), &[3, 4]);
+        assert_eq!(
+            c.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+    }
+
+    #[test]
+    fn batched_equals_candle_for_strided_operands() {
+        let dev = Device::Cpu;
+        // Attention's shapes: heads x queries x dim times a key cache read in place
+        // (a narrowed, transposed view with a batch stride larger than its block).
+        let q = Tensor::randn(0f32, 1.0, (3, 5, 8), &dev).unwrap();
+        let cache = Tensor::randn(0f32, 1.0, (3, 20, 8), &dev).unwrap();
+        let keys = cache.narrow(1, 4, 11).unwrap();
+        let want = q.matmul(&keys.t().unwrap().contiguous().unwrap()).unwrap();
+        let got = matmul(&q, &keys.t().unwrap()).unwrap();
+        assert_eq!(got.dims(), &[3, 5, 11]);
+        assert!(max_diff(&got, &want) < 1e-4);
+        let p = Tensor::randn(0f32, 1.0, (3, 5, 11), &dev).unwrap();
+        let want = p.matmul(&keys.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&matmul(&p, &keys).unwrap(), &want) < 1e-4);
+    }
+
+    #[test]
+    fn gradients_equal_candle_and_only_where_tracked() {
+        let dev = Device::Cpu;
+        let a = Var::randn(0f32, 1.0, (9, 6), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, (6, 4), &dev).unwrap();
+        let frozen = Tensor::randn(0f32, 1.0, (6, 4), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (9, 4), &dev).unwrap();
+        let ours = (matmul(a.as_tensor(), b.as_tensor()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let theirs = (a.as_tensor().matmul(b.as_tensor()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [a.as_tensor(), b.as_tensor()] {
+            assert!(max_diff(ours.get(v).unwrap(), theirs.get(v).unwrap()) < 1e-4);
+        }
+        // Scaled: the gradient carries the scale.
+        let scaled = (matmul_scaled(a.as_tensor(), b.as_tensor(), 0.5).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [a.as_tensor(), b.as_tensor()] {
+            let half = (theirs.get(v).unwrap() * 0.5).unwrap();
+            assert!(max_diff(scaled.get(v).unwrap(), &half) < 1e-4);
+        }
+        let grads = matmul(a.as_tensor(), &frozen)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(a.as_tensor()).is_some());
+        assert!(grads.get(&frozen).is_none());
+    }
+}

@@ -1,0 +1,28 @@
+//! CPU kernels of the model runtime, apart from the model files (as candle keeps its
+//! kernels out of `candle-transformers`' models): each is a candle custom op or a plain
+//! slice function, with a portable path and, where it pays, an AVX2/AVX-512 path chosen
+//! at run time. Every SIMD path is tested against its portable twin.
+//!
+//! | kernel | job |
+//! |---|---|
+//! | [`qmatvec`] | products of GGUF-quantized weights (Q4_0/Q4_1/Q8_0) with activations |
+//! | [`matmul`] | f32 products with size-aware threading (`gemm`) |
+//! | [`norm`] | RMS norm, forward and backward |
+//! | [`rope`] | rotary position embedding, interleaved or halves |
+//! | [`swiglu`] | the SiLU gate of the MLP |
+//! | [`softmax`] | causal softmax for training and prompts |
+//! | [`packed_attention`] | attention over sequences packed end to end (training) |
+//! | [`decode_attention`] | one query per sequence against the KV cache (decoding) |
+//! | [`exp`] | vectorized `exp` shared by the softmax, the SiLU gate and the sampler |
+//! | [`rows`] | row-block helpers the kernels share |
+
+pub(crate) mod decode_attention;
+pub(crate) mod exp;
+pub(crate) mod matmul;
+pub(crate) mod norm;
+pub(crate) mod packed_attention;
+pub(crate) mod qmatvec;
+pub(crate) mod rope;
+pub(crate) mod rows;
+pub(crate) mod softmax;
+pub(crate) mod swiglu;

@@ -1,0 +1,180 @@
+//! Building the model from named tensors: a GGUF file, or (through [`super::hf`]) a
+//! Hugging Face folder.
+
+use super::linear::{Linear, Weight};
+use super::*;
+use crate::kernels::qmatvec::{QMatrix, QType};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use std::io::{Read, Seek};
+
+/// Where a loader finds each tensor: by GGUF name, as an f32 matrix in (out, in) layout
+/// (Hugging Face orientation, llama.cpp's q/k row order) or a vector.
+pub(crate) trait TensorSource {
+    fn get(&mut self, gguf_name: &str) -> Result<Option<SourceTensor>>;
+}
+
+pub(crate) enum SourceTensor {
+    Quantized(QTensor),
+    Dense(Tensor),
+}
+
+impl SourceTensor {
+    /// The file's blocks, kept beside dense CPU weights for products of a few rows (the
+    /// formats the few-row kernels read; others use the dense product only).
+    fn blocks(&self, device: &Device, weights: Weights) -> Result<Option<QMatrix>> {
+        let SourceTensor::Quantized(q) = self else {
+            return Ok(None);
+        };
+        if weights != Weights::Dense || !device.is_cpu() {
+            return Ok(None);
+        }
+        let qtype = match q.dtype() {
+            GgmlDType::Q4_1 => QType::Q4_1,
+            GgmlDType::Q8_0 => QType::Q8_0,
+            _ => return Ok(None),
+        };
+        let (n_out, k) = q.shape().dims2()?;
+        QMatrix::new(qtype, n_out, k, q.data()?.into_owned())
+            .map(Some)
+            .map_err(candle_core::Error::Msg)
+    }
+
+    fn dense(self, device: &Device) -> Result<Tensor> {
+        match self {
+            SourceTensor::Quantized(q) => q.dequantize(device),
+            SourceTensor::Dense(t) => t.to_dtype(DType::F32)?.to_device(device),
+        }
+    }
+}
+
+struct GgufSource<'a, R> {
+    ct: &'a gguf_file::Content,
+    reader: &'a mut R,
+    device: Device,
+}
+
+impl<R: Read + Seek> TensorSource for GgufSource<'_, R> {
+    fn get(&mut self, name: &str) -> Result<Option<SourceTensor>> {
+        if !self.ct.tensor_infos.contains_key(name) {
+            return Ok(None);
+        }
+        Ok(Some(SourceTensor::Quantized(self.ct.tensor(
+            self.reader,
+            name,
+            &self.device,
+        )?)))
+    }
+}
+
+fn required(src: &mut dyn TensorSource, name: &str) -> Result<SourceTensor> {
+    src.get(name)?
+        .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))
+}
+
+impl Model {
+    pub fn from_gguf<R: Read + Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+        weights: Weights,
+    ) -> Result<Self> {
+        let cfg = Config::from_gguf(ct)?;
+        let mut src = GgufSource {
+            ct,
+            reader,
+            device: device.clone(),
+        };
+        Self::load(cfg, &mut src, device, weights)
+    }
+
+    /// Builds the model from tensors named as in GGUF files.
+    pub(crate) fn load(
+        mut cfg: Config,
+        src: &mut dyn TensorSource,
+        device: &Device,
+        weights: Weights,
+    ) -> Result<Self> {
+        let linear = |w: SourceTensor, b: Option<SourceTensor>| -> Result<Linear> {
+            let blocks = w.blocks(device, weights)?;
+            let weight = match (weights, w) {
+                (Weights::Quantized, SourceTensor::Quantized(q)) => {
+                    Weight::Quantized(QMatMul::from_qtensor(q)?)
+                }
+                // Stored transposed (in x out) so the product reads it contiguously.
+                (_, w) => Weight::Dense(w.dense(device)?.t()?.contiguous()?),
+            };
+            Ok(Linear {
+                weight,
+                blocks,
+                bias: b.map(|b| b.dense(device)).transpose()?,
+                lora: None,
+            })
+        };
+        let norm = |w: SourceTensor| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: w.dense(device)?,
+                eps: cfg.rms_eps as f32,
+            })
+        };
+        let embed = required(src, "token_embd.weight")?;
+        let embed_blocks = embed.blocks(device, weights)?;
+        let embed = embed.dense(device)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = format!("blk.{i}");
+            let mut opt = |n: &str| src.get(&format!("{p}.{n}"));
+            let (bq, bk, bv) = (
+                opt("attn_q.bias")?,
+                opt("attn_k.bias")?,
+                opt("attn_v.bias")?,
+            );
+            let mut t = |n: &str| required(src, &format!("{p}.{n}"));
+            layers.push(Layer {
+                attn_norm: norm(t("attn_norm.weight")?)?,
+                attn: Attention {
+                    q: linear(t("attn_q.weight")?, bq)?,
+                    k: linear(t("attn_k.weight")?, bk)?,
+                    v: linear(t("attn_v.weight")?, bv)?,
+                    o: linear(t("attn_output.weight")?, None)?,
+                },
+                ffn_norm: norm(t("ffn_norm.weight")?)?,
+                mlp: Mlp {
+                    gate: linear(t("ffn_gate.weight")?, None)?,
+                    up: linear(t("ffn_up.weight")?, None)?,
+                    down: linear(t("ffn_down.weight")?, None)?,
+                },
+            });
+        }
+        let norm_out = norm(required(src, "output_norm.weight")?)?;
+        // Small models tie the output projection to the embeddings.
+        let (output, tied) = match src.get("output.weight")? {
+            Some(w) => (linear(w, None)?, false),
+            None => (
+                Linear {
+                    weight: Weight::Dense(embed.t()?.contiguous()?),
+                    blocks: embed_blocks,
+                    bias: None,
+                    lora: None,
+                },
+                true,
+            ),
+        };
+        cfg.vocab = embed.dim(0)?;
+        cfg.intermediate = layers.first().map_or(Ok(0), |l| l.mlp.gate.out_dim())?;
+        cfg.tie_embeddings = tied;
+        let (cos, sin) = rope_tables(&cfg, device)?;
+        Ok(Model {
+            cfg,
+            embed,
+            layers,
+            norm: norm_out,
+            output,
+            cos,
+            sin,
+            device: device.clone(),
+            training: false,
+            dropout: None,
+            captured: Mutex::new(None),
+        })
+    }
+}

@@ -1,0 +1,435 @@
+//! A llama-family decoder (llama, qwen2) over quantized GGUF weights, with batched,
+//! ragged decoding: prompts of different lengths are left-padded, each sequence has its
+//! own rotary positions, and a padding mask keeps every sequence blind to the others'
+//! padding. Same layout as candle-transformers' model files: config, layers, forward.
+//!
+//! The same model trains: [`Model::set_training`] swaps candle's fused kernels (which
+//! have no backward pass) for differentiable ones, [`Model::weights_mut`] exposes every
+//! weight under its Hugging Face name so a trainer can make it a variable, and each
+//! linear layer can carry a LoRA adapter. Weights loaded from GGUF keep llama.cpp's
+//! row order for the query and key projections (interleaved rotary pairs);
+//! [`hf`] converts to and from the Hugging Face layout.
+
+pub mod hf;
+mod inputs;
+mod linear;
+mod load;
+mod weights;
+
+use crate::kernels::{decode_attention, norm, packed_attention, rope, softmax, swiglu};
+
+use crate::kernels::matmul::matmul;
+pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};
+pub use linear::{Dropout, Lora, Weights};
+use linear::{Linear, Pass};
+pub(crate) use load::{SourceTensor, TensorSource};
+pub use weights::{module_of, WeightKind, LINEAR_NAMES};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::kv_cache::KvCache;
+use std::sync::Mutex;
+
+/// Hyper-parameters, read from the GGUF metadata (`{arch}.*` keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub arch: String,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub hidden: usize,
+    pub head_dim: usize,
+    pub rope_base: f32,
+    pub rms_eps: f64,
+    pub context_length: usize,
+    /// Interleaved rotary pairs (llama) or halves (qwen2, "neox" style).
+    pub rope_interleaved: bool,
+    /// Filled in from the weights once they are loaded.
+    pub vocab: usize,
+    pub intermediate: usize,
+    /// The output projection is the token embedding (small models).
+    pub tie_embeddings: bool,
+}
+
+impl Config {
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
+        let arch = ct
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        let rope_interleaved = match arch.as_str() {
+            "llama" => true,
+            "qwen2" => false,
+            other => {
+                candle_core::bail!("unsupported architecture `{other}` (supported: llama, qwen2)")
+            }
+        };
+        let get = |k: &str| {
+            ct.metadata.get(&format!("{arch}.{k}")).ok_or_else(|| {
+                candle_core::Error::Msg(format!("GGUF metadata has no `{arch}.{k}`"))
+            })
+        };
+        let n_head = get("attention.head_count")?.to_u32()? as usize;
+        let hidden = get("embedding_length")?.to_u32()? as usize;
+        Ok(Config {
+            n_layer: get("block_count")?.to_u32()? as usize,
+            n_head,
+            n_kv_head: get("attention.head_count_kv")?.to_u32()? as usize,
+            hidden,
+            head_dim: hidden / n_head,
+            rope_base: get("rope.freq_base")
+                .and_then(|v| v.to_f32())
+                .unwrap_or(10_000.0),
+            rms_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+            context_length: get("context_length")?.to_u32()? as usize,
+            rope_interleaved,
+            arch,
+            vocab: 0,
+            intermediate: 0,
+            tie_embeddings: false,
+        })
+    }
+}
+
+/// How a batch's sequences lie in its rows of tokens.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// One sequence per row, left-padded by `pad[s]` slots (in the tokens for a prompt
+    /// step, in the cache afterwards).
+    Padded(&'a [usize]),
+    /// One row holding the sequences end to end, of these lengths (training on the CPU).
+    Packed(&'a [usize]),
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        norm::rms_norm(x, &self.weight, self.eps, training)
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let gate = match Linear::forward_halves(&self.gate, &self.up, x, pass)? {
+            Some(both) => swiglu::silu_mul_halves(&both)?,
+            None => {
+                let [gate, up] = Linear::forward_all([&self.gate, &self.up], x, pass)?;
+                swiglu::silu_mul(&gate, &up)?
+            }
+        };
+        self.down.forward(&gate, pass)
+    }
+}
+
+struct Layer {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Per-call decoding state: one KV cache per layer.
+pub struct Cache {
+    kv: Vec<KvCache>,
+    /// The element type keys and values are stored in.
+    dtype: DType,
+}
+
+impl Cache {
+    /// Keys and values kept in f32: decoding computes what one forward pass over the
+    /// whole sequence would.
+    pub fn new(cfg: &Config, capacity: usize) -> Self {
+        Self::with_dtype(cfg, capacity, DType::F32)
+    }
+
+    /// Keys and values stored as `dtype`. F16 (as llama.cpp does by default) halves the
+    /// cache's memory and the bytes every decoding step reads from it, which with long
+    /// prompts or many sequences is a large part of a step; values round to 11
+    /// significant bits. The CPU's decoding steps read f16 directly, other paths convert.
+    pub fn with_dtype(cfg: &Config, capacity: usize, dtype: DType) -> Self {
+        Cache {
+            kv: (0..cfg.n_layer)
+                .map(|_| KvCache::new(2, capacity.max(16)))
+                .collect(),
+            dtype,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.kv.first().map_or(0, |c| c.current_seq_len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Model {
+    pub cfg: Config,
+    /// (vocab, hidden).
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+    training: bool,
+    dropout: Option<Mutex<Dropout>>,
+    /// When set, every layer's attention probabilities are collected here.
+    captured: Mutex<Option<Vec<Tensor>>>,
+}
+
+fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / cfg.rope_base.powf(2.0 * i as f32 / cfg.head_dim as f32))
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, half), device)?;
+    let pos = Tensor::arange(0u32, cfg.context_length as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((cfg.context_length, 1))?;
+    let freqs = pos.broadcast_mul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+impl Model {
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The cache for sampling: f16 keys and values on the CPU, whose decoding steps read
+    /// them directly (half the bytes), f32 elsewhere.
+    pub fn sampling_cache(&self, capacity: usize) -> Cache {
+        let dtype = if self.device.is_cpu() {
+            DType::F16
+        } else {
+            DType::F32
+        };
+        Cache::with_dtype(&self.cfg, capacity, dtype)
+    }
+
+    /// Differentiable kernels (and LoRA dropout, seeded) for training; fused ones for
+    /// inference. Inference kernels have no backward pass.
+    pub fn set_training(&mut self, training: bool, dropout_seed: u64) {
+        self.training = training;
+        self.dropout = training.then(|| Mutex::new(Dropout::new(dropout_seed)));
+    }
+
+    /// Runs `tokens` (batch x new) through the model, appending to `cache`.
+    ///
+    /// `positions` (batch x new, u32) are each token's rotary position; `pad[s]` is the
+    /// number of padding slots at the start of sequence `s` (in `tokens` for the prompt
+    /// step, in the cache afterwards). Returns the logits of the last position of every
+    /// sequence (batch x vocab).
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        pad: &[usize],
+        cache: &mut Cache,
+    ) -> Result<Tensor> {
+        let t = tokens.dim(1)?;
+        let x = self.hidden(tokens, positions, Rows::Padded(pad), Some(cache))?;
+        let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
+        let pass = Pass {
+            dropout: None,
+            inference: !self.training,
+        };
+        self.output.forward(&last, pass)
+    }
+
+    /// Final hidden states (after the last norm) of every position, batch x len x
+    /// hidden, without a cache: the training forward pass. Padding rows are zero.
+    pub fn hidden_states(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        pad: &[usize],
+    ) -> Result<Tensor> {
+        self.hidden(tokens, positions, Rows::Padded(pad), None)
+    }
+
+    /// Final hidden states (1 x T x hidden) of sequences packed end to end in one row
+    /// of T tokens (`positions` restart at 0 for each sequence; `segments` are the
+    /// lengths): the training forward pass on the CPU, where every linear layer is then
+    /// one product for the whole batch and no position is padding.
+    pub fn hidden_states_packed(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        segments: &[usize],
+    ) -> Result<Tensor> {
+        if !self.device.is_cpu() {
+            candle_core::bail!("packed sequences need the CPU; pad them on other devices")
+        }
+        self.hidden(tokens, positions, Rows::Packed(segments), None)
+    }
+
+    /// Attention probabilities of one sequence, one tensor per layer, each
+    /// heads x len x len (row i: how much position i attends to each position; rows sum
+    /// to 1, zero above the diagonal). For attention-to-instruction analyses.
+    pub fn attention_maps(&self, ids: &[u32]) -> Result<Vec<Tensor>> {
+        *self.captured.lock().expect("capture lock") = Some(Vec::new());
+        let p = pad_prompts(&[ids.to_vec()], 0, &self.device)?;
+        let result = self.hidden(&p.tokens, &p.positions, Rows::Padded(&p.pad), None);
+        let maps = self
+            .captured
+            .lock()
+            .expect("capture lock")
+            .take()
+            .unwrap_or_default();
+        result.map(|_| maps)
+    }
+
+    /// Output projection of hidden-state rows (n x hidden) to logits (n x vocab).
+    pub fn logits(&self, rows: &Tensor) -> Result<Tensor> {
+        self.output.forward(rows, Pass::default())
+    }
+
+    fn hidden(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        rows: Rows,
+        mut cache: Option<&mut Cache>,
+    ) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let half = self.cfg.head_dim / 2;
+        let flat = positions.flatten_all()?;
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
+        let hidden = self.cfg.hidden;
+        let mut x = self
+            .embed
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, hidden))?;
+        let pass = Pass {
+            dropout: self.dropout.as_ref(),
+            inference: !self.training && matches!(rows, Rows::Padded(_)),
+        };
+        let train = self.training;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| (&mut c.kv[i], c.dtype));
+            let h = self.attention(
+                layer,
+                &layer.attn_norm.forward(&x, train)?,
+                (&cos, &sin),
+                rows,
+                kv,
+                pass,
+            )?;
+            x = (x + h)?;
+            let h = layer
+                .mlp
+                .forward(&layer.ffn_norm.forward(&x, train)?, pass)?;
+            x = (x + h)?;
+        }
+        self.norm.forward(&x, train)
+    }
+
+    /// Projections run batched; the attention itself runs per sequence over that
+    /// sequence's own (unpadded) keys, so a sequence computes exactly what it would
+    /// alone, whatever else shares the batch.
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        rows: Rows,
+        kv: Option<(&mut KvCache, DType)>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
+        let (angles, il, train) = ((cos, sin), self.cfg.rope_interleaved, self.training);
+        let a = &layer.attn;
+        let [q, k, v] = Linear::forward_all([&a.q, &a.k, &a.v], x, pass)?;
+        let q = rope::rotated_heads(&q, nh, angles, il, train)?;
+        let k = rope::rotated_heads(&k, nkv, angles, il, train)?;
+        let v = rope::split_heads(&v, nkv)?;
+        let (k, v) = match kv {
+            Some((kv, dtype)) => kv.append(&k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?,
+            None => (k, v),
+        };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let pad = match rows {
+            Rows::Padded(pad) => pad,
+            Rows::Packed(segments) => {
+                let y = packed_attention::packed(&q, &k, &v, segments, scale as f32)?;
+                let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+                return layer.attn.o.forward(&y, pass);
+            }
+        };
+        let kv_len = k.dim(2)?;
+        let capturing = self.captured.lock().expect("capture lock").is_some();
+        if t == 1 && !self.training && !capturing && x.device().is_cpu() {
+            let y = decode_attention::one_query(&q, &k, &v, pad, scale as f32)?;
+            return layer.attn.o.forward(&y, pass);
+        }
+        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+        let rep = nh / nkv;
+        let mut ys = Vec::with_capacity(b);
+        for (s, &p) in pad.iter().enumerate() {
+            // In the prompt step the queries are padded too; afterwards only the cache.
+            let (q_skip, n_q) = if t > 1 { (p, t - p) } else { (0, t) };
+            let n_k = kv_len - p;
+            // Grouped-query attention without copying keys: the `rep` query heads that
+            // share a key head are stacked as extra query rows of that head.
+            let qs = q
+                .narrow(0, s, 1)?
+                .narrow(2, q_skip, n_q)?
+                .contiguous()?
+                .reshape((nkv, rep * n_q, hd))?;
+            let ks = k.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
+            let vs = v.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
+            let scores = matmul(&qs, &ks.t()?)?;
+            let att = softmax::causal(&scores, n_q, scale, self.training)?;
+            if let Some(maps) = self.captured.lock().expect("capture lock").as_mut() {
+                maps.push(att.reshape((nh, n_q, n_k))?.detach());
+            }
+            // The CPU product reads the cache in place; others want it contiguous.
+            let vs = if vs.device().is_cpu() {
+                vs
+            } else {
+                vs.contiguous()?
+            };
+            let y = matmul(&att, &vs)?.reshape((1, nh, n_q, hd))?;
+            ys.push(if q_skip > 0 {
+                Tensor::cat(
+                    &[
+                        &Tensor::zeros((1, nh, q_skip, hd), y.dtype(), y.device())?,
+                        &y,
+                    ],
+                    2,
+                )?
+            } else {
+                y
+            });
+        }
+        let y = Tensor::cat(&ys, 0)?;
+        let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        layer.attn.o.forward(&y, pass)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,201 @@
+//! Masked samples -> training batches: validated once, grouped by a token budget,
+//! ordered by a seeded shuffle that is a pure function of (seed, epoch), so a resumed
+//! run sees exactly the batches an uninterrupted one would.
+
+use gatt::mask::{MaskedSample, IGNORE};
+use gatt::{Error, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::path::Path;
+
+/// One sample, as the trainer needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+impl Example {
+    /// Positions that predict a label: `(j, labels[j + 1])` (labels are aligned with
+    /// the inputs and shifted here, as in Hugging Face trainers).
+    pub fn targets(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        (0..self.ids.len().saturating_sub(1)).filter_map(|j| {
+            let l = self.labels[j + 1];
+            (l != IGNORE).then_some((j, l as u32))
+        })
+    }
+
+    pub fn n_targets(&self) -> usize {
+        self.targets().count()
+    }
+}
+
+/// Samples left out of training, by reason.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    /// No label other than -100 after the shift: nothing to learn.
+    pub no_loss_tokens: usize,
+    /// Longer than `--max-len` (or the model's context).
+    pub too_long: usize,
+}
+
+/// Reads and checks a masked dataset against the model it will train.
+///
+/// `vocab` bounds every token id; `stop_ids` are the model's end-of-turn tokens: the
+/// last loss token of a GAtt sample is the reply's end-of-turn marker, so a sample whose
+/// last loss token is none of them was masked with another tokenizer or template.
+pub fn load(
+    path: &Path,
+    vocab: usize,
+    stop_ids: &[u32],
+    max_len: usize,
+) -> Result<(Vec<Example>, Skipped)> {
+    let samples = gatt::dataset::read_samples(path)?;
+    if samples.is_empty() {
+        return Err(Error::input(format!("{}: no samples", path.display())));
+    }
+    let mut out = Vec::with_capacity(samples.len());
+    let mut skipped = Skipped::default();
+    for (row, s) in samples.into_iter().enumerate() {
+        check(path, row, &s, vocab, stop_ids)?;
+        let ex = Example {
+            ids: s.input_ids,
+            labels: s.labels,
+        };
+        if ex.n_targets() == 0 {
+            skipped.no_loss_tokens += 1;
+        } else if ex.ids.len() > max_len {
+            skipped.too_long += 1;
+        } else {
+            out.push(ex);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::input(format!(
+            "{}: no trainable sample (without loss tokens: {}, longer than {max_len} tokens: {})",
+            path.display(),
+            skipped.no_loss_tokens,
+            skipped.too_long
+        )));
+    }
+    Ok((out, skipped))
+}
+
+fn check(path: &Path, row: usize, s: &MaskedSample, vocab: usize, stop_ids: &[u32]) -> Result<()> {
+    let at = || format!("{}: row {} (id `{}`)", path.display(), row + 1, s.id);
+    if s.labels.len() != s.input_ids.len() {
+        return Err(Error::input(format!(
+            "{}: labels has {} entries but input_ids has {}",
+            at(),
+            s.labels.len(),
+            s.input_ids.len()
+        )));
+    }
+    if let Some((j, id)) = s
+        .input_ids
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= vocab)
+    {
+        return Err(Error::input(format!(
+            "{}: input_ids[{j}] = {id} is outside the model's vocabulary ({vocab} tokens); \
+             the data was tokenized for another model",
+            at()
+        )));
+    }
+    if let Some((j, l)) = s
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l != IGNORE && (l < 0 || l as usize >= vocab))
+    {
+        return Err(Error::input(format!(
+            "{}: labels[{j}] = {l} is not a token id nor -100",
+            at()
+        )));
+    }
+    if let Some(&last) = s.labels.iter().rev().find(|&&l| l != IGNORE) {
+        if !stop_ids.is_empty() && !stop_ids.contains(&(last as u32)) {
+            return Err(Error::input(format!(
+                "{}: the last loss token ({last}) is not one of the model's end-of-turn tokens \
+                 {stop_ids:?}; the data was masked with another tokenizer or chat template \
+                 (mask it again with `gatt mask --model` set to the model you train)",
+                at()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Indices of examples, grouped so that (longest x count) stays within `budget` tokens.
+pub type Batch = Vec<usize>;
+
+/// The batches of one epoch. Examples are shuffled, then sorted by length within
+/// windows of 64 (less padding, still random), cut into token-budget batches, and the
+/// batches shuffled again.
+pub fn epoch_batches(examples: &[Example], budget: usize, seed: u64, epoch: usize) -> Vec<Batch> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.shuffle(&mut rng);
+    for w in order.chunks_mut(64) {
+        w.sort_by_key(|&i| examples[i].ids.len());
+    }
+    let mut batches = Vec::new();
+    let mut cur: Batch = Vec::new();
+    let mut longest = 0;
+    for i in order {
+        let len = examples[i].ids.len();
+        let l = longest.max(len);
+        if !cur.is_empty() && l * (cur.len() + 1) > budget {
+            batches.push(std::mem::take(&mut cur));
+            longest = 0;
+        }
+        longest = longest.max(len);
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    batches.shuffle(&mut rng);
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(len: usize) -> Example {
+        Example {
+            ids: vec![1; len],
+            labels: (0..len)
+                .map(|j| if j + 2 >= len { 1 } else { IGNORE })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn batches_respect_the_budget_and_cover_every_example_once() {
+        let examples: Vec<Example> = (0..200).map(|i| ex(5 + (i * 37) % 90)).collect();
+        let batches = epoch_batches(&examples, 400, 7, 0);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| examples[i].ids.len()).max().unwrap();
+            assert!(b.len() == 1 || longest * b.len() <= 400);
+        }
+        assert_eq!(batches, epoch_batches(&examples, 400, 7, 0));
+        assert_ne!(batches, epoch_batches(&examples, 400, 7, 1));
+    }
+
+    #[test]
+    fn targets_are_shifted_labels() {
+        let e = Example {
+            ids: vec![10, 11, 12, 13],
+            labels: vec![IGNORE, IGNORE, 12, 13],
+        };
+        assert_eq!(e.targets().collect::<Vec<_>>(), vec![(1, 12), (2, 13)]);
+    }
+}

@@ -1,0 +1,217 @@
+//! LoRA adapters: which layers get one, how they start, and how they are saved in the
+//! layout Python's `peft` loads (`adapter_config.json`, `adapter_model.safetensors`
+//! with `base_model.model.<module>.lora_A.weight` (rank x in) and `lora_B.weight`
+//! (out x rank), Hugging Face row order).
+
+use crate::llama::{hf, module_of, Model, LINEAR_NAMES};
+use candle_core::{Device, Tensor};
+use gatt::dataset::{write_dir, write_json};
+use gatt::{Error, Result};
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f32,
+    /// Linear layers by Hugging Face name: q_proj, k_proj, v_proj, o_proj, gate_proj,
+    /// up_proj, down_proj.
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    /// peft's scaling: alpha / rank.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(Error::input("--lora-r must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::input("--lora-dropout must be in [0, 1)"));
+        }
+        if self.targets.is_empty() {
+            return Err(Error::input("--targets names no layer"));
+        }
+        for t in &self.targets {
+            if !LINEAR_NAMES.contains(&t.as_str()) {
+                return Err(Error::input(format!(
+                    "--targets: unknown layer `{t}` (expected some of {})",
+                    LINEAR_NAMES.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds fresh adapters to `model`: A uniform in +-1/sqrt(in) (peft's Kaiming default),
+/// B zero, so training starts exactly at the base model. Seeded per layer name.
+pub fn attach(
+    model: &mut Model,
+    cfg: &LoraConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<Vec<String>> {
+    model
+        .add_lora(
+            &cfg.targets,
+            cfg.scale(),
+            cfg.dropout,
+            |name, n_in, n_out| {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ fnv(name));
+                let bound = 1.0 / (n_in as f32).sqrt();
+                let a: Vec<f32> = (0..n_in * cfg.rank)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                Ok((
+                    Tensor::from_vec(a, (n_in, cfg.rank), device)?,
+                    Tensor::zeros((cfg.rank, n_out), candle_core::DType::F32, device)?,
+                ))
+            },
+        )
+        .map_err(|e| Error::runtime(format!("adding LoRA adapters: {e}")))
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn peft_key(name: &str, ab: &str) -> String {
+    format!("base_model.model.{name}.lora_{ab}.weight")
+}
+
+/// Writes the adapters of `model` as a peft adapter folder (atomically).
+pub fn save_peft(model: &mut Model, cfg: &LoraConfig, base: &str, out: &Path) -> Result<()> {
+    let mut tensors = HashMap::new();
+    let names: Vec<String> = model.loras_mut().into_iter().map(|(n, _)| n).collect();
+    let heads: Vec<Option<usize>> = names
+        .iter()
+        .map(|n| hf::permuted_heads(&model.cfg, n))
+        .collect();
+    let conv = |e: candle_core::Error| Error::runtime(format!("exporting the adapter: {e}"));
+    for ((name, lora), heads) in model.loras_mut().into_iter().zip(heads) {
+        let a = lora
+            .a
+            .detach()
+            .t()
+            .map_err(conv)?
+            .contiguous()
+            .map_err(conv)?;
+        let mut b = lora
+            .b
+            .detach()
+            .t()
+            .map_err(conv)?
+            .contiguous()
+            .map_err(conv)?;
+        if let Some(h) = heads {
+            b = hf::to_hf_rows(&b, h).map_err(conv)?;
+        }
+        tensors.insert(peft_key(&name, "A"), a);
+        tensors.insert(peft_key(&name, "B"), b);
+    }
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "use_rslora": false,
+        "use_dora": false,
+    });
+    write_dir(out, |dir| {
+        candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))
+            .map_err(conv)?;
+        write_json(&dir.join("adapter_config.json"), &config)
+    })
+}
+
+/// Reads a peft adapter folder written by [`save_peft`] (or by peft itself, for
+/// llama/qwen2 LoRA without biases) and attaches it to `model`.
+pub fn load_peft(model: &mut Model, dir: &Path, device: &Device) -> Result<LoraConfig> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, "read", e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::input(format!("{}: invalid JSON: {e}", cfg_path.display())))?;
+    let field = |k: &str| {
+        v.get(k)
+            .ok_or_else(|| Error::input(format!("{}: missing `{k}`", cfg_path.display())))
+    };
+    let targets: Vec<String> = match field("target_modules")? {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
+        serde_json::Value::String(s) => vec![s.clone()],
+        _ => vec![],
+    };
+    let cfg = LoraConfig {
+        rank: field("r")?.as_u64().unwrap_or(0) as usize,
+        alpha: field("lora_alpha")?.as_f64().unwrap_or(0.0),
+        dropout: 0.0,
+        targets,
+    };
+    cfg.validate().map_err(|e| e.context(cfg_path.display()))?;
+    let st = dir.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&st, device)
+        .map_err(|e| Error::input(format!("{}: {e}", st.display())))?;
+    let mut wanted = Vec::new();
+    for i in 0..model.cfg.n_layer {
+        for t in &cfg.targets {
+            let name = format!("model.layers.{i}.{}.{t}", module_of(t));
+            wanted.push((hf::permuted_heads(&model.cfg, &name), name));
+        }
+    }
+    let mut found = HashMap::new();
+    for (heads, name) in wanted {
+        let get = |ab: &str| {
+            tensors.get(&peft_key(&name, ab)).cloned().ok_or_else(|| {
+                Error::input(format!(
+                    "{}: no tensor `{}`",
+                    st.display(),
+                    peft_key(&name, ab)
+                ))
+            })
+        };
+        let conv = |e: candle_core::Error| Error::input(format!("{}: {name}: {e}", st.display()));
+        let a = get("A")?.to_dtype(candle_core::DType::F32).map_err(conv)?;
+        let mut b = get("B")?.to_dtype(candle_core::DType::F32).map_err(conv)?;
+        if let Some(h) = heads {
+            b = hf::to_gguf_rows(&b, h).map_err(conv)?;
+        }
+        let pair = (
+            a.t().map_err(conv)?.contiguous().map_err(conv)?,
+            b.t().map_err(conv)?.contiguous().map_err(conv)?,
+        );
+        found.insert(name, pair);
+    }
+    model
+        .add_lora(&cfg.targets, cfg.scale(), 0.0, |name, n_in, n_out| {
+            let (a, b) = found.remove(name).expect("every wanted adapter was read");
+            if a.dims() != [n_in, cfg.rank] || b.dims() != [cfg.rank, n_out] {
+                candle_core::bail!(
+                    "{name}: adapter shapes {:?}/{:?} do not fit the layer ({n_in} -> {n_out}, rank {})",
+                    a.dims(),
+                    b.dims(),
+                    cfg.rank
+                );
+            }
+            Ok((a, b))
+        })
+        .map_err(|e| Error::input(format!("{}: {e}", st.display())))?;
+    Ok(cfg)
+}

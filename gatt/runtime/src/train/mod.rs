@@ -1,0 +1,331 @@
+//! Fine-tuning on GAtt masks, on candle.
+//!
+//! ```text
+//! masked samples -> data (checks, token-budget batches) -> loss (labels != -100 only)
+//!   -> backward -> optim (clip, AdamW, schedule) -> checkpoint / adapter / HF folder
+//! ```
+//!
+//! [`Trainer`] is one model and its optimizer stepping through a fixed plan of
+//! micro-batches; [`run`] adds the files: checkpoints (atomic, resumable), the loss log
+//! and curve, and the final adapter (LoRA, in peft's layout) or model folder (full).
+
+pub mod curve;
+pub mod data;
+pub mod lora;
+pub mod loss;
+pub mod optim;
+mod run;
+pub mod schedule;
+
+pub use data::Example;
+pub use lora::LoraConfig;
+pub use loss::LossMean;
+pub use run::{merge, run, RunSpec, RunSummary};
+
+use crate::llama::{Model, WeightKind};
+use candle_core::{Device, Tensor, Var};
+use data::Batch;
+use gatt::{Error, Result};
+use loss::{MicroBatch, StepTotals};
+use optim::{AdamW, AdamWConfig, Param};
+use schedule::Schedule;
+use std::collections::HashMap;
+
+/// What is trained.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Every weight (small models: AdamW keeps two more copies of every weight).
+    Full,
+    /// Low-rank adapters on the chosen layers; the base stays frozen.
+    Lora(LoraConfig),
+}
+
+/// Everything that decides the result of a training run (the resume fingerprint).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainOptions {
+    pub method: Method,
+    pub lr: f64,
+    pub warmup_ratio: f64,
+    pub min_lr_ratio: f64,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub batch_tokens: usize,
+    pub grad_accum: usize,
+    pub max_grad_norm: f64,
+    pub adamw: AdamWConfig,
+    pub loss_mean: LossMean,
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            method: Method::Full,
+            lr: 1e-4,
+            warmup_ratio: 0.05,
+            min_lr_ratio: 0.1,
+            epochs: 1,
+            max_steps: None,
+            batch_tokens: 4096,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            adamw: AdamWConfig::default(),
+            loss_mean: LossMean::Token,
+            seed: 0,
+        }
+    }
+}
+
+/// One optimizer step, as logged.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepLog {
+    /// 1-based.
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub loss_tokens: usize,
+    pub seconds: f64,
+}
+
+pub struct Trainer {
+    model: Model,
+    params: Vec<Param>,
+    opt: AdamW,
+    examples: Vec<Example>,
+    /// Micro-batches in training order, epoch after epoch.
+    plan: Vec<Batch>,
+    schedule: Schedule,
+    opts: TrainOptions,
+    device: Device,
+    /// Optimizer steps done.
+    pub step: usize,
+}
+
+fn candle(what: &str) -> impl Fn(candle_core::Error) -> Error + '_ {
+    move |e| Error::runtime(format!("{what}: {e}"))
+}
+
+impl Trainer {
+    /// Makes the trainable weights variables (all of them, or fresh LoRA adapters) and
+    /// lays out the whole run's micro-batches.
+    pub fn new(
+        mut model: Model,
+        examples: Vec<Example>,
+        opts: TrainOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        if opts.batch_tokens == 0 || opts.grad_accum == 0 || opts.epochs == 0 {
+            return Err(Error::input(
+                "--batch-tokens, --grad-accum and --epochs must be at least 1",
+            ));
+        }
+        let mut params = Vec::new();
+        match &opts.method {
+            Method::Full => {
+                for (name, kind, t) in model.weights_mut() {
+                    let var = Var::from_tensor(t).map_err(candle("making weights trainable"))?;
+                    *t = var.as_tensor().clone();
+                    params.push(Param {
+                        name,
+                        var,
+                        decay: kind != WeightKind::Vector,
+                    });
+                }
+                model
+                    .retie()
+                    .map_err(candle("tying the output to the embedding"))?;
+            }
+            Method::Lora(cfg) => {
+                cfg.validate()?;
+                lora::attach(&mut model, cfg, opts.seed, device)?;
+                for (name, l) in model.loras_mut() {
+                    for (ab, t) in [("lora_A", &mut l.a), ("lora_B", &mut l.b)] {
+                        let var =
+                            Var::from_tensor(t).map_err(candle("making adapters trainable"))?;
+                        *t = var.as_tensor().clone();
+                        params.push(Param {
+                            name: format!("{name}.{ab}"),
+                            var,
+                            decay: true,
+                        });
+                    }
+                }
+            }
+        }
+        let plan: Vec<Batch> = (0..opts.epochs)
+            .flat_map(|epoch| data::epoch_batches(&examples, opts.batch_tokens, opts.seed, epoch))
+            .collect();
+        let mut total = plan.len().div_ceil(opts.grad_accum);
+        if let Some(m) = opts.max_steps {
+            total = total.min(m);
+        }
+        let schedule = Schedule {
+            peak: opts.lr,
+            warmup: ((total as f64 * opts.warmup_ratio).round() as usize).max(1),
+            total,
+            min_ratio: opts.min_lr_ratio,
+        };
+        let opt = AdamW::new(opts.adamw, &params).map_err(candle("optimizer"))?;
+        Ok(Trainer {
+            model,
+            params,
+            opt,
+            examples,
+            plan,
+            schedule,
+            opts,
+            device: device.clone(),
+            step: 0,
+        })
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.schedule.total
+    }
+
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Trainable values in the model's own layout, by name (for tests and checkpoints).
+    pub fn param_tensors(&self) -> HashMap<String, Tensor> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.var.as_tensor().detach()))
+            .collect()
+    }
+
+    /// Runs one optimizer step: every micro-batch of the step forward and backward,
+    /// gradients summed, clipped, applied.
+    pub fn train_step(&mut self) -> Result<StepLog> {
+        let started = std::time::Instant::now();
+        let accum = self.opts.grad_accum;
+        let range = self.step * accum..((self.step + 1) * accum).min(self.plan.len());
+        let micro: Vec<Batch> = self.plan[range.clone()].to_vec();
+        let all = micro.iter().flatten().map(|&i| &self.examples[i]);
+        let totals = StepTotals::of(all);
+        self.model.set_training(
+            true,
+            self.opts.seed ^ (self.step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        );
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
+        let (mut loss, mut tokens, mut loss_tokens) = (0f64, 0, 0);
+        // On the CPU a micro-batch's sequences run packed end to end in one row: every
+        // linear layer (and its weight gradient) is one product, nothing is padding.
+        // Elsewhere each sequence runs on its own (candle's backward pass of a
+        // per-sequence slice of a padded batch allocates the whole batch again, for
+        // every sequence).
+        let packed = self.device.is_cpu();
+        let groups: Vec<&[usize]> = if packed {
+            micro.iter().map(|m| &m[..]).collect()
+        } else {
+            micro.iter().flatten().map(std::slice::from_ref).collect()
+        };
+        for group in groups {
+            let refs: Vec<&Example> = group.iter().map(|&i| &self.examples[i]).collect();
+            let (mean, device) = (self.opts.loss_mean, &self.device);
+            let mb = if packed {
+                MicroBatch::packed(&refs, mean, totals, device)
+            } else {
+                MicroBatch::new(&refs, mean, totals, device)
+            }
+            .map_err(candle("building a batch"))?;
+            let l = loss::weighted_loss(&self.model, &mb).map_err(candle("forward pass"))?;
+            loss += l.to_scalar::<f32>().map_err(candle("loss"))? as f64;
+            let store = l.backward().map_err(candle("backward pass"))?;
+            for (g, p) in grads.iter_mut().zip(&self.params) {
+                if let Some(new) = store.get(p.var.as_tensor()) {
+                    let new = new.detach();
+                    *g = Some(match g.take() {
+                        Some(old) => (old + new).map_err(candle("summing gradients"))?,
+                        None => new,
+                    });
+                }
+            }
+            tokens += mb.n_tokens;
+            loss_tokens += mb.n_loss;
+        }
+        if !loss.is_finite() {
+            return Err(Error::runtime(format!(
+                "the loss is {loss} at step {}; nothing was updated. Lower --lr, raise \
+                 --warmup-ratio, or check the data; resume from the last checkpoint with --resume",
+                self.step + 1
+            )));
+        }
+        let mut grads: Vec<Tensor> = grads
+            .into_iter()
+            .zip(&self.params)
+            .map(|(g, p)| g.map_or_else(|| p.var.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()
+            .map_err(candle("gradients"))?;
+        let grad_norm = optim::clip_grad_norm(&mut grads, self.opts.max_grad_norm)
+            .map_err(candle("clipping"))?;
+        let lr = self.schedule.lr(self.step);
+        self.opt
+            .step(&self.params, &grads, lr)
+            .map_err(candle("optimizer step"))?;
+        self.step += 1;
+        let per_epoch = self.plan.len() as f64 / self.opts.epochs as f64;
+        Ok(StepLog {
+            step: self.step,
+            total_steps: self.total_steps(),
+            epoch: range.end as f64 / per_epoch,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            loss_tokens,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Trainable tensors and optimizer moments (for a checkpoint).
+    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (i, p) in self.params.iter().enumerate() {
+            out.insert(format!("param.{}", p.name), p.var.as_tensor().detach());
+            out.insert(format!("adam_m.{}", p.name), self.opt.m[i].clone());
+            out.insert(format!("adam_v.{}", p.name), self.opt.v[i].clone());
+        }
+        out
+    }
+
+    /// Restores what [`Trainer::state_tensors`] saved, at optimizer step `step`.
+    pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, step: usize) -> Result<()> {
+        for (i, p) in self.params.iter().enumerate() {
+            let get = |k: String| {
+                tensors.get(&k).ok_or_else(|| {
+                    Error::input(format!(
+                        "checkpoint has no `{k}`; it belongs to another run"
+                    ))
+                })
+            };
+            p.var
+                .set(get(format!("param.{}", p.name))?)
+                .map_err(candle("restoring a weight"))?;
+            self.opt.m[i] = get(format!("adam_m.{}", p.name))?.clone();
+            self.opt.v[i] = get(format!("adam_v.{}", p.name))?.clone();
+        }
+        self.opt.t = step;
+        self.step = step;
+        Ok(())
+    }
+
+    /// Training mode off (inference kernels); the weights stay as trained.
+    pub fn into_model(mut self) -> Model {
+        self.model.set_training(false, 0);
+        self.model
+    }
+}
+
+#[cfg(test)]
+mod tests;
