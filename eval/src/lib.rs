@@ -8,6 +8,9 @@
 //! Checks are code: every verdict can be reproduced and explained, and a reply the code
 //! cannot decide is counted as undetermined, never as a pass. An optional judge model
 //! ([`judge`]) adds its own rows for persona, hobby and figure on every turn.
+//!
+//! Dependencies: the core crate `gatt` only (dialogues, catalogs, the `ChatBackend`
+//! trait, datasets); never the generator, the runtime or the CLI.
 
 pub mod checks;
 pub mod judge;

@@ -1,5 +1,8 @@
 //! `gatt`: the command-line front end. Each subcommand lives in `cmd/` and is a thin
-//! layer over the library crates (`gatt`, `gatt-synth`, `gatt-eval`).
+//! layer over the library crates (`gatt`, `gatt-runtime`, `gatt-synth`, `gatt-eval`):
+//! it parses flags, loads what they name, shows progress, and turns a library error into
+//! a message that names the flag at fault (exit 2 for bad input, 1 otherwise). Nothing
+//! depends on this crate.
 
 mod cmd;
 mod progress;

@@ -1,5 +1,5 @@
 """llama.cpp (through llama-cpp-python) on the same GGUF and prompts as
-`cargo run -p gatt --example decode_speed`: prefill of a 512-token prompt, then greedy
+`cargo run -p gatt-runtime --example decode_speed`: prefill of a 512-token prompt, then greedy
 decode steps at batch 1, with and without flash attention. Prints one JSON line per case.
 
 Usage: python llamacpp_speed.py MODEL.gguf [THREADS] [STEPS]

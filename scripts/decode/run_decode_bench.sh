@@ -16,7 +16,7 @@ REPS="${1:-2}"
 PY="${PY:-/work/llamacpp-venv/bin/python}"
 THREADS="${THREADS:-2}"
 export RAYON_NUM_THREADS="$THREADS"
-cargo build -q -p gatt --example decode_speed
+cargo build -q -p gatt-runtime --example decode_speed
 GGUF="$(cargo run -q -- model fetch)"
 for r in $(seq "$REPS"); do
   echo "== round $r: gatt (dense f32 + Q4_1/Q8_0 blocks for few rows)"

@@ -32,7 +32,7 @@ if [[ -z "${GATT:-}" ]]; then
     GATT="$ROOT/target/debug/gatt"
     [[ -x "$GATT" ]] || GATT="$ROOT/target/release/gatt"
 fi
-[[ -x "$GATT" ]] || { echo "FAIL setup: no gatt binary (cargo build -p gatt, or set GATT)"; exit 2; }
+[[ -x "$GATT" ]] || { echo "FAIL setup: no gatt binary (cargo build -p gatt-cli, or set GATT)"; exit 2; }
 if [[ -z "$MODEL_DIR" ]]; then
     MODEL_DIR="$(mktemp -d -t gatt-hf.XXXXXX)/default"
     "$GATT" model export default --out "$MODEL_DIR" >/dev/null || { echo "FAIL setup: gatt model export"; exit 2; }

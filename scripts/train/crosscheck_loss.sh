@@ -9,7 +9,7 @@
 set -euo pipefail
 MODEL="$1"; DATA="$2"; ROWS="${3:-8}"
 PY="${PY:-/work/pyenv/bin/python}"
-ours=$(cargo run -q -p gatt --example loss_of -- "$MODEL" "$DATA" "$ROWS")
+ours=$(cargo run -q -p gatt-runtime --example loss_of -- "$MODEL" "$DATA" "$ROWS")
 theirs=$(HF_HUB_OFFLINE=1 "$PY" "$(dirname "$0")/torch_loss.py" --model "$MODEL" --data "$DATA" --rows "$ROWS" --threads 1)
 echo "gatt:         $ours"
 echo "transformers: $theirs"

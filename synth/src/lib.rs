@@ -8,6 +8,10 @@
 //!
 //! Every dialogue is a pure function of (seed, its index), so runs repeat byte for byte,
 //! shards partition the work, and a resumed run ends exactly where a clean one would.
+//!
+//! Dependencies: the core crate `gatt` only (dialogues, catalogs, the `ChatBackend`
+//! trait). The generator does not know which backend writes the replies, nor how they
+//! are scored beyond the [`Scorer`] trait; it never depends on the evaluator or the CLI.
 
 pub mod expand;
 pub mod phrase;
