@@ -1,5 +1,5 @@
 //! Times prefill and decode steps of the embedded model at several batch sizes.
-//! Usage: cargo run -p gatt --example decode_speed [--release] -- [quantized] [only=B]
+//! Usage: cargo run -p gatt-runtime --example decode_speed [--release] -- [quantized] [only=B]
 //! [steps=N] [rounds=R]
 //!
 //! With `rounds=R` the cases run R times, interleaved, and a summary gives each case's

@@ -1,7 +1,7 @@
 //! Per-sample loss of a model on masked samples, as `gatt train` computes it (token
 //! mean over labels != -100), printed as JSON for scripts/train/crosscheck_loss.sh.
 //!
-//! cargo run -p gatt --example loss_of -- MODEL MASKED.parquet [ROWS]
+//! cargo run -p gatt-runtime --example loss_of -- MODEL MASKED.parquet [ROWS]
 
 use candle_core::Device;
 use gatt::model::ModelSource;

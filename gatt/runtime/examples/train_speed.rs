@@ -1,6 +1,6 @@
 //! Training throughput of `gatt train`'s step on the default model, phase by phase.
 //!
-//! cargo run -p gatt --example train_speed -- [MASKED.parquet] [BATCH_TOKENS] [STEPS]
+//! cargo run -p gatt-runtime --example train_speed -- [MASKED.parquet] [BATCH_TOKENS] [STEPS]
 //!
 //! Prints: the inference-kernel forward of one batch; forward and backward of one
 //! sequence with LoRA adapters; then STEPS optimizer steps of LoRA and of full training.
