@@ -1,42 +1,32 @@
 //! End-to-end tests of `gatt mask`, `gatt inspect` and `gatt templates`.
 
+mod common;
+
+use common::{arg, fixture, gatt, read_jsonl, stderr, tempdir, FIXTURES};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden");
-
-fn gatt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatt"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
+/// The fixture tokenizer and template: masking needs no model.
 fn tok_args() -> Vec<String> {
     vec![
         "--tokenizer".into(),
-        format!("{FIXTURES}/smollm2_tokenizer.json"),
+        fixture("smollm2_tokenizer.json"),
         "--template".into(),
-        format!("{FIXTURES}/smollm2_chat_template.jinja"),
+        fixture("smollm2_chat_template.jinja"),
     ]
 }
 
 fn mask(input: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["mask".into(), "--input".into(), input.display().to_string()];
-    args.extend(["--out".into(), out.display().to_string()]);
+    let mut args = vec!["mask".into(), "--input".into(), arg(input)];
+    args.extend(["--out".into(), arg(out)]);
     args.extend(tok_args());
     args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    gatt(&refs)
+    gatt(&args)
 }
 
 #[test]
 fn masks_a_dataset_and_inspect_shows_the_loss_tokens() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let out = dir.path().join("m.parquet");
     let o = mask(
         &Path::new(FIXTURES).join("dialogues.jsonl"),
@@ -52,15 +42,9 @@ fn masks_a_dataset_and_inspect_shows_the_loss_tokens() {
         .unwrap()
         .values()
         .all(|v| v.as_u64().unwrap() <= 2));
-    let mut args = vec![
-        "inspect".to_string(),
-        out.display().to_string(),
-        "--row".into(),
-        "0".into(),
-    ];
+    let mut args = vec!["inspect".to_string(), arg(&out), "--row".into(), "0".into()];
     args.extend(tok_args());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = gatt(&refs);
+    let o = gatt(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -71,7 +55,7 @@ fn masks_a_dataset_and_inspect_shows_the_loss_tokens() {
 
 #[test]
 fn expand_policy_writes_one_sample_per_reply() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = dir.path().join("d.jsonl");
     std::fs::write(
         &input,
@@ -81,15 +65,9 @@ fn expand_policy_writes_one_sample_per_reply() {
     let out = dir.path().join("m.jsonl");
     let o = mask(&input, &out, &["--policy", "gatt-expand"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let ids: Vec<String> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    let ids: Vec<String> = read_jsonl(&out)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, ["a#1", "a#2"]);
 }
@@ -97,7 +75,7 @@ fn expand_policy_writes_one_sample_per_reply() {
 /// Bad input exits with status 2, names the file, line and field, and leaves no output.
 #[test]
 fn bad_input_is_reported_with_location_and_exit_2() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let out = dir.path().join("m.parquet");
     let cases = [
         ("{not json", "bad.jsonl:1", "invalid JSON"),
@@ -137,10 +115,10 @@ fn bad_input_is_reported_with_location_and_exit_2() {
 
 #[test]
 fn unknown_template_missing_file_and_mismatched_tokenizer_are_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let input = Path::new(FIXTURES).join("dialogues.jsonl");
     let out = dir.path().join("m.parquet");
-    let tok = format!("{FIXTURES}/smollm2_tokenizer.json");
+    let tok = fixture("smollm2_tokenizer.json");
     let o = gatt(&[
         "mask",
         "--input",
@@ -191,12 +169,12 @@ fn unknown_template_missing_file_and_mismatched_tokenizer_are_clear_errors() {
 
 #[test]
 fn a_failing_template_is_reported_not_panicked() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let t = dir.path().join("t.jinja");
     std::fs::write(&t, "{{ raise_exception('System role not supported') }}").unwrap();
     let out = dir.path().join("m.parquet");
-    let tok = format!("{FIXTURES}/smollm2_tokenizer.json");
-    let input = format!("{FIXTURES}/dialogues.jsonl");
+    let tok = fixture("smollm2_tokenizer.json");
+    let input = fixture("dialogues.jsonl");
     let o = gatt(&[
         "mask",
         "--input",

@@ -1,22 +1,9 @@
 //! End-to-end tests of `gatt train` and `gatt train merge` on the default model.
 
+mod common;
+
+use common::{gatt, stdout, tempdir, text};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn gatt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatt"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Three short dialogues, masked for the default model.
 fn masked(dir: &Path) -> String {
@@ -51,8 +38,12 @@ fn masked(dir: &Path) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
 fn lora_run_resumes_merges_and_the_merged_folder_generates() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let data = masked(dir.path());
     let run = dir.path().join("run");
     let args = [
@@ -136,16 +127,16 @@ fn lora_run_resumes_merges_and_the_merged_folder_generates() {
         "0",
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("Paris"),
-        "{}",
-        text(&o)
-    );
+    assert!(stdout(&o).contains("Paris"), "{}", text(&o));
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
 fn data_for_another_tokenizer_is_refused_with_the_row() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let data = dir.path().join("bad.jsonl");
     std::fs::write(
         &data,

@@ -7,6 +7,7 @@ use crate::checks::Verdict;
 use crate::protocol::ScoredTurn;
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;
+use gatt::seed::Stream;
 use gatt::{ConstraintKind, Dialogue, Message, Result, Role};
 
 /// Evidence of a judge reply that was neither yes nor no (counted, never a pass).
@@ -95,7 +96,8 @@ pub fn judge_dialogues(
                 };
                 let request = Request {
                     messages: vec![Message::system(SYSTEM), Message::user(q)],
-                    seed: pending.len() as u64,
+                    // Stream: JudgeRequest (parent: 0, index: the question).
+                    seed: gatt::seed::derive(0, Stream::JudgeRequest, pending.len() as u64),
                 };
                 pending.push((row, request));
             }

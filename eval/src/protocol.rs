@@ -18,6 +18,7 @@ pub use score::{score_dialogue, ScoredTurn, UNKNOWN_MODEL};
 
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;
+use gatt::seed::Stream;
 use gatt::{ConstraintKind, Dialogue, Error, Message, Result};
 use serde_json::json;
 
@@ -49,15 +50,13 @@ impl Default for ProtocolOptions {
     }
 }
 
-/// The FNV-1a 64-bit prime: spreads dialogue indices over the seed space.
-const DIALOGUE_PRIME: u64 = 0x0000_0100_0000_01B3;
-
 /// The sampling seed of dialogue `index` at `turn`, so that each reply has its own seed
 /// and the run repeats exactly.
 pub fn request_seed(seed: u64, index: usize, turn: usize) -> u64 {
-    seed ^ (index as u64)
-        .wrapping_mul(DIALOGUE_PRIME)
-        .wrapping_add(turn as u64)
+    // Stream: EvalDialogue (parent: the run seed, index: the dialogue), then EvalReply
+    // (parent: the dialogue's seed, index: the turn).
+    let dialogue = gatt::seed::derive(seed, Stream::EvalDialogue, index as u64);
+    gatt::seed::derive(dialogue, Stream::EvalReply, turn as u64)
 }
 
 /// Runs the protocol and returns the finished dialogues. `progress` is called after each

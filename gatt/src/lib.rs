@@ -8,6 +8,9 @@
 //! chat model -> backend (sample replies: the `ChatBackend` trait, the HTTP backend)
 //! ```
 //!
+//! Every seed the toolkit derives (per dialogue, turn, candidate, epoch, step) comes from
+//! [`seed`], so that the same seed gives the same bytes.
+//!
 //! The model runtime (the in-process model, kernels, sampling, training) is the crate
 //! `gatt-runtime`; the generator, the evaluator and the command-line tool are crates of
 //! their own. This crate depends on none of them.
@@ -24,6 +27,7 @@ pub mod dialogue;
 pub mod error;
 pub mod mask;
 pub mod model;
+pub mod seed;
 pub mod template;
 pub mod tokenizer;
 pub mod transform;

@@ -93,6 +93,10 @@ fn smollm2_tokens_match_transformers() {
 /// The tokenizer and template we read from the default model's GGUF give exactly the
 /// ids Python produced (fetches the default model on first run).
 #[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
 fn gguf_tokenizer_matches_fixture_tokenizer() {
     let path = gatt::model::ensure_default_model().unwrap();
     let format = gatt::model::ChatFormat::from_gguf(&path).unwrap();

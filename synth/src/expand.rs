@@ -4,6 +4,7 @@
 
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::{Catalog, Figure, Hobby, Persona};
+use gatt::seed::{self, Stream};
 use gatt::{ConstraintKind, Error, Message, Result};
 
 /// The question asked of the model for each kind.
@@ -100,7 +101,8 @@ pub fn expand(
         let requests: Vec<Request> = (0..batch)
             .map(|i| Request {
                 messages: vec![Message::user(question)],
-                seed: seed ^ ((round * batch + i) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                // Stream: SynthExpand (parent: the seed, index: the request over all rounds).
+                seed: seed::derive(seed, Stream::SynthExpand, (round * batch + i) as u64),
             })
             .collect();
         let before = found.len();

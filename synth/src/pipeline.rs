@@ -1,11 +1,12 @@
 //! Sampling the replies: the instruction in every user turn, the earlier sampled replies
 //! in context, dialogues batched through the backend turn by turn.
 
-use crate::plan::{mix, plan, DialoguePlan, PlanOptions, Shard};
+use crate::plan::{plan, DialoguePlan, PlanOptions, Shard};
 use crate::scorer::{best, Scorer};
 use crate::users::UserSource;
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;
+use gatt::seed::{self, Stream};
 use gatt::transform::{attach, to_training, Attach, Placement};
 use gatt::{ConstraintKind, Dialogue, Message, Result, Role};
 use serde::Serialize;
@@ -104,7 +105,8 @@ impl Synthesizer<'_> {
                     d.plain.push(Message::user(d.plan.users[turn].clone()));
                     Request {
                         messages: attach(&d.plain, &d.plan.instruction, self.opts.attach),
-                        seed: mix(d.plan.seed ^ (turn as u64 + 1)),
+                        // Stream: SynthReply (parent: the plan seed, index: the turn).
+                        seed: seed::derive(d.plan.seed, Stream::SynthReply, turn as u64),
                     }
                 })
                 .collect();
@@ -139,7 +141,8 @@ impl Synthesizer<'_> {
                 }));
                 Request {
                     messages,
-                    seed: mix(d.plan.seed ^ 0x5EED_0000 ^ turn as u64),
+                    // Stream: SynthUserSim (parent: the plan seed, index: the turn).
+                    seed: seed::derive(d.plan.seed, Stream::SynthUserSim, turn as u64),
                 }
             })
             .collect();

@@ -4,6 +4,7 @@ use crate::phrase::phrase;
 use crate::sample::sample_constraints;
 use crate::users::UserSource;
 use gatt::catalog::Catalog;
+use gatt::seed::{self, Stream};
 use gatt::{Constraint, ConstraintKind, Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -70,14 +71,6 @@ impl Shard {
     }
 }
 
-/// SplitMix64: decorrelates the seeds of neighbouring dialogues.
-pub fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 pub struct PlanOptions<'a> {
     pub seed: u64,
     pub kinds: &'a [ConstraintKind],
@@ -88,7 +81,8 @@ pub struct PlanOptions<'a> {
 }
 
 pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource) -> DialoguePlan {
-    let seed = mix(o.seed ^ mix(index as u64));
+    // Stream: SynthPlan (parent: the run seed, index: the dialogue).
+    let seed = seed::derive(o.seed, Stream::SynthPlan, index as u64);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let constraints = sample_constraints(&mut rng, catalog, o.kinds, o.max_combined);
     let terse = rng.random_bool(o.terse.clamp(0.0, 1.0));

@@ -28,6 +28,8 @@ pub struct DialoguePlan {
 impl DialoguePlan {
     /// The plan of dialogue `index`: each dialogue draws from its own ChaCha stream.
     pub fn new(index: usize, catalog: &Catalog, opts: &ProtocolOptions) -> Result<Self> {
+        // ChaCha8 stream `index` of the run seed: the generator's own independent
+        // streams, not a `gatt::seed` derivation (see that module).
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
         rng.set_stream(index as u64);
         let constraints = pick_constraints(&mut rng, catalog, &opts.kinds)?;

@@ -15,6 +15,8 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: &SamplingParams, seed: u64) -> Self {
         Sampler {
+            // Stream: Candidate; `seed` is already the candidate's seed (see
+            // `gatt::backend::candidate_seed`).
             rng: ChaCha8Rng::seed_from_u64(seed),
             params: params.clone(),
         }

@@ -1,5 +1,6 @@
 //! Integration tests on the real default model (SmolLM2-135M-Instruct, fetched with pip
-//! into $GATT_HOME on first run).
+//! into $GATT_HOME on first run). They run with the `model-tests` feature
+//! (`cargo test --workspace --features model-tests`) and are ignored without it.
 
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::model::ModelSource;
@@ -23,6 +24,10 @@ fn ask(system: &str, prompt: &str, seed: u64) -> Request {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
 fn greedy_answer_names_paris() {
     let out = backend()
         .generate(
@@ -38,6 +43,10 @@ fn greedy_answer_names_paris() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
 fn batched_greedy_equals_one_by_one() {
     let reqs = vec![
         ask("You are a helpful assistant.", "Name three colors.", 0),
@@ -57,6 +66,10 @@ fn batched_greedy_equals_one_by_one() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
 fn same_seed_same_samples() {
     let p = SamplingParams {
         max_new_tokens: 24,
@@ -75,6 +88,10 @@ fn same_seed_same_samples() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
 fn prompt_longer_than_context_is_a_clear_error() {
     let long = "word ".repeat(9000);
     let e = backend()
@@ -108,6 +125,10 @@ fn last_logits(m: &gatt_runtime::llama::Model, ids: &[u32]) -> Vec<f32> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
 fn logits_match_transformers_from_gguf_and_from_our_hugging_face_export() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),

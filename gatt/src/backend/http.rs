@@ -87,7 +87,12 @@ impl HttpBackend {
         if params.repetition_penalty != 1.0 {
             body["repetition_penalty"] = f64::from(params.repetition_penalty).into();
         }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        // Stream: HttpRetry (parent: this candidate's seed): the backoff jitter.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::seed::derive(
+            seed,
+            crate::seed::Stream::HttpRetry,
+            0,
+        ));
         let mut attempt = 0;
         loop {
             for f in self.dropped.lock().expect("dropped fields").iter() {

@@ -43,9 +43,8 @@ pub trait ChatBackend: Send + Sync {
 
 /// Derives the seed of candidate `i` of a request, so candidates differ but repeat.
 pub fn candidate_seed(seed: u64, i: usize) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(i as u64)
-        .rotate_left(17)
+    // Stream: Candidate (parent: the request's seed, index: the candidate).
+    crate::seed::derive(seed, crate::seed::Stream::Candidate, i as u64)
 }
 
 /// How replies are sampled: the same settings for every backend.

@@ -6,6 +6,7 @@ use crate::kernels::qmatvec::QMatrix;
 use crate::kernels::rows::contiguous_f32;
 use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor, D};
+use gatt::seed::SplitMix64;
 use std::sync::Mutex;
 
 /// How weights are held in memory.
@@ -264,20 +265,16 @@ impl Linear {
 /// Seeded inverted dropout for LoRA inputs while training (reproducible on resume).
 /// A splitmix64 stream: one cheap 64-bit draw gives the keep/drop bits of two elements.
 pub struct Dropout {
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl Dropout {
+    /// Dropout drawing from the splitmix64 stream of `seed` (the trainer passes the
+    /// step's seed from `gatt::seed::Stream::TrainDropout`).
     pub fn new(seed: u64) -> Self {
-        Dropout { state: seed }
-    }
-
-    fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Dropout {
+            rng: SplitMix64::new(seed),
+        }
     }
 
     fn mask(&mut self, dims: &[usize], p: f32, device: &Device) -> Result<Tensor> {
@@ -286,7 +283,7 @@ impl Dropout {
         let threshold = (p as f64 * u32::MAX as f64) as u32;
         let mut m = Vec::with_capacity(n + 1);
         while m.len() < n {
-            let r = self.next();
+            let r = self.rng.next_u64();
             for half in [r as u32, (r >> 32) as u32] {
                 m.push(if half < threshold { 0.0 } else { keep });
             }

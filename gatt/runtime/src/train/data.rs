@@ -134,9 +134,12 @@ pub type Batch = Vec<usize>;
 /// windows of 64 (less padding, still random), cut into token-budget batches, and the
 /// batches shuffled again.
 pub fn epoch_batches(examples: &[Example], budget: usize, seed: u64, epoch: usize) -> Vec<Batch> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-    );
+    // Stream: TrainShuffle (parent: the training seed, index: the epoch).
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(gatt::seed::derive(
+        seed,
+        gatt::seed::Stream::TrainShuffle,
+        epoch as u64,
+    ));
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.shuffle(&mut rng);
     for w in order.chunks_mut(64) {

@@ -6,6 +6,7 @@
 use crate::llama::{hf, module_of, Model, LINEAR_NAMES};
 use candle_core::{Device, Tensor};
 use gatt::dataset::{write_dir, write_json};
+use gatt::seed::{self, Stream};
 use gatt::{Error, Result};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -63,7 +64,12 @@ pub fn attach(
             cfg.scale(),
             cfg.dropout,
             |name, n_in, n_out| {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ fnv(name));
+                // Stream: LoraInit (parent: the training seed, index: the layer's name).
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed::derive(
+                    seed,
+                    Stream::LoraInit,
+                    seed::label(name),
+                ));
                 let bound = 1.0 / (n_in as f32).sqrt();
                 let a: Vec<f32> = (0..n_in * cfg.rank)
                     .map(|_| rng.random_range(-bound..bound))
@@ -75,12 +81,6 @@ pub fn attach(
             },
         )
         .map_err(|e| Error::runtime(format!("adding LoRA adapters: {e}")))
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 fn peft_key(name: &str, ab: &str) -> String {

@@ -25,6 +25,7 @@ pub use run::{merge, run, RunSpec, RunSummary};
 use crate::llama::{Model, WeightKind};
 use candle_core::{Device, Tensor, Var};
 use data::Batch;
+use gatt::seed::Stream;
 use gatt::{Error, Result};
 use loss::{MicroBatch, StepTotals};
 use optim::{AdamW, AdamWConfig, Param};
@@ -213,9 +214,10 @@ impl Trainer {
         let micro: Vec<Batch> = self.plan[range.clone()].to_vec();
         let all = micro.iter().flatten().map(|&i| &self.examples[i]);
         let totals = StepTotals::of(all);
+        // Stream: TrainDropout (parent: the training seed, index: the step).
         self.model.set_training(
             true,
-            self.opts.seed ^ (self.step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            gatt::seed::derive(self.opts.seed, Stream::TrainDropout, self.step as u64),
         );
         let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let (mut loss, mut tokens, mut loss_tokens) = (0f64, 0, 0);

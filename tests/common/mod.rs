@@ -1,0 +1,83 @@
+//! What the command-line tests share: the `gatt` binary, running it and reading what it
+//! printed, temporary folders, and the fixtures.
+//!
+//! Tests that need the default model (about 93 MB, fetched with pip into `$GATT_HOME` on
+//! first use) carry
+//! `#[cfg_attr(not(feature = "model-tests"), ignore = "...")]`: without the
+//! `model-tests` feature they are reported as ignored, never as passed.
+
+// Each test file uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The folder of the golden fixtures (a tokenizer, a chat template, dialogues).
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden");
+
+/// The path of fixture `name`, as a string for the command line.
+pub fn fixture(name: &str) -> String {
+    Path::new(FIXTURES).join(name).display().to_string()
+}
+
+/// A fresh temporary folder, removed when dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary folder")
+}
+
+/// The path as a string for the command line.
+pub fn arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A `gatt` command with `args`, not started yet (to spawn it, or to set its stdio).
+pub fn gatt_cmd<S: AsRef<str>>(args: &[S]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gatt"));
+    c.args(args.iter().map(AsRef::as_ref));
+    c
+}
+
+/// Runs `gatt` with `args` to the end and returns its status and output.
+pub fn gatt<S: AsRef<str>>(args: &[S]) -> Output {
+    gatt_cmd(args).output().expect("run gatt")
+}
+
+/// Runs `gatt` with `args` and fails the test, showing stderr, unless it succeeds.
+pub fn gatt_ok<S: AsRef<str>>(args: &[S]) -> Output {
+    let o = gatt(args);
+    let shown: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    assert!(o.status.success(), "gatt {shown:?}: {}", stderr(&o));
+    o
+}
+
+/// What the command printed on stdout.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// What the command printed on stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Stdout then stderr, for assertions on either and for failure messages.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+/// The JSON file at `path`, parsed.
+pub fn read_json(path: impl AsRef<Path>) -> serde_json::Value {
+    let path = path.as_ref();
+    let s = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The records of the JSON-lines file at `path`, parsed.
+pub fn read_jsonl(path: impl AsRef<Path>) -> Vec<serde_json::Value> {
+    let path = path.as_ref();
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .collect()
+}
