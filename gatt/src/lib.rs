@@ -24,6 +24,7 @@ pub mod dialogue;
 pub mod error;
 pub mod mask;
 pub mod model;
+pub mod names;
 pub mod template;
 pub mod tokenizer;
 pub mod transform;

@@ -1,10 +1,12 @@
 //! `gatt synth`: the main job. A chat model in, a GAtt training set out.
 
 use super::backend::{BackendArgs, SamplingArgs};
-use super::mask::{mask_file, MaskFlags, OnError};
+use super::mask::{mask_file, MaskFlags};
 use crate::progress;
+use crate::values::{AttachArg, FormatArg, OnErrorArg, PlacementArg};
 use gatt::catalog::Catalog;
 use gatt::dataset::Format;
+use gatt::mask::pipeline::OnError;
 use gatt::mask::Masker;
 use gatt::model::{ChatFormat, ModelSource};
 use gatt::transform::{Attach, Placement};
@@ -52,11 +54,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Where the instruction goes in each user turn while sampling.
-    #[arg(long, value_enum, default_value_t = Attach::Prefix)]
-    pub attach: Attach,
+    #[arg(long, value_enum, default_value_t = Attach::default().into())]
+    pub attach: AttachArg,
     /// Where the instruction goes in the training record.
-    #[arg(long, value_enum, default_value_t = Placement::System)]
-    pub placement: Placement,
+    #[arg(long, value_enum, default_value_t = Placement::default().into())]
+    pub placement: PlacementArg,
     /// Sample K replies per turn and keep the best.
     #[arg(long, default_value_t = 1)]
     pub candidates: usize,
@@ -80,8 +82,8 @@ pub struct Args {
     #[arg(long)]
     pub chunk: Option<usize>,
     /// Format of dialogues.* and masked.*.
-    #[arg(long, value_enum, default_value_t = Format::Parquet)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = FormatArg::Parquet)]
+    pub format: FormatArg,
     /// Also write the masked samples (masked.parquet) in this run.
     #[arg(long)]
     pub mask: bool,
@@ -89,8 +91,8 @@ pub struct Args {
     pub mask_flags: MaskFlags,
     /// With --mask: records that cannot be masked exactly are skipped and counted by
     /// default; `fail` stops instead.
-    #[arg(long, value_enum, default_value_t = OnError::Skip)]
-    pub on_error: OnError,
+    #[arg(long, value_enum, default_value_t = OnErrorArg::Skip)]
+    pub on_error: OnErrorArg,
     /// Model whose tokenizer and template --mask uses with --endpoint.
     #[arg(long, value_name = "M")]
     pub mask_model: Option<String>,
@@ -169,8 +171,8 @@ pub fn run(args: Args) -> Result<()> {
         kinds,
         max_combined: args.max_combined,
         terse: args.terse,
-        attach: args.attach,
-        placement: args.placement,
+        attach: args.attach.into(),
+        placement: args.placement.into(),
         candidates: args.candidates,
         sampling: args.sampling.params(args.candidates),
         user_sim: args.user_sim,
@@ -185,21 +187,15 @@ pub fn run(args: Args) -> Result<()> {
         scorer: &scorer,
         opts,
     };
+    let format: Format = args.format.into();
     let total = synth.plans().len();
     let pb = progress::bar(Some(total as u64), "dialogues");
     let started = std::time::Instant::now();
-    let summary = gatt_synth::run::run(
-        &synth,
-        &args.out,
-        args.resume,
-        args.format,
-        provenance,
-        &|p| {
-            pb.set_position(p.dialogues_done as u64);
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            pb.set_message(format!("{:.1} tok/s", p.tokens_generated as f64 / secs));
-        },
-    )?;
+    let summary = gatt_synth::run::run(&synth, &args.out, args.resume, format, provenance, &|p| {
+        pb.set_position(p.dialogues_done as u64);
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        pb.set_message(format!("{:.1} tok/s", p.tokens_generated as f64 / secs));
+    })?;
     pb.finish_and_clear();
     eprintln!(
         "gatt synth: {} dialogues ({} resumed) -> {} in {:.1}s",
@@ -209,10 +205,10 @@ pub fn run(args: Args) -> Result<()> {
         summary.seconds
     );
     let mask_summary = if args.mask {
-        let format = mask_format(&args)?;
-        let masker = Masker::new(format, args.mask_flags.options());
-        let out = args.out.join(format!("masked.{}", args.format.extension()));
-        let s = mask_file(&masker, &summary.output, &out, args.format, args.on_error)?;
+        let masker = Masker::new(mask_format(&args)?, args.mask_flags.options());
+        let out = args.out.join(format!("masked.{}", format.extension()));
+        let on_error: OnError = args.on_error.into();
+        let s = mask_file(&masker, &summary.output, &out, format, on_error)?;
         super::mask::report(&s, &out);
         Some(s)
     } else {
