@@ -3,9 +3,11 @@
 
 pub mod fetch;
 mod format;
+mod resolve;
 
 pub use fetch::{default_model_path, ensure_default_model, gatt_home};
 pub use format::{load_template, read_gguf, ChatFormat};
+pub use resolve::{resolve_format, FormatError, AUTO_TEMPLATE};
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -61,10 +63,19 @@ impl ModelSource {
     }
 
     /// Tokenizer, chat template and stop tokens, without loading the weights.
+    ///
+    /// # Errors
+    ///
+    /// An input error when the files are unreadable or hold no chat template.
     pub fn chat_format(&self) -> Result<ChatFormat> {
+        Ok(self.try_chat_format()?)
+    }
+
+    /// [`ModelSource::chat_format`], telling a missing template apart.
+    pub(crate) fn try_chat_format(&self) -> Result<ChatFormat, FormatError> {
         match self {
-            ModelSource::Gguf(p) => ChatFormat::from_gguf(p),
-            ModelSource::HfDir(p) => ChatFormat::from_hf_dir(p),
+            ModelSource::Gguf(p) => ChatFormat::try_from_gguf(p),
+            ModelSource::HfDir(p) => ChatFormat::try_from_hf_dir(p),
         }
     }
 }
