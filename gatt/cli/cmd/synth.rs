@@ -4,7 +4,7 @@ use super::backend::{BackendArgs, SamplingArgs};
 use super::mask::{mask_file, MaskFlags};
 use crate::progress;
 use crate::values::{AttachArg, FormatArg, OnErrorArg, PlacementArg};
-use gatt::catalog::Catalog;
+use gatt::catalog::{parse_kind, Catalog, CatalogOverride};
 use gatt::dataset::Format;
 use gatt::mask::pipeline::OnError;
 use gatt::mask::Masker;
@@ -43,8 +43,13 @@ pub struct Args {
     pub turns: usize,
     /// Constraint kinds to sample from (comma-separated): hobby, language, figure,
     /// persona, format.
-    #[arg(long, value_delimiter = ',', default_value = "hobby,language,figure")]
-    pub constraints: Vec<String>,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hobby,language,figure",
+        value_parser = parse_kind
+    )]
+    pub constraints: Vec<ConstraintKind>,
     /// Combine up to K compatible constraints in one instruction.
     #[arg(long, default_value_t = 2)]
     pub max_combined: usize,
@@ -71,7 +76,7 @@ pub struct Args {
     /// Replace a built-in catalog: KIND=FILE (e.g. hobby=hobbies.json, from
     /// `gatt constraints expand`). Repeatable.
     #[arg(long, value_name = "KIND=FILE")]
-    pub catalog: Vec<String>,
+    pub catalog: Vec<CatalogOverride>,
     /// Continue an interrupted run in --out.
     #[arg(long)]
     pub resume: bool,
@@ -102,37 +107,6 @@ pub struct Args {
     pub sampling: SamplingArgs,
 }
 
-pub fn parse_kinds(names: &[String]) -> Result<Vec<ConstraintKind>> {
-    let kinds: Vec<ConstraintKind> = names
-        .iter()
-        .map(|n| ConstraintKind::from(n.trim().to_lowercase()))
-        .collect();
-    if let Some(ConstraintKind::Other(k)) =
-        kinds.iter().find(|k| matches!(k, ConstraintKind::Other(_)))
-    {
-        return Err(Error::input(format!(
-            "--constraints: unknown kind `{k}` (use hobby, language, figure, persona, format)"
-        )));
-    }
-    if kinds.is_empty() {
-        return Err(Error::input("--constraints: name at least one kind"));
-    }
-    Ok(kinds)
-}
-
-pub fn load_catalog(specs: &[String]) -> Result<Catalog> {
-    let mut catalog = Catalog::builtin();
-    for spec in specs {
-        let (kind, file) = spec.split_once('=').ok_or_else(|| {
-            Error::input(format!(
-                "--catalog {spec}: expected KIND=FILE, e.g. hobby=hobbies.json"
-            ))
-        })?;
-        catalog.load_file(&ConstraintKind::from(kind.to_string()), file.as_ref())?;
-    }
-    Ok(catalog)
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.dialogues == 0 || args.turns == 0 {
         return Err(Error::input("--dialogues and --turns must be at least 1"));
@@ -140,8 +114,7 @@ pub fn run(args: Args) -> Result<()> {
     if !(0.0..=1.0).contains(&args.terse) {
         return Err(Error::input("--terse is a probability between 0 and 1"));
     }
-    let kinds = parse_kinds(&args.constraints)?;
-    let catalog = load_catalog(&args.catalog)?;
+    let catalog = Catalog::with_overrides(&args.catalog)?;
     let users = match &args.users {
         Some(p) => UserSource::from_file(p)?,
         None => UserSource::Bank(catalog.user_bank.clone()),
@@ -168,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
         dialogues: args.dialogues,
         turns: args.turns,
         seed: args.seed,
-        kinds,
+        kinds: args.constraints.clone(),
         max_combined: args.max_combined,
         terse: args.terse,
         attach: args.attach.into(),
