@@ -60,7 +60,13 @@ impl BackendArgs {
         }
     }
 
+    /// The backend these flags name; errors about the model name `--model`.
     pub fn load(&self) -> Result<Box<dyn ChatBackend>> {
+        self.load_as("--model")
+    }
+
+    /// [`BackendArgs::load`], for a model given by the flag `model_flag`.
+    pub fn load_as(&self, model_flag: &str) -> Result<Box<dyn ChatBackend>> {
         if let Some(url) = &self.endpoint {
             let mut o = HttpOptions::new(url, self.api_model.clone().unwrap_or_default());
             if let Some(var) = &self.api_key_env {
@@ -74,12 +80,17 @@ impl BackendArgs {
             o.timeout = Duration::from_secs(self.timeout.max(1));
             return Ok(Box::new(HttpBackend::new(o)));
         }
-        let source = ModelSource::resolve(self.model()?)?;
-        let device = gatt_runtime::device(&self.device)?;
+        let source = model_source(model_flag, self.model()?)?;
+        let device = gatt_runtime::device(&self.device).map_err(|e| e.context("--device"))?;
         Ok(Box::new(EmbeddedBackend::load(
             &source, &device, self.batch,
         )?))
     }
+}
+
+/// The model `spec` names; an error says which flag named it.
+pub fn model_source(flag: &str, spec: &str) -> Result<ModelSource> {
+    ModelSource::resolve(spec).map_err(|e| e.context(flag))
 }
 
 /// Sampling flags shared by every command that generates.

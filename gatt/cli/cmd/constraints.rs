@@ -63,6 +63,7 @@ pub fn run(args: Args) -> Result<()> {
             backend,
         } => {
             let kind = ConstraintKind::from(kind);
+            gatt_synth::expand::check_expandable(&kind).map_err(|e| e.context("--kind"))?;
             let backend = backend.load()?;
             let pb = progress::bar(Some(n as u64), "new entries");
             let new =

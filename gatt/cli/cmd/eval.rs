@@ -77,10 +77,13 @@ pub struct Args {
 fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBackend>>> {
     let b = &args.backend;
     let judge = match (&args.judge_model, &args.judge_endpoint) {
-        (Some(m), _) => BackendArgs {
-            endpoint: None,
-            ..b.with_model(m)
-        },
+        (Some(m), _) => {
+            let judge = BackendArgs {
+                endpoint: None,
+                ..b.with_model(m)
+            };
+            return judge.load_as("--judge-model").map(Some);
+        }
         (None, Some(url)) => BackendArgs {
             endpoint: Some(url.clone()),
             api_model: args.judge_api_model.clone(),

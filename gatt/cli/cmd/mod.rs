@@ -48,6 +48,7 @@ impl FormatArgs {
             FormatError::NoTemplate(what) => {
                 Error::input(format!("{what}; pass --template NAME|PATH"))
             }
+            FormatError::Model(e) => e.context("--model"),
             FormatError::Other(e) => e,
         })
     }

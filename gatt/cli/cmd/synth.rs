@@ -1,6 +1,6 @@
 //! `gatt synth`: the main job. A chat model in, a GAtt training set out.
 
-use super::backend::{BackendArgs, SamplingArgs};
+use super::backend::{model_source, BackendArgs, SamplingArgs};
 use super::mask::{mask_file, MaskFlags};
 use crate::progress;
 use crate::values::{AttachArg, FormatArg, OnErrorArg, PlacementArg};
@@ -8,7 +8,7 @@ use gatt::catalog::{parse_kind, Catalog, CatalogOverride};
 use gatt::dataset::Format;
 use gatt::mask::pipeline::OnError;
 use gatt::mask::Masker;
-use gatt::model::{ChatFormat, ModelSource};
+use gatt::model::ChatFormat;
 use gatt::transform::{Attach, Placement};
 use gatt::{ConstraintKind, Error, Result};
 use gatt_synth::plan::Shard;
@@ -114,9 +114,15 @@ pub fn run(args: Args) -> Result<()> {
     if !(0.0..=1.0).contains(&args.terse) {
         return Err(Error::input("--terse is a probability between 0 and 1"));
     }
+    if !args.resume && gatt_synth::run::holds_run(&args.out) {
+        return Err(Error::input(format!(
+            "{} already holds a run; pass --resume to continue it, or choose another --out",
+            args.out.display()
+        )));
+    }
     let catalog = Catalog::with_overrides(&args.catalog)?;
     let users = match &args.users {
-        Some(p) => UserSource::from_file(p)?,
+        Some(p) => UserSource::from_file(p).map_err(|e| e.context("--users"))?,
         None => UserSource::Bank(catalog.user_bank.clone()),
     };
     if let (Some(path), false) = (&args.users, args.user_sim) {
@@ -134,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
     let backend = args.backend.load()?;
     let mut provenance = serde_json::json!({ "backend": backend.describe() });
     if args.backend.endpoint.is_none() {
-        let source = ModelSource::resolve(args.backend.model()?)?;
+        let source = model_source("--model", args.backend.model()?)?;
         provenance["model_sha256"] = gatt::model::fetch::sha256_file(source.path())?.into();
     }
     let opts = SynthOptions {
@@ -196,14 +202,14 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn mask_format(args: &Args) -> Result<ChatFormat> {
-    let spec =
+    let (flag, spec) =
         match (&args.mask_model, &args.backend.endpoint) {
-            (Some(m), _) => m.clone(),
-            (None, None) => args.backend.model()?.to_string(),
+            (Some(m), _) => ("--mask-model", m.as_str()),
+            (None, None) => ("--model", args.backend.model()?),
             (None, Some(_)) => return Err(Error::input(
                 "--mask with --endpoint needs --mask-model M: the model (GGUF or folder) whose \
                  tokenizer and chat template the trainer will use",
             )),
         };
-    ModelSource::resolve(&spec)?.chat_format()
+    model_source(flag, spec)?.chat_format()
 }

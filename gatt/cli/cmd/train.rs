@@ -1,7 +1,9 @@
 //! `gatt train`: fine-tune on masked samples (LoRA or full), and `gatt train merge`.
 
+use super::backend::model_source;
 use crate::progress;
 use gatt::{Error, Result};
+use gatt_runtime::train::lora::LoraConfigError;
 use gatt_runtime::train::{self, LoraConfig, LossMean, Method, RunSpec, TrainOptions};
 use std::path::PathBuf;
 
@@ -143,6 +145,28 @@ pub fn run(args: Args) -> Result<()> {
     if !(a.lr > 0.0 && a.lr.is_finite()) {
         return Err(Error::input("--lr must be a positive number"));
     }
+    if a.batch_tokens == 0 || a.grad_accum == 0 || a.epochs == 0 {
+        return Err(Error::input(
+            "--batch-tokens, --grad-accum and --epochs must be at least 1",
+        ));
+    }
+    if let Method::Lora(cfg) = &method {
+        cfg.check().map_err(|e| {
+            let flag = match e {
+                LoraConfigError::Rank => "--lora-r",
+                LoraConfigError::Dropout => "--lora-dropout",
+                LoraConfigError::NoTargets | LoraConfigError::UnknownTarget(_) => "--targets",
+            };
+            Error::input(format!("{flag}: {e}"))
+        })?;
+    }
+    if !a.resume && train::holds_run(&out) {
+        return Err(Error::input(format!(
+            "{}: a run is already there; pass --resume to continue it or choose another --out",
+            out.display()
+        )));
+    }
+    model_source("--model", &a.model)?;
     let spec = RunSpec {
         data,
         model: a.model.clone(),
@@ -168,7 +192,7 @@ pub fn run(args: Args) -> Result<()> {
         save_every: a.save_every,
         resume: a.resume,
     };
-    let device = gatt_runtime::device(&a.device)?;
+    let device = gatt_runtime::device(&a.device).map_err(|e| e.context("--device"))?;
     let mut bar: Option<indicatif::ProgressBar> = None;
     let started = std::time::Instant::now();
     let mut tokens = 0usize;

@@ -23,8 +23,13 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// Resolves a `--model` value: `default`, a `.gguf` file or a model folder.
-    /// `default` downloads the default model on first use.
+    /// Resolves a model as the user names it: `default`, a `.gguf` file or a model
+    /// folder. `default` downloads the default model on first use.
+    ///
+    /// # Errors
+    ///
+    /// An input error when `spec` names nothing usable; the download's error for
+    /// `default`.
     pub fn resolve(spec: &str) -> Result<Self> {
         if spec == "default" {
             return Ok(ModelSource::Gguf(ensure_default_model()?));
@@ -43,7 +48,7 @@ impl ModelSource {
             return Ok(ModelSource::Gguf(path.to_path_buf()));
         }
         Err(Error::input(format!(
-            "--model {spec}: no such file or folder; pass `default`, a .gguf file or a \
+            "{spec}: no such file or folder; expected `default`, a .gguf file or a \
              Hugging Face model folder"
         )))
     }

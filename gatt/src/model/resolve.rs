@@ -9,8 +9,8 @@ use std::path::Path;
 /// The template name that means "the model's own chat template".
 pub const AUTO_TEMPLATE: &str = "auto";
 
-/// Why no chat format could be resolved. The first two variants are about what the
-/// caller named (a front end can tell its user which option to give); the last wraps
+/// Why no chat format could be resolved. The first three variants are about what the
+/// caller named (a front end can tell its user which option to fix); the last wraps
 /// every other failure (a file that cannot be read, a template that does not parse).
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -24,6 +24,9 @@ pub enum FormatError {
     /// where none was found (e.g. "m.gguf: GGUF has no `tokenizer.chat_template`").
     #[error("{0}")]
     NoTemplate(String),
+    /// The model named could not be resolved ([`ModelSource::resolve`]'s error).
+    #[error(transparent)]
+    Model(Error),
     /// Any other failure.
     #[error(transparent)]
     Other(#[from] Error),
@@ -34,7 +37,7 @@ impl From<FormatError> for Error {
     fn from(e: FormatError) -> Self {
         match e {
             FormatError::NoSource | FormatError::NoTemplate(_) => Error::input(e.to_string()),
-            FormatError::Other(e) => e,
+            FormatError::Model(e) | FormatError::Other(e) => e,
         }
     }
 }
@@ -50,7 +53,8 @@ impl From<FormatError> for Error {
 /// # Errors
 ///
 /// [`FormatError::NoSource`] when neither is given, [`FormatError::NoTemplate`] when the
-/// template is `auto` and there is none, [`FormatError::Other`] for anything else.
+/// template is `auto` and there is none, [`FormatError::Model`] when the model cannot be
+/// found or fetched, [`FormatError::Other`] for anything else.
 pub fn resolve_format(
     model: Option<&str>,
     tokenizer: Option<&Path>,
@@ -58,7 +62,7 @@ pub fn resolve_format(
 ) -> Result<ChatFormat, FormatError> {
     let explicit = template != AUTO_TEMPLATE;
     let source = match (model, tokenizer) {
-        (Some(m), _) => ModelSource::resolve(m)?,
+        (Some(m), _) => ModelSource::resolve(m).map_err(FormatError::Model)?,
         (None, Some(p)) if p.is_dir() => ModelSource::HfDir(p.to_path_buf()),
         (None, Some(p)) => return from_tokenizer_file(p, template),
         (None, None) => return Err(FormatError::NoSource),
@@ -140,6 +144,17 @@ mod tests {
         let f = resolve_format(None, Some(&path), "chatml").unwrap();
         assert!(f.template.source.contains("<|im_start|>"));
         assert!(!f.stop_ids.is_empty());
+    }
+
+    #[test]
+    fn a_missing_model_is_a_model_error() {
+        let e = err(resolve_format(
+            Some("/nonexistent/m.gguf"),
+            None,
+            AUTO_TEMPLATE,
+        ));
+        assert!(matches!(e, FormatError::Model(_)), "{e}");
+        assert!(e.to_string().contains("no such file or folder"), "{e}");
     }
 
     #[test]
