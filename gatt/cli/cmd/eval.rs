@@ -32,9 +32,9 @@ pub struct Args {
     /// Score the dialogues of this file instead of generating (needs `constraints`).
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = ProtocolOptions::default().turns)]
     pub turns: usize,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = ProtocolOptions::default().dialogues)]
     pub dialogues: usize,
     /// Constraint kinds, one constraint of each per dialogue.
     #[arg(
@@ -45,9 +45,9 @@ pub struct Args {
     )]
     pub constraints: Vec<ConstraintKind>,
     /// Ask a probe question every K turns (0: never).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = ProtocolOptions::default().probe_every)]
     pub probe_every: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ProtocolOptions::default().seed)]
     pub seed: u64,
     /// Replace a built-in catalog: KIND=FILE. Repeatable.
     #[arg(long, value_name = "KIND=FILE")]
@@ -71,6 +71,20 @@ pub struct Args {
     pub backend: BackendArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+}
+
+impl Args {
+    /// The protocol these flags set.
+    fn protocol(&self) -> ProtocolOptions {
+        ProtocolOptions {
+            turns: self.turns,
+            dialogues: self.dialogues,
+            kinds: self.constraints.clone(),
+            probe_every: self.probe_every,
+            seed: self.seed,
+            sampling: self.sampling.params(1),
+        }
+    }
 }
 
 /// The judge's backend, if one was asked for.
@@ -107,14 +121,7 @@ pub fn run(args: Args) -> Result<()> {
             if args.turns == 0 || args.dialogues == 0 {
                 return Err(Error::input("--turns and --dialogues must be at least 1"));
             }
-            let opts = ProtocolOptions {
-                turns: args.turns,
-                dialogues: args.dialogues,
-                kinds: args.constraints.clone(),
-                probe_every: args.probe_every,
-                seed: args.seed,
-                sampling: args.sampling.params(1),
-            };
+            let opts = args.protocol();
             let backends: Vec<BackendArgs> = match &args.backend.endpoint {
                 Some(_) => vec![args.backend.clone()],
                 None => args
@@ -160,5 +167,28 @@ impl gatt_eval::evaluate::Progress for Bars {
         if let Some(pb) = self.0.borrow_mut().take() {
             pb.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        eval: Args,
+    }
+
+    /// Every protocol flag left out gives the library's default, sampling included.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let a = Flags::parse_from(["eval", "--out", "x"]).eval;
+        assert_eq!(a.protocol(), ProtocolOptions::default());
+        assert_eq!(
+            a.backend.in_flight,
+            gatt::backend::HttpOptions::DEFAULT_IN_FLIGHT
+        );
     }
 }

@@ -81,7 +81,7 @@ pub struct Args {
     #[arg(long)]
     pub resume: bool,
     /// Do share I of a job split over N machines (I/N).
-    #[arg(long, default_value = "1/1")]
+    #[arg(long, default_value_t = Shard::default())]
     pub shard: Shard,
     /// Dialogues per saved chunk (default: the backend's batch).
     #[arg(long)]

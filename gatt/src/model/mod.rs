@@ -12,6 +12,9 @@ pub use resolve::{resolve_format, FormatError, AUTO_TEMPLATE};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// The name [`ModelSource::resolve`] gives the default model (SmolLM2-135M-Instruct).
+pub const DEFAULT_MODEL: &str = "default";
+
 /// A model on disk, by file layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -31,7 +34,7 @@ impl ModelSource {
     /// An input error when `spec` names nothing usable; the download's error for
     /// `default`.
     pub fn resolve(spec: &str) -> Result<Self> {
-        if spec == "default" {
+        if spec == DEFAULT_MODEL {
             return Ok(ModelSource::Gguf(ensure_default_model()?));
         }
         let path = Path::new(spec);
