@@ -10,6 +10,7 @@ use std::path::PathBuf;
 /// One kind's entries, to be read from a file instead of the built-in catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogOverride {
+    /// The kind whose entries the file replaces.
     pub kind: ConstraintKind,
     /// A JSON list of entries of that kind.
     pub path: PathBuf,

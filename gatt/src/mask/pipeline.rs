@@ -72,8 +72,11 @@ pub enum PipelineError {
     /// says which check failed.
     #[error("{location} (id {id}): {error}")]
     Record {
+        /// Where the record is in the input file.
         location: Location,
+        /// The record's id.
         id: String,
+        /// What is wrong with it.
         error: MaskError,
     },
     /// Anything else: the input or output failed, a record could not be read, or no

@@ -36,10 +36,13 @@ impl Default for LoraConfig {
 /// What is wrong with a [`LoraConfig`], by setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoraConfigError {
+    /// A rank of 0.
     #[error("the LoRA rank must be at least 1")]
     Rank,
+    /// A dropout probability outside [0, 1).
     #[error("the LoRA dropout must be in [0, 1)")]
     Dropout,
+    /// An empty list of target layers.
     #[error("no target layer named")]
     NoTargets,
     /// A target that is not one of [`LINEAR_NAMES`].
