@@ -16,6 +16,19 @@ pub const NEITHER: &str = "judge answered neither yes nor no";
 const SYSTEM: &str = "You are a strict evaluator of chat assistants. \
 Answer with a single word: yes or no.";
 
+/// Tokens a judge may write for its verdict ("yes" or "no" is one or two).
+const VERDICT_TOKENS: usize = 4;
+
+/// How a judge's verdicts are sampled: greedy, one candidate, a few tokens.
+pub fn verdict_params() -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: VERDICT_TOKENS,
+        temperature: 0.0,
+        n: 1,
+        ..SamplingParams::default()
+    }
+}
+
 /// The kinds a judge decides on every turn.
 pub fn judged_kind(kind: &ConstraintKind) -> bool {
     matches!(

@@ -37,15 +37,21 @@ pub struct ProtocolOptions {
 }
 
 impl Default for ProtocolOptions {
-    /// The paper's setting: hobby and figure, probed every other turn, 20 turns, greedy.
+    /// 50 dialogues of 12 turns, one language, figure and hobby constraint each,
+    /// probed every other turn, seed 0, the default sampling (the paper's Table 30 probed
+    /// hobby and figure over 20 turns).
     fn default() -> Self {
         ProtocolOptions {
-            turns: 20,
+            turns: 12,
             dialogues: 50,
-            kinds: vec![ConstraintKind::Figure, ConstraintKind::Hobby],
+            kinds: vec![
+                ConstraintKind::Language,
+                ConstraintKind::Figure,
+                ConstraintKind::Hobby,
+            ],
             probe_every: 2,
             seed: 0,
-            sampling: SamplingParams::greedy(256),
+            sampling: SamplingParams::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod cmd;
 mod progress;
 mod scoring;
 mod synth_report;
+mod values;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

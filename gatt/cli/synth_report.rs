@@ -1,8 +1,8 @@
 //! The human- and machine-readable report of a synthesis run (`report.md`, `report.json`).
 
-use crate::cmd::mask::Summary as MaskSummary;
 use gatt::catalog::Catalog;
 use gatt::dataset::read_all;
+use gatt::mask::pipeline::Summary as MaskSummary;
 use gatt::{Error, Result};
 use gatt_synth::run::RunSummary;
 use serde::Serialize;

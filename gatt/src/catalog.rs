@@ -1,8 +1,14 @@
 //! Constraint catalogs (`templates/catalogs/`): what the generator can ask for and what
 //! the evaluator needs to check it (aliases, keywords, language codes).
 //!
-//! The built-in catalogs are compiled in; `--catalog FILE` replaces one kind's entries
-//! with a file written by `gatt constraints expand` (same JSON shape).
+//! The built-in catalogs are compiled in; a catalog file ([`CatalogOverride`]) replaces
+//! one kind's entries with those `gatt constraints expand` writes (same JSON shape).
+
+mod kinds;
+mod overrides;
+
+pub use kinds::{parse_kind, UnknownKind};
+pub use overrides::CatalogOverride;
 
 use crate::dialogue::{Constraint, ConstraintKind};
 use crate::error::{Error, Result};

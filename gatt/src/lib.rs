@@ -27,6 +27,7 @@ pub mod dialogue;
 pub mod error;
 pub mod mask;
 pub mod model;
+pub mod names;
 pub mod seed;
 pub mod template;
 pub mod tokenizer;

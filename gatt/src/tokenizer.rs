@@ -82,7 +82,7 @@ fn gguf_pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
         other => {
             return Err(Error::input(format!(
                 "GGUF pre-tokenizer `{other}` is not supported (supported: smollm, gpt2, qwen2, \
-                 llama-bpe); pass a tokenizer.json with --tokenizer instead"
+                 llama-bpe); give the model's tokenizer.json instead"
             )))
         }
     })
@@ -99,7 +99,7 @@ pub fn from_gguf(content: &gguf_file::Content) -> Result<Tokenizer> {
     if model != "gpt2" {
         return Err(Error::input(format!(
             "GGUF tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); \
-             pass a tokenizer.json with --tokenizer instead"
+             give the model's tokenizer.json instead"
         )));
     }
     let pre = content

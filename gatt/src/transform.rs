@@ -10,17 +10,7 @@ use crate::dialogue::{Message, Role};
 pub const SEPARATOR: &str = "\n\n";
 
 /// Where the instruction goes inside each user turn during sampling.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Attach {
     /// `instruction\n\nuser text`
@@ -30,18 +20,13 @@ pub enum Attach {
     Suffix,
 }
 
+crate::names::named_values!(Attach {
+    Prefix => "prefix",
+    Suffix => "suffix",
+});
+
 /// Where the instruction lives in the training record.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Placement {
     /// The instruction becomes the system message, or extends an existing one.
@@ -50,6 +35,11 @@ pub enum Placement {
     /// The instruction is attached to the first user turn only.
     FirstUser,
 }
+
+crate::names::named_values!(Placement {
+    System => "system",
+    FirstUser => "first-user",
+});
 
 fn join(instruction: &str, content: &str, at: Attach) -> String {
     match at {

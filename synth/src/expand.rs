@@ -7,6 +7,15 @@ use gatt::catalog::{Catalog, Figure, Hobby, Persona};
 use gatt::seed::{self, Stream};
 use gatt::{ConstraintKind, Error, Message, Result};
 
+/// Whether `kind`'s catalog can be grown by the model.
+///
+/// # Errors
+///
+/// An input error for language and format (and unknown kinds), saying why.
+pub fn check_expandable(kind: &ConstraintKind) -> Result<()> {
+    prompt(kind).map(|_| ())
+}
+
 /// The question asked of the model for each kind.
 fn prompt(kind: &ConstraintKind) -> Result<&'static str> {
     Ok(match kind {
@@ -15,7 +24,7 @@ fn prompt(kind: &ConstraintKind) -> Result<&'static str> {
         ConstraintKind::Persona => "List 20 different fictional characters a person could role-play, such as a pirate captain or a medieval knight. Write one short role per line (two to five words), with no numbering and no explanation.",
         other => {
             return Err(Error::input(format!(
-                "--kind {other}: only hobby, figure and persona catalogs can be grown by the model \
+                "`{other}`: only hobby, figure and persona catalogs can be grown by the model \
                  (languages need detector codes, format rules need code to check them)"
             )))
         }
@@ -169,7 +178,7 @@ pub fn catalog_json(
             }));
             serde_json::to_value(all)
         }
-        _ => return Err(Error::input(format!("--kind {kind}: cannot be expanded"))),
+        _ => return Err(Error::input(format!("`{kind}`: cannot be expanded"))),
     };
     v.map_err(|e| Error::runtime(e.to_string()))
 }

@@ -35,7 +35,7 @@ fn shard_str<S: serde::Serializer>(s: &Shard, ser: S) -> std::result::Result<S::
     ser.serialize_str(&s.to_string())
 }
 
-/// Asks the model to play the user (`--user-sim`).
+/// Asks the model to play the user ([`SynthOptions::user_sim`]).
 const USER_SIM_PROMPT: &str = "You are role-playing a curious person chatting with an \
 AI assistant. Read the conversation and write only the person's next message: one or two \
 natural sentences that continue the conversation. Do not answer as the assistant.";

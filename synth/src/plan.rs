@@ -41,11 +41,7 @@ impl Default for Shard {
 impl std::str::FromStr for Shard {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::input(format!(
-                "--shard {s}: expected I/N with 1 <= I <= N, e.g. 2/4"
-            ))
-        };
+        let bad = || Error::input(format!("`{s}`: expected I/N with 1 <= I <= N, e.g. 2/4"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let (index, count) = (
             i.trim().parse().map_err(|_| bad())?,

@@ -2,7 +2,7 @@
 //! the `run.json` manifest.
 //!
 //! Each chunk holds a fixed set of dialogues and is written atomically, so after a crash
-//! at any point the chunks on disk are exactly those that finished; `--resume` skips
+//! at any point the chunks on disk are exactly those that finished; a resumed run skips
 //! them and the merged output equals a clean run's.
 
 use crate::pipeline::Synthesizer;
@@ -49,6 +49,11 @@ fn write_manifest(dir: &Path, manifest: &serde_json::Value) -> Result<()> {
     f.commit()
 }
 
+/// True when `dir` holds a run (its `run.json`): only a resumed run may use it.
+pub fn holds_run(dir: &Path) -> bool {
+    dir.join("run.json").exists()
+}
+
 /// Runs (or resumes) the synthesis into `dir`, writing `dir/dialogues.<format>`.
 pub fn run(
     s: &Synthesizer,
@@ -61,7 +66,7 @@ pub fn run(
     let start = Instant::now();
     let manifest_path = dir.join("run.json");
     let fp = fingerprint(s, &provenance);
-    if manifest_path.exists() {
+    if holds_run(dir) {
         let old: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(&manifest_path)
                 .map_err(|e| Error::io(&manifest_path, "read", e))?,
@@ -69,14 +74,14 @@ pub fn run(
         .map_err(|e| Error::input(format!("{}: invalid JSON: {e}", manifest_path.display())))?;
         if !resume {
             return Err(Error::input(format!(
-                "{} already holds a run; pass --resume to continue it, or choose another --out",
+                "{} already holds a run; resume it, or choose another folder",
                 dir.display()
             )));
         }
         if old.get("fingerprint") != Some(&fp) {
             return Err(Error::input(format!(
-                "{}: --resume with different settings than the interrupted run (see its run.json); \
-                 rerun with the same arguments",
+                "{}: resuming with different settings than the interrupted run (see its \
+                 run.json); rerun with the same settings",
                 dir.display()
             )));
         }

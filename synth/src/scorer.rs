@@ -1,4 +1,4 @@
-//! Choosing the best of several candidate replies (`--candidates K`), as in the paper's
+//! Choosing the best of several candidate replies (several candidates per turn), as in the paper's
 //! rejection-sampling step. The binary plugs in the evaluator's checks; the default
 //! prefers complete, substantive replies.
 

@@ -29,7 +29,7 @@ impl UserSource {
             .collect();
         if users.is_empty() {
             return Err(gatt::Error::input(format!(
-                "{}: no user turns found (--users needs dialogues with user messages)",
+                "{}: no user turns found (user turns come from dialogues with user messages)",
                 path.display()
             )));
         }

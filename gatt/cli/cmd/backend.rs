@@ -1,7 +1,7 @@
 //! Flags that choose the chat model: the embedded GGUF model or an HTTP server.
 
 use gatt::backend::{ChatBackend, HttpBackend, HttpOptions, SamplingParams};
-use gatt::model::ModelSource;
+use gatt::model::{ModelSource, DEFAULT_MODEL};
 use gatt::{Error, Result};
 use gatt_runtime::EmbeddedBackend;
 use std::time::Duration;
@@ -14,7 +14,7 @@ pub struct BackendArgs {
     #[arg(
         long = "model",
         value_name = "M",
-        default_value = "default",
+        default_value = DEFAULT_MODEL,
         conflicts_with = "endpoint"
     )]
     pub models: Vec<String>,
@@ -29,10 +29,10 @@ pub struct BackendArgs {
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
     /// Requests in flight against --endpoint.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = HttpOptions::DEFAULT_IN_FLIGHT)]
     pub in_flight: usize,
     /// Seconds before a request to --endpoint is abandoned (and retried).
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = HttpOptions::DEFAULT_TIMEOUT.as_secs())]
     pub timeout: u64,
     /// Conversations decoded together by the embedded model.
     #[arg(long, default_value_t = 16)]
@@ -47,7 +47,7 @@ impl BackendArgs {
     pub fn model(&self) -> Result<&str> {
         match self.models.as_slice() {
             [m] => Ok(m),
-            [] => Ok("default"),
+            [] => Ok(DEFAULT_MODEL),
             _ => Err(Error::input("this command takes one --model")),
         }
     }
@@ -60,7 +60,13 @@ impl BackendArgs {
         }
     }
 
+    /// The backend these flags name; errors about the model name `--model`.
     pub fn load(&self) -> Result<Box<dyn ChatBackend>> {
+        self.load_as("--model")
+    }
+
+    /// [`BackendArgs::load`], for a model given by the flag `model_flag`.
+    pub fn load_as(&self, model_flag: &str) -> Result<Box<dyn ChatBackend>> {
         if let Some(url) = &self.endpoint {
             let mut o = HttpOptions::new(url, self.api_model.clone().unwrap_or_default());
             if let Some(var) = &self.api_key_env {
@@ -74,28 +80,33 @@ impl BackendArgs {
             o.timeout = Duration::from_secs(self.timeout.max(1));
             return Ok(Box::new(HttpBackend::new(o)));
         }
-        let source = ModelSource::resolve(self.model()?)?;
-        let device = gatt_runtime::device(&self.device)?;
+        let source = model_source(model_flag, self.model()?)?;
+        let device = gatt_runtime::device(&self.device).map_err(|e| e.context("--device"))?;
         Ok(Box::new(EmbeddedBackend::load(
             &source, &device, self.batch,
         )?))
     }
 }
 
+/// The model `spec` names; an error says which flag named it.
+pub fn model_source(flag: &str, spec: &str) -> Result<ModelSource> {
+    ModelSource::resolve(spec).map_err(|e| e.context(flag))
+}
+
 /// Sampling flags shared by every command that generates.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Maximum tokens per reply.
-    #[arg(long, default_value_t = 192)]
+    #[arg(long, default_value_t = SamplingParams::DEFAULT_MAX_NEW_TOKENS)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = SamplingParams::DEFAULT_TEMPERATURE)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = SamplingParams::DEFAULT_TOP_P)]
     pub top_p: f64,
     #[arg(long)]
     pub top_k: Option<usize>,
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = SamplingParams::DEFAULT_REPETITION_PENALTY)]
     pub repetition_penalty: f32,
 }
 

@@ -1,8 +1,8 @@
 //! `gatt constraints`: look at and grow the constraint catalogs.
 
 use super::backend::BackendArgs;
-use super::synth::load_catalog;
 use crate::progress;
+use gatt::catalog::Catalog;
 use gatt::{ConstraintKind, Error, Result};
 use std::path::PathBuf;
 
@@ -43,7 +43,7 @@ pub enum ConstraintsCommand {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let catalog = load_catalog(&[])?;
+    let catalog = Catalog::builtin();
     match args.command {
         ConstraintsCommand::List { kind } => {
             let kind = ConstraintKind::from(kind);
@@ -63,6 +63,7 @@ pub fn run(args: Args) -> Result<()> {
             backend,
         } => {
             let kind = ConstraintKind::from(kind);
+            gatt_synth::expand::check_expandable(&kind).map_err(|e| e.context("--kind"))?;
             let backend = backend.load()?;
             let pb = progress::bar(Some(n as u64), "new entries");
             let new =

@@ -1,11 +1,12 @@
 //! `gatt eval`: how long does a model keep its instruction? Turn by turn.
 
 use super::backend::{BackendArgs, SamplingArgs};
-use super::synth::{load_catalog, parse_kinds};
 use crate::progress;
-use gatt::backend::SamplingParams;
-use gatt::{Error, Result};
-use gatt_eval::{run_protocol, score_dialogue, write_report, ProtocolOptions, Report, ScoredTurn};
+use gatt::catalog::{parse_kind, Catalog, CatalogOverride};
+use gatt::{ConstraintKind, Error, Result};
+use gatt_eval::{evaluate_file, evaluate_models, write_report, ProtocolOptions};
+use indicatif::ProgressBar;
+use std::cell::RefCell;
 use std::path::PathBuf;
 
 /// Measure instruction adherence across turns (the Llama 2 paper's Table 30).
@@ -31,21 +32,26 @@ pub struct Args {
     /// Score the dialogues of this file instead of generating (needs `constraints`).
     #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = ProtocolOptions::default().turns)]
     pub turns: usize,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = ProtocolOptions::default().dialogues)]
     pub dialogues: usize,
     /// Constraint kinds, one constraint of each per dialogue.
-    #[arg(long, value_delimiter = ',', default_value = "language,figure,hobby")]
-    pub constraints: Vec<String>,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "language,figure,hobby",
+        value_parser = parse_kind
+    )]
+    pub constraints: Vec<ConstraintKind>,
     /// Ask a probe question every K turns (0: never).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = ProtocolOptions::default().probe_every)]
     pub probe_every: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ProtocolOptions::default().seed)]
     pub seed: u64,
     /// Replace a built-in catalog: KIND=FILE. Repeatable.
     #[arg(long, value_name = "KIND=FILE")]
-    pub catalog: Vec<String>,
+    pub catalog: Vec<CatalogOverride>,
     /// Draw the user turns from this bank instead of the built-in one (JSON
     /// `{"messages": [...]}`, like templates/users/bank.json), e.g. messages held out
     /// from training.
@@ -67,14 +73,31 @@ pub struct Args {
     pub sampling: SamplingArgs,
 }
 
+impl Args {
+    /// The protocol these flags set.
+    fn protocol(&self) -> ProtocolOptions {
+        ProtocolOptions {
+            turns: self.turns,
+            dialogues: self.dialogues,
+            kinds: self.constraints.clone(),
+            probe_every: self.probe_every,
+            seed: self.seed,
+            sampling: self.sampling.params(1),
+        }
+    }
+}
+
 /// The judge's backend, if one was asked for.
 fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBackend>>> {
     let b = &args.backend;
     let judge = match (&args.judge_model, &args.judge_endpoint) {
-        (Some(m), _) => BackendArgs {
-            endpoint: None,
-            ..b.with_model(m)
-        },
+        (Some(m), _) => {
+            let judge = BackendArgs {
+                endpoint: None,
+                ..b.with_model(m)
+            };
+            return judge.load_as("--judge-model").map(Some);
+        }
         (None, Some(url)) => BackendArgs {
             endpoint: Some(url.clone()),
             api_model: args.judge_api_model.clone(),
@@ -86,97 +109,33 @@ fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBacken
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut catalog = load_catalog(&args.catalog)?;
+    let mut catalog = Catalog::with_overrides(&args.catalog)?;
     if let Some(path) = &args.user_bank {
         catalog.load_user_bank(path)?;
     }
     let judge = judge_backend(&args)?;
-    let mut judged: Vec<gatt::Dialogue> = Vec::new();
-    let mut rows: Vec<ScoredTurn> = Vec::new();
-    let mut meta = serde_json::json!({ "gatt_version": env!("CARGO_PKG_VERSION") });
-    if let Some(input) = &args.input {
-        let dialogues = gatt::dataset::read_all(input)?;
-        if dialogues.iter().all(|d| d.constraints.is_empty()) {
-            return Err(Error::input(format!(
-                "{}: no record has `constraints`; nothing to check",
-                input.display()
-            )));
-        }
-        for d in &dialogues {
-            rows.extend(score_dialogue(d, &catalog));
-        }
-        if judge.is_some() {
-            judged = dialogues;
-        }
-        meta["input"] = input.display().to_string().into();
-    } else {
-        if args.turns == 0 || args.dialogues == 0 {
-            return Err(Error::input("--turns and --dialogues must be at least 1"));
-        }
-        let opts = ProtocolOptions {
-            turns: args.turns,
-            dialogues: args.dialogues,
-            kinds: parse_kinds(&args.constraints)?,
-            probe_every: args.probe_every,
-            seed: args.seed,
-            sampling: SamplingParams {
-                n: 1,
-                ..args.sampling.params(1)
-            },
-        };
-        let backends: Vec<super::backend::BackendArgs> = match &args.backend.endpoint {
-            Some(_) => vec![args.backend.clone()],
-            None => args
-                .backend
-                .models
-                .iter()
-                .map(|m| args.backend.with_model(m))
-                .collect(),
-        };
-        for b in backends {
-            let backend = b.load()?;
-            let total = (opts.turns * opts.dialogues) as u64;
-            let pb = progress::bar(Some(total), &format!("replies ({})", backend.describe()));
-            let dialogues = run_protocol(backend.as_ref(), &catalog, &opts, &|n| {
-                pb.set_position(n as u64)
-            })?;
-            pb.finish_and_clear();
-            let path = args.out.join(format!(
-                "dialogues-{}.jsonl",
-                rows_model_slug(&backend.describe())
-            ));
-            let mut w = gatt::dataset::DialogueWriter::create(&path, gatt::dataset::Format::Jsonl)?;
-            for d in &dialogues {
-                w.write(d)?;
-                rows.extend(score_dialogue(d, &catalog));
+    let bars = Bars::default();
+    let report = match &args.input {
+        Some(input) => evaluate_file(input, judge.as_deref(), &catalog, &bars)?,
+        None => {
+            if args.turns == 0 || args.dialogues == 0 {
+                return Err(Error::input("--turns and --dialogues must be at least 1"));
             }
-            w.finish()?;
-            if judge.is_some() {
-                judged.extend(dialogues);
-            }
+            let opts = args.protocol();
+            let backends: Vec<BackendArgs> = match &args.backend.endpoint {
+                Some(_) => vec![args.backend.clone()],
+                None => args
+                    .backend
+                    .models
+                    .iter()
+                    .map(|m| args.backend.with_model(m))
+                    .collect(),
+            };
+            // Loaded one at a time, as the evaluation reaches each.
+            let loaded = backends.iter().map(BackendArgs::load);
+            evaluate_models(loaded, judge.as_deref(), &catalog, &opts, &args.out, &bars)?
         }
-        meta["protocol"] = serde_json::json!({
-            "turns": args.turns, "dialogues": args.dialogues, "constraints": args.constraints,
-            "probe_every": args.probe_every, "seed": args.seed,
-        });
-    }
-    if let Some(j) = &judge {
-        let params = SamplingParams {
-            max_new_tokens: 4,
-            temperature: 0.0,
-            n: 1,
-            ..SamplingParams::default()
-        };
-        let pb = progress::bar(None, &format!("judge verdicts ({})", j.describe()));
-        let verdicts =
-            gatt_eval::judge::judge_dialogues(j.as_ref(), &judged, &catalog, &params, &|n| {
-                pb.set_position(n as u64)
-            })?;
-        pb.finish_and_clear();
-        meta["judge"] = j.describe().into();
-        rows.extend(verdicts);
-    }
-    let report = Report::from_scored(&rows, meta);
+    };
     write_report(&report, &args.out)?;
     eprintln!(
         "gatt eval: report in {}",
@@ -189,16 +148,47 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// A file-name-safe form of a model's description.
-fn rows_model_slug(s: &str) -> String {
-    let base = s.rsplit('/').next().unwrap_or(s);
-    base.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// One progress bar per phase of the evaluation.
+#[derive(Default)]
+struct Bars(RefCell<Option<ProgressBar>>);
+
+impl gatt_eval::evaluate::Progress for Bars {
+    fn begin(&self, what: &str, total: Option<usize>) {
+        *self.0.borrow_mut() = Some(progress::bar(total.map(|n| n as u64), what));
+    }
+
+    fn advance(&self, done: usize) {
+        if let Some(pb) = &*self.0.borrow() {
+            pb.set_position(done as u64);
+        }
+    }
+
+    fn end(&self) {
+        if let Some(pb) = self.0.borrow_mut().take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        eval: Args,
+    }
+
+    /// Every protocol flag left out gives the library's default, sampling included.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let a = Flags::parse_from(["eval", "--out", "x"]).eval;
+        assert_eq!(a.protocol(), ProtocolOptions::default());
+        assert_eq!(
+            a.backend.in_flight,
+            gatt::backend::HttpOptions::DEFAULT_IN_FLIGHT
+        );
+    }
 }

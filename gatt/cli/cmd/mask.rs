@@ -2,11 +2,11 @@
 
 use super::FormatArgs;
 use crate::progress;
-use gatt::dataset::{read_dialogues, Format, SampleWriter};
-use gatt::mask::{MaskOptions, MaskedSample, Masker, Policy, SkipReason, Truncate};
+use crate::values::{FormatArg, OnErrorArg, PolicyArg, TruncateArg};
+use gatt::dataset::Format;
+use gatt::mask::pipeline::{self, OnError, PipelineError, Summary};
+use gatt::mask::{MaskOptions, Masker, Policy, SkipReason};
 use gatt::{Error, Result};
-use rayon::prelude::*;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Build loss masks: tokenize each dialogue with the model's chat template and mark the
@@ -37,11 +37,11 @@ pub struct Args {
     #[command(flatten)]
     pub mask: MaskFlags,
     /// What to do with a record that cannot be masked exactly.
-    #[arg(long, value_enum, default_value_t = OnError::Fail)]
-    pub on_error: OnError,
+    #[arg(long, value_enum, default_value_t = OnError::default().into())]
+    pub on_error: OnErrorArg,
     /// Output format (default: from the --out extension).
     #[arg(long, value_enum)]
-    pub out_format: Option<Format>,
+    pub out_format: Option<FormatArg>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -51,45 +51,25 @@ pub struct Args {
 #[derive(clap::Args, Debug, Clone)]
 pub struct MaskFlags {
     /// Which tokens carry loss.
-    #[arg(long, value_enum, default_value_t = Policy::Gatt)]
-    pub policy: Policy,
+    #[arg(long, value_enum, default_value_t = Policy::default().into())]
+    pub policy: PolicyArg,
     /// Skip records longer than N tokens (counted in the summary), unless --truncate.
     #[arg(long, value_name = "N")]
     pub max_len: Option<usize>,
     /// With --max-len: drop the oldest turns (keeping the system message and the final
     /// reply) instead of skipping.
     #[arg(long, value_enum, requires = "max_len")]
-    pub truncate: Option<Truncate>,
+    pub truncate: Option<TruncateArg>,
 }
 
 impl MaskFlags {
     pub fn options(&self) -> MaskOptions {
         MaskOptions {
-            policy: self.policy,
+            policy: self.policy.into(),
             max_len: self.max_len,
-            truncate: self.truncate,
+            truncate: self.truncate.map(Into::into),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnError {
-    /// Stop at the first bad record (exit status 2).
-    Fail,
-    /// Skip it and count it by reason.
-    Skip,
-}
-
-/// Records masked per parallel batch.
-const BATCH: usize = 1024;
-
-#[derive(Debug, Default, serde::Serialize)]
-pub struct Summary {
-    pub records: usize,
-    pub samples: usize,
-    pub tokens: usize,
-    pub loss_tokens: usize,
-    pub skipped: BTreeMap<&'static str, usize>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -100,17 +80,26 @@ pub fn run(args: Args) -> Result<()> {
             .map_err(|e| Error::runtime(format!("thread pool: {e}")))?;
     }
     let out_format = match args.out_format {
-        Some(f) => f,
-        None => Format::from_path(&args.out)?,
+        Some(f) => f.into(),
+        None => Format::from_path(&args.out)
+            .map_err(|e| Error::input(format!("{e} (or pass --out-format)")))?,
     };
     let masker = Masker::new(args.format.load()?, args.mask.options());
-    let summary = mask_file(&masker, &args.input, &args.out, out_format, args.on_error)?;
+    let summary = mask_file(
+        &masker,
+        &args.input,
+        &args.out,
+        out_format,
+        args.on_error.into(),
+    )?;
     report(&summary, &args.out);
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     Ok(())
 }
 
-/// Masks every record of `input` into `out`; shared with `gatt synth --mask`.
+/// Masks every record of `input` into `out` with a progress bar; a record that cannot be
+/// masked fails with a hint naming the flags that would let it through. Shared with
+/// `gatt synth --mask`.
 pub fn mask_file(
     masker: &Masker,
     input: &Path,
@@ -118,103 +107,32 @@ pub fn mask_file(
     out_format: Format,
     on_error: OnError,
 ) -> Result<Summary> {
-    let mut records = read_dialogues(input)?;
-    let mut writer = SampleWriter::create(out, out_format)?;
-    let mut summary = Summary::default();
-    let pb = progress::bar(None, "records");
-    // Writing (Parquet encoding, compression) runs on its own thread, overlapping the
-    // masking of the next batch.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<MaskedSample>>(2);
-    let written = std::thread::scope(|scope| -> Result<SampleWriter> {
-        let writer_thread = scope.spawn(move || -> Result<SampleWriter> {
-            for batch in rx {
-                for s in &batch {
-                    writer.write(s)?;
-                }
-            }
-            Ok(writer)
-        });
-        let masked = mask_batches(masker, &mut records, on_error, &mut summary, &pb, &tx);
-        drop(tx);
-        let writer = writer_thread
-            .join()
-            .expect("the writer thread does not panic");
-        masked?;
-        writer
-    });
-    let writer = written?;
-    pb.finish_and_clear();
-    if summary.samples == 0 {
-        return Err(Error::input(format!(
-            "{}: no record could be masked ({} records); output not written",
-            input.display(),
-            summary.records
-        )));
-    }
-    writer.finish()?;
-    Ok(summary)
+    let bar = Bar(progress::bar(None, "records"));
+    let result = pipeline::mask_file(masker, input, out, out_format, on_error, &bar);
+    bar.0.finish_and_clear();
+    result.map_err(|e| match e {
+        PipelineError::Record { ref error, .. } => {
+            Error::input(format!("{e}{}", hint(error.reason)))
+        }
+        PipelineError::Other(e) => e,
+    })
 }
 
-/// Masks `records` batch by batch in parallel, counting into `summary` and sending the
-/// samples to the writer, in input order.
-fn mask_batches(
-    masker: &Masker,
-    records: &mut gatt::dataset::Records,
-    on_error: OnError,
-    summary: &mut Summary,
-    pb: &indicatif::ProgressBar,
-    tx: &std::sync::mpsc::SyncSender<Vec<MaskedSample>>,
-) -> Result<()> {
-    loop {
-        let batch: Vec<_> = records.by_ref().take(BATCH).collect();
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let results: Vec<_> = batch
-            .into_par_iter()
-            .map(|r| r.map(|(loc, d)| (masker.mask(&d), loc, d.id)))
-            .collect();
-        let mut out = Vec::with_capacity(results.len());
-        for r in results {
-            summary.records += 1;
-            let (result, loc, id) = match r {
-                Ok(x) => x,
-                Err(e) if on_error == OnError::Skip => {
-                    *summary.skipped.entry("unreadable").or_default() += 1;
-                    pb.suspend(|| eprintln!("gatt: skipped: {e}"));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            match result {
-                Ok(samples) => {
-                    for s in samples {
-                        summary.samples += 1;
-                        summary.tokens += s.n_tokens();
-                        summary.loss_tokens += s.n_loss_tokens();
-                        out.push(s);
-                    }
-                }
-                Err(e) if on_error == OnError::Skip => {
-                    *summary.skipped.entry(e.reason.as_str()).or_default() += 1;
-                }
-                Err(e) => {
-                    return Err(Error::input(format!(
-                        "{loc} (id {id}): {e}{}",
-                        hint(e.reason)
-                    )))
-                }
-            }
-        }
-        // A closed channel means the writer failed; its error is reported by the caller.
-        if tx.send(out).is_err() {
-            return Ok(());
-        }
-        pb.set_position(summary.records as u64);
-        pb.set_message(format!("{} tokens", summary.tokens));
+/// The progress bar of a masking run.
+struct Bar(indicatif::ProgressBar);
+
+impl pipeline::Progress for Bar {
+    fn update(&self, s: &Summary) {
+        self.0.set_position(s.records as u64);
+        self.0.set_message(format!("{} tokens", s.tokens));
+    }
+
+    fn skipped_unreadable(&self, e: &Error) {
+        self.0.suspend(|| eprintln!("gatt: skipped: {e}"));
     }
 }
 
+/// The flags that would let a record refused for `reason` through.
 fn hint(reason: SkipReason) -> &'static str {
     match reason {
         SkipReason::TooLong => "; raise --max-len, or pass --truncate left",

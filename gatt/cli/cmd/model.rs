@@ -1,6 +1,6 @@
 //! `gatt model`: fetch the default model, describe a model.
 
-use gatt::model::{read_gguf, ModelSource};
+use gatt::model::{read_gguf, ModelSource, DEFAULT_MODEL};
 use gatt::Result;
 
 /// Fetch the default model or show what a model file holds.
@@ -18,13 +18,13 @@ pub enum ModelCommand {
     /// Architecture, parameters, context length, chat template and stop tokens.
     Info {
         /// `default`, a .gguf file or a Hugging Face model folder.
-        #[arg(default_value = "default")]
+        #[arg(default_value = DEFAULT_MODEL)]
         model: String,
     },
     /// Write a model as a Hugging Face folder (dequantized to f32): the base that
     /// Python's peft loads a `gatt train` adapter onto, or a start for other tools.
     Export {
-        #[arg(default_value = "default")]
+        #[arg(default_value = DEFAULT_MODEL)]
         model: String,
         #[arg(long, short)]
         out: std::path::PathBuf,

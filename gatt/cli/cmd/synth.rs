@@ -1,12 +1,14 @@
 //! `gatt synth`: the main job. A chat model in, a GAtt training set out.
 
-use super::backend::{BackendArgs, SamplingArgs};
-use super::mask::{mask_file, MaskFlags, OnError};
+use super::backend::{model_source, BackendArgs, SamplingArgs};
+use super::mask::{mask_file, MaskFlags};
 use crate::progress;
-use gatt::catalog::Catalog;
+use crate::values::{AttachArg, FormatArg, OnErrorArg, PlacementArg};
+use gatt::catalog::{parse_kind, Catalog, CatalogOverride};
 use gatt::dataset::Format;
+use gatt::mask::pipeline::OnError;
 use gatt::mask::Masker;
-use gatt::model::{ChatFormat, ModelSource};
+use gatt::model::ChatFormat;
 use gatt::transform::{Attach, Placement};
 use gatt::{ConstraintKind, Error, Result};
 use gatt_synth::plan::Shard;
@@ -41,8 +43,13 @@ pub struct Args {
     pub turns: usize,
     /// Constraint kinds to sample from (comma-separated): hobby, language, figure,
     /// persona, format.
-    #[arg(long, value_delimiter = ',', default_value = "hobby,language,figure")]
-    pub constraints: Vec<String>,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "hobby,language,figure",
+        value_parser = parse_kind
+    )]
+    pub constraints: Vec<ConstraintKind>,
     /// Combine up to K compatible constraints in one instruction.
     #[arg(long, default_value_t = 2)]
     pub max_combined: usize,
@@ -52,11 +59,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Where the instruction goes in each user turn while sampling.
-    #[arg(long, value_enum, default_value_t = Attach::Prefix)]
-    pub attach: Attach,
+    #[arg(long, value_enum, default_value_t = Attach::default().into())]
+    pub attach: AttachArg,
     /// Where the instruction goes in the training record.
-    #[arg(long, value_enum, default_value_t = Placement::System)]
-    pub placement: Placement,
+    #[arg(long, value_enum, default_value_t = Placement::default().into())]
+    pub placement: PlacementArg,
     /// Sample K replies per turn and keep the best.
     #[arg(long, default_value_t = 1)]
     pub candidates: usize,
@@ -69,19 +76,19 @@ pub struct Args {
     /// Replace a built-in catalog: KIND=FILE (e.g. hobby=hobbies.json, from
     /// `gatt constraints expand`). Repeatable.
     #[arg(long, value_name = "KIND=FILE")]
-    pub catalog: Vec<String>,
+    pub catalog: Vec<CatalogOverride>,
     /// Continue an interrupted run in --out.
     #[arg(long)]
     pub resume: bool,
     /// Do share I of a job split over N machines (I/N).
-    #[arg(long, default_value = "1/1")]
+    #[arg(long, default_value_t = Shard::default())]
     pub shard: Shard,
     /// Dialogues per saved chunk (default: the backend's batch).
     #[arg(long)]
     pub chunk: Option<usize>,
     /// Format of dialogues.* and masked.*.
-    #[arg(long, value_enum, default_value_t = Format::Parquet)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = FormatArg::Parquet)]
+    pub format: FormatArg,
     /// Also write the masked samples (masked.parquet) in this run.
     #[arg(long)]
     pub mask: bool,
@@ -89,8 +96,8 @@ pub struct Args {
     pub mask_flags: MaskFlags,
     /// With --mask: records that cannot be masked exactly are skipped and counted by
     /// default; `fail` stops instead.
-    #[arg(long, value_enum, default_value_t = OnError::Skip)]
-    pub on_error: OnError,
+    #[arg(long, value_enum, default_value_t = OnErrorArg::Skip)]
+    pub on_error: OnErrorArg,
     /// Model whose tokenizer and template --mask uses with --endpoint.
     #[arg(long, value_name = "M")]
     pub mask_model: Option<String>,
@@ -100,37 +107,6 @@ pub struct Args {
     pub sampling: SamplingArgs,
 }
 
-pub fn parse_kinds(names: &[String]) -> Result<Vec<ConstraintKind>> {
-    let kinds: Vec<ConstraintKind> = names
-        .iter()
-        .map(|n| ConstraintKind::from(n.trim().to_lowercase()))
-        .collect();
-    if let Some(ConstraintKind::Other(k)) =
-        kinds.iter().find(|k| matches!(k, ConstraintKind::Other(_)))
-    {
-        return Err(Error::input(format!(
-            "--constraints: unknown kind `{k}` (use hobby, language, figure, persona, format)"
-        )));
-    }
-    if kinds.is_empty() {
-        return Err(Error::input("--constraints: name at least one kind"));
-    }
-    Ok(kinds)
-}
-
-pub fn load_catalog(specs: &[String]) -> Result<Catalog> {
-    let mut catalog = Catalog::builtin();
-    for spec in specs {
-        let (kind, file) = spec.split_once('=').ok_or_else(|| {
-            Error::input(format!(
-                "--catalog {spec}: expected KIND=FILE, e.g. hobby=hobbies.json"
-            ))
-        })?;
-        catalog.load_file(&ConstraintKind::from(kind.to_string()), file.as_ref())?;
-    }
-    Ok(catalog)
-}
-
 pub fn run(args: Args) -> Result<()> {
     if args.dialogues == 0 || args.turns == 0 {
         return Err(Error::input("--dialogues and --turns must be at least 1"));
@@ -138,10 +114,15 @@ pub fn run(args: Args) -> Result<()> {
     if !(0.0..=1.0).contains(&args.terse) {
         return Err(Error::input("--terse is a probability between 0 and 1"));
     }
-    let kinds = parse_kinds(&args.constraints)?;
-    let catalog = load_catalog(&args.catalog)?;
+    if !args.resume && gatt_synth::run::holds_run(&args.out) {
+        return Err(Error::input(format!(
+            "{} already holds a run; pass --resume to continue it, or choose another --out",
+            args.out.display()
+        )));
+    }
+    let catalog = Catalog::with_overrides(&args.catalog)?;
     let users = match &args.users {
-        Some(p) => UserSource::from_file(p)?,
+        Some(p) => UserSource::from_file(p).map_err(|e| e.context("--users"))?,
         None => UserSource::Bank(catalog.user_bank.clone()),
     };
     if let (Some(path), false) = (&args.users, args.user_sim) {
@@ -159,18 +140,18 @@ pub fn run(args: Args) -> Result<()> {
     let backend = args.backend.load()?;
     let mut provenance = serde_json::json!({ "backend": backend.describe() });
     if args.backend.endpoint.is_none() {
-        let source = ModelSource::resolve(args.backend.model()?)?;
+        let source = model_source("--model", args.backend.model()?)?;
         provenance["model_sha256"] = gatt::model::fetch::sha256_file(source.path())?.into();
     }
     let opts = SynthOptions {
         dialogues: args.dialogues,
         turns: args.turns,
         seed: args.seed,
-        kinds,
+        kinds: args.constraints.clone(),
         max_combined: args.max_combined,
         terse: args.terse,
-        attach: args.attach,
-        placement: args.placement,
+        attach: args.attach.into(),
+        placement: args.placement.into(),
         candidates: args.candidates,
         sampling: args.sampling.params(args.candidates),
         user_sim: args.user_sim,
@@ -185,21 +166,15 @@ pub fn run(args: Args) -> Result<()> {
         scorer: &scorer,
         opts,
     };
+    let format: Format = args.format.into();
     let total = synth.plans().len();
     let pb = progress::bar(Some(total as u64), "dialogues");
     let started = std::time::Instant::now();
-    let summary = gatt_synth::run::run(
-        &synth,
-        &args.out,
-        args.resume,
-        args.format,
-        provenance,
-        &|p| {
-            pb.set_position(p.dialogues_done as u64);
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            pb.set_message(format!("{:.1} tok/s", p.tokens_generated as f64 / secs));
-        },
-    )?;
+    let summary = gatt_synth::run::run(&synth, &args.out, args.resume, format, provenance, &|p| {
+        pb.set_position(p.dialogues_done as u64);
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        pb.set_message(format!("{:.1} tok/s", p.tokens_generated as f64 / secs));
+    })?;
     pb.finish_and_clear();
     eprintln!(
         "gatt synth: {} dialogues ({} resumed) -> {} in {:.1}s",
@@ -209,10 +184,10 @@ pub fn run(args: Args) -> Result<()> {
         summary.seconds
     );
     let mask_summary = if args.mask {
-        let format = mask_format(&args)?;
-        let masker = Masker::new(format, args.mask_flags.options());
-        let out = args.out.join(format!("masked.{}", args.format.extension()));
-        let s = mask_file(&masker, &summary.output, &out, args.format, args.on_error)?;
+        let masker = Masker::new(mask_format(&args)?, args.mask_flags.options());
+        let out = args.out.join(format!("masked.{}", format.extension()));
+        let on_error: OnError = args.on_error.into();
+        let s = mask_file(&masker, &summary.output, &out, format, on_error)?;
         super::mask::report(&s, &out);
         Some(s)
     } else {
@@ -227,14 +202,14 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn mask_format(args: &Args) -> Result<ChatFormat> {
-    let spec =
+    let (flag, spec) =
         match (&args.mask_model, &args.backend.endpoint) {
-            (Some(m), _) => m.clone(),
-            (None, None) => args.backend.model()?.to_string(),
+            (Some(m), _) => ("--mask-model", m.as_str()),
+            (None, None) => ("--model", args.backend.model()?),
             (None, Some(_)) => return Err(Error::input(
                 "--mask with --endpoint needs --mask-model M: the model (GGUF or folder) whose \
                  tokenizer and chat template the trainer will use",
             )),
         };
-    ModelSource::resolve(&spec)?.chat_format()
+    model_source(flag, spec)?.chat_format()
 }

@@ -1,7 +1,10 @@
 //! `gatt train`: fine-tune on masked samples (LoRA or full), and `gatt train merge`.
 
+use super::backend::model_source;
 use crate::progress;
+use gatt::model::DEFAULT_MODEL;
 use gatt::{Error, Result};
+use gatt_runtime::train::lora::LoraConfigError;
 use gatt_runtime::train::{self, LoraConfig, LossMean, Method, RunSpec, TrainOptions};
 use std::path::PathBuf;
 
@@ -49,7 +52,7 @@ pub struct TrainArgs {
     pub data: Option<PathBuf>,
     /// Model to start from: `default`, a .gguf file (dequantized to f32: quantized
     /// weights cannot be trained) or a Hugging Face folder (llama or qwen2).
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// Run folder.
     #[arg(long, short)]
@@ -57,11 +60,11 @@ pub struct TrainArgs {
     /// `lora` trains low-rank adapters (small, fast); `full` trains every weight.
     #[arg(long, default_value = "lora", value_parser = ["lora", "full"])]
     pub method: String,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = LoraConfig::default().rank)]
     pub lora_r: usize,
-    #[arg(long, default_value_t = 32.0)]
+    #[arg(long, default_value_t = LoraConfig::default().alpha)]
     pub lora_alpha: f64,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = LoraConfig::default().dropout)]
     pub lora_dropout: f32,
     /// Layers that get adapters (comma-separated).
     #[arg(
@@ -71,40 +74,40 @@ pub struct TrainArgs {
     )]
     pub targets: Vec<String>,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = TrainOptions::default().lr)]
     pub lr: f64,
     /// Share of the steps spent warming the learning rate up (then cosine decay).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = TrainOptions::default().warmup_ratio)]
     pub warmup_ratio: f64,
     /// The cosine decays to this share of the peak.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = TrainOptions::default().min_lr_ratio)]
     pub min_lr_ratio: f64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().epochs)]
     pub epochs: usize,
     /// Stop after N optimizer steps (the schedule spans N).
     #[arg(long)]
     pub max_steps: Option<usize>,
     /// Token budget of a micro-batch (longest sample x samples).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = TrainOptions::default().batch_tokens)]
     pub batch_tokens: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainOptions::default().grad_accum)]
     pub grad_accum: usize,
     /// Clip the global gradient norm to this (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainOptions::default().max_grad_norm)]
     pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = TrainOptions::default().adamw.weight_decay)]
     pub weight_decay: f64,
     /// `token`: mean over all loss tokens of a step (as Hugging Face trainers);
     /// `sample`: mean of each sample's mean, so long replies do not dominate.
-    #[arg(long, value_enum, default_value_t = LossMeanArg::Token)]
+    #[arg(long, value_enum, default_value_t = TrainOptions::default().loss_mean.into())]
     pub loss_mean: LossMeanArg,
     /// Skip samples longer than N tokens (default: the model's context length).
     #[arg(long, value_name = "N")]
     pub max_len: Option<usize>,
     #[arg(long, default_value_t = 50)]
     pub save_every: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
     pub seed: u64,
     /// Continue the interrupted run in --out (same arguments).
     #[arg(long)]
@@ -112,6 +115,56 @@ pub struct TrainArgs {
     /// cpu, or cuda (build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+impl TrainArgs {
+    /// The training options these flags set, checked; an error names the flag at fault.
+    fn options(&self) -> Result<TrainOptions> {
+        let method = match self.method.as_str() {
+            "full" => Method::Full,
+            _ => Method::Lora(LoraConfig {
+                rank: self.lora_r,
+                alpha: self.lora_alpha,
+                dropout: self.lora_dropout,
+                targets: self.targets.clone(),
+            }),
+        };
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::input("--lr must be a positive number"));
+        }
+        if self.batch_tokens == 0 || self.grad_accum == 0 || self.epochs == 0 {
+            return Err(Error::input(
+                "--batch-tokens, --grad-accum and --epochs must be at least 1",
+            ));
+        }
+        if let Method::Lora(cfg) = &method {
+            cfg.check().map_err(|e| {
+                let flag = match e {
+                    LoraConfigError::Rank => "--lora-r",
+                    LoraConfigError::Dropout => "--lora-dropout",
+                    LoraConfigError::NoTargets | LoraConfigError::UnknownTarget(_) => "--targets",
+                };
+                Error::input(format!("{flag}: {e}"))
+            })?;
+        }
+        Ok(TrainOptions {
+            method,
+            lr: self.lr,
+            warmup_ratio: self.warmup_ratio,
+            min_lr_ratio: self.min_lr_ratio,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_tokens: self.batch_tokens,
+            grad_accum: self.grad_accum,
+            max_grad_norm: self.max_grad_norm,
+            adamw: train::optim::AdamWConfig {
+                weight_decay: self.weight_decay,
+                ..Default::default()
+            },
+            loss_mean: self.loss_mean.into(),
+            seed: self.seed,
+        })
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -131,44 +184,24 @@ pub fn run(args: Args) -> Result<()> {
             "gatt train needs --data FILE and --out DIR (see `gatt train --help`)",
         ));
     };
-    let method = match a.method.as_str() {
-        "full" => Method::Full,
-        _ => Method::Lora(LoraConfig {
-            rank: a.lora_r,
-            alpha: a.lora_alpha,
-            dropout: a.lora_dropout,
-            targets: a.targets.clone(),
-        }),
-    };
-    if !(a.lr > 0.0 && a.lr.is_finite()) {
-        return Err(Error::input("--lr must be a positive number"));
+    let opts = a.options()?;
+    if !a.resume && train::holds_run(&out) {
+        return Err(Error::input(format!(
+            "{}: a run is already there; pass --resume to continue it or choose another --out",
+            out.display()
+        )));
     }
+    model_source("--model", &a.model)?;
     let spec = RunSpec {
         data,
         model: a.model.clone(),
         out: out.clone(),
-        opts: TrainOptions {
-            method,
-            lr: a.lr,
-            warmup_ratio: a.warmup_ratio,
-            min_lr_ratio: a.min_lr_ratio,
-            epochs: a.epochs,
-            max_steps: a.max_steps,
-            batch_tokens: a.batch_tokens,
-            grad_accum: a.grad_accum,
-            max_grad_norm: a.max_grad_norm,
-            adamw: train::optim::AdamWConfig {
-                weight_decay: a.weight_decay,
-                ..Default::default()
-            },
-            loss_mean: a.loss_mean.into(),
-            seed: a.seed,
-        },
+        opts,
         max_len: a.max_len,
         save_every: a.save_every,
         resume: a.resume,
     };
-    let device = gatt_runtime::device(&a.device)?;
+    let device = gatt_runtime::device(&a.device).map_err(|e| e.context("--device"))?;
     let mut bar: Option<indicatif::ProgressBar> = None;
     let started = std::time::Instant::now();
     let mut tokens = 0usize;
@@ -219,5 +252,44 @@ impl From<LossMeanArg> for LossMean {
             LossMeanArg::Token => LossMean::Token,
             LossMeanArg::Sample => LossMean::Sample,
         }
+    }
+}
+
+impl From<LossMean> for LossMeanArg {
+    fn from(m: LossMean) -> Self {
+        match m {
+            LossMean::Token => LossMeanArg::Token,
+            LossMean::Sample => LossMeanArg::Sample,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    /// Every flag left out gives the library's default, the method and targets included.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let a = Flags::parse_from(["train"]).train;
+        assert_eq!(a.options().unwrap(), TrainOptions::default());
+        assert_eq!(a.model, DEFAULT_MODEL);
+    }
+
+    #[test]
+    fn a_bad_lora_setting_names_its_flag() {
+        let a = Flags::parse_from(["train", "--targets", "q_proj,nope"]).train;
+        let e = a.options().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--targets: unknown target layer `nope`"),
+            "{e}"
+        );
     }
 }

@@ -16,17 +16,21 @@ pub struct EmbeddedBackend {
     max_batch: usize,
 }
 
-/// The device `--device` names: `cpu`, or `cuda` (with the `cuda` feature).
+/// The device of a name: `cpu`, or `cuda` (the first GPU; needs the `cuda` feature).
+///
+/// # Errors
+///
+/// An input error for another name, or when CUDA is not available.
 pub fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Device::new_cuda(0).map_err(|e| {
             Error::input(format!(
-                "--device cuda: {e} (build with `--features cuda` on a machine with CUDA)"
+                "cuda: {e} (build with the `cuda` feature, on a machine with CUDA)"
             ))
         }),
         other => Err(Error::input(format!(
-            "--device {other}: expected cpu or cuda"
+            "unknown device `{other}` (expected cpu or cuda)"
         ))),
     }
 }

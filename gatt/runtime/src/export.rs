@@ -1,6 +1,6 @@
 //! Writes a model as a Hugging Face folder (config.json, model.safetensors,
 //! tokenizer.json, tokenizer_config.json, generation_config.json) that `transformers`,
-//! peft, vLLM and `gatt --model DIR` all load. Written into a temporary folder and
+//! peft, vLLM and this toolkit's model loader all load. Written into a temporary folder and
 //! renamed into place, so a crash never leaves a half-written model.
 
 use crate::llama::{hf, Model};

@@ -24,13 +24,22 @@ pub struct HttpOptions {
 }
 
 impl HttpOptions {
+    /// Requests in flight of [`HttpOptions::new`].
+    pub const DEFAULT_IN_FLIGHT: usize = 8;
+    /// Time a request may take before it is abandoned (and retried), in
+    /// [`HttpOptions::new`].
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// Options for `model` at `endpoint`, with the default limits: no API key,
+    /// [`HttpOptions::DEFAULT_IN_FLIGHT`] requests in flight,
+    /// [`HttpOptions::DEFAULT_TIMEOUT`], 5 retries from a 500 ms backoff.
     pub fn new(endpoint: impl Into<String>, model: impl Into<String>) -> Self {
         HttpOptions {
             endpoint: endpoint.into(),
             model: model.into(),
             api_key: None,
-            in_flight: 8,
-            timeout: Duration::from_secs(120),
+            in_flight: Self::DEFAULT_IN_FLIGHT,
+            timeout: Self::DEFAULT_TIMEOUT,
             max_retries: 5,
             backoff: Duration::from_millis(500),
         }

@@ -62,19 +62,31 @@ pub struct SamplingParams {
 }
 
 impl Default for SamplingParams {
+    /// Up to [`SamplingParams::DEFAULT_MAX_NEW_TOKENS`] tokens at temperature 0.7, top-p
+    /// 0.9, repetition penalty 1.1, one candidate.
     fn default() -> Self {
         SamplingParams {
-            max_new_tokens: 256,
-            temperature: 0.7,
-            top_p: Some(0.9),
+            max_new_tokens: Self::DEFAULT_MAX_NEW_TOKENS,
+            temperature: Self::DEFAULT_TEMPERATURE,
+            top_p: Some(Self::DEFAULT_TOP_P),
             top_k: None,
-            repetition_penalty: 1.1,
+            repetition_penalty: Self::DEFAULT_REPETITION_PENALTY,
             n: 1,
         }
     }
 }
 
 impl SamplingParams {
+    /// Longest reply of the default settings, in tokens.
+    pub const DEFAULT_MAX_NEW_TOKENS: usize = 192;
+    /// Temperature of the default settings.
+    pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+    /// Nucleus (top-p) share of the default settings.
+    pub const DEFAULT_TOP_P: f64 = 0.9;
+    /// Repetition penalty of the default settings.
+    pub const DEFAULT_REPETITION_PENALTY: f32 = 1.1;
+
+    /// Greedy decoding of up to `max_new_tokens` tokens, without penalty.
     pub fn greedy(max_new_tokens: usize) -> Self {
         SamplingParams {
             max_new_tokens,

@@ -16,32 +16,39 @@ use crate::error::{Error, Result};
 use crate::mask::MaskedSample;
 use std::path::{Path, PathBuf};
 
-/// File format, from `--format` or the file extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+/// File format, named by the caller or found from the file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Parquet,
     Jsonl,
 }
 
+crate::names::named_values!(Format {
+    Parquet => "parquet",
+    Jsonl => "jsonl",
+});
+
 impl Format {
-    /// `.parquet` is Parquet; `.jsonl`, `.json` and `.ndjson` are JSON lines.
+    /// `.parquet` and `.pq` are Parquet; `.jsonl`, `.json` and `.ndjson` are JSON lines.
+    ///
+    /// # Errors
+    ///
+    /// An input error for any other extension.
     pub fn from_path(path: &Path) -> Result<Format> {
         match path.extension().and_then(|e| e.to_str()) {
             Some("parquet") | Some("pq") => Ok(Format::Parquet),
             Some("jsonl") | Some("json") | Some("ndjson") => Ok(Format::Jsonl),
             _ => Err(Error::input(format!(
-                "{}: unknown file type; use a .jsonl or .parquet extension (or --format)",
+                "{}: unknown file type; use a .jsonl or .parquet extension",
                 path.display()
             ))),
         }
     }
 
+    /// The extension of files in this format (no dot): `parquet` or `jsonl`.
     pub fn extension(self) -> &'static str {
-        match self {
-            Format::Parquet => "parquet",
-            Format::Jsonl => "jsonl",
-        }
+        self.as_str()
     }
 }
 

@@ -6,8 +6,11 @@
 //! found by rendering the conversation up to it with the generation prompt (exactly the
 //! text the model sees at inference) and checking that the whole conversation continues
 //! that text with the reply and an end-of-turn marker.
+//!
+//! [`Masker`] masks one record; [`pipeline`] masks a whole file in parallel.
 
 mod align;
+pub mod pipeline;
 mod spans;
 
 use crate::dialogue::{Dialogue, Message, Purpose, Role};
@@ -20,7 +23,7 @@ use tokenizers::Tokenizer;
 pub const IGNORE: i64 = -100;
 
 /// Which tokens carry loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Only the final assistant reply and its end-of-turn marker (the paper's GAtt).
@@ -34,8 +37,15 @@ pub enum Policy {
     All,
 }
 
-/// How to treat records longer than `--max-len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+crate::names::named_values!(Policy {
+    Gatt => "gatt",
+    GattExpand => "gatt-expand",
+    Assistant => "assistant",
+    All => "all",
+});
+
+/// How to treat records longer than [`MaskOptions::max_len`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Truncate {
     /// Drop the oldest user/assistant pairs (keeping the system message and the final
@@ -43,10 +53,18 @@ pub enum Truncate {
     Left,
 }
 
+crate::names::named_values!(Truncate {
+    Left => "left",
+});
+
+/// How [`Masker`] builds samples.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MaskOptions {
     pub policy: Policy,
+    /// Longest record in tokens (the whole rendered conversation); longer ones fail
+    /// with [`SkipReason::TooLong`] unless truncated. `None`: no limit.
     pub max_len: Option<usize>,
+    /// Shortens records longer than `max_len` instead of refusing them.
     pub truncate: Option<Truncate>,
 }
 
@@ -71,7 +89,7 @@ impl MaskedSample {
     }
 }
 
-/// Why a record produced no sample; `--on-error skip` counts records by this.
+/// Why a record produced no sample; a run that skips such records counts them by this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
@@ -89,7 +107,7 @@ pub enum SkipReason {
     SeamMerge,
     /// The loss tokens do not decode to the reply and its marker.
     DecodeMismatch,
-    /// Longer than `--max-len` (and not truncated).
+    /// Longer than [`MaskOptions::max_len`] (and not truncated).
     TooLong,
     /// No token carries loss.
     EmptyMask,
@@ -188,7 +206,7 @@ impl Masker {
                     }
                     return Err(MaskError::new(
                         SkipReason::TooLong,
-                        format!("{} tokens, more than --max-len {max}", enc.len()),
+                        format!("{} tokens, more than the limit of {max}", enc.len()),
                     ));
                 }
             }

@@ -19,7 +19,7 @@ fn tokenizer() -> Tokenizer {
 }
 
 /// SmolLM2's own template and tokenizer, from the committed fixtures.
-fn smollm2(opts: MaskOptions) -> Masker {
+pub(super) fn smollm2(opts: MaskOptions) -> Masker {
     let source =
         std::fs::read_to_string(format!("{FIXTURES}/smollm2_chat_template.jinja")).unwrap();
     let template =

@@ -1,5 +1,6 @@
 //! Everything about a model but its weights.
 
+use super::resolve::FormatError;
 use crate::error::{Error, Result};
 use crate::template::ChatTemplate;
 use crate::tokenizer;
@@ -28,7 +29,17 @@ pub struct ChatFormat {
 
 impl ChatFormat {
     /// Reads the tokenizer and template from a GGUF file's metadata.
+    ///
+    /// # Errors
+    ///
+    /// An input error when the file is not a readable GGUF, its tokenizer is of a kind
+    /// this crate does not build, or it holds no chat template.
     pub fn from_gguf(path: &Path) -> Result<Self> {
+        Ok(Self::try_from_gguf(path)?)
+    }
+
+    /// [`ChatFormat::from_gguf`], telling a missing template apart.
+    pub(crate) fn try_from_gguf(path: &Path) -> Result<Self, FormatError> {
         let content = read_gguf(path)?;
         let ctx = |e: Error| e.context(path.display());
         let tok = tokenizer::from_gguf(&content).map_err(ctx)?;
@@ -37,8 +48,8 @@ impl ChatFormat {
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok().cloned())
             .ok_or_else(|| {
-                Error::input(format!(
-                    "{}: GGUF has no `tokenizer.chat_template`; pass --template NAME",
+                FormatError::NoTemplate(format!(
+                    "{}: GGUF has no `tokenizer.chat_template`",
                     path.display()
                 ))
             })?;
@@ -55,7 +66,16 @@ impl ChatFormat {
     }
 
     /// Reads `tokenizer.json` and `tokenizer_config.json` (or `chat_template.jinja`).
+    ///
+    /// # Errors
+    ///
+    /// An input error when a file is missing or malformed, or there is no chat template.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        Ok(Self::try_from_hf_dir(dir)?)
+    }
+
+    /// [`ChatFormat::from_hf_dir`], telling a missing template apart.
+    pub(crate) fn try_from_hf_dir(dir: &Path) -> Result<Self, FormatError> {
         let tok = tokenizer::from_json_file(&dir.join("tokenizer.json"))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
@@ -74,9 +94,8 @@ impl ChatFormat {
         let source = match template_from_config(&cfg) {
             Some(s) => s,
             None => std::fs::read_to_string(dir.join("chat_template.jinja")).map_err(|_| {
-                Error::input(format!(
-                    "{}: no chat_template in tokenizer_config.json and no chat_template.jinja; \
-                     pass --template NAME",
+                FormatError::NoTemplate(format!(
+                    "{}: no chat_template in tokenizer_config.json and no chat_template.jinja",
                     dir.display()
                 ))
             })?,
@@ -152,8 +171,8 @@ fn template_from_config(cfg: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// Loads a chat template given on the command line: a built-in name, a `.jinja` file or
-/// a `tokenizer_config.json`.
+/// Loads a chat template named by the user: a built-in name, a `.jinja` file or a
+/// `tokenizer_config.json`.
 pub fn load_template(spec: &str) -> Result<ChatTemplate> {
     let path = Path::new(spec);
     if !path.exists() {

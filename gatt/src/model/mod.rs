@@ -3,12 +3,17 @@
 
 pub mod fetch;
 mod format;
+mod resolve;
 
 pub use fetch::{default_model_path, ensure_default_model, gatt_home};
 pub use format::{load_template, read_gguf, ChatFormat};
+pub use resolve::{resolve_format, FormatError, AUTO_TEMPLATE};
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
+
+/// The name [`ModelSource::resolve`] gives the default model (SmolLM2-135M-Instruct).
+pub const DEFAULT_MODEL: &str = "default";
 
 /// A model on disk, by file layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,10 +26,15 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// Resolves a `--model` value: `default`, a `.gguf` file or a model folder.
-    /// `default` downloads the default model on first use.
+    /// Resolves a model as the user names it: `default`, a `.gguf` file or a model
+    /// folder. `default` downloads the default model on first use.
+    ///
+    /// # Errors
+    ///
+    /// An input error when `spec` names nothing usable; the download's error for
+    /// `default`.
     pub fn resolve(spec: &str) -> Result<Self> {
-        if spec == "default" {
+        if spec == DEFAULT_MODEL {
             return Ok(ModelSource::Gguf(ensure_default_model()?));
         }
         let path = Path::new(spec);
@@ -41,7 +51,7 @@ impl ModelSource {
             return Ok(ModelSource::Gguf(path.to_path_buf()));
         }
         Err(Error::input(format!(
-            "--model {spec}: no such file or folder; pass `default`, a .gguf file or a \
+            "{spec}: no such file or folder; expected `default`, a .gguf file or a \
              Hugging Face model folder"
         )))
     }
@@ -61,10 +71,19 @@ impl ModelSource {
     }
 
     /// Tokenizer, chat template and stop tokens, without loading the weights.
+    ///
+    /// # Errors
+    ///
+    /// An input error when the files are unreadable or hold no chat template.
     pub fn chat_format(&self) -> Result<ChatFormat> {
+        Ok(self.try_chat_format()?)
+    }
+
+    /// [`ModelSource::chat_format`], telling a missing template apart.
+    pub(crate) fn try_chat_format(&self) -> Result<ChatFormat, FormatError> {
         match self {
-            ModelSource::Gguf(p) => ChatFormat::from_gguf(p),
-            ModelSource::HfDir(p) => ChatFormat::from_hf_dir(p),
+            ModelSource::Gguf(p) => ChatFormat::try_from_gguf(p),
+            ModelSource::HfDir(p) => ChatFormat::try_from_hf_dir(p),
         }
     }
 }

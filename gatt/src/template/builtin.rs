@@ -1,5 +1,5 @@
 //! The chat templates shipped in `templates/chat/`, compiled into the binary so that
-//! `--template NAME` works from any directory. `manifest.json` there is the one list of
+//! a template named by its built-in name works from any directory. `manifest.json` there is the one list of
 //! them, with the special tokens of each model family.
 
 use serde::Deserialize;

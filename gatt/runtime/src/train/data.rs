@@ -35,7 +35,7 @@ impl Example {
 pub struct Skipped {
     /// No label other than -100 after the shift: nothing to learn.
     pub no_loss_tokens: usize,
-    /// Longer than `--max-len` (or the model's context).
+    /// Longer than the length limit of the run (or the model's context).
     pub too_long: usize,
 }
 
@@ -119,7 +119,7 @@ fn check(path: &Path, row: usize, s: &MaskedSample, vocab: usize, stop_ids: &[u3
             return Err(Error::input(format!(
                 "{}: the last loss token ({last}) is not one of the model's end-of-turn tokens \
                  {stop_ids:?}; the data was masked with another tokenizer or chat template \
-                 (mask it again with `gatt mask --model` set to the model you train)",
+                 (mask it again with the tokenizer and template of the model you train)",
                 at()
             )));
         }

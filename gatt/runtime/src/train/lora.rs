@@ -22,31 +22,69 @@ pub struct LoraConfig {
     pub targets: Vec<String>,
 }
 
+impl Default for LoraConfig {
+    /// Rank 16, alpha 32, dropout 0.05, on every linear layer ([`LINEAR_NAMES`]).
+    fn default() -> Self {
+        LoraConfig {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: LINEAR_NAMES.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+}
+
+/// What is wrong with a [`LoraConfig`], by setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoraConfigError {
+    /// A rank of 0.
+    #[error("the LoRA rank must be at least 1")]
+    Rank,
+    /// A dropout probability outside [0, 1).
+    #[error("the LoRA dropout must be in [0, 1)")]
+    Dropout,
+    /// An empty list of target layers.
+    #[error("no target layer named")]
+    NoTargets,
+    /// A target that is not one of [`LINEAR_NAMES`].
+    #[error("unknown target layer `{0}` (expected some of {names})", names = LINEAR_NAMES.join(", "))]
+    UnknownTarget(String),
+}
+
 impl LoraConfig {
     /// peft's scaling: alpha / rank.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
     }
 
-    pub fn validate(&self) -> Result<()> {
+    /// The first setting that is out of range, if any.
+    ///
+    /// # Errors
+    ///
+    /// A rank of 0, a dropout outside [0, 1), no target, or an unknown target.
+    pub fn check(&self) -> Result<(), LoraConfigError> {
         if self.rank == 0 {
-            return Err(Error::input("--lora-r must be at least 1"));
+            return Err(LoraConfigError::Rank);
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::input("--lora-dropout must be in [0, 1)"));
+            return Err(LoraConfigError::Dropout);
         }
         if self.targets.is_empty() {
-            return Err(Error::input("--targets names no layer"));
+            return Err(LoraConfigError::NoTargets);
         }
-        for t in &self.targets {
-            if !LINEAR_NAMES.contains(&t.as_str()) {
-                return Err(Error::input(format!(
-                    "--targets: unknown layer `{t}` (expected some of {})",
-                    LINEAR_NAMES.join(", ")
-                )));
-            }
+        match self
+            .targets
+            .iter()
+            .find(|t| !LINEAR_NAMES.contains(&t.as_str()))
+        {
+            Some(t) => Err(LoraConfigError::UnknownTarget(t.clone())),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// [`LoraConfig::check`] as an input error.
+    pub fn validate(&self) -> Result<()> {
+        self.check().map_err(|e| Error::input(e.to_string()))
     }
 }
 

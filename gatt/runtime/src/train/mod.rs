@@ -20,7 +20,7 @@ pub mod schedule;
 pub use data::Example;
 pub use lora::LoraConfig;
 pub use loss::LossMean;
-pub use run::{merge, run, RunSpec, RunSummary};
+pub use run::{holds_run, merge, run, RunSpec, RunSummary};
 
 use crate::llama::{Model, WeightKind};
 use candle_core::{Device, Tensor, Var};
@@ -60,10 +60,13 @@ pub struct TrainOptions {
 }
 
 impl Default for TrainOptions {
+    /// LoRA with [`LoraConfig::default`], peak learning rate 2e-4 with 5% warm-up and a
+    /// cosine down to 10%, one epoch, 4096-token micro-batches, one per step, gradient
+    /// norm clipped to 1, no weight decay, token-mean loss, seed 0.
     fn default() -> Self {
         TrainOptions {
-            method: Method::Full,
-            lr: 1e-4,
+            method: Method::Lora(LoraConfig::default()),
+            lr: 2e-4,
             warmup_ratio: 0.05,
             min_lr_ratio: 0.1,
             epochs: 1,
@@ -122,7 +125,8 @@ impl Trainer {
     ) -> Result<Self> {
         if opts.batch_tokens == 0 || opts.grad_accum == 0 || opts.epochs == 0 {
             return Err(Error::input(
-                "--batch-tokens, --grad-accum and --epochs must be at least 1",
+                "the token budget of a micro-batch, the micro-batches per step and the epochs \
+                 must be at least 1",
             ));
         }
         let mut params = Vec::new();
@@ -258,8 +262,8 @@ impl Trainer {
         }
         if !loss.is_finite() {
             return Err(Error::runtime(format!(
-                "the loss is {loss} at step {}; nothing was updated. Lower --lr, raise \
-                 --warmup-ratio, or check the data; resume from the last checkpoint with --resume",
+                "the loss is {loss} at step {}; nothing was updated. Lower the learning rate, \
+                 raise the warm-up ratio, or check the data; then resume from the last checkpoint",
                 self.step + 1
             )));
         }

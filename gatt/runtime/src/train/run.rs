@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 
 pub struct RunSpec {
     pub data: PathBuf,
-    /// `--model` as given (`default`, a GGUF file, a Hugging Face folder).
+    /// The base model as the user named it (`default`, a GGUF file, a Hugging Face
+    /// folder; see [`ModelSource::resolve`]).
     pub model: String,
     pub out: PathBuf,
     pub opts: TrainOptions,
@@ -66,6 +67,12 @@ struct CheckpointState {
     examples: usize,
 }
 
+/// True when `out` holds a run (a checkpoint) that a new run would overwrite; only a
+/// resumed run may use such a folder.
+pub fn holds_run(out: &Path) -> bool {
+    out.join("checkpoint").exists()
+}
+
 /// Trains as `spec` says; `on_step` sees every logged step (progress bars).
 pub fn run(
     spec: &RunSpec,
@@ -79,9 +86,9 @@ pub fn run(
     let (examples, skipped) = data::load(&spec.data, model.cfg.vocab, &format.stop_ids, max_len)?;
     let n_examples = examples.len();
     let ckpt_dir = spec.out.join("checkpoint");
-    if !spec.resume && ckpt_dir.exists() {
+    if !spec.resume && holds_run(&spec.out) {
         return Err(Error::input(format!(
-            "{}: a run is already there; pass --resume to continue it or choose another --out",
+            "{}: a run is already there; resume it or choose another folder",
             spec.out.display()
         )));
     }
@@ -93,8 +100,8 @@ pub fn run(
         let state: CheckpointState = read_json(&ckpt_dir.join("state.json"))?;
         if state.options != spec.opts || state.data != spec.data || state.examples != n_examples {
             return Err(Error::input(format!(
-                "{}: the checkpoint was made with other settings or data; --resume needs the \
-                 same arguments (saved ones are in {}/train.json)",
+                "{}: the checkpoint was made with other settings or data; resuming needs the \
+                 same settings (saved ones are in {}/train.json)",
                 spec.out.display(),
                 spec.out.display()
             )));
@@ -182,7 +189,7 @@ pub fn merge(run_dir: &Path, out: &Path, device: &Device) -> Result<()> {
     let adapter = run_dir.join("adapter");
     if !adapter.join("adapter_config.json").exists() {
         return Err(Error::input(format!(
-            "{}: no finished adapter (the run has not completed; finish it with --resume)",
+            "{}: no finished adapter (the run has not completed; resume it to finish it)",
             adapter.display()
         )));
     }

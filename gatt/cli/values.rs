@@ -1,0 +1,131 @@
+//! Flag values that name a library enum's values: clap mirrors of the library enums, which
+//! know nothing of flags. Each mirror lists the same variants (the conversions both ways
+//! fail to compile otherwise) and its doc comments are what `--help` shows for each value;
+//! the tests check that clap's names are the library's.
+
+use gatt::dataset::Format;
+use gatt::mask::pipeline::OnError;
+use gatt::mask::{Policy, Truncate};
+use gatt::transform::{Attach, Placement};
+
+/// A `clap::ValueEnum` mirror of a library enum, with `From` both ways.
+macro_rules! mirror {
+    ($(#[$meta:meta])* $name:ident => $lib:ident { $($(#[$vmeta:meta])* $variant:ident,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl From<$name> for $lib {
+            fn from(a: $name) -> Self {
+                match a {
+                    $($name::$variant => $lib::$variant,)+
+                }
+            }
+        }
+
+        impl From<$lib> for $name {
+            fn from(v: $lib) -> Self {
+                match v {
+                    $($lib::$variant => $name::$variant,)+
+                }
+            }
+        }
+    };
+}
+
+mirror! {
+    /// Values of `--on-error`.
+    OnErrorArg => OnError {
+        /// Stop at the first bad record (exit status 2).
+        Fail,
+        /// Skip it and count it by reason.
+        Skip,
+    }
+}
+
+mirror! {
+    /// Values of `--policy`.
+    PolicyArg => Policy {
+        /// Only the final assistant reply and its end-of-turn marker (the paper's GAtt).
+        Gatt,
+        /// One sample per assistant turn: the conversation up to that reply, loss only on it.
+        GattExpand,
+        /// Every assistant reply (ordinary SFT, for ablations).
+        Assistant,
+        /// Every token.
+        All,
+    }
+}
+
+mirror! {
+    /// Values of `--truncate`.
+    TruncateArg => Truncate {
+        /// Drop the oldest user/assistant pairs (keeping the system message and the final
+        /// reply intact) until the record fits.
+        Left,
+    }
+}
+
+mirror! {
+    /// Values of `--format` and `--out-format`.
+    FormatArg => Format {
+        Parquet,
+        Jsonl,
+    }
+}
+
+mirror! {
+    /// Values of `--attach`.
+    AttachArg => Attach {
+        /// `instruction\n\nuser text`
+        Prefix,
+        /// `user text\n\ninstruction`
+        Suffix,
+    }
+}
+
+mirror! {
+    /// Values of `--placement`.
+    PlacementArg => Placement {
+        /// The instruction becomes the system message, or extends an existing one.
+        System,
+        /// The instruction is attached to the first user turn only.
+        FirstUser,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    /// Every flag value parses, under clap's name, to the library value it mirrors, and
+    /// the library prints it under the same name.
+    fn same_names<A, L>()
+    where
+        A: ValueEnum + Copy + Into<L>,
+        L: FromStr + Display + PartialEq + std::fmt::Debug,
+        L::Err: std::fmt::Debug,
+    {
+        for a in A::value_variants() {
+            let name = a.to_possible_value().unwrap().get_name().to_string();
+            let lib: L = (*a).into();
+            assert_eq!(name.parse::<L>().unwrap(), lib);
+            assert_eq!(lib.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn flag_values_are_the_library_names() {
+        same_names::<OnErrorArg, OnError>();
+        same_names::<PolicyArg, Policy>();
+        same_names::<TruncateArg, Truncate>();
+        same_names::<FormatArg, Format>();
+        same_names::<AttachArg, Attach>();
+        same_names::<PlacementArg, Placement>();
+    }
+}
