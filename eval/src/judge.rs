@@ -68,8 +68,8 @@ pub fn judge_dialogues(
     for d in dialogues {
         let model = d
             .meta
-            .get("model")
-            .and_then(serde_json::Value::as_str)
+            .model
+            .as_deref()
             .unwrap_or(crate::protocol::UNKNOWN_MODEL);
         let mut turn = 0;
         for (i, m) in d.messages.iter().enumerate() {

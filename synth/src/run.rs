@@ -106,13 +106,7 @@ pub fn run(
         let records = s.run_chunk(group)?;
         let mut w = DialogueWriter::create(&path, Format::Jsonl)?;
         for r in &records {
-            progress.tokens_generated += r
-                .meta
-                .get("completion_tokens")
-                .and_then(|v| v.as_array())
-                .map_or(0, |a| {
-                    a.iter().filter_map(|x| x.as_u64()).sum::<u64>() as usize
-                });
+            progress.tokens_generated += r.meta.tokens_generated();
             w.write(r)?;
         }
         w.finish()?;
