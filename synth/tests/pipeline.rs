@@ -95,7 +95,7 @@ fn synth_to(
         dir,
         resume,
         Format::Jsonl,
-        serde_json::json!({}),
+        gatt_synth::run::Provenance::new("scripted"),
         &|_| {},
     )?;
     read_all(&summary.output)
