@@ -6,7 +6,7 @@
 //! probe turns are recorded. There a turn counts as a probe for a kind when its user
 //! message, without the instruction, is one of the catalog's probe questions for it.
 
-use crate::checks::{check, Verdict};
+use crate::checks::{check, Undecided, Verdict};
 use gatt::catalog::Catalog;
 use gatt::{ConstraintKind, Dialogue, DialogueMeta, Role};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,9 @@ pub struct ScoredTurn {
     pub value: String,
     pub verdict: Verdict,
     pub evidence: String,
+    /// Why the verdict is Undetermined; `None` exactly when it is Pass or Fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undecided: Option<Undecided>,
     /// True when the verdict came from a judge model rather than code (always false here).
     pub judge: bool,
 }
@@ -56,6 +59,7 @@ pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
                 value: c.value.clone(),
                 verdict: result.verdict,
                 evidence: result.evidence,
+                undecided: result.undecided,
                 judge: false,
             });
         }
