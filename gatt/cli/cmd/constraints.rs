@@ -2,6 +2,7 @@
 
 use super::backend::BackendArgs;
 use super::synth::load_catalog;
+use crate::out::outln;
 use crate::progress;
 use gatt::{ConstraintKind, Error, Result};
 use std::path::PathBuf;
@@ -52,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
                 return Err(Error::input(format!("--kind {kind}: no such catalog")));
             }
             for v in values {
-                println!("{v}");
+                outln!("{v}")?;
             }
         }
         ConstraintsCommand::Expand {
@@ -81,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
                 out.display()
             );
             for name in &new {
-                println!("{name}");
+                outln!("{name}")?;
             }
         }
     }

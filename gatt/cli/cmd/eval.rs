@@ -2,6 +2,7 @@
 
 use super::backend::{BackendArgs, SamplingArgs};
 use super::synth::{load_catalog, parse_kinds};
+use crate::out::out;
 use crate::progress;
 use gatt::backend::SamplingParams;
 use gatt::{Error, Result};
@@ -182,10 +183,10 @@ pub fn run(args: Args) -> Result<()> {
         "gatt eval: report in {}",
         args.out.join("report.md").display()
     );
-    print!(
+    out!(
         "{}",
         std::fs::read_to_string(args.out.join("report.md")).unwrap_or_default()
-    );
+    )?;
     Ok(())
 }
 

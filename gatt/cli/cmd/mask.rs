@@ -1,6 +1,7 @@
 //! `gatt mask`: dialogue records in, train-ready masked samples out.
 
 use super::FormatArgs;
+use crate::out::outln;
 use crate::progress;
 use gatt::dataset::{read_dialogues, Format, SampleWriter};
 use gatt::mask::{MaskOptions, MaskedSample, Masker, Policy, SkipReason, Truncate};
@@ -106,7 +107,7 @@ pub fn run(args: Args) -> Result<()> {
     let masker = Masker::new(args.format.load()?, args.mask.options());
     let summary = mask_file(&masker, &args.input, &args.out, out_format, args.on_error)?;
     report(&summary, &args.out);
-    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    outln!("{}", serde_json::to_string(&summary).unwrap_or_default())?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `gatt train`: fine-tune on masked samples (LoRA or full), and `gatt train merge`.
 
+use crate::out::outln;
 use crate::progress;
 use gatt::{Error, Result};
 use gatt_runtime::train::{self, LoraConfig, LossMean, Method, RunSpec, TrainOptions};
@@ -118,11 +119,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(TrainCommand::Merge { run, out }) = args.command {
         let device = gatt_runtime::device("cpu")?;
         train::merge(&run, &out, &device)?;
-        println!(
+        outln!(
             "gatt train merge: {} + adapter -> {}",
             run.display(),
             out.display()
-        );
+        )?;
         return Ok(());
     }
     let a = args.train;
@@ -190,7 +191,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
-    println!(
+    outln!(
         "gatt train: {} steps on {} samples ({} tokens, {} with loss) in {:.1}s; loss {} -> {}; {} in {}/{}",
         summary.steps,
         summary.examples,
@@ -202,7 +203,7 @@ pub fn run(args: Args) -> Result<()> {
         if summary.output == "adapter" { "adapter (peft layout)" } else { "model (Hugging Face folder)" },
         out.display(),
         summary.output,
-    );
+    )?;
     Ok(())
 }
 
