@@ -200,10 +200,7 @@ fn mask_batches(
                     *summary.skipped.entry(e.reason.as_str()).or_default() += 1;
                 }
                 Err(e) => {
-                    return Err(Error::input(format!(
-                        "{loc} (id {id}): {e}{}",
-                        hint(e.reason)
-                    )))
+                    return Err(Error::input(format!("{e}{}", hint(e.reason))).at(loc.with_id(id)))
                 }
             }
         }
