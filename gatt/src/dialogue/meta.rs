@@ -8,46 +8,36 @@ use serde_json::{Map, Value};
 /// The provenance the generator and the evaluator record with each dialogue.
 ///
 /// Serialized as the JSON object it has always been (the `meta` key of a JSONL record,
-/// the `meta` column of a Parquet file, a JSON string there): known keys in the order
-/// below, absent ones left out, then keys this version does not know, kept as read.
-/// Reading checks every known key: a malformed one (`"seed": "x"`) is an [`Invalid`]
-/// naming it (`meta.seed`), never silently ignored. `null` counts as absent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// the `meta` column of a Parquet file, a JSON string there), byte for byte: one object
+/// of the known keys that are set and the unknown ones kept as read, keys sorted as a
+/// `serde_json::Map` sorts them. Reading checks every known key: a malformed one
+/// (`"seed": "x"`) is an [`Invalid`] naming it (`meta.seed`), never silently ignored.
+/// `null` counts as absent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(try_from = "Map<String, Value>")]
 pub struct DialogueMeta {
     /// The conversation as it was sampled, with the instruction attached to every user
     /// turn (`gatt synth`); the record's `messages` hold the training form.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub augmented: Option<Vec<Message>>,
     /// The chat model that wrote the replies, as its backend describes itself.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// The seed: `gatt synth`'s per-dialogue seed, or `gatt eval`'s job seed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// 0-based position of the dialogue in its job.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
     /// True when the instruction was phrased tersely ("Language: French.").
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub terse: Option<bool>,
     /// Prompt tokens of each sampled reply, in turn order.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<Vec<usize>>,
     /// Tokens generated for each reply, in turn order.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_tokens: Option<Vec<usize>>,
     /// Whether each reply ended on its own (rather than at the token limit).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished: Option<Vec<bool>>,
     /// 1-based turns whose user message was a probe question (`gatt eval`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_turns: Option<Vec<usize>>,
     /// The kind each probe turn asked about; as long as `probe_turns`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_kinds: Option<Vec<ConstraintKind>>,
     /// Keys this version does not know, kept as they are.
-    #[serde(flatten)]
     pub other: Map<String, Value>,
 }
 
@@ -116,6 +106,82 @@ fn typed<T: DeserializeOwned>(key: &str, value: Option<Value>) -> Result<Option<
         })
 }
 
+/// A known field's value, borrowed for writing.
+enum Known<'a> {
+    Messages(&'a [Message]),
+    Text(&'a str),
+    Int(u64),
+    Flag(bool),
+    Ints(&'a [usize]),
+    Flags(&'a [bool]),
+    Kinds(&'a [ConstraintKind]),
+}
+
+impl Serialize for Known<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Known::Messages(v) => v.serialize(s),
+            Known::Text(v) => v.serialize(s),
+            Known::Int(v) => v.serialize(s),
+            Known::Flag(v) => v.serialize(s),
+            Known::Ints(v) => v.serialize(s),
+            Known::Flags(v) => v.serialize(s),
+            Known::Kinds(v) => v.serialize(s),
+        }
+    }
+}
+
+impl Serialize for DialogueMeta {
+    /// One object, keys sorted, as a `serde_json::Map` of the same entries would write
+    /// them (how `meta` was always written); a known field wins over an unknown key of
+    /// the same name.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let known = [
+            ("augmented", self.augmented.as_deref().map(Known::Messages)),
+            ("model", self.model.as_deref().map(Known::Text)),
+            ("seed", self.seed.map(Known::Int)),
+            ("index", self.index.map(|i| Known::Int(i as u64))),
+            ("terse", self.terse.map(Known::Flag)),
+            (
+                "prompt_tokens",
+                self.prompt_tokens.as_deref().map(Known::Ints),
+            ),
+            (
+                "completion_tokens",
+                self.completion_tokens.as_deref().map(Known::Ints),
+            ),
+            ("finished", self.finished.as_deref().map(Known::Flags)),
+            ("probe_turns", self.probe_turns.as_deref().map(Known::Ints)),
+            ("probe_kinds", self.probe_kinds.as_deref().map(Known::Kinds)),
+        ];
+        let mut entries: Vec<(&str, Entry)> = known
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, Entry::Known(v?))))
+            .collect();
+        for (k, v) in &self.other {
+            if !entries.iter().any(|(name, _)| name == k) {
+                entries.push((k.as_str(), Entry::Other(v)));
+            }
+        }
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut map = s.serialize_map(Some(entries.len()))?;
+        for (k, v) in &entries {
+            match v {
+                Entry::Known(v) => map.serialize_entry(k, v)?,
+                Entry::Other(v) => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// One key's value: a known field or an unknown key's JSON.
+enum Entry<'a> {
+    Known(Known<'a>),
+    Other(&'a Value),
+}
+
 impl TryFrom<Map<String, Value>> for DialogueMeta {
     type Error = Invalid;
     fn try_from(map: Map<String, Value>) -> Result<Self, Invalid> {
@@ -157,22 +223,41 @@ mod tests {
     }
 
     #[test]
-    fn writes_the_keys_in_the_order_the_writers_always_used() {
+    fn writes_the_json_older_versions_wrote_byte_for_byte() {
         let m = DialogueMeta {
             model: Some("m".into()),
             seed: Some(1),
             index: Some(0),
             probe_turns: Some(vec![2]),
             probe_kinds: Some(vec![ConstraintKind::Hobby]),
+            other: [("b_extra".to_string(), json!(true))].into_iter().collect(),
             ..Default::default()
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
-            r#"{"model":"m","seed":1,"index":0,"probe_turns":[2],"probe_kinds":["hobby"]}"#
+            r#"{"b_extra":true,"index":0,"model":"m","probe_kinds":["hobby"],"probe_turns":[2],"seed":1}"#
         );
         assert_eq!(
             serde_json::to_string(&DialogueMeta::default()).unwrap(),
             "{}"
+        );
+        // A record `gatt eval` wrote before `meta` was typed (docs/baseline).
+        let old = r#"{"index":10,"model":"SmolLM2-135M-Instruct.Q4_1.gguf","probe_kinds":["figure","hobby","figure","hobby","figure","hobby"],"probe_turns":[2,4,6,8,10,12],"seed":0}"#;
+        let m: DialogueMeta = serde_json::from_str(old).unwrap();
+        assert_eq!(serde_json::to_string(&m).unwrap(), old);
+    }
+
+    #[test]
+    fn a_known_field_wins_over_an_unknown_key_of_its_name() {
+        let mut m = DialogueMeta {
+            seed: Some(3),
+            ..Default::default()
+        };
+        m.other.insert("seed".into(), json!("x"));
+        m.other.insert("terse".into(), json!("y"));
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"seed":3,"terse":"y"}"#
         );
     }
 
