@@ -1,7 +1,8 @@
 //! `run.json`: what a synthesis run was asked to do, and how far it got.
 //!
-//! The file is [`RunManifest`] as pretty JSON, with the keys in the order below; keys a
-//! newer version adds are ignored on reading.
+//! The file is [`RunManifest`] as pretty JSON. Fields are declared in sorted order, so
+//! the file has its keys in the order the untyped writer before it wrote them (sorted,
+//! as `serde_json::Map` keeps them); keys a newer version adds are ignored on reading.
 
 use super::Progress;
 use serde::{Deserialize, Serialize};
@@ -44,29 +45,41 @@ impl Provenance {
 /// The settings a resumed run must share with the interrupted one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
-    /// The synthesis options ([`crate::SynthOptions`]) as JSON, compared as written.
-    pub options: Value,
     /// The backend's description.
     pub model: String,
+    /// The synthesis options ([`crate::SynthOptions`]) as JSON, compared as written.
+    pub options: Value,
     pub provenance: Provenance,
 }
 
 /// The content of `run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunManifest {
-    pub status: RunStatus,
+    /// Dialogue and token counts, once done.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "sorted"
+    )]
+    pub counts: Option<Progress>,
+    pub fingerprint: Fingerprint,
     /// The version of the toolkit that wrote the file.
     pub gatt_version: String,
-    pub fingerprint: Fingerprint,
-    /// Dialogue and token counts, once done.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub counts: Option<Progress>,
-    /// Wall time of the run that finished it, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<f64>,
     /// The merged dataset, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<PathBuf>,
+    /// Wall time of the run that finished it, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    pub status: RunStatus,
+}
+
+/// Writes `value` with its keys sorted, as the untyped writer did ([`Progress`] declares
+/// its fields in another order, which `report.json` keeps).
+fn sorted<S: serde::Serializer, T: Serialize>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(value)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
 }
 
 impl RunManifest {
@@ -119,20 +132,11 @@ mod tests {
         );
         assert_eq!(m.counts.as_ref().map(|c| c.dialogues_resumed), Some(1));
         assert_eq!(serde_json::to_value(&m).unwrap(), old_file());
-        let text = serde_json::to_string(&m).unwrap();
-        let order = [
-            "status",
-            "gatt_version",
-            "fingerprint",
-            "counts",
-            "seconds",
-            "output",
-        ];
-        let at: Vec<usize> = order
-            .iter()
-            .map(|k| text.find(&format!("\"{k}\"")).unwrap())
-            .collect();
-        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        // Byte for byte: the untyped writer's maps kept their keys sorted.
+        assert_eq!(
+            serde_json::to_string_pretty(&m).unwrap(),
+            serde_json::to_string_pretty(&old_file()).unwrap()
+        );
     }
 
     #[test]
