@@ -1,9 +1,10 @@
 //! Datasets on disk: dialogue records and masked samples, as JSONL or Parquet.
 //!
 //! Readers stream (a JSONL line or a Parquet slice at a time) and report errors by
-//! file, line and row and field ([`Location`]: rows are 0-based record indices, the
-//! numbers `gatt inspect --row` takes; lines are 1-based). Writers write to a temporary file and rename it into place
-//! only when the whole dataset is written, so a crash never leaves a partial output.
+//! file, line, row and field ([`Location`]: rows are 0-based record indices, the
+//! numbers `gatt inspect --row` takes; lines are 1-based, as editors count). Writers
+//! write to a temporary file and rename it into place only when the whole dataset is
+//! written, so a crash never leaves a partial output.
 
 mod atomic;
 mod json;
