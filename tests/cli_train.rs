@@ -154,8 +154,17 @@ fn data_for_another_tokenizer_is_refused_with_the_row() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let t = text(&o);
+    // Rows are 0-based, as `gatt inspect --row` counts: the second sample is row 1.
     assert!(
-        t.contains("row 2") && t.contains("999999") && t.contains("vocabulary"),
+        t.contains("row 1") && t.contains("999999") && t.contains("vocabulary"),
         "{t}"
+    );
+    assert!(t.contains("--row 1` shows the sample"), "{t}");
+    let o = gatt(&["inspect", data.to_str().unwrap(), "--row", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("id big:"),
+        "inspect --row 1 shows the sample the error named: {}",
+        text(&o)
     );
 }

@@ -3,7 +3,7 @@
 //! judge; its verdicts are rows of their own, under the model name `MODEL (judge)`, so
 //! reports show them apart from the programmatic checks.
 
-use crate::checks::Verdict;
+use crate::checks::{Check, Undecided, Verdict};
 use crate::protocol::ScoredTurn;
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;
@@ -82,8 +82,8 @@ pub fn judge_dialogues(
     for d in dialogues {
         let model = d
             .meta
-            .get("model")
-            .and_then(serde_json::Value::as_str)
+            .model
+            .as_deref()
             .unwrap_or(crate::protocol::UNKNOWN_MODEL);
         let mut turn = 0;
         for (i, m) in d.messages.iter().enumerate() {
@@ -103,8 +103,10 @@ pub fn judge_dialogues(
                     turn,
                     kind: c.kind.clone(),
                     value: c.value.clone(),
+                    // Set from the judge's reply below.
                     verdict: Verdict::Undetermined,
                     evidence: String::new(),
+                    undecided: None,
                     judge: true,
                 };
                 let request = Request {
@@ -122,15 +124,20 @@ pub fn judge_dialogues(
         let replies = judge.generate(&requests, params)?;
         for ((row, _), reply) in chunk.iter().zip(replies) {
             let text = reply.into_iter().next().map(|r| r.text).unwrap_or_default();
-            let mut row = row.clone();
-            row.verdict = parse_verdict(&text);
-            row.evidence = match row.verdict {
+            let head: String = text.chars().take(60).collect();
+            let check = match parse_verdict(&text) {
+                Verdict::Pass => Check::pass(format!("judge: {head:?}")),
+                Verdict::Fail => Check::fail(format!("judge: {head:?}")),
                 Verdict::Undetermined => {
-                    format!("{NEITHER}: {:?}", text.chars().take(60).collect::<String>())
+                    Check::undetermined(Undecided::JudgeUnclear, format!("{NEITHER}: {head:?}"))
                 }
-                _ => format!("judge: {:?}", text.chars().take(60).collect::<String>()),
             };
-            out.push(row);
+            out.push(ScoredTurn {
+                verdict: check.verdict,
+                evidence: check.evidence,
+                undecided: check.undecided,
+                ..row.clone()
+            });
         }
         progress(out.len());
     }
@@ -228,5 +235,7 @@ mod tests {
             .iter()
             .filter(|r| r.kind == ConstraintKind::Hobby)
             .all(|r| r.verdict == Verdict::Undetermined && r.evidence.starts_with(NEITHER)));
+        assert!(rows.iter().all(|r| r.undecided
+            == (r.verdict == Verdict::Undetermined).then_some(Undecided::JudgeUnclear)));
     }
 }

@@ -19,8 +19,7 @@ pub use score::{score_dialogue, ScoredTurn, UNKNOWN_MODEL};
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;
 use gatt::seed::Stream;
-use gatt::{ConstraintKind, Dialogue, Error, Message, Result};
-use serde_json::json;
+use gatt::{ConstraintKind, Dialogue, DialogueMeta, Error, Message, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProtocolOptions {
@@ -147,13 +146,15 @@ fn start(index: usize, plan: &DialoguePlan, model: &str, seed: u64) -> Dialogue 
     );
     d.instruction = plan.instruction.clone();
     d.constraints = plan.constraints.clone();
-    let (turns, kinds): (Vec<usize>, Vec<&str>) =
-        plan.probes.iter().map(|(t, k)| (*t, k.as_str())).unzip();
-    d.meta.insert("model".into(), json!(model));
-    d.meta.insert("seed".into(), json!(seed));
-    d.meta.insert("index".into(), json!(index));
-    d.meta.insert("probe_turns".into(), json!(turns));
-    d.meta.insert("probe_kinds".into(), json!(kinds));
+    let (turns, kinds): (Vec<usize>, Vec<ConstraintKind>) = plan.probes.iter().cloned().unzip();
+    d.meta = DialogueMeta {
+        model: Some(model.to_string()),
+        seed: Some(seed),
+        index: Some(index),
+        probe_turns: Some(turns),
+        probe_kinds: Some(kinds),
+        ..DialogueMeta::default()
+    };
     d
 }
 

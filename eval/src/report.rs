@@ -11,7 +11,7 @@ mod markdown;
 mod svg;
 mod tables;
 
-use crate::checks::{is_problem, Verdict};
+use crate::checks::{Undecided, Verdict};
 use crate::protocol::ScoredTurn;
 use crate::stats;
 use gatt::{ConstraintKind, Error, Result};
@@ -131,7 +131,7 @@ impl Counts {
                 }
             }
             counts.judged += usize::from(r.judge);
-            if is_problem(&r.evidence) {
+            if r.undecided == Some(Undecided::Problem) {
                 *counts.problems.entry(r.evidence.clone()).or_default() += 1;
             }
         }
@@ -374,7 +374,8 @@ pub(crate) mod tests {
             }
         }
         let mut odd = scored("gatt", "d1", 1, Other("mood".into()), Undetermined);
-        odd.evidence = format!("{}unknown constraint kind `mood`", crate::checks::PROBLEM);
+        odd.evidence = "cannot check: unknown constraint kind `mood`".into();
+        odd.undecided = Some(Undecided::Problem);
         rows.push(odd);
         Report::from_scored(&rows, serde_json::json!({"run": "test"}))
     }
@@ -394,6 +395,21 @@ pub(crate) mod tests {
         assert_eq!(r.counts.dialogues, 4);
         assert_eq!(r.counts.undetermined_by_kind["mood"], 1);
         assert_eq!(r.counts.problems.values().sum::<usize>(), 1);
+    }
+
+    #[test]
+    fn problems_are_counted_by_reason_not_by_text() {
+        let mut problem = scored("m", "d", 1, Hobby, Undetermined);
+        problem.evidence = "no such hobby".into();
+        problem.undecided = Some(Undecided::Problem);
+        let mut unclear = scored("m", "d", 1, Language, Undetermined);
+        unclear.evidence = "cannot check: looks like a problem, is not one".into();
+        let r = Report::from_scored(&[problem, unclear], Value::Null);
+        assert_eq!(
+            r.counts.problems.keys().collect::<Vec<_>>(),
+            ["no such hobby"]
+        );
+        assert_eq!(r.counts.undetermined, 2);
     }
 
     #[test]

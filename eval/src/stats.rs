@@ -249,6 +249,7 @@ pub fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::checks::Undecided;
     use gatt::ConstraintKind;
 
     fn close(a: (f64, f64), b: (f64, f64)) -> bool {
@@ -294,6 +295,7 @@ pub(crate) mod tests {
             value: String::new(),
             verdict: v,
             evidence: String::new(),
+            undecided: (v == Verdict::Undetermined).then_some(Undecided::Unclear),
             judge: false,
         }
     }

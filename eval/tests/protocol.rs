@@ -115,11 +115,10 @@ fn the_instruction_is_only_in_the_system_message() {
 fn probes_come_at_the_probe_turns() {
     let catalog = Catalog::builtin();
     for d in run(&Canned::new(true)) {
-        assert_eq!(d.meta["probe_turns"], serde_json::json!([3, 6]));
-        assert_eq!(
-            d.meta["probe_kinds"],
-            serde_json::json!(["figure", "figure"])
-        );
+        // As written to a dataset's `meta`.
+        let meta = serde_json::to_value(&d.meta).unwrap();
+        assert_eq!(meta["probe_turns"], serde_json::json!([3, 6]));
+        assert_eq!(meta["probe_kinds"], serde_json::json!(["figure", "figure"]));
         let users: Vec<&str> = d
             .messages
             .iter()

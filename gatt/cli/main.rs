@@ -5,6 +5,7 @@
 //! depends on this crate.
 
 mod cmd;
+mod out;
 mod progress;
 mod scoring;
 mod synth_report;
@@ -22,7 +23,9 @@ use std::process::ExitCode;
 ///   gatt mask --input dialogues.parquet --out masked.parquet --model default
 ///   gatt inspect masked.parquet --row 0 --model default
 ///
-/// Exit status: 0 success, 1 runtime failure, 2 bad input or arguments.
+/// Exit status: 0 success, 1 runtime failure, 2 bad input or arguments. A reader that
+/// stops reading the output early (`gatt inspect m.parquet | head -1`) ends the command
+/// quietly with status 0.
 #[derive(Parser)]
 #[command(name = "gatt", version, verbatim_doc_comment, max_term_width = 100)]
 struct Cli {

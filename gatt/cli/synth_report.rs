@@ -38,14 +38,8 @@ pub fn write(
         for c in &d.constraints {
             *kinds.entry(c.kind.to_string()).or_insert(0) += 1;
         }
-        terse += usize::from(d.meta.get("terse").and_then(|v| v.as_bool()) == Some(true));
-        tokens += d
-            .meta
-            .get("completion_tokens")
-            .and_then(|v| v.as_array())
-            .map_or(0, |a| {
-                a.iter().filter_map(|x| x.as_u64()).sum::<u64>() as usize
-            });
+        terse += usize::from(d.meta.terse == Some(true));
+        tokens += d.meta.tokens_generated();
     }
     let report = Report {
         schema_version: 1,
@@ -125,9 +119,8 @@ fn adherence_report(records: &[gatt::Dialogue], catalog: &Catalog, out: &Path) -
     let mut rows = Vec::new();
     for d in records {
         let mut sampled = d.clone();
-        if let Some(aug) = d.meta.get("augmented") {
-            sampled.messages =
-                serde_json::from_value(aug.clone()).unwrap_or_else(|_| d.messages.clone());
+        if let Some(aug) = &d.meta.augmented {
+            sampled.messages = aug.clone();
         }
         rows.extend(gatt_eval::score_dialogue(&sampled, catalog));
     }

@@ -1,5 +1,9 @@
 //! The one record type every stage reads and writes.
 
+mod meta;
+
+pub use meta::DialogueMeta;
+
 use serde::{Deserialize, Serialize};
 
 /// Who speaks a message (OpenAI chat format).
@@ -137,9 +141,9 @@ pub struct Dialogue {
     pub instruction: String,
     #[serde(default)]
     pub constraints: Vec<Constraint>,
-    /// Free-form provenance: model, seed, the augmented conversation, token counts.
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub meta: serde_json::Map<String, serde_json::Value>,
+    /// Provenance: model, seed, the augmented conversation, token counts, probe turns.
+    #[serde(default, skip_serializing_if = "DialogueMeta::is_empty")]
+    pub meta: DialogueMeta,
 }
 
 /// What a record is going to be used for decides how strict validation is.
@@ -161,6 +165,17 @@ pub struct Invalid {
 impl std::fmt::Display for Invalid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "field `{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+impl Invalid {
+    /// An input error at `loc` (the record), naming this field.
+    pub fn at(self, loc: crate::error::Location) -> crate::Error {
+        crate::Error::input(self.reason)
+            .at(crate::error::Location::default().with_field(self.field))
+            .at(loc)
     }
 }
 

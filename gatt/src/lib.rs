@@ -15,8 +15,9 @@
 //! `gatt-runtime`; the generator, the evaluator and the command-line tool are crates of
 //! their own. This crate depends on none of them.
 //!
-//! Everything that reads user input returns [`Error`], whose `Input` variant names the
-//! file, line and field at fault so that the command-line tool can tell the user what to fix.
+//! Everything that reads user input returns [`Error`]; an input error names the file,
+//! line or row and field at fault ([`error::Location`]) so that the command-line tool can
+//! tell the user what to fix.
 
 #![forbid(unsafe_code)]
 
@@ -33,5 +34,5 @@ pub mod template;
 pub mod tokenizer;
 pub mod transform;
 
-pub use dialogue::{Constraint, ConstraintKind, Dialogue, Message, Role};
+pub use dialogue::{Constraint, ConstraintKind, Dialogue, DialogueMeta, Message, Role};
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;
 use gatt::seed::{self, Stream};
 use gatt::transform::{attach, to_training, Attach, Placement};
-use gatt::{ConstraintKind, Dialogue, Message, Result, Role};
+use gatt::{ConstraintKind, Dialogue, DialogueMeta, Message, Result, Role};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,18 +170,17 @@ impl Synthesizer<'_> {
             self.opts.attach,
             self.opts.placement,
         );
-        let mut meta = serde_json::Map::new();
-        meta.insert(
-            "augmented".into(),
-            serde_json::to_value(&augmented).unwrap_or_default(),
-        );
-        meta.insert("model".into(), self.backend.describe().into());
-        meta.insert("seed".into(), p.seed.into());
-        meta.insert("index".into(), p.index.into());
-        meta.insert("terse".into(), p.terse.into());
-        meta.insert("prompt_tokens".into(), d.prompt_tokens.into());
-        meta.insert("completion_tokens".into(), d.completion_tokens.into());
-        meta.insert("finished".into(), d.finished.into());
+        let meta = DialogueMeta {
+            augmented: Some(augmented),
+            model: Some(self.backend.describe()),
+            seed: Some(p.seed),
+            index: Some(p.index),
+            terse: Some(p.terse),
+            prompt_tokens: Some(d.prompt_tokens),
+            completion_tokens: Some(d.completion_tokens),
+            finished: Some(d.finished),
+            ..DialogueMeta::default()
+        };
         Dialogue {
             id: p.id.clone(),
             messages,

@@ -5,15 +5,19 @@
 //! at any point the chunks on disk are exactly those that finished; a resumed run skips
 //! them and the merged output equals a clean run's.
 
+mod manifest;
+
+pub use manifest::{Fingerprint, Provenance, RunManifest, RunStatus};
+
 use crate::pipeline::Synthesizer;
-use gatt::dataset::{read_all, DialogueWriter, Format};
+use gatt::dataset::{read_all, read_json, write_json, DialogueWriter, Format};
 use gatt::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Counts reported after each chunk (for progress bars).
-#[derive(Debug, Clone, Default, Serialize)]
+/// Counts reported after each chunk (for progress bars), and recorded in `run.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub dialogues_done: usize,
     pub dialogues_total: usize,
@@ -33,20 +37,12 @@ fn chunk_path(dir: &Path, k: usize) -> PathBuf {
 }
 
 /// The settings a resumed run must share with the interrupted one.
-fn fingerprint(s: &Synthesizer, provenance: &serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "options": s.opts,
-        "model": s.backend.describe(),
-        "provenance": provenance,
-    })
-}
-
-fn write_manifest(dir: &Path, manifest: &serde_json::Value) -> Result<()> {
-    let path = dir.join("run.json");
-    let mut f = gatt::dataset::AtomicFile::create(&path)?;
-    serde_json::to_writer_pretty(f.writer(), manifest)
-        .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
-    f.commit()
+fn fingerprint(s: &Synthesizer, provenance: Provenance) -> Fingerprint {
+    Fingerprint {
+        options: serde_json::to_value(&s.opts).expect("options serialize to JSON"),
+        model: s.backend.describe(),
+        provenance,
+    }
 }
 
 /// True when `dir` holds a run (its `run.json`): only a resumed run may use it.
@@ -54,31 +50,28 @@ pub fn holds_run(dir: &Path) -> bool {
     dir.join("run.json").exists()
 }
 
-/// Runs (or resumes) the synthesis into `dir`, writing `dir/dialogues.<format>`.
+/// Runs (or resumes) the synthesis into `dir`, writing `dir/dialogues.<format>` and
+/// `dir/run.json` ([`RunManifest`]).
 pub fn run(
     s: &Synthesizer,
     dir: &Path,
     resume: bool,
     format: Format,
-    provenance: serde_json::Value,
+    provenance: Provenance,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<RunSummary> {
     let start = Instant::now();
     let manifest_path = dir.join("run.json");
-    let fp = fingerprint(s, &provenance);
+    let fp = fingerprint(s, provenance);
     if holds_run(dir) {
-        let old: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&manifest_path)
-                .map_err(|e| Error::io(&manifest_path, "read", e))?,
-        )
-        .map_err(|e| Error::input(format!("{}: invalid JSON: {e}", manifest_path.display())))?;
+        let old: RunManifest = read_json(&manifest_path)?;
         if !resume {
             return Err(Error::input(format!(
                 "{} already holds a run; resume it, or choose another folder",
                 dir.display()
             )));
         }
-        if old.get("fingerprint") != Some(&fp) {
+        if old.fingerprint != fp {
             return Err(Error::input(format!(
                 "{}: resuming with different settings than the interrupted run (see its \
                  run.json); rerun with the same settings",
@@ -87,12 +80,8 @@ pub fn run(
         }
     }
     std::fs::create_dir_all(dir.join("chunks")).map_err(|e| Error::io(dir, "create folder", e))?;
-    let mut manifest = serde_json::json!({
-        "status": "running",
-        "gatt_version": env!("CARGO_PKG_VERSION"),
-        "fingerprint": fp,
-    });
-    write_manifest(dir, &manifest)?;
+    let mut manifest = RunManifest::running(fp);
+    write_json(&manifest_path, &manifest)?;
 
     let plans = s.plans();
     let chunk = s.opts.chunk.max(1);
@@ -111,13 +100,7 @@ pub fn run(
         let records = s.run_chunk(group)?;
         let mut w = DialogueWriter::create(&path, Format::Jsonl)?;
         for r in &records {
-            progress.tokens_generated += r
-                .meta
-                .get("completion_tokens")
-                .and_then(|v| v.as_array())
-                .map_or(0, |a| {
-                    a.iter().filter_map(|x| x.as_u64()).sum::<u64>() as usize
-                });
+            progress.tokens_generated += r.meta.tokens_generated();
             w.write(r)?;
         }
         w.finish()?;
@@ -135,11 +118,11 @@ pub fn run(
     }
     w.finish()?;
     let seconds = start.elapsed().as_secs_f64();
-    manifest["status"] = "done".into();
-    manifest["counts"] = serde_json::to_value(&progress).unwrap_or_default();
-    manifest["seconds"] = seconds.into();
-    manifest["output"] = output.display().to_string().into();
-    write_manifest(dir, &manifest)?;
+    manifest.status = RunStatus::Done;
+    manifest.counts = Some(progress.clone());
+    manifest.seconds = Some(seconds);
+    manifest.output = Some(output.clone());
+    write_json(&manifest_path, &manifest)?;
     Ok(RunSummary {
         progress,
         output,

@@ -95,7 +95,7 @@ fn synth_to(
         dir,
         resume,
         Format::Jsonl,
-        serde_json::json!({}),
+        gatt_synth::run::Provenance::new("scripted"),
         &|_| {},
     )?;
     read_all(&summary.output)
@@ -108,7 +108,7 @@ fn instruction_in_every_augmented_user_turn_and_only_first_training_turn() {
     assert_eq!(records.len(), 10);
     for d in &records {
         assert!(!d.instruction.is_empty() && !d.constraints.is_empty());
-        let aug: Vec<gatt::Message> = serde_json::from_value(d.meta["augmented"].clone()).unwrap();
+        let aug: Vec<gatt::Message> = d.meta.augmented.clone().unwrap();
         let users: Vec<_> = aug.iter().filter(|m| m.role == Role::User).collect();
         assert_eq!(users.len(), 3);
         assert!(users.iter().all(|m| m.content.contains(&d.instruction)));

@@ -4,7 +4,7 @@
 //! whole reply (length, commas, a required word, the closing phrase, haiku and JSON
 //! shape) read all of it, code included, because the user sees all of it.
 
-use super::{problem, sentences, text, Check};
+use super::{problem, sentences, text, Check, Undecided};
 
 /// Checks rule `id` with its argument `param` (for `max_words`, `ends_with`, `include_word`).
 pub fn check(id: &str, param: Option<&str>, reply: &str) -> Check {
@@ -48,13 +48,13 @@ fn case(reply: &str, want: Case) -> Check {
     if prose.chars().any(|c| c.is_lowercase() || c.is_uppercase()) {
         Check::pass("no letter of the wrong case")
     } else {
-        Check::undetermined("no cased letters in the prose")
+        Check::undetermined(Undecided::Unclear, "no cased letters in the prose")
     }
 }
 
 fn one_sentence(reply: &str) -> Check {
     match sentences::count(&text::strip_code(reply)) {
-        0 => Check::undetermined("no prose outside code"),
+        0 => Check::undetermined(Undecided::Unclear, "no prose outside code"),
         1 => Check::pass("1 sentence"),
         n => Check::fail(format!("{n} sentences")),
     }
@@ -180,7 +180,7 @@ fn unfence(reply: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checks::{is_problem, Verdict};
+    use crate::checks::Verdict;
 
     fn v(id: &str, param: Option<&str>, reply: &str) -> Verdict {
         check(id, param, reply).verdict
@@ -230,8 +230,8 @@ mod tests {
 
     #[test]
     fn missing_or_bad_parameters_are_problems() {
-        assert!(is_problem(&check("max_words", Some("many"), "x").evidence));
-        assert!(is_problem(&check("include_word", None, "x").evidence));
-        assert!(is_problem(&check("rhyme", None, "x").evidence));
+        assert!(check("max_words", Some("many"), "x").is_problem());
+        assert!(check("include_word", None, "x").is_problem());
+        assert!(check("rhyme", None, "x").is_problem());
     }
 }

@@ -6,7 +6,7 @@
 //! answer with one French greeting fails. Detection on very short texts is guesswork, so
 //! those replies, and replies the detector is unsure about, are Undetermined, never Pass.
 
-use super::{problem, text, Check};
+use super::{problem, text, Check, Undecided};
 use gatt::catalog::Language;
 
 /// Below this many letters of prose the detector is not trusted.
@@ -27,21 +27,27 @@ pub fn check(lang: &Language, reply: &str) -> Check {
     let prose = text::strip_code(reply);
     let letters = text::letter_count(&prose);
     if letters < MIN_LETTERS {
-        return Check::undetermined(format!(
-            "too little prose to detect a language ({letters} letters, need {MIN_LETTERS})"
-        ));
+        return Check::undetermined(
+            Undecided::Unclear,
+            format!(
+                "too little prose to detect a language ({letters} letters, need {MIN_LETTERS})"
+            ),
+        );
     }
     let Some(info) = whatlang::detect(&prose) else {
-        return Check::undetermined("no language detected");
+        return Check::undetermined(Undecided::Unclear, "no language detected");
     };
     let found = info.lang();
     let confidence = info.confidence();
     if !info.is_reliable() && confidence < MIN_CONFIDENCE {
-        return Check::undetermined(format!(
-            "detection unsure: {} ({}) at confidence {confidence:.2}",
-            found.eng_name(),
-            found.code()
-        ));
+        return Check::undetermined(
+            Undecided::Unclear,
+            format!(
+                "detection unsure: {} ({}) at confidence {confidence:.2}",
+                found.eng_name(),
+                found.code()
+            ),
+        );
     }
     let detected = format!(
         "detected {} ({}) at confidence {confidence:.2}",
@@ -94,6 +100,6 @@ mod tests {
             native: String::new(),
         };
         let k = check(&klingon, "Some long enough reply in whatever language.");
-        assert!(crate::checks::is_problem(&k.evidence));
+        assert!(k.is_problem());
     }
 }

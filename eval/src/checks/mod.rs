@@ -3,7 +3,8 @@
 //! Every check answers Pass, Fail or Undetermined, and says why in `evidence`.
 //! Undetermined is never counted as a pass: it means the reply does not let code decide
 //! (too short to detect a language, a hobby on a turn where nobody asked about hobbies)
-//! or the constraint itself cannot be checked (an unknown kind or catalog value).
+//! or the constraint itself cannot be checked (an unknown kind or catalog value); which
+//! of these is an [`Undecided`] value, never a text to parse.
 //!
 //! One module per constraint kind; [`check`] dispatches.
 
@@ -44,11 +45,32 @@ impl std::fmt::Display for Verdict {
     }
 }
 
+/// Why a check is [`Verdict::Undetermined`]: what a report counts apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Undecided {
+    /// The reply does not let code decide: too little prose to detect a language, a
+    /// detection too unsure, no prose outside code, no cased letters.
+    Unclear,
+    /// The turn did not ask about the constraint's kind (hobby, figure, persona only
+    /// show when asked).
+    NotAProbe,
+    /// The constraint itself cannot be checked: an unknown kind, a value missing from
+    /// the catalog, a bad format parameter. The data is at fault, not the reply; reports
+    /// count these as problems.
+    Problem,
+    /// A judge model answered neither yes nor no.
+    JudgeUnclear,
+}
+
 /// A verdict and the reason for it, written for a person reading a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub verdict: Verdict,
     pub evidence: String,
+    /// Why the verdict is Undetermined; `None` exactly when it is Pass or Fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undecided: Option<Undecided>,
 }
 
 impl Check {
@@ -56,19 +78,27 @@ impl Check {
         Check {
             verdict: Verdict::Pass,
             evidence: evidence.into(),
+            undecided: None,
         }
     }
     pub fn fail(evidence: impl Into<String>) -> Self {
         Check {
             verdict: Verdict::Fail,
             evidence: evidence.into(),
+            undecided: None,
         }
     }
-    pub fn undetermined(evidence: impl Into<String>) -> Self {
+    pub fn undetermined(why: Undecided, evidence: impl Into<String>) -> Self {
         Check {
             verdict: Verdict::Undetermined,
             evidence: evidence.into(),
+            undecided: Some(why),
         }
+    }
+
+    /// True when the constraint could not be checked at all ([`Undecided::Problem`]).
+    pub fn is_problem(&self) -> bool {
+        self.undecided == Some(Undecided::Problem)
     }
 }
 
@@ -77,19 +107,10 @@ pub const NOT_A_PROBE: &str = "not a probe turn";
 /// Evidence of an empty reply, which fails every constraint.
 pub const EMPTY_REPLY: &str = "empty reply";
 
-/// Evidence beginning with this marks a constraint that cannot be checked at all (an
-/// unknown kind, a value missing from the catalog, a bad format parameter): the data is
-/// at fault, not the reply. Reports count these separately as problems.
-pub const PROBLEM: &str = "cannot check: ";
-
-/// An Undetermined check for a constraint the evaluator cannot check.
+/// A check for a constraint the evaluator cannot check ([`Undecided::Problem`]); the
+/// evidence reads `cannot check: REASON`.
 pub(crate) fn problem(reason: impl std::fmt::Display) -> Check {
-    Check::undetermined(format!("{PROBLEM}{reason}"))
-}
-
-/// True when `evidence` reports a problem with the constraint rather than the reply.
-pub fn is_problem(evidence: &str) -> bool {
-    evidence.starts_with(PROBLEM)
+    Check::undetermined(Undecided::Problem, format!("cannot check: {reason}"))
 }
 
 /// Checks one reply against one constraint. `probe`: true when this turn's user message
@@ -133,7 +154,7 @@ fn decide(reply: &str, asked: bool, check: impl FnOnce() -> Check) -> Check {
     if reply.trim().is_empty() {
         Check::fail(EMPTY_REPLY)
     } else if !asked {
-        Check::undetermined(NOT_A_PROBE)
+        Check::undetermined(Undecided::NotAProbe, NOT_A_PROBE)
     } else {
         check()
     }
@@ -152,10 +173,10 @@ mod tests {
         let cat = Catalog::builtin();
         let k = check(&c("mood", "happy"), "I am happy", &cat, true);
         assert_eq!(k.verdict, Verdict::Undetermined);
-        assert!(is_problem(&k.evidence), "{}", k.evidence);
+        assert!(k.is_problem(), "{}", k.evidence);
         let v = check(&c("hobby", "Underwater basket weaving"), "x", &cat, true);
         assert_eq!(v.verdict, Verdict::Undetermined);
-        assert!(is_problem(&v.evidence), "{}", v.evidence);
+        assert!(v.is_problem(), "{}", v.evidence);
     }
 
     #[test]
@@ -167,8 +188,8 @@ mod tests {
             Check::fail(EMPTY_REPLY)
         );
         let k = check(&tennis, "I love tennis.", &cat, false);
-        assert_eq!(k, Check::undetermined(NOT_A_PROBE));
-        assert!(!is_problem(&k.evidence));
+        assert_eq!(k, Check::undetermined(Undecided::NotAProbe, NOT_A_PROBE));
+        assert!(!k.is_problem());
         assert_eq!(
             check(&tennis, "I love tennis.", &cat, true).verdict,
             Verdict::Pass

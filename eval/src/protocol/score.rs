@@ -6,11 +6,10 @@
 //! probe turns are recorded. There a turn counts as a probe for a kind when its user
 //! message, without the instruction, is one of the catalog's probe questions for it.
 
-use crate::checks::{check, Verdict};
+use crate::checks::{check, Undecided, Verdict};
 use gatt::catalog::Catalog;
-use gatt::{ConstraintKind, Dialogue, Role};
+use gatt::{ConstraintKind, Dialogue, DialogueMeta, Role};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// Model name used when a dialogue's `meta.model` is missing.
 pub const UNKNOWN_MODEL: &str = "unknown";
@@ -26,6 +25,9 @@ pub struct ScoredTurn {
     pub value: String,
     pub verdict: Verdict,
     pub evidence: String,
+    /// Why the verdict is Undetermined; `None` exactly when it is Pass or Fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undecided: Option<Undecided>,
     /// True when the verdict came from a judge model rather than code (always false here).
     pub judge: bool,
 }
@@ -33,11 +35,7 @@ pub struct ScoredTurn {
 /// Scores every answered turn of `d` against each of its constraints. A final user
 /// message without a reply is not scored.
 pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
-    let model = d
-        .meta
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(UNKNOWN_MODEL);
+    let model = d.meta.model.as_deref().unwrap_or(UNKNOWN_MODEL);
     let recorded = RecordedProbes::from_meta(&d.meta);
     let mut rows = Vec::new();
     let mut turn = 0;
@@ -61,6 +59,7 @@ pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
                 value: c.value.clone(),
                 verdict: result.verdict,
                 evidence: result.evidence,
+                undecided: result.undecided,
                 judge: false,
             });
         }
@@ -96,25 +95,14 @@ struct RecordedProbes {
 }
 
 impl RecordedProbes {
-    /// Reads `probe_turns` (turn numbers) and, when present and as long, `probe_kinds`.
-    /// Malformed entries are ignored: they only lose probe information.
-    fn from_meta(meta: &serde_json::Map<String, Value>) -> Self {
-        let array = |key: &str| meta.get(key).and_then(Value::as_array);
-        let turns: Vec<Option<usize>> = array("probe_turns")
-            .map(|a| a.iter().map(|t| t.as_u64().map(|t| t as usize)).collect())
-            .unwrap_or_default();
-        let kinds: Option<Vec<ConstraintKind>> = array("probe_kinds")
-            .filter(|k| k.len() == turns.len())
-            .map(|k| {
-                k.iter()
-                    .map(|v| ConstraintKind::from(v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            });
-        let turns = turns
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, t)| Some((t?, kinds.as_ref().map(|k| k[i].clone()))))
-            .collect();
+    /// Reads `probe_turns` (turn numbers) and `probe_kinds`, when recorded; reading the
+    /// record checked that there are as many kinds as turns.
+    fn from_meta(meta: &DialogueMeta) -> Self {
+        let turns = meta.probe_turns.iter().flatten().copied();
+        let turns = match &meta.probe_kinds {
+            Some(kinds) => turns.zip(kinds.iter().cloned().map(Some)).collect(),
+            None => turns.map(|t| (t, None)).collect(),
+        };
         RecordedProbes { turns }
     }
 
@@ -173,16 +161,15 @@ mod tests {
             Message::user("Hello"),
             Message::assistant("Bonjour. I play chess."),
         ]);
-        d.meta.insert("model".into(), "m".into());
-        d.meta.insert("probe_turns".into(), serde_json::json!([1]));
-        d.meta
-            .insert("probe_kinds".into(), serde_json::json!(["hobby"]));
+        d.meta.model = Some("m".into());
+        d.meta.probe_turns = Some(vec![1]);
+        d.meta.probe_kinds = Some(vec![ConstraintKind::Hobby]);
         let rows = score_dialogue(&d, &Catalog::builtin());
         assert_eq!(rows[0].verdict, Verdict::Undetermined); // figure: not asked
         assert_eq!(rows[1].verdict, Verdict::Pass); // hobby: asked, chess named
         assert_eq!(rows[1].model, "m");
 
-        d.meta.remove("probe_kinds");
+        d.meta.probe_kinds = None;
         let rows = score_dialogue(&d, &Catalog::builtin());
         assert_eq!(rows[0].verdict, Verdict::Fail); // without kinds, every kind was asked
     }

@@ -1,6 +1,7 @@
 //! `gatt constraints`: look at and grow the constraint catalogs.
 
 use super::backend::BackendArgs;
+use crate::out::outln;
 use crate::progress;
 use gatt::catalog::Catalog;
 use gatt::{ConstraintKind, Error, Result};
@@ -52,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
                 return Err(Error::input(format!("--kind {kind}: no such catalog")));
             }
             for v in values {
-                println!("{v}");
+                outln!("{v}")?;
             }
         }
         ConstraintsCommand::Expand {
@@ -82,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
                 out.display()
             );
             for name in &new {
-                println!("{name}");
+                outln!("{name}")?;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `gatt eval`: how long does a model keep its instruction? Turn by turn.
 
 use super::backend::{BackendArgs, SamplingArgs};
+use crate::out::out;
 use crate::progress;
 use gatt::catalog::{parse_kind, Catalog, CatalogOverride};
 use gatt::{ConstraintKind, Error, Result};
@@ -141,10 +142,10 @@ pub fn run(args: Args) -> Result<()> {
         "gatt eval: report in {}",
         args.out.join("report.md").display()
     );
-    print!(
+    out!(
         "{}",
         std::fs::read_to_string(args.out.join("report.md")).unwrap_or_default()
-    );
+    )?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `gatt generate`: one reply from the chat model (the first smoke test to run).
 
 use super::backend::{BackendArgs, SamplingArgs};
+use crate::out::outln;
 use gatt::backend::Request;
 use gatt::{Message, Result};
 
@@ -37,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
         &args.sampling.params(1),
     )?;
     let reply = &out[0][0];
-    println!("{}", reply.text);
+    outln!("{}", reply.text)?;
     eprintln!(
         "gatt generate: {} prompt + {} reply tokens in {:.2}s{}",
         reply.prompt_tokens,

@@ -1,6 +1,7 @@
 //! `gatt inspect`: one masked sample, token by token, with the loss tokens marked.
 
 use super::FormatArgs;
+use crate::out::outln;
 use gatt::mask::{MaskedSample, IGNORE};
 use gatt::{Error, Result};
 use std::io::IsTerminal;
@@ -48,33 +49,37 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    println!(
+    outln!(
         "id {}: {} tokens, {} with loss",
         sample.id,
         sample.n_tokens(),
         sample.n_loss_tokens()
-    );
+    )?;
     let color = std::io::stdout().is_terminal();
     if args.tokens {
-        print_table(sample, tokenizer.as_ref());
+        print_table(sample, tokenizer.as_ref())
     } else {
-        print_runs(sample, tokenizer.as_ref(), color);
+        print_runs(sample, tokenizer.as_ref(), color)
     }
-    Ok(())
 }
 
-fn print_table(s: &MaskedSample, tok: Option<&gatt::tokenizer::HfTokenizer>) {
+fn print_table(s: &MaskedSample, tok: Option<&gatt::tokenizer::HfTokenizer>) -> Result<()> {
     for (i, (id, label)) in s.input_ids.iter().zip(&s.labels).enumerate() {
         let piece = tok
             .and_then(|t| t.decode(&[*id], false).ok())
             .unwrap_or_default();
         let mark = if *label == IGNORE { " " } else { "*" };
-        println!("{i:>6} {id:>7} {mark} {label:>7} {piece:?}");
+        outln!("{i:>6} {id:>7} {mark} {label:>7} {piece:?}")?;
     }
+    Ok(())
 }
 
 /// Contiguous runs of tokens with the same loss flag, decoded together.
-fn print_runs(s: &MaskedSample, tok: Option<&gatt::tokenizer::HfTokenizer>, color: bool) {
+fn print_runs(
+    s: &MaskedSample,
+    tok: Option<&gatt::tokenizer::HfTokenizer>,
+    color: bool,
+) -> Result<()> {
     let mut out = String::new();
     let mut start = 0;
     while start < s.input_ids.len() {
@@ -94,5 +99,5 @@ fn print_runs(s: &MaskedSample, tok: Option<&gatt::tokenizer::HfTokenizer>, colo
         }
         start = end;
     }
-    println!("{out}");
+    outln!("{out}")
 }

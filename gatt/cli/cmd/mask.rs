@@ -1,6 +1,7 @@
 //! `gatt mask`: dialogue records in, train-ready masked samples out.
 
 use super::FormatArgs;
+use crate::out::outln;
 use crate::progress;
 use crate::values::{FormatArg, OnErrorArg, PolicyArg, TruncateArg};
 use gatt::dataset::Format;
@@ -93,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         args.on_error.into(),
     )?;
     report(&summary, &args.out);
-    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    outln!("{}", serde_json::to_string(&summary).unwrap_or_default())?;
     Ok(())
 }
 
@@ -111,9 +112,11 @@ pub fn mask_file(
     let result = pipeline::mask_file(masker, input, out, out_format, on_error, &bar);
     bar.0.finish_and_clear();
     result.map_err(|e| match e {
-        PipelineError::Record { ref error, .. } => {
-            Error::input(format!("{e}{}", hint(error.reason)))
-        }
+        PipelineError::Record {
+            location,
+            id,
+            error,
+        } => Error::input(format!("{error}{}", hint(error.reason))).at(location.with_id(id)),
         PipelineError::Other(e) => e,
     })
 }

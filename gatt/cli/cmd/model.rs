@@ -1,5 +1,6 @@
 //! `gatt model`: fetch the default model, describe a model.
 
+use crate::out::outln;
 use gatt::model::{read_gguf, ModelSource, DEFAULT_MODEL};
 use gatt::Result;
 
@@ -35,18 +36,18 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         ModelCommand::Fetch => {
             let p = gatt::model::ensure_default_model()?;
-            println!("{}", p.display());
+            outln!("{}", p.display())?;
         }
         ModelCommand::Export { model, out } => {
             let source = ModelSource::resolve(&model)?;
             let format = source.chat_format()?;
             let mut m = gatt_runtime::load_model(&source, &gatt_runtime::device("cpu")?)?;
             gatt_runtime::export::write(&mut m, &source, &format, &out)?;
-            println!("{}", out.display());
+            outln!("{}", out.display())?;
         }
         ModelCommand::Info { model } => {
             let source = ModelSource::resolve(&model)?;
-            println!("path:          {}", source.path().display());
+            outln!("path:          {}", source.path().display())?;
             if let ModelSource::Gguf(p) = &source {
                 let c = read_gguf(p)?;
                 let arch = c
@@ -62,16 +63,16 @@ pub fn run(args: Args) -> Result<()> {
                         .unwrap_or_else(|| "?".into())
                 };
                 let params: usize = c.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
-                println!("architecture:  {arch}");
-                println!("parameters:    {:.1}M", params as f64 / 1e6);
-                println!("context:       {}", get("context_length"));
-                println!("layers:        {}", get("block_count"));
-                println!("hidden:        {}", get("embedding_length"));
-                println!(
+                outln!("architecture:  {arch}")?;
+                outln!("parameters:    {:.1}M", params as f64 / 1e6)?;
+                outln!("context:       {}", get("context_length"))?;
+                outln!("layers:        {}", get("block_count"))?;
+                outln!("hidden:        {}", get("embedding_length"))?;
+                outln!(
                     "heads:         {} ({} kv)",
                     get("attention.head_count"),
                     get("attention.head_count_kv")
-                );
+                )?;
             }
             let f = source.chat_format()?;
             let stops: Vec<String> = f
@@ -84,9 +85,9 @@ pub fn run(args: Args) -> Result<()> {
                     )
                 })
                 .collect();
-            println!("vocabulary:    {}", f.tokenizer.get_vocab_size(true));
-            println!("stop tokens:   {}", stops.join(", "));
-            println!("chat template:\n{}", f.template.source);
+            outln!("vocabulary:    {}", f.tokenizer.get_vocab_size(true))?;
+            outln!("stop tokens:   {}", stops.join(", "))?;
+            outln!("chat template:\n{}", f.template.source)?;
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! `gatt report`: work with evaluation reports.
 
+use crate::out::out;
 use gatt::Result;
 use gatt_eval::{compare, read_report, write_report};
 use std::path::PathBuf;
@@ -29,10 +30,10 @@ pub fn run(args: Args) -> Result<()> {
         ReportCommand::Compare { a, b, out } => {
             let r = compare(&read_report(&a)?, &read_report(&b)?);
             write_report(&r, &out)?;
-            print!(
+            out!(
                 "{}",
                 std::fs::read_to_string(out.join("report.md")).unwrap_or_default()
-            );
+            )?;
         }
     }
     Ok(())

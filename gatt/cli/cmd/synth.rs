@@ -12,6 +12,7 @@ use gatt::model::ChatFormat;
 use gatt::transform::{Attach, Placement};
 use gatt::{ConstraintKind, Error, Result};
 use gatt_synth::plan::Shard;
+use gatt_synth::run::Provenance;
 use gatt_synth::users::UserSource;
 use gatt_synth::{SynthOptions, Synthesizer};
 use std::path::PathBuf;
@@ -138,10 +139,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let backend = args.backend.load()?;
-    let mut provenance = serde_json::json!({ "backend": backend.describe() });
+    let mut provenance = Provenance::new(backend.describe());
     if args.backend.endpoint.is_none() {
         let source = model_source("--model", args.backend.model()?)?;
-        provenance["model_sha256"] = gatt::model::fetch::sha256_file(source.path())?.into();
+        provenance.model_sha256 = Some(gatt::model::fetch::sha256_file(source.path())?);
     }
     let opts = SynthOptions {
         dialogues: args.dialogues,

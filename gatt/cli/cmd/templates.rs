@@ -1,5 +1,6 @@
 //! `gatt templates`: the built-in chat templates.
 
+use crate::out::{out, outln};
 use gatt::template::{builtins, ChatTemplate};
 use gatt::{Message, Result};
 
@@ -14,7 +15,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.name {
         None => {
             for b in builtins() {
-                println!("{:<10} {}", b.name, b.description);
+                outln!("{:<10} {}", b.name, b.description)?;
             }
         }
         Some(name) => {
@@ -25,7 +26,7 @@ pub fn run(args: Args) -> Result<()> {
                 Message::assistant("Hello."),
                 Message::user("How are you?"),
             ];
-            print!("{}", t.render(&msgs, true)?);
+            out!("{}", t.render(&msgs, true)?)?;
         }
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `gatt train`: fine-tune on masked samples (LoRA or full), and `gatt train merge`.
 
 use super::backend::model_source;
+use crate::out::outln;
 use crate::progress;
 use gatt::model::DEFAULT_MODEL;
 use gatt::{Error, Result};
@@ -171,11 +172,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(TrainCommand::Merge { run, out }) = args.command {
         let device = gatt_runtime::device("cpu")?;
         train::merge(&run, &out, &device)?;
-        println!(
+        outln!(
             "gatt train merge: {} + adapter -> {}",
             run.display(),
             out.display()
-        );
+        )?;
         return Ok(());
     }
     let a = args.train;
@@ -223,7 +224,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
-    println!(
+    outln!(
         "gatt train: {} steps on {} samples ({} tokens, {} with loss) in {:.1}s; loss {} -> {}; {} in {}/{}",
         summary.steps,
         summary.examples,
@@ -235,7 +236,7 @@ pub fn run(args: Args) -> Result<()> {
         if summary.output == "adapter" { "adapter (peft layout)" } else { "model (Hugging Face folder)" },
         out.display(),
         summary.output,
-    );
+    )?;
     Ok(())
 }
 

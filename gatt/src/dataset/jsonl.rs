@@ -1,17 +1,20 @@
 //! JSON lines: one record per line.
 
 use super::raw::parse_record;
-use super::{AtomicFile, Format, Location};
+use super::{AtomicFile, Location};
 use crate::dialogue::Dialogue;
 use crate::error::{Error, Result};
-use crate::mask::MaskedSample;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+/// Streams the records of a JSONL file, one per non-blank line.
 pub struct DialogueLines {
     path: PathBuf,
     lines: std::io::Lines<BufReader<std::fs::File>>,
+    /// Lines read so far (the 1-based number of the last one).
     line: usize,
+    /// Records (non-blank lines) read so far (the 0-based row of the next one).
+    rows: usize,
 }
 
 impl DialogueLines {
@@ -21,6 +24,7 @@ impl DialogueLines {
             path: path.to_path_buf(),
             lines: BufReader::with_capacity(1 << 20, f).lines(),
             line: 0,
+            rows: 0,
         })
     }
 }
@@ -32,18 +36,20 @@ impl Iterator for DialogueLines {
         loop {
             let line = self.lines.next()?;
             self.line += 1;
-            let loc = Location {
-                path: self.path.clone(),
-                index: self.line,
-                format: Format::Jsonl,
-            };
+            let at_line = Location::in_file(&self.path).at_line(self.line);
             let text = match line {
                 Ok(t) => t,
-                Err(e) => return Some(Err(Error::input(format!("{loc}: cannot read: {e}")))),
+                Err(e) => {
+                    return Some(Err(Error::input(format!("cannot read: {e}"))
+                        .at(at_line)
+                        .with_source(e)))
+                }
             };
             if text.trim().is_empty() {
                 continue;
             }
+            let loc = at_line.at_row(self.rows);
+            self.rows += 1;
             return Some(parse_record(&text, &loc).map(|d| (loc, d)));
         }
     }
@@ -64,47 +70,15 @@ impl JsonlWriter {
     pub fn write<T: serde::Serialize>(&mut self, row: &T) -> Result<()> {
         let path = self.file.path().to_path_buf();
         let w = self.file.writer();
-        serde_json::to_writer(&mut *w, row)
-            .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
+        serde_json::to_writer(&mut *w, row).map_err(|e| {
+            Error::runtime(format!("cannot write: {e}"))
+                .at(Location::in_file(&path))
+                .with_source(e)
+        })?;
         w.write_all(b"\n").map_err(|e| Error::io(&path, "write", e))
     }
 
     pub fn finish(self) -> Result<()> {
         self.file.commit()
     }
-}
-
-#[derive(serde::Deserialize)]
-struct SampleLine {
-    id: String,
-    input_ids: Vec<u32>,
-    labels: Vec<i64>,
-    #[serde(default)]
-    attention_mask: Option<Vec<u8>>,
-}
-
-pub fn read_samples(path: &Path) -> Result<Vec<MaskedSample>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, "read", e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let s: SampleLine = serde_json::from_str(&line).map_err(|e| {
-            Error::input(format!(
-                "{}:{}: not a masked sample: {e}",
-                path.display(),
-                i + 1
-            ))
-        })?;
-        let n = s.input_ids.len();
-        out.push(MaskedSample {
-            id: s.id,
-            input_ids: s.input_ids,
-            labels: s.labels,
-            attention_mask: s.attention_mask.unwrap_or_else(|| vec![1; n]),
-        });
-    }
-    Ok(out)
 }

@@ -1,20 +1,28 @@
 //! Datasets on disk: dialogue records and masked samples, as JSONL or Parquet.
 //!
 //! Readers stream (a JSONL line or a Parquet slice at a time) and report errors by
-//! file, line/row and field. Writers write to a temporary file and rename it into place
-//! only when the whole dataset is written, so a crash never leaves a partial output.
+//! file, line, row and field ([`Location`]: rows are 0-based record indices, the
+//! numbers `gatt inspect --row` takes; lines are 1-based, as editors count). Writers
+//! write to a temporary file and rename it into place only when the whole dataset is
+//! written, so a crash never leaves a partial output.
 
 mod atomic;
+mod json;
 mod jsonl;
 mod parquet;
 mod raw;
+mod samples;
 
+/// Where a record sits in its file: the file, its 0-based `row` (record index) and, in
+/// JSONL, its 1-based `line`; the place errors carry.
+pub use crate::error::Location;
 pub use atomic::{write_dir, write_file, write_json, AtomicFile};
+pub use json::read_json;
 
 use crate::dialogue::Dialogue;
 use crate::error::{Error, Result};
 use crate::mask::MaskedSample;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// File format, named by the caller or found from the file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -39,34 +47,16 @@ impl Format {
         match path.extension().and_then(|e| e.to_str()) {
             Some("parquet") | Some("pq") => Ok(Format::Parquet),
             Some("jsonl") | Some("json") | Some("ndjson") => Ok(Format::Jsonl),
-            _ => Err(Error::input(format!(
-                "{}: unknown file type; use a .jsonl or .parquet extension",
-                path.display()
-            ))),
+            _ => Err(
+                Error::input("unknown file type; use a .jsonl or .parquet extension")
+                    .at(Location::in_file(path)),
+            ),
         }
     }
 
     /// The extension of files in this format (no dot): `parquet` or `jsonl`.
     pub fn extension(self) -> &'static str {
         self.as_str()
-    }
-}
-
-/// Where a record sits in its file, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub path: PathBuf,
-    /// 1-based line (JSONL) or 0-based row (Parquet).
-    pub index: usize,
-    pub format: Format,
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.format {
-            Format::Jsonl => write!(f, "{}:{}", self.path.display(), self.index),
-            Format::Parquet => write!(f, "{}: row {}", self.path.display(), self.index),
-        }
     }
 }
 
@@ -166,11 +156,16 @@ impl SampleWriter {
     }
 }
 
-/// Reads masked samples back (for `gatt inspect` and training).
+/// Reads masked samples back (for `gatt inspect` and training), in file order: sample
+/// `i` of the result is row `i` of the file, as errors and `gatt inspect --row` count.
+///
+/// A sample that is not one (a missing or mistyped column, a negative token id) is an
+/// input error naming its file, line (JSONL), row and field. Parquet is read straight
+/// from `path` into memory, column by column.
 pub fn read_samples(path: &Path) -> Result<Vec<MaskedSample>> {
     match Format::from_path(path)? {
-        Format::Parquet => parquet::read_samples(path),
-        Format::Jsonl => jsonl::read_samples(path),
+        Format::Parquet => samples::read_parquet(path),
+        Format::Jsonl => samples::read_jsonl(path),
     }
 }
 

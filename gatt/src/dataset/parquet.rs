@@ -3,7 +3,7 @@
 //! samples, the large and hot output, are built column by column.
 
 use super::raw::parse_record;
-use super::{AtomicFile, Format, Location};
+use super::{AtomicFile, Location};
 use crate::dialogue::Dialogue;
 use crate::error::{Error, Result};
 use crate::mask::MaskedSample;
@@ -41,7 +41,8 @@ pub struct DialogueRows {
     buffered: std::vec::IntoIter<Result<(Location, Dialogue)>>,
 }
 
-fn open_reader(path: &Path) -> Result<ParquetReader<std::fs::File>> {
+/// A Parquet reader on `path`, nothing read yet.
+pub(super) fn open_reader(path: &Path) -> Result<ParquetReader<std::fs::File>> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
     Ok(ParquetReader::new(f))
 }
@@ -49,10 +50,9 @@ fn open_reader(path: &Path) -> Result<ParquetReader<std::fs::File>> {
 impl DialogueRows {
     pub fn open(path: &Path) -> Result<Self> {
         let rows = open_reader(path)?.num_rows().map_err(|e| {
-            Error::input(format!(
-                "{}: not a readable Parquet file: {e}",
-                path.display()
-            ))
+            Error::input(format!("not a readable Parquet file: {e}"))
+                .at(Location::in_file(path))
+                .with_source(e)
         })?;
         Ok(DialogueRows {
             path: path.to_path_buf(),
@@ -67,7 +67,15 @@ impl DialogueRows {
         let mut df = open_reader(&self.path)?
             .with_slice(Some((self.next_row, n)))
             .finish()
-            .map_err(|e| Error::input(format!("{}: cannot read rows: {e}", self.path.display())))?;
+            .map_err(|e| {
+                Error::input(format!(
+                    "cannot read rows {}..{}: {e}",
+                    self.next_row,
+                    self.next_row + n
+                ))
+                .at(Location::in_file(&self.path))
+                .with_source(e)
+            })?;
         let mut json = Vec::new();
         JsonWriter::new(&mut json)
             .with_json_format(JsonFormat::JsonLines)
@@ -79,13 +87,12 @@ impl DialogueRows {
             .filter(|l| !l.is_empty())
             .enumerate()
             .map(|(i, line)| {
-                let loc = Location {
-                    path: path.clone(),
-                    index: start + i,
-                    format: Format::Parquet,
-                };
-                let text = std::str::from_utf8(line)
-                    .map_err(|_| Error::input(format!("{loc}: text is not UTF-8")))?;
+                let loc = Location::in_file(&path).at_row(start + i);
+                let text = std::str::from_utf8(line).map_err(|e| {
+                    Error::input("text is not UTF-8")
+                        .at(loc.clone())
+                        .with_source(e)
+                })?;
                 parse_record(text, &loc).map(|d| (loc, d))
             })
             .collect();
@@ -151,8 +158,11 @@ impl DialogueParquet {
             constraints: &d.constraints,
             meta: serde_json::to_string(&d.meta).unwrap_or_default(),
         };
-        serde_json::to_writer(&mut self.pending, &row)
-            .map_err(|e| Error::runtime(format!("serialize record {}: {e}", d.id)))?;
+        serde_json::to_writer(&mut self.pending, &row).map_err(|e| {
+            Error::runtime(format!("cannot serialize: {e}"))
+                .at(Location::in_file(self.file.path()).with_id(&d.id))
+                .with_source(e)
+        })?;
         self.pending.push(b'\n');
         self.pending_rows += 1;
         if self.pending_rows >= CHUNK {
@@ -317,22 +327,4 @@ fn samples_frame(samples: &[MaskedSample]) -> Result<DataFrame> {
             n_loss,
         ],
     )?)
-}
-
-pub fn read_samples(path: &Path) -> Result<Vec<MaskedSample>> {
-    let mut df = open_reader(path)?.finish().map_err(|e| {
-        Error::input(format!(
-            "{}: not a readable Parquet file: {e}",
-            path.display()
-        ))
-    })?;
-    let mut json = Vec::new();
-    JsonWriter::new(&mut json)
-        .with_json_format(JsonFormat::JsonLines)
-        .finish(&mut df)?;
-    let tmp = std::env::temp_dir().join(format!("gatt-samples-{}.jsonl", std::process::id()));
-    std::fs::write(&tmp, &json).map_err(|e| Error::io(&tmp, "write", e))?;
-    let out = super::jsonl::read_samples(&tmp).map_err(|e| e.context(path.display()));
-    let _ = std::fs::remove_file(&tmp);
-    out
 }

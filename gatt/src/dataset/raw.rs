@@ -1,7 +1,7 @@
 //! The record shapes accepted on input, converted to [`Dialogue`].
 
 use super::Location;
-use crate::dialogue::{Constraint, Dialogue, Message, Role};
+use crate::dialogue::{Constraint, Dialogue, DialogueMeta, Message, Role};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 
@@ -39,16 +39,22 @@ fn sharegpt_role(from: &str) -> Option<Role> {
     }
 }
 
-/// Parses one JSON record found at `loc`.
+/// Parses one JSON record found at `loc`; errors are input errors at `loc`, naming the
+/// field at fault.
 pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
+    let at = |field: &str| Location::default().with_field(field).or(loc.clone());
     let de = &mut serde_json::Deserializer::from_str(text);
     let raw: RawRecord = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let syntax = e.inner().is_syntax() || e.inner().is_eof();
         if path == "." || syntax {
-            Error::input(format!("{loc}: invalid JSON record: {}", e.inner()))
+            Error::input(format!("invalid JSON record: {}", e.inner()))
+                .at(loc.clone())
+                .with_source(e.into_inner())
         } else {
-            Error::input(format!("{loc}: field `{path}`: {}", e.inner()))
+            Error::input(e.inner().to_string())
+                .at(at(&path))
+                .with_source(e.into_inner())
         }
     })?;
     let messages = match (raw.messages, raw.conversations) {
@@ -59,49 +65,47 @@ pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
             .map(|(i, t)| {
                 let role = sharegpt_role(&t.from).ok_or_else(|| {
                     Error::input(format!(
-                        "{loc}: field `conversations[{i}].from`: unknown speaker `{}` \
-                         (expected system, human or gpt)",
+                        "unknown speaker `{}` (expected system, human or gpt)",
                         t.from
                     ))
+                    .at(at(&format!("conversations[{i}].from")))
                 })?;
                 Ok(Message::new(role, t.value))
             })
             .collect::<Result<_>>()?,
         (None, None) => {
-            return Err(Error::input(format!(
-                "{loc}: field `messages` missing (expected `messages: [{{role, content}}]` or \
-                 ShareGPT `conversations: [{{from, value}}]`)"
-            )))
+            return Err(Error::input(
+                "field `messages` missing (expected `messages: [{role, content}]` or \
+                 ShareGPT `conversations: [{from, value}]`)",
+            )
+            .at(loc.clone()))
         }
     };
+    // Records without an id are named after their place: the line in JSONL, the row in
+    // Parquet.
+    let place = loc.line.or(loc.row).unwrap_or_default();
     let id = match raw.id {
         Some(serde_json::Value::String(s)) => s,
         Some(serde_json::Value::Number(n)) => n.to_string(),
-        Some(serde_json::Value::Null) | None => format!("row-{}", loc.index),
+        Some(serde_json::Value::Null) | None => format!("row-{place}"),
         Some(other) => {
-            return Err(Error::input(format!(
-                "{loc}: field `id`: expected a string or number, found {other}"
-            )))
+            return Err(
+                Error::input(format!("expected a string or number, found {other}")).at(at("id")),
+            )
         }
     };
-    let meta = match raw.meta {
+    let not_object = || Error::input("expected a JSON object").at(at("meta"));
+    let map = match raw.meta {
         None | Some(serde_json::Value::Null) => Default::default(),
         Some(serde_json::Value::Object(m)) => m,
         Some(serde_json::Value::String(s)) if s.is_empty() => Default::default(),
         Some(serde_json::Value::String(s)) => match serde_json::from_str(&s) {
             Ok(serde_json::Value::Object(m)) => m,
-            _ => {
-                return Err(Error::input(format!(
-                    "{loc}: field `meta`: expected a JSON object"
-                )))
-            }
+            _ => return Err(not_object()),
         },
-        Some(_) => {
-            return Err(Error::input(format!(
-                "{loc}: field `meta`: expected a JSON object"
-            )))
-        }
+        Some(_) => return Err(not_object()),
     };
+    let meta = DialogueMeta::from_map(map).map_err(|invalid| invalid.at(loc.clone()))?;
     Ok(Dialogue {
         id,
         messages,

@@ -19,7 +19,10 @@ fn records() -> Vec<Dialogue> {
             param: Some("20".into()),
         },
     ];
-    a.meta.insert("seed".into(), serde_json::json!(7));
+    a.meta.seed = Some(7);
+    a.meta
+        .other
+        .insert("source".into(), serde_json::json!({"n": [1, 2]}));
     let b = Dialogue::new(
         "b",
         vec![Message::user("日本語"), Message::assistant("はい")],
@@ -131,4 +134,48 @@ fn samples_round_trip_in_both_formats() {
         w.finish().unwrap();
         assert_eq!(read_samples(&path).unwrap(), samples);
     }
+}
+
+#[test]
+fn a_malformed_meta_key_names_the_record_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.jsonl");
+    std::fs::write(
+        &path,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"meta\": {\"seed\": 1}}\n\
+         {\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"meta\": {\"seed\": \"x\"}}\n",
+    )
+    .unwrap();
+    let results: Vec<_> = read_dialogues(&path).unwrap().collect();
+    assert_eq!(results[0].as_ref().unwrap().1.meta.seed, Some(1));
+    let e = results[1].as_ref().unwrap_err();
+    assert!(e.is_input());
+    assert!(
+        e.to_string().starts_with(&format!(
+            "{}:2 (row 1): field `meta.seed`: ",
+            path.display()
+        )),
+        "{e}"
+    );
+
+    // The same in Parquet, where `meta` is a JSON string: the row is named.
+    let path = dir.path().join("d.parquet");
+    let mut w = DialogueWriter::create(&path, Format::Parquet).unwrap();
+    let mut bad = records()[1].clone();
+    bad.meta
+        .other
+        .insert("terse".into(), serde_json::json!("yes"));
+    for d in [records()[0].clone(), bad] {
+        w.write(&d).unwrap();
+    }
+    w.finish().unwrap();
+    let e = read_all(&path).unwrap_err();
+    let loc = e.location().unwrap();
+    assert_eq!((loc.row, loc.line), (Some(1), None));
+    assert_eq!(loc.field.as_deref(), Some("meta.terse"));
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: row 1: field `meta.terse`: ", path.display())),
+        "{e}"
+    );
 }

@@ -89,7 +89,11 @@ impl From<PipelineError> for Error {
     /// A record that cannot be masked is the input's fault.
     fn from(e: PipelineError) -> Self {
         match e {
-            PipelineError::Record { .. } => Error::input(e.to_string()),
+            PipelineError::Record {
+                location,
+                id,
+                error,
+            } => Error::input(error.to_string()).at(location.with_id(id)),
             PipelineError::Other(e) => e,
         }
     }
@@ -295,10 +299,13 @@ mod tests {
         else {
             panic!("{e}")
         };
-        assert_eq!((location.index, id.as_str()), (2, "bad"));
+        assert_eq!(
+            (location.line, location.row, id.as_str()),
+            (Some(2), Some(1), "bad")
+        );
         assert_eq!(error.reason, SkipReason::SeamMerge);
         let msg = Error::from(e).to_string();
-        assert!(msg.contains("in.jsonl:2 (id bad)"), "{msg}");
+        assert!(msg.contains("in.jsonl:2 (row 1, id `bad`)"), "{msg}");
         assert!(!out.exists());
     }
 

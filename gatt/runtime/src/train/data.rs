@@ -2,6 +2,7 @@
 //! ordered by a seeded shuffle that is a pure function of (seed, epoch), so a resumed
 //! run sees exactly the batches an uninterrupted one would.
 
+use gatt::error::Location;
 use gatt::mask::{MaskedSample, IGNORE};
 use gatt::{Error, Result};
 use rand::seq::SliceRandom;
@@ -41,6 +42,10 @@ pub struct Skipped {
 
 /// Reads and checks a masked dataset against the model it will train.
 ///
+/// A sample that does not fit the model is an input error at its file and 0-based row,
+/// the row `gatt inspect FILE --row N` shows (e.g. `m.parquet: row 3 (id `x`): field
+/// `input_ids[5]`: ...`).
+///
 /// `vocab` bounds every token id; `stop_ids` are the model's end-of-turn tokens: the
 /// last loss token of a GAtt sample is the reply's end-of-turn marker, so a sample whose
 /// last loss token is none of them was masked with another tokenizer or template.
@@ -52,7 +57,7 @@ pub fn load(
 ) -> Result<(Vec<Example>, Skipped)> {
     let samples = gatt::dataset::read_samples(path)?;
     if samples.is_empty() {
-        return Err(Error::input(format!("{}: no samples", path.display())));
+        return Err(Error::input("no samples").at(Location::in_file(path)));
     }
     let mut out = Vec::with_capacity(samples.len());
     let mut skipped = Skipped::default();
@@ -81,15 +86,28 @@ pub fn load(
     Ok((out, skipped))
 }
 
+/// Checks sample `row` (0-based: what `gatt inspect FILE --row N` shows) against the
+/// model; an error names the file, row, id and field, and how to look at the sample.
 fn check(path: &Path, row: usize, s: &MaskedSample, vocab: usize, stop_ids: &[u32]) -> Result<()> {
-    let at = || format!("{}: row {} (id `{}`)", path.display(), row + 1, s.id);
+    let bad = |field: String, msg: String| {
+        Err(Error::input(format!(
+            "{msg} (`gatt inspect {} --row {row}` shows the sample)",
+            path.display()
+        ))
+        .at(Location::in_file(path)
+            .at_row(row)
+            .with_id(&s.id)
+            .with_field(field)))
+    };
     if s.labels.len() != s.input_ids.len() {
-        return Err(Error::input(format!(
-            "{}: labels has {} entries but input_ids has {}",
-            at(),
-            s.labels.len(),
-            s.input_ids.len()
-        )));
+        return bad(
+            "labels".into(),
+            format!(
+                "{} entries but input_ids has {}",
+                s.labels.len(),
+                s.input_ids.len()
+            ),
+        );
     }
     if let Some((j, id)) = s
         .input_ids
@@ -97,11 +115,13 @@ fn check(path: &Path, row: usize, s: &MaskedSample, vocab: usize, stop_ids: &[u3
         .enumerate()
         .find(|(_, &t)| t as usize >= vocab)
     {
-        return Err(Error::input(format!(
-            "{}: input_ids[{j}] = {id} is outside the model's vocabulary ({vocab} tokens); \
-             the data was tokenized for another model",
-            at()
-        )));
+        return bad(
+            format!("input_ids[{j}]"),
+            format!(
+                "{id} is outside the model's vocabulary ({vocab} tokens); the data was \
+                 tokenized for another model"
+            ),
+        );
     }
     if let Some((j, l)) = s
         .labels
@@ -109,19 +129,28 @@ fn check(path: &Path, row: usize, s: &MaskedSample, vocab: usize, stop_ids: &[u3
         .enumerate()
         .find(|(_, &l)| l != IGNORE && (l < 0 || l as usize >= vocab))
     {
-        return Err(Error::input(format!(
-            "{}: labels[{j}] = {l} is not a token id nor -100",
-            at()
-        )));
+        return bad(
+            format!("labels[{j}]"),
+            format!("{l} is not a token id nor -100"),
+        );
     }
-    if let Some(&last) = s.labels.iter().rev().find(|&&l| l != IGNORE) {
+    if let Some((j, &last)) = s
+        .labels
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, &l)| l != IGNORE)
+    {
         if !stop_ids.is_empty() && !stop_ids.contains(&(last as u32)) {
-            return Err(Error::input(format!(
-                "{}: the last loss token ({last}) is not one of the model's end-of-turn tokens \
-                 {stop_ids:?}; the data was masked with another tokenizer or chat template \
-                 (mask it again with the tokenizer and template of the model you train)",
-                at()
-            )));
+            return bad(
+                format!("labels[{j}]"),
+                format!(
+                    "the last loss token ({last}) is not one of the model's end-of-turn \
+                     tokens {stop_ids:?}; the data was masked with another tokenizer or chat \
+                     template (mask it again with the tokenizer and template of the model \
+                     you train)"
+                ),
+            );
         }
     }
     Ok(())
@@ -191,6 +220,44 @@ mod tests {
         }
         assert_eq!(batches, epoch_batches(&examples, 400, 7, 0));
         assert_ne!(batches, epoch_batches(&examples, 400, 7, 1));
+    }
+
+    #[test]
+    fn a_bad_sample_is_named_by_the_row_inspect_shows() {
+        use gatt::dataset::{read_samples, Format, SampleWriter};
+        let dir = tempfile::tempdir().unwrap();
+        for format in [Format::Parquet, Format::Jsonl] {
+            let path = dir.path().join(format!("m.{}", format.extension()));
+            let mut w = SampleWriter::create(&path, format).unwrap();
+            for (id, last) in [("ok", 2), ("ok2", 2), ("big", 999)] {
+                w.write(&MaskedSample {
+                    id: id.into(),
+                    input_ids: vec![1, last],
+                    labels: vec![IGNORE, 2],
+                    attention_mask: vec![1, 1],
+                })
+                .unwrap();
+            }
+            w.finish().unwrap();
+            let e = load(&path, 100, &[2], 10).unwrap_err();
+            assert!(e.is_input());
+            let loc = e.location().unwrap();
+            assert_eq!(loc.row, Some(2), "{e}");
+            assert_eq!(loc.field.as_deref(), Some("input_ids[1]"));
+            // `gatt inspect --row 2` shows sample 2 of the file: the one at fault.
+            assert_eq!(read_samples(&path).unwrap()[2].id, "big");
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "{}: row 2 (id `big`): field `input_ids[1]`: 999 ",
+                    path.display()
+                )) && text.ends_with(&format!(
+                    "(`gatt inspect {} --row 2` shows the sample)",
+                    path.display()
+                )),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -432,7 +432,8 @@ fn data_checks_count_empty_samples_and_refuse_another_tokenizer() {
     let (ex, skipped) = data::load(&p, 64, &[3], 8).unwrap();
     assert_eq!(ex.len(), 1);
     assert_eq!((skipped.no_loss_tokens, skipped.too_long), (1, 1));
-    // Last loss token is not the model's end of turn: masked for another model.
+    // Last loss token is not the model's end of turn: masked for another model. The
+    // first sample is row 0, as `gatt inspect --row 0` counts.
     let e = data::load(&p, 64, &[7], 8).unwrap_err().to_string();
-    assert!(e.contains("row 1") && e.contains("end-of-turn"), "{e}");
+    assert!(e.contains("row 0") && e.contains("end-of-turn"), "{e}");
 }
