@@ -72,8 +72,8 @@ pub enum PipelineError {
     /// says which check failed.
     #[error("{location} (id {id}): {error}")]
     Record {
-        /// Where the record is in the input file.
-        location: Location,
+        /// Where the record is in the input file (boxed: the error stays small).
+        location: Box<Location>,
         /// The record's id.
         id: String,
         /// What is wrong with it.
@@ -192,7 +192,7 @@ fn mask_batches(
                 }
                 Err(error) => {
                     return Err(PipelineError::Record {
-                        location,
+                        location: Box::new(location),
                         id,
                         error,
                     })
