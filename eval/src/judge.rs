@@ -70,7 +70,13 @@ pub fn parse_verdict(reply: &str) -> Verdict {
     }
 }
 
-/// Asks `judge` about every answered turn of `dialogues` for each judged constraint.
+/// Asks `judge` about every answered turn of `dialogues` for each judged constraint, in
+/// batches of its preferred size; `progress` gets the number of verdicts so far. Each
+/// question has its own seed, so a sampling judge repeats its verdicts.
+///
+/// # Errors
+///
+/// The judge backend's error.
 pub fn judge_dialogues(
     judge: &dyn ChatBackend,
     dialogues: &[Dialogue],

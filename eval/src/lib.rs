@@ -14,6 +14,8 @@
 //! Dependencies: the core crate `gatt` only (dialogues, catalogs, the `ChatBackend`
 //! trait, datasets); never the generator, the runtime or the CLI.
 
+#![deny(missing_docs)]
+
 pub mod checks;
 pub mod evaluate;
 pub mod judge;

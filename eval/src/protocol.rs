@@ -1,5 +1,6 @@
 //! The evaluation protocol: talk to a model for many turns and see whether it keeps its
-//! instruction (the paper's Table 30 and Li et al. 2024's drift measurement).
+//! instruction (the Llama 2 paper's §3.3 and Table 30, and Li et al. 2024's drift
+//! measurement).
 //!
 //! Each dialogue states its instruction once, in the system message, exactly as a model
 //! trained with GAtt sees it in use. Then, turn after turn, the user asks a question from
@@ -21,15 +22,20 @@ use gatt::catalog::Catalog;
 use gatt::seed::Stream;
 use gatt::{ConstraintKind, Dialogue, DialogueMeta, Error, Message, Result};
 
+/// How the protocol talks to each model: how many dialogues of how many turns, which
+/// constraint kinds, how often to probe, the seed and the sampling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProtocolOptions {
     /// User turns per dialogue.
     pub turns: usize,
+    /// Dialogues per model.
     pub dialogues: usize,
     /// One constraint of each kind per dialogue.
     pub kinds: Vec<ConstraintKind>,
     /// Every `probe_every`-th turn is a probe question; 0 = never.
     pub probe_every: usize,
+    /// Decides every dialogue's constraints and user messages ([`DialoguePlan`]) and
+    /// every reply's sampling seed ([`request_seed`]).
     pub seed: u64,
     /// `n` is ignored: one reply per turn.
     pub sampling: SamplingParams,
@@ -70,6 +76,12 @@ pub fn request_seed(seed: u64, index: usize, turn: usize) -> u64 {
 /// Each dialogue records `meta.model`, `meta.seed`, `meta.index`, `meta.probe_turns`
 /// (turn numbers) and `meta.probe_kinds` (the kind each probe asked about), which
 /// [`score_dialogue`] reads.
+///
+/// # Errors
+///
+/// An input error for zero turns, no constraint kind, or a dialogue that cannot be
+/// planned ([`DialoguePlan::new`]); the backend's own error, or a runtime error when it
+/// returns a reply count that does not match the requests.
 pub fn run_protocol(
     backend: &dyn ChatBackend,
     catalog: &Catalog,

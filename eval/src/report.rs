@@ -23,8 +23,11 @@ use std::path::{Path, PathBuf};
 /// The version of the `report.json` layout this code writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// An evaluation report: what `report.json` holds (every field documented in
+/// `eval/REPORT_SCHEMA.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The layout version, [`SCHEMA_VERSION`] when written by this code.
     pub schema_version: u32,
     /// Free-form run description (backend, options, dataset), passed through.
     pub meta: Value,
@@ -39,7 +42,9 @@ pub struct Report {
     pub adherence: Vec<Cell>,
     /// Adherence per model, kind and turn.
     pub by_kind: Vec<Cell>,
+    /// Survival curve points, one per model and turn.
     pub survival: Vec<SurvivalPoint>,
+    /// Totals over all scored rows.
     pub counts: Counts,
 }
 
@@ -47,17 +52,25 @@ pub struct Report {
 /// is a dialogue's turn (see [`crate::stats`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
+    /// The model (table column).
     pub model: String,
+    /// The constraint kind; only in [`Report::by_kind`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// 1-based turn.
     pub turn: usize,
+    /// Dialogues whose turn passed: no constraint failed, at least one passed.
     pub n_pass: usize,
+    /// Dialogues whose turn failed: some constraint failed.
     pub n_fail: usize,
+    /// Dialogues whose turn no check decided.
     pub n_undetermined: usize,
     /// `n_pass / (n_pass + n_fail)`; `None` when no dialogue was decided.
     pub rate: Option<f64>,
-    /// 95% Wilson interval of the rate.
+    /// Lower bound of the 95% Wilson score interval of the rate (0 when nothing was
+    /// decided).
     pub lo: f64,
+    /// Upper bound of that interval (1 when nothing was decided).
     pub hi: f64,
 }
 
@@ -80,25 +93,35 @@ impl Cell {
 /// The survival curve of one model at one turn (see [`stats::survival`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SurvivalPoint {
+    /// The model.
     pub model: String,
+    /// The turn (1-based).
     pub turn: usize,
+    /// Dialogues observed at this turn with no failure before it.
     pub at_risk: usize,
+    /// Dialogues whose first failure (whole instruction) is this turn.
     pub failed: usize,
-    /// Fraction of dialogues with no failure up to and including this turn.
+    /// Kaplan-Meier estimate of the fraction of dialogues with no failure up to and
+    /// including this turn.
     pub adherent: f64,
 }
 
+/// Totals over the scored rows of a report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
     /// Scored (turn, constraint) rows.
     pub checks: usize,
     /// Distinct (model, dialogue) pairs.
     pub dialogues: usize,
+    /// Rows that passed.
     pub pass: usize,
+    /// Rows that failed.
     pub fail: usize,
+    /// Rows left undetermined (problems included).
     pub undetermined: usize,
     /// Rows decided by a judge model rather than code.
     pub judged: usize,
+    /// Undetermined rows per constraint kind.
     pub undetermined_by_kind: BTreeMap<String, usize>,
     /// Constraints that could not be checked at all (unknown kinds, values missing from
     /// the catalog, bad format parameters), by evidence, with how often each occurred.
@@ -221,6 +244,8 @@ impl Report {
             .find(|c| c.model == model && c.turn == turn && c.kind.as_deref() == kind)
     }
 
+    /// The survival point of `model` at `turn`; `None` for a model or turn the report
+    /// does not have.
     pub fn survival_at(&self, model: &str, turn: usize) -> Option<&SurvivalPoint> {
         self.survival
             .iter()
@@ -310,6 +335,10 @@ pub fn compare(a: &Report, b: &Report) -> Report {
 }
 
 /// Writes `report.json`, `report.md` and `report.html` into `dir` (created if needed).
+///
+/// # Errors
+///
+/// An error naming the path when the folder or a file cannot be written.
 pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create directory", e))?;
     let json = serde_json::to_string_pretty(report)
@@ -326,6 +355,12 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
 }
 
 /// Reads a `report.json`, given its path or the directory holding it.
+///
+/// # Errors
+///
+/// An input error for a missing file, or one that is not JSON, has no `schema_version`
+/// or a newer one than [`SCHEMA_VERSION`], or does not fit [`Report`]; a runtime error
+/// when an existing file cannot be read.
 pub fn read_report(path: &Path) -> Result<Report> {
     let path: PathBuf = if path.is_dir() {
         path.join("report.json")

@@ -103,7 +103,7 @@ pub fn dialogue_verdicts(scored: &DataFrame, keys: &[&str]) -> Result<DataFrame>
 
 /// Adherence per model and turn (and kind, when `by_kind`): `n_pass`, `n_fail`,
 /// `n_undetermined` dialogues, `rate` (null when none was decided), Wilson `lo` and `hi`.
-/// Sorted by model, [kind,] turn.
+/// Sorted by model, then kind (when `by_kind`), then turn.
 pub fn adherence(scored: &DataFrame, by_kind: bool) -> Result<DataFrame> {
     let keys: &[&str] = if by_kind {
         &["model", "kind", "turn"]

@@ -1,5 +1,10 @@
 //! Format rules (`templates/catalogs/formats.json`), each checkable by code.
 //!
+//! All but `haiku` are verifiable instructions of IFEval (Zhou et al. 2023: lowercase,
+//! capital letters, sentence and word counts, no commas, an end phrase, a keyword, JSON
+//! format); the checks here are this crate's own, with the leniencies documented on each
+//! (code ignored for case and sentences, quotes and case ignored for the end phrase).
+//!
 //! Rules about how prose looks (case, sentences) ignore code blocks; rules about the
 //! whole reply (length, commas, a required word, the closing phrase, haiku and JSON
 //! shape) read all of it, code included, because the user sees all of it.

@@ -24,12 +24,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// The reply keeps the constraint.
     Pass,
+    /// The reply breaks it.
     Fail,
+    /// Code cannot decide ([`Undecided`] says why); never counted as a pass.
     Undetermined,
 }
 
 impl Verdict {
+    /// The name as serialized: `pass`, `fail` or `undetermined`.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
@@ -66,7 +70,9 @@ pub enum Undecided {
 /// A verdict and the reason for it, written for a person reading a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
+    /// The outcome.
     pub verdict: Verdict,
+    /// What was found (`3 sentences`, `ends with "..."`) or why nothing could be decided.
     pub evidence: String,
     /// Why the verdict is Undetermined; `None` exactly when it is Pass or Fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +80,7 @@ pub struct Check {
 }
 
 impl Check {
+    /// A pass, with its evidence.
     pub fn pass(evidence: impl Into<String>) -> Self {
         Check {
             verdict: Verdict::Pass,
@@ -81,6 +88,8 @@ impl Check {
             undecided: None,
         }
     }
+
+    /// A failure, with its evidence.
     pub fn fail(evidence: impl Into<String>) -> Self {
         Check {
             verdict: Verdict::Fail,
@@ -88,6 +97,8 @@ impl Check {
             undecided: None,
         }
     }
+
+    /// An undetermined verdict, with its reason and evidence.
     pub fn undetermined(why: Undecided, evidence: impl Into<String>) -> Self {
         Check {
             verdict: Verdict::Undetermined,

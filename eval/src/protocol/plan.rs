@@ -15,9 +15,13 @@ use rand_chacha::ChaCha8Rng;
 /// dialogue is given up (clashes are rare: only some formats exclude some languages).
 const PICK_ATTEMPTS: usize = 256;
 
+/// What one evaluation dialogue asks, fixed before any model runs: a pure function of
+/// (seed, dialogue index, catalog, options).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DialoguePlan {
+    /// One per requested kind, in the order of [`ProtocolOptions::kinds`].
     pub constraints: Vec<Constraint>,
+    /// The system message that states them ([`phrase`]).
     pub instruction: String,
     /// The user message of turn `t` at index `t - 1`.
     pub user_messages: Vec<String>,
@@ -27,6 +31,11 @@ pub struct DialoguePlan {
 
 impl DialoguePlan {
     /// The plan of dialogue `index`: each dialogue draws from its own ChaCha stream.
+    ///
+    /// # Errors
+    ///
+    /// An input error when a kind cannot be evaluated or has no compatible value in the
+    /// catalog, or when the catalog's user bank is empty.
     pub fn new(index: usize, catalog: &Catalog, opts: &ProtocolOptions) -> Result<Self> {
         // ChaCha8 stream `index` of the run seed: the generator's own independent
         // streams, not a `gatt::seed` derivation (see that module).

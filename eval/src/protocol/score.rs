@@ -17,13 +17,20 @@ pub const UNKNOWN_MODEL: &str = "unknown";
 /// The verdict on one constraint at one turn of one dialogue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredTurn {
+    /// The model that wrote the reply (`meta.model`, else [`UNKNOWN_MODEL`]);
+    /// `MODEL (judge)` on a judge's rows.
     pub model: String,
+    /// The dialogue's id.
     pub dialogue: String,
     /// 1-based: the n-th user message and the reply to it.
     pub turn: usize,
+    /// The constraint's kind.
     pub kind: ConstraintKind,
+    /// The constraint's value: a catalog name (`French`, `Chess`) or format rule id.
     pub value: String,
+    /// The outcome of the check.
     pub verdict: Verdict,
+    /// Its reason ([`crate::Check::evidence`]).
     pub evidence: String,
     /// Why the verdict is Undetermined; `None` exactly when it is Pass or Fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]

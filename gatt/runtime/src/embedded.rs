@@ -9,8 +9,14 @@ use gatt::model::{read_gguf, ChatFormat, ModelSource};
 use gatt::{Error, Result};
 use std::path::PathBuf;
 
+/// A chat model run in this process, as a [`ChatBackend`]: each request's `n` candidates
+/// are sequences of one batch (at most `max_batch` sequences decode together), sampled
+/// by a [`Sampler`] seeded with [`candidate_seed`]. Replies are decoded without special
+/// tokens and trimmed.
 pub struct EmbeddedBackend {
     model: Model,
+    /// Chat template, tokenizer and end-of-turn ids (`stop_ids`, never empty) of the
+    /// model source.
     pub format: ChatFormat,
     path: PathBuf,
     max_batch: usize,
@@ -36,6 +42,11 @@ pub fn device(name: &str) -> Result<Device> {
 }
 
 /// The weights of a model, dense f32 (see [`llama::Weights`]).
+///
+/// # Errors
+///
+/// An input error naming the file or folder when it cannot be read or is not a
+/// supported (llama, qwen2) model.
 pub fn load_model(source: &ModelSource, device: &Device) -> Result<Model> {
     let path = source.path();
     let cannot = |e: candle_core::Error| {
@@ -54,6 +65,12 @@ pub fn load_model(source: &ModelSource, device: &Device) -> Result<Model> {
 impl EmbeddedBackend {
     /// Loads a GGUF model (llama or qwen2 architecture, any quantization candle reads)
     /// or a Hugging Face folder (config.json, *.safetensors, tokenizer files).
+    /// `max_batch` (at least 1) bounds the sequences decoded together.
+    ///
+    /// # Errors
+    ///
+    /// An input error when the model or its chat format cannot be read, or when no
+    /// end-of-turn token is known (generation could not stop).
     pub fn load(source: &ModelSource, device: &Device, max_batch: usize) -> Result<Self> {
         let format = source.chat_format()?;
         let path = source.path().to_path_buf();
@@ -72,6 +89,7 @@ impl EmbeddedBackend {
         })
     }
 
+    /// The model's hyper-parameters.
     pub fn config(&self) -> &llama::Config {
         &self.model.cfg
     }
@@ -87,8 +105,11 @@ impl EmbeddedBackend {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Decodes one batch of prompts together; returns generated ids and whether each
-    /// stopped at an end-of-turn token.
+    /// Decodes one batch of prompts together, left-padded, `samplers[s]` choosing the
+    /// tokens of `prompts[s]` (one sampler per prompt). Each sequence gets at most
+    /// `max_new` tokens, fewer when the longest prompt leaves less room in the context.
+    /// Returns each sequence's generated ids (without the end-of-turn token) and whether
+    /// it stopped at an end-of-turn token (false: cut at the limit).
     pub fn decode_batch(
         &self,
         prompts: &[Vec<u32>],

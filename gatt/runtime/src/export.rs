@@ -19,8 +19,17 @@ const TOKENIZER_FILES: [&str; 5] = [
     "chat_template.jinja",
 ];
 
-/// Writes `model` (dense weights, adapters merged) with the tokenizer and template of
-/// `source` into `out`, replacing an existing folder there.
+/// Writes `model` with the tokenizer and template of `source` into `out`, replacing an
+/// existing folder there. Only dense weights are written ([`hf::export_tensors`]): merge
+/// LoRA adapters first ([`Model::merge_lora`]). From a GGUF source the tokenizer files
+/// are written from `format` (`tokenizer.json`, a `tokenizer_config.json` holding the
+/// chat template, `generation_config.json` with every end-of-turn id); from a Hugging
+/// Face source they are copied.
+///
+/// # Errors
+///
+/// A runtime or I/O error when a tensor or file cannot be written; `out` is then left as
+/// it was.
 pub fn write(
     model: &mut Model,
     source: &ModelSource,

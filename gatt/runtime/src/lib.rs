@@ -4,7 +4,7 @@
 //! - [`llama`]: a llama-family decoder (llama, qwen2) in the layout of
 //!   candle-transformers' model files (config, layers, forward), loaded from GGUF or a
 //!   Hugging Face folder, with batched ragged decoding and LoRA adapters.
-//! - [`kernels`]: the CPU kernels it runs on (quantized products, attention, norms,
+//! - `kernels`: the CPU kernels it runs on (quantized products, attention, norms,
 //!   rotary, SiLU gate, softmax), kept apart from the model files.
 //! - [`sampling`]: seeded next-token choice (greedy, temperature, top-k/top-p).
 //! - [`EmbeddedBackend`]: the in-process [`gatt::backend::ChatBackend`].
@@ -13,6 +13,8 @@
 //!
 //! Dependencies: this crate depends on the core crate `gatt` (dialogues, masks, datasets,
 //! chat formats) and on candle; nothing in the data path depends on it.
+
+#![deny(missing_docs)]
 
 pub mod allocator;
 mod embedded;

@@ -6,13 +6,15 @@ use gatt::backend::SamplingParams;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// One sequence's sampler.
+/// One sequence's sampler: its parameters and its own ChaCha8 generator.
 pub struct Sampler {
     rng: ChaCha8Rng,
     params: SamplingParams,
 }
 
 impl Sampler {
+    /// A sampler for `params` (their `n` and `max_new_tokens` are not its business)
+    /// drawing from ChaCha8 seeded with `seed`.
     pub fn new(params: &SamplingParams, seed: u64) -> Self {
         Sampler {
             // Stream: Candidate; `seed` is already the candidate's seed (see
@@ -23,6 +25,13 @@ impl Sampler {
     }
 
     /// Picks a token; `context` is every token so far (for the repetition penalty).
+    ///
+    /// `logits` (one per vocabulary entry) are modified in place: each distinct token of
+    /// `context` is penalized as in CTRL and `transformers`' repetition penalty (a
+    /// positive logit divided by the penalty, a negative one multiplied). A temperature
+    /// of 0 or less takes the argmax without drawing; otherwise the `top_k` highest
+    /// logits are kept, then the top-p nucleus of their softmax at the temperature, and
+    /// one token is drawn in proportion to its probability.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> u32 {
         let penalty = self.params.repetition_penalty;
         if penalty != 1.0 {

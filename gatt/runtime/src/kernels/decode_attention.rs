@@ -169,6 +169,7 @@ mod avx2 {
         ))
     }
 
+    /// [`super::scores`], four keys at a time; the caller checked the CPU and the bounds.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn scores<E: CacheElem>(
         q: &[f32],
@@ -203,6 +204,8 @@ mod avx2 {
         }
     }
 
+    /// [`super::weighted_sum`], 64 columns at a time in registers; the caller checked the
+    /// CPU and the bounds.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn weighted_sum<E: CacheElem>(
         p: &[f32],

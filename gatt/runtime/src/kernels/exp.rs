@@ -69,6 +69,8 @@ mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// [`super::exp_shifted_in_place`], eight lanes at a time; the caller detected AVX2
+    /// and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
         let mut chunks = xs.chunks_exact_mut(8);

@@ -5,7 +5,7 @@
 //!
 //! | kernel | job |
 //! |---|---|
-//! | [`qmatvec`] | products of GGUF-quantized weights (Q4_0/Q4_1/Q8_0) with activations |
+//! | [`qmatvec`] | products of GGUF-quantized weights (Q4_1/Q8_0) with activations |
 //! | [`matmul`] | f32 products with size-aware threading (`gemm`) |
 //! | [`norm`] | RMS norm, forward and backward |
 //! | [`rope`] | rotary position embedding, interleaved or halves |

@@ -79,7 +79,12 @@ pub fn to_hf_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape(dims)
 }
 
-/// Reads `config.json` of a llama or qwen2 model.
+/// Reads `config.json` of a llama or qwen2 model (`transformers` 4 or 5 layout).
+///
+/// # Errors
+///
+/// Another `model_type`, scaled rotary embeddings (`rope_scaling`, a `rope_type` other
+/// than `default`), a missing number, or heads that do not divide `hidden_size`.
 pub fn config_from_json(v: &Value) -> Result<Config> {
     let arch = v["model_type"].as_str().unwrap_or_default().to_string();
     let rope_interleaved = match arch.as_str() {
@@ -227,7 +232,10 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Model> {
     Ok(model)
 }
 
-/// Every weight in Hugging Face layout (contiguous f32), by name.
+/// Every weight in Hugging Face layout (contiguous f32, (out, in) matrices, q/k rows
+/// un-permuted), by name: what [`Model::weights_mut`] lists, so adapters not merged and
+/// matrices held quantized are left out, and a tied output projection is not written.
+/// Drops the model's quantized blocks (see [`Model::weights_mut`]).
 pub fn export_tensors(model: &mut Model) -> Result<HashMap<String, Tensor>> {
     let cfg = model.cfg.clone();
     let mut out = HashMap::new();

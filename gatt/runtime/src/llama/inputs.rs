@@ -4,13 +4,17 @@ use candle_core::{DType, Device, Result, Tensor};
 
 /// Left-padded batch inputs for a set of ragged token sequences.
 pub struct PaddedBatch {
+    /// Token ids, (batch, longest) u32: sequence `s` after `pad[s]` copies of the pad id.
     pub tokens: Tensor,
+    /// Rotary positions, (batch, longest) u32: 0, 1, ... from each sequence's first real
+    /// token, 0 on padding.
     pub positions: Tensor,
     /// Padding length of each sequence.
     pub pad: Vec<usize>,
 }
 
-/// Builds the prompt step: sequences left-padded to a common length.
+/// Builds the prompt step: sequences left-padded with `pad_id` to the longest one's
+/// length.
 pub fn pad_prompts(prompts: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<PaddedBatch> {
     let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let b = prompts.len();
@@ -31,6 +35,8 @@ pub fn pad_prompts(prompts: &[Vec<u32>], pad_id: u32, device: &Device) -> Result
 }
 
 /// Inputs for one decoding step: the next token of every sequence, at cache length `kv`.
+/// Returns tokens and positions, each (batch, 1) u32; sequence `s` is at position
+/// `kv - pad[s]`.
 pub fn step_inputs(
     next: &[u32],
     pad: &[usize],
@@ -44,7 +50,7 @@ pub fn step_inputs(
     ))
 }
 
-/// Logits as plain vectors, one per sequence.
+/// Logits (batch, vocab) as plain f32 vectors, one per sequence.
 pub fn logits_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     logits.to_dtype(DType::F32)?.to_vec2::<f32>()
 }

@@ -18,7 +18,8 @@ pub enum Weights {
     /// also dispatched at run time: 8-bit integer products run about three times as many
     /// multiply-adds per second as the f32 product, and read 4-6x fewer bytes). Rows
     /// with outlying activations and matrices in other formats use the f32 weights.
-    /// About 4x the file's size in memory.
+    /// In memory, the f32 weights plus the blocks: about 7x a Q4_1 file's size (the
+    /// default model: 93 MB on disk, 540 MB of f32 weights), about 5x a Q8_0 file's.
     #[default]
     Dense,
     /// Kept as stored in the file, through candle's quantized kernels: least memory, but
@@ -32,13 +33,17 @@ pub(super) enum Weight {
     Quantized(QMatMul),
 }
 
-/// A low-rank adapter: `y += scale * dropout(x) A B`.
+/// A low-rank adapter (f32): `y += scale * dropout(x) A B`. peft stores the same matrices
+/// transposed, as `lora_A` (rank, in) and `lora_B` (out, rank).
 pub struct Lora {
     /// (in, rank), transposed like the dense weights.
     pub a: Tensor,
     /// (rank, out).
     pub b: Tensor,
+    /// Multiplier of the adapter's output: peft's `lora_alpha / r`.
     pub scale: f64,
+    /// Probability of zeroing an input element of the adapter while training (inverted
+    /// dropout: kept elements are scaled by 1 / (1 - p)); 0 for none.
     pub dropout: f32,
 }
 

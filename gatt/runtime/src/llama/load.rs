@@ -72,6 +72,16 @@ fn required(src: &mut dyn TensorSource, name: &str) -> Result<SourceTensor> {
 }
 
 impl Model {
+    /// Loads a model from a GGUF file: `ct` is its parsed header, `reader` the file
+    /// itself. Tensors are found under llama.cpp's names (`token_embd.weight`,
+    /// `blk.N.attn_q.weight`, ..., `output_norm.weight`, and `output.weight` unless the
+    /// output projection is tied to the embedding); the q/k/v biases (qwen2) are
+    /// optional. `weights` chooses how the matrices are held.
+    ///
+    /// # Errors
+    ///
+    /// What [`Config::from_gguf`] refuses, a missing tensor, or one candle cannot read
+    /// or dequantize.
     pub fn from_gguf<R: Read + Seek>(
         ct: &gguf_file::Content,
         reader: &mut R,

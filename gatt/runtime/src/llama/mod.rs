@@ -30,28 +30,55 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use std::sync::Mutex;
 
-/// Hyper-parameters, read from the GGUF metadata (`{arch}.*` keys).
+/// Hyper-parameters, read from the GGUF metadata (`{arch}.*` keys, [`Config::from_gguf`])
+/// or a Hugging Face `config.json` ([`hf::config_from_json`]). Fields name their GGUF key /
+/// `config.json` key where they have one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `general.architecture` / `model_type`: `llama` or `qwen2`.
     pub arch: String,
+    /// Decoder blocks (`{arch}.block_count` / `num_hidden_layers`).
     pub n_layer: usize,
+    /// Query heads (`{arch}.attention.head_count` / `num_attention_heads`).
     pub n_head: usize,
+    /// Key/value heads, fewer than `n_head` with grouped-query attention
+    /// (`{arch}.attention.head_count_kv` / `num_key_value_heads`).
     pub n_kv_head: usize,
+    /// Width of the residual stream (`{arch}.embedding_length` / `hidden_size`).
     pub hidden: usize,
+    /// Width of one head: `hidden / n_head` (GGUF), `head_dim` when `config.json` has it
+    /// (it must still equal `hidden / n_head`).
     pub head_dim: usize,
+    /// Rotary base θ (`{arch}.rope.freq_base` / `rope_theta`; 10 000 when absent).
     pub rope_base: f32,
+    /// RMS norm epsilon (`{arch}.attention.layer_norm_rms_epsilon` / `rms_norm_eps`).
     pub rms_eps: f64,
+    /// Longest sequence in tokens, and the length of the rotary tables
+    /// (`{arch}.context_length` / `max_position_embeddings`).
     pub context_length: usize,
-    /// Interleaved rotary pairs (llama) or halves (qwen2, "neox" style).
+    /// Interleaved rotary pairs (llama) or halves (qwen2, "neox" style), by `arch`.
     pub rope_interleaved: bool,
-    /// Filled in from the weights once they are loaded.
+    /// Vocabulary size: rows of the token embedding. Set from the weights at load
+    /// (0 straight out of [`Config::from_gguf`]; `vocab_size` in `config.json` must agree).
     pub vocab: usize,
+    /// Width of the MLP's gate and up projections. Set from the weights at load (0
+    /// straight out of [`Config::from_gguf`]).
     pub intermediate: usize,
-    /// The output projection is the token embedding (small models).
+    /// The output projection is the token embedding (small models): set at load when
+    /// there is no `output.weight` / `lm_head.weight` tensor.
     pub tie_embeddings: bool,
 }
 
 impl Config {
+    /// Reads the hyper-parameters from a GGUF header's metadata, under llama.cpp's key
+    /// names (GGUF spec: `general.architecture`, then `{arch}.block_count`,
+    /// `{arch}.attention.head_count`, ...). `vocab`, `intermediate` and `tie_embeddings`
+    /// are left for the loader to fill in from the tensors.
+    ///
+    /// # Errors
+    ///
+    /// An architecture other than `llama` or `qwen2`, or a missing or mistyped key
+    /// (only `{arch}.rope.freq_base` is optional).
     pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
         let arch = ct
             .metadata
@@ -146,7 +173,9 @@ struct Layer {
     mlp: Mlp,
 }
 
-/// Per-call decoding state: one KV cache per layer.
+/// Per-call decoding state: one KV cache per layer, keys and values of shape
+/// (batch, kv_heads, positions, head_dim), positions including each sequence's left
+/// padding.
 pub struct Cache {
     kv: Vec<KvCache>,
     /// The element type keys and values are stored in.
@@ -155,7 +184,8 @@ pub struct Cache {
 
 impl Cache {
     /// Keys and values kept in f32: decoding computes what one forward pass over the
-    /// whole sequence would.
+    /// whole sequence would. `capacity` is the positions reserved up front (at least 16);
+    /// candle's cache grows by as many again when a sequence outruns it.
     pub fn new(cfg: &Config, capacity: usize) -> Self {
         Self::with_dtype(cfg, capacity, DType::F32)
     }
@@ -173,16 +203,24 @@ impl Cache {
         }
     }
 
+    /// Positions held per sequence, padding slots included.
     pub fn len(&self) -> usize {
         self.kv.first().map_or(0, |c| c.current_seq_len())
     }
 
+    /// True before the first forward pass.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// A llama-family decoder: token embedding (vocab, hidden), `n_layer` pre-norm blocks
+/// (RMS norm, grouped-query attention with rotary positions, RMS norm, SwiGLU MLP), a
+/// final RMS norm and the output projection to vocab logits (tied to the embedding in
+/// small models). Built by [`Model::from_gguf`] or [`hf::load_dir`]; computes in f32.
 pub struct Model {
+    /// Its hyper-parameters, with `vocab`, `intermediate` and `tie_embeddings` as found
+    /// in the weights.
     pub cfg: Config,
     /// (vocab, hidden).
     embed: Tensor,
@@ -212,6 +250,7 @@ fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
 }
 
 impl Model {
+    /// The device the weights are on.
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -258,7 +297,9 @@ impl Model {
     }
 
     /// Final hidden states (after the last norm) of every position, batch x len x
-    /// hidden, without a cache: the training forward pass. Padding rows are zero.
+    /// hidden, without a cache: the training forward pass. Padding positions take no
+    /// part in any sequence's attention, but their rows are not zero (the residual
+    /// stream still carries the pad token's embedding): callers skip them.
     pub fn hidden_states(
         &self,
         tokens: &Tensor,

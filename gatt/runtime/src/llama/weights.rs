@@ -29,8 +29,10 @@ pub const LINEAR_NAMES: [&str; 7] = [
 impl Model {
     /// Every weight by its Hugging Face name, for trainers and converters. A tied
     /// output projection is not listed (it is the embedding); after replacing
-    /// `model.embed_tokens.weight`, call [`Model::retie`].
-    /// The few-row quantized blocks are dropped: the caller may change the weights.
+    /// `model.embed_tokens.weight`, call [`Model::retie`]. Matrices held quantized
+    /// ([`Weights::Quantized`]) are not listed, nor are LoRA adapters ([`Model::loras_mut`]).
+    /// The few-row quantized blocks are dropped: the caller may change the weights (so
+    /// inference afterwards runs on the f32 weights only).
     pub fn weights_mut(&mut self) -> Vec<(String, WeightKind, &mut Tensor)> {
         self.drop_blocks();
         let mut out: Vec<(String, WeightKind, &mut Tensor)> = Vec::new();
@@ -145,7 +147,8 @@ impl Model {
         out
     }
 
-    /// Folds every adapter into its dense weight (`W += scale * A B`) and drops it.
+    /// Folds every adapter into its dense weight (`W += scale * A B`) and drops it. An
+    /// adapter on a weight held quantized is dropped without being merged.
     pub fn merge_lora(&mut self) -> Result<()> {
         for l in &mut self.layers {
             for (_, lin) in l.linears_mut() {

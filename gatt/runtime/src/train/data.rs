@@ -12,7 +12,11 @@ use std::path::Path;
 /// One sample, as the trainer needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
+    /// Token ids of the whole sample (`input_ids`).
     pub ids: Vec<u32>,
+    /// One label per id, aligned with `ids` (not shifted): the token at that position
+    /// where it carries loss, -100 elsewhere (PyTorch cross-entropy's `ignore_index`,
+    /// [`IGNORE`]).
     pub labels: Vec<i64>,
 }
 
@@ -26,6 +30,7 @@ impl Example {
         })
     }
 
+    /// Positions that predict a label (see [`Example::targets`]).
     pub fn n_targets(&self) -> usize {
         self.targets().count()
     }
@@ -43,12 +48,18 @@ pub struct Skipped {
 /// Reads and checks a masked dataset against the model it will train.
 ///
 /// A sample that does not fit the model is an input error at its file and 0-based row,
-/// the row `gatt inspect FILE --row N` shows (e.g. `m.parquet: row 3 (id `x`): field
-/// `input_ids[5]`: ...`).
+/// the row `gatt inspect FILE --row N` shows (e.g. ``m.parquet: row 3 (id `x`): field
+/// `input_ids[5]`: ...``).
 ///
 /// `vocab` bounds every token id; `stop_ids` are the model's end-of-turn tokens: the
 /// last loss token of a GAtt sample is the reply's end-of-turn marker, so a sample whose
 /// last loss token is none of them was masked with another tokenizer or template.
+/// Samples without a loss token, or longer than `max_len` tokens, are skipped and counted.
+///
+/// # Errors
+///
+/// An input error for an unreadable file, an empty one, a sample that does not fit the
+/// model, or when no sample is left to train on.
 pub fn load(
     path: &Path,
     vocab: usize,

@@ -12,10 +12,15 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// LoRA settings; in `adapter_config.json` they are peft's `r`, `lora_alpha`,
+/// `lora_dropout` and `target_modules`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
+    /// Rank r of every adapter: A is (in, r), B is (r, out).
     pub rank: usize,
+    /// peft's `lora_alpha`: adapter outputs are scaled by alpha / r.
     pub alpha: f64,
+    /// Dropout probability on an adapter's input while training, in [0, 1).
     pub dropout: f32,
     /// Linear layers by Hugging Face name: q_proj, k_proj, v_proj, o_proj, gate_proj,
     /// up_proj, down_proj.
@@ -125,7 +130,9 @@ fn peft_key(name: &str, ab: &str) -> String {
     format!("base_model.model.{name}.lora_{ab}.weight")
 }
 
-/// Writes the adapters of `model` as a peft adapter folder (atomically).
+/// Writes the adapters of `model` as a peft adapter folder (atomically): `lora_A` as
+/// (rank, in), `lora_B` as (out, rank) with Hugging Face's q/k row order, and an
+/// `adapter_config.json` naming `base` as `base_model_name_or_path`.
 pub fn save_peft(model: &mut Model, cfg: &LoraConfig, base: &str, out: &Path) -> Result<()> {
     let mut tensors = HashMap::new();
     let names: Vec<String> = model.loras_mut().into_iter().map(|(n, _)| n).collect();
@@ -179,7 +186,15 @@ pub fn save_peft(model: &mut Model, cfg: &LoraConfig, base: &str, out: &Path) ->
 }
 
 /// Reads a peft adapter folder written by [`save_peft`] (or by peft itself, for
-/// llama/qwen2 LoRA without biases) and attaches it to `model`.
+/// llama/qwen2 LoRA without biases) and attaches it to `model`, without dropout. Reads
+/// `r`, `lora_alpha` and `target_modules` (a list of layer names, or one name) and
+/// scales by `lora_alpha / r`; other settings (`use_rslora`, `rank_pattern`,
+/// `layers_to_transform`, ...) are not read.
+///
+/// # Errors
+///
+/// An input error for a missing or invalid config, a missing tensor, or one whose shape
+/// does not fit its layer.
 pub fn load_peft(model: &mut Model, dir: &Path, device: &Device) -> Result<LoraConfig> {
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, "read", e))?;

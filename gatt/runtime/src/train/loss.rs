@@ -10,6 +10,7 @@ use super::data::Example;
 use crate::llama::{pad_prompts, Model};
 use candle_core::{Device, Result, Tensor, D};
 
+/// How a step's loss averages the per-token cross-entropy (`token` or `sample` in JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LossMean {
@@ -31,27 +32,37 @@ pub enum Sequences {
 
 /// A micro-batch with the rows and targets that carry loss.
 pub struct MicroBatch {
+    /// Token ids, u32: (batch, longest) left-padded, or (1, total) packed.
     pub tokens: Tensor,
+    /// Rotary positions, u32, shaped like `tokens`; each sequence starts at 0.
     pub positions: Tensor,
+    /// How the sequences lie in `tokens`.
     pub sequences: Sequences,
-    /// Indices into the flattened (batch x len) hidden states.
+    /// Indices into the flattened (batch x len) hidden states, (n_loss,) u32: the
+    /// positions that predict a label.
     pub rows: Tensor,
+    /// The token each of those positions predicts, (n_loss, 1) u32.
     pub targets: Tensor,
-    /// Weight of each target in the step's loss.
+    /// Weight of each target in the step's loss, (n_loss,) f32: 1 / (the step's loss
+    /// tokens), or 1 / (the step's samples x the sample's loss tokens).
     pub weights: Tensor,
-    /// Real (non-padding) tokens and loss tokens.
+    /// Real (non-padding) tokens.
     pub n_tokens: usize,
+    /// Loss tokens (targets).
     pub n_loss: usize,
 }
 
 /// What a whole optimizer step holds, to weight each of its micro-batches.
 #[derive(Debug, Clone, Copy)]
 pub struct StepTotals {
+    /// Loss tokens over all the step's samples.
     pub loss_tokens: usize,
+    /// Samples in the step.
     pub samples: usize,
 }
 
 impl StepTotals {
+    /// The totals of a step's samples.
     pub fn of<'a>(examples: impl IntoIterator<Item = &'a Example>) -> Self {
         let mut t = StepTotals {
             loss_tokens: 0,
@@ -159,7 +170,8 @@ impl MicroBatch {
     }
 }
 
-/// Per-target negative log-likelihood (n_loss,).
+/// Per-target negative log-likelihood (n_loss,), f32, in nats: cross-entropy of the
+/// logits of `rows` against `targets`.
 pub fn token_nll(model: &Model, b: &MicroBatch) -> Result<Tensor> {
     let h = match &b.sequences {
         Sequences::Padded(pad) => model.hidden_states(&b.tokens, &b.positions, pad)?,

@@ -45,17 +45,31 @@ pub enum Method {
 /// Everything that decides the result of a training run (the resume fingerprint).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainOptions {
+    /// Full fine-tuning or LoRA, with its settings.
     pub method: Method,
+    /// Peak learning rate, reached at the end of the warm-up.
     pub lr: f64,
+    /// Fraction of the optimizer steps spent in linear warm-up (at least one step).
     pub warmup_ratio: f64,
+    /// Learning rate at the end of the cosine decay, as a fraction of `lr`.
     pub min_lr_ratio: f64,
+    /// Passes over the data (at least 1).
     pub epochs: usize,
+    /// At most this many optimizer steps, when fewer than the epochs make.
     pub max_steps: Option<usize>,
+    /// Token budget of a micro-batch: longest sample x samples stays within it (a sample
+    /// longer than the budget goes alone).
     pub batch_tokens: usize,
+    /// Micro-batches per optimizer step, their gradients summed (at least 1).
     pub grad_accum: usize,
+    /// Global L2 norm the gradients are clipped to; 0 or less: no clipping.
     pub max_grad_norm: f64,
+    /// AdamW's betas, epsilon and weight decay.
     pub adamw: AdamWConfig,
+    /// Whether a step's loss averages over loss tokens or over samples.
     pub loss_mean: LossMean,
+    /// Seeds the shuffle, the LoRA initialization and the LoRA dropout (each its own
+    /// `gatt::seed` stream).
     pub seed: u64,
 }
 
@@ -86,16 +100,29 @@ impl Default for TrainOptions {
 pub struct StepLog {
     /// 1-based.
     pub step: usize,
+    /// Optimizer steps of the whole run.
     pub total_steps: usize,
+    /// Epochs done at the end of this step, fractional (micro-batches done / micro-batches
+    /// per epoch).
     pub epoch: f64,
+    /// The step's loss: cross-entropy in nats, averaged as [`TrainOptions::loss_mean`]
+    /// says over all its micro-batches.
     pub loss: f64,
+    /// Learning rate applied at this step.
     pub lr: f64,
+    /// Global L2 norm of the step's gradients, before clipping.
     pub grad_norm: f64,
+    /// Tokens of the step's samples (padding not counted).
     pub tokens: usize,
+    /// Positions that predict a label (label != -100).
     pub loss_tokens: usize,
+    /// Wall-clock time of the step, in seconds.
     pub seconds: f64,
 }
 
+/// One model and its AdamW optimizer stepping through a fixed plan of micro-batches:
+/// every epoch's batches are laid out at construction, so a resumed run replays exactly
+/// what an uninterrupted one would.
 pub struct Trainer {
     model: Model,
     params: Vec<Param>,
@@ -117,6 +144,11 @@ fn candle(what: &str) -> impl Fn(candle_core::Error) -> Error + '_ {
 impl Trainer {
     /// Makes the trainable weights variables (all of them, or fresh LoRA adapters) and
     /// lays out the whole run's micro-batches.
+    ///
+    /// # Errors
+    ///
+    /// An input error for a zero token budget, `grad_accum` or epoch count, or a bad
+    /// [`LoraConfig`]; a runtime error when candle cannot set up the variables.
     pub fn new(
         mut model: Model,
         examples: Vec<Example>,
@@ -189,14 +221,18 @@ impl Trainer {
         })
     }
 
+    /// Optimizer steps of the whole run: micro-batches / `grad_accum`, rounded up, capped
+    /// by `max_steps`.
     pub fn total_steps(&self) -> usize {
         self.schedule.total
     }
 
+    /// The model being trained; its trainable weights are the [`Trainer::params`].
     pub fn model_mut(&mut self) -> &mut Model {
         &mut self.model
     }
 
+    /// The trainable tensors, in the optimizer's order.
     pub fn params(&self) -> &[Param] {
         &self.params
     }
@@ -210,7 +246,13 @@ impl Trainer {
     }
 
     /// Runs one optimizer step: every micro-batch of the step forward and backward,
-    /// gradients summed, clipped, applied.
+    /// gradients summed, clipped, applied. Call it at most [`Trainer::total_steps`]
+    /// times.
+    ///
+    /// # Errors
+    ///
+    /// A runtime error when candle fails, or when the loss is not finite (nothing is then
+    /// updated).
     pub fn train_step(&mut self) -> Result<StepLog> {
         let started = std::time::Instant::now();
         let accum = self.opts.grad_accum;
@@ -306,6 +348,11 @@ impl Trainer {
     }
 
     /// Restores what [`Trainer::state_tensors`] saved, at optimizer step `step`.
+    ///
+    /// # Errors
+    ///
+    /// An input error when a tensor is missing (a checkpoint of another run); a runtime
+    /// error when one does not fit its variable.
     pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, step: usize) -> Result<()> {
         for (i, p) in self.params.iter().enumerate() {
             let get = |k: String| {

@@ -4,15 +4,22 @@
 
 use candle_core::{Result, Tensor, Var};
 
+/// AdamW's hyper-parameters (Loshchilov & Hutter, "Decoupled Weight Decay
+/// Regularization", ICLR 2019), named as in PyTorch's `torch.optim.AdamW`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
+    /// Decay rate of the first-moment (gradient mean) estimate.
     pub beta1: f64,
+    /// Decay rate of the second-moment (squared gradient) estimate.
     pub beta2: f64,
+    /// Added to √v̂ in the update's denominator.
     pub eps: f64,
+    /// Decoupled decay λ: a decayed weight is multiplied by (1 - lr·λ) each step.
     pub weight_decay: f64,
 }
 
 impl Default for AdamWConfig {
+    /// PyTorch's betas (0.9, 0.999) and eps 1e-8; no weight decay (PyTorch: 0.01).
     fn default() -> Self {
         AdamWConfig {
             beta1: 0.9,
@@ -25,21 +32,30 @@ impl Default for AdamWConfig {
 
 /// One trainable tensor.
 pub struct Param {
+    /// Its name in checkpoints: the Hugging Face weight name (full fine-tuning) or the
+    /// adapter's module name with `.lora_A` / `.lora_B` (LoRA).
     pub name: String,
+    /// The variable the model's forward pass reads.
     pub var: Var,
     /// Weight decay applies to matrices only (not norms, biases).
     pub decay: bool,
 }
 
+/// AdamW and its state (step count, both moment estimates of every parameter), all of
+/// which a checkpoint saves so that a resumed run continues bit for bit.
 pub struct AdamW {
+    /// Hyper-parameters.
     pub cfg: AdamWConfig,
     /// Steps taken (for bias correction).
     pub t: usize,
+    /// First-moment estimates, one per parameter, shaped like it.
     pub m: Vec<Tensor>,
+    /// Second-moment estimates, one per parameter, shaped like it.
     pub v: Vec<Tensor>,
 }
 
 impl AdamW {
+    /// Zero moments for `params`, at step 0.
     pub fn new(cfg: AdamWConfig, params: &[Param]) -> Result<Self> {
         let zeros = |p: &Param| p.var.as_tensor().zeros_like();
         Ok(AdamW {
@@ -50,6 +66,9 @@ impl AdamW {
         })
     }
 
+    /// Updates every parameter with its gradient (`grads[i]` for `params[i]`) at learning
+    /// rate `lr`: `w ← w·(1 - lr·λ) - lr·m̂ / (√v̂ + eps)`, with bias-corrected moments m̂
+    /// and v̂, and λ = `weight_decay` for parameters with `decay` (0 for the others).
     pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64) -> Result<()> {
         self.t += 1;
         let c = self.cfg;
@@ -71,8 +90,9 @@ impl AdamW {
     }
 }
 
-/// Scales `grads` so their global L2 norm is at most `max_norm`; returns the norm
-/// before clipping.
+/// Scales `grads` so their global L2 norm is at most `max_norm` (by
+/// `max_norm / (norm + 1e-6)`, as PyTorch's `clip_grad_norm_`); returns the norm before
+/// clipping. A `max_norm` of 0 or less only measures.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.iter() {

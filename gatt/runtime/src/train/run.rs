@@ -20,30 +20,49 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// What a training run reads, where it writes, and how it trains.
 pub struct RunSpec {
+    /// The masked samples (Parquet or JSONL, as `gatt mask` writes them).
     pub data: PathBuf,
     /// The base model as the user named it (`default`, a GGUF file, a Hugging Face
     /// folder; see [`ModelSource::resolve`]).
     pub model: String,
+    /// The run folder: `train.json`, `loss.jsonl`, `loss.html`, `checkpoint/`, and
+    /// `adapter/` (LoRA, peft layout) or `model/` (full, a Hugging Face folder).
     pub out: PathBuf,
+    /// Training settings; resuming needs the same ones.
     pub opts: TrainOptions,
     /// Skip samples longer than this (default: the model's context length).
     pub max_len: Option<usize>,
     /// Save a checkpoint every N optimizer steps (and at the end).
     pub save_every: usize,
+    /// Continue from `out/checkpoint` (same options, data path and sample count), or
+    /// start from step 0 when there is none. Without it, a folder that holds a
+    /// checkpoint is refused.
     pub resume: bool,
 }
 
+/// Totals of a finished run, also stored in `train.json` under `summary`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunSummary {
+    /// Optimizer steps of the run.
     pub steps: usize,
+    /// Samples trained on (after skipping).
     pub examples: usize,
+    /// Samples left out, by reason ([`super::data::Skipped`] as JSON).
     pub skipped: serde_json::Value,
+    /// Elements of all trainable tensors.
     pub trainable_parameters: usize,
+    /// Tokens over all logged steps, steps before a resume included (padding not counted).
     pub tokens: usize,
+    /// Of those, tokens that carried loss.
     pub loss_tokens: usize,
+    /// Sum of the logged steps' wall-clock times, in seconds (loading, checkpoints and
+    /// export not included).
     pub seconds: f64,
+    /// Loss of the first logged step.
     pub first_loss: Option<f64>,
+    /// Loss of the last logged step.
     pub last_loss: Option<f64>,
     /// `adapter` or `model`, relative to the run folder.
     pub output: String,
@@ -74,6 +93,12 @@ pub fn holds_run(out: &Path) -> bool {
 }
 
 /// Trains as `spec` says; `on_step` sees every logged step (progress bars).
+///
+/// # Errors
+///
+/// An input error for a model or data that cannot be used, a folder that holds another
+/// run, or a checkpoint made with other settings; a runtime error when training fails (a
+/// non-finite loss) or a file cannot be written. The last checkpoint is kept.
 pub fn run(
     spec: &RunSpec,
     device: &Device,
@@ -177,6 +202,11 @@ pub fn run(
 }
 
 /// Writes a merged Hugging Face folder from a LoRA run: base weights + adapters.
+///
+/// # Errors
+///
+/// An input error for a full fine-tuning run, a run without a finished adapter, or a
+/// base model or adapter that cannot be read.
 pub fn merge(run_dir: &Path, out: &Path, device: &Device) -> Result<()> {
     let tj: TrainJson = read_json(&run_dir.join("train.json"))?;
     if tj.options.method == Method::Full {

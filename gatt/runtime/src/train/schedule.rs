@@ -1,10 +1,15 @@
 //! Learning rate: linear warm-up, then a cosine decay to `min_ratio` of the peak.
 
+/// The learning rate of every optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Schedule {
+    /// Highest learning rate, reached at the last warm-up step.
     pub peak: f64,
+    /// Warm-up steps: step `i < warmup` gets `peak · (i + 1) / warmup`.
     pub warmup: usize,
+    /// Steps of the whole run: the cosine reaches its floor at step `total` (0-based).
     pub total: usize,
+    /// The floor, as a fraction of `peak`.
     pub min_ratio: f64,
 }
 

@@ -8,7 +8,9 @@ use super::BLOCK;
 /// Activation rows quantized to Q8 blocks, stored block-major so the `m` rows of one block
 /// index are adjacent: block `b` of row `r` is entry `b·m + r`.
 pub(super) struct QActs {
+    /// Activation rows.
     pub(super) m: usize,
+    /// Blocks per row: `k / 32`.
     pub(super) nb: usize,
     /// `nb·m` blocks of 32 quants.
     pub(super) qs: Vec<[i8; BLOCK]>,
@@ -21,6 +23,8 @@ pub(super) struct QActs {
 }
 
 impl QActs {
+    /// Quantizes the `m` rows of `x` (`m × k`, row-major); `simd`: use the AVX2 quantizer
+    /// (the caller detected AVX2 + FMA + F16C), which gives the same bits.
     pub(super) fn new(x: &[f32], m: usize, k: usize, simd: bool) -> Self {
         let nb = k / BLOCK;
         let mut a = QActs {

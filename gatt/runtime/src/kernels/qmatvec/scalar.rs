@@ -4,6 +4,8 @@
 use super::acts::QActs;
 use super::{Out, QMatrix, QType, BLOCK};
 
+/// Outputs `j0 .. j0 + outs[0].len()` of `w` for every activation row (`outs[r]` for row
+/// `r`).
 pub(super) fn chunk(w: &QMatrix, j0: usize, a: &QActs, outs: &mut [Out]) {
     let m = a.m;
     let (mut acc, mut macc) = (vec![0f32; m], vec![0f32; m]);

@@ -217,21 +217,29 @@ unsafe fn chunk<I: IntDot>(qtype: QType, groups: &[u8], a: &QActs, outs: &mut [O
     }
 }
 
+// The entry points, one per (format, instruction set): `groups` are the regrouped bytes
+// of a chunk's weight rows, `outs[r]` takes activation row `r`'s outputs for them.
+// Safety: the CPU has the features each one enables.
+
+/// Q4_1 weights, AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn q4_1_avx2(groups: &[u8], a: &QActs, outs: &mut [Out]) {
     chunk::<Avx2>(QType::Q4_1, groups, a, outs)
 }
 
+/// Q8_0 weights, AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn q8_0_avx2(groups: &[u8], a: &QActs, outs: &mut [Out]) {
     chunk::<Avx2>(QType::Q8_0, groups, a, outs)
 }
 
+/// Q4_1 weights, AVX-512 VNNI on 256-bit registers.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub(super) unsafe fn q4_1_vnni(groups: &[u8], a: &QActs, outs: &mut [Out]) {
     chunk::<Vnni>(QType::Q4_1, groups, a, outs)
 }
 
+/// Q8_0 weights, AVX-512 VNNI on 256-bit registers.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
 pub(super) unsafe fn q8_0_vnni(groups: &[u8], a: &QActs, outs: &mut [Out]) {
     chunk::<Vnni>(QType::Q8_0, groups, a, outs)
