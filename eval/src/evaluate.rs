@@ -56,9 +56,18 @@ where
 {
     let mut rows: Vec<ScoredTurn> = Vec::new();
     let mut judged: Vec<Dialogue> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for backend in backends {
         let backend = backend?;
         let model = backend.describe();
+        // Dialogue files and report columns are keyed by the model's name: two models of
+        // one name would overwrite each other's dialogues and merge into one column.
+        if !seen.insert(model_slug(&model)) {
+            return Err(Error::input(format!(
+                "two models are both named `{model}`: their dialogues and report columns \
+                 would mix; give the files distinct names"
+            )));
+        }
         progress.begin(
             &format!("replies ({model})"),
             Some(opts.turns * opts.dialogues),
@@ -255,6 +264,58 @@ mod tests {
                 "judge verdicts (judge) None"
             ]
         );
+    }
+
+    #[test]
+    fn two_models_of_one_file_name_are_refused_before_one_overwrites_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = evaluate_models(
+            [backend("a/model.gguf"), backend("b/model.gguf")],
+            None,
+            &Catalog::builtin(),
+            &options(),
+            dir.path(),
+            &(),
+        )
+        .unwrap_err();
+        assert!(e.is_input(), "{e}");
+        assert!(e.to_string().contains("both named `b/model.gguf`"), "{e}");
+    }
+
+    /// A judge that answers only the first question of every batch.
+    struct Forgetful;
+
+    impl ChatBackend for Forgetful {
+        fn describe(&self) -> String {
+            "forgetful".into()
+        }
+        fn generate(&self, requests: &[Request], p: &SamplingParams) -> Result<Vec<Vec<Reply>>> {
+            let mut all = Fixed {
+                name: "x",
+                reply: "yes",
+            }
+            .generate(requests, p)?;
+            all.truncate(1);
+            Ok(all)
+        }
+        fn preferred_batch(&self) -> usize {
+            4
+        }
+    }
+
+    #[test]
+    fn a_judge_that_drops_replies_is_an_error_not_missing_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = evaluate_models(
+            [backend("m1")],
+            Some(&Forgetful),
+            &Catalog::builtin(),
+            &options(),
+            dir.path(),
+            &(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("1 replies for"), "{e}");
     }
 
     #[test]

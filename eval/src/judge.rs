@@ -8,7 +8,7 @@ use crate::protocol::ScoredTurn;
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;
 use gatt::seed::Stream;
-use gatt::{ConstraintKind, Dialogue, Message, Result, Role};
+use gatt::{ConstraintKind, Dialogue, Error, Message, Result, Role};
 
 /// Evidence of a judge reply that was neither yes nor no (counted, never a pass).
 pub const NEITHER: &str = "judge answered neither yes nor no";
@@ -128,6 +128,14 @@ pub fn judge_dialogues(
     for chunk in pending.chunks(judge.preferred_batch().max(1)) {
         let requests: Vec<Request> = chunk.iter().map(|(_, r)| r.clone()).collect();
         let replies = judge.generate(&requests, params)?;
+        if replies.len() != requests.len() {
+            return Err(Error::runtime(format!(
+                "judge {}: {} replies for {} questions; no verdict is guessed",
+                judge.describe(),
+                replies.len(),
+                requests.len()
+            )));
+        }
         for ((row, _), reply) in chunk.iter().zip(replies) {
             let text = reply.into_iter().next().map(|r| r.text).unwrap_or_default();
             let head: String = text.chars().take(60).collect();
