@@ -220,7 +220,8 @@ pub fn run(args: Args) -> Result<()> {
             log.lr,
             tokens as f64 / started.elapsed().as_secs_f64()
         ));
-    })?;
+    })
+    .map_err(inspect_hint)?;
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
@@ -292,5 +293,18 @@ mod tests {
             e.starts_with("--targets: unknown target layer `nope`"),
             "{e}"
         );
+    }
+}
+
+/// An error at a row of a sample file gets the command that shows that sample.
+fn inspect_hint(e: Error) -> Error {
+    let row_in_file = e
+        .location()
+        .and_then(|l| Some((l.file.as_ref()?.display().to_string(), l.row?)));
+    match row_in_file {
+        Some((file, row)) if e.is_input() => Error::input(format!(
+            "{e} (`gatt inspect {file} --row {row}` shows the sample)"
+        )),
+        _ => e,
     }
 }

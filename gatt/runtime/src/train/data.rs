@@ -98,14 +98,10 @@ pub fn load(
 }
 
 /// Checks sample `row` (0-based: what `gatt inspect FILE --row N` shows) against the
-/// model; an error names the file, row, id and field, and how to look at the sample.
+/// model; an error names the file, row, id and field.
 fn check(path: &Path, row: usize, s: &MaskedSample, vocab: usize, stop_ids: &[u32]) -> Result<()> {
     let bad = |field: String, msg: String| {
-        Err(Error::input(format!(
-            "{msg} (`gatt inspect {} --row {row}` shows the sample)",
-            path.display()
-        ))
-        .at(Location::in_file(path)
+        Err(Error::input(msg).at(Location::in_file(path)
             .at_row(row)
             .with_id(&s.id)
             .with_field(field)))
@@ -261,9 +257,6 @@ mod tests {
             assert!(
                 text.starts_with(&format!(
                     "{}: row 2 (id `big`): field `input_ids[1]`: 999 ",
-                    path.display()
-                )) && text.ends_with(&format!(
-                    "(`gatt inspect {} --row 2` shows the sample)",
                     path.display()
                 )),
                 "{text}"
