@@ -15,37 +15,50 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// A hobby the instruction can ask the model to enjoy (`catalogs/hobbies.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hobby {
+    /// The constraint's value, e.g. `"Tennis"`.
     pub name: String,
     /// Lowercase words a reply about this hobby likely contains (the name first).
     pub keywords: Vec<String>,
 }
 
+/// A public figure the model can be asked to act as (`catalogs/figures.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figure {
+    /// The constraint's value, e.g. `"Napoleon Bonaparte"`.
     pub name: String,
     /// Other names that identify the figure (surname, spellings without diacritics).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Who the figure is, for people reading the catalog ("French emperor and military
+    /// leader"); no instruction or check uses it.
     #[serde(default)]
     pub description: String,
 }
 
+/// A language the model can be asked to answer in (`catalogs/languages.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Language {
+    /// The constraint's value, in English: `"French"`.
     pub name: String,
     /// ISO 639-3 code as the language detector reports it (`fra`, `cmn`, ...).
     pub code: String,
+    /// The language's name for itself (`"français"`); informational.
     #[serde(default)]
     pub native: String,
 }
 
+/// A fictional role the model can be asked to play (`catalogs/personas.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Persona {
+    /// The constraint's value, a short label: `"pirate captain"`.
     pub name: String,
     /// The role as the instruction states it ("a gruff pirate captain ...").
     pub description: String,
+    /// Words a reply in this role likely uses (`"ahoy"`, `"treasure"`); the evaluator
+    /// looks for them, or the name, on probe turns.
     #[serde(default)]
     pub keywords: Vec<String>,
 }
@@ -53,7 +66,9 @@ pub struct Persona {
 /// A format rule checkable by code; `text` may hold one `{param}` placeholder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FormatRule {
+    /// The constraint's value and the evaluator's name for the check: `"max_words"`.
     pub id: String,
+    /// The rule as a phrasing's `{value}` states it: `"use at most {n} words"`.
     pub text: String,
     /// Placeholder name -> allowed values (e.g. `{"n": [20, 30]}`).
     #[serde(default)]
@@ -61,7 +76,8 @@ pub struct FormatRule {
 }
 
 impl FormatRule {
-    /// The placeholder's allowed values, as strings.
+    /// The placeholder's allowed values, as strings (JSON numbers in their JSON form);
+    /// empty for a rule without a parameter.
     pub fn param_values(&self) -> Vec<String> {
         let Some(p) = &self.params else {
             return Vec::new();
@@ -81,7 +97,8 @@ impl FormatRule {
             .unwrap_or_default()
     }
 
-    /// The rule's text with its parameter filled in.
+    /// The rule's text with its parameter filled in; the text as it is when the rule or
+    /// the call has no parameter.
     pub fn render(&self, param: Option<&str>) -> String {
         match (&self.params, param) {
             (Some(p), Some(v)) => match p.keys().next() {
@@ -96,20 +113,29 @@ impl FormatRule {
 /// Verbose phrasings and the terse one, per kind (`{value}` is the constraint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phrasing {
+    /// Full sentences ("Always answer in {value}."), one drawn at random per constraint.
     pub verbose: Vec<String>,
+    /// The short form ("Language: {value}."), the paper's terse instructions.
     pub terse: String,
 }
 
+/// The phrasings of every known kind (`catalogs/phrasings.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phrasings {
+    /// Phrasings of [`ConstraintKind::Hobby`].
     pub hobby: Phrasing,
+    /// Phrasings of [`ConstraintKind::Language`].
     pub language: Phrasing,
+    /// Phrasings of [`ConstraintKind::Figure`].
     pub figure: Phrasing,
+    /// Phrasings of [`ConstraintKind::Persona`].
     pub persona: Phrasing,
+    /// Phrasings of [`ConstraintKind::Format`].
     pub format: Phrasing,
 }
 
 impl Phrasings {
+    /// The phrasings of `kind`; `None` for [`ConstraintKind::Other`].
     pub fn of(&self, kind: &ConstraintKind) -> Option<&Phrasing> {
         match kind {
             ConstraintKind::Hobby => Some(&self.hobby),
@@ -122,18 +148,24 @@ impl Phrasings {
     }
 }
 
-/// Probe questions asked at probe turns (the paper's "What is your name?").
+/// Probe questions asked at probe turns (the paper's "What is your name?")
+/// (`users/probes.json`): a user turn whose answer shows whether the constraint still
+/// holds. Languages and format rules need none: every reply shows them.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Probes {
+    /// Questions about the model's hobby ("What is your favorite hobby?").
     #[serde(default)]
     pub hobby: Vec<String>,
+    /// Questions a public figure answers as themselves ("What is your name?").
     #[serde(default)]
     pub figure: Vec<String>,
+    /// Questions a persona answers in character.
     #[serde(default)]
     pub persona: Vec<String>,
 }
 
 impl Probes {
+    /// The probe questions of `kind`; empty for kinds without probes.
     pub fn of(&self, kind: &ConstraintKind) -> &[String] {
         match kind {
             ConstraintKind::Hobby => &self.hobby,
@@ -144,18 +176,29 @@ impl Probes {
     }
 }
 
+/// Everything the generator samples from and the evaluator checks against: one list
+/// of entries per constraint kind, the phrasings, the probe questions and the user
+/// messages. [`Catalog::builtin`] holds the files in `templates/`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
+    /// `catalogs/hobbies.json`.
     pub hobbies: Vec<Hobby>,
+    /// `catalogs/figures.json`.
     pub figures: Vec<Figure>,
+    /// `catalogs/languages.json`.
     pub languages: Vec<Language>,
+    /// `catalogs/personas.json`.
     pub personas: Vec<Persona>,
+    /// `catalogs/formats.json`.
     pub formats: Vec<FormatRule>,
     /// Pairs of `kind:value` ids that are never combined in one instruction.
     pub incompatible: Vec<(String, String)>,
+    /// How each kind is stated in an instruction.
     pub phrasings: Phrasings,
+    /// Questions asked on the evaluator's probe turns.
     pub probes: Probes,
-    /// The built-in bank of user messages.
+    /// The bank of user messages (`users/bank.json`, or the file given to
+    /// [`Catalog::load_user_bank`]).
     pub user_bank: Vec<String>,
 }
 
@@ -175,7 +218,7 @@ struct Bank {
 }
 
 impl Catalog {
-    /// The catalogs shipped in `templates/`.
+    /// The catalogs shipped in `templates/`, compiled in (no file is read at run time).
     pub fn builtin() -> Catalog {
         let load = || -> Result<Catalog> {
             let pairs: Vec<[String; 2]> = parse(
@@ -199,6 +242,12 @@ impl Catalog {
 
     /// Replaces one kind's entries with those of a catalog file (a JSON list of entries
     /// of that kind, as `gatt constraints expand` writes).
+    ///
+    /// # Errors
+    ///
+    /// An input error when the file is missing, is not a JSON list of that kind's
+    /// entries, or `kind` is [`ConstraintKind::Other`]; a runtime error when it exists
+    /// but cannot be read.
     pub fn load_file(&mut self, kind: &ConstraintKind, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
         let name = path.display().to_string();
@@ -216,7 +265,13 @@ impl Catalog {
     }
 
     /// Replaces the user-message bank with a file in the same format as the built-in
-    /// one (`{"messages": [...]}`), e.g. messages held out from training.
+    /// one (`{"messages": [...]}`), e.g. messages held out from training. Blank messages
+    /// are dropped.
+    ///
+    /// # Errors
+    ///
+    /// An input error when the file is missing, malformed, or has no non-blank message;
+    /// a runtime error when it exists but cannot be read.
     pub fn load_user_bank(&mut self, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
         let bank: Bank = parse(&path.display().to_string(), &text)?;
@@ -247,26 +302,31 @@ impl Catalog {
         }
     }
 
+    /// The hobby named `name`, ignoring ASCII case.
     pub fn hobby(&self, name: &str) -> Option<&Hobby> {
         self.hobbies
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
     }
+    /// The figure named `name`, ignoring ASCII case (aliases do not count).
     pub fn figure(&self, name: &str) -> Option<&Figure> {
         self.figures
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
     }
+    /// The language named `name` (its English name), ignoring ASCII case.
     pub fn language(&self, name: &str) -> Option<&Language> {
         self.languages
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
     }
+    /// The persona named `name`, ignoring ASCII case.
     pub fn persona(&self, name: &str) -> Option<&Persona> {
         self.personas
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
     }
+    /// The format rule with this id (exact match).
     pub fn format(&self, id: &str) -> Option<&FormatRule> {
         self.formats.iter().find(|h| h.id == id)
     }
@@ -297,7 +357,8 @@ impl Catalog {
         format!("{}:{}", c.kind, c.value)
     }
 
-    /// True when the two constraints may share one instruction.
+    /// True when the two constraints may share one instruction: not two of one kind
+    /// (except distinct format rules), and not a pair listed in `incompatible.json`.
     pub fn compatible(&self, a: &Constraint, b: &Constraint) -> bool {
         if a.kind == b.kind && a.kind != ConstraintKind::Format {
             return false;

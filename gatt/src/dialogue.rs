@@ -10,12 +10,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Instructions for the whole conversation; [`Dialogue::validate`] allows one, as the
+    /// first message.
     System,
+    /// The person's turn.
     User,
+    /// The model's reply: the only role a loss mask can train on.
     Assistant,
 }
 
 impl Role {
+    /// The lowercase name, as JSON records and chat templates spell it (`"user"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",
@@ -25,25 +30,33 @@ impl Role {
     }
 }
 
+/// One turn of a conversation, `{"role": ..., "content": ...}` as in the OpenAI chat
+/// format and `transformers`' `apply_chat_template`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// Who speaks.
     pub role: Role,
+    /// The text, as the chat template receives it (no trimming here).
     pub content: String,
 }
 
 impl Message {
+    /// A message of any role.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Message {
             role,
             content: content.into(),
         }
     }
+    /// A [`Role::System`] message.
     pub fn system(content: impl Into<String>) -> Self {
         Self::new(Role::System, content)
     }
+    /// A [`Role::User`] message.
     pub fn user(content: impl Into<String>) -> Self {
         Self::new(Role::User, content)
     }
+    /// A [`Role::Assistant`] message.
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new(Role::Assistant, content)
     }
@@ -56,15 +69,22 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum ConstraintKind {
+    /// Talk about a hobby, e.g. "Tennis" (the paper's "Hobbies").
     Hobby,
+    /// Answer in a language, e.g. "French" (the paper's "Language").
     Language,
+    /// Act as a public figure, e.g. "Napoleon Bonaparte" (the paper's "Public Figure").
     Figure,
+    /// Play a fictional role ("a gruff pirate captain").
     Persona,
+    /// A format rule that code can check (lowercase only, at most N words, ...).
     Format,
+    /// A kind this version does not know, by its name as read.
     Other(String),
 }
 
 impl ConstraintKind {
+    /// The kinds the built-in catalogs hold and the evaluator checks.
     pub const KNOWN: [ConstraintKind; 5] = [
         ConstraintKind::Hobby,
         ConstraintKind::Language,
@@ -73,6 +93,7 @@ impl ConstraintKind {
         ConstraintKind::Format,
     ];
 
+    /// The lowercase name records use (`"hobby"`), or an unknown kind's name as read.
     pub fn as_str(&self) -> &str {
         match self {
             ConstraintKind::Hobby => "hobby",
@@ -115,13 +136,17 @@ impl std::fmt::Display for ConstraintKind {
 /// Format rules name the rule in `value` (`max_words`) and its argument in `param` (`"20"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Constraint {
+    /// What is constrained.
     pub kind: ConstraintKind,
+    /// A catalog entry's name (`"French"`, `"Tennis"`), or a format rule's id.
     pub value: String,
+    /// A format rule's argument (`"20"` for `max_words`); absent from the JSON when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub param: Option<String>,
 }
 
 impl Constraint {
+    /// A constraint without a parameter.
     pub fn new(kind: ConstraintKind, value: impl Into<String>) -> Self {
         Constraint {
             kind,
@@ -132,13 +157,23 @@ impl Constraint {
 }
 
 /// A dialogue record: the unit of every dataset the toolkit reads or writes.
+///
+/// As JSON: `{"id", "messages", "instruction", "constraints", "meta"}`, of which only
+/// `id` and `messages` are required. [`Dialogue::validate`] checks the turn order that
+/// templates and masks rely on ([`crate::mask::Masker::mask`] calls it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dialogue {
+    /// Unique within a dataset; masked samples and error messages name the record by it.
     pub id: String,
+    /// The conversation as it is trained on or evaluated: for a `gatt synth` record, the
+    /// training form, with the instruction only once at the start (see
+    /// [`crate::transform::to_training`]).
     pub messages: Vec<Message>,
     /// The GAtt instruction (may be empty for plain chat data).
     #[serde(default)]
     pub instruction: String,
+    /// The constraints the instruction states, which the evaluator checks replies
+    /// against (empty for plain chat data).
     #[serde(default)]
     pub constraints: Vec<Constraint>,
     /// Provenance: model, seed, the augmented conversation, token counts, probe turns.
@@ -158,7 +193,9 @@ pub enum Purpose {
 /// Why a record is malformed, naming the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
+    /// A path into the record: `messages`, `messages[1].role`, `meta.seed`.
     pub field: String,
+    /// What is wrong, worded for the user.
     pub reason: String,
 }
 
@@ -180,6 +217,7 @@ impl Invalid {
 }
 
 impl Dialogue {
+    /// A record with no instruction, constraints or provenance.
     pub fn new(id: impl Into<String>, messages: Vec<Message>) -> Self {
         Dialogue {
             id: id.into(),
@@ -192,6 +230,12 @@ impl Dialogue {
 
     /// Checks the shape every template and mask relies on: an optional leading system
     /// message, then user/assistant alternating starting with user, no empty content.
+    ///
+    /// # Errors
+    ///
+    /// [`Invalid`] naming the first field at fault: no messages, only a system message,
+    /// content that is empty or all whitespace, a role out of order, or (for
+    /// [`Purpose::Training`]) a last message that is not an assistant reply.
     pub fn validate(&self, purpose: Purpose) -> Result<(), Invalid> {
         let invalid = |field: String, reason: String| Err(Invalid { field, reason });
         if self.messages.is_empty() {

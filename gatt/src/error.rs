@@ -38,6 +38,7 @@ struct Inner {
     source: Option<Cause>,
 }
 
+/// `Result` with this crate's [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
@@ -92,10 +93,12 @@ impl Error {
         self
     }
 
+    /// Who must act on it; the CLI exits with 2 for [`ErrorKind::Input`], 1 otherwise.
     pub fn kind(&self) -> ErrorKind {
         self.0.kind
     }
 
+    /// True for [`ErrorKind::Input`]: the user can fix it by changing a file or flag.
     pub fn is_input(&self) -> bool {
         self.0.kind == ErrorKind::Input
     }

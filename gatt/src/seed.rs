@@ -17,12 +17,15 @@
 //! independent streams).
 //!
 //! [splitmix64]: https://prng.di.unimi.it/splitmix64.c
+//! [`derive`]: fn@derive
 
 /// The golden-ratio increment of splitmix64 (2^64 / phi, odd).
 pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// How many low bits of an index [`derive`] keeps apart from the stream: indices below
 /// `2^INDEX_BITS` never give two (stream, index) pairs the same child of a parent.
+///
+/// [`derive`]: fn@derive
 pub const INDEX_BITS: u32 = 48;
 
 /// One splitmix64 step from state `x`: the generator's first output when seeded with `x`
@@ -122,6 +125,8 @@ pub const fn derive(parent: u64, stream: Stream, index: u64) -> u64 {
 /// An index for [`derive`] made from a name (a layer's name, say), below
 /// `2^`[`INDEX_BITS`]: the bytes absorbed eight at a time (little-endian, zero-padded)
 /// through splitmix64, then the length.
+///
+/// [`derive`]: fn@derive
 pub fn label(name: &str) -> u64 {
     let mut h = 0u64;
     for chunk in name.as_bytes().chunks(8) {

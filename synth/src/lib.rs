@@ -13,6 +13,8 @@
 //! trait). The generator does not know which backend writes the replies, nor how they
 //! are scored beyond the [`Scorer`] trait; it never depends on the evaluator or the CLI.
 
+#![deny(missing_docs)]
+
 pub mod expand;
 pub mod phrase;
 pub mod pipeline;

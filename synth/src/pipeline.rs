@@ -11,23 +11,42 @@ use gatt::transform::{attach, to_training, Attach, Placement};
 use gatt::{ConstraintKind, Dialogue, DialogueMeta, Message, Result, Role};
 use serde::Serialize;
 
+/// What to synthesize: `gatt synth`'s settings.
+///
+/// Serialized as JSON into `run.json` ([`crate::run::Fingerprint::options`]): a resumed
+/// run must have exactly the same options.
 #[derive(Debug, Clone, Serialize)]
 pub struct SynthOptions {
+    /// Dialogues in the whole job, before sharding.
     pub dialogues: usize,
+    /// User turns per dialogue (fewer when the user source runs out, see
+    /// [`UserSource::short_records`]).
     pub turns: usize,
+    /// The run seed; dialogue `i`'s plan seed is
+    /// `gatt::seed::derive(seed, Stream::SynthPlan, i)`.
     pub seed: u64,
+    /// Constraint kinds to sample from.
     pub kinds: Vec<ConstraintKind>,
+    /// Most compatible constraints combined in one instruction (at least one is drawn).
     pub max_combined: usize,
+    /// Probability that an instruction is terse ("Language: French."); the paper used 0.5.
     pub terse: f64,
+    /// Where the instruction goes in each user turn while sampling.
     pub attach: Attach,
+    /// Where the instruction goes in the training record.
     pub placement: Placement,
+    /// Replies sampled per turn, the [`Scorer`]'s best kept (the paper's rejection
+    /// sampling); 0 counts as 1. Replaces `sampling.n`.
     pub candidates: usize,
+    /// How replies are sampled.
     pub sampling: SamplingParams,
     /// The model writes the user's messages after the first.
     pub user_sim: bool,
+    /// This machine's share of the job (serialized as `I/N`).
     #[serde(serialize_with = "shard_str")]
     pub shard: Shard,
-    /// Dialogues per chunk file (the unit of resumption).
+    /// Dialogues per chunk file (the unit of resumption), sampled together as one batch;
+    /// 0 counts as 1.
     pub chunk: usize,
 }
 
@@ -40,11 +59,18 @@ const USER_SIM_PROMPT: &str = "You are role-playing a curious person chatting wi
 AI assistant. Read the conversation and write only the person's next message: one or two \
 natural sentences that continue the conversation. Do not answer as the assistant.";
 
+/// The generator: plans dialogues, samples their replies through a backend, and turns
+/// them into training records (see the crate docs for the steps).
 pub struct Synthesizer<'a> {
+    /// The chat model that writes the replies (and, with `user_sim`, the user turns).
     pub backend: &'a dyn ChatBackend,
+    /// Constraints, phrasings and the user-message bank.
     pub catalog: &'a Catalog,
+    /// Where the user turns come from.
     pub users: &'a UserSource,
+    /// Picks the best of several candidate replies.
     pub scorer: &'a dyn Scorer,
+    /// The run's settings.
     pub opts: SynthOptions,
 }
 
@@ -75,6 +101,14 @@ impl Synthesizer<'_> {
     }
 
     /// Samples the dialogues of `plans` together; returns training records in order.
+    ///
+    /// Each record holds the training form in `messages` (instruction once, as
+    /// `placement` says) and the conversation as sampled (instruction in every user turn)
+    /// in `meta.augmented`, with the model, seed and token counts.
+    ///
+    /// # Errors
+    ///
+    /// The backend's first error; nothing of the chunk is returned then.
     pub fn run_chunk(&self, plans: &[DialoguePlan]) -> Result<Vec<Dialogue>> {
         let mut live: Vec<InFlight> = plans
             .iter()

@@ -14,11 +14,15 @@ use rand_chacha::ChaCha8Rng;
 pub struct DialoguePlan {
     /// Position in the whole (unsharded) job.
     pub index: usize,
+    /// The record's id: `gatt-<run seed in hex>-<index, zero-padded to 7 digits>`.
     pub id: String,
     /// Seeds this dialogue's sampling.
     pub seed: u64,
+    /// What the instruction asks for, mutually compatible.
     pub constraints: Vec<Constraint>,
+    /// The constraints phrased as one instruction.
     pub instruction: String,
+    /// Whether the instruction is in its terse form ("Language: French.").
     pub terse: bool,
     /// The user's messages, without the instruction.
     pub users: Vec<String>,
@@ -29,6 +33,7 @@ pub struct DialoguePlan {
 pub struct Shard {
     /// 1-based.
     pub index: usize,
+    /// Machines the job is split over, at least 1.
     pub count: usize,
 }
 
@@ -67,15 +72,24 @@ impl Shard {
     }
 }
 
+/// What [`plan`] needs of [`crate::SynthOptions`].
 pub struct PlanOptions<'a> {
+    /// The run seed.
     pub seed: u64,
+    /// Constraint kinds to sample from.
     pub kinds: &'a [ConstraintKind],
+    /// Most constraints in one instruction.
     pub max_combined: usize,
-    /// Probability that the instruction is terse (the paper: 0.5).
+    /// Probability that the instruction is terse (the paper: 0.5); clamped to [0, 1].
     pub terse: f64,
+    /// User turns to draw.
     pub turns: usize,
 }
 
+/// The plan of dialogue `index`: a pure function of (the run seed, `index`) for given
+/// options, catalog and users, drawn from ChaCha8 seeded with the plan seed
+/// (`derive(seed, Stream::SynthPlan, index)`) in a fixed order: constraints, terseness,
+/// phrasing, user turns.
 pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource) -> DialoguePlan {
     // Stream: SynthPlan (parent: the run seed, index: the dialogue).
     let seed = seed::derive(o.seed, Stream::SynthPlan, index as u64);

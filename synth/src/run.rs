@@ -19,16 +19,24 @@ use std::time::Instant;
 /// Counts reported after each chunk (for progress bars), and recorded in `run.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
+    /// Dialogues written to chunks so far, resumed ones included.
     pub dialogues_done: usize,
+    /// Dialogues of this shard.
     pub dialogues_total: usize,
+    /// Dialogues found in chunks of an interrupted run and not sampled again.
     pub dialogues_resumed: usize,
+    /// Tokens of the kept replies sampled by this run (resumed chunks add none).
     pub tokens_generated: usize,
 }
 
+/// What a finished run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
+    /// The final counts.
     pub progress: Progress,
+    /// The merged dataset, `dir/dialogues.<format>`.
     pub output: PathBuf,
+    /// Wall time of this invocation, in seconds.
     pub seconds: f64,
 }
 
@@ -51,7 +59,14 @@ pub fn holds_run(dir: &Path) -> bool {
 }
 
 /// Runs (or resumes) the synthesis into `dir`, writing `dir/dialogues.<format>` and
-/// `dir/run.json` ([`RunManifest`]).
+/// `dir/run.json` ([`RunManifest`]). Chunks go to `dir/chunks/chunk-NNNNNN.jsonl`;
+/// `on_progress` is called after each.
+///
+/// # Errors
+///
+/// Input errors: `dir` already holds a run and `resume` is false, or it holds one with
+/// another [`Fingerprint`] (options, model or provenance). Otherwise the backend's, or
+/// I/O, errors; the chunks finished so far stay for a resume.
 pub fn run(
     s: &Synthesizer,
     dir: &Path,

@@ -5,6 +5,7 @@
 use gatt::backend::Reply;
 use gatt::Constraint;
 
+/// Rates a candidate reply, so that [`best`] can keep one per turn.
 pub trait Scorer: Send + Sync {
     /// Higher is better; `turn` is 1-based.
     fn score(&self, constraints: &[Constraint], reply: &Reply, turn: usize) -> f64;

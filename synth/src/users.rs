@@ -5,6 +5,9 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 use std::path::Path;
 
+/// The user's side of the synthesized dialogues: a message bank, or the user turns of
+/// an existing dataset. With [`crate::SynthOptions::user_sim`], only the first turn
+/// comes from here.
 pub enum UserSource {
     /// Distinct messages drawn from a bank (the built-in one by default).
     Bank(Vec<String>),
@@ -45,6 +48,9 @@ impl UserSource {
         }
     }
 
+    /// Up to `turns` user messages for dialogue `index`. From a bank: distinct messages
+    /// drawn with `rng` (repeating only when the bank is smaller than `turns`); from
+    /// dialogues: the first `turns` of record `index mod n`, without drawing.
     pub fn turns_for<R: Rng>(&self, rng: &mut R, index: usize, turns: usize) -> Vec<String> {
         match self {
             UserSource::Bank(bank) => {

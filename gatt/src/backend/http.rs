@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Where the server is and how hard to push it.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// Base URL, e.g. `http://127.0.0.1:8000` (with or without `/v1`).
@@ -16,8 +17,12 @@ pub struct HttpOptions {
     pub model: String,
     /// The API key's value (read from the environment variable the user names).
     pub api_key: Option<String>,
+    /// Requests sent concurrently (one thread each); 0 counts as 1.
     pub in_flight: usize,
+    /// Longest a request may take, connection to last byte; a timed-out request is
+    /// retried.
     pub timeout: Duration,
+    /// Retries after the first attempt, on timeouts, dropped connections, 429 and 5xx.
     pub max_retries: u32,
     /// First backoff delay; doubles with each retry.
     pub backoff: Duration,
@@ -46,6 +51,14 @@ impl HttpOptions {
     }
 }
 
+/// A [`ChatBackend`] over an OpenAI-compatible `/v1/chat/completions` endpoint (vLLM,
+/// SGLang, TGI, llama.cpp's server, `transformers serve`).
+///
+/// The server applies the model's chat template. Each candidate is its own request
+/// with its own `seed`, so candidates repeat only on servers that honour seeds. A 400 or
+/// 422 that names `top_k` or `repetition_penalty` drops that field (with a warning) and
+/// retries; other error statuses are input errors, and retries that run out a runtime
+/// error.
 pub struct HttpBackend {
     opts: HttpOptions,
     url: String,
@@ -59,6 +72,7 @@ pub struct HttpBackend {
 const EXTENSION_FIELDS: [&str; 2] = ["top_k", "repetition_penalty"];
 
 impl HttpBackend {
+    /// A client for `opts.endpoint`; nothing is sent until the first request.
     pub fn new(opts: HttpOptions) -> Self {
         let base = opts.endpoint.trim_end_matches('/');
         let url = if base.ends_with("/v1") {

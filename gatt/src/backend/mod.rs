@@ -1,6 +1,7 @@
 //! Chat backends: "the current chat model" that writes the assistant replies, behind
-//! one interface. [`EmbeddedBackend`] runs a GGUF model in-process on candle (batched);
-//! [`HttpBackend`] talks to any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp).
+//! one interface, [`ChatBackend`]. `gatt-runtime`'s `EmbeddedBackend` runs a GGUF model
+//! in-process on candle (batched); [`HttpBackend`] talks to any OpenAI-compatible server
+//! (vLLM, SGLang, TGI, llama.cpp).
 
 mod http;
 
@@ -13,6 +14,8 @@ use serde::{Deserialize, Serialize};
 /// One conversation awaiting a reply (ends with a user message).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// The conversation so far, ending with the user message to answer; the backend
+    /// renders it with the model's chat template (or the server does).
     pub messages: Vec<Message>,
     /// Seeds this conversation's sampler: the same request and seed give the same reply
     /// on the embedded backend, whatever else is in the batch.
@@ -24,17 +27,33 @@ pub struct Request {
 pub struct Reply {
     /// Reply text, without the end-of-turn token and surrounding whitespace.
     pub text: String,
+    /// Tokens of the rendered prompt (an HTTP server's `usage.prompt_tokens`; 0 when it
+    /// reports none).
     pub prompt_tokens: usize,
+    /// Tokens generated, as the backend counts them (the embedded backend leaves out the
+    /// stop token; an HTTP server's `usage.completion_tokens`, 0 when it reports none).
     pub completion_tokens: usize,
     /// False when the reply was cut at `max_new_tokens`.
     pub finished: bool,
 }
 
+/// A chat model that writes assistant replies: the generator, the evaluator and the
+/// judge use nothing else of it.
+///
+/// Implemented by [`HttpBackend`] here and by the in-process GGUF backend of
+/// `gatt-runtime`.
 pub trait ChatBackend: Send + Sync {
     /// Model identity for provenance records (path, or endpoint and model name).
     fn describe(&self) -> String;
 
-    /// `params.n` candidate replies for every request, in order.
+    /// `params.n` candidate replies for every request, in order: `out[r][c]` is
+    /// candidate `c` of request `r`, sampled with [`candidate_seed`]`(requests[r].seed, c)`.
+    ///
+    /// # Errors
+    ///
+    /// The first failure of any request fails the batch: a runtime error for transport,
+    /// server or model failures; an input error for what the caller must fix (a prompt
+    /// longer than the model's context, a request the server refuses with a 4xx).
     fn generate(&self, requests: &[Request], params: &SamplingParams) -> Result<Vec<Vec<Reply>>>;
 
     /// How many requests to hand over at once for good throughput.
@@ -50,12 +69,20 @@ pub fn candidate_seed(seed: u64, i: usize) -> u64 {
 /// How replies are sampled: the same settings for every backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
+    /// Longest reply, in tokens (OpenAI's `max_tokens`); a reply cut here is not
+    /// [`Reply::finished`].
     pub max_new_tokens: usize,
-    /// 0 means greedy.
+    /// Softmax temperature; 0 means greedy.
     pub temperature: f64,
+    /// Nucleus sampling: draw from the most probable tokens whose probabilities sum to
+    /// this share; `None` (or 1.0) keeps them all.
     pub top_p: Option<f64>,
+    /// Draw only from the `k` most probable tokens; `None` keeps them all. Not in
+    /// OpenAI's schema: left out for servers that refuse it.
     pub top_k: Option<usize>,
-    /// 1.0 means none; >1 discourages tokens already in the context.
+    /// 1.0 means none; >1 discourages tokens already in the context (the CTRL penalty,
+    /// as `transformers`' `repetition_penalty`: positive logits divided by it, negative
+    /// ones multiplied). Not in OpenAI's schema: left out for servers that refuse it.
     pub repetition_penalty: f32,
     /// Candidates per conversation.
     pub n: usize,

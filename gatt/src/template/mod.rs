@@ -18,11 +18,21 @@ pub use builtin::{builtin_names, builtins, Builtin};
 const FUEL: u64 = 20_000_000;
 
 /// A compiled chat template with the special tokens it refers to.
+///
+/// Rendered as `transformers`' `apply_chat_template(..., tokenize=False)` renders it:
+/// Jinja with `trim_blocks` and `lstrip_blocks`, the variables `messages`,
+/// `add_generation_prompt`, `bos_token`, `eos_token` (and `tools`, `documents` as none),
+/// Python string methods, `raise_exception`, `strftime_now` and a `tojson` that writes
+/// what Python's `json.dumps` writes. The golden tests compare the built-in templates
+/// with `transformers` byte for byte.
 pub struct ChatTemplate {
     /// Where the template came from, for error messages (`builtin:chatml`, a path, ...).
     pub origin: String,
+    /// The Jinja source, as compiled.
     pub source: String,
+    /// What the template's `bos_token` variable holds (may be empty).
     pub bos_token: String,
+    /// What the template's `eos_token` variable holds (may be empty).
     pub eos_token: String,
     /// Markers that close an assistant reply (e.g. `<|im_end|>`); the loss of a reply
     /// covers its content and the first of these that follows it.
@@ -41,6 +51,11 @@ impl std::fmt::Debug for ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles `source`; a syntax error is reported with the template's origin and line.
+    /// Empty `end_of_turn` markers are dropped.
+    ///
+    /// # Errors
+    ///
+    /// An input error when `source` is not a valid template.
     pub fn new(
         origin: impl Into<String>,
         source: impl Into<String>,
@@ -74,7 +89,12 @@ impl ChatTemplate {
         })
     }
 
-    /// One of the templates shipped in `templates/chat/` (see [`builtin_names`]).
+    /// One of the templates shipped in `templates/chat/` (see [`builtin_names`]), with its
+    /// family's BOS, EOS and end-of-turn marker.
+    ///
+    /// # Errors
+    ///
+    /// An input error for an unknown name, listing the built-in ones.
     pub fn builtin(name: &str) -> Result<Self> {
         let b = builtins().iter().find(|b| b.name == name).ok_or_else(|| {
             Error::input(format!(
@@ -94,6 +114,12 @@ impl ChatTemplate {
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the model
     /// starts writing its reply.
+    ///
+    /// # Errors
+    ///
+    /// An input error naming the template when it calls `raise_exception` (many refuse
+    /// role orders or system messages they do not support), fails at run time, or runs
+    /// out of fuel (an endless loop).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").expect("compiled in new()");
         let ctx = minijinja::context! {

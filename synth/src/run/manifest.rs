@@ -33,6 +33,7 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// Provenance with only the backend's description.
     pub fn new(backend: impl Into<String>) -> Self {
         Provenance {
             backend: backend.into(),
@@ -49,6 +50,7 @@ pub struct Fingerprint {
     pub model: String,
     /// The synthesis options ([`crate::SynthOptions`]) as JSON, compared as written.
     pub options: Value,
+    /// Where the model came from (its hash, for a local file).
     pub provenance: Provenance,
 }
 
@@ -62,6 +64,7 @@ pub struct RunManifest {
         serialize_with = "sorted"
     )]
     pub counts: Option<Progress>,
+    /// The settings, which a resume must repeat.
     pub fingerprint: Fingerprint,
     /// The version of the toolkit that wrote the file.
     pub gatt_version: String,
@@ -71,6 +74,7 @@ pub struct RunManifest {
     /// Wall time of the run that finished it, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// Running (or interrupted) until the merged dataset is written.
     pub status: RunStatus,
 }
 
