@@ -194,10 +194,10 @@ mod tests {
         let e = Error::input("expected a number")
             .at(Location::default().with_field("seed"))
             .at(Location::in_file(Path::new("d.jsonl")).at_line(3).at_row(2))
-            .context("--users");
+            .context("users file");
         assert_eq!(
             e.to_string(),
-            "--users: d.jsonl:3 (row 2): field `seed`: expected a number"
+            "users file: d.jsonl:3 (row 2): field `seed`: expected a number"
         );
         assert_eq!(e.message(), "expected a number");
         assert_eq!(e.location().and_then(|l| l.row), Some(2));

@@ -1,7 +1,7 @@
 //! Seeds: one place for every seed the toolkit derives, so that the same seed gives the
 //! same bytes.
 //!
-//! A run has one seed (`--seed`). Everything random in it (dialogue plans, sampled
+//! A run has one seed (the user's). Everything random in it (dialogue plans, sampled
 //! replies, shuffles, dropout, adapter initialization) draws from a child seed derived
 //! with [`derive`] from a parent seed, a [`Stream`] naming the purpose, and an index
 //! (dialogue, turn, candidate, epoch, step...). Children can be parents in turn: a

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Rows and lines follow one convention everywhere:
 ///
 /// - `row` is the 0-based index of a record in its file (blank JSONL lines are not
-///   records), the number `gatt inspect FILE --row N` takes;
+///   records), the number the inspect command takes;
 /// - `line` is the 1-based line of a text file (JSONL), as editors count.
 ///
 /// A JSONL record has both; a Parquet record only a row.
@@ -20,7 +20,7 @@ pub struct Location {
     pub file: Option<PathBuf>,
     /// 1-based line of a text file.
     pub line: Option<usize>,
-    /// 0-based record index, as `gatt inspect --row` counts.
+    /// 0-based record index, as the inspect command counts.
     pub row: Option<usize>,
     /// The record's `id`, when known.
     pub id: Option<String>,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
-    /// Started, or interrupted: `--resume` continues it.
+    /// Started, or interrupted: a resumed run continues it.
     Running,
     /// The merged dataset is written.
     Done,

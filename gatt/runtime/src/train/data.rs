@@ -48,7 +48,7 @@ pub struct Skipped {
 /// Reads and checks a masked dataset against the model it will train.
 ///
 /// A sample that does not fit the model is an input error at its file and 0-based row,
-/// the row `gatt inspect FILE --row N` shows (e.g. ``m.parquet: row 3 (id `x`): field
+/// the row the inspect command shows (e.g. ``m.parquet: row 3 (id `x`): field
 /// `input_ids[5]`: ...``).
 ///
 /// `vocab` bounds every token id; `stop_ids` are the model's end-of-turn tokens: the
@@ -97,7 +97,7 @@ pub fn load(
     Ok((out, skipped))
 }
 
-/// Checks sample `row` (0-based: what `gatt inspect FILE --row N` shows) against the
+/// Checks sample `row` (0-based, as the inspect command counts) against the
 /// model; an error names the file, row, id and field.
 fn check(path: &Path, row: usize, s: &MaskedSample, vocab: usize, stop_ids: &[u32]) -> Result<()> {
     let bad = |field: String, msg: String| {
@@ -251,7 +251,7 @@ mod tests {
             let loc = e.location().unwrap();
             assert_eq!(loc.row, Some(2), "{e}");
             assert_eq!(loc.field.as_deref(), Some("input_ids[1]"));
-            // `gatt inspect --row 2` shows sample 2 of the file: the one at fault.
+            // Row 2 of the file, as the inspect command shows it, is the one at fault.
             assert_eq!(read_samples(&path).unwrap()[2].id, "big");
             let text = e.to_string();
             assert!(

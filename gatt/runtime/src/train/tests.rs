@@ -433,7 +433,7 @@ fn data_checks_count_empty_samples_and_refuse_another_tokenizer() {
     assert_eq!(ex.len(), 1);
     assert_eq!((skipped.no_loss_tokens, skipped.too_long), (1, 1));
     // Last loss token is not the model's end of turn: masked for another model. The
-    // first sample is row 0, as `gatt inspect --row 0` counts.
+    // first sample is row 0, as the inspect command counts.
     let e = data::load(&p, 64, &[7], 8).unwrap_err().to_string();
     assert!(e.contains("row 0") && e.contains("end-of-turn"), "{e}");
 }
