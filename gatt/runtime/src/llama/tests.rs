@@ -303,3 +303,17 @@ fn attention_maps_are_causal_distributions_per_layer_and_head() {
         assert!(close(&before, &full_logits(&m, &ids)));
     }
 }
+
+#[test]
+fn an_adapter_on_quantized_weights_is_not_merged_away_silently() {
+    let mut m = load_as("llama", true, Weights::Quantized);
+    m.add_lora(&["q_proj".to_string()], 2.0, 0.0, |_, n_in, n_out| {
+        let a = Tensor::ones((n_in, 2), DType::F32, &Device::Cpu)?;
+        let b = Tensor::ones((2, n_out), DType::F32, &Device::Cpu)?;
+        Ok((a, b))
+    })
+    .unwrap();
+    let e = m.merge_lora().unwrap_err();
+    assert!(e.to_string().contains("quantized"), "{e}");
+    assert!(!m.loras_mut().is_empty(), "the adapter is kept");
+}

@@ -147,16 +147,26 @@ impl Model {
         out
     }
 
-    /// Folds every adapter into its dense weight (`W += scale * A B`) and drops it. An
-    /// adapter on a weight held quantized is dropped without being merged.
+    /// Folds every adapter into its dense weight (`W += scale * A B`) and drops it.
+    ///
+    /// # Errors
+    ///
+    /// An adapter on a weight held only quantized ([`super::Weights::Quantized`]) cannot
+    /// be merged: that is an error, and the adapter stays where it was.
     pub fn merge_lora(&mut self) -> Result<()> {
         for l in &mut self.layers {
             for (_, lin) in l.linears_mut() {
-                if let (Some(lora), Weight::Dense(w)) = (lin.lora.take(), &mut lin.weight) {
-                    let delta = (lora.a.matmul(&lora.b)? * lora.scale)?;
-                    *w = (w.detach() + delta.detach())?;
-                    lin.blocks = None;
-                }
+                let Some(lora) = lin.lora.take() else {
+                    continue;
+                };
+                let Weight::Dense(w) = &mut lin.weight else {
+                    // Never drop an adapter silently: a quantized weight cannot take it.
+                    lin.lora = Some(lora);
+                    candle_core::bail!("a LoRA adapter cannot be merged into quantized weights");
+                };
+                let delta = (lora.a.matmul(&lora.b)? * lora.scale)?;
+                *w = (w.detach() + delta.detach())?;
+                lin.blocks = None;
             }
         }
         Ok(())
