@@ -13,6 +13,7 @@
 //! [`Masker`] masks one record; [`pipeline`] masks a whole file in parallel.
 
 mod align;
+mod content;
 pub mod pipeline;
 mod spans;
 mod special;
@@ -179,6 +180,8 @@ pub struct Masker {
 }
 
 impl Masker {
+    /// A masker for `format`'s chat template and tokenizer (its post-processor is
+    /// dropped: the template writes every special token itself).
     pub fn new(format: ChatFormat, opts: MaskOptions) -> Self {
         let ChatFormat {
             mut tokenizer,
@@ -210,6 +213,12 @@ impl Masker {
 
     /// Masks one record (whose messages already carry the instruction where training
     /// wants it); every sample is verified before it is returned.
+    ///
+    /// # Errors
+    ///
+    /// A [`MaskError`] whose reason says which check refused the record; content that
+    /// holds special-token text is refused unless [`MaskOptions::special_text`] says to
+    /// encode it.
     pub fn mask(&self, d: &Dialogue) -> Result<Vec<MaskedSample>, MaskError> {
         d.validate(Purpose::Training)
             .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
