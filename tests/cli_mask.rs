@@ -72,6 +72,70 @@ fn expand_policy_writes_one_sample_per_reply() {
     assert_eq!(ids, ["a#1", "a#2"]);
 }
 
+/// A reply that mentions `<|im_end|>` is refused by default with its own reason and a
+/// hint; `--special-text encode` masks it with the text as ordinary tokens, and so does
+/// `gatt synth --mask`, which shares the flag.
+#[test]
+fn special_token_text_in_content_is_refused_or_encoded() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"id": "m", "messages": [{"role": "user", "content": "How does a turn end?"}, {"role": "assistant", "content": "Each turn ends with the text <|im_end|> followed by a newline."}]}"#,
+            "\n",
+            r#"{"id": "ok", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("m.jsonl");
+    let o = mask(&input, &out, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("special_token_in_content"), "{err}");
+    assert!(
+        err.contains("messages[1]") && err.contains("<|im_end|>"),
+        "{err}"
+    );
+    assert!(err.contains("--special-text encode"), "{err}");
+    assert!(!out.exists());
+
+    let o = mask(
+        &input,
+        &out,
+        &["--special-text", "refuse", "--on-error", "skip"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["samples"], 1);
+    assert_eq!(
+        summary["skipped"]["special_token_in_content"], 1,
+        "{summary}"
+    );
+
+    let o = mask(&input, &out, &["--special-text", "encode"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = read_jsonl(&out);
+    assert_eq!(rows.len(), 2);
+    let labels: Vec<i64> = rows[0]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    // Only the final <|im_end|> (id 2) of the loss span is a special token.
+    let loss: Vec<i64> = labels.into_iter().filter(|l| *l != -100).collect();
+    assert_eq!(loss.iter().filter(|l| **l <= 16).count(), 1, "{loss:?}");
+    assert_eq!(*loss.last().unwrap(), 2);
+
+    let o = gatt(&["synth", "--help"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("--special-text"),
+        "synth --mask shares the flag"
+    );
+}
+
 /// Bad input exits with status 2, names the file, line and field, and leaves no output.
 #[test]
 fn bad_input_is_reported_with_location_and_exit_2() {

@@ -5,7 +5,7 @@
 
 use gatt::dataset::Format;
 use gatt::mask::pipeline::OnError;
-use gatt::mask::{Policy, Truncate};
+use gatt::mask::{Policy, SpecialText, Truncate};
 use gatt::transform::{Attach, Placement};
 
 /// A `clap::ValueEnum` mirror of a library enum, with `From` both ways.
@@ -69,6 +69,18 @@ mirror! {
 }
 
 mirror! {
+    /// Values of `--special-text`.
+    SpecialTextArg => SpecialText {
+        /// Refuse records whose content holds the text of a special token
+        /// (counted as special_token_in_content).
+        Refuse,
+        /// Encode such text as ordinary tokens (transformers' split_special_tokens=True
+        /// for the content only); the template's markers stay special tokens.
+        Encode,
+    }
+}
+
+mirror! {
     /// Values of `--format` and `--out-format`.
     FormatArg => Format {
         Parquet,
@@ -124,6 +136,7 @@ mod tests {
         same_names::<OnErrorArg, OnError>();
         same_names::<PolicyArg, Policy>();
         same_names::<TruncateArg, Truncate>();
+        same_names::<SpecialTextArg, SpecialText>();
         same_names::<FormatArg, Format>();
         same_names::<AttachArg, Attach>();
         same_names::<PlacementArg, Placement>();

@@ -77,6 +77,7 @@ mod tests {
         }
         check(crate::mask::Policy::ALL);
         check(crate::mask::Truncate::ALL);
+        check(crate::mask::SpecialText::ALL);
         check(crate::mask::pipeline::OnError::ALL);
         check(crate::dataset::Format::ALL);
         check(crate::transform::Attach::ALL);

@@ -3,10 +3,10 @@
 use super::FormatArgs;
 use crate::out::outln;
 use crate::progress;
-use crate::values::{FormatArg, OnErrorArg, PolicyArg, TruncateArg};
+use crate::values::{FormatArg, OnErrorArg, PolicyArg, SpecialTextArg, TruncateArg};
 use gatt::dataset::Format;
 use gatt::mask::pipeline::{self, OnError, PipelineError, Summary};
-use gatt::mask::{MaskOptions, Masker, Policy, SkipReason};
+use gatt::mask::{MaskOptions, Masker, Policy, SkipReason, SpecialText};
 use gatt::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 /// label -100. Each sample is verified: the loss tokens must decode to exactly the reply
 /// plus its end-of-turn marker, and the tokens before it must be exactly the prompt the
 /// model sees at inference. A record that cannot be masked exactly fails (or, with
-/// `--on-error skip`, is skipped and counted); nothing is truncated silently.
+/// `--on-error skip`, is skipped and counted); nothing is truncated silently. Message
+/// content that holds the text of a special token (e.g. `<|im_end|>` in a reply) is
+/// refused as special_token_in_content, since the tokenizer would read it as the token
+/// itself; `--special-text encode` encodes it as ordinary text instead.
 ///
 /// Output columns: id, input_ids (u32), labels (i64, -100 = no loss, unshifted),
 /// attention_mask, n_tokens, n_loss_tokens.
@@ -48,7 +51,7 @@ pub struct Args {
     pub threads: Option<usize>,
 }
 
-/// Loss policy and length limits, shared with `gatt synth --mask`.
+/// Loss policy, length limits and special-token text, shared with `gatt synth --mask`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MaskFlags {
     /// Which tokens carry loss.
@@ -61,14 +64,21 @@ pub struct MaskFlags {
     /// reply) instead of skipping.
     #[arg(long, value_enum, requires = "max_len")]
     pub truncate: Option<TruncateArg>,
+    /// Message content that holds the text of a special token (e.g. `<|im_end|>`),
+    /// which the tokenizer would read as the token itself: refuse the record, or encode
+    /// the text as ordinary tokens.
+    #[arg(long, value_enum, default_value_t = SpecialText::default().into())]
+    pub special_text: SpecialTextArg,
 }
 
 impl MaskFlags {
+    /// The library's masking options these flags name.
     pub fn options(&self) -> MaskOptions {
         MaskOptions {
             policy: self.policy.into(),
             max_len: self.max_len,
             truncate: self.truncate.map(Into::into),
+            special_text: self.special_text.into(),
         }
     }
 }
@@ -140,6 +150,10 @@ fn hint(reason: SkipReason) -> &'static str {
     match reason {
         SkipReason::TooLong => "; raise --max-len, or pass --truncate left",
         SkipReason::Invalid => "",
+        SkipReason::SpecialTokenInContent => {
+            "; pass --special-text encode to encode such text as ordinary tokens, or \
+             --on-error skip to skip such records and count them"
+        }
         _ => "; pass --on-error skip to skip such records and count them",
     }
 }

@@ -46,6 +46,9 @@ pub fn token_span(
 /// The tokens before the reply must be the tokens of the prompt alone. Text between
 /// special tokens is tokenized independently, so only the stretch after the last special
 /// token needs re-tokenizing: the check costs a few tokens, not a second pass.
+///
+/// `tokenizer` re-tokenizes that stretch: the masker's own, or the same with
+/// special-token matching off when content text was encoded apart.
 pub fn verify_prompt(
     tokenizer: &Tokenizer,
     special_ids: &[u32],

@@ -7,11 +7,18 @@
 //! text the model sees at inference) and checking that the whole conversation continues
 //! that text with the reply and an end-of-turn marker.
 //!
+//! Message content that holds the text of a special token is refused by default, or
+//! encoded as ordinary text ([`SpecialText`]): never read as the token itself.
+//!
 //! [`Masker`] masks one record; [`pipeline`] masks a whole file in parallel.
 
 mod align;
+mod content;
 pub mod pipeline;
 mod spans;
+mod special;
+
+pub use special::SpecialText;
 
 use crate::dialogue::{Dialogue, Message, Purpose, Role};
 use crate::model::ChatFormat;
@@ -60,12 +67,17 @@ crate::names::named_values!(Truncate {
 /// How [`Masker`] builds samples.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MaskOptions {
+    /// Which tokens carry loss.
     pub policy: Policy,
     /// Longest record in tokens (the whole rendered conversation); longer ones fail
     /// with [`SkipReason::TooLong`] unless truncated. `None`: no limit.
     pub max_len: Option<usize>,
     /// Shortens records longer than `max_len` instead of refusing them.
     pub truncate: Option<Truncate>,
+    /// What to do with message content that holds the text of a special token: refuse
+    /// the record ([`SkipReason::SpecialTokenInContent`], the default) or encode the
+    /// text as ordinary tokens.
+    pub special_text: SpecialText,
 }
 
 /// One training sample, in the layout Hugging Face trainers read.
@@ -81,9 +93,11 @@ pub struct MaskedSample {
 }
 
 impl MaskedSample {
+    /// Tokens in the sample.
     pub fn n_tokens(&self) -> usize {
         self.input_ids.len()
     }
+    /// Tokens that carry loss.
     pub fn n_loss_tokens(&self) -> usize {
         self.labels.iter().filter(|l| **l != IGNORE).count()
     }
@@ -111,9 +125,13 @@ pub enum SkipReason {
     TooLong,
     /// No token carries loss.
     EmptyMask,
+    /// A message's content holds the text of a special token (e.g. `<|im_end|>`), which
+    /// the tokenizer would read as the token itself; see [`SpecialText`].
+    SpecialTokenInContent,
 }
 
 impl SkipReason {
+    /// The reason's name, as summaries count it (`seam_merge`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             SkipReason::Invalid => "invalid",
@@ -125,6 +143,7 @@ impl SkipReason {
             SkipReason::DecodeMismatch => "decode_mismatch",
             SkipReason::TooLong => "too_long",
             SkipReason::EmptyMask => "empty_mask",
+            SkipReason::SpecialTokenInContent => "special_token_in_content",
         }
     }
 }
@@ -154,12 +173,15 @@ impl std::fmt::Display for MaskError {
 pub struct Masker {
     template: ChatTemplate,
     tokenizer: Tokenizer,
-    /// Sorted ids of special tokens: text between them is tokenized independently.
-    special_ids: Vec<u32>,
+    /// The special tokens: text between them is tokenized independently, and message
+    /// content must not produce them.
+    specials: special::Specials,
     opts: MaskOptions,
 }
 
 impl Masker {
+    /// A masker for `format`'s chat template and tokenizer (its post-processor is
+    /// dropped: the template writes every special token itself).
     pub fn new(format: ChatFormat, opts: MaskOptions) -> Self {
         let ChatFormat {
             mut tokenizer,
@@ -170,47 +192,67 @@ impl Masker {
         // tokens or trim offsets, both wrong here (transformers tokenizes chat
         // templates with add_special_tokens=False).
         tokenizer.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
-        let special_ids = crate::tokenizer::special_ids(&tokenizer);
+        let specials = special::Specials::new(&tokenizer);
         Masker {
             template,
             tokenizer,
-            special_ids,
+            specials,
             opts,
         }
     }
 
+    /// The chat template samples are rendered with.
     pub fn template(&self) -> &ChatTemplate {
         &self.template
     }
 
+    /// The tokenizer samples are tokenized with.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
 
     /// Masks one record (whose messages already carry the instruction where training
     /// wants it); every sample is verified before it is returned.
+    ///
+    /// # Errors
+    ///
+    /// A [`MaskError`] whose reason says which check refused the record; content that
+    /// holds special-token text is refused unless [`MaskOptions::special_text`] says to
+    /// encode it.
     pub fn mask(&self, d: &Dialogue) -> Result<Vec<MaskedSample>, MaskError> {
         d.validate(Purpose::Training)
             .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
         let mut messages = d.messages.clone();
         loop {
+            let found = self.specials.find(&messages);
+            if let (Some((i, text)), SpecialText::Refuse) = (found, self.opts.special_text) {
+                let dropped = d.messages.len() - messages.len();
+                return Err(special::in_content(
+                    record_index(&messages, i, dropped),
+                    text,
+                ));
+            }
             let full = self.render(&messages, false)?;
-            let enc = self.tokenizer.encode(full.as_str(), false).map_err(|e| {
-                MaskError::new(SkipReason::TemplateError, format!("tokenizer: {e}"))
-            })?;
+            let enc = match found {
+                None => special::encode(&self.tokenizer, &full)?,
+                Some(_) => {
+                    self.specials
+                        .encode_apart(&self.tokenizer, &self.template, &messages, &full)?
+                }
+            };
             if let Some(max) = self.opts.max_len {
-                if enc.len() > max {
+                if enc.ids.len() > max {
                     if self.opts.truncate == Some(Truncate::Left) && drop_oldest_pair(&mut messages)
                     {
                         continue;
                     }
                     return Err(MaskError::new(
                         SkipReason::TooLong,
-                        format!("{} tokens, more than the limit of {max}", enc.len()),
+                        format!("{} tokens, more than the limit of {max}", enc.ids.len()),
                     ));
                 }
             }
-            return self.samples(&d.id, &messages, &full, enc.get_ids(), enc.get_offsets());
+            return self.samples(&d.id, &messages, &full, &enc);
         }
     }
 
@@ -225,9 +267,15 @@ impl Masker {
         id: &str,
         messages: &[Message],
         full: &str,
-        ids: &[u32],
-        offsets: &[(usize, usize)],
+        enc: &special::Encoded,
     ) -> Result<Vec<MaskedSample>, MaskError> {
+        let (ids, offsets) = (enc.ids.as_slice(), enc.offsets.as_slice());
+        // The text between special tokens is re-tokenized as it was tokenized.
+        let stretch = if enc.apart {
+            &self.specials.plain
+        } else {
+            &self.tokenizer
+        };
         if self.opts.policy == Policy::All {
             let everything = 0..ids.len();
             return Ok(vec![sample(
@@ -252,14 +300,15 @@ impl Masker {
             let span = spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
             let tokens = align::token_span(offsets, span.start, span.end, i)?;
             align::verify_prompt(
-                &self.tokenizer,
-                &self.special_ids,
+                stretch,
+                &self.specials.ids,
                 full,
                 ids,
                 offsets,
                 tokens.start,
             )?;
             align::verify_decode(&self.tokenizer, full, ids, &span, &tokens, i)?;
+            self.specials.verify_reply(full, enc, &span, &tokens, i)?;
             token_spans.push(tokens);
         }
         match self.opts.policy {
@@ -277,6 +326,17 @@ impl Masker {
                 .collect(),
             _ => Ok(vec![sample(id.to_string(), ids, ids.len(), &token_spans)?]),
         }
+    }
+}
+
+/// The index in the record of `messages[i]`, after `dropped` messages were removed by
+/// [`drop_oldest_pair`].
+fn record_index(messages: &[Message], i: usize, dropped: usize) -> usize {
+    let start = usize::from(messages.first().map(|m| m.role) == Some(Role::System));
+    if i < start {
+        i
+    } else {
+        i + dropped
     }
 }
 

@@ -9,6 +9,8 @@ use crate::template::ChatTemplate;
 pub struct ReplySpan {
     pub start: usize,
     pub end: usize,
+    /// Where the reply's content ends (its end-of-turn marker follows).
+    pub content_end: usize,
 }
 
 /// Locates message `turn` (content `content`) in `full`, given `prompt`: the conversation
@@ -78,5 +80,6 @@ pub fn reply_span(
     Ok(ReplySpan {
         start: prompt.len(),
         end: prompt.len() + gap + content.len() + marker.0 + marker.1,
+        content_end: prompt.len() + gap + content.len(),
     })
 }

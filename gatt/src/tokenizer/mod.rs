@@ -1,0 +1,195 @@
+//! Tokenizers: from a `tokenizer.json`, or rebuilt from a GGUF file's metadata
+//! (the default model ships no tokenizer.json).
+//!
+//! A tokenizer rebuilt from GGUF metadata must give the ids of the model's own
+//! `tokenizer.json`: the families this module rebuilds are checked against the reference
+//! vocabularies llama.cpp ships with their expected ids, and any other family is refused.
+
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file;
+use std::collections::HashMap;
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::{AddedToken, Tokenizer};
+
+mod pre;
+
+pub use pre::SUPPORTED as SUPPORTED_PRE_TOKENIZERS;
+/// The tokenizer type every function here returns (Hugging Face `tokenizers`).
+pub use tokenizers::Tokenizer as HfTokenizer;
+
+/// Loads a Hugging Face `tokenizer.json`.
+pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
+    if !path.exists() {
+        return Err(Error::input(format!(
+            "{}: tokenizer file not found",
+            path.display()
+        )));
+    }
+    Tokenizer::from_file(path).map_err(|e| {
+        Error::input(format!(
+            "{}: not a valid tokenizer.json: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// A GGUF file's metadata: key to value (`gguf_file::Content::metadata`).
+pub type Metadata = HashMap<String, gguf_file::Value>;
+
+fn md<'a>(md: &'a Metadata, key: &str) -> Result<&'a gguf_file::Value> {
+    md.get(key).ok_or_else(|| {
+        Error::input(format!(
+            "GGUF metadata has no `{key}`: the file carries no usable tokenizer"
+        ))
+    })
+}
+
+fn md_string(md: &Metadata, key: &str) -> Result<String> {
+    self::md(md, key)?
+        .to_string()
+        .cloned()
+        .map_err(|e| Error::input(format!("GGUF metadata `{key}`: {e}")))
+}
+
+fn md_strings(md: &Metadata, key: &str) -> Result<Vec<String>> {
+    let bad = |e: candle_core::Error| Error::input(format!("GGUF metadata `{key}`: {e}"));
+    self::md(md, key)?
+        .to_vec()
+        .map_err(bad)?
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(bad))
+        .collect()
+}
+
+/// Rebuilds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+///
+/// See [`from_gguf_metadata`].
+///
+/// # Errors
+///
+/// As [`from_gguf_metadata`].
+pub fn from_gguf(content: &gguf_file::Content) -> Result<Tokenizer> {
+    from_gguf_metadata(&content.metadata)
+}
+
+/// Rebuilds the tokenizer described by GGUF metadata (`tokenizer.ggml.*` keys), so that
+/// it gives the ids of the model's own `tokenizer.json`.
+///
+/// Only byte-level BPE (`tokenizer.ggml.model = gpt2`) is supported, and only the
+/// pre-tokenizers named in [`SUPPORTED_PRE_TOKENIZERS`] (`tokenizer.ggml.pre`). Control
+/// tokens (type 3) become special added tokens and user-defined ones (type 4) plain added
+/// tokens: both are matched in the text before BPE, as llama.cpp and `transformers` do.
+///
+/// # Errors
+///
+/// An input error naming the key at fault when a key is missing or malformed, when
+/// `tokenizer.ggml.pre` is absent (the split rules would be a guess) or names a
+/// pre-tokenizer this crate does not rebuild exactly.
+pub fn from_gguf_metadata(metadata: &Metadata) -> Result<Tokenizer> {
+    let model = md_string(metadata, "tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(Error::input(format!(
+            "GGUF tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); \
+             give the model's tokenizer.json instead"
+        )));
+    }
+    let pre = match metadata.get(pre::PRE_KEY) {
+        Some(_) => md_string(metadata, pre::PRE_KEY)?,
+        None => {
+            return Err(Error::input(format!(
+                "GGUF metadata has no `{}`: which split rules the model's tokenizer uses is \
+                 unknown (llama.cpp falls back to a default and warns that output quality \
+                 degrades); reconvert the model with a current llama.cpp or give its \
+                 tokenizer.json instead",
+                pre::PRE_KEY
+            )))
+        }
+    };
+    let recipe = pre::recipe(&pre)?;
+    let tokens = md_strings(metadata, "tokenizer.ggml.tokens")?;
+    let merges: Vec<(String, String)> = md_strings(metadata, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => Ok((a.to_string(), b.to_string())),
+            None => Err(Error::input(format!(
+                "GGUF metadata `tokenizer.ggml.merges`: malformed merge `{m}`"
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    let types: Vec<i32> = match metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|e| Error::input(format!("GGUF `tokenizer.ggml.token_type`: {e}")))?
+            .iter()
+            .map(|t| t.to_i32().unwrap_or(TOKEN_NORMAL))
+            .collect(),
+        None => vec![TOKEN_NORMAL; tokens.len()],
+    };
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(recipe.ignore_merges)
+        .build()
+        .map_err(|e| Error::input(format!("GGUF tokenizer: cannot build BPE: {e}")))?;
+    let mut tok = Tokenizer::new(bpe);
+    if let Some(n) = recipe.normalizer {
+        tok.with_normalizer(Some(n))
+            .map_err(|e| Error::runtime(format!("GGUF tokenizer: normalizer: {e}")))?;
+    }
+    tok.with_pre_tokenizer(Some(recipe.pre_tokenizer));
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+    // Control and user-defined tokens are matched before BPE; only control tokens are
+    // special (what `transformers` marks `special`, and what content may not contain).
+    let added = |kind: i32| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| **t == kind)
+            .map(|(s, _)| AddedToken::from(s.clone(), kind == TOKEN_CONTROL).normalized(false))
+            .collect()
+    };
+    let _added = tok.add_special_tokens(added(TOKEN_CONTROL));
+    let _added = tok.add_tokens(added(TOKEN_USER_DEFINED));
+    Ok(tok)
+}
+
+/// `tokenizer.ggml.token_type` of an ordinary token.
+const TOKEN_NORMAL: i32 = 1;
+/// `tokenizer.ggml.token_type` of a control token (`<|im_end|>`): a special token.
+const TOKEN_CONTROL: i32 = 3;
+/// `tokenizer.ggml.token_type` of a user-defined token: matched whole, not special.
+const TOKEN_USER_DEFINED: i32 = 4;
+
+/// Text of token `key` (e.g. `tokenizer.ggml.eos_token_id`) in a GGUF file.
+pub fn gguf_token_text(content: &gguf_file::Content, key: &str) -> Option<String> {
+    let id = content.metadata.get(key)?.to_u32().ok()? as usize;
+    let tokens = content
+        .metadata
+        .get("tokenizer.ggml.tokens")?
+        .to_vec()
+        .ok()?;
+    tokens.get(id)?.to_string().ok().cloned()
+}
+
+/// Ids of the special (added) tokens: text between them is tokenized independently.
+pub fn special_ids(tok: &Tokenizer) -> Vec<u32> {
+    let mut ids: Vec<u32> = tok
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod vectors;

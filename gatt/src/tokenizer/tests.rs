@@ -1,0 +1,88 @@
+use super::*;
+use gguf_file::Value;
+
+/// A tiny byte-level BPE vocabulary: `abc` is a token, but the merges never reach it
+/// (`b c` ranks first, and nothing merges `a` with `bc`). `<|end|>` is a control token,
+/// `<u>` a user-defined one.
+fn metadata(pre: Option<&str>) -> Metadata {
+    let strings =
+        |v: &[&str]| Value::Array(v.iter().map(|s| Value::String(s.to_string())).collect());
+    let mut md = Metadata::new();
+    md.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+    if let Some(pre) = pre {
+        md.insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+    }
+    md.insert(
+        "tokenizer.ggml.tokens".into(),
+        strings(&["a", "b", "c", "ab", "bc", "abc", "<|end|>", "<u>", "Ġ"]),
+    );
+    md.insert("tokenizer.ggml.merges".into(), strings(&["b c", "a b"]));
+    md.insert(
+        "tokenizer.ggml.token_type".into(),
+        Value::Array([1, 1, 1, 1, 1, 1, 3, 4, 1].map(Value::I32).to_vec()),
+    );
+    md
+}
+
+fn ids(pre: &str, text: &str) -> Vec<u32> {
+    let tok = from_gguf_metadata(&metadata(Some(pre))).unwrap();
+    tok.encode(text, false).unwrap().get_ids().to_vec()
+}
+
+#[test]
+fn llama3_takes_a_whole_word_from_the_vocabulary_without_merging() {
+    // Llama 3's tokenizer.json sets ignore_merges: `abc` is one token.
+    assert_eq!(ids("llama-bpe", "abc"), [5]);
+    assert_eq!(ids("llama3", "abc"), [5]);
+    // Qwen2 splits the same way but merges: `b c` first, then nothing joins `a` + `bc`.
+    assert_eq!(ids("qwen2", "abc"), [0, 4]);
+}
+
+#[test]
+fn gpt_2_is_llama_cpps_name_for_gpt2s_rules() {
+    assert_eq!(ids("gpt-2", "abc ab"), [0, 4, 8, 3]);
+}
+
+#[test]
+fn a_missing_pre_tokenizer_is_refused_naming_the_key() {
+    let e = from_gguf_metadata(&metadata(None)).unwrap_err();
+    assert!(e.is_input());
+    assert!(e.to_string().contains("`tokenizer.ggml.pre`"), "{e}");
+}
+
+#[test]
+fn unknown_or_unverified_pre_tokenizers_are_refused() {
+    // `default` is llama.cpp's fallback, `gpt2` no name llama.cpp writes.
+    for pre in ["default", "gpt2", "falcon3", "no-such-family"] {
+        let e = from_gguf_metadata(&metadata(Some(pre))).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("tokenizer.ggml.pre = {pre} is not supported")),
+            "{msg}"
+        );
+        assert!(msg.contains("llama-bpe"), "lists the supported ones: {msg}");
+    }
+}
+
+#[test]
+fn every_supported_family_builds() {
+    for pre in SUPPORTED_PRE_TOKENIZERS {
+        from_gguf_metadata(&metadata(Some(pre))).unwrap_or_else(|e| panic!("{pre}: {e}"));
+    }
+}
+
+#[test]
+fn control_tokens_are_special_and_user_defined_ones_are_matched_whole() {
+    let tok = from_gguf_metadata(&metadata(Some("gpt-2"))).unwrap();
+    assert_eq!(special_ids(&tok), [6]);
+    let enc = tok.encode("a<|end|>b<u>", false).unwrap();
+    assert_eq!(enc.get_ids(), [0, 6, 1, 7]);
+}
+
+#[test]
+fn a_non_bpe_model_is_refused() {
+    let mut md = metadata(Some("gpt-2"));
+    md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+    let e = from_gguf_metadata(&md).unwrap_err();
+    assert!(e.to_string().contains("`llama` is not supported"), "{e}");
+}
