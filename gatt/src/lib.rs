@@ -105,13 +105,11 @@ pub mod catalog;
 pub mod dataset;
 pub mod dialogue;
 pub mod error;
-#[allow(missing_docs)] // documented separately
 pub mod mask;
 pub mod model;
 pub mod names;
 pub mod seed;
 pub mod template;
-#[allow(missing_docs)] // documented separately
 pub mod tokenizer;
 pub mod transform;
 

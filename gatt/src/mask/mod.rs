@@ -85,10 +85,12 @@ pub struct MaskOptions {
 pub struct MaskedSample {
     /// The record's id; expanded samples get `ID#TURN`.
     pub id: String,
+    /// Token ids of the whole rendered conversation, as the model reads it.
     pub input_ids: Vec<u32>,
     /// Aligned with `input_ids` (the trainer shifts): the token id where there is
     /// loss, [`IGNORE`] elsewhere.
     pub labels: Vec<i64>,
+    /// All ones, one per token (samples are not padded; trainers pad batches).
     pub attention_mask: Vec<u8>,
 }
 
@@ -148,11 +150,16 @@ impl SkipReason {
     }
 }
 
+/// A record that cannot be masked exactly: it is refused, never written wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskError {
+    /// Which check failed (what a skipping run counts).
     pub reason: SkipReason,
+    /// What was found, for the person who reads the error (the message, the tokens).
     pub detail: String,
 }
+
+impl std::error::Error for MaskError {}
 
 impl MaskError {
     pub(crate) fn new(reason: SkipReason, detail: impl Into<String>) -> Self {
