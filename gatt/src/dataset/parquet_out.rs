@@ -498,3 +498,17 @@ impl SampleParquet {
         self.out.finish()
     }
 }
+
+/// Writes `columns` (of these `fields`, `rows` long) as a Parquet file at `path`: files
+/// with other columns and types, for tests of the readers.
+#[cfg(test)]
+pub(super) fn write_columns(
+    path: &Path,
+    fields: Vec<Field>,
+    rows: usize,
+    columns: Vec<Box<dyn Array>>,
+) -> Result<()> {
+    let mut out = ParquetOut::create(path, fields)?;
+    out.write(rows, columns)?;
+    out.finish()
+}

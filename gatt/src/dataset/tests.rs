@@ -213,6 +213,46 @@ fn many_samples(n: usize) -> Vec<MaskedSample> {
         .collect()
 }
 
+/// Row counts to try: none, one, two, and around a row group's end (a last row group of
+/// one row).
+fn row_counts() -> [usize; 6] {
+    let chunk = parquet_out::CHUNK;
+    [0, 1, 2, chunk - 1, chunk, chunk + 1]
+}
+
+/// Issue 16: a Parquet file of one row (or whose last row group has one row) panicked in
+/// polars, writing or reading; every row count writes and reads back equal.
+#[test]
+fn dialogue_parquet_of_any_row_count_reads_back_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in row_counts() {
+        let path = dir.path().join(format!("d{n}.parquet"));
+        let want = many_records(n);
+        let mut w = DialogueWriter::create(&path, Format::Parquet).unwrap();
+        for d in &want {
+            w.write(d).unwrap();
+        }
+        w.finish().unwrap();
+        assert!(read_all(&path).unwrap() == want, "{n} rows differ");
+    }
+}
+
+/// Issue 16, for masked samples (where the u8 attention mask made polars panic).
+#[test]
+fn sample_parquet_of_any_row_count_reads_back_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in row_counts() {
+        let path = dir.path().join(format!("m{n}.parquet"));
+        let want = many_samples(n);
+        let mut w = SampleWriter::create(&path, Format::Parquet).unwrap();
+        for s in &want {
+            w.write(s).unwrap();
+        }
+        w.finish().unwrap();
+        assert!(read_samples(&path).unwrap() == want, "{n} rows differ");
+    }
+}
+
 /// The Arrow schema `path` stores for readers (its `ARROW:schema` key), as stored: not
 /// converted to the types polars reads into, as `infer_schema` does.
 fn stored_schema(path: &Path) -> polars_arrow::datatypes::ArrowSchema {
@@ -398,4 +438,82 @@ fn files_with_view_and_large_types_are_still_read() {
     let types = stored_types(&path);
     assert!(types.iter().any(|(_, t)| has_view_or_large(t)), "{types:?}");
     assert_eq!(read_samples(&path).unwrap(), want);
+}
+
+/// A dialogue file from elsewhere, `rows` records: `id` and `messages`, then
+/// `instruction` as bytes (`instructions`), and columns no record is made of, of types
+/// polars' frames cannot hold one row of (lists of u8) or at all (u8).
+fn foreign_dialogues(path: &Path, rows: usize, instructions: &[&[u8]]) {
+    use polars_arrow::array::Utf8ViewArray;
+    use polars_arrow::array::{Array, BinaryViewArray, ListArray, PrimitiveArray, StructArray};
+    use polars_arrow::datatypes::{ArrowDataType as D, Field};
+    use polars_arrow::offset::OffsetsBuffer;
+    let list_of = |item: D| D::List(Box::new(Field::new("item".into(), item, true)));
+    let message = D::Struct(vec![
+        Field::new("role".into(), D::Utf8View, true),
+        Field::new("content".into(), D::Utf8View, true),
+    ]);
+    let ids: Vec<String> = (0..rows).map(|i| format!("f{i}")).collect();
+    let roles = Utf8ViewArray::from_slice_values(vec!["user"; rows]).boxed();
+    let contents = Utf8ViewArray::from_slice_values(vec!["hi"; rows]).boxed();
+    let messages = StructArray::new(message.clone(), rows, vec![roles, contents], None).boxed();
+    let one_each =
+        || OffsetsBuffer::<i32>::try_from((0..=rows as i32).collect::<Vec<_>>()).unwrap();
+    let fields = vec![
+        Field::new("id".into(), D::Utf8View, true),
+        Field::new("messages".into(), list_of(message.clone()), true),
+        Field::new("instruction".into(), D::BinaryView, true),
+        Field::new("scores".into(), list_of(D::UInt8), true),
+        Field::new("flag".into(), D::UInt8, true),
+    ];
+    let columns: Vec<Box<dyn Array>> = vec![
+        Utf8ViewArray::from_slice_values(&ids).boxed(),
+        ListArray::<i32>::new(list_of(message), one_each(), messages, None).boxed(),
+        BinaryViewArray::from_slice_values(instructions).boxed(),
+        ListArray::<i32>::new(
+            list_of(D::UInt8),
+            one_each(),
+            PrimitiveArray::from_vec(vec![7u8; rows]).boxed(),
+            None,
+        )
+        .boxed(),
+        PrimitiveArray::from_vec(vec![1u8; rows]).boxed(),
+    ];
+    parquet_out::write_columns(path, fields, rows, columns).unwrap();
+}
+
+/// Issue 16, in reading: a dialogue file of one row whose other columns are lists of u8
+/// made polars panic; only the record columns are read now, as Arrow arrays.
+#[test]
+fn other_columns_of_any_type_do_not_stop_a_one_row_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for rows in [1, 2] {
+        let path = dir.path().join(format!("f{rows}.parquet"));
+        foreign_dialogues(&path, rows, &vec![b"Be brief.".as_slice(); rows]);
+        let got = read_all(&path).unwrap();
+        assert_eq!(got.len(), rows);
+        assert_eq!(got[0].id, "f0");
+        assert_eq!(got[0].messages, vec![Message::user("hi")]);
+        assert_eq!(got[0].instruction, "Be brief.");
+    }
+}
+
+/// A value with no JSON form (bytes that are not UTF-8) refuses its record, at its row
+/// and field; the records around it are read.
+#[test]
+fn a_value_that_cannot_be_read_refuses_only_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.parquet");
+    foreign_dialogues(&path, 3, &[b"ok", b"\xff\xfe", b"ok"]);
+    let results: Vec<_> = read_dialogues(&path).unwrap().collect();
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[2].is_ok());
+    let e = results[1].as_ref().unwrap_err();
+    assert!(e.is_input());
+    let loc = e.location().unwrap();
+    assert_eq!(
+        (loc.row, loc.field.as_deref()),
+        (Some(1), Some("instruction"))
+    );
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
 }
