@@ -136,6 +136,36 @@ fn special_token_text_in_content_is_refused_or_encoded() {
     );
 }
 
+/// Issue 16: a Parquet output of one sample (and of two) is written, not panicked on,
+/// and `gatt inspect` reads it back.
+#[test]
+fn one_or_two_records_mask_to_parquet() {
+    let dir = tempdir();
+    let record = |id: &str| {
+        format!(
+            r#"{{"id": "{id}", "messages": [{{"role": "user", "content": "hi"}}, {{"role": "assistant", "content": "hello"}}]}}"#
+        )
+    };
+    for n in [1, 2] {
+        let input = dir.path().join(format!("d{n}.jsonl"));
+        let lines: Vec<String> = (0..n).map(|i| record(&format!("r{i}"))).collect();
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        let out = dir.path().join(format!("m{n}.parquet"));
+        let o = mask(&input, &out, &[]);
+        assert!(o.status.success(), "{n} records: {}", stderr(&o));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(summary["samples"], n);
+        let last = (n - 1).to_string();
+        let mut args = vec!["inspect".to_string(), arg(&out), "--row".into(), last];
+        args.extend(tok_args());
+        let o = gatt(&args);
+        assert!(o.status.success(), "{n} records: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(&format!("id r{}", n - 1)), "{text}");
+        assert!(text.contains("[[hello<|im_end|>]]"), "{text}");
+    }
+}
+
 /// Bad input exits with status 2, names the file, line and field, and leaves no output.
 #[test]
 fn bad_input_is_reported_with_location_and_exit_2() {

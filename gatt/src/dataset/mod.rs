@@ -10,6 +10,7 @@ mod atomic;
 mod json;
 mod jsonl;
 mod parquet;
+mod parquet_out;
 mod raw;
 mod samples;
 
@@ -79,8 +80,10 @@ pub fn read_all(path: &Path) -> Result<Vec<Dialogue>> {
 
 /// Writes dialogue records; [`DialogueWriter::finish`] makes the file appear.
 pub enum DialogueWriter {
+    /// One JSON record a line.
     Jsonl(jsonl::JsonlWriter),
-    Parquet(Box<parquet::DialogueParquet>),
+    /// Parquet, with the Arrow types every reader takes (`string`, `list`).
+    Parquet(Box<parquet_out::DialogueParquet>),
 }
 
 impl DialogueWriter {
@@ -88,7 +91,7 @@ impl DialogueWriter {
         Ok(match format {
             Format::Jsonl => DialogueWriter::Jsonl(jsonl::JsonlWriter::create(path)?),
             Format::Parquet => {
-                DialogueWriter::Parquet(Box::new(parquet::DialogueParquet::create(path)?))
+                DialogueWriter::Parquet(Box::new(parquet_out::DialogueParquet::create(path)?))
             }
         })
     }
@@ -110,8 +113,10 @@ impl DialogueWriter {
 
 /// Writes masked samples: `id, input_ids, labels, attention_mask, n_tokens, n_loss_tokens`.
 pub enum SampleWriter {
+    /// One JSON sample a line.
     Jsonl(jsonl::JsonlWriter),
-    Parquet(Box<parquet::SampleParquet>),
+    /// Parquet, with the Arrow types every reader takes (`string`, `list`).
+    Parquet(Box<parquet_out::SampleParquet>),
 }
 
 #[derive(serde::Serialize)]
@@ -129,7 +134,7 @@ impl SampleWriter {
         Ok(match format {
             Format::Jsonl => SampleWriter::Jsonl(jsonl::JsonlWriter::create(path)?),
             Format::Parquet => {
-                SampleWriter::Parquet(Box::new(parquet::SampleParquet::create(path)?))
+                SampleWriter::Parquet(Box::new(parquet_out::SampleParquet::create(path)?))
             }
         })
     }

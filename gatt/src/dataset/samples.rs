@@ -3,11 +3,14 @@
 //! Sample `i` of the result is row `i` of the file (0-based, blank JSONL lines are not
 //! rows), the row `gatt inspect --row i` shows and errors name.
 
-use super::parquet::open_reader;
+use super::parquet::ParquetFile;
 use super::Location;
 use crate::error::{Error, Result};
 use crate::mask::MaskedSample;
-use polars::prelude::*;
+use polars_arrow::array::{Array, ListArray, PrimitiveArray, Utf8ViewArray};
+use polars_arrow::datatypes::ArrowDataType;
+use polars_arrow::offset::Offset;
+use polars_arrow::types::NativeType;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
@@ -65,41 +68,41 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<MaskedSample>> {
 }
 
 /// Masked samples of a Parquet file, read from `path` into memory.
+///
+/// Only the sample columns are read, straight into Arrow arrays (see [`super::parquet`]).
+/// Text is accepted as `string`, `large_string` or `string_view` (an `id` may also be an
+/// integer); lists as `list` or `large_list` of any integer type.
 pub fn read_parquet(path: &Path) -> Result<Vec<MaskedSample>> {
     let file = || Location::in_file(path);
-    let df = open_reader(path)?.finish().map_err(|e| {
-        Error::input(format!("not a readable Parquet file: {e}"))
-            .at(file())
-            .with_source(e)
-    })?;
-    let column = |name: &str| {
-        df.column(name).map_err(|_| {
-            Error::input(format!(
+    let mut parquet = ParquetFile::open(path)?;
+    let mut required = |name: &str| {
+        if !parquet.has(name) {
+            return Err(Error::input(format!(
                 "not a masked sample: no `{name}` column (a file written by `gatt mask` has \
                  id, input_ids, labels, attention_mask)"
             ))
-            .at(file())
-        })
+            .at(file()));
+        }
+        parquet.column(name)
     };
-    let ids = column("id")?.cast(&DataType::String)?;
-    let ids = ids.str()?;
-    let input_ids = lists::<UInt32Type>(path, column("input_ids")?)?;
-    let labels = lists::<Int64Type>(path, column("labels")?)?;
-    let masks = match df.column("attention_mask") {
-        Ok(c) => Some(lists::<UInt8Type>(path, c)?),
-        Err(_) => None,
+    let ids = texts(path, "id", &required("id")?)?;
+    let input_ids = int_lists::<u32>(path, "input_ids", &required("input_ids")?)?;
+    let labels = int_lists::<i64>(path, "labels", &required("labels")?)?;
+    let masks = if parquet.has("attention_mask") {
+        let arrays = parquet.column("attention_mask")?;
+        Some(int_lists::<u8>(path, "attention_mask", &arrays)?)
+    } else {
+        None
     };
-    let mut out = Vec::with_capacity(df.height());
-    for (row, id) in ids.iter().enumerate() {
+    let mut out = Vec::with_capacity(ids.len());
+    for (row, id) in ids.into_iter().enumerate() {
         let at = |field: &str| file().at_row(row).with_field(field);
-        let id = id
-            .ok_or_else(|| Error::input("missing").at(at("id")))?
-            .to_string();
+        let id = id.ok_or_else(|| Error::input("missing").at(at("id")))?;
         let loc = |field: &str| at(field).with_id(id.clone());
-        let ids = values(&input_ids[row], "a token id", || loc("input_ids"))?;
-        let labels = values(&labels[row], "a token id or -100", || loc("labels"))?;
+        let ids = values(&input_ids, row, "a token id", || loc("input_ids"))?;
+        let labels = values(&labels, row, "a token id or -100", || loc("labels"))?;
         let mask = match &masks {
-            Some(m) => Some(values(&m[row], "0 or 1", || loc("attention_mask"))?),
+            Some(m) => Some(values(m, row, "0 or 1", || loc("attention_mask"))?),
             None => None,
         };
         out.push(sample(id, ids, labels, mask));
@@ -107,80 +110,141 @@ pub fn read_parquet(path: &Path) -> Result<Vec<MaskedSample>> {
     Ok(out)
 }
 
+/// The rows of a text column (or an integer one, written out in decimal).
+fn texts(path: &Path, name: &str, arrays: &[Box<dyn Array>]) -> Result<Vec<Option<String>>> {
+    let mut out = Vec::new();
+    for array in arrays {
+        if let Some(a) = array.as_any().downcast_ref::<Utf8ViewArray>() {
+            out.extend(a.iter().map(|v| v.map(str::to_string)));
+            continue;
+        }
+        let Some(numbers) = int_values::<i128>(array.as_ref()) else {
+            return Err(Error::input(format!(
+                "not a masked sample: column `{name}` holds {}, not text",
+                type_name(array.dtype())
+            ))
+            .at(Location::in_file(path)));
+        };
+        out.extend(numbers.into_iter().map(|v| v.map(|v| v.to_string())));
+    }
+    Ok(out)
+}
+
 /// One list per row; `None` for a missing list or a value the column type cannot hold.
 type Lists<T> = Vec<Option<Vec<Option<T>>>>;
 
-/// The rows of a list-of-integers column as `T` (a value out of `T`'s range is `None`).
-///
-/// Lists of `T` are read as they are; lists of other integers are cast to `i64` first
-/// (polars casts only between its 32- and 64-bit types).
-fn lists<T>(path: &Path, col: &Column) -> Result<Lists<T::Native>>
-where
-    T: PolarsNumericType,
-    T::Native: TryFrom<i64>,
+/// An integer type every Parquet integer converts to, or fails to for a value out of
+/// its range.
+trait Int:
+    Copy
+    + TryFrom<i8>
+    + TryFrom<i16>
+    + TryFrom<i32>
+    + TryFrom<i64>
+    + TryFrom<u8>
+    + TryFrom<u16>
+    + TryFrom<u32>
+    + TryFrom<u64>
 {
-    let not_ints = || {
-        Error::input(format!(
-            "not a masked sample: column `{}` holds {}, not lists of integers",
-            col.name(),
-            col.dtype()
-        ))
-        .at(Location::in_file(path))
-    };
-    let inner = match col.dtype() {
-        DataType::List(inner) if inner.is_integer() => inner.as_ref().clone(),
-        _ => return Err(not_ints()),
-    };
-    if inner == T::get_static_dtype() {
-        return Ok(arrow_lists::<T::Native>(col.list()?));
-    }
-    if !matches!(
-        inner,
-        DataType::Int32 | DataType::Int64 | DataType::UInt32 | DataType::UInt64
-    ) {
-        return Err(not_ints());
-    }
-    let wide = col.cast(&DataType::List(Box::new(DataType::Int64)))?;
-    Ok(arrow_lists::<i64>(wide.list()?)
-        .into_iter()
-        .map(|row| {
-            row.map(|r| {
-                r.into_iter()
-                    .map(|v| v.and_then(|v| T::Native::try_from(v).ok()))
-                    .collect()
-            })
-        })
-        .collect())
 }
 
-/// The rows of a list column whose values are `N`, straight from its arrow arrays.
-fn arrow_lists<N: polars_arrow::types::NativeType>(list: &ListChunked) -> Lists<N> {
-    use polars_arrow::array::{Array, PrimitiveArray};
-    let mut out = Vec::with_capacity(list.len());
-    for arr in list.downcast_iter() {
-        let values = arr.values().as_any().downcast_ref::<PrimitiveArray<N>>();
-        for i in 0..arr.len() {
-            let (start, end) = arr.offsets().start_end(i);
-            out.push(match values {
-                Some(v) if arr.is_valid(i) => Some(
-                    (start..end)
-                        .map(|j| v.is_valid(j).then(|| v.value(j)))
-                        .collect(),
-                ),
-                _ => None,
-            });
+impl<T> Int for T where
+    T: Copy
+        + TryFrom<i8>
+        + TryFrom<i16>
+        + TryFrom<i32>
+        + TryFrom<i64>
+        + TryFrom<u8>
+        + TryFrom<u16>
+        + TryFrom<u32>
+        + TryFrom<u64>
+{
+}
+
+/// The values of an integer array as `T` (`None` where null or out of `T`'s range);
+/// `None` for an array that is not of integers.
+fn int_values<T: Int>(array: &dyn Array) -> Option<Vec<Option<T>>> {
+    fn convert<S: NativeType, T: TryFrom<S>>(array: &dyn Array) -> Option<Vec<Option<T>>> {
+        let array = array.as_any().downcast_ref::<PrimitiveArray<S>>()?;
+        Some(
+            array
+                .iter()
+                .map(|v| v.and_then(|v| T::try_from(*v).ok()))
+                .collect(),
+        )
+    }
+    match array.dtype() {
+        ArrowDataType::Int8 => convert::<i8, T>(array),
+        ArrowDataType::Int16 => convert::<i16, T>(array),
+        ArrowDataType::Int32 => convert::<i32, T>(array),
+        ArrowDataType::Int64 => convert::<i64, T>(array),
+        ArrowDataType::UInt8 => convert::<u8, T>(array),
+        ArrowDataType::UInt16 => convert::<u16, T>(array),
+        ArrowDataType::UInt32 => convert::<u32, T>(array),
+        ArrowDataType::UInt64 => convert::<u64, T>(array),
+        _ => None,
+    }
+}
+
+/// The rows of a list-of-integers column as `T` (a value out of `T`'s range is `None`).
+fn int_lists<T: Int>(path: &Path, name: &str, arrays: &[Box<dyn Array>]) -> Result<Lists<T>> {
+    let mut out = Vec::new();
+    for array in arrays {
+        let added = if let Some(a) = array.as_any().downcast_ref::<ListArray<i64>>() {
+            list_rows(a, &mut out)
+        } else if let Some(a) = array.as_any().downcast_ref::<ListArray<i32>>() {
+            list_rows(a, &mut out)
+        } else {
+            None
+        };
+        if added.is_none() {
+            return Err(Error::input(format!(
+                "not a masked sample: column `{name}` holds {}, not lists of integers",
+                type_name(array.dtype())
+            ))
+            .at(Location::in_file(path)));
         }
     }
-    out
+    Ok(out)
 }
 
-/// The values of one row's list; `what` says what each value must be.
+/// Appends the rows of `list` to `out`; `None` when its values are not integers.
+fn list_rows<O: Offset, T: Int>(list: &ListArray<O>, out: &mut Lists<T>) -> Option<()> {
+    let values = int_values::<T>(list.values().as_ref())?;
+    for i in 0..list.len() {
+        let (start, end) = list.offsets().start_end(i);
+        out.push(
+            list.is_valid(i)
+                .then(|| values.get(start..end).map(<[_]>::to_vec))
+                .flatten(),
+        );
+    }
+    Some(())
+}
+
+/// A short name of an Arrow type for messages: `string`, `list<int64>`, `float64`.
+fn type_name(dtype: &ArrowDataType) -> String {
+    use ArrowDataType as D;
+    match dtype {
+        D::Utf8 | D::LargeUtf8 | D::Utf8View => "string".into(),
+        D::Binary | D::LargeBinary | D::BinaryView => "binary".into(),
+        D::Boolean => "bool".into(),
+        D::List(f) | D::LargeList(f) | D::FixedSizeList(f, _) => {
+            format!("list<{}>", type_name(&f.dtype))
+        }
+        D::Struct(_) => "struct".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The values of row `row`'s list; `what` says what each value must be.
 fn values<T: Copy>(
-    row: &Option<Vec<Option<T>>>,
+    lists: &Lists<T>,
+    row: usize,
     what: &str,
     loc: impl Fn() -> Location,
 ) -> Result<Vec<T>> {
-    let Some(row) = row else {
+    let Some(row) = lists.get(row).and_then(Option::as_ref) else {
         return Err(Error::input("missing").at(loc()));
     };
     row.iter()
@@ -198,6 +262,7 @@ fn values<T: Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use polars::prelude::*;
 
     /// A sample file as another tool might write it: i64 token ids, no attention mask.
     fn foreign_parquet(path: &Path, ids: &[&[i64]]) {

@@ -179,3 +179,341 @@ fn a_malformed_meta_key_names_the_record_and_field() {
         "{e}"
     );
 }
+
+/// `n` distinct dialogue records, unlike enough to catch rows out of place.
+fn many_records(n: usize) -> Vec<Dialogue> {
+    (0..n)
+        .map(|i| {
+            let mut d = records()[i % 2].clone();
+            d.id = format!("r{i}");
+            d.messages[0].content = format!("{} #{i}", d.messages[0].content);
+            d
+        })
+        .collect()
+}
+
+/// `n` distinct masked samples of various lengths.
+fn many_samples(n: usize) -> Vec<MaskedSample> {
+    (0..n)
+        .map(|i| {
+            let len = 1 + i % 5;
+            let input_ids: Vec<u32> = (0..len as u32).map(|t| t + i as u32).collect();
+            let labels = input_ids
+                .iter()
+                .enumerate()
+                .map(|(j, t)| if j % 2 == 0 { -100 } else { i64::from(*t) })
+                .collect();
+            MaskedSample {
+                id: format!("s{i}"),
+                input_ids,
+                labels,
+                attention_mask: vec![1; len],
+            }
+        })
+        .collect()
+}
+
+/// Row counts to try: none, one, two, and around a row group's end (a last row group of
+/// one row).
+fn row_counts() -> [usize; 6] {
+    let chunk = parquet_out::CHUNK;
+    [0, 1, 2, chunk - 1, chunk, chunk + 1]
+}
+
+/// Issue 16: a Parquet file of one row (or whose last row group has one row) panicked in
+/// polars, writing or reading; every row count writes and reads back equal.
+#[test]
+fn dialogue_parquet_of_any_row_count_reads_back_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in row_counts() {
+        let path = dir.path().join(format!("d{n}.parquet"));
+        let want = many_records(n);
+        let mut w = DialogueWriter::create(&path, Format::Parquet).unwrap();
+        for d in &want {
+            w.write(d).unwrap();
+        }
+        w.finish().unwrap();
+        assert!(read_all(&path).unwrap() == want, "{n} rows differ");
+    }
+}
+
+/// Issue 16, for masked samples (where the u8 attention mask made polars panic).
+#[test]
+fn sample_parquet_of_any_row_count_reads_back_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in row_counts() {
+        let path = dir.path().join(format!("m{n}.parquet"));
+        let want = many_samples(n);
+        let mut w = SampleWriter::create(&path, Format::Parquet).unwrap();
+        for s in &want {
+            w.write(s).unwrap();
+        }
+        w.finish().unwrap();
+        assert!(read_samples(&path).unwrap() == want, "{n} rows differ");
+    }
+}
+
+/// The Arrow schema `path` stores for readers (its `ARROW:schema` key), as stored: not
+/// converted to the types polars reads into, as `infer_schema` does.
+fn stored_schema(path: &Path) -> polars_arrow::datatypes::ArrowSchema {
+    use base64::Engine as _;
+    let mut f = std::fs::File::open(path).unwrap();
+    let meta = polars_parquet::read::read_metadata(&mut f).unwrap();
+    let pairs = meta.key_value_metadata().clone().unwrap_or_default();
+    let encoded = pairs
+        .iter()
+        .find(|kv| kv.key == "ARROW:schema")
+        .and_then(|kv| kv.value.clone())
+        .expect("an ARROW:schema key");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    // A legacy IPC message: a continuation marker and a length, then the schema.
+    let message = if bytes[..4] == [255; 4] {
+        &bytes[8..]
+    } else {
+        &bytes[..]
+    };
+    polars_arrow::io::ipc::read::deserialize_schema(message)
+        .unwrap()
+        .0
+}
+
+/// Each column's name and stored Arrow type.
+fn stored_types(path: &Path) -> Vec<(String, polars_arrow::datatypes::ArrowDataType)> {
+    stored_schema(path)
+        .iter_values()
+        .map(|f| (f.name.to_string(), f.dtype.clone()))
+        .collect()
+}
+
+/// Whether `dtype` or a type inside it is one `datasets` 4.0 and older or pyarrow's
+/// `Table.filter` do not take.
+fn has_view_or_large(dtype: &polars_arrow::datatypes::ArrowDataType) -> bool {
+    use polars_arrow::datatypes::ArrowDataType as D;
+    match dtype {
+        D::Utf8View | D::BinaryView | D::LargeUtf8 | D::LargeBinary | D::LargeList(_) => true,
+        D::List(f) | D::FixedSizeList(f, _) | D::Map(f, _) => has_view_or_large(&f.dtype),
+        D::Struct(fields) => fields.iter().any(|f| has_view_or_large(&f.dtype)),
+        _ => false,
+    }
+}
+
+/// Issue 17: files store `string` and `list` (32-bit offsets), not polars' `string_view`
+/// and `large_list`, in every column, with rows or without.
+#[test]
+fn parquet_files_store_string_and_list_types() {
+    use polars_arrow::datatypes::{ArrowDataType as D, Field};
+    let list = |item: D| D::List(Box::new(Field::new("item".into(), item, true)));
+    let texts = |names: &[&str]| {
+        D::Struct(
+            names
+                .iter()
+                .map(|n| Field::new((*n).into(), D::Utf8, true))
+                .collect(),
+        )
+    };
+    let dialogue_types = vec![
+        ("id".to_string(), D::Utf8),
+        ("messages".into(), list(texts(&["role", "content"]))),
+        ("instruction".into(), D::Utf8),
+        (
+            "constraints".into(),
+            list(texts(&["kind", "value", "param"])),
+        ),
+        ("meta".into(), D::Utf8),
+    ];
+    let sample_types = vec![
+        ("id".to_string(), D::Utf8),
+        ("input_ids".into(), list(D::UInt32)),
+        ("labels".into(), list(D::Int64)),
+        ("attention_mask".into(), list(D::UInt8)),
+        ("n_tokens".into(), D::UInt32),
+        ("n_loss_tokens".into(), D::UInt32),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for n in [0, 3] {
+        let path = dir.path().join(format!("d{n}.parquet"));
+        let mut w = DialogueWriter::create(&path, Format::Parquet).unwrap();
+        for d in many_records(n) {
+            w.write(&d).unwrap();
+        }
+        w.finish().unwrap();
+        let types = stored_types(&path);
+        assert!(
+            !types.iter().any(|(_, t)| has_view_or_large(t)),
+            "{types:?}"
+        );
+        assert_eq!(types, dialogue_types);
+
+        let path = dir.path().join(format!("m{n}.parquet"));
+        let mut w = SampleWriter::create(&path, Format::Parquet).unwrap();
+        for s in many_samples(n) {
+            w.write(&s).unwrap();
+        }
+        w.finish().unwrap();
+        let types = stored_types(&path);
+        assert!(
+            !types.iter().any(|(_, t)| has_view_or_large(t)),
+            "{types:?}"
+        );
+        assert_eq!(types, sample_types);
+    }
+}
+
+/// Files written before issue 17 (polars' writer: `string_view`, `large_list`) are still
+/// read, dialogues and samples (the u8 attention mask included).
+#[test]
+fn files_with_view_and_large_types_are_still_read() {
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Dialogues, as the old writer made them: JSON rows through polars' JSON reader.
+    let message = DataType::Struct(vec![
+        polars::prelude::Field::new("role".into(), DataType::String),
+        polars::prelude::Field::new("content".into(), DataType::String),
+    ]);
+    let constraint = DataType::Struct(vec![
+        polars::prelude::Field::new("kind".into(), DataType::String),
+        polars::prelude::Field::new("value".into(), DataType::String),
+        polars::prelude::Field::new("param".into(), DataType::String),
+    ]);
+    let schema = Schema::from_iter([
+        polars::prelude::Field::new("id".into(), DataType::String),
+        polars::prelude::Field::new("messages".into(), DataType::List(Box::new(message))),
+        polars::prelude::Field::new("instruction".into(), DataType::String),
+        polars::prelude::Field::new("constraints".into(), DataType::List(Box::new(constraint))),
+        polars::prelude::Field::new("meta".into(), DataType::String),
+    ]);
+    let mut json = String::new();
+    for d in records() {
+        let mut row = serde_json::to_value(&d).unwrap();
+        row["meta"] = serde_json::Value::String(serde_json::to_string(&d.meta).unwrap());
+        json += &format!("{row}\n");
+    }
+    let mut df = JsonReader::new(std::io::Cursor::new(json))
+        .with_json_format(JsonFormat::JsonLines)
+        .with_schema(Arc::new(schema))
+        .finish()
+        .unwrap();
+    let path = dir.path().join("old_d.parquet");
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let types = stored_types(&path);
+    assert!(types.iter().any(|(_, t)| has_view_or_large(t)), "{types:?}");
+    assert_eq!(read_all(&path).unwrap(), records());
+
+    // Samples, as the old writer made them: u32, i64 and u8 lists.
+    let mut ids =
+        ListPrimitiveChunkedBuilder::<UInt32Type>::new("input_ids".into(), 2, 4, DataType::UInt32);
+    let mut labels =
+        ListPrimitiveChunkedBuilder::<Int64Type>::new("labels".into(), 2, 4, DataType::Int64);
+    let mut mask = ListPrimitiveChunkedBuilder::<UInt8Type>::new(
+        "attention_mask".into(),
+        2,
+        4,
+        DataType::UInt8,
+    );
+    let want = many_samples(2);
+    for s in &want {
+        ids.append_slice(&s.input_ids);
+        labels.append_slice(&s.labels);
+        mask.append_slice(&s.attention_mask);
+    }
+    let mut df = DataFrame::new(
+        2,
+        vec![
+            Column::new("id".into(), ["s0", "s1"]),
+            ids.finish().into_column(),
+            labels.finish().into_column(),
+            mask.finish().into_column(),
+        ],
+    )
+    .unwrap();
+    let path = dir.path().join("old_m.parquet");
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let types = stored_types(&path);
+    assert!(types.iter().any(|(_, t)| has_view_or_large(t)), "{types:?}");
+    assert_eq!(read_samples(&path).unwrap(), want);
+}
+
+/// A dialogue file from elsewhere, `rows` records: `id` and `messages`, then
+/// `instruction` as bytes (`instructions`), and columns no record is made of, of types
+/// polars' frames cannot hold one row of (lists of u8) or at all (u8).
+fn foreign_dialogues(path: &Path, rows: usize, instructions: &[&[u8]]) {
+    use polars_arrow::array::Utf8ViewArray;
+    use polars_arrow::array::{Array, BinaryViewArray, ListArray, PrimitiveArray, StructArray};
+    use polars_arrow::datatypes::{ArrowDataType as D, Field};
+    use polars_arrow::offset::OffsetsBuffer;
+    let list_of = |item: D| D::List(Box::new(Field::new("item".into(), item, true)));
+    let message = D::Struct(vec![
+        Field::new("role".into(), D::Utf8View, true),
+        Field::new("content".into(), D::Utf8View, true),
+    ]);
+    let ids: Vec<String> = (0..rows).map(|i| format!("f{i}")).collect();
+    let roles = Utf8ViewArray::from_slice_values(vec!["user"; rows]).boxed();
+    let contents = Utf8ViewArray::from_slice_values(vec!["hi"; rows]).boxed();
+    let messages = StructArray::new(message.clone(), rows, vec![roles, contents], None).boxed();
+    let one_each =
+        || OffsetsBuffer::<i32>::try_from((0..=rows as i32).collect::<Vec<_>>()).unwrap();
+    let fields = vec![
+        Field::new("id".into(), D::Utf8View, true),
+        Field::new("messages".into(), list_of(message.clone()), true),
+        Field::new("instruction".into(), D::BinaryView, true),
+        Field::new("scores".into(), list_of(D::UInt8), true),
+        Field::new("flag".into(), D::UInt8, true),
+    ];
+    let columns: Vec<Box<dyn Array>> = vec![
+        Utf8ViewArray::from_slice_values(&ids).boxed(),
+        ListArray::<i32>::new(list_of(message), one_each(), messages, None).boxed(),
+        BinaryViewArray::from_slice_values(instructions).boxed(),
+        ListArray::<i32>::new(
+            list_of(D::UInt8),
+            one_each(),
+            PrimitiveArray::from_vec(vec![7u8; rows]).boxed(),
+            None,
+        )
+        .boxed(),
+        PrimitiveArray::from_vec(vec![1u8; rows]).boxed(),
+    ];
+    parquet_out::write_columns(path, fields, rows, columns).unwrap();
+}
+
+/// Issue 16, in reading: a dialogue file of one row whose other columns are lists of u8
+/// made polars panic; only the record columns are read now, as Arrow arrays.
+#[test]
+fn other_columns_of_any_type_do_not_stop_a_one_row_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for rows in [1, 2] {
+        let path = dir.path().join(format!("f{rows}.parquet"));
+        foreign_dialogues(&path, rows, &vec![b"Be brief.".as_slice(); rows]);
+        let got = read_all(&path).unwrap();
+        assert_eq!(got.len(), rows);
+        assert_eq!(got[0].id, "f0");
+        assert_eq!(got[0].messages, vec![Message::user("hi")]);
+        assert_eq!(got[0].instruction, "Be brief.");
+    }
+}
+
+/// A value with no JSON form (bytes that are not UTF-8) refuses its record, at its row
+/// and field; the records around it are read.
+#[test]
+fn a_value_that_cannot_be_read_refuses_only_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.parquet");
+    foreign_dialogues(&path, 3, &[b"ok", b"\xff\xfe", b"ok"]);
+    let results: Vec<_> = read_dialogues(&path).unwrap().collect();
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[2].is_ok());
+    let e = results[1].as_ref().unwrap_err();
+    assert!(e.is_input());
+    let loc = e.location().unwrap();
+    assert_eq!(
+        (loc.row, loc.field.as_deref()),
+        (Some(1), Some("instruction"))
+    );
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+}
