@@ -101,7 +101,6 @@
 
 pub mod backend;
 pub mod catalog;
-#[allow(missing_docs)] // documented separately
 pub mod dataset;
 pub mod dialogue;
 pub mod error;

@@ -14,6 +14,11 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
+    /// Creates the folders of `target` and the temporary file `.NAME.tmp-PID` beside it.
+    ///
+    /// # Errors
+    ///
+    /// An input error when `target` has no file name; an I/O error naming the path.
     pub fn create(target: &Path) -> Result<Self> {
         if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create folder", e))?;
@@ -34,14 +39,21 @@ impl AtomicFile {
         })
     }
 
+    /// The final path (not the temporary one).
     pub fn path(&self) -> &Path {
         &self.target
     }
 
+    /// Where to write the contents (buffered; flushed by [`AtomicFile::commit`]).
     pub fn writer(&mut self) -> &mut BufWriter<File> {
         self.file.as_mut().expect("writer used after commit")
     }
 
+    /// Flushes and syncs the temporary file, then renames it to the final path.
+    ///
+    /// # Errors
+    ///
+    /// A write, sync or rename failure, naming the path.
     pub fn commit(mut self) -> Result<()> {
         let w = self.file.take().expect("committed twice");
         let f = w

@@ -29,7 +29,9 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// Apache Parquet (`.parquet`, `.pq`), one row a record.
     Parquet,
+    /// JSON lines (`.jsonl`, `.json`, `.ndjson`), one record a line.
     Jsonl,
 }
 
@@ -87,6 +89,11 @@ pub enum DialogueWriter {
 }
 
 impl DialogueWriter {
+    /// Starts `path` (written under a temporary name until [`DialogueWriter::finish`]).
+    ///
+    /// # Errors
+    ///
+    /// The folder or the temporary file cannot be created.
     pub fn create(path: &Path, format: Format) -> Result<Self> {
         Ok(match format {
             Format::Jsonl => DialogueWriter::Jsonl(jsonl::JsonlWriter::create(path)?),
@@ -96,6 +103,11 @@ impl DialogueWriter {
         })
     }
 
+    /// Adds one record.
+    ///
+    /// # Errors
+    ///
+    /// A write failure; for Parquet, a text or list too long for 32-bit offsets.
     pub fn write(&mut self, d: &Dialogue) -> Result<()> {
         match self {
             DialogueWriter::Jsonl(w) => w.write(d),
@@ -103,6 +115,12 @@ impl DialogueWriter {
         }
     }
 
+    /// Flushes, syncs and renames the file into place: before this, `path` does not
+    /// change.
+    ///
+    /// # Errors
+    ///
+    /// A write, sync or rename failure, naming the path.
     pub fn finish(self) -> Result<()> {
         match self {
             DialogueWriter::Jsonl(w) => w.finish(),
@@ -130,6 +148,11 @@ struct SampleRow<'a> {
 }
 
 impl SampleWriter {
+    /// Starts `path` (written under a temporary name until [`SampleWriter::finish`]).
+    ///
+    /// # Errors
+    ///
+    /// The folder or the temporary file cannot be created.
     pub fn create(path: &Path, format: Format) -> Result<Self> {
         Ok(match format {
             Format::Jsonl => SampleWriter::Jsonl(jsonl::JsonlWriter::create(path)?),
@@ -139,6 +162,11 @@ impl SampleWriter {
         })
     }
 
+    /// Adds one sample, with its `n_tokens` and `n_loss_tokens`.
+    ///
+    /// # Errors
+    ///
+    /// A write failure; for Parquet, a sample of more than 2^31 - 1 tokens.
     pub fn write(&mut self, s: &MaskedSample) -> Result<()> {
         match self {
             SampleWriter::Jsonl(w) => w.write(&SampleRow {
@@ -153,6 +181,12 @@ impl SampleWriter {
         }
     }
 
+    /// Flushes, syncs and renames the file into place: before this, `path` does not
+    /// change.
+    ///
+    /// # Errors
+    ///
+    /// A write, sync or rename failure, naming the path.
     pub fn finish(self) -> Result<()> {
         match self {
             SampleWriter::Jsonl(w) => w.finish(),
