@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{arg, fixture, gatt, read_jsonl, stderr, tempdir, FIXTURES};
+use common::{arg, fixture, gatt, read_jsonl, stderr, stdout, tempdir, text, FIXTURES};
 use std::path::Path;
 use std::process::Output;
 
@@ -316,4 +316,56 @@ fn every_command_has_help() {
         assert!(o.status.success(), "{cmd}: {}", stderr(&o));
         assert!(!String::from_utf8_lossy(&o.stdout).is_empty());
     }
+}
+
+/// An output that is the input is refused before anything is written: the dialogues
+/// stay as they were.
+#[test]
+fn an_output_that_is_the_input_is_refused() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::copy(fixture("dialogues.jsonl"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let same = dir.path().join(".").join("d.jsonl");
+    let o = mask(&input, &same, &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("the output is the input file"), "{err}");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}
+
+/// `gatt inspect` shows a sample that `gatt train` refuses, without hiding what is wrong:
+/// an id outside the vocabulary is marked, labels shorter than the tokens are said.
+#[test]
+fn inspect_shows_bad_samples_visibly() {
+    let dir = tempdir();
+    let path = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"id":"v","input_ids":[1,999999,28],"labels":[-100,999999,28],"attention_mask":[1,1,1]}"#,
+            "\n",
+            r#"{"id":"l","input_ids":[1,28,29],"labels":[-100,28],"attention_mask":[1,1,1]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let mut args = vec![
+        "inspect".to_string(),
+        arg(&path),
+        "--row".into(),
+        "0".into(),
+    ];
+    args.extend(tok_args());
+    let o = gatt(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains("<?id 999999>"), "{}", stdout(&o));
+    args[3] = "1".into();
+    let o = gatt(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        stdout(&o).contains("labels has 2 entries but input_ids has 3"),
+        "{}",
+        stdout(&o)
+    );
 }

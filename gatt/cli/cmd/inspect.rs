@@ -55,6 +55,13 @@ pub fn run(args: Args) -> Result<()> {
         sample.n_tokens(),
         sample.n_loss_tokens()
     )?;
+    if sample.labels.len() != sample.input_ids.len() {
+        outln!(
+            "warning: labels has {} entries but input_ids has {}: shown as far as both go",
+            sample.labels.len(),
+            sample.input_ids.len()
+        )?;
+    }
     let color = std::io::stdout().is_terminal();
     if args.tokens {
         print_table(sample, tokenizer.as_ref())
@@ -65,9 +72,10 @@ pub fn run(args: Args) -> Result<()> {
 
 fn print_table(s: &MaskedSample, tok: Option<&gatt::tokenizer::HfTokenizer>) -> Result<()> {
     for (i, (id, label)) in s.input_ids.iter().zip(&s.labels).enumerate() {
-        let piece = tok
-            .and_then(|t| t.decode(&[*id], false).ok())
-            .unwrap_or_default();
+        let piece = match tok {
+            Some(t) => decode_visibly(t, &[*id]),
+            None => String::new(),
+        };
         let mark = if *label == IGNORE { " " } else { "*" };
         outln!("{i:>6} {id:>7} {mark} {label:>7} {piece:?}")?;
     }
@@ -82,14 +90,17 @@ fn print_runs(
 ) -> Result<()> {
     let mut out = String::new();
     let mut start = 0;
-    while start < s.input_ids.len() {
+    // A sample whose labels do not match its tokens (which `gatt train` refuses) is
+    // shown as far as both go.
+    let n = s.input_ids.len().min(s.labels.len());
+    while start < n {
         let loss = s.labels[start] != IGNORE;
-        let end = (start..s.input_ids.len())
+        let end = (start..n)
             .find(|&i| (s.labels[i] != IGNORE) != loss)
-            .unwrap_or(s.input_ids.len());
+            .unwrap_or(n);
         let ids = &s.input_ids[start..end];
         let text = match tok {
-            Some(t) => t.decode(ids, false).unwrap_or_default(),
+            Some(t) => decode_visibly(t, ids),
             None => ids.iter().map(|i| format!("{i} ")).collect(),
         };
         match (loss, color) {
@@ -100,4 +111,22 @@ fn print_runs(
         start = end;
     }
     outln!("{out}")
+}
+
+/// Decodes `ids`, showing an id the tokenizer does not know as `<?id N>` instead of
+/// dropping it (a sample for another model must not look fine).
+fn decode_visibly(t: &gatt::tokenizer::HfTokenizer, ids: &[u32]) -> String {
+    let mut text = String::new();
+    for known in ids.split_inclusive(|&id| t.id_to_token(id).is_none()) {
+        let (last, head) = known
+            .split_last()
+            .expect("split_inclusive gives no empty slice");
+        if t.id_to_token(*last).is_none() {
+            text.push_str(&t.decode(head, false).unwrap_or_default());
+            text.push_str(&format!("<?id {last}>"));
+        } else {
+            text.push_str(&t.decode(known, false).unwrap_or_default());
+        }
+    }
+    text
 }

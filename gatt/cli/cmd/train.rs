@@ -37,7 +37,7 @@ pub struct Args {
 pub enum TrainCommand {
     /// Fold a LoRA run's adapter into its base model and write a Hugging Face folder
     /// (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) that
-    /// `gatt --model DIR` and Python `transformers` load.
+    /// `gatt eval --model DIR`, `gatt generate --model DIR` and Python `transformers` load.
     Merge {
         /// The folder of a finished `gatt train` run.
         run: PathBuf,

@@ -101,6 +101,9 @@ impl From<PipelineError> for Error {
 
 /// Masks every record of `input` (JSONL or Parquet dialogues) into `out`, in input order.
 ///
+/// The output must not be the input: the samples would replace the dialogues they came
+/// from.
+///
 /// Records are masked `BATCH` at a time on the rayon pool of the caller. The output
 /// appears only when every record was handled and at least one sample was made; under
 /// [`OnError::Fail`] the first record that cannot be read or masked stops the run.
@@ -112,6 +115,7 @@ pub fn mask_file(
     on_error: OnError,
     progress: &dyn Progress,
 ) -> Result<Summary, PipelineError> {
+    refuse_overwriting_input(input, out)?;
     let mut records = read_dialogues(input)?;
     let mut writer = SampleWriter::create(out, out_format)?;
     let mut summary = Summary::default();
@@ -205,6 +209,22 @@ fn mask_batches(
         }
         progress.update(summary);
     }
+}
+
+/// An input error when `out` names the file `input` is (also through links or `..`).
+fn refuse_overwriting_input(input: &Path, out: &Path) -> Result<()> {
+    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(out)) {
+        (Ok(i), Ok(o)) => i == o,
+        _ => false,
+    };
+    if same {
+        return Err(Error::input(
+            "the output is the input file: the samples would replace the dialogues; \
+             write them to another file",
+        )
+        .at(Location::in_file(out)));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
