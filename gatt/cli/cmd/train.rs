@@ -266,6 +266,19 @@ impl From<LossMean> for LossMeanArg {
     }
 }
 
+/// An error at a row of a sample file gets the command that shows that sample.
+fn inspect_hint(e: Error) -> Error {
+    let row_in_file = e
+        .location()
+        .and_then(|l| Some((l.file.as_ref()?.display().to_string(), l.row?)));
+    match row_in_file {
+        Some((file, row)) if e.is_input() => Error::input(format!(
+            "{e} (`gatt inspect {file} --row {row}` shows the sample)"
+        )),
+        _ => e,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,18 +306,5 @@ mod tests {
             e.starts_with("--targets: unknown target layer `nope`"),
             "{e}"
         );
-    }
-}
-
-/// An error at a row of a sample file gets the command that shows that sample.
-fn inspect_hint(e: Error) -> Error {
-    let row_in_file = e
-        .location()
-        .and_then(|l| Some((l.file.as_ref()?.display().to_string(), l.row?)));
-    match row_in_file {
-        Some((file, row)) if e.is_input() => Error::input(format!(
-            "{e} (`gatt inspect {file} --row {row}` shows the sample)"
-        )),
-        _ => e,
     }
 }
