@@ -375,11 +375,7 @@ proptest! {
         system in proptest::option::of(text()),
     ) {
         let m = smollm2(policy(Policy::Gatt));
-        let mut msgs: Vec<Message> = system.into_iter().map(Message::system).collect();
-        for (u, a) in &turns {
-            msgs.push(Message::user(u.clone()));
-            msgs.push(Message::assistant(a.clone()));
-        }
+        let msgs = conversation(system, &turns);
         let d = Dialogue::new("p", msgs.clone());
         match m.mask(&d) {
             Ok(out) => {
@@ -411,11 +407,7 @@ proptest! {
         system in proptest::option::of(text()),
     ) {
         let m = smollm2(encode_special_text());
-        let mut msgs: Vec<Message> = system.into_iter().map(Message::system).collect();
-        for (u, a) in &turns {
-            msgs.push(Message::user(u.clone()));
-            msgs.push(Message::assistant(a.clone()));
-        }
+        let msgs = conversation(system, &turns);
         let d = Dialogue::new("p", msgs.clone());
         match m.mask(&d) {
             Ok(out) => {
@@ -436,6 +428,16 @@ proptest! {
             ),
         }
     }
+}
+
+/// An optional system message, then the (user, assistant) turns.
+fn conversation(system: Option<String>, turns: &[(String, String)]) -> Vec<Message> {
+    let mut msgs: Vec<Message> = system.into_iter().map(Message::system).collect();
+    for (u, a) in turns {
+        msgs.push(Message::user(u.clone()));
+        msgs.push(Message::assistant(a.clone()));
+    }
+    msgs
 }
 
 fn text() -> impl Strategy<Value = String> {
