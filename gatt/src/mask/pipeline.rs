@@ -139,10 +139,16 @@ pub fn mask_file(
     });
     let writer = written?;
     if summary.samples == 0 {
+        let reasons: Vec<String> = summary
+            .skipped
+            .iter()
+            .map(|(reason, n)| format!("{reason}: {n}"))
+            .collect();
         return Err(Error::input(format!(
-            "{}: no record could be masked ({} records); output not written",
+            "{}: no record could be masked ({} records; skipped: {}); output not written",
             input.display(),
-            summary.records
+            summary.records,
+            reasons.join(", ")
         ))
         .into());
     }
@@ -345,6 +351,7 @@ mod tests {
         .unwrap_err();
         let e = Error::from(e);
         assert!(e.is_input() && e.to_string().contains("no record could be masked"));
+        assert!(e.to_string().contains("skipped: unreadable: 1"), "{e}");
         assert!(!out.exists());
     }
 
