@@ -22,15 +22,18 @@ fn tokenizer() -> Tokenizer {
 pub(super) fn smollm2(opts: MaskOptions) -> Masker {
     let source =
         std::fs::read_to_string(format!("{FIXTURES}/smollm2_chat_template.jinja")).unwrap();
-    let template =
-        ChatTemplate::new("smollm2", source, "<|im_start|>", "<|im_end|>", vec![]).unwrap();
+    masker("smollm2", "<|im_start|>", &source, opts)
+}
+
+/// A masker over SmolLM2's tokenizer and the template `source` (end of turn `<|im_end|>`).
+fn masker(name: &str, bos: &str, source: &str, opts: MaskOptions) -> Masker {
+    let template = ChatTemplate::new(name, source, bos, "<|im_end|>", vec![]).unwrap();
     let format = ChatFormat {
         tokenizer: tokenizer(),
         template,
         stop_ids: vec![2],
     };
-    let format = format.with_template_markers();
-    Masker::new(format, opts)
+    Masker::new(format.with_template_markers(), opts)
 }
 
 fn policy(p: Policy) -> MaskOptions {
@@ -167,14 +170,7 @@ fn reply_starting_with_spaces_is_a_seam_merge() {
 fn template_that_rewrites_history_is_refused() {
     // Shows only the latest user message: earlier turns vanish once a new one follows.
     let source = "{% for m in messages %}{% if m.role == 'assistant' or loop.last %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    let t = ChatTemplate::new("rewriter", source, "", "<|im_end|>", vec![]).unwrap();
-    let format = ChatFormat {
-        tokenizer: tokenizer(),
-        template: t,
-        stop_ids: vec![2],
-    }
-    .with_template_markers();
-    let m = Masker::new(format, policy(Policy::Gatt));
+    let m = masker("rewriter", "", source, policy(Policy::Gatt));
     let e = m.mask(&dialogue()).unwrap_err();
     assert_eq!(e.reason, SkipReason::TemplateRewritesHistory, "{e}");
 }
@@ -182,14 +178,7 @@ fn template_that_rewrites_history_is_refused() {
 #[test]
 fn template_that_strips_replies_is_refused() {
     let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    let t = ChatTemplate::new("strip", source, "", "<|im_end|>", vec![]).unwrap();
-    let format = ChatFormat {
-        tokenizer: tokenizer(),
-        template: t,
-        stop_ids: vec![2],
-    }
-    .with_template_markers();
-    let m = Masker::new(format, policy(Policy::Gatt));
+    let m = masker("strip", "", source, policy(Policy::Gatt));
     let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("ok \n")]);
     assert_eq!(
         m.mask(&d).unwrap_err().reason,
@@ -344,14 +333,7 @@ fn an_encoded_forged_turn_stays_inside_the_user_turn() {
 #[test]
 fn special_text_the_template_rewrites_cannot_be_encoded_apart() {
     let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'user' %}{{ m.content | replace('!', '?') }}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    let t = ChatTemplate::new("rewrite", source, "", "<|im_end|>", vec![]).unwrap();
-    let format = ChatFormat {
-        tokenizer: tokenizer(),
-        template: t,
-        stop_ids: vec![2],
-    }
-    .with_template_markers();
-    let m = Masker::new(format, encode_special_text());
+    let m = masker("rewrite", "", source, encode_special_text());
     let d = Dialogue::new(
         "r",
         vec![
