@@ -229,6 +229,15 @@ mod tests {
         }
     }
 
+    /// Evaluates `backends` with the test protocol into `out`, without progress.
+    fn evaluate_in<const N: usize>(
+        out: &Path,
+        backends: [Result<Box<dyn ChatBackend>>; N],
+        judge: Option<&dyn ChatBackend>,
+    ) -> Result<Report> {
+        evaluate_models(backends, judge, &Catalog::builtin(), &options(), out, &())
+    }
+
     #[test]
     fn every_model_gets_its_dialogues_file_and_its_column() {
         let dir = tempfile::tempdir().unwrap();
@@ -269,13 +278,10 @@ mod tests {
     #[test]
     fn two_models_of_one_file_name_are_refused_before_one_overwrites_the_other() {
         let dir = tempfile::tempdir().unwrap();
-        let e = evaluate_models(
+        let e = evaluate_in(
+            dir.path(),
             [backend("a/model.gguf"), backend("b/model.gguf")],
             None,
-            &Catalog::builtin(),
-            &options(),
-            dir.path(),
-            &(),
         )
         .unwrap_err();
         assert!(e.is_input(), "{e}");
@@ -306,15 +312,7 @@ mod tests {
     #[test]
     fn a_judge_that_drops_replies_is_an_error_not_missing_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let e = evaluate_models(
-            [backend("m1")],
-            Some(&Forgetful),
-            &Catalog::builtin(),
-            &options(),
-            dir.path(),
-            &(),
-        )
-        .unwrap_err();
+        let e = evaluate_in(dir.path(), [backend("m1")], Some(&Forgetful)).unwrap_err();
         assert!(e.to_string().contains("1 replies for"), "{e}");
     }
 
@@ -322,15 +320,7 @@ mod tests {
     fn a_backend_that_fails_to_load_stops_the_run() {
         let dir = tempfile::tempdir().unwrap();
         let failed: Result<Box<dyn ChatBackend>> = Err(Error::input("no such model"));
-        let e = evaluate_models(
-            [backend("m1"), failed],
-            None,
-            &Catalog::builtin(),
-            &options(),
-            dir.path(),
-            &(),
-        )
-        .unwrap_err();
+        let e = evaluate_in(dir.path(), [backend("m1"), failed], None).unwrap_err();
         assert_eq!(e.to_string(), "no such model");
     }
 
