@@ -3,7 +3,7 @@
 use super::backend::{BackendArgs, SamplingArgs};
 use crate::out::outln;
 use gatt::backend::Request;
-use gatt::{Message, Result};
+use gatt::{Error, Message, Result};
 
 /// Print the chat model's reply to one prompt.
 ///
@@ -37,7 +37,10 @@ pub fn run(args: Args) -> Result<()> {
         }],
         &args.sampling.params(1),
     )?;
-    let reply = &out[0][0];
+    let reply = out
+        .first()
+        .and_then(|candidates| candidates.first())
+        .ok_or_else(|| Error::runtime(format!("{}: returned no reply", backend.describe())))?;
     outln!("{}", reply.text)?;
     eprintln!(
         "gatt generate: {} prompt + {} reply tokens in {:.2}s{}",
