@@ -334,7 +334,9 @@ pub fn compare(a: &Report, b: &Report) -> Report {
     }
 }
 
-/// Writes `report.json`, `report.md` and `report.html` into `dir` (created if needed).
+/// Writes `report.json`, `report.md` and `report.html` into `dir` (created if needed),
+/// each atomically: a failed write (a full disk) leaves the previous file or none, never
+/// a partial one.
 ///
 /// # Errors
 ///
@@ -349,7 +351,7 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
         ("report.html", html::render(report)),
     ] {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, "write", e))?;
+        gatt::dataset::write_file(&path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -62,13 +62,27 @@ impl Error {
         Error::new(ErrorKind::Runtime, msg.into())
     }
 
-    /// An I/O failure on `path`, worded for the user: a missing file is the input's
-    /// fault, anything else a runtime failure. Keeps `err` as the source.
+    /// An I/O failure on `path`, worded for the user. The input's fault (exit 2): a
+    /// missing file, a folder where a file is expected and a file where a folder is
+    /// expected. Anything else is a runtime failure; a full disk or quota says so in
+    /// words. Keeps `err` as the source.
     pub fn io(path: &Path, action: &str, err: std::io::Error) -> Self {
-        let e = if err.kind() == std::io::ErrorKind::NotFound {
-            Error::input(format!("cannot {action}: file not found"))
-        } else {
-            Error::runtime(format!("cannot {action}: {err}"))
+        use std::io::ErrorKind as K;
+        let e = match err.kind() {
+            K::NotFound => Error::input(format!("cannot {action}: file not found")),
+            K::IsADirectory => Error::input(format!(
+                "cannot {action}: this is a folder, and a file is expected here"
+            )),
+            K::NotADirectory => Error::input(format!(
+                "cannot {action}: a part of this path is a file, and a folder is expected there"
+            )),
+            K::StorageFull | K::QuotaExceeded => Error::runtime(format!(
+                "cannot {action}: the disk is full ({err}); free space or write elsewhere"
+            )),
+            K::FileTooLarge => Error::runtime(format!(
+                "cannot {action}: the file outgrew the file-size limit ({err}; see `ulimit -f`)"
+            )),
+            _ => Error::runtime(format!("cannot {action}: {err}")),
         };
         e.at(Location::in_file(path)).with_source(err)
     }
@@ -187,6 +201,31 @@ mod tests {
         );
         assert_eq!(denied.kind(), ErrorKind::Runtime);
         assert!(denied.to_string().starts_with("o: cannot write: "));
+    }
+
+    #[test]
+    fn io_errors_say_a_full_disk_and_folder_mixups_in_words() {
+        let full = Error::io(
+            Path::new("out/m.parquet"),
+            "write",
+            std::io::Error::from_raw_os_error(28), // ENOSPC
+        );
+        assert_eq!(full.kind(), ErrorKind::Runtime);
+        assert!(
+            full.to_string()
+                .starts_with("out/m.parquet: cannot write: the disk is full"),
+            "{full}"
+        );
+        // EISDIR and ENOTDIR: the user named a folder for a file or the other way round.
+        for (code, says) in [(21, "this is a folder"), (20, "a folder is expected")] {
+            let e = Error::io(
+                Path::new("x"),
+                "open",
+                std::io::Error::from_raw_os_error(code),
+            );
+            assert!(e.is_input(), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub fn run(
     on_progress: &dyn Fn(&Progress),
 ) -> Result<RunSummary> {
     let start = Instant::now();
+    let _lock = gatt::dataset::FolderLock::acquire(dir)?;
     let manifest_path = dir.join("run.json");
     let fp = fingerprint(s, provenance);
     if holds_run(dir) {

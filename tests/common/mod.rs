@@ -81,3 +81,29 @@ pub fn read_jsonl(path: impl AsRef<Path>) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
         .collect()
 }
+
+/// Runs `gatt` with `args` under a file-size limit of `kib` KiB (`ulimit -f`, with
+/// SIGXFSZ ignored): a write past it fails as a write on a full disk does, part-way.
+/// Unix shells only.
+pub fn gatt_with_write_limit<S: AsRef<str>>(kib: u64, args: &[S]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" \"$@\"",
+            blocks = kib // POSIX shells count 1024-byte blocks for -f
+        ))
+        .arg(env!("CARGO_BIN_EXE_gatt"))
+        .args(args.iter().map(AsRef::as_ref))
+        .output()
+        .expect("run gatt under sh")
+}
+
+/// The names in folder `dir`, sorted (hidden ones included).
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}

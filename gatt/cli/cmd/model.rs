@@ -27,8 +27,13 @@ pub enum ModelCommand {
     Export {
         #[arg(default_value = DEFAULT_MODEL)]
         model: String,
+        /// The folder to write: new or empty, unless --overwrite is given.
         #[arg(long, short)]
         out: std::path::PathBuf,
+        /// Write into a folder that holds files: the files gatt writes are replaced,
+        /// any others are kept.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -38,11 +43,16 @@ pub fn run(args: Args) -> Result<()> {
             let p = gatt::model::ensure_default_model()?;
             outln!("{}", p.display())?;
         }
-        ModelCommand::Export { model, out } => {
+        ModelCommand::Export {
+            model,
+            out,
+            overwrite,
+        } => {
+            gatt::dataset::check_user_dir(&out, overwrite).map_err(|e| e.context("--out"))?;
             let source = ModelSource::resolve(&model)?;
             let format = source.chat_format()?;
             let mut m = gatt_runtime::load_model(&source, &gatt_runtime::device("cpu")?)?;
-            gatt_runtime::export::write(&mut m, &source, &format, &out)?;
+            gatt_runtime::export::write(&mut m, &source, &format, &out, overwrite)?;
             outln!("{}", out.display())?;
         }
         ModelCommand::Info { model } => {

@@ -41,8 +41,13 @@ pub enum TrainCommand {
     Merge {
         /// The folder of a finished `gatt train` run.
         run: PathBuf,
+        /// The folder to write: new or empty, unless --overwrite is given.
         #[arg(long, short)]
         out: PathBuf,
+        /// Write into a folder that holds files: the files gatt writes are replaced,
+        /// any others are kept.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -169,9 +174,15 @@ impl TrainArgs {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if let Some(TrainCommand::Merge { run, out }) = args.command {
+    if let Some(TrainCommand::Merge {
+        run,
+        out,
+        overwrite,
+    }) = args.command
+    {
+        gatt::dataset::check_user_dir(&out, overwrite).map_err(|e| e.context("--out"))?;
         let device = gatt_runtime::device("cpu")?;
-        train::merge(&run, &out, &device)?;
+        train::merge(&run, &out, overwrite, &device)?;
         outln!(
             "gatt train merge: {} + adapter -> {}",
             run.display(),

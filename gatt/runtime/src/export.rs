@@ -4,7 +4,7 @@
 //! renamed into place, so a crash never leaves a half-written model.
 
 use crate::llama::{hf, Model};
-use gatt::dataset::{write_dir, write_json};
+use gatt::dataset::{write_json, write_user_dir};
 use gatt::model::{ChatFormat, ModelSource};
 use gatt::{Error, Result};
 use serde_json::json;
@@ -19,8 +19,9 @@ const TOKENIZER_FILES: [&str; 5] = [
     "chat_template.jinja",
 ];
 
-/// Writes `model` with the tokenizer and template of `source` into `out`, replacing an
-/// existing folder there. Only dense weights are written ([`hf::export_tensors`]): merge
+/// Writes `model` with the tokenizer and template of `source` into `out`: an absent or
+/// empty folder, or (with `overwrite`) a folder whose files of the same names are
+/// replaced and others kept ([`gatt::dataset::write_user_dir`]). Only dense weights are written ([`hf::export_tensors`]): merge
 /// LoRA adapters first ([`Model::merge_lora`]). From a GGUF source the tokenizer files
 /// are written from `format` (`tokenizer.json`, a `tokenizer_config.json` holding the
 /// chat template, `generation_config.json` with every end-of-turn id); from a Hugging
@@ -28,15 +29,17 @@ const TOKENIZER_FILES: [&str; 5] = [
 ///
 /// # Errors
 ///
-/// A runtime or I/O error when a tensor or file cannot be written; `out` is then left as
-/// it was.
+/// An input error when `out` is a file, or holds files and `overwrite` is not set; a
+/// runtime or I/O error when a tensor or file cannot be written. `out` is then left as it
+/// was.
 pub fn write(
     model: &mut Model,
     source: &ModelSource,
     format: &ChatFormat,
     out: &Path,
+    overwrite: bool,
 ) -> Result<()> {
-    write_dir(out, |dir| fill(model, source, format, dir))
+    write_user_dir(out, overwrite, |dir| fill(model, source, format, dir))
 }
 
 fn fill(model: &mut Model, source: &ModelSource, format: &ChatFormat, dir: &Path) -> Result<()> {

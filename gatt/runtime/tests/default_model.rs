@@ -141,7 +141,8 @@ fn logits_match_transformers_from_gguf_and_from_our_hugging_face_export() {
     let mut gguf = gatt_runtime::load_model(&source, &dev).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let format = source.chat_format().unwrap();
-    gatt_runtime::export::write(&mut gguf, &source, &format, &dir.path().join("hf")).unwrap();
+    gatt_runtime::export::write(&mut gguf, &source, &format, &dir.path().join("hf"), false)
+        .unwrap();
     let hf = gatt_runtime::load_model(&ModelSource::HfDir(dir.path().join("hf")), &dev).unwrap();
     for (what, m) in [("gguf", &gguf), ("hf export", &hf)] {
         let got = last_logits(m, &want.prompt_ids);

@@ -19,13 +19,20 @@ pub struct HttpOptions {
     pub api_key: Option<String>,
     /// Requests sent concurrently (one thread each); 0 counts as 1.
     pub in_flight: usize,
-    /// Longest a request may take, connection to last byte; a timed-out request is
-    /// retried.
+    /// Longest a request may take, connection to last byte (a whole reply, generated
+    /// without streaming); a timed-out request is retried.
     pub timeout: Duration,
     /// Retries after the first attempt, on timeouts, dropped connections, 429 and 5xx.
     pub max_retries: u32,
     /// First backoff delay; doubles with each retry.
     pub backoff: Duration,
+    /// Longest wait for a connection to the server.
+    pub connect_timeout: Duration,
+    /// Before the first request, check that the server answers at all (`GET
+    /// {base}/v1/models`, any HTTP status counts), waiting at most this long: a server
+    /// that accepts connections but never answers is then reported in seconds, not
+    /// after `timeout` x retries. `None` skips the check.
+    pub liveness_timeout: Option<Duration>,
 }
 
 impl HttpOptions {
@@ -34,6 +41,10 @@ impl HttpOptions {
     /// Time a request may take before it is abandoned (and retried), in
     /// [`HttpOptions::new`].
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+    /// Longest wait for a connection, in [`HttpOptions::new`].
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Longest wait for the liveness check's answer, in [`HttpOptions::new`].
+    pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
 
     /// Options for `model` at `endpoint`, with the default limits: no API key,
     /// [`HttpOptions::DEFAULT_IN_FLIGHT`] requests in flight,
@@ -47,6 +58,8 @@ impl HttpOptions {
             timeout: Self::DEFAULT_TIMEOUT,
             max_retries: 5,
             backoff: Duration::from_millis(500),
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            liveness_timeout: Some(Self::DEFAULT_LIVENESS_TIMEOUT),
         }
     }
 }
@@ -62,6 +75,14 @@ impl HttpOptions {
 pub struct HttpBackend {
     opts: HttpOptions,
     url: String,
+    /// `url` as shown in messages, `describe` and every file: credentials redacted.
+    shown: String,
+    /// Texts never to show: the API key, and credentials written in the URL.
+    secrets: Vec<String>,
+    /// `GET {base}/v1/models`, the liveness check's URL.
+    models_url: String,
+    /// The liveness check's outcome, once made.
+    alive: std::sync::OnceLock<std::result::Result<(), String>>,
     agent: ureq::Agent,
     /// Sampling fields beyond OpenAI's own that the server refused; left out from then on.
     dropped: Mutex<Vec<&'static str>>,
@@ -75,18 +96,26 @@ impl HttpBackend {
     /// A client for `opts.endpoint`; nothing is sent until the first request.
     pub fn new(opts: HttpOptions) -> Self {
         let base = opts.endpoint.trim_end_matches('/');
-        let url = if base.ends_with("/v1") {
-            format!("{base}/chat/completions")
+        let v1 = if base.ends_with("/v1") {
+            base.to_string()
         } else {
-            format!("{base}/v1/chat/completions")
+            format!("{base}/v1")
         };
+        let url = format!("{v1}/chat/completions");
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(opts.timeout))
+            .timeout_connect(Some(opts.connect_timeout))
             .http_status_as_error(false)
             .build();
+        let (shown, mut secrets) = redact_url(&url);
+        secrets.extend(opts.api_key.iter().filter(|k| !k.is_empty()).cloned());
         HttpBackend {
             agent: ureq::Agent::new_with_config(config),
             url,
+            shown,
+            secrets,
+            models_url: format!("{v1}/models"),
+            alive: std::sync::OnceLock::new(),
             opts,
             dropped: Mutex::new(Vec::new()),
         }
@@ -138,11 +167,11 @@ impl HttpBackend {
                     }
                 }
                 Err(Attempt::Retry(why)) if attempt >= self.opts.max_retries => {
-                    return Err(Error::runtime(format!(
+                    return Err(Error::runtime(self.scrub(&format!(
                         "{}: gave up after {} attempts: {why}",
-                        self.url,
+                        self.shown,
                         attempt + 1
-                    )))
+                    ))))
                 }
                 Err(Attempt::Retry(_)) => {
                     let base = self.opts.backoff.as_secs_f64() * 2f64.powi(attempt as i32);
@@ -154,12 +183,41 @@ impl HttpBackend {
         }
     }
 
+    /// The liveness check ([`HttpOptions::liveness_timeout`]), made once.
+    fn check_alive(&self) -> Result<()> {
+        let Some(wait) = self.opts.liveness_timeout else {
+            return Ok(());
+        };
+        let outcome = self.alive.get_or_init(|| {
+            let mut r = self
+                .agent
+                .get(&self.models_url)
+                .config()
+                .timeout_global(Some(wait))
+                .build();
+            if let Some(key) = &self.opts.api_key {
+                r = r.header("Authorization", format!("Bearer {key}"));
+            }
+            match r.call() {
+                Ok(_) => Ok(()),
+                Err(ureq::Error::Timeout(_)) => Err(format!(
+                    "the server accepts connections but did not answer a request for its \
+                     models within {wait:?}; is it still starting, or stuck?"
+                )),
+                Err(e) => Err(format!("cannot reach the server: {e}")),
+            }
+        });
+        outcome
+            .clone()
+            .map_err(|why| Error::runtime(self.scrub(&format!("{}: {why}", self.shown))))
+    }
+
     fn drop_field(&self, field: &'static str) {
         let mut d = self.dropped.lock().expect("dropped fields");
         if !d.contains(&field) {
             eprintln!(
                 "gatt: warning: {} does not accept `{field}`; sampling without it from now on",
-                self.url
+                self.shown
             );
             d.push(field);
         }
@@ -181,7 +239,11 @@ impl HttpBackend {
                     self.opts.timeout
                 )))
             }
-            Err(e) => return Err(Attempt::Retry(format!("connection failed: {e}"))),
+            Err(e) => {
+                return Err(Attempt::Retry(
+                    self.scrub(&format!("connection failed: {e}")),
+                ))
+            }
         };
         let status = resp.status().as_u16();
         let text = resp
@@ -189,24 +251,92 @@ impl HttpBackend {
             .read_to_string()
             .map_err(|e| Attempt::Retry(format!("reading the response failed: {e}")))?;
         match status {
-            200..=299 => parse_completion(&text)
-                .map_err(|e| Attempt::Fatal(Error::runtime(format!("{}: {e}", self.url)))),
+            200..=299 => parse_completion(&text).map_err(|e| {
+                Attempt::Fatal(Error::runtime(self.scrub(&format!("{}: {e}", self.shown))))
+            }),
             429 | 500..=599 => Err(Attempt::Retry(format!("HTTP {status}"))),
             // How servers report request fields they do not know.
             400 | 422 => Err(Attempt::Refused {
-                error: client_error(&self.url, status, &text),
+                error: self.client_error(status, &text),
                 body: text,
             }),
-            _ => Err(Attempt::Fatal(client_error(&self.url, status, &text))),
+            _ => Err(Attempt::Fatal(self.client_error(status, &text))),
         }
+    }
+
+    /// An error status, with the start of the server's answer (secrets scrubbed: some
+    /// servers echo the request's headers).
+    fn client_error(&self, status: u16, body: &str) -> Error {
+        let start: String = body.chars().take(300).collect();
+        Error::input(self.scrub(&format!("{}: HTTP {status}: {start}", self.shown)))
+    }
+
+    /// `text` with every secret replaced by `***`.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.secrets {
+            out = out.replace(secret.as_str(), "***");
+        }
+        out
     }
 }
 
-fn client_error(url: &str, status: u16, body: &str) -> Error {
-    Error::input(format!(
-        "{url}: HTTP {status}: {}",
-        body.chars().take(300).collect::<String>()
-    ))
+/// Query parameters whose values are credentials.
+const SECRET_PARAMS: [&str; 7] = [
+    "key",
+    "api_key",
+    "apikey",
+    "api-key",
+    "token",
+    "access_token",
+    "auth",
+];
+
+/// `url` as it may be shown or stored, and the secrets taken out of it: credentials in
+/// the authority (`http://user:pass@host` becomes `http://***@host`) and the values of
+/// query parameters named like keys (`?api_key=...`).
+pub fn redact_url(url: &str) -> (String, Vec<String>) {
+    let mut secrets = Vec::new();
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let creds = &authority[..at];
+            secrets.push(creds.to_string());
+            if let Some((_, password)) = creds.split_once(':') {
+                secrets.push(password.to_string());
+            }
+            format!("***{}", &authority[at..])
+        }
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) if SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
+                        secrets.push(v.to_string());
+                        format!("{k}=***")
+                    }
+                    _ => p.to_string(),
+                })
+                .collect();
+            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+            format!("{path}?{}{fragment}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    secrets.retain(|s| !s.is_empty());
+    (format!("{scheme}{authority}{tail}"), secrets)
 }
 
 enum Attempt {
@@ -249,7 +379,7 @@ fn parse_completion(text: &str) -> std::result::Result<Reply, String> {
 
 impl ChatBackend for HttpBackend {
     fn describe(&self) -> String {
-        format!("{} ({})", self.opts.model, self.url)
+        format!("{} ({})", self.opts.model, self.shown)
     }
 
     fn preferred_batch(&self) -> usize {
@@ -257,6 +387,10 @@ impl ChatBackend for HttpBackend {
     }
 
     fn generate(&self, requests: &[Request], params: &SamplingParams) -> Result<Vec<Vec<Reply>>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_alive()?;
         let n = params.n.max(1);
         let jobs: Vec<(usize, usize)> = (0..requests.len())
             .flat_map(|r| (0..n).map(move |c| (r, c)))

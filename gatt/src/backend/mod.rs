@@ -5,7 +5,7 @@
 
 mod http;
 
-pub use http::{HttpBackend, HttpOptions};
+pub use http::{redact_url, HttpBackend, HttpOptions};
 
 use crate::dialogue::Message;
 use crate::error::Result;

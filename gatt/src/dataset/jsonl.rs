@@ -15,16 +15,20 @@ pub struct DialogueLines {
     line: usize,
     /// Records (non-blank lines) read so far (the 0-based row of the next one).
     rows: usize,
+    /// Set after a read failed for a reason other than the line's bytes: the file
+    /// cannot be read on, so iteration ends after reporting it once.
+    failed: bool,
 }
 
 impl DialogueLines {
     pub fn open(path: &Path) -> Result<Self> {
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let f = super::open_file(path)?;
         Ok(DialogueLines {
             path: path.to_path_buf(),
             lines: BufReader::with_capacity(1 << 20, f).lines(),
             line: 0,
             rows: 0,
+            failed: false,
         })
     }
 }
@@ -34,15 +38,20 @@ impl Iterator for DialogueLines {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if self.failed {
+                return None;
+            }
             let line = self.lines.next()?;
             self.line += 1;
             let at_line = Location::in_file(&self.path).at_line(self.line);
             let text = match line {
                 Ok(t) => t,
                 Err(e) => {
+                    // Bad UTF-8 spoils one line; any other failure, the rest of the file.
+                    self.failed = e.kind() != std::io::ErrorKind::InvalidData;
                     return Some(Err(Error::input(format!("cannot read: {e}"))
                         .at(at_line)
-                        .with_source(e)))
+                        .with_source(e)));
                 }
             };
             if text.trim().is_empty() {

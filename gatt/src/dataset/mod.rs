@@ -9,6 +9,7 @@
 mod atomic;
 mod json;
 mod jsonl;
+mod lock;
 mod parquet;
 mod parquet_out;
 mod raw;
@@ -17,11 +18,26 @@ mod samples;
 /// Where a record sits in its file: the file, its 0-based `row` (record index) and, in
 /// JSONL, its 1-based `line`; the place errors carry.
 pub use crate::error::Location;
-pub use atomic::{write_dir, write_file, write_json, AtomicFile};
+pub use atomic::{check_user_dir, write_dir, write_file, write_json, write_user_dir, AtomicFile};
 pub use json::read_json;
+pub use lock::{FolderLock, LOCK_FILE};
 
 use crate::dialogue::Dialogue;
 use crate::error::{Error, Result};
+
+/// Opens `path` for reading; a folder is refused as the input error it is (reading one
+/// fails on every read, which a reader skipping bad lines would repeat forever).
+pub(crate) fn open_file(path: &Path) -> Result<std::fs::File> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Error::io(
+            path,
+            "read",
+            std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        ));
+    }
+    Ok(f)
+}
 use crate::mask::MaskedSample;
 use std::path::Path;
 

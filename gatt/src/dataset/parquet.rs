@@ -47,7 +47,7 @@ impl ParquetFile {
     ///
     /// An input error for a missing file or one that is not Parquet.
     pub(super) fn open(path: &Path) -> Result<Self> {
-        let mut file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let mut file = super::open_file(path)?;
         let len = file
             .metadata()
             .map_err(|e| Error::io(path, "open", e))?

@@ -29,8 +29,9 @@ use polars_parquet::write::{
     RowGroupIterColumns, StatisticsOptions, Version, WriteOptions,
 };
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// Rows buffered before a row group is written.
 pub(super) const CHUNK: usize = 4096;
@@ -111,7 +112,10 @@ fn sample_columns() -> Vec<Field> {
 struct ParquetOut {
     file: AtomicFile,
     /// Writes to a second handle on the file, buffered on its own.
-    writer: FileWriter<BufWriter<File>>,
+    writer: FileWriter<BufWriter<Recording>>,
+    /// The first I/O error the writer met: the Parquet writer reports it only as a
+    /// "transport error", without the path or the cause (a full disk).
+    io_error: IoErrorSlot,
     /// The columns' types as built, to check each batch against.
     built: Vec<ArrowDataType>,
     /// The Parquet type of each column.
@@ -126,11 +130,15 @@ impl ParquetOut {
     /// the schema it stores has their [`stored_type`]s.
     fn create(path: &Path, columns: Vec<Field>) -> Result<Self> {
         let mut file = AtomicFile::create(path)?;
-        let handle = file
-            .writer()
-            .get_ref()
-            .try_clone()
-            .map_err(|e| Error::io(path, "write", e))?;
+        let io_error = IoErrorSlot::default();
+        let handle = Recording {
+            file: file
+                .writer()
+                .get_ref()
+                .try_clone()
+                .map_err(|e| Error::io(path, "write", e))?,
+            error: io_error.clone(),
+        };
         let stored: ArrowSchema = columns
             .iter()
             .map(|f| {
@@ -146,11 +154,12 @@ impl ParquetOut {
         };
         let writer =
             FileWriter::try_new(BufWriter::with_capacity(1 << 20, handle), stored, options)
-                .map_err(|e| failed(path, e))?;
+                .map_err(|e| failed(path, &io_error, e))?;
         let parquet = writer.parquet_schema().fields().to_vec();
         Ok(ParquetOut {
             file,
             writer,
+            io_error,
             encodings: columns
                 .iter()
                 .map(|f| get_dtype_encoding(&f.dtype))
@@ -187,7 +196,7 @@ impl ParquetOut {
             columns.into_iter().zip(&self.parquet).zip(&self.encodings)
         {
             let columns = array_to_columns(array, parquet.clone(), self.options, encoding)
-                .map_err(|e| failed(self.path(), e))?;
+                .map_err(|e| failed(self.file.path(), &self.io_error, e))?;
             for pages in columns {
                 let pages = pages.map(|page| page.map_err(ParquetError::from));
                 let compressed = Compressor::new(pages, self.options.compression, vec![])
@@ -198,13 +207,15 @@ impl ParquetOut {
         let group: RowGroupIterColumns<'static, PolarsError> = DynIter::new(leaves.into_iter());
         self.writer
             .write(rows as u64, group)
-            .map_err(|e| failed(self.file.path(), e))
+            .map_err(|e| failed(self.file.path(), &self.io_error, e))
     }
 
     /// Writes the footer (with the stored Arrow schema) and moves the file into place.
     fn finish(mut self) -> Result<()> {
         let path = self.file.path().to_path_buf();
-        self.writer.end(None).map_err(|e| failed(&path, e))?;
+        self.writer
+            .end(None)
+            .map_err(|e| failed(&path, &self.io_error, e))?;
         self.writer
             .into_inner()
             .into_inner()
@@ -213,11 +224,53 @@ impl ParquetOut {
     }
 }
 
-/// The error of a Parquet file that could not be written.
-fn failed(path: &Path, e: PolarsError) -> Error {
+/// The error of a Parquet file that could not be written: the I/O error under it when
+/// there was one (worded by [`Error::io`]: a full disk says so), else the writer's own.
+fn failed(path: &Path, io_error: &IoErrorSlot, e: PolarsError) -> Error {
+    if let Some(io) = io_error.take() {
+        return Error::io(path, "write", io);
+    }
     Error::runtime(format!("cannot write Parquet: {e}"))
         .at(Location::in_file(path))
         .with_source(e)
+}
+
+/// Where [`Recording`] keeps the first I/O error.
+#[derive(Clone, Default)]
+struct IoErrorSlot(Arc<Mutex<Option<std::io::Error>>>);
+
+impl IoErrorSlot {
+    /// Keeps `e` (the first one only) and gives the writer an equal error to report.
+    fn keep(&self, e: std::io::Error) -> std::io::Error {
+        let copy = match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+        copy
+    }
+
+    /// The kept error, if any.
+    fn take(&self) -> Option<std::io::Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A file handle that keeps the first I/O error it meets in an [`IoErrorSlot`].
+struct Recording {
+    file: File,
+    error: IoErrorSlot,
+}
+
+impl Write for Recording {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.error.keep(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush().map_err(|e| self.error.keep(e))
+    }
 }
 
 /// A text column being built.

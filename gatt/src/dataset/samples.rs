@@ -41,7 +41,7 @@ fn sample(
 
 /// Masked samples of a JSONL file, one per non-blank line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<MaskedSample>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let f = super::open_file(path)?;
     let mut out = Vec::new();
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let line = line.map_err(|e| Error::io(path, "read", e))?;

@@ -233,12 +233,76 @@ pub fn load_template(spec: &str) -> Result<ChatTemplate> {
 /// it exists but cannot be opened.
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    gguf_file::Content::read(&mut f).map_err(|e| {
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Error::io(
+            path,
+            "read",
+            std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        ));
+    }
+    let unreadable = |why: String| {
         Error::input(format!(
-            "{}: not a readable GGUF file ({e}); is it truncated or of another format?",
+            "{}: not a readable GGUF file ({why}); is it truncated or of another format?",
             path.display()
         ))
-    })
+    };
+    // The header parser trusts some of its numbers (an alignment of 0 divides by zero):
+    // a panic there is the file's fault, reported as such.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gguf_file::Content::read(&mut f)
+    }));
+    let content = match read {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(unreadable(e.to_string())),
+        Err(_) => return Err(unreadable("its header is inconsistent".into())),
+    };
+    let len = f.metadata().map_err(|e| Error::io(path, "read", e))?.len();
+    check_tensor_extents(&content, len).map_err(unreadable)?;
+    Ok(content)
+}
+
+/// Checks that every tensor the header lists lies inside the file (`file_len` bytes):
+/// its element count and byte size computed without overflow, whole blocks of its type.
+/// A truncated download, or a header claiming 2^62-element tensors, fails here, before
+/// anything is allocated for it.
+fn check_tensor_extents(
+    content: &gguf_file::Content,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &content.tensor_infos[name];
+        let dims = t.shape.dims();
+        let elems = dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| format!("tensor `{name}` has {dims:?} elements, beyond any file"))?;
+        let (block, size) = (
+            t.ggml_dtype.block_size() as u64,
+            t.ggml_dtype.type_size() as u64,
+        );
+        if elems % block != 0 {
+            return Err(format!(
+                "tensor `{name}` has {elems} elements, not whole blocks of {block} ({:?})",
+                t.ggml_dtype
+            ));
+        }
+        let end = (elems / block)
+            .checked_mul(size)
+            .and_then(|bytes| bytes.checked_add(content.tensor_data_offset))
+            .and_then(|b| b.checked_add(t.offset));
+        match end {
+            Some(end) if end <= file_len => {}
+            _ => {
+                return Err(format!(
+                    "tensor `{name}` ({dims:?}, {:?}) ends past the file's {file_len} bytes",
+                    t.ggml_dtype
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -264,5 +328,55 @@ impl ChatFormat {
             template,
             stop_ids: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod gguf_tests {
+    use super::*;
+    use candle_core::quantized::{gguf_file::Value, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// A small GGUF file with `metadata` and one 8 x 8 f32 tensor; returns its path.
+    fn write(dir: &Path, metadata: &[(&str, &Value)]) -> std::path::PathBuf {
+        let t = Tensor::zeros((8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, candle_core::quantized::GgmlDType::F32).unwrap();
+        let path = dir.join("m.gguf");
+        let mut f = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut f, metadata, &[("w", &q)]).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_whole_file_reads_and_a_truncated_one_is_refused_naming_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let arch = Value::String("llama".into());
+        let path = write(dir.path(), &[("general.architecture", &arch)]);
+        assert_eq!(read_gguf(&path).unwrap().tensor_infos.len(), 1);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 100).unwrap();
+        let e = read_gguf(&path).unwrap_err();
+        assert!(e.is_input(), "{e}");
+        assert!(e.to_string().contains("tensor `w`"), "{e}");
+        assert!(e.to_string().contains("ends past"), "{e}");
+    }
+
+    #[test]
+    fn an_alignment_of_zero_is_an_input_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = Value::U32(0);
+        let path = write(dir.path(), &[("general.alignment", &zero)]);
+        let e = read_gguf(&path).unwrap_err();
+        assert!(
+            e.is_input() && e.to_string().contains("not a readable GGUF"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_folder_is_an_input_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_gguf(dir.path()).unwrap_err().is_input());
     }
 }

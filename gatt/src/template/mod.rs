@@ -130,8 +130,52 @@ impl ChatTemplate {
             tools => Value::from(()),
             documents => Value::from(()),
         };
-        tmpl.render(ctx)
-            .map_err(|e| Error::input(format!("chat template {}: {}", self.origin, describe(&e))))
+        let mut out = CappedText::default();
+        match tmpl.render_captured_to(ctx, &mut out) {
+            Ok(_) => Ok(out.text),
+            Err(_) if out.over => Err(Error::input(format!(
+                "chat template {}: the rendered text grew past {} MiB; a chat prompt is \
+                 never that long, so the template is refused",
+                self.origin,
+                MAX_RENDERED_BYTES >> 20
+            ))),
+            Err(e) => Err(Error::input(format!(
+                "chat template {}: {}",
+                self.origin,
+                describe(&e)
+            ))),
+        }
+    }
+}
+
+/// Upper bound on a rendered conversation, in bytes: 64 MiB, some 16 million tokens, far
+/// beyond any model's context. A template that writes more is refused before it can
+/// exhaust memory through its output. (Values a template builds without writing them
+/// are bounded only by minijinja's own limit on string repetition, 100 MB per step.)
+pub const MAX_RENDERED_BYTES: usize = 64 << 20;
+
+/// The rendered text, refusing to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedText {
+    text: String,
+    /// Set when a write was refused for size.
+    over: bool,
+}
+
+impl std::io::Write for CappedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        // minijinja writes whole UTF-8 strings, never split characters.
+        let piece = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+        self.text.push_str(piece);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -244,6 +288,30 @@ mod tests {
         let e = t.render(&convo(), false).unwrap_err().to_string();
         assert!(e.contains("roles must alternate"), "{e}");
         assert!(e.contains("test"), "{e}");
+    }
+
+    #[test]
+    fn a_template_writing_more_than_the_cap_is_refused_naming_it() {
+        // 100 writes of 1 MB each: 100 MB of output, past the 64 MiB cap.
+        let t = ChatTemplate::new(
+            "hostile.jinja",
+            "{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}",
+            "",
+            "",
+            vec![],
+        )
+        .unwrap();
+        let e = t.render(&[Message::user("hi")], true).unwrap_err();
+        assert!(e.is_input(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("hostile.jinja") && text.contains("64 MiB"),
+            "{text}"
+        );
+        // minijinja's own limit on one repetition: an error too, not an abort.
+        let t = ChatTemplate::new("big.jinja", "{{ 'x' * 1000000000 }}", "", "", vec![]).unwrap();
+        let e = t.render(&[Message::user("hi")], true).unwrap_err();
+        assert!(e.is_input() && e.to_string().contains("big.jinja"), "{e}");
     }
 
     #[test]

@@ -119,10 +119,13 @@ pub fn config_from_json(v: &Value) -> Result<Config> {
         );
     }
     let head_dim = num("head_dim").unwrap_or(hidden / n_head);
+    if num("vocab_size")? > 1 << 24 || num("intermediate_size")? > 1 << 20 {
+        candle_core::bail!("config.json: vocab_size or intermediate_size is beyond any real model");
+    }
     if head_dim * n_head != hidden {
         candle_core::bail!("config.json: head_dim x heads != hidden_size is not supported");
     }
-    Ok(Config {
+    let cfg = Config {
         n_layer: num("num_hidden_layers")?,
         n_head,
         n_kv_head,
@@ -136,7 +139,9 @@ pub fn config_from_json(v: &Value) -> Result<Config> {
         vocab: num("vocab_size")?,
         intermediate: num("intermediate_size")?,
         tie_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-    })
+    };
+    cfg.check(|k| format!("config.json `{}`", k.hf))?;
+    Ok(cfg)
 }
 
 /// `config.json` for a model, as `transformers` reads it.

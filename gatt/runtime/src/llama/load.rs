@@ -172,6 +172,7 @@ impl Model {
         cfg.vocab = embed.dim(0)?;
         cfg.intermediate = layers.first().map_or(Ok(0), |l| l.mlp.gate.out_dim())?;
         cfg.tie_embeddings = tied;
+        check_shapes(&cfg, &embed, &layers, &norm_out, &output)?;
         let (cos, sin) = rope_tables(&cfg, device)?;
         Ok(Model {
             cfg,
@@ -187,4 +188,59 @@ impl Model {
             captured: Mutex::new(None),
         })
     }
+}
+
+/// Checks every tensor's shape against the hyper-parameters, so a model whose metadata
+/// disagrees with its weights is refused at load, naming the tensor, rather than failing
+/// (or computing nonsense) at generation.
+fn check_shapes(
+    cfg: &Config,
+    embed: &Tensor,
+    layers: &[Layer],
+    norm_out: &RmsNorm,
+    output: &Linear,
+) -> Result<()> {
+    let (h, q, kv) = (
+        cfg.hidden,
+        cfg.n_head * cfg.head_dim,
+        cfg.n_kv_head * cfg.head_dim,
+    );
+    let (vocab, width) = embed.dims2()?;
+    if width != h || vocab == 0 || vocab > 1 << 24 {
+        candle_core::bail!(
+            "tensor `token_embd.weight` is {vocab} x {width}; the metadata says {h} wide \
+             (and a vocabulary of 1 to 2^24 tokens)"
+        )
+    }
+    let linear = |name: String, l: &Linear, out: usize, inp: usize| -> Result<()> {
+        let (o, i) = (l.out_dim()?, l.in_dim()?);
+        if (o, i) != (out, inp) {
+            candle_core::bail!("tensor `{name}` maps {i} to {o}; the metadata says {inp} to {out}")
+        }
+        Ok(())
+    };
+    let norm = |name: String, n: &RmsNorm| -> Result<()> {
+        if n.weight.dims() != [h] {
+            candle_core::bail!(
+                "tensor `{name}` has shape {:?}; the metadata says [{h}]",
+                n.weight.dims()
+            )
+        }
+        Ok(())
+    };
+    let ff = cfg.intermediate;
+    for (i, l) in layers.iter().enumerate() {
+        let p = |n: &str| format!("blk.{i}.{n}");
+        norm(p("attn_norm.weight"), &l.attn_norm)?;
+        norm(p("ffn_norm.weight"), &l.ffn_norm)?;
+        linear(p("attn_q.weight"), &l.attn.q, q, h)?;
+        linear(p("attn_k.weight"), &l.attn.k, kv, h)?;
+        linear(p("attn_v.weight"), &l.attn.v, kv, h)?;
+        linear(p("attn_output.weight"), &l.attn.o, h, q)?;
+        linear(p("ffn_gate.weight"), &l.mlp.gate, ff, h)?;
+        linear(p("ffn_up.weight"), &l.mlp.up, ff, h)?;
+        linear(p("ffn_down.weight"), &l.mlp.down, h, ff)?;
+    }
+    norm("output_norm.weight".into(), norm_out)?;
+    linear("output.weight".into(), output, vocab, h)
 }

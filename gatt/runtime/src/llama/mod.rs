@@ -99,12 +99,12 @@ impl Config {
         };
         let n_head = get("attention.head_count")?.to_u32()? as usize;
         let hidden = get("embedding_length")?.to_u32()? as usize;
-        Ok(Config {
+        let cfg = Config {
             n_layer: get("block_count")?.to_u32()? as usize,
             n_head,
             n_kv_head: get("attention.head_count_kv")?.to_u32()? as usize,
             hidden,
-            head_dim: hidden / n_head,
+            head_dim: hidden.checked_div(n_head).unwrap_or(0),
             rope_base: get("rope.freq_base")
                 .and_then(|v| v.to_f32())
                 .unwrap_or(10_000.0),
@@ -115,8 +115,127 @@ impl Config {
             vocab: 0,
             intermediate: 0,
             tie_embeddings: false,
-        })
+        };
+        let arch = cfg.arch.clone();
+        cfg.check(|k| format!("GGUF metadata `{arch}.{}`", k.gguf))?;
+        Ok(cfg)
     }
+
+    /// Checks the hyper-parameters against each other and against limits no real model
+    /// of these architectures comes near ([`limits`]), so hostile or corrupt metadata is
+    /// refused at load instead of dividing by zero or exhausting memory. `name` words a
+    /// key for the message (GGUF or `config.json` spelling).
+    ///
+    /// # Errors
+    ///
+    /// A message naming the key and the value at fault.
+    pub fn check(&self, name: impl Fn(&limits::Key) -> String) -> Result<()> {
+        use limits::*;
+        let within = |key: &Key, value: usize, max: usize| -> Result<()> {
+            if value == 0 || value > max {
+                candle_core::bail!("{} is {value}; it must be between 1 and {max}", name(key))
+            }
+            Ok(())
+        };
+        within(&LAYERS, self.n_layer, MAX_LAYERS)?;
+        within(&HEADS, self.n_head, MAX_HEADS)?;
+        within(&KV_HEADS, self.n_kv_head, self.n_head)?;
+        within(&HIDDEN, self.hidden, MAX_HIDDEN)?;
+        within(&CONTEXT, self.context_length, MAX_CONTEXT)?;
+        if self.n_head % self.n_kv_head != 0 {
+            candle_core::bail!(
+                "{} ({}) does not divide {} ({}): grouped-query attention needs it",
+                name(&KV_HEADS),
+                self.n_kv_head,
+                name(&HEADS),
+                self.n_head
+            )
+        }
+        if self.head_dim == 0
+            || self.head_dim * self.n_head != self.hidden
+            || self.head_dim % 2 != 0
+        {
+            candle_core::bail!(
+                "{} ({}) is not an even head width times {} ({})",
+                name(&HIDDEN),
+                self.hidden,
+                name(&HEADS),
+                self.n_head
+            )
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rms_eps < 1.0) {
+            candle_core::bail!(
+                "{} is {}; it must be in (0, 1)",
+                name(&RMS_EPS),
+                self.rms_eps
+            )
+        }
+        if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
+            candle_core::bail!(
+                "{} is {}; it must be above 1",
+                name(&ROPE_BASE),
+                self.rope_base
+            )
+        }
+        Ok(())
+    }
+}
+
+/// Limits on hyper-parameters ([`Config::check`]): generous (several times the largest
+/// llama/qwen2 models) but small enough that the tables and caches they size fit in
+/// memory.
+pub mod limits {
+    /// A hyper-parameter's name in GGUF metadata (after `{arch}.`) and in `config.json`.
+    pub struct Key {
+        /// GGUF spelling, without the `{arch}.` prefix.
+        pub gguf: &'static str,
+        /// `config.json` spelling.
+        pub hf: &'static str,
+    }
+    /// Decoder blocks.
+    pub const LAYERS: Key = Key {
+        gguf: "block_count",
+        hf: "num_hidden_layers",
+    };
+    /// Query heads.
+    pub const HEADS: Key = Key {
+        gguf: "attention.head_count",
+        hf: "num_attention_heads",
+    };
+    /// Key/value heads.
+    pub const KV_HEADS: Key = Key {
+        gguf: "attention.head_count_kv",
+        hf: "num_key_value_heads",
+    };
+    /// Residual width.
+    pub const HIDDEN: Key = Key {
+        gguf: "embedding_length",
+        hf: "hidden_size",
+    };
+    /// Context length.
+    pub const CONTEXT: Key = Key {
+        gguf: "context_length",
+        hf: "max_position_embeddings",
+    };
+    /// RMS norm epsilon.
+    pub const RMS_EPS: Key = Key {
+        gguf: "attention.layer_norm_rms_epsilon",
+        hf: "rms_norm_eps",
+    };
+    /// Rotary base.
+    pub const ROPE_BASE: Key = Key {
+        gguf: "rope.freq_base",
+        hf: "rope_theta",
+    };
+    /// Most decoder blocks (the largest llama models have 126).
+    pub const MAX_LAYERS: usize = 1024;
+    /// Most query heads (the largest have 128).
+    pub const MAX_HEADS: usize = 1024;
+    /// Widest residual stream (the largest have 16 384).
+    pub const MAX_HIDDEN: usize = 65_536;
+    /// Longest context in tokens: 2^20 (rotary tables of this length take a few hundred
+    /// MB at most).
+    pub const MAX_CONTEXT: usize = 1 << 20;
 }
 
 /// How a batch's sequences lie in its rows of tokens.

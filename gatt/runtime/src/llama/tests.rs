@@ -11,6 +11,15 @@ pub(crate) fn tiny_gguf(arch: &str) -> Vec<u8> {
 /// With `quantized`, matrices whose rows are whole 32-element blocks are stored as Q4_1
 /// and the embedding (the tied output projection) as Q8_0, as in the default model.
 fn tiny_gguf_as(arch: &str, quantized: bool) -> Vec<u8> {
+    tiny_gguf_edited(arch, quantized, &|_| {})
+}
+
+/// [`tiny_gguf_as`] with its metadata changed by `edit` before writing.
+fn tiny_gguf_edited(
+    arch: &str,
+    quantized: bool,
+    edit: &dyn Fn(&mut Vec<(String, Value)>),
+) -> Vec<u8> {
     let dev = Device::Cpu;
     let (vocab, hidden, ff, layers, heads, kv) =
         (64usize, 32usize, 48usize, 2usize, 4usize, 2usize);
@@ -91,6 +100,8 @@ fn tiny_gguf_as(arch: &str, quantized: bool) -> Vec<u8> {
         (format!("{arch}.rope.freq_base"), Value::F32(10000.0)),
         (format!("{arch}.context_length"), Value::U32(128)),
     ];
+    let mut md = md;
+    edit(&mut md);
     let mut buf = Cursor::new(Vec::new());
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -316,4 +327,64 @@ fn an_adapter_on_quantized_weights_is_not_merged_away_silently() {
     let e = m.merge_lora().unwrap_err();
     assert!(e.to_string().contains("quantized"), "{e}");
     assert!(!m.loras_mut().is_empty(), "the adapter is kept");
+}
+
+/// Metadata that is zero, absurd, or disagrees with the tensors is refused at load with a
+/// message naming the key or tensor: never a division by zero, an allocation abort, or a
+/// failure at generation.
+#[test]
+fn hostile_metadata_is_refused_naming_the_key() {
+    let cases: [(&str, Value, &str); 7] = [
+        (
+            "llama.attention.head_count",
+            Value::U32(0),
+            "llama.attention.head_count",
+        ),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(0),
+            "head_count_kv",
+        ),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(3),
+            "does not divide",
+        ),
+        (
+            "llama.block_count",
+            Value::U32(1_000_000_000),
+            "llama.block_count",
+        ),
+        (
+            "llama.context_length",
+            Value::U32(4_000_000_000),
+            "llama.context_length",
+        ),
+        (
+            "llama.embedding_length",
+            Value::U32(64),
+            "token_embd.weight",
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(f32::NAN),
+            "rms_epsilon",
+        ),
+    ];
+    for (key, value, says) in cases {
+        let bytes = tiny_gguf_edited("llama", false, &|md| {
+            for (k, v) in md.iter_mut() {
+                if k == key {
+                    *v = value.clone();
+                }
+            }
+        });
+        let mut r = Cursor::new(bytes);
+        let ct = gguf_file::Content::read(&mut r).unwrap();
+        let e = match Model::from_gguf(&ct, &mut r, &Device::Cpu, Weights::Quantized) {
+            Ok(_) => panic!("{key} = {value:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(says), "{key} = {value:?}: {e}");
+    }
 }

@@ -104,6 +104,7 @@ pub fn run(
     device: &Device,
     mut on_step: impl FnMut(&StepLog),
 ) -> Result<RunSummary> {
+    let _lock = gatt::dataset::FolderLock::acquire(&spec.out)?;
     let source = ModelSource::resolve(&spec.model)?;
     let format = source.chat_format()?;
     let model = load_model(&source, device)?;
@@ -142,7 +143,7 @@ pub fn run(
     }
     // Lines are kept verbatim (re-serializing a float can change its last digit).
     let text: String = kept.iter().map(|(_, line)| format!("{line}\n")).collect();
-    std::fs::write(&log_path, text).map_err(|e| Error::io(&log_path, "write", e))?;
+    write_file(&log_path, text.as_bytes())?;
     let mut logs: Vec<StepLog> = kept.into_iter().map(|(l, _)| l).collect();
     let mut train_json = TrainJson {
         model: spec.model.clone(),
@@ -180,7 +181,7 @@ pub fn run(
         }
         Method::Full => {
             let mut model = trainer.into_model();
-            export::write(&mut model, &source, &format, &spec.out.join("model"))?;
+            export::write(&mut model, &source, &format, &spec.out.join("model"), true)?;
             "model"
         }
     };
@@ -201,13 +202,16 @@ pub fn run(
     Ok(summary)
 }
 
-/// Writes a merged Hugging Face folder from a LoRA run: base weights + adapters.
+/// Writes a merged Hugging Face folder from a LoRA run: base weights + adapters, into
+/// `out` as [`export::write`] does (`overwrite` as there).
 ///
 /// # Errors
 ///
-/// An input error for a full fine-tuning run, a run without a finished adapter, or a
-/// base model or adapter that cannot be read.
-pub fn merge(run_dir: &Path, out: &Path, device: &Device) -> Result<()> {
+/// An input error for a full fine-tuning run, a run without a finished adapter, a base
+/// model or adapter that cannot be read, or an `out` that holds files without
+/// `overwrite` (checked before anything is loaded).
+pub fn merge(run_dir: &Path, out: &Path, overwrite: bool, device: &Device) -> Result<()> {
+    gatt::dataset::check_user_dir(out, overwrite)?;
     let tj: TrainJson = read_json(&run_dir.join("train.json"))?;
     if tj.options.method == Method::Full {
         return Err(Error::input(format!(
@@ -228,7 +232,7 @@ pub fn merge(run_dir: &Path, out: &Path, device: &Device) -> Result<()> {
     let mut model = load_model(&source, device)?;
     super::lora::load_peft(&mut model, &adapter, device)?;
     model.merge_lora().map_err(candle("merging the adapter"))?;
-    export::write(&mut model, &source, &format, out)
+    export::write(&mut model, &source, &format, out, overwrite)
 }
 
 fn save_checkpoint(trainer: &Trainer, dir: &Path, spec: &RunSpec, examples: usize) -> Result<()> {

@@ -15,6 +15,8 @@ enum Script {
     Drop,
     /// 422 naming the field when the request has it, else a reply.
     RejectField(&'static str),
+    /// 401 whose body echoes the request's headers (some proxies do).
+    EchoHeaders,
 }
 
 fn ok_body(text: &str) -> String {
@@ -39,11 +41,13 @@ fn serve(script: Vec<Script>) -> (String, Arc<AtomicUsize>) {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut len = 0;
+                let mut headers = String::new();
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                         break;
                     }
+                    headers.push_str(&line);
                     if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                         len = v.trim().parse().unwrap_or(0);
                     }
@@ -58,6 +62,7 @@ fn serve(script: Vec<Script>) -> (String, Arc<AtomicUsize>) {
                         return;
                     }
                     Script::Drop => return,
+                    Script::EchoHeaders => (401, format!("unauthorized; you sent: {headers}")),
                     Script::RejectField(f) => {
                         let body = String::from_utf8_lossy(&body).to_string();
                         if body.contains(&format!("\"{f}\"")) {
@@ -84,6 +89,8 @@ fn backend(url: &str) -> HttpBackend {
     o.backoff = Duration::from_millis(10);
     o.max_retries = 3;
     o.in_flight = 2;
+    // The scripted server counts every connection; the liveness check has its own test.
+    o.liveness_timeout = None;
     HttpBackend::new(o)
 }
 
@@ -177,4 +184,74 @@ fn a_strict_server_refusing_an_extension_field_is_retried_without_it() {
     // Other client errors stay errors.
     let (url, _) = serve(vec![Script::Status(422, "{\"detail\":\"bad messages\"}")]);
     assert!(backend(&url).generate(&one_request(), &params).is_err());
+}
+
+#[test]
+fn secrets_never_reach_messages_or_descriptions() {
+    let (url, _) = serve(vec![Script::EchoHeaders]);
+    // The same server, addressed with credentials in the URL and a key in the query.
+    let with_creds = url.replace("http://", "http://alice:hunter2@") + "/v1?api_key=qwerty";
+    let mut o = HttpOptions::new(with_creds, "test-model");
+    o.api_key = Some("sk-very-secret".into());
+    o.max_retries = 0;
+    o.liveness_timeout = None;
+    let b = HttpBackend::new(o);
+    let shown = b.describe();
+    let e = b
+        .generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("401") && e.contains("Bearer ***"),
+        "the echo is shown, scrubbed: {e}"
+    );
+    for secret in ["sk-very-secret", "hunter2", "alice", "qwerty"] {
+        assert!(!e.contains(secret), "{secret} in the error: {e}");
+        assert!(!shown.contains(secret), "{secret} in describe(): {shown}");
+    }
+}
+
+#[test]
+fn urls_lose_their_credentials() {
+    let cases = [
+        ("http://h:8000/v1", "http://h:8000/v1", vec![]),
+        ("https://u:p@h/v1", "https://***@h/v1", vec!["u:p", "p"]),
+        ("http://tok@h", "http://***@h", vec!["tok"]),
+        (
+            "http://h/v1?x=1&API_KEY=k1#f",
+            "http://h/v1?x=1&API_KEY=***#f",
+            vec!["k1"],
+        ),
+    ];
+    for (url, shown, secrets) in cases {
+        let (s, found) = redact_url(url);
+        assert_eq!(s, shown, "{url}");
+        assert_eq!(found, secrets, "{url}");
+    }
+}
+
+#[test]
+fn a_server_that_never_answers_is_noticed_by_the_liveness_check() {
+    let (url, count) = serve(vec![Script::Hang]);
+    let mut o = HttpOptions::new(url, "test-model");
+    o.liveness_timeout = Some(Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    let b = HttpBackend::new(o);
+    let e = b
+        .generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did not answer"), "{e}");
+    // One check, no completion request, well within the 120 s request timeout.
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // A server that answers anything (here 404) is alive: requests go out.
+    let (url, count) = serve(vec![Script::Status(404, "no such route"), Script::Ok("hi")]);
+    let mut o = HttpOptions::new(url, "test-model");
+    o.liveness_timeout = Some(Duration::from_secs(5));
+    let out = HttpBackend::new(o)
+        .generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap();
+    assert_eq!(out[0][0].text, "hi");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
 }

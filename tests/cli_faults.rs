@@ -1,0 +1,203 @@
+//! Faults a data tool must survive: writes that fail part-way (a full disk), paths of the
+//! wrong kind, outputs that would destroy a user's files, temporary files left by a
+//! killed run. Each leaves no partial output and no temporary file, and says what to do.
+
+mod common;
+
+use common::{arg, fixture, gatt, gatt_with_write_limit, listing, stderr, tempdir};
+use std::path::Path;
+
+fn mask_args(input: &Path, out: &Path) -> Vec<String> {
+    vec![
+        "mask".into(),
+        "--input".into(),
+        arg(input),
+        "--out".into(),
+        arg(out),
+        "--tokenizer".into(),
+        fixture("smollm2_tokenizer.json"),
+        "--template".into(),
+        fixture("smollm2_chat_template.jinja"),
+        "--on-error".into(),
+        "skip".into(),
+    ]
+}
+
+/// A write that fails part-way names the output and the cause, exits 1, and leaves
+/// neither the output nor a temporary file.
+#[cfg(unix)]
+#[test]
+fn a_write_failing_part_way_names_the_file_and_leaves_nothing() {
+    let dir = tempdir();
+    // 400 records: outputs of some hundred KiB, past a 16 KiB limit.
+    let one = std::fs::read_to_string(fixture("dialogues.jsonl")).unwrap();
+    let input = dir.path().join("d.jsonl");
+    std::fs::write(&input, one.repeat(10)).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    for name in ["m.parquet", "m.jsonl"] {
+        let out = out_dir.join(name);
+        let o = gatt_with_write_limit(16, &mask_args(&input, &out));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(&arg(&out)), "{name}: the path is named: {err}");
+        assert!(
+            err.contains("file-size limit"),
+            "{name}: the cause is said: {err}"
+        );
+        assert!(!err.contains("transport error"), "{name}: {err}");
+        assert!(
+            listing(&out_dir).is_empty(),
+            "{name}: {:?}",
+            listing(&out_dir)
+        );
+    }
+}
+
+/// A folder where a file is expected, and a file where a folder is expected, are the
+/// user's to fix: exit 2, the path named, nothing left behind.
+#[test]
+fn paths_of_the_wrong_kind_exit_2() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::copy(fixture("dialogues.jsonl"), &input).unwrap();
+    let folder = dir.path().join("a-folder.jsonl");
+    std::fs::create_dir(&folder).unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    for (input, out) in [
+        (folder.clone(), dir.path().join("m.parquet")),
+        (input.clone(), folder.clone()),
+        (input.clone(), file.join("m.parquet")),
+    ] {
+        let o = gatt(&mask_args(&input, &out));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{input:?} -> {out:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let mut left = listing(dir.path());
+    left.sort();
+    assert_eq!(left, ["a-file", "a-folder.jsonl", "d.jsonl"]);
+    assert!(listing(&folder).is_empty());
+}
+
+/// `gatt model export` and `gatt train merge` never delete a user's files: a folder that
+/// holds files is refused (exit 2, before any model is loaded) unless --overwrite.
+#[test]
+fn folder_outputs_that_hold_files_are_refused_without_overwrite() {
+    let dir = tempdir();
+    let out = dir.path().join("hf");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("thesis.tex"), "years of work").unwrap();
+    let run = dir.path().join("run");
+    for args in [
+        vec![
+            "model".to_string(),
+            "export".into(),
+            "--out".into(),
+            arg(&out),
+        ],
+        vec![
+            "train".into(),
+            "merge".into(),
+            arg(&run),
+            "--out".into(),
+            arg(&out),
+        ],
+    ] {
+        let o = gatt(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--out") && err.contains("--overwrite"),
+            "{err}"
+        );
+        assert_eq!(listing(&out), ["thesis.tex"]);
+    }
+}
+
+/// Temporary files that a killed run left beside an output are removed by the next run
+/// of the same output; those of running processes are kept.
+#[cfg(target_os = "linux")]
+#[test]
+fn temporary_files_of_a_killed_run_are_cleaned_up() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::copy(fixture("dialogues.jsonl"), &input).unwrap();
+    let out = dir.path().join("m.jsonl");
+    // Process 999999999 cannot exist (Linux caps ids at 2^22); process 1 always runs.
+    std::fs::write(dir.path().join(".m.jsonl.tmp-999999999"), "half a file").unwrap();
+    std::fs::write(dir.path().join(".m.jsonl.tmp-1"), "being written").unwrap();
+    let o = gatt(&mask_args(&input, &out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        listing(dir.path()),
+        [".m.jsonl.tmp-1", "d.jsonl", "m.jsonl"]
+    );
+}
+
+/// A server that accepts connections and never answers: a synthesis against it runs
+/// until stopped.
+fn silent_server() -> (String, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (url, listener)
+}
+
+fn synth_args(url: &str, out: &Path, resume: bool) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "synth",
+        "--endpoint",
+        url,
+        "--api-model",
+        "m",
+        "--dialogues",
+        "1",
+        "--turns",
+        "1",
+        "--timeout",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(["--out".into(), arg(out)]);
+    if resume {
+        a.push("--resume".into());
+    }
+    a
+}
+
+/// Two runs on one output folder: the second is refused, naming the holder; once the
+/// holder is killed (`kill -9`), the folder is free again.
+#[test]
+fn a_second_run_on_one_folder_is_refused_and_a_dead_holder_frees_it() {
+    let dir = tempdir();
+    let out = dir.path().join("run");
+    let (url, _listener) = silent_server();
+    let mut first = common::gatt_cmd(&synth_args(&url, &out, false))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first run holds the folder (it writes run.json right after).
+    let t0 = std::time::Instant::now();
+    while !out.join("run.json").exists() {
+        assert!(t0.elapsed().as_secs() < 60, "the first run never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = gatt(&synth_args(&url, &out, true));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("in use by gatt process {}", first.id())),
+        "{err}"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(_listener);
+    // The holder is dead: a resume gets past the lock (and fails on the absent server).
+    let o = gatt(&synth_args(&url, &out, true));
+    let err = stderr(&o);
+    assert!(!err.contains("in use"), "{err}");
+}
