@@ -201,3 +201,32 @@ fn a_second_run_on_one_folder_is_refused_and_a_dead_holder_frees_it() {
     let err = stderr(&o);
     assert!(!err.contains("in use"), "{err}");
 }
+
+/// Parquet files written by pyarrow with an extra column of every type gatt does not
+/// read: the column is ignored and the dialogues are masked. A needed column of the
+/// wrong type is an input error naming the row and field.
+#[test]
+fn parquet_columns_gatt_does_not_need_are_ignored_whatever_their_type() {
+    let dir = tempdir();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parquet");
+    let mut extras = 0;
+    for entry in std::fs::read_dir(&fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let out = dir.path().join(format!("{name}.jsonl"));
+        let o = gatt(&mask_args(&path, &out));
+        let err = stderr(&o);
+        if name.starts_with("extra_") {
+            extras += 1;
+            assert!(o.status.success(), "{name}: {err}");
+            assert_eq!(common::read_jsonl(&out).len(), 2, "{name}");
+        } else {
+            assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+            assert!(
+                err.contains("row 0") && err.contains("`messages`"),
+                "{name}: {err}"
+            );
+        }
+    }
+    assert_eq!(extras, 13, "one fixture per extra type");
+}

@@ -112,5 +112,8 @@ pub mod template;
 pub mod tokenizer;
 pub mod transform;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use dialogue::{Constraint, ConstraintKind, Dialogue, DialogueMeta, Message, Role};
 pub use error::{Error, Result};
