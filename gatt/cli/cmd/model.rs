@@ -59,7 +59,11 @@ pub fn run(args: Args) -> Result<()> {
             let source = ModelSource::resolve(&model)?;
             outln!("path:          {}", source.path().display())?;
             if let ModelSource::Gguf(p) = &source {
+                // Checked as loading checks it: what is printed is what would load.
                 let c = read_gguf(p)?;
+                gatt_runtime::llama::Config::from_gguf(&c).map_err(|e| {
+                    gatt::Error::input(format!("{}: cannot load the model: {e}", p.display()))
+                })?;
                 let arch = c
                     .metadata
                     .get("general.architecture")
@@ -72,7 +76,12 @@ pub fn run(args: Args) -> Result<()> {
                         .map(|v| v.to_string())
                         .unwrap_or_else(|| "?".into())
                 };
-                let params: usize = c.tensor_infos.values().map(|t| t.shape.elem_count()).sum();
+                // Each tensor lies inside the file (checked by read_gguf): no overflow.
+                let params: u64 = c
+                    .tensor_infos
+                    .values()
+                    .map(|t| t.shape.elem_count() as u64)
+                    .sum();
                 outln!("architecture:  {arch}")?;
                 outln!("parameters:    {:.1}M", params as f64 / 1e6)?;
                 outln!("context:       {}", get("context_length"))?;
