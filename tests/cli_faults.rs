@@ -230,3 +230,28 @@ fn parquet_columns_gatt_does_not_need_are_ignored_whatever_their_type() {
     }
     assert_eq!(extras, 13, "one fixture per extra type");
 }
+
+/// A chat template that doubles a string until memory runs out is stopped at the render
+/// budget: exit 2, the template named, no output.
+#[test]
+fn a_template_that_exhausts_memory_is_refused_naming_it() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::copy(fixture("dialogues.jsonl"), &input).unwrap();
+    let template = dir.path().join("bomb.jinja");
+    std::fs::write(
+        &template,
+        "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}\
+         {% endfor %}{{ ns.s | length }}",
+    )
+    .unwrap();
+    let out = dir.path().join("m.jsonl");
+    let mut args = mask_args(&input, &out);
+    let at = args.iter().position(|a| a == "--template").unwrap();
+    args[at + 1] = arg(&template);
+    let o = gatt(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("bomb.jinja") && err.contains("MiB"), "{err}");
+    assert!(!out.exists());
+}

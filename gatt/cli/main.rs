@@ -4,6 +4,7 @@
 //! a message that names the flag at fault (exit 2 for bad input, 1 otherwise). Nothing
 //! depends on this crate.
 
+mod alloc;
 mod cmd;
 mod out;
 mod progress;
@@ -13,6 +14,10 @@ mod values;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+
+/// Keeps the memory budget of chat-template renders (see `alloc.rs`).
+#[global_allocator]
+static ALLOCATOR: alloc::Guarded = alloc::Guarded;
 
 /// Ghost Attention (GAtt) toolkit: synthesize multi-turn dialogues under an instruction,
 /// build last-turn loss masks for fine-tuning, and measure how long a chat model keeps an

@@ -4,6 +4,7 @@
 //! loader (no file access), a fuel limit bounds execution, and errors name the template.
 
 mod builtin;
+pub mod memory;
 mod pyjson;
 
 use crate::dialogue::Message;
@@ -130,6 +131,7 @@ impl ChatTemplate {
             tools => Value::from(()),
             documents => Value::from(()),
         };
+        let _budget = memory::Budget::start(&self.origin);
         let mut out = CappedText::default();
         match tmpl.render_captured_to(ctx, &mut out) {
             Ok(_) => Ok(out.text),
@@ -151,7 +153,8 @@ impl ChatTemplate {
 /// Upper bound on a rendered conversation, in bytes: 64 MiB, some 16 million tokens, far
 /// beyond any model's context. A template that writes more is refused before it can
 /// exhaust memory through its output. (Values a template builds without writing them
-/// are bounded only by minijinja's own limit on string repetition, 100 MB per step.)
+/// are bounded by [`memory::RENDER_BUDGET_BYTES`], where the program's allocator keeps
+/// that budget.)
 pub const MAX_RENDERED_BYTES: usize = 64 << 20;
 
 /// The rendered text, refusing to grow past [`MAX_RENDERED_BYTES`].
