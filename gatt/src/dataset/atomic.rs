@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(
             names(dir.path()),
             [
-                format!(".m.parquet.tmp-1"),
+                ".m.parquet.tmp-1".to_string(),
                 format!(".other.tmp-{DEAD}"),
                 "m.parquet".into()
             ]

@@ -142,7 +142,7 @@ impl Config {
         within(&KV_HEADS, self.n_kv_head, self.n_head)?;
         within(&HIDDEN, self.hidden, MAX_HIDDEN)?;
         within(&CONTEXT, self.context_length, MAX_CONTEXT)?;
-        if self.n_head % self.n_kv_head != 0 {
+        if !self.n_head.is_multiple_of(self.n_kv_head) {
             candle_core::bail!(
                 "{} ({}) does not divide {} ({}): grouped-query attention needs it",
                 name(&KV_HEADS),
@@ -153,7 +153,7 @@ impl Config {
         }
         if self.head_dim == 0
             || self.head_dim * self.n_head != self.hidden
-            || self.head_dim % 2 != 0
+            || !self.head_dim.is_multiple_of(2)
         {
             candle_core::bail!(
                 "{} ({}) is not an even head width times {} ({})",

@@ -14,12 +14,11 @@ fn tiny_gguf_as(arch: &str, quantized: bool) -> Vec<u8> {
     tiny_gguf_edited(arch, quantized, &|_| {})
 }
 
+/// GGUF metadata as written: (key, value) pairs.
+type Metadata = Vec<(String, Value)>;
+
 /// [`tiny_gguf_as`] with its metadata changed by `edit` before writing.
-fn tiny_gguf_edited(
-    arch: &str,
-    quantized: bool,
-    edit: &dyn Fn(&mut Vec<(String, Value)>),
-) -> Vec<u8> {
+fn tiny_gguf_edited(arch: &str, quantized: bool, edit: &dyn Fn(&mut Metadata)) -> Vec<u8> {
     let dev = Device::Cpu;
     let (vocab, hidden, ff, layers, heads, kv) =
         (64usize, 32usize, 48usize, 2usize, 4usize, 2usize);
