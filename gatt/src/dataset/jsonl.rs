@@ -80,6 +80,10 @@ impl JsonlWriter {
         let path = self.file.path().to_path_buf();
         let w = self.file.writer();
         serde_json::to_writer(&mut *w, row).map_err(|e| {
+            if e.is_io() {
+                // A failed write (a full disk): worded as every I/O error is.
+                return Error::io(&path, "write", std::io::Error::from(e));
+            }
             Error::runtime(format!("cannot write: {e}"))
                 .at(Location::in_file(&path))
                 .with_source(e)
