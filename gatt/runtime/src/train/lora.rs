@@ -219,6 +219,13 @@ pub fn load_peft(model: &mut Model, dir: &Path, device: &Device) -> Result<LoraC
         targets,
     };
     cfg.validate().map_err(|e| e.context(cfg_path.display()))?;
+    refuse_unread_settings(&v).map_err(|e| e.context(cfg_path.display()))?;
+    // peft's rank-stabilized LoRA scales by alpha / sqrt(r) instead of alpha / r.
+    let scale = if v.get("use_rslora").and_then(|x| x.as_bool()) == Some(true) {
+        cfg.alpha / (cfg.rank as f64).sqrt()
+    } else {
+        cfg.scale()
+    };
     let st = dir.join("adapter_model.safetensors");
     let tensors = candle_core::safetensors::load(&st, device)
         .map_err(|e| Error::input(format!("{}: {e}", st.display())))?;
@@ -253,7 +260,7 @@ pub fn load_peft(model: &mut Model, dir: &Path, device: &Device) -> Result<LoraC
         found.insert(name, pair);
     }
     model
-        .add_lora(&cfg.targets, cfg.scale(), 0.0, |name, n_in, n_out| {
+        .add_lora(&cfg.targets, scale, 0.0, |name, n_in, n_out| {
             let (a, b) = found.remove(name).expect("every wanted adapter was read");
             if a.dims() != [n_in, cfg.rank] || b.dims() != [cfg.rank, n_out] {
                 candle_core::bail!(
@@ -267,4 +274,42 @@ pub fn load_peft(model: &mut Model, dir: &Path, device: &Device) -> Result<LoraC
         })
         .map_err(|e| Error::input(format!("{}: {e}", st.display())))?;
     Ok(cfg)
+}
+
+/// Refuses `adapter_config.json` settings that change what the adapter computes and that
+/// [`load_peft`] does not implement, rather than loading a different model silently:
+/// DoRA, per-module ranks or alphas, adapters on some layers only, trained biases,
+/// whole modules saved beside the adapter, biases on the B matrices (`lora_bias`), and
+/// transposed (`fan_in_fan_out`) weights.
+fn refuse_unread_settings(v: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    let set = |k: &str| match v.get(k) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Object(m)) => !m.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::String(s)) => k != "bias" || s != "none",
+        Some(_) => true,
+    };
+    let unread: Vec<&str> = [
+        "use_dora",
+        "rank_pattern",
+        "alpha_pattern",
+        "layers_to_transform",
+        "layers_pattern",
+        "bias",
+        "modules_to_save",
+        "fan_in_fan_out",
+        "lora_bias",
+    ]
+    .into_iter()
+    .filter(|k| set(k))
+    .collect();
+    if unread.is_empty() {
+        return Ok(());
+    }
+    Err(Error::input(format!(
+        "the adapter uses settings gatt cannot apply ({}); it would compute another model. \
+         Merge it with peft (`merge_and_unload`) and load the merged folder instead",
+        unread.join(", ")
+    )))
 }

@@ -437,3 +437,50 @@ fn data_checks_count_empty_samples_and_refuse_another_tokenizer() {
     let e = data::load(&p, 64, &[7], 8).unwrap_err().to_string();
     assert!(e.contains("row 0") && e.contains("end-of-turn"), "{e}");
 }
+
+/// peft settings that change the math: rank-stabilized scaling (alpha / sqrt(r)) is
+/// applied; settings gatt does not implement are refused, never ignored.
+#[test]
+fn peft_settings_are_applied_or_refused() {
+    let mut t = Trainer::new(tiny("llama"), examples(), opts(lora()), &Device::Cpu).unwrap();
+    t.train_step().unwrap();
+    let mut adapted = t.into_model();
+    let ids = [1u32, 5, 9, 13, 17];
+    let expected = full_logits(&adapted, &ids);
+    let Method::Lora(cfg) = lora() else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    lora::save_peft(&mut adapted, &cfg, "base", &adapter).unwrap();
+    let config_path = adapter.join("adapter_config.json");
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = original.clone();
+        edit(&mut v);
+        std::fs::write(&config_path, v.to_string()).unwrap();
+        let mut m = tiny("llama");
+        lora::load_peft(&mut m, &adapter, &Device::Cpu).map(|_| full_logits(&m, &ids))
+    };
+    // rsLoRA with alpha' = alpha * sqrt(r) / r scales by alpha' / sqrt(r) = alpha / r.
+    let r = cfg.rank as f64;
+    let logits = with(&|v| {
+        v["use_rslora"] = true.into();
+        v["lora_alpha"] = (cfg.alpha * r.sqrt() / r).into();
+    })
+    .unwrap();
+    for (a, b) in logits.iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-4, "{a} {b}");
+    }
+    for (key, value) in [
+        ("use_dora", serde_json::json!(true)),
+        ("rank_pattern", serde_json::json!({"q_proj": 4})),
+        ("layers_to_transform", serde_json::json!([0])),
+        ("bias", serde_json::json!("lora_only")),
+        ("modules_to_save", serde_json::json!(["lm_head"])),
+    ] {
+        let e = with(&|v| v[key] = value.clone()).unwrap_err();
+        assert!(e.is_input() && e.to_string().contains(key), "{key}: {e}");
+    }
+}
