@@ -111,13 +111,26 @@ impl Config {
             rms_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
             context_length: get("context_length")?.to_u32()? as usize,
             rope_interleaved,
-            arch,
+            arch: arch.clone(),
             vocab: 0,
             intermediate: 0,
             tie_embeddings: false,
         };
-        let arch = cfg.arch.clone();
         cfg.check(|k| format!("GGUF metadata `{arch}.{}`", k.gguf))?;
+        // Head widths other than hidden / heads (written by some converters) would need
+        // other projections' shapes: refused rather than computed wrongly.
+        for key in ["attention.key_length", "attention.value_length"] {
+            if let Ok(v) = get(key) {
+                let width = v.to_u32()? as usize;
+                if width != cfg.head_dim {
+                    candle_core::bail!(
+                        "GGUF metadata `{arch}.{key}` is {width}, not embedding_length / \
+                         head_count = {}; such heads are not supported",
+                        cfg.head_dim
+                    )
+                }
+            }
+        }
         Ok(cfg)
     }
 

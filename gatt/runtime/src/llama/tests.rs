@@ -333,7 +333,8 @@ fn an_adapter_on_quantized_weights_is_not_merged_away_silently() {
 /// failure at generation.
 #[test]
 fn hostile_metadata_is_refused_naming_the_key() {
-    let cases: [(&str, Value, &str); 7] = [
+    let cases: [(&str, Value, &str); 8] = [
+        ("llama.attention.key_length", Value::U32(16), "key_length"),
         (
             "llama.attention.head_count",
             Value::U32(0),
@@ -371,12 +372,12 @@ fn hostile_metadata_is_refused_naming_the_key() {
         ),
     ];
     for (key, value, says) in cases {
-        let bytes = tiny_gguf_edited("llama", false, &|md| {
-            for (k, v) in md.iter_mut() {
-                if k == key {
-                    *v = value.clone();
-                }
-            }
+        let bytes = tiny_gguf_edited("llama", false, &|md| match md
+            .iter_mut()
+            .find(|(k, _)| k == key)
+        {
+            Some((_, v)) => *v = value.clone(),
+            None => md.push((key.to_string(), value.clone())),
         });
         let mut r = Cursor::new(bytes);
         let ct = gguf_file::Content::read(&mut r).unwrap();
