@@ -127,7 +127,7 @@ pub fn mask_file(
     on_error: OnError,
 ) -> Result<Summary> {
     for o in outputs {
-        if let Some(why) = o.export.refusal(masker.policy(), o.format) {
+        if let Some(why) = o.export.refusal(masker.options(), o.format) {
             return Err(Error::input(format!("--export {}: {why}", o.export)));
         }
     }

@@ -16,7 +16,7 @@
 //! - [`Export::Tokenized`]: exactly `input_ids`, `attention_mask`, `labels` (the
 //!   layout the HF `Trainer`, TRL and axolotl take pre-tokenized).
 
-use super::{MaskedRecord, Policy, RecordSample};
+use super::{MaskOptions, MaskedRecord, Policy, RecordSample, SpecialText};
 use crate::dataset::Format;
 use crate::dialogue::{Message, Role};
 use serde::Serialize;
@@ -44,14 +44,26 @@ crate::names::named_values!(Export {
 });
 
 impl Export {
-    /// Why samples built under `policy` cannot be written in this layout to a `format`
+    /// Why samples built with `opts` cannot be written in this layout to a `format`
     /// file, or `None` when they can.
     ///
     /// The message layouts express loss by message: `openai` on assistant messages
     /// (every policy but `all`), `prompt-completion` on one final reply (`gatt` and
-    /// `gatt-expand`). `openai` is JSON lines only.
-    pub fn refusal(self, policy: Policy, format: Format) -> Option<String> {
+    /// `gatt-expand`). Their consumers tokenize message text reading special-token text
+    /// as the token itself, so they cannot carry samples masked with
+    /// [`SpecialText::Encode`]. `openai` is JSON lines only.
+    pub fn refusal(self, opts: &MaskOptions, format: Format) -> Option<String> {
         let name = self.as_str();
+        let policy = opts.policy;
+        let messages = matches!(self, Export::Openai | Export::PromptCompletion);
+        if messages && opts.special_text == SpecialText::Encode {
+            return Some(format!(
+                "the {name} export holds message text that the trainer tokenizes itself, \
+                 reading special-token text (e.g. `<|im_end|>`) as the token; samples whose \
+                 such text was encoded as ordinary tokens (special text `encode`) would \
+                 train differently; use the tokenized or gatt export"
+            ));
+        }
         match (self, policy, format) {
             (Export::Openai, _, Format::Parquet) => Some(format!(
                 "the {name} export is JSON lines (the OpenAI fine-tuning format); write it \

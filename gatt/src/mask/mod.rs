@@ -257,9 +257,9 @@ impl Masker {
         Ok(record.samples.into_iter().map(|s| s.sample).collect())
     }
 
-    /// The policy samples are built under.
-    pub fn policy(&self) -> Policy {
-        self.opts.policy
+    /// The options samples are built with.
+    pub fn options(&self) -> &MaskOptions {
+        &self.opts
     }
 
     /// Masks one record as [`Masker::mask`] does, keeping the messages each sample

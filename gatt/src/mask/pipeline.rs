@@ -152,7 +152,7 @@ pub fn mask_to(
     progress: &dyn Progress,
 ) -> Result<Summary, PipelineError> {
     for o in outputs {
-        if let Some(why) = o.export.refusal(masker.policy(), o.format) {
+        if let Some(why) = o.export.refusal(masker.options(), o.format) {
             return Err(Error::input(why).at(Location::in_file(&o.path)).into());
         }
         refuse_overwriting_input(input, &o.path)?;
