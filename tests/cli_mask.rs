@@ -84,7 +84,11 @@ fn exports_write_the_trainers_layouts() {
     )
     .unwrap();
     let out = dir.path().join("o.jsonl");
-    let o = mask(&input, &out, &["--export", "openai", "--policy", "gatt-expand"]);
+    let o = mask(
+        &input,
+        &out,
+        &["--export", "openai", "--policy", "gatt-expand"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let lines = read_jsonl(&out);
     assert_eq!(lines.len(), 2);

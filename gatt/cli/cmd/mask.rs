@@ -112,7 +112,7 @@ pub fn run(args: Args) -> Result<()> {
         export: args.export.into(),
     };
     let summary = mask_file(&masker, &args.input, &[output], args.on_error.into())?;
-    report(&summary, &args.out);
+    report(&summary, &args.out.display().to_string());
     outln!("{}", serde_json::to_string(&summary).unwrap_or_default())?;
     Ok(())
 }
@@ -171,12 +171,13 @@ fn hint(reason: SkipReason) -> &'static str {
     }
 }
 
-pub fn report(s: &Summary, out: &Path) {
+/// Prints the counts of a masking run that wrote `out` (one path or a list).
+pub fn report(s: &Summary, out: &str) {
     eprintln!(
         "gatt mask: {} records -> {} samples in {}; {} tokens, {} with loss ({:.1}%)",
         s.records,
         s.samples,
-        out.display(),
+        out,
         s.tokens,
         s.loss_tokens,
         100.0 * s.loss_tokens as f64 / s.tokens.max(1) as f64

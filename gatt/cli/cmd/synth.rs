@@ -16,7 +16,7 @@ use gatt_synth::plan::Shard;
 use gatt_synth::run::Provenance;
 use gatt_synth::users::UserSource;
 use gatt_synth::{SynthOptions, Synthesizer};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Synthesize GAtt dialogues: sample constraints, phrase an instruction, attach it to
 /// every user turn, sample each reply turn by turn with the chat model, then keep the
@@ -222,7 +222,7 @@ pub fn run(args: Args) -> Result<()> {
             .iter()
             .map(|o| o.path.display().to_string())
             .collect();
-        super::mask::report(&s, Path::new(&names.join(", ")));
+        super::mask::report(&s, &names.join(", "));
         Some(s)
     } else {
         None
