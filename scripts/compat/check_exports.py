@@ -132,9 +132,10 @@ def recording(base):
 
     class Recording(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            seen = {k: v.clone() for k, v in inputs.items() if hasattr(v, "clone")}
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = out[0] if return_outputs else out
-            self.recorded.append((float(loss.detach()), {k: v.clone() for k, v in inputs.items()}))
+            self.recorded.append((float(loss.detach()), seen))
             return out
 
     return Recording
@@ -230,9 +231,11 @@ def cmd_train(root, model_dir, rows=4):
 
         from trl import SFTConfig, SFTTrainer
 
+        # SFTConfig turns bf16 on by default (autocast, also on the CPU); the comparison
+        # is made in float32, as the Trainer's above.
         t = recording(SFTTrainer)(
             model=model(),
-            args=args(SFTConfig, out),
+            args=args(SFTConfig, out, bf16=False),
             train_dataset=tokenized,
             processing_class=tok,
         )
@@ -242,7 +245,7 @@ def cmd_train(root, model_dir, rows=4):
         pc = load(os.path.join(root, "gatt", "prompt_completion.parquet")).select(range(rows))
         t = recording(SFTTrainer)(
             model=model(),
-            args=args(SFTConfig, out),
+            args=args(SFTConfig, out, bf16=False),
             train_dataset=pc,
             processing_class=tok,
         )

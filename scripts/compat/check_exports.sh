@@ -26,7 +26,8 @@ if [ ! -x "$V/compat-ds221/bin/python" ]; then
     "$V/compat-ds221/bin/pip" install -q 'datasets==2.21.*' pyarrow
 fi
 cd "$ROOT"
-cargo build -q --bin gatt --example dialogues_to_parquet
+cargo build -q --bin gatt
+cargo build -q -p gatt --example dialogues_to_parquet
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 D="$(mktemp -d)"
 trap 'rm -rf "$D"' EXIT
