@@ -26,6 +26,7 @@ if [ ! -x "$V/compat-ds221/bin/python" ]; then
     "$V/compat-ds221/bin/pip" install -q 'datasets==2.21.*' pyarrow
 fi
 cd "$ROOT"
+export HF_DATASETS_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
 cargo build -q --bin gatt
 cargo build -q -p gatt --example dialogues_to_parquet
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
@@ -41,15 +42,17 @@ for policy in gatt gatt-expand; do
         export="${stem/prompt_completion/prompt-completion}"
         export="${export/masked/gatt}"
         "$BIN/gatt" mask --input "$IN" --out "$D/$policy/$out" --model default \
-            --policy "$policy" --on-error skip --export "$export" >/dev/null 2>&1
+            --policy "$policy" --on-error skip --export "$export" >/dev/null
     done
 done
+status=0
 echo "== datasets (newest)"
-"$V/compat/bin/python" "$HERE/check_exports.py" load "$D"
+"$V/compat/bin/python" "$HERE/check_exports.py" load "$D" || status=1
 echo "== datasets 2.21"
-"$V/compat-ds221/bin/python" "$HERE/check_exports.py" load "$D"
+"$V/compat-ds221/bin/python" "$HERE/check_exports.py" load "$D" || status=1
 if [ "$MODE" = all ]; then
-    "$BIN/gatt" model export default --out "$D/model" >/dev/null 2>&1
+    "$BIN/gatt" model export default --out "$D/model" >/dev/null
     echo "== trainers"
-    HF_HUB_OFFLINE=1 "$V/compat/bin/python" "$HERE/check_exports.py" train "$D" "$D/model"
+    "$V/compat/bin/python" "$HERE/check_exports.py" train "$D" "$D/model" || status=1
 fi
+exit $status
