@@ -322,11 +322,11 @@ fn parquet_exports_hold_the_json_lines_rows() {
     assert_eq!(tokenized.height(), want.len());
     for name in ["input_ids", "attention_mask", "labels"] {
         let col = tokenized.column(name).unwrap().list().unwrap().clone();
-        for i in 0..col.len() {
+        for (i, want) in want.iter().enumerate() {
             let row = col.get_as_series(i).unwrap();
             let ints = row.i64().unwrap();
             let got: Vec<i64> = (0..ints.len()).map(|j| ints.get(j).unwrap()).collect();
-            let json: Vec<i64> = want[i][name]
+            let json: Vec<i64> = want[name]
                 .as_array()
                 .unwrap()
                 .iter()
@@ -340,7 +340,7 @@ fn parquet_exports_hold_the_json_lines_rows() {
     assert_eq!(pc.height(), want.len());
     for name in ["prompt", "completion"] {
         let col = pc.column(name).unwrap().list().unwrap().clone();
-        for i in 0..col.len() {
+        for (i, want) in want.iter().enumerate() {
             let row = col.get_as_series(i).unwrap();
             let fields = row.struct_().unwrap().fields_as_series();
             let texts = |s: &Series| -> Vec<String> {
@@ -353,7 +353,7 @@ fn parquet_exports_hold_the_json_lines_rows() {
                 .into_iter()
                 .zip(texts(&fields[1]))
                 .collect();
-            let json: Vec<(String, String)> = messages(&want[i][name])
+            let json: Vec<(String, String)> = messages(&want[name])
                 .into_iter()
                 .map(|m| (m.role.as_str().to_string(), m.content))
                 .collect();
