@@ -11,7 +11,8 @@
 # COMPAT_VENVS=/work/venvs). The registry's torch wheel is the CUDA build (~3.4 GB with
 # its nvidia wheels); it runs on the CPU. Inputs are the golden fixture dialogues, masked
 # with the default model's tokenizer and template (the default model is fetched on
-# first use). Needs no GPU; about 2 minutes on 2 cores once installed.
+# first use). Needs no GPU; the last run took 18.5 minutes on 2 shared CPU cores
+# (docs/compat.md), most of it the three two-step trainings.
 set -euo pipefail
 MODE="${1:-all}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
