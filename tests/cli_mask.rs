@@ -72,6 +72,59 @@ fn expand_policy_writes_one_sample_per_reply() {
     assert_eq!(ids, ["a#1", "a#2"]);
 }
 
+/// `--export` writes the same samples in the trainers' layouts, and refuses a layout that
+/// cannot hold the mask, naming the flag.
+#[test]
+fn exports_write_the_trainers_layouts() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"id": "a", "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "bonjour"}, {"role": "user", "content": "bye"}, {"role": "assistant", "content": "au revoir"}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("o.jsonl");
+    let o = mask(
+        &input,
+        &out,
+        &["--export", "openai", "--policy", "gatt-expand"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = read_jsonl(&out);
+    assert_eq!(lines.len(), 2);
+    let weights: Vec<Vec<i64>> = lines
+        .iter()
+        .map(|l| {
+            l["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|m| m.get("weight").and_then(|w| w.as_i64()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(weights, [vec![1], vec![0, 1]]);
+    assert_eq!(lines[0].as_object().unwrap().len(), 1, "only `messages`");
+
+    let out = dir.path().join("t.parquet");
+    let o = mask(&input, &out, &["--export", "tokenized"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
+
+    let out = dir.path().join("o.parquet");
+    let o = mask(&input, &out, &["--export", "openai"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--export openai"), "{}", stderr(&o));
+    assert!(!out.exists());
+    let o = mask(
+        &input,
+        &dir.path().join("pc.jsonl"),
+        &["--export", "prompt-completion", "--policy", "all"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("policy all"), "{}", stderr(&o));
+}
+
 /// A reply that mentions `<|im_end|>` is refused by default with its own reason and a
 /// hint; `--special-text encode` masks it with the text as ordinary tokens, and so does
 /// `gatt synth --mask`, which shares the flag.

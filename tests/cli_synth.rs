@@ -39,11 +39,17 @@ fn synth(out: &Path, extra: &[&str]) -> Command {
 fn synth_writes_dialogues_masks_report_and_resumes_after_kill() {
     let dir = tempdir();
     let clean = dir.path().join("clean");
-    let o = synth(&clean, &["--mask"]).output().unwrap();
+    let exports = "gatt,openai,prompt-completion,tokenized";
+    let o = synth(&clean, &["--mask", "--export", exports])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     for f in [
         "dialogues.jsonl",
         "masked.jsonl",
+        "openai.jsonl",
+        "prompt_completion.jsonl",
+        "tokenized.jsonl",
         "report.md",
         "report.json",
         "run.json",
@@ -65,6 +71,30 @@ fn synth_writes_dialogues_masks_report_and_resumes_after_kill() {
         assert!(users
             .iter()
             .all(|m| m["content"].as_str().unwrap().contains(inst)));
+    }
+    // Every export holds the masked samples, in order.
+    let masked = read_jsonl(clean.join("masked.jsonl"));
+    let tokenized = read_jsonl(clean.join("tokenized.jsonl"));
+    let openai = read_jsonl(clean.join("openai.jsonl"));
+    let pc = read_jsonl(clean.join("prompt_completion.jsonl"));
+    assert!(!masked.is_empty());
+    assert_eq!(
+        (tokenized.len(), openai.len(), pc.len()),
+        (masked.len(), masked.len(), masked.len())
+    );
+    for (m, t) in masked.iter().zip(&tokenized) {
+        for k in ["input_ids", "labels", "attention_mask"] {
+            assert_eq!(m[k], t[k], "{k}");
+        }
+    }
+    for (line, row) in openai.iter().zip(&pc) {
+        let msgs = line["messages"].as_array().unwrap();
+        assert_eq!(msgs.last().unwrap()["weight"], 1);
+        assert_eq!(
+            msgs.last().unwrap()["content"],
+            row["completion"][0]["content"]
+        );
+        assert_eq!(msgs.len(), row["prompt"].as_array().unwrap().len() + 1);
     }
     let manifest = read_json(clean.join("run.json"));
     assert_eq!(manifest["status"], "done");

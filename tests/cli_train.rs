@@ -72,9 +72,24 @@ fn lora_run_resumes_merges_and_the_merged_folder_generates() {
         "checkpoint/state.json",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
+        "base/config.json",
+        "base/model.safetensors",
+        "base/tokenizer_config.json",
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
+    // peft loads the adapter by its folder alone: the base is a Hugging Face folder.
+    let adapter_config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        adapter_config["base_model_name_or_path"],
+        std::fs::canonicalize(run.join("base"))
+            .unwrap()
+            .display()
+            .to_string()
+    );
     let log = std::fs::read_to_string(run.join("loss.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2);
     // Again without --resume: refused, nothing overwritten.

@@ -4,6 +4,7 @@
 //! the tests check that clap's names are the library's.
 
 use gatt::dataset::Format;
+use gatt::mask::export::Export;
 use gatt::mask::pipeline::OnError;
 use gatt::mask::{Policy, SpecialText, Truncate};
 use gatt::transform::{Attach, Placement};
@@ -108,6 +109,22 @@ mirror! {
     }
 }
 
+mirror! {
+    /// Values of `--export`.
+    ExportArg => Export {
+        /// gatt's samples: id, input_ids, labels, attention_mask, n_tokens, n_loss_tokens.
+        Gatt,
+        /// OpenAI chat fine-tuning JSON lines: {"messages": [...]}, "weight": 0 on every
+        /// assistant message without loss, 1 on those with loss; no other key.
+        Openai,
+        /// TRL's conversational prompt-completion: `prompt` (the earlier messages) and
+        /// `completion` (the final reply).
+        PromptCompletion,
+        /// Exactly input_ids, attention_mask and labels (lists of int64).
+        Tokenized,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +157,6 @@ mod tests {
         same_names::<FormatArg, Format>();
         same_names::<AttachArg, Attach>();
         same_names::<PlacementArg, Placement>();
+        same_names::<ExportArg, Export>();
     }
 }

@@ -3,9 +3,9 @@
 use super::FormatArgs;
 use crate::out::outln;
 use crate::progress;
-use crate::values::{FormatArg, OnErrorArg, PolicyArg, SpecialTextArg, TruncateArg};
+use crate::values::{ExportArg, FormatArg, OnErrorArg, PolicyArg, SpecialTextArg, TruncateArg};
 use gatt::dataset::Format;
-use gatt::mask::pipeline::{self, OnError, PipelineError, Summary};
+use gatt::mask::pipeline::{self, OnError, Output, PipelineError, Summary};
 use gatt::mask::{MaskOptions, Masker, Policy, SkipReason, SpecialText};
 use gatt::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -24,8 +24,12 @@ use std::path::{Path, PathBuf};
 /// refused as special_token_in_content, since the tokenizer would read it as the token
 /// itself; `--special-text encode` encodes it as ordinary text instead.
 ///
-/// Output columns: id, input_ids (u32), labels (i64, -100 = no loss, unshifted),
-/// attention_mask, n_tokens, n_loss_tokens.
+/// Output columns (--export gatt): id, input_ids (u32), labels (i64, -100 = no loss,
+/// unshifted), attention_mask, n_tokens, n_loss_tokens. Other layouts (--export), each
+/// rendered from the same verified samples: `openai` (chat JSON lines, "weight": 0 on
+/// assistant messages without loss), `prompt-completion` (TRL's conversational
+/// layout), `tokenized` (exactly input_ids, attention_mask, labels). With
+/// --policy gatt-expand each holds one row per assistant turn.
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -46,6 +50,12 @@ pub struct Args {
     /// Output format (default: from the --out extension).
     #[arg(long, value_enum)]
     pub out_format: Option<FormatArg>,
+    /// Layout of the output rows, for the trainer that reads them (see the README's
+    /// "Consumers" table). openai is JSON lines only; openai and prompt-completion
+    /// mark loss by message, so they take --policy gatt or gatt-expand (openai also
+    /// assistant).
+    #[arg(long, value_enum, default_value_t = ExportArg::Gatt)]
+    pub export: ExportArg,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -96,30 +106,33 @@ pub fn run(args: Args) -> Result<()> {
             .map_err(|e| Error::input(format!("{e} (or pass --out-format)")))?,
     };
     let masker = Masker::new(args.format.load()?, args.mask.options());
-    let summary = mask_file(
-        &masker,
-        &args.input,
-        &args.out,
-        out_format,
-        args.on_error.into(),
-    )?;
-    report(&summary, &args.out);
+    let output = Output {
+        path: args.out.clone(),
+        format: out_format,
+        export: args.export.into(),
+    };
+    let summary = mask_file(&masker, &args.input, &[output], args.on_error.into())?;
+    report(&summary, &args.out.display().to_string());
     outln!("{}", serde_json::to_string(&summary).unwrap_or_default())?;
     Ok(())
 }
 
-/// Masks every record of `input` into `out` with a progress bar; a record that cannot be
-/// masked fails with a hint naming the flags that would let it through. Shared with
-/// `gatt synth --mask`.
+/// Masks every record of `input` into each of `outputs` with a progress bar; a record
+/// that cannot be masked fails with a hint naming the flags that would let it through.
+/// Shared with `gatt synth --mask`.
 pub fn mask_file(
     masker: &Masker,
     input: &Path,
-    out: &Path,
-    out_format: Format,
+    outputs: &[Output],
     on_error: OnError,
 ) -> Result<Summary> {
+    for o in outputs {
+        if let Some(why) = o.export.refusal(masker.options(), o.format) {
+            return Err(Error::input(format!("--export {}: {why}", o.export)));
+        }
+    }
     let bar = Bar(progress::bar(None, "records"));
-    let result = pipeline::mask_file(masker, input, out, out_format, on_error, &bar);
+    let result = pipeline::mask_to(masker, input, outputs, on_error, &bar);
     bar.0.finish_and_clear();
     result.map_err(|e| match e {
         PipelineError::Record {
@@ -158,12 +171,13 @@ fn hint(reason: SkipReason) -> &'static str {
     }
 }
 
-pub fn report(s: &Summary, out: &Path) {
+/// Prints the counts of a masking run that wrote `out` (one path or a list).
+pub fn report(s: &Summary, out: &str) {
     eprintln!(
         "gatt mask: {} records -> {} samples in {}; {} tokens, {} with loss ({:.1}%)",
         s.records,
         s.samples,
-        out.display(),
+        out,
         s.tokens,
         s.loss_tokens,
         100.0 * s.loss_tokens as f64 / s.tokens.max(1) as f64

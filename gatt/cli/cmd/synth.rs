@@ -3,10 +3,11 @@
 use super::backend::{model_source, BackendArgs, SamplingArgs};
 use super::mask::{mask_file, MaskFlags};
 use crate::progress;
-use crate::values::{AttachArg, FormatArg, OnErrorArg, PlacementArg};
+use crate::values::{AttachArg, ExportArg, FormatArg, OnErrorArg, PlacementArg};
 use gatt::catalog::{parse_kind, Catalog, CatalogOverride};
 use gatt::dataset::Format;
-use gatt::mask::pipeline::OnError;
+use gatt::mask::export::Export;
+use gatt::mask::pipeline::{OnError, Output};
 use gatt::mask::Masker;
 use gatt::model::ChatFormat;
 use gatt::transform::{Attach, Placement};
@@ -95,6 +96,17 @@ pub struct Args {
     pub mask: bool,
     #[command(flatten)]
     pub mask_flags: MaskFlags,
+    /// With --mask: the layouts to write, comma-separated, all from the same masked
+    /// samples: gatt (masked.*), openai (openai.jsonl), prompt-completion
+    /// (prompt_completion.*), tokenized (tokenized.*). See `gatt mask --help`.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "gatt",
+        requires = "mask"
+    )]
+    pub export: Vec<ExportArg>,
     /// With --mask: records that cannot be masked exactly are skipped and counted by
     /// default; `fail` stops instead.
     #[arg(long, value_enum, default_value_t = OnErrorArg::Skip)]
@@ -186,10 +198,31 @@ pub fn run(args: Args) -> Result<()> {
     );
     let mask_summary = if args.mask {
         let masker = Masker::new(mask_format(&args)?, args.mask_flags.options());
-        let out = args.out.join(format!("masked.{}", format.extension()));
+        let mut outputs: Vec<Output> = Vec::new();
+        for &e in &args.export {
+            let export: Export = e.into();
+            let format = match export {
+                Export::Openai => Format::Jsonl,
+                _ => format,
+            };
+            let path = args
+                .out
+                .join(format!("{}.{}", export.file_stem(), format.extension()));
+            if !outputs.iter().any(|o| o.path == path) {
+                outputs.push(Output {
+                    path,
+                    format,
+                    export,
+                });
+            }
+        }
         let on_error: OnError = args.on_error.into();
-        let s = mask_file(&masker, &summary.output, &out, format, on_error)?;
-        super::mask::report(&s, &out);
+        let s = mask_file(&masker, &summary.output, &outputs, on_error)?;
+        let names: Vec<String> = outputs
+            .iter()
+            .map(|o| o.path.display().to_string())
+            .collect();
+        super::mask::report(&s, &names.join(", "));
         Some(s)
     } else {
         None

@@ -38,7 +38,8 @@ pub(crate) fn open_file(path: &Path) -> Result<std::fs::File> {
     }
     Ok(f)
 }
-use crate::mask::MaskedSample;
+use crate::mask::export::{self, Export};
+use crate::mask::{MaskedRecord, MaskedSample};
 use std::path::Path;
 
 /// File format, named by the caller or found from the file extension.
@@ -207,6 +208,87 @@ impl SampleWriter {
         match self {
             SampleWriter::Jsonl(w) => w.finish(),
             SampleWriter::Parquet(w) => w.finish(),
+        }
+    }
+}
+
+/// Writes one export of masked records ([`Export`]): gatt's samples, openai JSON lines,
+/// prompt-completion rows or tokenized rows, one per sample.
+pub struct ExportWriter {
+    export: Export,
+    out: ExportOut,
+}
+
+enum ExportOut {
+    Samples(SampleWriter),
+    Jsonl(jsonl::JsonlWriter),
+    PromptCompletion(Box<parquet_out::PromptCompletionParquet>),
+    Tokenized(Box<parquet_out::TokenizedParquet>),
+}
+
+impl ExportWriter {
+    /// Starts `path` (written under a temporary name until [`ExportWriter::finish`]).
+    ///
+    /// # Errors
+    ///
+    /// An input error for the openai export to Parquet (it is JSON lines only); the
+    /// folder or the temporary file cannot be created.
+    pub fn create(path: &Path, format: Format, export: Export) -> Result<Self> {
+        let out = match (export, format) {
+            (Export::Gatt, _) => ExportOut::Samples(SampleWriter::create(path, format)?),
+            (Export::Openai, Format::Parquet) => {
+                return Err(Error::input(
+                    "the openai export is JSON lines (the OpenAI fine-tuning format); write \
+                     it to a .jsonl file",
+                )
+                .at(Location::in_file(path)))
+            }
+            (_, Format::Jsonl) => ExportOut::Jsonl(jsonl::JsonlWriter::create(path)?),
+            (Export::PromptCompletion, Format::Parquet) => ExportOut::PromptCompletion(Box::new(
+                parquet_out::PromptCompletionParquet::create(path)?,
+            )),
+            (Export::Tokenized, Format::Parquet) => {
+                ExportOut::Tokenized(Box::new(parquet_out::TokenizedParquet::create(path)?))
+            }
+        };
+        Ok(ExportWriter { export, out })
+    }
+
+    /// Adds the samples of one record, in order.
+    ///
+    /// # Errors
+    ///
+    /// A write failure; for Parquet, a sample or text too long for 32-bit offsets.
+    pub fn write(&mut self, record: &MaskedRecord) -> Result<()> {
+        for s in &record.samples {
+            match (&mut self.out, self.export) {
+                (ExportOut::Samples(w), _) => w.write(&s.sample)?,
+                (ExportOut::Jsonl(w), Export::Openai) => w.write(&export::openai(record, s))?,
+                (ExportOut::Jsonl(w), Export::PromptCompletion) => {
+                    w.write(&export::prompt_completion(record, s))?
+                }
+                (ExportOut::Jsonl(w), _) => w.write(&export::tokenized(s))?,
+                (ExportOut::PromptCompletion(w), _) => {
+                    w.write(&s.sample.id, &export::prompt_completion(record, s))?
+                }
+                (ExportOut::Tokenized(w), _) => w.write(&s.sample)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes, syncs and renames the file into place: before this, `path` does not
+    /// change.
+    ///
+    /// # Errors
+    ///
+    /// A write, sync or rename failure, naming the path.
+    pub fn finish(self) -> Result<()> {
+        match self.out {
+            ExportOut::Samples(w) => w.finish(),
+            ExportOut::Jsonl(w) => w.finish(),
+            ExportOut::PromptCompletion(w) => w.finish(),
+            ExportOut::Tokenized(w) => w.finish(),
         }
     }
 }

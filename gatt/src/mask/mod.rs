@@ -14,6 +14,7 @@
 
 mod align;
 mod content;
+pub mod export;
 pub mod pipeline;
 mod spans;
 mod special;
@@ -103,6 +104,31 @@ impl MaskedSample {
     pub fn n_loss_tokens(&self) -> usize {
         self.labels.iter().filter(|l| **l != IGNORE).count()
     }
+}
+
+/// A record's samples with the messages they were built from: what the exports
+/// ([`export`]) render, so that every export of a record comes from the same verified
+/// samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskedRecord {
+    /// The messages as masked: the record's, less the oldest pairs `--truncate left`
+    /// dropped.
+    pub messages: Vec<Message>,
+    /// The policy the samples were built under (which replies carry loss).
+    pub policy: Policy,
+    /// The samples, in order.
+    pub samples: Vec<RecordSample>,
+}
+
+/// One sample of a [`MaskedRecord`] and the messages it covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordSample {
+    /// The verified sample.
+    pub sample: MaskedSample,
+    /// The sample covers `messages[..end]` of its record (the whole record, or, under
+    /// [`Policy::GattExpand`], the conversation up to one reply); `messages[end - 1]` is
+    /// the reply the sample's final loss tokens hold.
+    pub end: usize,
 }
 
 /// Why a record produced no sample; a run that skips such records counts them by this.
@@ -227,6 +253,22 @@ impl Masker {
     /// holds special-token text is refused unless [`MaskOptions::special_text`] says to
     /// encode it.
     pub fn mask(&self, d: &Dialogue) -> Result<Vec<MaskedSample>, MaskError> {
+        let record = self.mask_record(d)?;
+        Ok(record.samples.into_iter().map(|s| s.sample).collect())
+    }
+
+    /// The options samples are built with.
+    pub fn options(&self) -> &MaskOptions {
+        &self.opts
+    }
+
+    /// Masks one record as [`Masker::mask`] does, keeping the messages each sample
+    /// covers (what [`export`] renders).
+    ///
+    /// # Errors
+    ///
+    /// As [`Masker::mask`].
+    pub fn mask_record(&self, d: &Dialogue) -> Result<MaskedRecord, MaskError> {
         d.validate(Purpose::Training)
             .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
         let mut messages = d.messages.clone();
@@ -259,7 +301,12 @@ impl Masker {
                     ));
                 }
             }
-            return self.samples(&d.id, &messages, &full, &enc);
+            let samples = self.samples(&d.id, &messages, &full, &enc)?;
+            return Ok(MaskedRecord {
+                messages,
+                policy: self.opts.policy,
+                samples,
+            });
         }
     }
 
@@ -275,7 +322,7 @@ impl Masker {
         messages: &[Message],
         full: &str,
         enc: &special::Encoded,
-    ) -> Result<Vec<MaskedSample>, MaskError> {
+    ) -> Result<Vec<RecordSample>, MaskError> {
         let (ids, offsets) = (enc.ids.as_slice(), enc.offsets.as_slice());
         // The text between special tokens is re-tokenized as it was tokenized.
         let stretch = if enc.apart {
@@ -285,12 +332,15 @@ impl Masker {
         };
         if self.opts.policy == Policy::All {
             let everything = 0..ids.len();
-            return Ok(vec![sample(
-                id.to_string(),
-                ids,
-                ids.len(),
-                std::slice::from_ref(&everything),
-            )?]);
+            return Ok(vec![RecordSample {
+                sample: sample(
+                    id.to_string(),
+                    ids,
+                    ids.len(),
+                    std::slice::from_ref(&everything),
+                )?,
+                end: messages.len(),
+            }]);
         }
         let replies: Vec<usize> = match self.opts.policy {
             Policy::Gatt => vec![messages.len() - 1],
@@ -321,17 +371,24 @@ impl Masker {
         match self.opts.policy {
             Policy::GattExpand => token_spans
                 .iter()
+                .zip(&replies)
                 .enumerate()
-                .map(|(turn, t)| {
-                    sample(
-                        format!("{id}#{}", turn + 1),
-                        ids,
-                        t.end,
-                        std::slice::from_ref(t),
-                    )
+                .map(|(turn, (t, &i))| {
+                    Ok(RecordSample {
+                        sample: sample(
+                            format!("{id}#{}", turn + 1),
+                            ids,
+                            t.end,
+                            std::slice::from_ref(t),
+                        )?,
+                        end: i + 1,
+                    })
                 })
                 .collect(),
-            _ => Ok(vec![sample(id.to_string(), ids, ids.len(), &token_spans)?]),
+            _ => Ok(vec![RecordSample {
+                sample: sample(id.to_string(), ids, ids.len(), &token_spans)?,
+                end: messages.len(),
+            }]),
         }
     }
 }

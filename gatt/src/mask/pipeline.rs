@@ -5,12 +5,13 @@
 //! [`mask_file`] is the whole job; progress is reported through [`Progress`], so that a
 //! caller can show a progress bar (or nothing) without this module knowing how.
 
-use super::{MaskError, MaskedSample, Masker};
-use crate::dataset::{read_dialogues, Format, Location, Records, SampleWriter};
+use super::export::Export;
+use super::{MaskError, MaskedRecord, Masker};
+use crate::dataset::{read_dialogues, ExportWriter, Format, Location, Records};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::SyncSender;
 
 /// Records masked per parallel batch.
@@ -99,14 +100,23 @@ impl From<PipelineError> for Error {
     }
 }
 
-/// Masks every record of `input` (JSONL or Parquet dialogues) into `out`, in input order.
+/// One file a masking run writes: where, in which file format, in which layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Where the file appears.
+    pub path: PathBuf,
+    /// JSON lines or Parquet.
+    pub format: Format,
+    /// The layout of its rows.
+    pub export: Export,
+}
+
+/// Masks every record of `input` (JSONL or Parquet dialogues) into `out` (gatt's sample
+/// layout), in input order; [`mask_to`] with one output.
 ///
-/// The output must not be the input: the samples would replace the dialogues they came
-/// from.
+/// # Errors
 ///
-/// Records are masked `BATCH` at a time on the rayon pool of the caller. The output
-/// appears only when every record was handled and at least one sample was made; under
-/// [`OnError::Fail`] the first record that cannot be read or masked stops the run.
+/// As [`mask_to`].
 pub fn mask_file(
     masker: &Masker,
     input: &Path,
@@ -115,29 +125,65 @@ pub fn mask_file(
     on_error: OnError,
     progress: &dyn Progress,
 ) -> Result<Summary, PipelineError> {
-    refuse_overwriting_input(input, out)?;
+    let output = Output {
+        path: out.to_path_buf(),
+        format: out_format,
+        export: Export::Gatt,
+    };
+    mask_to(masker, input, &[output], on_error, progress)
+}
+
+/// Masks every record of `input` (JSONL or Parquet dialogues) once and writes the
+/// samples to each of `outputs` in its layout, in input order: every export of a run
+/// holds the same samples.
+///
+/// No output may be the input: the samples would replace the dialogues they came from.
+/// An export that cannot express the masker's policy (see [`Export::refusal`]) is an
+/// input error before anything is read.
+///
+/// Records are masked `BATCH` at a time on the rayon pool of the caller. The outputs
+/// appear only when every record was handled and at least one sample was made; under
+/// [`OnError::Fail`] the first record that cannot be read or masked stops the run.
+pub fn mask_to(
+    masker: &Masker,
+    input: &Path,
+    outputs: &[Output],
+    on_error: OnError,
+    progress: &dyn Progress,
+) -> Result<Summary, PipelineError> {
+    for o in outputs {
+        if let Some(why) = o.export.refusal(masker.options(), o.format) {
+            return Err(Error::input(why).at(Location::in_file(&o.path)).into());
+        }
+        refuse_overwriting_input(input, &o.path)?;
+    }
     let mut records = read_dialogues(input)?;
-    let mut writer = SampleWriter::create(out, out_format)?;
+    let mut writers = outputs
+        .iter()
+        .map(|o| ExportWriter::create(&o.path, o.format, o.export))
+        .collect::<Result<Vec<_>>>()?;
     let mut summary = Summary::default();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<MaskedSample>>(WRITE_QUEUE);
-    let written = std::thread::scope(|scope| -> Result<SampleWriter, PipelineError> {
-        let writer_thread = scope.spawn(move || -> Result<SampleWriter> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<MaskedRecord>>(WRITE_QUEUE);
+    let written = std::thread::scope(|scope| -> Result<Vec<ExportWriter>, PipelineError> {
+        let writer_thread = scope.spawn(move || -> Result<Vec<ExportWriter>> {
             for batch in rx {
-                for s in &batch {
-                    writer.write(s)?;
+                for record in &batch {
+                    for w in &mut writers {
+                        w.write(record)?;
+                    }
                 }
             }
-            Ok(writer)
+            Ok(writers)
         });
         let masked = mask_batches(masker, &mut records, on_error, &mut summary, progress, &tx);
         drop(tx);
-        let writer = writer_thread
+        let writers = writer_thread
             .join()
             .expect("the writer thread does not panic");
         masked?;
-        Ok(writer?)
+        Ok(writers?)
     });
-    let writer = written?;
+    let writers = written?;
     if summary.samples == 0 {
         let reasons: Vec<String> = summary
             .skipped
@@ -152,7 +198,9 @@ pub fn mask_file(
         ))
         .into());
     }
-    writer.finish()?;
+    for w in writers {
+        w.finish()?;
+    }
     Ok(summary)
 }
 
@@ -164,7 +212,7 @@ fn mask_batches(
     on_error: OnError,
     summary: &mut Summary,
     progress: &dyn Progress,
-    tx: &SyncSender<Vec<MaskedSample>>,
+    tx: &SyncSender<Vec<MaskedRecord>>,
 ) -> Result<(), PipelineError> {
     use rayon::prelude::*;
     loop {
@@ -174,7 +222,7 @@ fn mask_batches(
         }
         let results: Vec<_> = batch
             .into_par_iter()
-            .map(|r| r.map(|(loc, d)| (masker.mask(&d), loc, d.id)))
+            .map(|r| r.map(|(loc, d)| (masker.mask_record(&d), loc, d.id)))
             .collect();
         let mut out = Vec::with_capacity(results.len());
         for r in results {
@@ -189,13 +237,13 @@ fn mask_batches(
                 Err(e) => return Err(e.into()),
             };
             match result {
-                Ok(samples) => {
-                    for s in samples {
+                Ok(record) => {
+                    for s in &record.samples {
                         summary.samples += 1;
-                        summary.tokens += s.n_tokens();
-                        summary.loss_tokens += s.n_loss_tokens();
-                        out.push(s);
+                        summary.tokens += s.sample.n_tokens();
+                        summary.loss_tokens += s.sample.n_loss_tokens();
                     }
+                    out.push(record);
                 }
                 Err(e) if on_error == OnError::Skip => {
                     *summary.skipped.entry(e.reason.as_str()).or_default() += 1;

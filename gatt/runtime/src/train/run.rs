@@ -175,7 +175,8 @@ pub fn run(
     let output = match &spec.opts.method {
         Method::Lora(cfg) => {
             let cfg = cfg.clone();
-            let base = source.path().display().to_string();
+            let base = hf_base(&source, &format, &spec.out)?;
+            let base = base.display().to_string();
             super::lora::save_peft(trainer.model_mut(), &cfg, &base, &spec.out.join("adapter"))?;
             "adapter"
         }
@@ -200,6 +201,30 @@ pub fn run(
     train_json.summary = Some(summary.clone());
     write_json(&spec.out.join("train.json"), &train_json)?;
     Ok(summary)
+}
+
+/// The base of a LoRA run as a Hugging Face folder, the path its adapter's
+/// `base_model_name_or_path` names so that peft's `AutoPeftModelForCausalLM` loads the
+/// adapter by its folder alone: a Hugging Face source folder as it is; a GGUF
+/// dequantized (f32, as trained on) into `RUN/base`, written once per run (4 bytes a
+/// parameter). The path is absolute.
+///
+/// # Errors
+///
+/// The model cannot be read, or the folder cannot be written.
+fn hf_base(source: &ModelSource, format: &gatt::model::ChatFormat, run: &Path) -> Result<PathBuf> {
+    let dir = match source {
+        ModelSource::HfDir(dir) => dir.clone(),
+        _ => {
+            let dir = run.join("base");
+            if !dir.join("config.json").exists() {
+                let mut model = load_model(source, &Device::Cpu)?;
+                export::write(&mut model, source, format, &dir, true)?;
+            }
+            dir
+        }
+    };
+    std::fs::canonicalize(&dir).map_err(|e| Error::io(&dir, "open", e))
 }
 
 /// Writes a merged Hugging Face folder from a LoRA run: base weights + adapters, into
