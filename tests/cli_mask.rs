@@ -369,3 +369,32 @@ fn inspect_shows_bad_samples_visibly() {
         stdout(&o)
     );
 }
+
+/// A record too long for --max-len is refused with a hint that names only flags not
+/// already given: --truncate left once, a higher --max-len when it was given.
+#[test]
+fn too_long_hint_does_not_suggest_a_flag_already_given() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there, how are you today?"}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("m.jsonl");
+    let o = mask(&input, &out, &["--max-len", "4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("pass --truncate left"),
+        "{}",
+        stderr(&o)
+    );
+    let o = mask(&input, &out, &["--max-len", "4", "--truncate", "left"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("too_long") && e.contains("raise --max-len"),
+        "{e}"
+    );
+    assert!(!e.contains("pass --truncate left"), "{e}");
+}

@@ -126,7 +126,8 @@ pub fn mask_file(
             location,
             id,
             error,
-        } => Error::input(format!("{error}{}", hint(error.reason))).at(location.with_id(id)),
+        } => Error::input(format!("{error}{}", hint(error.reason, masker.options())))
+            .at(location.with_id(id)),
         PipelineError::Other(e) => e,
     })
 }
@@ -145,9 +146,13 @@ impl pipeline::Progress for Bar {
     }
 }
 
-/// The flags that would let a record refused for `reason` through.
-fn hint(reason: SkipReason) -> &'static str {
+/// The flags that would let a record refused for `reason` through (not those already
+/// given: with --truncate left a record still too long needs a higher --max-len).
+fn hint(reason: SkipReason, opts: &MaskOptions) -> &'static str {
     match reason {
+        SkipReason::TooLong if opts.truncate.is_some() => {
+            "; raise --max-len, or pass --on-error skip to skip such records and count them"
+        }
         SkipReason::TooLong => "; raise --max-len, or pass --truncate left",
         SkipReason::Invalid => "",
         SkipReason::SpecialTokenInContent => {

@@ -208,6 +208,11 @@ impl Masker {
         }
     }
 
+    /// The options samples are built with.
+    pub fn options(&self) -> &MaskOptions {
+        &self.opts
+    }
+
     /// The chat template samples are rendered with.
     pub fn template(&self) -> &ChatTemplate {
         &self.template
@@ -253,9 +258,17 @@ impl Masker {
                     {
                         continue;
                     }
+                    let truncated = if self.opts.truncate.is_some() {
+                        " even with every earlier exchange dropped"
+                    } else {
+                        ""
+                    };
                     return Err(MaskError::new(
                         SkipReason::TooLong,
-                        format!("{} tokens, more than the limit of {max}", enc.ids.len()),
+                        format!(
+                            "{} tokens, more than the limit of {max}{truncated}",
+                            enc.ids.len()
+                        ),
                     ));
                 }
             }

@@ -47,15 +47,7 @@ pub fn reply_span(
         .chain(std::iter::once(0))
         .filter(|g| after[*g..].starts_with(content))
         .min()
-        .ok_or_else(|| {
-            MaskError::new(
-                SkipReason::TemplateAltersReply,
-                format!(
-                    "messages[{turn}]: the template does not reproduce the reply verbatim \
-                     (it strips or rewrites it), so its tokens cannot be located"
-                ),
-            )
-        })?;
+        .ok_or_else(|| altered(after, content, turn))?;
     let rest = &after[gap + content.len()..];
     let marker = template
         .end_of_turn
@@ -82,4 +74,32 @@ pub fn reply_span(
         end: prompt.len() + gap + content.len() + marker.0 + marker.1,
         content_end: prompt.len() + gap + content.len(),
     })
+}
+
+/// The refusal of a reply the template does not write right after its generation
+/// prompt, saying what it does instead: inserts text before the reply (the reply follows
+/// later, verbatim), or strips or rewrites the reply (it is nowhere verbatim).
+fn altered(after: &str, content: &str, turn: usize) -> MaskError {
+    let what = match after.find(content).filter(|_| !content.is_empty()) {
+        Some(at) => {
+            let inserted: String = after[..at].chars().take(60).collect();
+            let more = if after[..at].chars().count() > 60 {
+                "..."
+            } else {
+                ""
+            };
+            format!(
+                "the template inserts text between the generation prompt and the reply \
+                 ({inserted:?}{more}), so the prompt the model sees at inference does not \
+                 lead into the reply"
+            )
+        }
+        None => "the template does not reproduce the reply verbatim (it strips or rewrites \
+                 it), so its tokens cannot be located"
+            .to_string(),
+    };
+    MaskError::new(
+        SkipReason::TemplateAltersReply,
+        format!("messages[{turn}]: {what}"),
+    )
 }

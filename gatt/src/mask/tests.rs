@@ -187,6 +187,51 @@ fn template_that_strips_replies_is_refused() {
 }
 
 #[test]
+fn a_stripped_reply_is_said_to_be_stripped() {
+    let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let m = masker("strip", "", source, policy(Policy::Gatt));
+    let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("ok \n")]);
+    let e = m.mask(&d).unwrap_err();
+    assert!(e.detail.contains("strips or rewrites"), "{e}");
+    assert!(!e.detail.contains("inserts"), "{e}");
+}
+
+#[test]
+fn text_inserted_before_the_reply_is_said_to_be_inserted() {
+    // As Qwen3's template does: an empty think block before a final reply without one.
+    let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}<think>\n\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let m = masker("think", "", source, policy(Policy::Gatt));
+    let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("ok")]);
+    let e = m.mask(&d).unwrap_err();
+    assert_eq!(e.reason, SkipReason::TemplateAltersReply, "{e}");
+    assert!(e.detail.contains("inserts text"), "{e}");
+    assert!(e.detail.contains(r#""<think>\n\n</think>\n\n""#), "{e}");
+    assert!(!e.detail.contains("strips"), "{e}");
+}
+
+#[test]
+fn too_long_after_truncation_says_so() {
+    let trunc = smollm2(MaskOptions {
+        max_len: Some(5),
+        truncate: Some(Truncate::Left),
+        ..policy(Policy::Gatt)
+    });
+    let e = trunc.mask(&dialogue()).unwrap_err();
+    assert_eq!(e.reason, SkipReason::TooLong);
+    assert!(
+        e.detail
+            .contains("even with every earlier exchange dropped"),
+        "{e}"
+    );
+    let plain = smollm2(MaskOptions {
+        max_len: Some(5),
+        ..policy(Policy::Gatt)
+    });
+    let e = plain.mask(&dialogue()).unwrap_err();
+    assert!(!e.detail.contains("dropped"), "{e}");
+}
+
+#[test]
 fn invalid_records_are_reported_with_the_field() {
     let m = smollm2(policy(Policy::Gatt));
     let d = Dialogue::new("s", vec![Message::user("hi"), Message::user("again")]);
