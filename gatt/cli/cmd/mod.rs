@@ -27,7 +27,10 @@ pub struct FormatArgs {
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
     /// Chat template: `auto` (the model's own), a built-in name (see `gatt templates`),
-    /// a .jinja file, or a tokenizer_config.json.
+    /// a .jinja file, or a tokenizer_config.json. A .jinja file takes the tokenizer's own
+    /// BOS and EOS (GGUF `tokenizer.ggml.bos/eos_token_id`, or the tokenizer_config.json
+    /// or config.json next to tokenizer.json); where no end-of-turn token can be known,
+    /// pass a tokenizer_config.json that names `eos_token`.
     #[arg(long, value_name = "NAME|PATH", default_value = AUTO_TEMPLATE)]
     pub template: String,
 }
