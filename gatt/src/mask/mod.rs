@@ -56,7 +56,9 @@ crate::names::named_values!(Policy {
 #[serde(rename_all = "kebab-case")]
 pub enum Truncate {
     /// Drop the oldest user/assistant pairs (keeping the system message and the final
-    /// reply intact) until the record fits.
+    /// exchange intact) until the record fits. When the first user turn carries the
+    /// record's `instruction` (and the system message does not), that first exchange is
+    /// kept too, so the final reply is never trained without its instruction.
     Left,
 }
 
@@ -232,17 +234,31 @@ impl Masker {
     /// holds special-token text is refused unless [`MaskOptions::special_text`] says to
     /// encode it.
     pub fn mask(&self, d: &Dialogue) -> Result<Vec<MaskedSample>, MaskError> {
+        let masked = self.mask_record(d)?;
+        match masked.skipped.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(masked.samples),
+        }
+    }
+
+    /// Masks one record as [`Masker::mask`] does, but under [`Policy::GattExpand`] a
+    /// reply that cannot be masked exactly costs only its own sample: it is returned in
+    /// [`Masked::skipped`] and the other replies' samples are kept.
+    ///
+    /// # Errors
+    ///
+    /// A [`MaskError`] when the record as a whole cannot be masked (or, under
+    /// [`Policy::GattExpand`], when no reply can).
+    pub fn mask_record(&self, d: &Dialogue) -> Result<Masked, MaskError> {
         d.validate(Purpose::Training)
             .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
         let mut messages = d.messages.clone();
+        let kept = kept_at_start(d);
         loop {
             let found = self.specials.find(&messages);
             if let (Some((i, text)), SpecialText::Refuse) = (found, self.opts.special_text) {
                 let dropped = d.messages.len() - messages.len();
-                return Err(special::in_content(
-                    record_index(&messages, i, dropped),
-                    text,
-                ));
+                return Err(special::in_content(record_index(i, kept, dropped), text));
             }
             let full = self.render(&messages, false)?;
             let enc = match found {
@@ -254,14 +270,19 @@ impl Masker {
             };
             if let Some(max) = self.opts.max_len {
                 if enc.ids.len() > max {
-                    if self.opts.truncate == Some(Truncate::Left) && drop_oldest_pair(&mut messages)
+                    if self.opts.truncate == Some(Truncate::Left)
+                        && drop_oldest_pair(&mut messages, kept)
                     {
                         continue;
                     }
-                    let truncated = if self.opts.truncate.is_some() {
-                        " even with every earlier exchange dropped"
-                    } else {
-                        ""
+                    let first = d.messages.first().map(|m| m.role) == Some(Role::System);
+                    let truncated = match self.opts.truncate {
+                        None => "",
+                        Some(_) if kept > usize::from(first) => {
+                            " even with every earlier exchange but the first (which carries \
+                             the instruction) dropped"
+                        }
+                        Some(_) => " even with every earlier exchange dropped",
                     };
                     return Err(MaskError::new(
                         SkipReason::TooLong,
@@ -288,7 +309,7 @@ impl Masker {
         messages: &[Message],
         full: &str,
         enc: &special::Encoded,
-    ) -> Result<Vec<MaskedSample>, MaskError> {
+    ) -> Result<Masked, MaskError> {
         let (ids, offsets) = (enc.ids.as_slice(), enc.offsets.as_slice());
         // The text between special tokens is re-tokenized as it was tokenized.
         let stretch = if enc.apart {
@@ -298,12 +319,12 @@ impl Masker {
         };
         if self.opts.policy == Policy::All {
             let everything = 0..ids.len();
-            return Ok(vec![sample(
+            return Ok(Masked::all(vec![sample(
                 id.to_string(),
                 ids,
                 ids.len(),
                 std::slice::from_ref(&everything),
-            )?]);
+            )?]));
         }
         let replies: Vec<usize> = match self.opts.policy {
             Policy::Gatt => vec![messages.len() - 1],
@@ -314,8 +335,7 @@ impl Masker {
                 .map(|(i, _)| i)
                 .collect(),
         };
-        let mut token_spans = Vec::with_capacity(replies.len());
-        for &i in &replies {
+        let reply_tokens = |i: usize| -> Result<std::ops::Range<usize>, MaskError> {
             let prompt = self.render(&messages[..i], true)?;
             let span = spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
             let tokens = align::token_span(offsets, span.start, span.end, i)?;
@@ -329,45 +349,96 @@ impl Masker {
             )?;
             align::verify_decode(&self.tokenizer, full, ids, &span, &tokens, i)?;
             self.specials.verify_reply(full, enc, &span, &tokens, i)?;
-            token_spans.push(tokens);
-        }
-        match self.opts.policy {
-            Policy::GattExpand => token_spans
-                .iter()
-                .enumerate()
-                .map(|(turn, t)| {
+            Ok(tokens)
+        };
+        if self.opts.policy == Policy::GattExpand {
+            // One sample per reply: a reply that cannot be masked costs its own sample.
+            let mut out = Masked::all(Vec::with_capacity(replies.len()));
+            for (turn, &i) in replies.iter().enumerate() {
+                let made = reply_tokens(i).and_then(|t| {
                     sample(
                         format!("{id}#{}", turn + 1),
                         ids,
                         t.end,
-                        std::slice::from_ref(t),
+                        std::slice::from_ref(&t),
                     )
-                })
-                .collect(),
-            _ => Ok(vec![sample(id.to_string(), ids, ids.len(), &token_spans)?]),
+                });
+                match made {
+                    Ok(s) => out.samples.push(s),
+                    Err(e) => out.skipped.push(e),
+                }
+            }
+            if out.samples.is_empty() {
+                return Err(out.skipped.remove(0));
+            }
+            return Ok(out);
+        }
+        let token_spans = replies
+            .iter()
+            .map(|&i| reply_tokens(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Masked::all(vec![sample(
+            id.to_string(),
+            ids,
+            ids.len(),
+            &token_spans,
+        )?]))
+    }
+}
+
+/// The samples of one record ([`Masker::mask_record`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Masked {
+    /// The samples made, in turn order.
+    pub samples: Vec<MaskedSample>,
+    /// Under [`Policy::GattExpand`], why the replies that gave no sample were refused
+    /// (each error names its message); empty under the other policies.
+    pub skipped: Vec<MaskError>,
+}
+
+impl Masked {
+    fn all(samples: Vec<MaskedSample>) -> Self {
+        Masked {
+            samples,
+            skipped: Vec::new(),
         }
     }
 }
 
+/// How many messages at the start of `d` truncation keeps: the system message, and the
+/// first user/assistant pair when the first user turn carries the record's instruction
+/// (`--placement first-user`): the final reply must not be trained without it.
+fn kept_at_start(d: &Dialogue) -> usize {
+    let system = usize::from(d.messages.first().map(|m| m.role) == Some(Role::System));
+    let in_system = system == 1 && d.messages[0].content.contains(d.instruction.as_str());
+    let in_first_user = d
+        .messages
+        .get(system)
+        .is_some_and(|m| m.role == Role::User && m.content.contains(d.instruction.as_str()));
+    if !d.instruction.is_empty() && !in_system && in_first_user {
+        system + 2
+    } else {
+        system
+    }
+}
+
 /// The index in the record of `messages[i]`, after `dropped` messages were removed by
-/// [`drop_oldest_pair`].
-fn record_index(messages: &[Message], i: usize, dropped: usize) -> usize {
-    let start = usize::from(messages.first().map(|m| m.role) == Some(Role::System));
-    if i < start {
+/// [`drop_oldest_pair`] behind the `kept` first ones.
+fn record_index(i: usize, kept: usize, dropped: usize) -> usize {
+    if i < kept {
         i
     } else {
         i + dropped
     }
 }
 
-/// Removes the oldest user/assistant pair after the system message; false when only the
-/// final exchange is left.
-fn drop_oldest_pair(messages: &mut Vec<Message>) -> bool {
-    let start = usize::from(messages.first().map(|m| m.role) == Some(Role::System));
-    if messages.len() - start <= 2 {
+/// Removes the oldest user/assistant pair after the `kept` first messages; false when
+/// only those and the final exchange are left.
+fn drop_oldest_pair(messages: &mut Vec<Message>, kept: usize) -> bool {
+    if messages.len() <= kept + 2 {
         return false;
     }
-    messages.drain(start..start + 2);
+    messages.drain(kept..kept + 2);
     true
 }
 

@@ -265,6 +265,77 @@ fn max_len_skips_and_truncate_left_keeps_system_and_final_reply() {
     assert_eq!(loss_text(&trunc, s), "Deux plus deux font 4.<|im_end|>");
 }
 
+/// A GAtt record whose instruction is in the first user turn (`--placement first-user`).
+fn first_user_instruction() -> Dialogue {
+    let mut d = Dialogue::new(
+        "f",
+        vec![
+            Message::user("Always answer in French.\n\nHello!"),
+            Message::assistant("Bonjour !"),
+            Message::user("How are you?"),
+            Message::assistant("Je vais bien, merci."),
+            Message::user("What is 2+2?"),
+            Message::assistant("Deux plus deux font 4."),
+        ],
+    );
+    d.instruction = "Always answer in French.".into();
+    d
+}
+
+#[test]
+fn truncate_left_keeps_the_first_turn_that_carries_the_instruction() {
+    let d = first_user_instruction();
+    let full = smollm2(policy(Policy::Gatt)).mask(&d).unwrap()[0].n_tokens();
+    let trunc = smollm2(MaskOptions {
+        max_len: Some(full - 5),
+        truncate: Some(Truncate::Left),
+        ..policy(Policy::Gatt)
+    });
+    let s = &trunc.mask(&d).unwrap()[0];
+    let text = trunc.tokenizer().decode(&s.input_ids, false).unwrap();
+    assert!(text.contains("Always answer in French."), "{text}");
+    assert!(text.contains("Bonjour"), "{text}");
+    assert!(!text.contains("Je vais bien"), "{text}");
+    assert_eq!(loss_text(&trunc, s), "Deux plus deux font 4.<|im_end|>");
+    // Too short for the first and the final exchange together: refused, not cut.
+    let two = smollm2(MaskOptions {
+        max_len: Some(s.n_tokens() - 1),
+        truncate: Some(Truncate::Left),
+        ..policy(Policy::Gatt)
+    });
+    let e = two.mask(&d).unwrap_err();
+    assert_eq!(e.reason, SkipReason::TooLong);
+    assert!(e.detail.contains("carries the instruction"), "{e}");
+    // Without an instruction in the first turn, the oldest exchange goes first.
+    let mut plain = d.clone();
+    plain.instruction.clear();
+    let s = &trunc.mask(&plain).unwrap()[0];
+    let text = trunc.tokenizer().decode(&s.input_ids, false).unwrap();
+    assert!(!text.contains("Always answer"), "{text}");
+}
+
+#[test]
+fn expand_keeps_the_replies_that_can_be_masked() {
+    let m = smollm2(policy(Policy::GattExpand));
+    let d = Dialogue::new(
+        "x",
+        vec![
+            Message::user("Hi"),
+            Message::assistant("  indented"),
+            Message::user("Bye"),
+            Message::assistant("Goodbye."),
+        ],
+    );
+    let masked = m.mask_record(&d).unwrap();
+    let ids: Vec<&str> = masked.samples.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["x#2"]);
+    assert_eq!(loss_text(&m, &masked.samples[0]), "Goodbye.<|im_end|>");
+    assert_eq!(masked.skipped.len(), 1);
+    assert_eq!(masked.skipped[0].reason, SkipReason::SeamMerge);
+    // The strict form refuses the record for it.
+    assert_eq!(m.mask(&d).unwrap_err().reason, SkipReason::SeamMerge);
+}
+
 /// A reply that talks about the end-of-turn marker.
 const ABOUT_MARKER: &str = "Each turn ends with the text <|im_end|> followed by a newline.";
 
