@@ -26,6 +26,9 @@ pub struct HttpOptions {
     pub max_retries: u32,
     /// First backoff delay; doubles with each retry.
     pub backoff: Duration,
+    /// Keyword arguments of the server's chat template, sent as `chat_template_kwargs`
+    /// (vLLM, SGLang and llama.cpp's server read it) when not empty.
+    pub chat_template_kwargs: crate::template::TemplateArgs,
 }
 
 impl HttpOptions {
@@ -47,6 +50,7 @@ impl HttpOptions {
             timeout: Self::DEFAULT_TIMEOUT,
             max_retries: 5,
             backoff: Duration::from_millis(500),
+            chat_template_kwargs: Default::default(),
         }
     }
 }
@@ -106,6 +110,9 @@ impl HttpBackend {
         }
         if let Some(k) = params.top_k {
             body["top_k"] = k.into();
+        }
+        if !self.opts.chat_template_kwargs.is_empty() {
+            body["chat_template_kwargs"] = serde_json::json!(self.opts.chat_template_kwargs);
         }
         if params.repetition_penalty != 1.0 {
             body["repetition_penalty"] = f64::from(params.repetition_penalty).into();

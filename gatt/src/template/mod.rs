@@ -37,7 +37,51 @@ pub struct ChatTemplate {
     /// Markers that close an assistant reply (e.g. `<|im_end|>`); the loss of a reply
     /// covers its content and the first of these that follows it.
     pub end_of_turn: Vec<String>,
+    /// Extra variables of the template context, as keyword arguments of `transformers`'
+    /// `apply_chat_template(**kwargs)` (e.g. `enable_thinking = false` for Qwen3); see
+    /// [`ChatTemplate::set_args`].
+    args: TemplateArgs,
     env: Environment<'static>,
+}
+
+/// Keyword arguments of a chat template, by name (JSON values).
+pub type TemplateArgs = std::collections::BTreeMap<String, serde_json::Value>;
+
+/// The context variables gatt sets itself; a template argument cannot replace them.
+const RESERVED_ARGS: [&str; 4] = ["messages", "add_generation_prompt", "tools", "documents"];
+
+/// Parses `KEY=VALUE` (the `--template-arg` form): the value as JSON (`false`, `3`,
+/// `"text"`, `[1, 2]`), or as a plain string when it is not JSON (`name=Bob`).
+///
+/// # Errors
+///
+/// A message when there is no `=`, the key is empty or not a variable name (letters,
+/// digits and `_`, not starting with a digit), or the key is one gatt sets itself
+/// (`messages`, `add_generation_prompt`, `tools`, `documents`).
+pub fn parse_template_arg(text: &str) -> std::result::Result<(String, serde_json::Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected KEY=VALUE (e.g. enable_thinking=false)"))?;
+    let key = key.trim();
+    let is_name = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !is_name {
+        return Err(format!(
+            "`{text}`: `{key}` is not a template variable name (letters, digits, _)"
+        ));
+    }
+    if RESERVED_ARGS.contains(&key) {
+        return Err(format!(
+            "`{text}`: `{key}` is set by gatt itself ({} are)",
+            RESERVED_ARGS.join(", ")
+        ));
+    }
+    let value = serde_json::from_str(value)
+        .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+    Ok((key.to_string(), value))
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -85,6 +129,7 @@ impl ChatTemplate {
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
             end_of_turn,
+            args: TemplateArgs::new(),
             env,
         })
     }
@@ -112,6 +157,30 @@ impl ChatTemplate {
         )
     }
 
+    /// Sets the template's keyword arguments (replacing earlier ones): each is a variable
+    /// of the context, as `apply_chat_template(**kwargs)` passes them; `bos_token` and
+    /// `eos_token` may be given to override the tokens.
+    ///
+    /// # Errors
+    ///
+    /// An input error for a name gatt sets itself (`messages`, `add_generation_prompt`,
+    /// `tools`, `documents`).
+    pub fn set_args(&mut self, args: TemplateArgs) -> Result<()> {
+        if let Some(k) = args.keys().find(|k| RESERVED_ARGS.contains(&k.as_str())) {
+            return Err(Error::input(format!(
+                "template argument `{k}` is set by gatt itself ({} are)",
+                RESERVED_ARGS.join(", ")
+            )));
+        }
+        self.args = args;
+        Ok(())
+    }
+
+    /// The template's keyword arguments ([`ChatTemplate::set_args`]).
+    pub fn args(&self) -> &TemplateArgs {
+        &self.args
+    }
+
     /// Renders `messages`; with `add_generation_prompt` the text ends where the model
     /// starts writing its reply.
     ///
@@ -122,14 +191,17 @@ impl ChatTemplate {
     /// out of fuel (an endless loop).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template("chat").expect("compiled in new()");
-        let ctx = minijinja::context! {
-            messages => Value::from_serialize(messages),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-            tools => Value::from(()),
-            documents => Value::from(()),
-        };
+        let mut vars: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
+        vars.insert("bos_token", Value::from(self.bos_token.as_str()));
+        vars.insert("eos_token", Value::from(self.eos_token.as_str()));
+        for (k, v) in &self.args {
+            vars.insert(k.as_str(), Value::from_serialize(v));
+        }
+        vars.insert("messages", Value::from_serialize(messages));
+        vars.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        vars.insert("tools", Value::from(()));
+        vars.insert("documents", Value::from(()));
+        let ctx = Value::from_iter(vars);
         tmpl.render(ctx)
             .map_err(|e| Error::input(format!("chat template {}: {}", self.origin, describe(&e))))
     }
@@ -285,6 +357,49 @@ mod tests {
         .unwrap();
         let msgs = vec![Message::user("  hi  ")];
         assert_eq!(t.render(&msgs, false).unwrap(), "HI|");
+    }
+
+    #[test]
+    fn template_args_are_context_variables() {
+        let mut t = ChatTemplate::new(
+            "args",
+            "{% if enable_thinking is defined and enable_thinking is false %}no-think{% endif %}|{{ name }}|{{ n + 1 }}|{{ bos_token }}",
+            "<s>",
+            "",
+            vec![],
+        )
+        .unwrap();
+        let args: TemplateArgs = [
+            "enable_thinking=false",
+            "name=Bob",
+            "n=41",
+            "bos_token=[BOS]",
+        ]
+        .iter()
+        .map(|a| parse_template_arg(a).unwrap())
+        .collect();
+        t.set_args(args).unwrap();
+        assert_eq!(t.render(&convo(), false).unwrap(), "no-think|Bob|42|[BOS]");
+    }
+
+    #[test]
+    fn template_arg_values_are_json_or_plain_strings() {
+        let p = |s: &str| parse_template_arg(s).unwrap().1;
+        assert_eq!(p("a=false"), serde_json::json!(false));
+        assert_eq!(p("a=\"false\""), serde_json::json!("false"));
+        assert_eq!(p("a=[1, 2]"), serde_json::json!([1, 2]));
+        assert_eq!(p("a=hello world"), serde_json::json!("hello world"));
+        assert_eq!(p("a="), serde_json::json!(""));
+        assert_eq!(p("a=x=y"), serde_json::json!("x=y"));
+        for bad in [
+            "nokey",
+            "=1",
+            "1a=2",
+            "messages=[]",
+            "add_generation_prompt=true",
+        ] {
+            assert!(parse_template_arg(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

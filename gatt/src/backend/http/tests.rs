@@ -15,6 +15,8 @@ enum Script {
     Drop,
     /// 422 naming the field when the request has it, else a reply.
     RejectField(&'static str),
+    /// Replies with the JSON of the request's field (`null` when absent).
+    EchoField(&'static str),
 }
 
 fn ok_body(text: &str) -> String {
@@ -58,6 +60,11 @@ fn serve(script: Vec<Script>) -> (String, Arc<AtomicUsize>) {
                         return;
                     }
                     Script::Drop => return,
+                    Script::EchoField(f) => {
+                        let req: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        (200, ok_body(&req[f].to_string()))
+                    }
                     Script::RejectField(f) => {
                         let body = String::from_utf8_lossy(&body).to_string();
                         if body.contains(&format!("\"{f}\"")) {
@@ -177,4 +184,20 @@ fn a_strict_server_refusing_an_extension_field_is_retried_without_it() {
     // Other client errors stay errors.
     let (url, _) = serve(vec![Script::Status(422, "{\"detail\":\"bad messages\"}")]);
     assert!(backend(&url).generate(&one_request(), &params).is_err());
+}
+
+#[test]
+fn template_arguments_are_sent_as_chat_template_kwargs() {
+    let (url, _) = serve(vec![Script::EchoField("chat_template_kwargs")]);
+    let params = SamplingParams::default();
+    let r = backend(&url).generate(&one_request(), &params).unwrap();
+    assert_eq!(r[0][0].text, "null", "not sent when there are none");
+    let mut o = HttpOptions::new(&url, "test-model");
+    o.chat_template_kwargs = [("enable_thinking".to_string(), serde_json::json!(false))]
+        .into_iter()
+        .collect();
+    let r = HttpBackend::new(o)
+        .generate(&one_request(), &params)
+        .unwrap();
+    assert_eq!(r[0][0].text, r#"{"enable_thinking":false}"#);
 }
