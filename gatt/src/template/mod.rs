@@ -4,7 +4,9 @@
 //! loader (no file access), a fuel limit bounds execution, and errors name the template.
 
 mod builtin;
+mod generation;
 mod pyjson;
+mod pynone;
 
 use crate::dialogue::Message;
 use crate::error::{Error, Result};
@@ -37,6 +39,9 @@ pub struct ChatTemplate {
     /// Markers that close an assistant reply (e.g. `<|im_end|>`); the loss of a reply
     /// covers its content and the first of these that follows it.
     pub end_of_turn: Vec<String>,
+    /// Whether the source has `{% generation %}` blocks (see
+    /// [`ChatTemplate::render_generation`]).
+    has_generation: bool,
     /// Extra variables of the template context, as keyword arguments of `transformers`'
     /// `apply_chat_template(**kwargs)` (e.g. `enable_thinking = false` for Qwen3); see
     /// [`ChatTemplate::set_args`].
@@ -119,7 +124,12 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", pyjson::tojson);
-        env.add_template_owned("chat", source.clone())
+        env.add_test("none", pynone::test_none);
+        env.add_test("iterable", pynone::test_iterable);
+        env.add_function(generation::MARK_FUNCTION, generation::mark);
+        let rewritten = generation::rewrite(&source);
+        let has_generation = rewritten.is_some();
+        env.add_template_owned("chat", rewritten.unwrap_or_else(|| source.clone()))
             .map_err(|e| Error::input(format!("chat template {origin}: {}", describe(&e))))?;
         let mut end_of_turn = end_of_turn;
         end_of_turn.retain(|m| !m.is_empty());
@@ -129,6 +139,7 @@ impl ChatTemplate {
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
             end_of_turn,
+            has_generation,
             args: TemplateArgs::new(),
             env,
         })
@@ -190,20 +201,74 @@ impl ChatTemplate {
     /// role orders or system messages they do not support), fails at run time, or runs
     /// out of fuel (an endless loop).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        if self.has_generation {
+            return Ok(self.render_generation(messages, add_generation_prompt)?.0);
+        }
         let tmpl = self.env.get_template("chat").expect("compiled in new()");
+        tmpl.render(self.context(messages, add_generation_prompt))
+            .map_err(|e| self.error(&e))
+    }
+
+    /// Whether the template marks the assistant's text with `{% generation %}` ...
+    /// `{% endgeneration %}` blocks.
+    pub fn has_generation(&self) -> bool {
+        self.has_generation
+    }
+
+    /// Renders as [`ChatTemplate::render`] does, with the byte ranges of the rendered
+    /// text that `{% generation %}` blocks enclose, in order: `None` when the template
+    /// has no such blocks.
+    ///
+    /// # Errors
+    ///
+    /// As [`ChatTemplate::render`]; also an input error when the blocks do not pair up
+    /// (one opened inside another).
+    pub fn render_generation(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Option<Vec<std::ops::Range<usize>>>)> {
+        let tmpl = self.env.get_template("chat").expect("compiled in new()");
+        if !self.has_generation {
+            let text = tmpl
+                .render(self.context(messages, add_generation_prompt))
+                .map_err(|e| self.error(&e))?;
+            return Ok((text, None));
+        }
+        let mut out = generation::Counting::default();
+        let (result, marks) = generation::with_marks(|| {
+            tmpl.render_captured_to(self.context(messages, add_generation_prompt), &mut out)
+                .map(|_| ())
+        });
+        result.map_err(|e| self.error(&e))?;
+        let text = String::from_utf8(out.0)
+            .map_err(|e| Error::input(format!("chat template {}: {e}", self.origin)))?;
+        let ranges = generation::ranges(&marks).ok_or_else(|| {
+            Error::input(format!(
+                "chat template {}: its {{% generation %}} blocks do not pair up",
+                self.origin
+            ))
+        })?;
+        Ok((text, Some(ranges)))
+    }
+
+    fn error(&self, e: &minijinja::Error) -> Error {
+        Error::input(format!("chat template {}: {}", self.origin, describe(e)))
+    }
+
+    fn context(&self, messages: &[Message], add_generation_prompt: bool) -> Value {
         let mut vars: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
         vars.insert("bos_token", Value::from(self.bos_token.as_str()));
         vars.insert("eos_token", Value::from(self.eos_token.as_str()));
         for (k, v) in &self.args {
-            vars.insert(k.as_str(), Value::from_serialize(v));
+            vars.insert(k.as_str(), pynone::from_json(v));
         }
         vars.insert("messages", Value::from_serialize(messages));
         vars.insert("add_generation_prompt", Value::from(add_generation_prompt));
-        vars.insert("tools", Value::from(()));
-        vars.insert("documents", Value::from(()));
-        let ctx = Value::from_iter(vars);
-        tmpl.render(ctx)
-            .map_err(|e| Error::input(format!("chat template {}: {}", self.origin, describe(&e))))
+        // Python's None, as transformers passes them: not iterable.
+        vars.insert("tools", pynone::none());
+        vars.insert("documents", pynone::none());
+        Value::from_iter(vars)
     }
 }
 
@@ -400,6 +465,45 @@ mod tests {
         ] {
             assert!(parse_template_arg(bad).is_err(), "{bad}");
         }
+    }
+
+    fn template(source: &str) -> ChatTemplate {
+        ChatTemplate::new("t", source, "", "", vec![]).unwrap()
+    }
+
+    #[test]
+    fn none_is_not_iterable_as_in_jinja2() {
+        let t = template(
+            "{{ tools is iterable }}|{{ tools is none }}|{{ tools is not none }}|{% if tools %}T{% else %}F{% endif %}|{{ tools|tojson }}|{{ tools }}|{{ none is iterable }}|{{ messages is iterable }}",
+        );
+        assert_eq!(
+            t.render(&convo(), false).unwrap(),
+            "False|True|False|F|null|None|False|True"
+        );
+        // Looping over None raises in Python; a template that does so fails here too.
+        let t = template("{% for t in tools %}{{ t }}{% endfor %}");
+        let e = t.render(&convo(), false).unwrap_err().to_string();
+        assert!(e.contains("not iterable"), "{e}");
+        let t = template("{{ tools | length }}");
+        assert!(t.render(&convo(), false).is_err());
+    }
+
+    #[test]
+    fn generation_blocks_render_their_body_and_give_its_bytes() {
+        let t = template(
+            "{% for m in messages %}<{{ m.role }}>\n{% if m.role == 'assistant' %}\n  {%- generation -%}\n  {{ m.content }}</s>\n  {%- endgeneration %}\n{% else %}{{ m.content }}\n{% endif %}{% endfor %}",
+        );
+        assert!(t.has_generation());
+        let (text, ranges) = t.render_generation(&convo(), false).unwrap();
+        assert_eq!(text, "<user>\nHi\n<assistant>\nHello!</s>");
+        let ranges = ranges.unwrap();
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(&text[ranges[0].clone()], "Hello!</s>");
+        assert_eq!(t.render(&convo(), false).unwrap(), text);
+        let (_, none) = template("{{ 1 }}")
+            .render_generation(&convo(), false)
+            .unwrap();
+        assert_eq!(none, None);
     }
 
     #[test]
