@@ -129,6 +129,9 @@ pub enum SkipReason {
     TooLong,
     /// No token carries loss.
     EmptyMask,
+    /// The template's `{% generation %}` block of a reply does not enclose exactly the
+    /// reply and its end-of-turn marker (the tokens the loss covers).
+    GenerationMismatch,
     /// A message's content holds the text of a special token (e.g. `<|im_end|>`), which
     /// the tokenizer would read as the token itself; see [`SpecialText`].
     SpecialTokenInContent,
@@ -147,6 +150,7 @@ impl SkipReason {
             SkipReason::DecodeMismatch => "decode_mismatch",
             SkipReason::TooLong => "too_long",
             SkipReason::EmptyMask => "empty_mask",
+            SkipReason::GenerationMismatch => "generation_mismatch",
             SkipReason::SpecialTokenInContent => "special_token_in_content",
         }
     }
@@ -260,7 +264,10 @@ impl Masker {
                 let dropped = d.messages.len() - messages.len();
                 return Err(special::in_content(record_index(i, kept, dropped), text));
             }
-            let full = self.render(&messages, false)?;
+            let (full, generation) = self
+                .template
+                .render_generation(&messages, false)
+                .map_err(|e| MaskError::new(SkipReason::TemplateError, e.to_string()))?;
             let enc = match found {
                 None => special::encode(&self.tokenizer, &full)?,
                 Some(_) => {
@@ -293,7 +300,7 @@ impl Masker {
                     ));
                 }
             }
-            return self.samples(&d.id, &messages, &full, &enc);
+            return self.samples(&d.id, &messages, &full, generation.as_deref(), &enc);
         }
     }
 
@@ -308,6 +315,7 @@ impl Masker {
         id: &str,
         messages: &[Message],
         full: &str,
+        generation: Option<&[std::ops::Range<usize>]>,
         enc: &special::Encoded,
     ) -> Result<Masked, MaskError> {
         let (ids, offsets) = (enc.ids.as_slice(), enc.offsets.as_slice());
@@ -338,6 +346,9 @@ impl Masker {
         let reply_tokens = |i: usize| -> Result<std::ops::Range<usize>, MaskError> {
             let prompt = self.render(&messages[..i], true)?;
             let span = spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
+            if let Some(blocks) = generation {
+                spans::check_generation(full, messages, blocks, &span, i)?;
+            }
             let tokens = align::token_span(offsets, span.start, span.end, i)?;
             align::verify_prompt(
                 stretch,

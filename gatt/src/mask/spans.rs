@@ -1,7 +1,9 @@
 //! Finding a reply in the rendered text.
 
 use super::{MaskError, SkipReason};
+use crate::dialogue::{Message, Role};
 use crate::template::ChatTemplate;
+use std::ops::Range;
 
 /// Byte range of one reply in the rendered conversation: from where the model starts
 /// writing (the end of the generation prompt) to the end of its end-of-turn marker.
@@ -102,4 +104,50 @@ fn altered(after: &str, content: &str, turn: usize) -> MaskError {
         SkipReason::TemplateAltersReply,
         format!("messages[{turn}]: {what}"),
     )
+}
+
+/// When the template marks the assistant's text with `{% generation %}` blocks (one per
+/// assistant message, in order), the block of message `turn` must enclose exactly the
+/// loss span: the reply and its end-of-turn marker, where only whitespace may follow
+/// the marker inside the block (a newline the model never writes: it stops at the
+/// marker).
+pub fn check_generation(
+    full: &str,
+    messages: &[Message],
+    blocks: &[Range<usize>],
+    span: &ReplySpan,
+    turn: usize,
+) -> Result<(), MaskError> {
+    let replies = messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .count();
+    let mismatch = |what: String| {
+        MaskError::new(
+            SkipReason::GenerationMismatch,
+            format!("messages[{turn}]: {what}"),
+        )
+    };
+    if blocks.len() != replies {
+        return Err(mismatch(format!(
+            "the template marks {} {{% generation %}} blocks for {replies} assistant replies",
+            blocks.len()
+        )));
+    }
+    let k = messages[..turn]
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .count();
+    let block = &blocks[k];
+    let agrees = block.start == span.start
+        && block.end >= span.end
+        && full[span.end..block.end].trim().is_empty();
+    if !agrees {
+        return Err(mismatch(format!(
+            "the template's {{% generation %}} block holds {:?}, the loss span {:?}",
+            &full[block.clone()],
+            &full[span.start..span.end]
+        )));
+    }
+    Ok(())
 }

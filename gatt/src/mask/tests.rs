@@ -336,6 +336,55 @@ fn expand_keeps_the_replies_that_can_be_masked() {
     assert_eq!(m.mask(&d).unwrap_err().reason, SkipReason::SeamMerge);
 }
 
+/// ChatML whose assistant text is marked by `{% generation %}` blocks (as TRL's training
+/// templates mark it); `before` and `after` go before the block and after the marker in it.
+fn generation_template(before: &str, after: &str) -> String {
+    format!(
+        "{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}\n{{% if m.role == 'assistant' %}}{before}{{% generation %}}{{{{ m.content }}}}<|im_end|>{after}{{% endgeneration %}}{{% else %}}{{{{ m.content }}}}<|im_end|>\n{{% endif %}}{{% endfor %}}{{% if add_generation_prompt %}}<|im_start|>assistant\n{{% endif %}}"
+    )
+}
+
+#[test]
+fn generation_blocks_that_agree_with_the_loss_span_are_masked() {
+    let m = masker(
+        "gen",
+        "",
+        &generation_template("", "\n"),
+        policy(Policy::Gatt),
+    );
+    assert!(m.template().has_generation());
+    let s = &m.mask(&dialogue()).unwrap()[0];
+    assert_eq!(loss_text(&m, s), "Deux plus deux font 4.<|im_end|>");
+    let e = masker(
+        "gen",
+        "",
+        &generation_template("", "\n"),
+        policy(Policy::GattExpand),
+    );
+    assert_eq!(e.mask(&dialogue()).unwrap().len(), 2);
+}
+
+#[test]
+fn generation_blocks_that_disagree_with_the_loss_span_are_refused() {
+    // The block leaves out the end-of-turn marker the loss covers.
+    let source = generation_template("", "\n").replace(
+        "{% generation %}{{ m.content }}<|im_end|>\n{% endgeneration %}",
+        "{% generation %}{{ m.content }}{% endgeneration %}<|im_end|>\n",
+    );
+    let m = masker("gen", "", &source, policy(Policy::Gatt));
+    let e = m.mask(&dialogue()).unwrap_err();
+    assert_eq!(e.reason, SkipReason::GenerationMismatch, "{e}");
+    assert!(e.detail.contains("messages[4]"), "{e}");
+    // A block around only the final reply, under a policy that trains every reply.
+    let source = generation_template("", "\n").replace(
+        "{% if m.role == 'assistant' %}{% generation %}",
+        "{% if m.role == 'assistant' and loop.last %}{% generation %}",
+    );
+    let m = masker("gen", "", &source, policy(Policy::Assistant));
+    let e = m.mask(&dialogue()).unwrap_err();
+    assert_eq!(e.reason, SkipReason::GenerationMismatch, "{e}");
+}
+
 /// A reply that talks about the end-of-turn marker.
 const ABOUT_MARKER: &str = "Each turn ends with the text <|im_end|> followed by a newline.";
 
