@@ -430,7 +430,10 @@ fn template_arg_enable_thinking_lets_qwen3_data_be_masked() {
     let o = gatt(&base);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
-    assert!(e.contains("template_alters_reply") && e.contains("inserts"), "{e}");
+    assert!(
+        e.contains("template_alters_reply") && e.contains("inserts"),
+        "{e}"
+    );
     let mut with_arg = base.to_vec();
     with_arg.extend(["--template-arg".into(), "enable_thinking=false".into()]);
     let o = gatt(&with_arg);

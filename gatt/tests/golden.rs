@@ -137,10 +137,9 @@ fn real_templates_render_like_transformers() {
     let mut generation_rows = 0;
     for row in rows {
         let stem = row["template"].as_str().unwrap();
-        let source = std::fs::read_to_string(
-            Path::new(FIXTURES).join(format!("../templates/{stem}.jinja")),
-        )
-        .unwrap();
+        let source =
+            std::fs::read_to_string(Path::new(FIXTURES).join(format!("../templates/{stem}.jinja")))
+                .unwrap();
         let mut t = ChatTemplate::new(
             stem,
             source,
@@ -169,16 +168,13 @@ fn real_templates_render_like_transformers() {
                         .nth(c as usize)
                         .unwrap()
                 };
-                let want: Option<Vec<std::ops::Range<usize>>> =
-                    row.get("generation").map(|g| {
-                        g.as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|r| {
-                                byte(r[0].as_u64().unwrap())..byte(r[1].as_u64().unwrap())
-                            })
-                            .collect()
-                    });
+                let want: Option<Vec<std::ops::Range<usize>>> = row.get("generation").map(|g| {
+                    g.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| byte(r[0].as_u64().unwrap())..byte(r[1].as_u64().unwrap()))
+                        .collect()
+                });
                 generation_rows += usize::from(want.is_some());
                 assert_eq!(ranges, want, "{what}");
             }
