@@ -265,7 +265,13 @@ fn unknown_template_missing_file_and_mismatched_tokenizer_are_clear_errors() {
 fn a_failing_template_is_reported_not_panicked() {
     let dir = tempdir();
     let t = dir.path().join("t.jinja");
-    std::fs::write(&t, "{{ raise_exception('System role not supported') }}").unwrap();
+    // It ends turns with <|im_end|> (else the end-of-turn token is unknown and the
+    // template is refused before any record is rendered).
+    std::fs::write(
+        &t,
+        "{{ raise_exception('System role not supported') }}{{ '<|im_end|>' }}",
+    )
+    .unwrap();
     let out = dir.path().join("m.parquet");
     let tok = fixture("smollm2_tokenizer.json");
     let input = fixture("dialogues.jsonl");

@@ -114,6 +114,24 @@ fn a_sharegpt_system_field_is_the_system_message() {
     assert!(e.contains("s.jsonl:3") && e.contains("system"), "{e}");
 }
 
+/// The same from Parquet, as Hugging Face datasets store ShareGPT records
+/// (`scripts/compat/make_sharegpt_parquet.py` wrote the file with pyarrow).
+#[test]
+fn a_sharegpt_system_column_is_the_system_message() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/sharegpt_system.parquet");
+    let all = read_all(&path).unwrap();
+    assert_eq!(
+        all[0].messages,
+        vec![
+            Message::system("Answer in French."),
+            Message::user("hi"),
+            Message::assistant("salut")
+        ]
+    );
+    assert_eq!(all[1].messages[0], Message::user("hi"));
+}
+
 #[test]
 fn a_record_with_messages_and_conversations_is_an_input_error() {
     let dir = tempfile::tempdir().unwrap();
