@@ -15,10 +15,13 @@ use std::ops::Range;
 /// The function the rewritten tags call.
 pub const MARK_FUNCTION: &str = "__gatt_generation_mark";
 
+/// A mark: whether it opens a block, and the output length where it was noted.
+type Mark = (bool, usize);
+
 thread_local! {
     /// Bytes written so far by the render in progress on this thread, and the marks
-    /// (start: true) noted at those lengths.
-    static STATE: RefCell<Option<(usize, Vec<(bool, usize)>)>> = const { RefCell::new(None) };
+    /// noted at those lengths.
+    static STATE: RefCell<Option<(usize, Vec<Mark>)>> = const { RefCell::new(None) };
 }
 
 /// `source` with its generation tags rewritten, or `None` when it has none.
