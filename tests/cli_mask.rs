@@ -318,7 +318,13 @@ fn unknown_template_missing_file_and_mismatched_tokenizer_are_clear_errors() {
 fn a_failing_template_is_reported_not_panicked() {
     let dir = tempdir();
     let t = dir.path().join("t.jinja");
-    std::fs::write(&t, "{{ raise_exception('System role not supported') }}").unwrap();
+    // It ends turns with <|im_end|> (else the end-of-turn token is unknown and the
+    // template is refused before any record is rendered).
+    std::fs::write(
+        &t,
+        "{{ raise_exception('System role not supported') }}{{ '<|im_end|>' }}",
+    )
+    .unwrap();
     let out = dir.path().join("m.parquet");
     let tok = fixture("smollm2_tokenizer.json");
     let input = fixture("dialogues.jsonl");
@@ -421,4 +427,81 @@ fn inspect_shows_bad_samples_visibly() {
         "{}",
         stdout(&o)
     );
+}
+
+/// A record too long for --max-len is refused with a hint that names only flags not
+/// already given: --truncate left once, a higher --max-len when it was given.
+#[test]
+fn too_long_hint_does_not_suggest_a_flag_already_given() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there, how are you today?"}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("m.jsonl");
+    let o = mask(&input, &out, &["--max-len", "4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("pass --truncate left"),
+        "{}",
+        stderr(&o)
+    );
+    let o = mask(&input, &out, &["--max-len", "4", "--truncate", "left"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("too_long") && e.contains("raise --max-len"),
+        "{e}"
+    );
+    assert!(!e.contains("pass --truncate left"), "{e}");
+}
+
+/// Qwen3's template writes an empty think block before a final reply without one, and
+/// its generation prompt holds that block only with `enable_thinking=false`: the sample
+/// is refused as inserting text before the reply unless the template argument is given
+/// (then prompt and sample agree, as transformers renders them).
+#[test]
+fn template_arg_enable_thinking_lets_qwen3_data_be_masked() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::write(
+        &input,
+        // A reply that starts with a digit: SmolLM2's tokenizer (standing in for Qwen3's)
+        // keeps the think block's "\n\n" one token before it, as in the prompt alone.
+        r#"{"id": "q", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "42 is the answer."}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("m.jsonl");
+    let qwen3 = format!("{FIXTURES}/../templates/Qwen-Qwen3-0.6B.jinja");
+    let base = [
+        "mask".to_string(),
+        "--input".into(),
+        arg(&input),
+        "--out".into(),
+        arg(&out),
+        "--tokenizer".into(),
+        fixture("smollm2_tokenizer.json"),
+        "--template".into(),
+        qwen3,
+    ];
+    let o = gatt(&base);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("template_alters_reply") && e.contains("inserts"),
+        "{e}"
+    );
+    let mut with_arg = base.to_vec();
+    with_arg.extend(["--template-arg".into(), "enable_thinking=false".into()]);
+    let o = gatt(&with_arg);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = read_jsonl(&out);
+    assert_eq!(rows.len(), 1);
+    let mut bad = base.to_vec();
+    bad.extend(["--template-arg".into(), "messages=[]".into()]);
+    let o = gatt(&bad);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--template-arg"), "{}", stderr(&o));
 }

@@ -125,3 +125,63 @@ fn gguf_tokenizer_matches_fixture_tokenizer() {
     assert_eq!(format.stop_ids, vec![2]);
     assert_eq!(format.template.end_of_turn, vec!["<|im_end|>".to_string()]);
 }
+
+/// Real model templates (llama.cpp's collection) with template arguments, `none` as
+/// Python's and `{% generation %}` blocks: text, error and generation ranges as
+/// `transformers` gives them.
+#[test]
+fn real_templates_render_like_transformers() {
+    let all = dialogues();
+    let rows = lines("real_templates.jsonl");
+    assert!(rows.len() >= 28);
+    let mut generation_rows = 0;
+    for row in rows {
+        let stem = row["template"].as_str().unwrap();
+        let source =
+            std::fs::read_to_string(Path::new(FIXTURES).join(format!("../templates/{stem}.jinja")))
+                .unwrap();
+        let mut t = ChatTemplate::new(
+            stem,
+            source,
+            row["bos_token"].as_str().unwrap(),
+            row["eos_token"].as_str().unwrap(),
+            vec![],
+        )
+        .unwrap();
+        let args: gatt::template::TemplateArgs = row["args"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        t.set_args(args).unwrap();
+        let (msgs, gen) = messages_for(&row, &all);
+        let what = format!("{stem} {} {} {}", row["id"], gen, row["args"]);
+        match (row.get("text"), t.render_generation(&msgs, gen)) {
+            (Some(text), Ok((out, ranges))) => {
+                assert_eq!(out, text.as_str().unwrap(), "{what}");
+                // transformers gives character offsets; ours are bytes.
+                let byte = |c: u64| {
+                    out.char_indices()
+                        .map(|(b, _)| b)
+                        .chain(std::iter::once(out.len()))
+                        .nth(c as usize)
+                        .unwrap()
+                };
+                let want: Option<Vec<std::ops::Range<usize>>> = row.get("generation").map(|g| {
+                    g.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| byte(r[0].as_u64().unwrap())..byte(r[1].as_u64().unwrap()))
+                        .collect()
+                });
+                generation_rows += usize::from(want.is_some());
+                assert_eq!(ranges, want, "{what}");
+            }
+            (None, Err(e)) => eprintln!("{what}: both refuse: {e}"),
+            (Some(_), Err(e)) => panic!("{what}: we failed: {e}"),
+            (None, Ok((out, _))) => panic!("{what}: transformers failed, we rendered {out:?}"),
+        }
+    }
+    assert!(generation_rows >= 4);
+}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Loads every file gatt writes with Hugging Face `datasets` (the newest and 2.21), and
+# Loads every file gatt writes with Hugging Face `datasets` (the newest, 4.0, 3.6 and
+# 2.21), and
 # trains two steps on the exports with the HF `Trainer` and TRL's `SFTTrainer` from the
 # default model exported by `gatt model export`, checking tokens, labels and loss
 # against gatt's masks (scripts/compat/check_exports.py says what is checked).
@@ -7,8 +8,8 @@
 #   scripts/compat/check_exports.sh [load|all]     (default: all; `load` skips training)
 #
 # Venvs: $COMPAT_VENVS/compat (datasets, pyarrow, torch, transformers, trl) and
-# $COMPAT_VENVS/compat-ds221 (datasets 2.21), created when missing (default
-# COMPAT_VENVS=/work/venvs). The registry's torch wheel is the CUDA build (~3.4 GB with
+# $COMPAT_VENVS/compat-dsNN (datasets 4.0, 3.6, 2.21), created when missing (default
+# COMPAT_VENVS=~/.cache/gatt/venvs). The registry's torch wheel is the CUDA build (~3.4 GB with
 # its nvidia wheels); it runs on the CPU. Inputs are the golden fixture dialogues, masked
 # with the default model's tokenizer and template (the default model is fetched on
 # first use). Needs no GPU; the last run took 18.5 minutes on 2 shared CPU cores
@@ -16,16 +17,20 @@
 set -euo pipefail
 MODE="${1:-all}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-V="${COMPAT_VENVS:-/work/venvs}"
+V="${COMPAT_VENVS:-$HOME/.cache/gatt/venvs}"
+OLDER="4.0 3.6 2.21"
 HERE="$ROOT/scripts/compat"
 if [ ! -x "$V/compat/bin/python" ]; then
     python3 -m venv "$V/compat"
     "$V/compat/bin/pip" install -q datasets pyarrow torch transformers trl
 fi
-if [ ! -x "$V/compat-ds221/bin/python" ]; then
-    python3 -m venv "$V/compat-ds221"
-    "$V/compat-ds221/bin/pip" install -q 'datasets==2.21.*' pyarrow
-fi
+for ver in $OLDER; do
+    venv="$V/compat-ds${ver//./}"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "datasets==$ver.*" pyarrow
+    fi
+done
 cd "$ROOT"
 export HF_DATASETS_DISABLE_PROGRESS_BARS=1 HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
 cargo build -q --bin gatt
@@ -49,8 +54,10 @@ done
 status=0
 echo "== datasets (newest)"
 "$V/compat/bin/python" "$HERE/check_exports.py" load "$D" || status=1
-echo "== datasets 2.21"
-"$V/compat-ds221/bin/python" "$HERE/check_exports.py" load "$D" || status=1
+for ver in $OLDER; do
+    echo "== datasets $ver"
+    "$V/compat-ds${ver//./}/bin/python" "$HERE/check_exports.py" load "$D" || status=1
+done
 if [ "$MODE" = all ]; then
     "$BIN/gatt" model export default --out "$D/model" >/dev/null
     echo "== trainers"

@@ -14,6 +14,8 @@ Outputs (in --out, default tests/fixtures/golden next to this repository's root)
     smollm2_tokens.jsonl      the GGUF's own chat template rendered and tokenized
     smollm2_tokenizer.json    the tokenizer built from the GGUF metadata
     smollm2_chat_template.jinja  the GGUF's chat template (metadata key tokenizer.chat_template)
+    real_templates.jsonl      real model templates (tests/fixtures/templates) x dialogues x template
+                              arguments: the text or the error, and the {% generation %} ranges
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "golden"
 DEFAULT_TEMPLATES = REPO_ROOT / "templates" / "chat"
+REAL_TEMPLATES = REPO_ROOT / "tests" / "fixtures" / "templates"
+
+# Real templates: file stem -> (bos_token, eos_token, template argument sets to render with).
+REAL = {
+    "Qwen-Qwen3-0.6B": ("", "<|im_end|>", [{}, {"enable_thinking": False}]),
+    "Qwen3-Coder": ("", "<|im_end|>", [{}]),
+    "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16": ("<s>", "<|im_end|>", [{}, {"enable_thinking": False}]),
+    "LFM2.5-8B-A1B": ("<|startoftext|>", "<|im_end|>", [{}]),
+    "meta-llama-Llama-3.1-8B-Instruct": ("<|begin_of_text|>", "<|eot_id|>", [{}]),
+}
+# Dialogues rendered with every real template (ids of all_dialogues()).
+REAL_DIALOGUES = ("h01_basic", "h02_system_french")
 
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SEED = 20240607
@@ -420,6 +434,30 @@ def render(hf_tok, template: str, messages: list[dict], add_generation_prompt: b
     return {"text": text}
 
 
+def render_real(hf_tok, template: str, messages: list[dict], add_generation_prompt: bool, kwargs: dict) -> dict:
+    """A real template as transformers renders it, with the character ranges of its {% generation %} blocks
+    (transformers reports them as return_assistant_tokens_mask's spans; here they are taken from the
+    rendered text's generation indices, in characters)."""
+    from jinja2.exceptions import TemplateError
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, generation_indices = render_jinja_template(
+            conversations=[messages],
+            chat_template=template,
+            add_generation_prompt=add_generation_prompt,
+            return_assistant_tokens_mask=True,
+            **hf_tok.special_tokens_map,
+            **kwargs,
+        )
+    except (TemplateError, TypeError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    row = {"text": rendered[0]}
+    if "{% generation" in template or "{%- generation" in template:
+        row["generation"] = [list(r) for r in generation_indices[0]]
+    return row
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w", encoding="utf-8", newline="\n") as f:
         for row in rows:
@@ -506,6 +544,29 @@ def main() -> int:
                 raise SystemExit(f"{d['id']}: decode does not round-trip")
             token_rows.append({"id": d["id"], "add_generation_prompt": agp, "text": text, "input_ids": list(ids)})
     write_jsonl(args.out / "smollm2_tokens.jsonl", token_rows)
+
+    # --- real_templates.jsonl ----------------------------------------------------------------------------
+    real_rows = []
+    by_id = {d["id"]: d for d in dialogues}
+    for stem, (bos, eos, arg_sets) in REAL.items():
+        source = (REAL_TEMPLATES / f"{stem}.jinja").read_text(encoding="utf-8")
+        hf_tok = make_hf_tokenizer(tok, bos=bos, eos=eos)
+        for kwargs in arg_sets:
+            for did in REAL_DIALOGUES:
+                for agp, msgs in variants(by_id[did]):
+                    res = render_real(hf_tok, source, msgs, agp, kwargs)
+                    real_rows.append(
+                        {
+                            "template": stem,
+                            "bos_token": bos,
+                            "eos_token": eos,
+                            "id": did,
+                            "add_generation_prompt": agp,
+                            "args": kwargs,
+                            **res,
+                        }
+                    )
+    write_jsonl(args.out / "real_templates.jsonl", real_rows)
 
     n_err = sum(1 for r in render_rows if "error" in r)
     print(

@@ -40,6 +40,10 @@ pub struct BackendArgs {
     /// Device of the embedded model: cpu, or cuda (build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Chat template arguments of the chat model (sent to --endpoint as
+    /// `chat_template_kwargs`).
+    #[command(flatten)]
+    pub template_args: super::TemplateArgFlags,
 }
 
 impl BackendArgs {
@@ -78,13 +82,14 @@ impl BackendArgs {
             }
             o.in_flight = self.in_flight.max(1);
             o.timeout = Duration::from_secs(self.timeout.max(1));
+            o.chat_template_kwargs = self.template_args.args();
             return Ok(Box::new(HttpBackend::new(o)));
         }
         let source = model_source(model_flag, self.model()?)?;
         let device = gatt_runtime::device(&self.device).map_err(|e| e.context("--device"))?;
-        Ok(Box::new(EmbeddedBackend::load(
-            &source, &device, self.batch,
-        )?))
+        let mut backend = EmbeddedBackend::load(&source, &device, self.batch)?;
+        self.template_args.apply(&mut backend.format.template)?;
+        Ok(Box::new(backend))
     }
 }
 

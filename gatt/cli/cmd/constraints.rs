@@ -39,7 +39,7 @@ pub enum ConstraintsCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[command(flatten)]
-        backend: BackendArgs,
+        backend: Box<BackendArgs>,
     },
 }
 

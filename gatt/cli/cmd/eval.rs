@@ -93,8 +93,10 @@ fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBacken
     let b = &args.backend;
     let judge = match (&args.judge_model, &args.judge_endpoint) {
         (Some(m), _) => {
+            // The judge is another model: the chat model's template arguments are not its.
             let judge = BackendArgs {
                 endpoint: None,
+                template_args: Default::default(),
                 ..b.with_model(m)
             };
             return judge.load_as("--judge-model").map(Some);
@@ -102,6 +104,7 @@ fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBacken
         (None, Some(url)) => BackendArgs {
             endpoint: Some(url.clone()),
             api_model: args.judge_api_model.clone(),
+            template_args: Default::default(),
             ..b.clone()
         },
         (None, None) => return Ok(None),

@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Dialogue records: .jsonl or .parquet (`messages: [{role, content}]`, or ShareGPT
-    /// `conversations: [{from, value}]`).
+    /// `conversations: [{from, value}]` with an optional top-level `system`). A record
+    /// with both `messages` and `conversations` is an input error.
     #[arg(long, short)]
     pub input: PathBuf,
     /// Output file (.parquet or .jsonl); written atomically.
@@ -70,8 +71,9 @@ pub struct MaskFlags {
     /// Skip records longer than N tokens (counted in the summary), unless --truncate.
     #[arg(long, value_name = "N")]
     pub max_len: Option<usize>,
-    /// With --max-len: drop the oldest turns (keeping the system message and the final
-    /// reply) instead of skipping.
+    /// With --max-len: drop the oldest turns (keeping the system message, the final
+    /// exchange, and the first exchange when its user turn carries the record's
+    /// instruction) instead of skipping.
     #[arg(long, value_enum, requires = "max_len")]
     pub truncate: Option<TruncateArg>,
     /// Message content that holds the text of a special token (e.g. `<|im_end|>`),
@@ -139,7 +141,8 @@ pub fn mask_file(
             location,
             id,
             error,
-        } => Error::input(format!("{error}{}", hint(error.reason))).at(location.with_id(id)),
+        } => Error::input(format!("{error}{}", hint(error.reason, masker.options())))
+            .at(location.with_id(id)),
         PipelineError::Other(e) => e,
     })
 }
@@ -158,9 +161,13 @@ impl pipeline::Progress for Bar {
     }
 }
 
-/// The flags that would let a record refused for `reason` through.
-fn hint(reason: SkipReason) -> &'static str {
+/// The flags that would let a record refused for `reason` through (not those already
+/// given: with --truncate left a record still too long needs a higher --max-len).
+fn hint(reason: SkipReason, opts: &MaskOptions) -> &'static str {
     match reason {
+        SkipReason::TooLong if opts.truncate.is_some() => {
+            "; raise --max-len, or pass --on-error skip to skip such records and count them"
+        }
         SkipReason::TooLong => "; raise --max-len, or pass --truncate left",
         SkipReason::Invalid => "",
         SkipReason::SpecialTokenInContent => {
@@ -187,6 +194,18 @@ pub fn report(s: &Summary, out: &str) {
         eprintln!(
             "gatt mask: skipped {} ({})",
             s.skipped.values().sum::<usize>(),
+            parts.join(", ")
+        );
+    }
+    if !s.skipped_samples.is_empty() {
+        let parts: Vec<String> = s
+            .skipped_samples
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        eprintln!(
+            "gatt mask: skipped {} samples of records otherwise masked ({})",
+            s.skipped_samples.values().sum::<usize>(),
             parts.join(", ")
         );
     }

@@ -11,6 +11,7 @@ pub mod templates;
 pub mod train;
 
 use gatt::model::{resolve_format, ChatFormat, FormatError, AUTO_TEMPLATE};
+use gatt::template::{parse_template_arg, TemplateArgs};
 use gatt::{Error, Result};
 use std::path::PathBuf;
 
@@ -27,15 +28,52 @@ pub struct FormatArgs {
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
     /// Chat template: `auto` (the model's own), a built-in name (see `gatt templates`),
-    /// a .jinja file, or a tokenizer_config.json.
+    /// a .jinja file, or a tokenizer_config.json. A .jinja file takes the tokenizer's own
+    /// BOS and EOS (GGUF `tokenizer.ggml.bos/eos_token_id`, or the tokenizer_config.json
+    /// or config.json next to tokenizer.json); where no end-of-turn token can be known,
+    /// pass a tokenizer_config.json that names `eos_token`.
     #[arg(long, value_name = "NAME|PATH", default_value = AUTO_TEMPLATE)]
     pub template: String,
+    #[command(flatten)]
+    pub template_args: TemplateArgFlags,
+}
+
+/// `--template-arg KEY=VALUE`: keyword arguments of the chat template.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TemplateArgFlags {
+    /// A variable of the chat template's context, as transformers'
+    /// `apply_chat_template(**kwargs)` passes it (repeatable), e.g. `enable_thinking=false`
+    /// for Qwen3. VALUE is read as JSON (false, 3, "text", [1, 2]), else as a plain string.
+    /// The training samples and the prompts at inference must be rendered with the same
+    /// arguments.
+    #[arg(long = "template-arg", value_name = "KEY=VALUE", value_parser = parse_template_arg)]
+    pub template_arg: Vec<(String, serde_json::Value)>,
+}
+
+impl TemplateArgFlags {
+    /// The arguments by name (a later `KEY=` replaces an earlier one).
+    pub fn args(&self) -> TemplateArgs {
+        self.template_arg.iter().cloned().collect()
+    }
+
+    /// Sets these arguments on `template`.
+    pub fn apply(&self, template: &mut gatt::template::ChatTemplate) -> Result<()> {
+        template
+            .set_args(self.args())
+            .map_err(|e| e.context("--template-arg"))
+    }
 }
 
 impl FormatArgs {
     /// The chat format these flags name; a missing tokenizer or template is reported
     /// with the flag that supplies it.
     pub fn load(&self) -> Result<ChatFormat> {
+        let mut format = self.resolve()?;
+        self.template_args.apply(&mut format.template)?;
+        Ok(format)
+    }
+
+    fn resolve(&self) -> Result<ChatFormat> {
         resolve_format(
             self.model.as_deref(),
             self.tokenizer.as_deref(),

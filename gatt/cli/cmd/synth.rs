@@ -245,5 +245,8 @@ fn mask_format(args: &Args) -> Result<ChatFormat> {
                  tokenizer and chat template the trainer will use",
             )),
         };
-    model_source(flag, spec)?.chat_format()
+    let mut format = model_source(flag, spec)?.chat_format()?;
+    // The samples are rendered as the chat model's prompts were.
+    args.backend.template_args.apply(&mut format.template)?;
+    Ok(format)
 }

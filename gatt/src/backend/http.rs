@@ -33,6 +33,9 @@ pub struct HttpOptions {
     /// that accepts connections but never answers is then reported in seconds, not
     /// after `timeout` x retries. `None` skips the check.
     pub liveness_timeout: Option<Duration>,
+    /// Keyword arguments of the server's chat template, sent as `chat_template_kwargs`
+    /// (vLLM, SGLang and llama.cpp's server read it) when not empty.
+    pub chat_template_kwargs: crate::template::TemplateArgs,
 }
 
 impl HttpOptions {
@@ -60,6 +63,7 @@ impl HttpOptions {
             backoff: Duration::from_millis(500),
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             liveness_timeout: Some(Self::DEFAULT_LIVENESS_TIMEOUT),
+            chat_template_kwargs: Default::default(),
         }
     }
 }
@@ -135,6 +139,9 @@ impl HttpBackend {
         }
         if let Some(k) = params.top_k {
             body["top_k"] = k.into();
+        }
+        if !self.opts.chat_template_kwargs.is_empty() {
+            body["chat_template_kwargs"] = serde_json::json!(self.opts.chat_template_kwargs);
         }
         if params.repetition_penalty != 1.0 {
             body["repetition_penalty"] = f64::from(params.repetition_penalty).into();

@@ -140,12 +140,14 @@ fn unreadable(path: &Path, e: PolarsError) -> Error {
         .with_source(e)
 }
 
-/// The columns a dialogue record is read from (ours, and ShareGPT's `conversations`);
+/// The columns a dialogue record is read from (ours, and ShareGPT's `conversations` and
+/// `system`);
 /// a file's other columns are not read.
-const RECORD_COLUMNS: [&str; 6] = [
+const RECORD_COLUMNS: [&str; 7] = [
     "id",
     "messages",
     "conversations",
+    "system",
     "instruction",
     "constraints",
     "meta",

@@ -15,6 +15,9 @@ struct RawRecord {
     messages: Option<Vec<Message>>,
     #[serde(default)]
     conversations: Option<Vec<ShareGptTurn>>,
+    /// ShareGPT's top-level system prompt: the conversation's system message.
+    #[serde(default)]
+    system: Option<String>,
     #[serde(default)]
     instruction: Option<String>,
     #[serde(default)]
@@ -57,8 +60,20 @@ pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
                 .with_source(e.into_inner())
         }
     })?;
-    let messages = match (raw.messages, raw.conversations) {
-        (Some(m), _) => m,
+    let mut messages = match (raw.messages, raw.conversations) {
+        (Some(_), Some(_)) => {
+            let named = match &raw.id {
+                Some(serde_json::Value::String(s)) => loc.clone().with_id(s.clone()),
+                Some(serde_json::Value::Number(n)) => loc.clone().with_id(n.to_string()),
+                _ => loc.clone(),
+            };
+            return Err(Error::input(
+                "the record has both `messages` and `conversations`; which one is the \
+                 conversation is ambiguous: keep one",
+            )
+            .at(named));
+        }
+        (Some(m), None) => m,
         (None, Some(turns)) => turns
             .into_iter()
             .enumerate()
@@ -81,6 +96,18 @@ pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
             .at(loc.clone()))
         }
     };
+    // A top-level system prompt (ShareGPT's `system`) is the system message; an empty
+    // one is no system message.
+    if let Some(system) = raw.system.filter(|s| !s.is_empty()) {
+        if messages.first().is_some_and(|m| m.role == Role::System) {
+            return Err(Error::input(
+                "the record has a top-level `system` and a system message in its \
+                 conversation; which one is the system prompt is ambiguous: keep one",
+            )
+            .at(at("system")));
+        }
+        messages.insert(0, Message::system(system));
+    }
     // Records without an id are named after their place: the line in JSONL, the row in
     // Parquet.
     let place = loc.line.or(loc.row).unwrap_or_default();

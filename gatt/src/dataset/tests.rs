@@ -81,6 +81,81 @@ fn sharegpt_is_accepted() {
 }
 
 #[test]
+fn a_sharegpt_system_field_is_the_system_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"system": "Answer in French.", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "salut"}]}"#,
+            "\n",
+            r#"{"system": "", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}"#,
+            "\n",
+            r#"{"id": "both", "system": "A", "conversations": [{"from": "system", "value": "B"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let results: Vec<_> = read_dialogues(&path).unwrap().collect();
+    let (_, d) = results[0].as_ref().unwrap();
+    assert_eq!(
+        d.messages,
+        vec![
+            Message::system("Answer in French."),
+            Message::user("hi"),
+            Message::assistant("salut")
+        ]
+    );
+    let (_, d) = results[1].as_ref().unwrap();
+    assert_eq!(d.messages[0], Message::user("hi"));
+    let e = results[2].as_ref().unwrap_err();
+    assert!(e.is_input(), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("s.jsonl:3") && e.contains("system"), "{e}");
+}
+
+/// The same from Parquet, as Hugging Face datasets store ShareGPT records
+/// (`scripts/compat/make_sharegpt_parquet.py` wrote the file with pyarrow).
+#[test]
+fn a_sharegpt_system_column_is_the_system_message() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/sharegpt_system.parquet");
+    let all = read_all(&path).unwrap();
+    assert_eq!(
+        all[0].messages,
+        vec![
+            Message::system("Answer in French."),
+            Message::user("hi"),
+            Message::assistant("salut")
+        ]
+    );
+    assert_eq!(all[1].messages[0], Message::user("hi"));
+}
+
+#[test]
+fn a_record_with_messages_and_conversations_is_an_input_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            r#"{"id": "ok", "messages": [{"role": "user", "content": "hi"}]}"#,
+            "\n",
+            r#"{"id": "twice", "messages": [{"role": "user", "content": "hi"}], "conversations": [{"from": "human", "value": "hello"}]}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let results: Vec<_> = read_dialogues(&path).unwrap().collect();
+    assert!(results[0].is_ok());
+    let e = results[1].as_ref().unwrap_err();
+    assert!(e.is_input(), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("b.jsonl:2") && e.contains("twice"), "{e}");
+    assert!(e.contains("both `messages` and `conversations`"), "{e}");
+}
+
+#[test]
 fn errors_name_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.jsonl");

@@ -88,7 +88,15 @@ pub fn verify_prompt(
     Ok(())
 }
 
-/// The loss tokens must decode to exactly the reply text and its end-of-turn marker.
+/// Tokens before the loss span decoded with it, so that decoders that treat the first
+/// token apart (SentencePiece's Metaspace drops its leading space) see the span in
+/// context.
+const DECODE_CONTEXT: usize = 8;
+
+/// The loss tokens must decode to exactly the reply text and its end-of-turn marker,
+/// decoded in context: `decode(context + span)` minus `decode(context)`, where the
+/// context is up to `DECODE_CONTEXT` tokens before the span (the first must decode to a
+/// prefix of the whole, else the decode is refused).
 pub fn verify_decode(
     tokenizer: &Tokenizer,
     full: &str,
@@ -98,9 +106,23 @@ pub fn verify_decode(
     turn: usize,
 ) -> Result<(), MaskError> {
     let want = &full[span.start..span.end];
-    let got = tokenizer
-        .decode(&ids[tokens.clone()], false)
-        .map_err(|e| MaskError::new(SkipReason::DecodeMismatch, format!("decoder: {e}")))?;
+    let decode = |ids: &[u32]| {
+        tokenizer
+            .decode(ids, false)
+            .map_err(|e| MaskError::new(SkipReason::DecodeMismatch, format!("decoder: {e}")))
+    };
+    let from = tokens.start.saturating_sub(DECODE_CONTEXT);
+    let context = decode(&ids[from..tokens.start])?;
+    let whole = decode(&ids[from..tokens.end])?;
+    let got = whole.strip_prefix(context.as_str()).ok_or_else(|| {
+        MaskError::new(
+            SkipReason::DecodeMismatch,
+            format!(
+                "messages[{turn}]: the tokens before the reply decode to {context:?}, which \
+                 does not begin their decoding with the reply ({whole:?})"
+            ),
+        )
+    })?;
     if got != want {
         return Err(MaskError::new(
             SkipReason::DecodeMismatch,
@@ -108,4 +130,44 @@ pub fn verify_decode(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SentencePiece-style tokenizer: words with their leading space as `▁`, and a
+    /// decoder that drops the first token's leading space.
+    fn metaspace() -> Tokenizer {
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"always","split":true},
+            "post_processor":null,
+            "decoder":{"type":"Metaspace","replacement":"\u2581","prepend_scheme":"always","split":true},
+            "model":{"type":"WordLevel","vocab":{"<unk>":0,"\u2581Hello":1,"\u2581world":2},"unk_token":"<unk>"}}"#;
+        json.parse().unwrap()
+    }
+
+    #[test]
+    fn a_leading_space_piece_decodes_in_context() {
+        let tok = metaspace();
+        let full = "Hello world";
+        let enc = tok.encode(full, false).unwrap();
+        assert_eq!(enc.get_ids(), [1, 2]);
+        // Alone, the reply's piece decodes without its space.
+        assert_eq!(tok.decode(&[2], false).unwrap(), "world");
+        let span = ReplySpan {
+            start: 5,
+            end: 11,
+            content_end: 11,
+        };
+        verify_decode(&tok, full, enc.get_ids(), &span, &(1..2), 1).unwrap();
+        // A wrong span is still refused.
+        let wrong = ReplySpan {
+            start: 5,
+            end: 11,
+            content_end: 11,
+        };
+        let e = verify_decode(&tok, "Hello World", enc.get_ids(), &wrong, &(1..2), 1);
+        assert_eq!(e.unwrap_err().reason, SkipReason::DecodeMismatch);
+    }
 }

@@ -57,7 +57,9 @@ crate::names::named_values!(Policy {
 #[serde(rename_all = "kebab-case")]
 pub enum Truncate {
     /// Drop the oldest user/assistant pairs (keeping the system message and the final
-    /// reply intact) until the record fits.
+    /// exchange intact) until the record fits. When the first user turn carries the
+    /// record's `instruction` (and the system message does not), that first exchange is
+    /// kept too, so the final reply is never trained without its instruction.
     Left,
 }
 
@@ -118,6 +120,9 @@ pub struct MaskedRecord {
     pub policy: Policy,
     /// The samples, in order.
     pub samples: Vec<RecordSample>,
+    /// Under [`Policy::GattExpand`], why the replies that gave no sample were refused
+    /// (each error names its message); empty under the other policies.
+    pub skipped: Vec<MaskError>,
 }
 
 /// One sample of a [`MaskedRecord`] and the messages it covers.
@@ -153,6 +158,9 @@ pub enum SkipReason {
     TooLong,
     /// No token carries loss.
     EmptyMask,
+    /// The template's `{% generation %}` block of a reply does not enclose exactly the
+    /// reply and its end-of-turn marker (the tokens the loss covers).
+    GenerationMismatch,
     /// A message's content holds the text of a special token (e.g. `<|im_end|>`), which
     /// the tokenizer would read as the token itself; see [`SpecialText`].
     SpecialTokenInContent,
@@ -171,6 +179,7 @@ impl SkipReason {
             SkipReason::DecodeMismatch => "decode_mismatch",
             SkipReason::TooLong => "too_long",
             SkipReason::EmptyMask => "empty_mask",
+            SkipReason::GenerationMismatch => "generation_mismatch",
             SkipReason::SpecialTokenInContent => "special_token_in_content",
         }
     }
@@ -234,6 +243,11 @@ impl Masker {
         }
     }
 
+    /// The options samples are built with.
+    pub fn options(&self) -> &MaskOptions {
+        &self.opts
+    }
+
     /// The chat template samples are rendered with.
     pub fn template(&self) -> &ChatTemplate {
         &self.template
@@ -254,34 +268,36 @@ impl Masker {
     /// encode it.
     pub fn mask(&self, d: &Dialogue) -> Result<Vec<MaskedSample>, MaskError> {
         let record = self.mask_record(d)?;
-        Ok(record.samples.into_iter().map(|s| s.sample).collect())
-    }
-
-    /// The options samples are built with.
-    pub fn options(&self) -> &MaskOptions {
-        &self.opts
+        match record.skipped.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(record.samples.into_iter().map(|s| s.sample).collect()),
+        }
     }
 
     /// Masks one record as [`Masker::mask`] does, keeping the messages each sample
-    /// covers (what [`export`] renders).
+    /// covers (what [`export`] renders). Under [`Policy::GattExpand`] a reply that
+    /// cannot be masked exactly costs only its own sample: it is returned in
+    /// [`MaskedRecord::skipped`] and the other replies' samples are kept.
     ///
     /// # Errors
     ///
-    /// As [`Masker::mask`].
+    /// A [`MaskError`] when the record as a whole cannot be masked (or, under
+    /// [`Policy::GattExpand`], when no reply can).
     pub fn mask_record(&self, d: &Dialogue) -> Result<MaskedRecord, MaskError> {
         d.validate(Purpose::Training)
             .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
         let mut messages = d.messages.clone();
+        let kept = kept_at_start(d);
         loop {
             let found = self.specials.find(&messages);
             if let (Some((i, text)), SpecialText::Refuse) = (found, self.opts.special_text) {
                 let dropped = d.messages.len() - messages.len();
-                return Err(special::in_content(
-                    record_index(&messages, i, dropped),
-                    text,
-                ));
+                return Err(special::in_content(record_index(i, kept, dropped), text));
             }
-            let full = self.render(&messages, false)?;
+            let (full, generation) = self
+                .template
+                .render_generation(&messages, false)
+                .map_err(|e| MaskError::new(SkipReason::TemplateError, e.to_string()))?;
             let enc = match found {
                 None => special::encode(&self.tokenizer, &full)?,
                 Some(_) => {
@@ -291,21 +307,36 @@ impl Masker {
             };
             if let Some(max) = self.opts.max_len {
                 if enc.ids.len() > max {
-                    if self.opts.truncate == Some(Truncate::Left) && drop_oldest_pair(&mut messages)
+                    if self.opts.truncate == Some(Truncate::Left)
+                        && drop_oldest_pair(&mut messages, kept)
                     {
                         continue;
                     }
+                    let first = d.messages.first().map(|m| m.role) == Some(Role::System);
+                    let truncated = match self.opts.truncate {
+                        None => "",
+                        Some(_) if kept > usize::from(first) => {
+                            " even with every earlier exchange but the first (which carries \
+                             the instruction) dropped"
+                        }
+                        Some(_) => " even with every earlier exchange dropped",
+                    };
                     return Err(MaskError::new(
                         SkipReason::TooLong,
-                        format!("{} tokens, more than the limit of {max}", enc.ids.len()),
+                        format!(
+                            "{} tokens, more than the limit of {max}{truncated}",
+                            enc.ids.len()
+                        ),
                     ));
                 }
             }
-            let samples = self.samples(&d.id, &messages, &full, &enc)?;
+            let (samples, skipped) =
+                self.samples(&d.id, &messages, &full, generation.as_deref(), &enc)?;
             return Ok(MaskedRecord {
                 messages,
                 policy: self.opts.policy,
                 samples,
+                skipped,
             });
         }
     }
@@ -321,8 +352,9 @@ impl Masker {
         id: &str,
         messages: &[Message],
         full: &str,
+        generation: Option<&[std::ops::Range<usize>]>,
         enc: &special::Encoded,
-    ) -> Result<Vec<RecordSample>, MaskError> {
+    ) -> Result<(Vec<RecordSample>, Vec<MaskError>), MaskError> {
         let (ids, offsets) = (enc.ids.as_slice(), enc.offsets.as_slice());
         // The text between special tokens is re-tokenized as it was tokenized.
         let stretch = if enc.apart {
@@ -332,15 +364,18 @@ impl Masker {
         };
         if self.opts.policy == Policy::All {
             let everything = 0..ids.len();
-            return Ok(vec![RecordSample {
-                sample: sample(
-                    id.to_string(),
-                    ids,
-                    ids.len(),
-                    std::slice::from_ref(&everything),
-                )?,
-                end: messages.len(),
-            }]);
+            return Ok((
+                vec![RecordSample {
+                    sample: sample(
+                        id.to_string(),
+                        ids,
+                        ids.len(),
+                        std::slice::from_ref(&everything),
+                    )?,
+                    end: messages.len(),
+                }],
+                Vec::new(),
+            ));
         }
         let replies: Vec<usize> = match self.opts.policy {
             Policy::Gatt => vec![messages.len() - 1],
@@ -351,10 +386,12 @@ impl Masker {
                 .map(|(i, _)| i)
                 .collect(),
         };
-        let mut token_spans = Vec::with_capacity(replies.len());
-        for &i in &replies {
+        let reply_tokens = |i: usize| -> Result<std::ops::Range<usize>, MaskError> {
             let prompt = self.render(&messages[..i], true)?;
             let span = spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
+            if let Some(blocks) = generation {
+                spans::check_generation(full, messages, blocks, &span, i)?;
+            }
             let tokens = align::token_span(offsets, span.start, span.end, i)?;
             align::verify_prompt(
                 stretch,
@@ -366,52 +403,78 @@ impl Masker {
             )?;
             align::verify_decode(&self.tokenizer, full, ids, &span, &tokens, i)?;
             self.specials.verify_reply(full, enc, &span, &tokens, i)?;
-            token_spans.push(tokens);
+            Ok(tokens)
+        };
+        if self.opts.policy == Policy::GattExpand {
+            // One sample per reply: a reply that cannot be masked costs its own sample.
+            let (mut samples, mut skipped) = (Vec::with_capacity(replies.len()), Vec::new());
+            for (turn, &i) in replies.iter().enumerate() {
+                let made = reply_tokens(i).and_then(|t| {
+                    sample(
+                        format!("{id}#{}", turn + 1),
+                        ids,
+                        t.end,
+                        std::slice::from_ref(&t),
+                    )
+                });
+                match made {
+                    Ok(sample) => samples.push(RecordSample { sample, end: i + 1 }),
+                    Err(e) => skipped.push(e),
+                }
+            }
+            if samples.is_empty() {
+                return Err(skipped.remove(0));
+            }
+            return Ok((samples, skipped));
         }
-        match self.opts.policy {
-            Policy::GattExpand => token_spans
-                .iter()
-                .zip(&replies)
-                .enumerate()
-                .map(|(turn, (t, &i))| {
-                    Ok(RecordSample {
-                        sample: sample(
-                            format!("{id}#{}", turn + 1),
-                            ids,
-                            t.end,
-                            std::slice::from_ref(t),
-                        )?,
-                        end: i + 1,
-                    })
-                })
-                .collect(),
-            _ => Ok(vec![RecordSample {
+        let token_spans = replies
+            .iter()
+            .map(|&i| reply_tokens(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((
+            vec![RecordSample {
                 sample: sample(id.to_string(), ids, ids.len(), &token_spans)?,
                 end: messages.len(),
-            }]),
-        }
+            }],
+            Vec::new(),
+        ))
+    }
+}
+
+/// How many messages at the start of `d` truncation keeps: the system message, and the
+/// first user/assistant pair when the first user turn carries the record's instruction
+/// (`--placement first-user`): the final reply must not be trained without it.
+fn kept_at_start(d: &Dialogue) -> usize {
+    let system = usize::from(d.messages.first().map(|m| m.role) == Some(Role::System));
+    let in_system = system == 1 && d.messages[0].content.contains(d.instruction.as_str());
+    let in_first_user = d
+        .messages
+        .get(system)
+        .is_some_and(|m| m.role == Role::User && m.content.contains(d.instruction.as_str()));
+    if !d.instruction.is_empty() && !in_system && in_first_user {
+        system + 2
+    } else {
+        system
     }
 }
 
 /// The index in the record of `messages[i]`, after `dropped` messages were removed by
-/// [`drop_oldest_pair`].
-fn record_index(messages: &[Message], i: usize, dropped: usize) -> usize {
-    let start = usize::from(messages.first().map(|m| m.role) == Some(Role::System));
-    if i < start {
+/// [`drop_oldest_pair`] behind the `kept` first ones.
+fn record_index(i: usize, kept: usize, dropped: usize) -> usize {
+    if i < kept {
         i
     } else {
         i + dropped
     }
 }
 
-/// Removes the oldest user/assistant pair after the system message; false when only the
-/// final exchange is left.
-fn drop_oldest_pair(messages: &mut Vec<Message>) -> bool {
-    let start = usize::from(messages.first().map(|m| m.role) == Some(Role::System));
-    if messages.len() - start <= 2 {
+/// Removes the oldest user/assistant pair after the `kept` first messages; false when
+/// only those and the final exchange are left.
+fn drop_oldest_pair(messages: &mut Vec<Message>, kept: usize) -> bool {
+    if messages.len() <= kept + 2 {
         return false;
     }
-    messages.drain(start..start + 2);
+    messages.drain(kept..kept + 2);
     true
 }
 

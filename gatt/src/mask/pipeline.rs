@@ -49,6 +49,10 @@ pub struct Summary {
     pub loss_tokens: usize,
     /// Records skipped, by reason: a [`super::SkipReason::as_str`] name, or `unreadable`.
     pub skipped: BTreeMap<&'static str, usize>,
+    /// Under `Policy::GattExpand`: samples of records otherwise masked that were skipped
+    /// (one reply that cannot be masked exactly), by reason. Not in the JSON when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_samples: BTreeMap<&'static str, usize>,
 }
 
 /// The `skipped` key of records that could not be read.
@@ -236,8 +240,18 @@ fn mask_batches(
                 }
                 Err(e) => return Err(e.into()),
             };
+            let result = result.and_then(|masked| match (masked.skipped.first(), on_error) {
+                (Some(e), OnError::Fail) => Err(e.clone()),
+                _ => Ok(masked),
+            });
             match result {
                 Ok(record) => {
+                    for e in &record.skipped {
+                        *summary
+                            .skipped_samples
+                            .entry(e.reason.as_str())
+                            .or_default() += 1;
+                    }
                     for s in &record.samples {
                         summary.samples += 1;
                         summary.tokens += s.sample.n_tokens();
@@ -381,6 +395,49 @@ mod tests {
         let msg = Error::from(e).to_string();
         assert!(msg.contains("in.jsonl:2 (row 1, id `bad`)"), "{msg}");
         assert!(!out.exists());
+    }
+
+    /// Under gatt-expand, a reply that cannot be masked costs its own sample, counted;
+    /// the record's other samples are written.
+    #[test]
+    fn expand_skips_only_the_sample_that_cannot_be_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = concat!(
+            r#"{"id":"a","messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"  indented"},{"role":"user","content":"Bye"},{"role":"assistant","content":"Goodbye."}]}"#,
+            "\n",
+        );
+        let out = dir.path().join("out.jsonl");
+        let m = smollm2(MaskOptions {
+            policy: crate::mask::Policy::GattExpand,
+            ..Default::default()
+        });
+        let s = mask_file(
+            &m,
+            &input(dir.path(), text),
+            &out,
+            Format::Jsonl,
+            OnError::Skip,
+            &(),
+        )
+        .unwrap();
+        assert_eq!((s.records, s.samples), (1, 1));
+        assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+        assert_eq!(s.skipped_samples[SkipReason::SeamMerge.as_str()], 1);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["skipped_samples"]["seam_merge"], 1);
+        let samples = crate::dataset::read_samples(&out).unwrap();
+        assert_eq!(samples[0].id, "a#2");
+        // Under --on-error fail the record stops the run, naming the reply.
+        let e = mask_file(
+            &m,
+            &input(dir.path(), text),
+            &out,
+            Format::Jsonl,
+            OnError::Fail,
+            &(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("messages[1]"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Finding a reply in the rendered text.
 
 use super::{MaskError, SkipReason};
+use crate::dialogue::{Message, Role};
 use crate::template::ChatTemplate;
+use std::ops::Range;
 
 /// Byte range of one reply in the rendered conversation: from where the model starts
 /// writing (the end of the generation prompt) to the end of its end-of-turn marker.
@@ -47,15 +49,7 @@ pub fn reply_span(
         .chain(std::iter::once(0))
         .filter(|g| after[*g..].starts_with(content))
         .min()
-        .ok_or_else(|| {
-            MaskError::new(
-                SkipReason::TemplateAltersReply,
-                format!(
-                    "messages[{turn}]: the template does not reproduce the reply verbatim \
-                     (it strips or rewrites it), so its tokens cannot be located"
-                ),
-            )
-        })?;
+        .ok_or_else(|| altered(after, content, turn))?;
     let rest = &after[gap + content.len()..];
     let marker = template
         .end_of_turn
@@ -82,4 +76,78 @@ pub fn reply_span(
         end: prompt.len() + gap + content.len() + marker.0 + marker.1,
         content_end: prompt.len() + gap + content.len(),
     })
+}
+
+/// The refusal of a reply the template does not write right after its generation
+/// prompt, saying what it does instead: inserts text before the reply (the reply follows
+/// later, verbatim), or strips or rewrites the reply (it is nowhere verbatim).
+fn altered(after: &str, content: &str, turn: usize) -> MaskError {
+    let what = match after.find(content).filter(|_| !content.is_empty()) {
+        Some(at) => {
+            let inserted: String = after[..at].chars().take(60).collect();
+            let more = if after[..at].chars().count() > 60 {
+                "..."
+            } else {
+                ""
+            };
+            format!(
+                "the template inserts text between the generation prompt and the reply \
+                 ({inserted:?}{more}), so the prompt the model sees at inference does not \
+                 lead into the reply"
+            )
+        }
+        None => "the template does not reproduce the reply verbatim (it strips or rewrites \
+                 it), so its tokens cannot be located"
+            .to_string(),
+    };
+    MaskError::new(
+        SkipReason::TemplateAltersReply,
+        format!("messages[{turn}]: {what}"),
+    )
+}
+
+/// When the template marks the assistant's text with `{% generation %}` blocks (one per
+/// assistant message, in order), the block of message `turn` must enclose exactly the
+/// loss span: the reply and its end-of-turn marker, where only whitespace may follow
+/// the marker inside the block (a newline the model never writes: it stops at the
+/// marker).
+pub fn check_generation(
+    full: &str,
+    messages: &[Message],
+    blocks: &[Range<usize>],
+    span: &ReplySpan,
+    turn: usize,
+) -> Result<(), MaskError> {
+    let replies = messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .count();
+    let mismatch = |what: String| {
+        MaskError::new(
+            SkipReason::GenerationMismatch,
+            format!("messages[{turn}]: {what}"),
+        )
+    };
+    if blocks.len() != replies {
+        return Err(mismatch(format!(
+            "the template marks {} {{% generation %}} blocks for {replies} assistant replies",
+            blocks.len()
+        )));
+    }
+    let k = messages[..turn]
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .count();
+    let block = &blocks[k];
+    let agrees = block.start == span.start
+        && block.end >= span.end
+        && full[span.end..block.end].trim().is_empty();
+    if !agrees {
+        return Err(mismatch(format!(
+            "the template's {{% generation %}} block holds {:?}, the loss span {:?}",
+            &full[block.clone()],
+            &full[span.start..span.end]
+        )));
+    }
+    Ok(())
 }

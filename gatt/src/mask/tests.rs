@@ -187,6 +187,51 @@ fn template_that_strips_replies_is_refused() {
 }
 
 #[test]
+fn a_stripped_reply_is_said_to_be_stripped() {
+    let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let m = masker("strip", "", source, policy(Policy::Gatt));
+    let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("ok \n")]);
+    let e = m.mask(&d).unwrap_err();
+    assert!(e.detail.contains("strips or rewrites"), "{e}");
+    assert!(!e.detail.contains("inserts"), "{e}");
+}
+
+#[test]
+fn text_inserted_before_the_reply_is_said_to_be_inserted() {
+    // As Qwen3's template does: an empty think block before a final reply without one.
+    let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}<think>\n\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let m = masker("think", "", source, policy(Policy::Gatt));
+    let d = Dialogue::new("s", vec![Message::user("hi"), Message::assistant("ok")]);
+    let e = m.mask(&d).unwrap_err();
+    assert_eq!(e.reason, SkipReason::TemplateAltersReply, "{e}");
+    assert!(e.detail.contains("inserts text"), "{e}");
+    assert!(e.detail.contains(r#""<think>\n\n</think>\n\n""#), "{e}");
+    assert!(!e.detail.contains("strips"), "{e}");
+}
+
+#[test]
+fn too_long_after_truncation_says_so() {
+    let trunc = smollm2(MaskOptions {
+        max_len: Some(5),
+        truncate: Some(Truncate::Left),
+        ..policy(Policy::Gatt)
+    });
+    let e = trunc.mask(&dialogue()).unwrap_err();
+    assert_eq!(e.reason, SkipReason::TooLong);
+    assert!(
+        e.detail
+            .contains("even with every earlier exchange dropped"),
+        "{e}"
+    );
+    let plain = smollm2(MaskOptions {
+        max_len: Some(5),
+        ..policy(Policy::Gatt)
+    });
+    let e = plain.mask(&dialogue()).unwrap_err();
+    assert!(!e.detail.contains("dropped"), "{e}");
+}
+
+#[test]
 fn invalid_records_are_reported_with_the_field() {
     let m = smollm2(policy(Policy::Gatt));
     let d = Dialogue::new("s", vec![Message::user("hi"), Message::user("again")]);
@@ -218,6 +263,126 @@ fn max_len_skips_and_truncate_left_keeps_system_and_final_reply() {
     assert!(text.contains("Always answer in French."), "{text}");
     assert!(!text.contains("Bonjour"), "{text}");
     assert_eq!(loss_text(&trunc, s), "Deux plus deux font 4.<|im_end|>");
+}
+
+/// A GAtt record whose instruction is in the first user turn (`--placement first-user`).
+fn first_user_instruction() -> Dialogue {
+    let mut d = Dialogue::new(
+        "f",
+        vec![
+            Message::user("Always answer in French.\n\nHello!"),
+            Message::assistant("Bonjour !"),
+            Message::user("How are you?"),
+            Message::assistant("Je vais bien, merci."),
+            Message::user("What is 2+2?"),
+            Message::assistant("Deux plus deux font 4."),
+        ],
+    );
+    d.instruction = "Always answer in French.".into();
+    d
+}
+
+#[test]
+fn truncate_left_keeps_the_first_turn_that_carries_the_instruction() {
+    let d = first_user_instruction();
+    let full = smollm2(policy(Policy::Gatt)).mask(&d).unwrap()[0].n_tokens();
+    let trunc = smollm2(MaskOptions {
+        max_len: Some(full - 5),
+        truncate: Some(Truncate::Left),
+        ..policy(Policy::Gatt)
+    });
+    let s = &trunc.mask(&d).unwrap()[0];
+    let text = trunc.tokenizer().decode(&s.input_ids, false).unwrap();
+    assert!(text.contains("Always answer in French."), "{text}");
+    assert!(text.contains("Bonjour"), "{text}");
+    assert!(!text.contains("Je vais bien"), "{text}");
+    assert_eq!(loss_text(&trunc, s), "Deux plus deux font 4.<|im_end|>");
+    // Too short for the first and the final exchange together: refused, not cut.
+    let two = smollm2(MaskOptions {
+        max_len: Some(s.n_tokens() - 1),
+        truncate: Some(Truncate::Left),
+        ..policy(Policy::Gatt)
+    });
+    let e = two.mask(&d).unwrap_err();
+    assert_eq!(e.reason, SkipReason::TooLong);
+    assert!(e.detail.contains("carries the instruction"), "{e}");
+    // Without an instruction in the first turn, the oldest exchange goes first.
+    let mut plain = d.clone();
+    plain.instruction.clear();
+    let s = &trunc.mask(&plain).unwrap()[0];
+    let text = trunc.tokenizer().decode(&s.input_ids, false).unwrap();
+    assert!(!text.contains("Always answer"), "{text}");
+}
+
+#[test]
+fn expand_keeps_the_replies_that_can_be_masked() {
+    let m = smollm2(policy(Policy::GattExpand));
+    let d = Dialogue::new(
+        "x",
+        vec![
+            Message::user("Hi"),
+            Message::assistant("  indented"),
+            Message::user("Bye"),
+            Message::assistant("Goodbye."),
+        ],
+    );
+    let masked = m.mask_record(&d).unwrap();
+    let ids: Vec<&str> = masked.samples.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["x#2"]);
+    assert_eq!(loss_text(&m, &masked.samples[0]), "Goodbye.<|im_end|>");
+    assert_eq!(masked.skipped.len(), 1);
+    assert_eq!(masked.skipped[0].reason, SkipReason::SeamMerge);
+    // The strict form refuses the record for it.
+    assert_eq!(m.mask(&d).unwrap_err().reason, SkipReason::SeamMerge);
+}
+
+/// ChatML whose assistant text is marked by `{% generation %}` blocks (as TRL's training
+/// templates mark it); `before` and `after` go before the block and after the marker in it.
+fn generation_template(before: &str, after: &str) -> String {
+    format!(
+        "{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}\n{{% if m.role == 'assistant' %}}{before}{{% generation %}}{{{{ m.content }}}}<|im_end|>{after}{{% endgeneration %}}{{% else %}}{{{{ m.content }}}}<|im_end|>\n{{% endif %}}{{% endfor %}}{{% if add_generation_prompt %}}<|im_start|>assistant\n{{% endif %}}"
+    )
+}
+
+#[test]
+fn generation_blocks_that_agree_with_the_loss_span_are_masked() {
+    let m = masker(
+        "gen",
+        "",
+        &generation_template("", "\n"),
+        policy(Policy::Gatt),
+    );
+    assert!(m.template().has_generation());
+    let s = &m.mask(&dialogue()).unwrap()[0];
+    assert_eq!(loss_text(&m, s), "Deux plus deux font 4.<|im_end|>");
+    let e = masker(
+        "gen",
+        "",
+        &generation_template("", "\n"),
+        policy(Policy::GattExpand),
+    );
+    assert_eq!(e.mask(&dialogue()).unwrap().len(), 2);
+}
+
+#[test]
+fn generation_blocks_that_disagree_with_the_loss_span_are_refused() {
+    // The block leaves out the end-of-turn marker the loss covers.
+    let source = generation_template("", "\n").replace(
+        "{% generation %}{{ m.content }}<|im_end|>\n{% endgeneration %}",
+        "{% generation %}{{ m.content }}{% endgeneration %}<|im_end|>\n",
+    );
+    let m = masker("gen", "", &source, policy(Policy::Gatt));
+    let e = m.mask(&dialogue()).unwrap_err();
+    assert_eq!(e.reason, SkipReason::GenerationMismatch, "{e}");
+    assert!(e.detail.contains("messages[4]"), "{e}");
+    // A block around only the final reply, under a policy that trains every reply.
+    let source = generation_template("", "\n").replace(
+        "{% if m.role == 'assistant' %}{% generation %}",
+        "{% if m.role == 'assistant' and loop.last %}{% generation %}",
+    );
+    let m = masker("gen", "", &source, policy(Policy::Assistant));
+    let e = m.mask(&dialogue()).unwrap_err();
+    assert_eq!(e.reason, SkipReason::GenerationMismatch, "{e}");
 }
 
 /// A reply that talks about the end-of-turn marker.

@@ -64,8 +64,7 @@ impl ChatFormat {
                     path.display()
                 ))
             })?;
-        let bos = tokenizer::gguf_token_text(&content, "tokenizer.ggml.bos_token_id");
-        let eos = tokenizer::gguf_token_text(&content, "tokenizer.ggml.eos_token_id");
+        let TokenizerSpecials { bos, eos } = TokenizerSpecials::of_gguf(&content);
         let template = ChatTemplate::new(
             format!("{} (tokenizer.chat_template)", path.display()),
             source,
@@ -91,20 +90,9 @@ impl ChatFormat {
     /// [`ChatFormat::from_hf_dir`], telling a missing template apart.
     pub(crate) fn try_from_hf_dir(dir: &Path) -> Result<Self, FormatError> {
         let tok = tokenizer::from_json_file(&dir.join("tokenizer.json"))?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(s) => serde_json::from_str(&s)
-                .map_err(|e| Error::input(format!("{}: invalid JSON: {e}", cfg_path.display())))?,
-            Err(_) => serde_json::Value::Null,
-        };
-        let token = |key: &str| -> Option<String> {
-            match cfg.get(key)? {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-                _ => None,
-            }
-        };
-        let (bos, eos) = (token("bos_token"), token("eos_token"));
+        let cfg = read_json_or_null(&dir.join("tokenizer_config.json"))?;
+        // As transformers renders: the tokens of tokenizer_config.json only.
+        let TokenizerSpecials { bos, eos } = TokenizerSpecials::of_tokenizer_config(&cfg);
         let source = match template_from_config(&cfg) {
             Some(s) => s,
             None => std::fs::read_to_string(dir.join("chat_template.jinja")).map_err(|_| {
@@ -126,13 +114,16 @@ impl ChatFormat {
 
     /// Uses another template (built-in name, .jinja file, tokenizer_config.json) with
     /// this model's tokenizer; every template marker must be a token of the tokenizer.
-    /// An empty BOS or EOS of `template` is taken from the current one; the end-of-turn
-    /// markers and stop ids are worked out again.
+    /// An empty BOS or EOS of `template` is taken from the current one (for a
+    /// [`ChatFormat::bare`] format, the tokenizer's own); the end-of-turn markers and stop
+    /// ids are worked out again.
     ///
     /// # Errors
     ///
     /// An input error when an end-of-turn marker or the EOS of `template` is not a token
-    /// of this tokenizer (template and tokenizer of different models).
+    /// of this tokenizer (template and tokenizer of different models), or when no
+    /// end-of-turn marker is known: the template names none, the tokenizer has no EOS
+    /// token, and the template writes none of the common markers.
     pub fn with_template(self, mut template: ChatTemplate) -> Result<Self> {
         if template.bos_token.is_empty() {
             template.bos_token = self.template.bos_token.clone();
@@ -151,7 +142,20 @@ impl ChatFormat {
             }
         }
         let eos = (!eos.is_empty()).then_some(eos);
-        Ok(Self::assemble(self.tokenizer, template, eos.as_deref()))
+        let format = Self::assemble(self.tokenizer, template, eos.as_deref());
+        if format.template.end_of_turn.is_empty() {
+            return Err(Error::input(format!(
+                "chat template {}: the end-of-turn token is not known: the tokenizer names no \
+                 EOS token (GGUF `tokenizer.ggml.eos_token_id`; `eos_token` in the \
+                 tokenizer_config.json next to tokenizer.json, or `eos_token_id` in \
+                 config.json) and the template writes none of the common markers ({}); pass \
+                 a tokenizer_config.json whose `eos_token` names it as --template, or add one \
+                 next to the tokenizer",
+                format.template.origin,
+                KNOWN_END_OF_TURN.join(", ")
+            )));
+        }
+        Ok(format)
     }
 
     fn assemble(tok: Tokenizer, mut template: ChatTemplate, eos: Option<&str>) -> Self {
@@ -319,10 +323,24 @@ impl ChatFormat {
 }
 
 impl ChatFormat {
-    /// A tokenizer awaiting a template ([`ChatFormat::with_template`]); until then it
-    /// renders messages as plain ChatML.
+    /// A tokenizer awaiting a template ([`ChatFormat::with_template`]), knowing no BOS or
+    /// EOS token of its own (see [`ChatFormat::bare_with`]); until then it renders
+    /// nothing.
     pub fn bare(tokenizer: Tokenizer) -> Result<Self> {
-        let template = ChatTemplate::builtin("chatml")?;
+        Self::bare_with(tokenizer, TokenizerSpecials::default())
+    }
+
+    /// A tokenizer awaiting a template ([`ChatFormat::with_template`]), with its own BOS
+    /// and EOS tokens, which a template without tokens of its own (a `.jinja` file) then
+    /// uses as `bos_token` and `eos_token`; until then it renders nothing.
+    pub fn bare_with(tokenizer: Tokenizer, specials: TokenizerSpecials) -> Result<Self> {
+        let template = ChatTemplate::new(
+            "none (a template is still to be named)",
+            "",
+            specials.bos.unwrap_or_default(),
+            specials.eos.unwrap_or_default(),
+            vec![],
+        )?;
         Ok(ChatFormat {
             tokenizer,
             template,
@@ -378,5 +396,71 @@ mod gguf_tests {
     fn a_folder_is_an_input_error() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read_gguf(dir.path()).unwrap_err().is_input());
+    }
+}
+
+/// A tokenizer's own BOS and EOS tokens (their text), where it names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenizerSpecials {
+    /// The beginning-of-sequence token (`<s>`, `<|begin_of_text|>`, ...).
+    pub bos: Option<String>,
+    /// The end-of-sequence token (`</s>`, `<|eot_id|>`, ...).
+    pub eos: Option<String>,
+}
+
+impl TokenizerSpecials {
+    /// From a GGUF's `tokenizer.ggml.bos_token_id` and `tokenizer.ggml.eos_token_id`
+    /// (ids into `tokenizer.ggml.tokens`).
+    pub fn of_gguf(content: &gguf_file::Content) -> Self {
+        TokenizerSpecials {
+            bos: tokenizer::gguf_token_text(content, "tokenizer.ggml.bos_token_id"),
+            eos: tokenizer::gguf_token_text(content, "tokenizer.ggml.eos_token_id"),
+        }
+    }
+
+    /// From a Hugging Face folder: `bos_token` and `eos_token` of `tokenizer_config.json`
+    /// (a string, or an object with `content`), else `bos_token_id` and `eos_token_id`
+    /// (a number, or a list whose first entry is used) of `config.json`, as ids of `tok`.
+    ///
+    /// # Errors
+    ///
+    /// An input error when one of those files exists but is not valid JSON.
+    pub fn of_hf_dir(dir: &Path, tok: &Tokenizer) -> Result<Self> {
+        let cfg = read_json_or_null(&dir.join("tokenizer_config.json"))?;
+        let model = read_json_or_null(&dir.join("config.json"))?;
+        let own = Self::of_tokenizer_config(&cfg);
+        let by_id = |key: &str| -> Option<String> {
+            let v = model.get(key)?;
+            let id = v.as_u64().or_else(|| v.as_array()?.first()?.as_u64())?;
+            tok.id_to_token(u32::try_from(id).ok()?)
+        };
+        Ok(TokenizerSpecials {
+            bos: own.bos.or_else(|| by_id("bos_token_id")),
+            eos: own.eos.or_else(|| by_id("eos_token_id")),
+        })
+    }
+
+    /// `bos_token` and `eos_token` of a `tokenizer_config.json` (null: none).
+    fn of_tokenizer_config(cfg: &serde_json::Value) -> Self {
+        let token = |key: &str| -> Option<String> {
+            match cfg.get(key)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        };
+        TokenizerSpecials {
+            bos: token("bos_token"),
+            eos: token("eos_token"),
+        }
+    }
+}
+
+/// The JSON of `path`, or null when there is no such file.
+fn read_json_or_null(path: &Path) -> Result<serde_json::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => serde_json::from_str(&s)
+            .map_err(|e| Error::input(format!("{}: invalid JSON: {e}", path.display()))),
+        Err(_) => Ok(serde_json::Value::Null),
     }
 }

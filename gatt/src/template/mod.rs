@@ -4,8 +4,10 @@
 //! loader (no file access), a fuel limit bounds execution, and errors name the template.
 
 mod builtin;
+mod generation;
 pub mod memory;
 mod pyjson;
+mod pynone;
 
 use crate::dialogue::Message;
 use crate::error::{Error, Result};
@@ -38,7 +40,54 @@ pub struct ChatTemplate {
     /// Markers that close an assistant reply (e.g. `<|im_end|>`); the loss of a reply
     /// covers its content and the first of these that follows it.
     pub end_of_turn: Vec<String>,
+    /// Whether the source has `{% generation %}` blocks (see
+    /// [`ChatTemplate::render_generation`]).
+    has_generation: bool,
+    /// Extra variables of the template context, as keyword arguments of `transformers`'
+    /// `apply_chat_template(**kwargs)` (e.g. `enable_thinking = false` for Qwen3); see
+    /// [`ChatTemplate::set_args`].
+    args: TemplateArgs,
     env: Environment<'static>,
+}
+
+/// Keyword arguments of a chat template, by name (JSON values).
+pub type TemplateArgs = std::collections::BTreeMap<String, serde_json::Value>;
+
+/// The context variables gatt sets itself; a template argument cannot replace them.
+const RESERVED_ARGS: [&str; 4] = ["messages", "add_generation_prompt", "tools", "documents"];
+
+/// Parses `KEY=VALUE` (the `--template-arg` form): the value as JSON (`false`, `3`,
+/// `"text"`, `[1, 2]`), or as a plain string when it is not JSON (`name=Bob`).
+///
+/// # Errors
+///
+/// A message when there is no `=`, the key is empty or not a variable name (letters,
+/// digits and `_`, not starting with a digit), or the key is one gatt sets itself
+/// (`messages`, `add_generation_prompt`, `tools`, `documents`).
+pub fn parse_template_arg(text: &str) -> std::result::Result<(String, serde_json::Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected KEY=VALUE (e.g. enable_thinking=false)"))?;
+    let key = key.trim();
+    let is_name = key
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !is_name {
+        return Err(format!(
+            "`{text}`: `{key}` is not a template variable name (letters, digits, _)"
+        ));
+    }
+    if RESERVED_ARGS.contains(&key) {
+        return Err(format!(
+            "`{text}`: `{key}` is set by gatt itself ({} are)",
+            RESERVED_ARGS.join(", ")
+        ));
+    }
+    let value = serde_json::from_str(value)
+        .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+    Ok((key.to_string(), value))
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -76,7 +125,12 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", pyjson::tojson);
-        env.add_template_owned("chat", source.clone())
+        env.add_test("none", pynone::test_none);
+        env.add_test("iterable", pynone::test_iterable);
+        env.add_function(generation::MARK_FUNCTION, generation::mark);
+        let rewritten = generation::rewrite(&source);
+        let has_generation = rewritten.is_some();
+        env.add_template_owned("chat", rewritten.unwrap_or_else(|| source.clone()))
             .map_err(|e| Error::input(format!("chat template {origin}: {}", describe(&e))))?;
         let mut end_of_turn = end_of_turn;
         end_of_turn.retain(|m| !m.is_empty());
@@ -86,6 +140,8 @@ impl ChatTemplate {
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
             end_of_turn,
+            has_generation,
+            args: TemplateArgs::new(),
             env,
         })
     }
@@ -113,6 +169,30 @@ impl ChatTemplate {
         )
     }
 
+    /// Sets the template's keyword arguments (replacing earlier ones): each is a variable
+    /// of the context, as `apply_chat_template(**kwargs)` passes them; `bos_token` and
+    /// `eos_token` may be given to override the tokens.
+    ///
+    /// # Errors
+    ///
+    /// An input error for a name gatt sets itself (`messages`, `add_generation_prompt`,
+    /// `tools`, `documents`).
+    pub fn set_args(&mut self, args: TemplateArgs) -> Result<()> {
+        if let Some(k) = args.keys().find(|k| RESERVED_ARGS.contains(&k.as_str())) {
+            return Err(Error::input(format!(
+                "template argument `{k}` is set by gatt itself ({} are)",
+                RESERVED_ARGS.join(", ")
+            )));
+        }
+        self.args = args;
+        Ok(())
+    }
+
+    /// The template's keyword arguments ([`ChatTemplate::set_args`]).
+    pub fn args(&self) -> &TemplateArgs {
+        &self.args
+    }
+
     /// Renders `messages`; with `add_generation_prompt` the text ends where the model
     /// starts writing its reply.
     ///
@@ -122,15 +202,17 @@ impl ChatTemplate {
     /// role orders or system messages they do not support), fails at run time, or runs
     /// out of fuel (an endless loop).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        if self.has_generation {
+            return Ok(self.render_generation(messages, add_generation_prompt)?.0);
+        }
         let tmpl = self.env.get_template("chat").expect("compiled in new()");
-        let ctx = minijinja::context! {
-            messages => Value::from_serialize(messages),
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-            tools => Value::from(()),
-            documents => Value::from(()),
-        };
+        self.render_capped(&tmpl, self.context(messages, add_generation_prompt))
+    }
+
+    /// Renders `tmpl` with `ctx` under the limits on untrusted templates: the rendered
+    /// text at most [`MAX_RENDERED_BYTES`], everything the render allocates within
+    /// [`memory::RENDER_BUDGET_BYTES`] (where the program's allocator keeps it).
+    fn render_capped(&self, tmpl: &minijinja::Template<'_, '_>, ctx: Value) -> Result<String> {
         let _budget = memory::Budget::start(&self.origin);
         let mut out = CappedText::default();
         match tmpl.render_captured_to(ctx, &mut out) {
@@ -141,12 +223,69 @@ impl ChatTemplate {
                 self.origin,
                 MAX_RENDERED_BYTES >> 20
             ))),
-            Err(e) => Err(Error::input(format!(
-                "chat template {}: {}",
-                self.origin,
-                describe(&e)
-            ))),
+            Err(e) => Err(self.error(&e)),
         }
+    }
+
+    /// Whether the template marks the assistant's text with `{% generation %}` ...
+    /// `{% endgeneration %}` blocks.
+    pub fn has_generation(&self) -> bool {
+        self.has_generation
+    }
+
+    /// Renders as [`ChatTemplate::render`] does, with the byte ranges of the rendered
+    /// text that `{% generation %}` blocks enclose, in order: `None` when the template
+    /// has no such blocks.
+    ///
+    /// # Errors
+    ///
+    /// As [`ChatTemplate::render`]; also an input error when the blocks do not pair up
+    /// (one opened inside another).
+    pub fn render_generation(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Option<Vec<std::ops::Range<usize>>>)> {
+        let tmpl = self.env.get_template("chat").expect("compiled in new()");
+        if !self.has_generation {
+            let text = self.render_capped(&tmpl, self.context(messages, add_generation_prompt))?;
+            return Ok((text, None));
+        }
+        let _budget = memory::Budget::start(&self.origin);
+        let mut out = generation::Counting::default();
+        let (result, marks) = generation::with_marks(|| {
+            tmpl.render_captured_to(self.context(messages, add_generation_prompt), &mut out)
+                .map(|_| ())
+        });
+        result.map_err(|e| self.error(&e))?;
+        let text = String::from_utf8(out.0)
+            .map_err(|e| Error::input(format!("chat template {}: {e}", self.origin)))?;
+        let ranges = generation::ranges(&marks).ok_or_else(|| {
+            Error::input(format!(
+                "chat template {}: its {{% generation %}} blocks do not pair up",
+                self.origin
+            ))
+        })?;
+        Ok((text, Some(ranges)))
+    }
+
+    fn error(&self, e: &minijinja::Error) -> Error {
+        Error::input(format!("chat template {}: {}", self.origin, describe(e)))
+    }
+
+    fn context(&self, messages: &[Message], add_generation_prompt: bool) -> Value {
+        let mut vars: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
+        vars.insert("bos_token", Value::from(self.bos_token.as_str()));
+        vars.insert("eos_token", Value::from(self.eos_token.as_str()));
+        for (k, v) in &self.args {
+            vars.insert(k.as_str(), pynone::from_json(v));
+        }
+        vars.insert("messages", Value::from_serialize(messages));
+        vars.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        // Python's None, as transformers passes them: not iterable.
+        vars.insert("tools", pynone::none());
+        vars.insert("documents", pynone::none());
+        Value::from_iter(vars)
     }
 }
 
@@ -356,6 +495,88 @@ mod tests {
         .unwrap();
         let msgs = vec![Message::user("  hi  ")];
         assert_eq!(t.render(&msgs, false).unwrap(), "HI|");
+    }
+
+    #[test]
+    fn template_args_are_context_variables() {
+        let mut t = ChatTemplate::new(
+            "args",
+            "{% if enable_thinking is defined and enable_thinking is false %}no-think{% endif %}|{{ name }}|{{ n + 1 }}|{{ bos_token }}",
+            "<s>",
+            "",
+            vec![],
+        )
+        .unwrap();
+        let args: TemplateArgs = [
+            "enable_thinking=false",
+            "name=Bob",
+            "n=41",
+            "bos_token=[BOS]",
+        ]
+        .iter()
+        .map(|a| parse_template_arg(a).unwrap())
+        .collect();
+        t.set_args(args).unwrap();
+        assert_eq!(t.render(&convo(), false).unwrap(), "no-think|Bob|42|[BOS]");
+    }
+
+    #[test]
+    fn template_arg_values_are_json_or_plain_strings() {
+        let p = |s: &str| parse_template_arg(s).unwrap().1;
+        assert_eq!(p("a=false"), serde_json::json!(false));
+        assert_eq!(p("a=\"false\""), serde_json::json!("false"));
+        assert_eq!(p("a=[1, 2]"), serde_json::json!([1, 2]));
+        assert_eq!(p("a=hello world"), serde_json::json!("hello world"));
+        assert_eq!(p("a="), serde_json::json!(""));
+        assert_eq!(p("a=x=y"), serde_json::json!("x=y"));
+        for bad in [
+            "nokey",
+            "=1",
+            "1a=2",
+            "messages=[]",
+            "add_generation_prompt=true",
+        ] {
+            assert!(parse_template_arg(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn template(source: &str) -> ChatTemplate {
+        ChatTemplate::new("t", source, "", "", vec![]).unwrap()
+    }
+
+    #[test]
+    fn none_is_not_iterable_as_in_jinja2() {
+        let t = template(
+            "{{ tools is iterable }}|{{ tools is none }}|{{ tools is not none }}|{% if tools %}T{% else %}F{% endif %}|{{ tools|tojson }}|{{ tools }}|{{ none is iterable }}|{{ messages is iterable }}",
+        );
+        assert_eq!(
+            t.render(&convo(), false).unwrap(),
+            "False|True|False|F|null|None|False|True"
+        );
+        // Looping over None raises in Python; a template that does so fails here too.
+        let t = template("{% for t in tools %}{{ t }}{% endfor %}");
+        let e = t.render(&convo(), false).unwrap_err().to_string();
+        assert!(e.contains("not iterable"), "{e}");
+        let t = template("{{ tools | length }}");
+        assert!(t.render(&convo(), false).is_err());
+    }
+
+    #[test]
+    fn generation_blocks_render_their_body_and_give_its_bytes() {
+        let t = template(
+            "{% for m in messages %}<{{ m.role }}>\n{% if m.role == 'assistant' %}\n  {%- generation -%}\n  {{ m.content }}</s>\n  {%- endgeneration %}\n{% else %}{{ m.content }}\n{% endif %}{% endfor %}",
+        );
+        assert!(t.has_generation());
+        let (text, ranges) = t.render_generation(&convo(), false).unwrap();
+        assert_eq!(text, "<user>\nHi\n<assistant>\nHello!</s>");
+        let ranges = ranges.unwrap();
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(&text[ranges[0].clone()], "Hello!</s>");
+        assert_eq!(t.render(&convo(), false).unwrap(), text);
+        let (_, none) = template("{{ 1 }}")
+            .render_generation(&convo(), false)
+            .unwrap();
+        assert_eq!(none, None);
     }
 
     #[test]

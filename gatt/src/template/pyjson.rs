@@ -26,6 +26,10 @@ fn write(
         }
     };
     let item_sep = if indent.is_some() { "," } else { ", " };
+    if super::pynone::is_none(v) {
+        out.push_str("null");
+        return Ok(());
+    }
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),

@@ -192,4 +192,4 @@ pub fn special_ids(tok: &Tokenizer) -> Vec<u32> {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod vectors;
+pub(crate) mod vectors;

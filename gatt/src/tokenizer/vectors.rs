@@ -28,7 +28,7 @@ const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
 const COMPLETE: &str = ".complete";
 
 /// `$GATT_HOME/reference/llama-cpp-python-0.3.36`: the vocabularies, fetched on first use.
-fn vocab_dir() -> &'static Path {
+pub(crate) fn vocab_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = gatt_home()

@@ -17,6 +17,8 @@ enum Script {
     RejectField(&'static str),
     /// 401 whose body echoes the request's headers (some proxies do).
     EchoHeaders,
+    /// Replies with the JSON of the request's field (`null` when absent).
+    EchoField(&'static str),
 }
 
 fn ok_body(text: &str) -> String {
@@ -63,6 +65,11 @@ fn serve(script: Vec<Script>) -> (String, Arc<AtomicUsize>) {
                     }
                     Script::Drop => return,
                     Script::EchoHeaders => (401, format!("unauthorized; you sent: {headers}")),
+                    Script::EchoField(f) => {
+                        let req: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        (200, ok_body(&req[f].to_string()))
+                    }
                     Script::RejectField(f) => {
                         let body = String::from_utf8_lossy(&body).to_string();
                         if body.contains(&format!("\"{f}\"")) {
@@ -254,4 +261,20 @@ fn a_server_that_never_answers_is_noticed_by_the_liveness_check() {
         .unwrap();
     assert_eq!(out[0][0].text, "hi");
     assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn template_arguments_are_sent_as_chat_template_kwargs() {
+    let (url, _) = serve(vec![Script::EchoField("chat_template_kwargs")]);
+    let params = SamplingParams::default();
+    let r = backend(&url).generate(&one_request(), &params).unwrap();
+    assert_eq!(r[0][0].text, "null", "not sent when there are none");
+    let mut o = HttpOptions::new(&url, "test-model");
+    o.chat_template_kwargs = [("enable_thinking".to_string(), serde_json::json!(false))]
+        .into_iter()
+        .collect();
+    let r = HttpBackend::new(o)
+        .generate(&one_request(), &params)
+        .unwrap();
+    assert_eq!(r[0][0].text, r#"{"enable_thinking":false}"#);
 }
