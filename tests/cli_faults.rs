@@ -242,7 +242,7 @@ fn a_template_that_exhausts_memory_is_refused_naming_it() {
     std::fs::write(
         &template,
         "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}\
-         {% endfor %}{{ ns.s | length }}",
+         {% endfor %}{{ ns.s | length }}<|im_end|>",
     )
     .unwrap();
     let out = dir.path().join("m.jsonl");
@@ -254,4 +254,71 @@ fn a_template_that_exhausts_memory_is_refused_naming_it() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("bomb.jinja") && err.contains("MiB"), "{err}");
     assert!(!out.exists());
+}
+
+/// No output replaces an input of the run: the chat template, the tokenizer, a user's
+/// files in a synthesis folder.
+#[test]
+fn outputs_never_replace_inputs_or_user_files() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    std::fs::copy(fixture("dialogues.jsonl"), &input).unwrap();
+    let template = dir.path().join("t.jinja");
+    std::fs::copy(fixture("smollm2_chat_template.jinja"), &template).unwrap();
+    let before = std::fs::read(&template).unwrap();
+    let mut args = mask_args(&input, &template);
+    let at = args.iter().position(|a| a == "--template").unwrap();
+    args[at + 1] = arg(&template);
+    args.extend(["--out-format".into(), "jsonl".into()]);
+    let o = gatt(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--out") && err.contains("--template"), "{err}");
+    assert_eq!(std::fs::read(&template).unwrap(), before);
+
+    let out = dir.path().join("mine");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("report.md"), "my notes").unwrap();
+    let o = gatt(&synth_args("http://127.0.0.1:9", &out, false));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no gatt run"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).unwrap(),
+        "my notes"
+    );
+}
+
+/// An endpoint that is not an http(s) URL is bad input; credentials in it never reach
+/// the lock file or a message.
+#[test]
+fn endpoints_are_checked_and_their_credentials_kept_out_of_the_lock() {
+    let dir = tempdir();
+    let o = gatt(&synth_args(
+        "ftp://u:hunter2@h",
+        &dir.path().join("a"),
+        false,
+    ));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let out = dir.path().join("b");
+    let o = gatt(&synth_args(
+        "http://u:hunter2@127.0.0.1:9/v1?api_key=qwerty",
+        &out,
+        false,
+    ));
+    let text = format!("{}{}", common::stdout(&o), stderr(&o));
+    assert!(
+        !text.contains("hunter2") && !text.contains("qwerty"),
+        "{text}"
+    );
+    let lock = std::fs::read_to_string(out.join(".gatt.lock")).unwrap();
+    assert!(
+        !lock.contains("hunter2") && !lock.contains("qwerty"),
+        "{lock}"
+    );
+    if let Ok(run) = std::fs::read_to_string(out.join("run.json")) {
+        assert!(!run.contains("hunter2") && !run.contains("qwerty"), "{run}");
+    }
 }

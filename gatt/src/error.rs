@@ -70,6 +70,11 @@ impl Error {
         use std::io::ErrorKind as K;
         let e = match err.kind() {
             K::NotFound => Error::input(format!("cannot {action}: file not found")),
+            // What `read_to_string` says of bytes that are not UTF-8 text.
+            K::InvalidData => Error::input(format!("cannot {action}: {err} (not UTF-8 text?)")),
+            K::AlreadyExists if action.contains("folder") => Error::input(format!(
+                "cannot {action}: a file of this name is there, and a folder is expected"
+            )),
             K::IsADirectory => Error::input(format!(
                 "cannot {action}: this is a folder, and a file is expected here"
             )),

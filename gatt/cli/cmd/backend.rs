@@ -72,13 +72,31 @@ impl BackendArgs {
     /// [`BackendArgs::load`], for a model given by the flag `model_flag`.
     pub fn load_as(&self, model_flag: &str) -> Result<Box<dyn ChatBackend>> {
         if let Some(url) = &self.endpoint {
+            let scheme_ok = ["http://", "https://"]
+                .iter()
+                .any(|s| url.to_ascii_lowercase().starts_with(s) && url.len() > s.len());
+            if !scheme_ok {
+                let (shown, _) = gatt::backend::redact_url(url);
+                return Err(Error::input(format!(
+                    "--endpoint {shown}: not an http:// or https:// URL (e.g. \
+                     http://127.0.0.1:8000/v1)"
+                )));
+            }
             let mut o = HttpOptions::new(url, self.api_model.clone().unwrap_or_default());
             if let Some(var) = &self.api_key_env {
-                o.api_key = Some(std::env::var(var).map_err(|_| {
+                let key = std::env::var(var).map_err(|_| {
                     Error::input(format!(
-                        "--api-key-env {var}: that environment variable is not set"
+                        "--api-key-env {var}: that environment variable is not set (or is \
+                         not UTF-8)"
                     ))
-                })?);
+                })?;
+                if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(Error::input(format!(
+                        "--api-key-env {var}: the key is empty or holds spaces, line breaks \
+                         or non-ASCII characters, which an HTTP header cannot carry"
+                    )));
+                }
+                o.api_key = Some(key);
             }
             o.in_flight = self.in_flight.max(1);
             o.timeout = Duration::from_secs(self.timeout.max(1));

@@ -107,6 +107,7 @@ pub fn run(args: Args) -> Result<()> {
         None => Format::from_path(&args.out)
             .map_err(|e| Error::input(format!("{e} (or pass --out-format)")))?,
     };
+    super::refuse_overwriting("--out", &args.out, &args.format.input_files())?;
     let masker = Masker::new(args.format.load()?, args.mask.options());
     let output = Output {
         path: args.out.clone(),

@@ -38,6 +38,35 @@ pub struct FormatArgs {
     pub template_args: TemplateArgFlags,
 }
 
+impl FormatArgs {
+    /// The files these flags read, each with its flag: what an output must not replace.
+    pub fn input_files(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut files = Vec::new();
+        match self.model.as_deref() {
+            Some("default") => files.push(("--model", gatt::model::default_model_path())),
+            Some(m) => files.push(("--model", PathBuf::from(m))),
+            None => {}
+        }
+        if let Some(t) = &self.tokenizer {
+            files.push(("--tokenizer", t.clone()));
+        }
+        files.push(("--template", PathBuf::from(&self.template)));
+        files
+    }
+}
+
+/// Refuses `out` when it is one of `inputs` (see [`gatt::dataset::refuse_overwriting_inputs`]),
+/// naming `out_flag`.
+pub fn refuse_overwriting(
+    out_flag: &str,
+    out: &std::path::Path,
+    inputs: &[(&'static str, PathBuf)],
+) -> Result<()> {
+    let inputs: Vec<(&str, &std::path::Path)> =
+        inputs.iter().map(|(f, p)| (*f, p.as_path())).collect();
+    gatt::dataset::refuse_overwriting_inputs(out, &inputs).map_err(|e| e.context(out_flag))
+}
+
 /// `--template-arg KEY=VALUE`: keyword arguments of the chat template.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TemplateArgFlags {

@@ -133,6 +133,7 @@ pub fn run(args: Args) -> Result<()> {
             args.out.display()
         )));
     }
+    guard_out_folder(&args)?;
     let catalog = Catalog::with_overrides(&args.catalog)?;
     let users = match &args.users {
         Some(p) => UserSource::from_file(p).map_err(|e| e.context("--users"))?,
@@ -249,4 +250,48 @@ fn mask_format(args: &Args) -> Result<ChatFormat> {
     // The samples are rendered as the chat model's prompts were.
     args.backend.template_args.apply(&mut format.template)?;
     Ok(format)
+}
+
+/// Refuses an `--out` folder that holds a user's files rather than a gatt run, and inputs
+/// that lie inside it (synth writes `dialogues.*`, `masked.*`, reports and chunks there).
+fn guard_out_folder(args: &Args) -> Result<()> {
+    let foreign = std::fs::read_dir(&args.out)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name() != gatt::dataset::LOCK_FILE)
+                .count()
+        })
+        .unwrap_or(0);
+    if foreign > 0 && !gatt_synth::run::holds_run(&args.out) {
+        return Err(Error::input(format!(
+            "{}: the folder holds {foreign} entries and no gatt run; choose an empty or new \
+             --out (synth would replace files of the names it writes)",
+            args.out.display()
+        )));
+    }
+    let mut inputs: Vec<(&str, std::path::PathBuf)> = Vec::new();
+    if let Some(u) = &args.users {
+        inputs.push(("--users", u.clone()));
+    }
+    for c in &args.catalog {
+        inputs.push(("--catalog", c.path.clone()));
+    }
+    if let Some(m) = &args.mask_model {
+        inputs.push(("--mask-model", m.into()));
+    }
+    let Ok(out) = std::fs::canonicalize(&args.out) else {
+        return Ok(());
+    };
+    for (flag, path) in inputs {
+        if std::fs::canonicalize(&path).is_ok_and(|p| p.starts_with(&out)) {
+            return Err(Error::input(format!(
+                "{flag} {}: it lies inside --out {}, where synth writes its outputs; move it \
+                 or choose another --out",
+                path.display(),
+                args.out.display()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -100,25 +100,33 @@ impl HttpBackend {
     /// A client for `opts.endpoint`; nothing is sent until the first request.
     pub fn new(opts: HttpOptions) -> Self {
         let base = opts.endpoint.trim_end_matches('/');
+        // Paths go before a query (`?api-version=...`); a fragment is never sent.
+        let base = base.split('#').next().unwrap_or_default();
+        let (base, query) = match base.split_once('?') {
+            Some((b, q)) => (b.trim_end_matches('/'), format!("?{q}")),
+            None => (base, String::new()),
+        };
         let v1 = if base.ends_with("/v1") {
             base.to_string()
         } else {
             format!("{base}/v1")
         };
-        let url = format!("{v1}/chat/completions");
+        let url = format!("{v1}/chat/completions{query}");
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(opts.timeout))
             .timeout_connect(Some(opts.connect_timeout))
             .http_status_as_error(false)
             .build();
         let (shown, mut secrets) = redact_url(&url);
-        secrets.extend(opts.api_key.iter().filter(|k| !k.is_empty()).cloned());
+        secrets.extend(opts.api_key.iter().cloned());
+        // Replacing a very short "secret" would garble every message it occurs in.
+        secrets.retain(|s| s.len() >= MIN_SCRUBBED_LEN);
         HttpBackend {
             agent: ureq::Agent::new_with_config(config),
             url,
             shown,
             secrets,
-            models_url: format!("{v1}/models"),
+            models_url: format!("{v1}/models{query}"),
             alive: std::sync::OnceLock::new(),
             opts,
             dropped: Mutex::new(Vec::new()),
@@ -258,9 +266,16 @@ impl HttpBackend {
             .read_to_string()
             .map_err(|e| Attempt::Retry(format!("reading the response failed: {e}")))?;
         match status {
-            200..=299 => parse_completion(&text).map_err(|e| {
-                Attempt::Fatal(Error::runtime(self.scrub(&format!("{}: {e}", self.shown))))
-            }),
+            200..=299 => parse_completion(&text)
+                .map(|mut reply| {
+                    // A server that echoes the request (headers, URL) into the reply must
+                    // not get the key into datasets and reports.
+                    reply.text = self.scrub(&reply.text);
+                    reply
+                })
+                .map_err(|e| {
+                    Attempt::Fatal(Error::runtime(self.scrub(&format!("{}: {e}", self.shown))))
+                }),
             429 | 500..=599 => Err(Attempt::Retry(format!("HTTP {status}"))),
             // How servers report request fields they do not know.
             400 | 422 => Err(Attempt::Refused {
@@ -287,6 +302,10 @@ impl HttpBackend {
         out
     }
 }
+
+/// Secrets shorter than this are not scrubbed from text (a 1-character key would
+/// garble every message); real API keys are far longer.
+const MIN_SCRUBBED_LEN: usize = 6;
 
 /// Query parameters whose values are credentials.
 const SECRET_PARAMS: [&str; 7] = [

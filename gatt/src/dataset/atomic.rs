@@ -25,6 +25,15 @@ impl AtomicFile {
     /// An input error when `target` has no file name, is a folder, or lies under a file;
     /// an I/O error naming the path.
     pub fn create(target: &Path) -> Result<Self> {
+        if let Ok(m) = std::fs::symlink_metadata(target) {
+            if !m.is_file() && !m.is_dir() {
+                return Err(Error::input(
+                    "cannot write: this is not a regular file (a link, device or pipe), \
+                     which writing by rename would replace; name a regular file",
+                )
+                .at(Location::in_file(target)));
+            }
+        }
         if target.is_dir() {
             return Err(Error::input(
                 "cannot write: this is a folder, and a file is expected here",
@@ -190,6 +199,33 @@ pub fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(
     Ok(())
 }
 
+/// Refuses an output that would destroy one of the run's inputs: `out` is the same file
+/// as one of `inputs` (also through links or `..`), or, for an input that is a folder (a
+/// Hugging Face model), a file inside it. Each input comes with the flag that named it.
+///
+/// # Errors
+///
+/// An input error naming the flag whose file would be lost.
+pub fn refuse_overwriting_inputs(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let Ok(out_real) = std::fs::canonicalize(out) else {
+        return Ok(()); // nothing there yet: nothing to destroy
+    };
+    for (flag, input) in inputs {
+        let Ok(real) = std::fs::canonicalize(input) else {
+            continue;
+        };
+        let hit = out_real == real || (real.is_dir() && out_real.starts_with(&real));
+        if hit {
+            return Err(Error::input(format!(
+                "this output would replace the file of {flag} ({}); write to another file",
+                input.display()
+            ))
+            .at(Location::in_file(out)));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that gatt may write a folder at `out`, a path the user named: it is absent,
 /// empty, or `overwrite` is set. Call it before long work, so a refusal comes first.
 ///
@@ -245,13 +281,23 @@ pub fn write_user_dir(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     let moved = fill(&tmp).and_then(|()| {
-        let entries = std::fs::read_dir(&tmp).map_err(|e| Error::io(&tmp, "read", e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&tmp, "read", e))?;
+        let entries: Vec<_> = std::fs::read_dir(&tmp)
+            .map_err(|e| Error::io(&tmp, "read", e))?
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(&tmp, "read", e))?;
+        // A user's folder named as a file gatt writes is kept: refused before any move.
+        for entry in &entries {
             let to = out.join(entry.file_name());
             if to.is_dir() && !entry.path().is_dir() {
-                std::fs::remove_dir_all(&to).map_err(|e| Error::io(&to, "replace", e))?;
+                return Err(Error::input(
+                    "this is a folder where gatt writes a file; --overwrite replaces files \
+                     only: move the folder away",
+                )
+                .at(Location::in_file(&to)));
             }
+        }
+        for entry in entries {
+            let to = out.join(entry.file_name());
             std::fs::rename(entry.path(), &to).map_err(|e| Error::io(&to, "move into place", e))?;
         }
         Ok(())
@@ -383,5 +429,44 @@ mod tests {
         assert_eq!(e.to_string(), "boom");
         assert_eq!(names(&out), ["config.json", "notes.txt"]);
         assert_eq!(names(dir.path()), ["hf"]);
+        // A user's folder with the name of a file gatt writes is refused, not deleted.
+        std::fs::remove_file(out.join("config.json")).unwrap();
+        std::fs::create_dir(out.join("config.json")).unwrap();
+        std::fs::write(out.join("config.json").join("mine"), "x").unwrap();
+        let e = write_user_dir(&out, true, fill).unwrap_err();
+        assert!(e.is_input(), "{e}");
+        assert!(out.join("config.json").join("mine").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_devices_and_pipes_are_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.jsonl");
+        std::fs::write(&real, "keep").unwrap();
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(AtomicFile::create(&link).err().unwrap().is_input());
+        assert!(AtomicFile::create(Path::new("/dev/null"))
+            .err()
+            .unwrap()
+            .is_input());
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "keep");
+    }
+
+    #[test]
+    fn an_output_that_is_an_input_is_refused_naming_its_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let tpl = dir.path().join("t.jinja");
+        std::fs::write(&tpl, "x").unwrap();
+        let model = dir.path().join("hf");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("tokenizer.json"), "{}").unwrap();
+        let inputs = [("--template", tpl.as_path()), ("--model", model.as_path())];
+        let e = refuse_overwriting_inputs(&dir.path().join(".").join("t.jinja"), &inputs);
+        assert!(e.unwrap_err().to_string().contains("--template"));
+        let e = refuse_overwriting_inputs(&model.join("tokenizer.json"), &inputs);
+        assert!(e.unwrap_err().to_string().contains("--model"));
+        refuse_overwriting_inputs(&dir.path().join("new.jsonl"), &inputs).unwrap();
     }
 }

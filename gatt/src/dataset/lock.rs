@@ -56,10 +56,12 @@ impl FolderLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, "lock", e)),
         }
+        // The command, not its arguments: those may hold credentials (an endpoint URL).
+        let command: Vec<String> = std::env::args().take(2).collect();
         let me = format!(
             "gatt process {} ({})",
             std::process::id(),
-            std::env::args().collect::<Vec<_>>().join(" ")
+            command.join(" ")
         );
         file.set_len(0)
             .and_then(|()| file.rewind())

@@ -18,7 +18,10 @@ mod samples;
 /// Where a record sits in its file: the file, its 0-based `row` (record index) and, in
 /// JSONL, its 1-based `line`; the place errors carry.
 pub use crate::error::Location;
-pub use atomic::{check_user_dir, write_dir, write_file, write_json, write_user_dir, AtomicFile};
+pub use atomic::{
+    check_user_dir, refuse_overwriting_inputs, write_dir, write_file, write_json, write_user_dir,
+    AtomicFile,
+};
 pub use json::read_json;
 pub use lock::{FolderLock, LOCK_FILE};
 

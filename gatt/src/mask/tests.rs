@@ -327,9 +327,20 @@ fn expand_keeps_the_replies_that_can_be_masked() {
         ],
     );
     let masked = m.mask_record(&d).unwrap();
-    let ids: Vec<&str> = masked.samples.iter().map(|s| s.id.as_str()).collect();
+    let ids: Vec<&str> = masked
+        .samples
+        .iter()
+        .map(|s| s.sample.id.as_str())
+        .collect();
     assert_eq!(ids, ["x#2"]);
-    assert_eq!(loss_text(&m, &masked.samples[0]), "Goodbye.<|im_end|>");
+    assert_eq!(
+        masked.samples[0].end, 4,
+        "the sample covers the whole record"
+    );
+    assert_eq!(
+        loss_text(&m, &masked.samples[0].sample),
+        "Goodbye.<|im_end|>"
+    );
     assert_eq!(masked.skipped.len(), 1);
     assert_eq!(masked.skipped[0].reason, SkipReason::SeamMerge);
     // The strict form refuses the record for it.
