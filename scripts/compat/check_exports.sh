@@ -52,11 +52,14 @@ for policy in gatt gatt-expand; do
     done
 done
 status=0
+# Each datasets version gets its own cache: a newer version's cached dataset info (e.g.
+# its `List` feature type) breaks an older one reading the same files.
 echo "== datasets (newest)"
-"$V/compat/bin/python" "$HERE/check_exports.py" load "$D" || status=1
+HF_DATASETS_CACHE="$D/cache-newest" "$V/compat/bin/python" "$HERE/check_exports.py" load "$D" || status=1
 for ver in $OLDER; do
     echo "== datasets $ver"
-    "$V/compat-ds${ver//./}/bin/python" "$HERE/check_exports.py" load "$D" || status=1
+    HF_DATASETS_CACHE="$D/cache-$ver" "$V/compat-ds${ver//./}/bin/python" \
+        "$HERE/check_exports.py" load "$D" || status=1
 done
 if [ "$MODE" = all ]; then
     "$BIN/gatt" model export default --out "$D/model" >/dev/null

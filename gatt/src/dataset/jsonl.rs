@@ -4,13 +4,17 @@ use super::raw::parse_record;
 use super::{AtomicFile, Location};
 use crate::dialogue::Dialogue;
 use crate::error::{Error, Result};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+
+/// Longest line read, in bytes: 64 MiB, far beyond any dialogue (a 2,000-turn record is
+/// a few MB). A longer line is refused before it is held in memory whole.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
 use std::path::{Path, PathBuf};
 
 /// Streams the records of a JSONL file, one per non-blank line.
 pub struct DialogueLines {
     path: PathBuf,
-    lines: std::io::Lines<BufReader<std::fs::File>>,
+    reader: BufReader<std::fs::File>,
     /// Lines read so far (the 1-based number of the last one).
     line: usize,
     /// Records (non-blank lines) read so far (the 0-based row of the next one).
@@ -25,11 +29,43 @@ impl DialogueLines {
         let f = super::open_file(path)?;
         Ok(DialogueLines {
             path: path.to_path_buf(),
-            lines: BufReader::with_capacity(1 << 20, f).lines(),
+            reader: BufReader::with_capacity(1 << 20, f),
             line: 0,
             rows: 0,
             failed: false,
         })
+    }
+}
+
+impl DialogueLines {
+    /// The next line without its line break; `None` at the end of the file. A line
+    /// longer than [`MAX_LINE_BYTES`] is an error (`InvalidInput`), bytes that are not
+    /// UTF-8 another (`InvalidData`).
+    fn next_line(&mut self) -> Option<std::io::Result<String>> {
+        let mut buf = Vec::new();
+        let limit = MAX_LINE_BYTES as u64 + 1;
+        match (&mut self.reader).take(limit).read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) if buf.len() > MAX_LINE_BYTES => Some(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the line is longer than {} MiB; a record is never that long",
+                    MAX_LINE_BYTES >> 20
+                ),
+            ))),
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                Some(String::from_utf8(buf).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())
+                }))
+            }
+            Err(e) => Some(Err(e)),
+        }
     }
 }
 
@@ -41,13 +77,14 @@ impl Iterator for DialogueLines {
             if self.failed {
                 return None;
             }
-            let line = self.lines.next()?;
+            let line = self.next_line()?;
             self.line += 1;
             let at_line = Location::in_file(&self.path).at_line(self.line);
             let text = match line {
                 Ok(t) => t,
                 Err(e) => {
-                    // Bad UTF-8 spoils one line; any other failure, the rest of the file.
+                    // Bad UTF-8 spoils one line; any other failure (a line too long to
+                    // read, an I/O error), the rest of the file.
                     self.failed = e.kind() != std::io::ErrorKind::InvalidData;
                     return Some(Err(Error::input(format!("cannot read: {e}"))
                         .at(at_line)
@@ -93,5 +130,36 @@ impl JsonlWriter {
 
     pub fn finish(self) -> Result<()> {
         self.file.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_end_at_breaks_and_a_line_past_the_limit_stops_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let rec = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#;
+        let mut bytes = format!("{rec}\r\n\n{rec}\n").into_bytes();
+        bytes.extend(b"\xff\n");
+        bytes.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 1));
+        bytes.extend(format!("\n{rec}\n").into_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let items: Vec<_> = DialogueLines::open(&path).unwrap().collect();
+        assert_eq!(
+            items.len(),
+            4,
+            "two records, a bad line, the long one, then nothing"
+        );
+        assert!(items[0].is_ok() && items[1].is_ok());
+        let bad_utf8 = items[2].as_ref().unwrap_err().to_string();
+        assert!(bad_utf8.contains(":4"), "{bad_utf8}");
+        let long = items[3].as_ref().unwrap_err();
+        assert!(
+            long.is_input() && long.to_string().contains("64 MiB"),
+            "{long}"
+        );
     }
 }
