@@ -254,6 +254,11 @@ fn a_template_that_exhausts_memory_is_refused_naming_it() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("bomb.jinja") && err.contains("MiB"), "{err}");
     assert!(!out.exists());
+    let left: Vec<String> = listing(dir.path())
+        .into_iter()
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
 /// No output replaces an input of the run: the chat template, the tokenizer, a user's

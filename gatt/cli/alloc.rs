@@ -13,6 +13,7 @@ fn check(bytes: usize) {
         use std::io::Write;
         let message = gatt::template::memory::exceeded_message(&origin);
         let _ = std::io::stderr().write_all(message.as_bytes());
+        gatt::dataset::remove_live_temporaries();
         std::process::exit(2);
     }
 }

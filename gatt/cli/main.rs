@@ -53,6 +53,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Library errors (candle's) capture a backtrace when RUST_BACKTRACE is set and print
+    // it inside their message; messages are for users, so only panics keep backtraces.
+    // Set before any other thread exists.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     gatt_runtime::allocator::tune();
     let cli = Cli::parse();
     let result = match cli.command {

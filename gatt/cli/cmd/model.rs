@@ -57,13 +57,43 @@ pub fn run(args: Args) -> Result<()> {
         }
         ModelCommand::Info { model } => {
             let source = ModelSource::resolve(&model)?;
-            outln!("path:          {}", source.path().display())?;
-            if let ModelSource::Gguf(p) = &source {
+            if let ModelSource::HfDir(d) = &source {
+                // Checked as loading checks it, before anything is printed.
+                let path = d.join("config.json");
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| gatt::Error::io(&path, "read", e))?;
+                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    gatt::Error::input(format!("{}: invalid JSON: {e}", path.display()))
+                })?;
+                gatt_runtime::llama::hf::config_from_json(&v).map_err(|e| {
+                    gatt::Error::input(format!("{}: cannot load the model: {e}", d.display()))
+                })?;
+            }
+            let checked = match &source {
+                ModelSource::Gguf(p) => Some(read_gguf(p)?),
+                _ => None,
+            };
+            let f = source.chat_format()?;
+            if let (Some(c), ModelSource::Gguf(p)) = (&checked, &source) {
                 // Checked as loading checks it: what is printed is what would load.
-                let c = read_gguf(p)?;
-                gatt_runtime::llama::Config::from_gguf(&c).map_err(|e| {
+                let cfg = gatt_runtime::llama::Config::from_gguf(c).map_err(|e| {
                     gatt::Error::input(format!("{}: cannot load the model: {e}", p.display()))
                 })?;
+                // Every layer the metadata counts has its tensors, and no more layers do.
+                let has = |name: String| c.tensor_infos.contains_key(&name);
+                let last = cfg.n_layer - 1;
+                if !has(format!("blk.{last}.attn_q.weight"))
+                    || has(format!("blk.{}.attn_q.weight", last + 1))
+                {
+                    return Err(gatt::Error::input(format!(
+                        "{}: cannot load the model: `{}.block_count` is {}, but the file's \
+                         tensors are for another number of layers",
+                        p.display(),
+                        cfg.arch,
+                        cfg.n_layer
+                    )));
+                }
+                outln!("path:          {}", source.path().display())?;
                 let arch = c
                     .metadata
                     .get("general.architecture")
@@ -93,7 +123,9 @@ pub fn run(args: Args) -> Result<()> {
                     get("attention.head_count_kv")
                 )?;
             }
-            let f = source.chat_format()?;
+            if checked.is_none() {
+                outln!("path:          {}", source.path().display())?;
+            }
             let stops: Vec<String> = f
                 .stop_ids
                 .iter()

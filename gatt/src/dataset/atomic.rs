@@ -59,6 +59,7 @@ impl AtomicFile {
             std::process::id()
         ));
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
+        live_temporaries(|live| live.push(tmp.clone()));
         Ok(AtomicFile {
             target: target.to_path_buf(),
             tmp,
@@ -103,6 +104,29 @@ impl Drop for AtomicFile {
         if !self.committed {
             drop(self.file.take());
             let _ = std::fs::remove_file(&self.tmp);
+        }
+        live_temporaries(|live| live.retain(|t| t != &self.tmp));
+    }
+}
+
+/// The temporary files of this process's [`AtomicFile`]s not yet committed or dropped.
+static LIVE_TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `f` on the list of live temporary files (skipped if the lock is poisoned or,
+/// from [`remove_live_temporaries`], held).
+fn live_temporaries(f: impl FnOnce(&mut Vec<PathBuf>)) {
+    if let Ok(mut live) = LIVE_TEMPORARIES.lock() {
+        f(&mut live);
+    }
+}
+
+/// Removes the temporary files of this process's unfinished outputs: for a process about
+/// to end without unwinding (`std::process::exit` from a refusal deep inside a render),
+/// which would otherwise leave them for the next run to clean.
+pub fn remove_live_temporaries() {
+    if let Ok(live) = LIVE_TEMPORARIES.try_lock() {
+        for t in live.iter() {
+            let _ = std::fs::remove_file(t);
         }
     }
 }
