@@ -14,10 +14,12 @@
 
 mod align;
 mod content;
+mod cut;
 pub mod pipeline;
 mod spans;
 mod special;
 
+pub use cut::CutReplies;
 pub use special::SpecialText;
 
 use crate::dialogue::{Dialogue, Message, Purpose, Role};
@@ -78,6 +80,10 @@ pub struct MaskOptions {
     /// the record ([`SkipReason::SpecialTokenInContent`], the default) or encode the
     /// text as ordinary tokens.
     pub special_text: SpecialText,
+    /// What to do with a record whose `meta.finished` says a reply was cut at the token
+    /// limit: refuse it ([`SkipReason::CutReply`], the default), or train a cut final
+    /// reply without its end-of-turn token, or keep it as is.
+    pub cut_replies: CutReplies,
 }
 
 /// One training sample, in the layout Hugging Face trainers read.
@@ -130,6 +136,8 @@ pub enum SkipReason {
     /// A message's content holds the text of a special token (e.g. `<|im_end|>`), which
     /// the tokenizer would read as the token itself; see [`SpecialText`].
     SpecialTokenInContent,
+    /// A reply was cut at the token limit (`meta.finished`), see [`CutReplies`].
+    CutReply,
 }
 
 impl SkipReason {
@@ -146,6 +154,7 @@ impl SkipReason {
             SkipReason::TooLong => "too_long",
             SkipReason::EmptyMask => "empty_mask",
             SkipReason::SpecialTokenInContent => "special_token_in_content",
+            SkipReason::CutReply => "cut_reply",
         }
     }
 }
@@ -229,6 +238,7 @@ impl Masker {
     pub fn mask(&self, d: &Dialogue) -> Result<Vec<MaskedSample>, MaskError> {
         d.validate(Purpose::Training)
             .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
+        let end_of_turn = cut::final_end_of_turn(d, self.opts.cut_replies, self.opts.policy)?;
         let mut messages = d.messages.clone();
         loop {
             let found = self.specials.find(&messages);
@@ -259,7 +269,7 @@ impl Masker {
                     ));
                 }
             }
-            return self.samples(&d.id, &messages, &full, &enc);
+            return self.samples(&d.id, &messages, &full, &enc, end_of_turn);
         }
     }
 
@@ -275,6 +285,7 @@ impl Masker {
         messages: &[Message],
         full: &str,
         enc: &special::Encoded,
+        end_of_turn: bool,
     ) -> Result<Vec<MaskedSample>, MaskError> {
         let (ids, offsets) = (enc.ids.as_slice(), enc.offsets.as_slice());
         // The text between special tokens is re-tokenized as it was tokenized.
@@ -304,7 +315,12 @@ impl Masker {
         let mut token_spans = Vec::with_capacity(replies.len());
         for &i in &replies {
             let prompt = self.render(&messages[..i], true)?;
-            let span = spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
+            let mut span =
+                spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
+            if !end_of_turn && i + 1 == messages.len() {
+                // A cut final reply: its tokens carry loss, its end-of-turn marker does not.
+                span.end = span.content_end;
+            }
             let tokens = align::token_span(offsets, span.start, span.end, i)?;
             align::verify_prompt(
                 stretch,
