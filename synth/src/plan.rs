@@ -86,6 +86,31 @@ pub struct PlanOptions<'a> {
     pub turns: usize,
 }
 
+/// Checks that every kind in `kinds` can be drawn: an empty list of kinds, or a kind
+/// whose catalog has no entries (`--catalog hobby=FILE` with `[]`), would give
+/// dialogues without (that part of) an instruction.
+///
+/// # Errors
+///
+/// An input error naming the kind and where its entries come from.
+pub fn check_kinds(catalog: &Catalog, kinds: &[ConstraintKind]) -> Result<()> {
+    if kinds.is_empty() {
+        return Err(Error::input(
+            "--constraints: no constraint kind to sample from; name at least one",
+        ));
+    }
+    for kind in kinds {
+        if catalog.values(kind).is_empty() {
+            return Err(Error::input(format!(
+                "--constraints asks for `{kind}`, but its catalog has no entries (a \
+                 `--catalog {kind}=FILE` with an empty list?): its dialogues would have no \
+                 instruction; give entries or leave `{kind}` out of --constraints"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The plan of dialogue `index`: a pure function of (the run seed, `index`) for given
 /// options, catalog and users, drawn from ChaCha8 seeded with the plan seed
 /// (`derive(seed, Stream::SynthPlan, index)`) in a fixed order: constraints, terseness,
@@ -106,5 +131,22 @@ pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource
         instruction,
         terse,
         users,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_without_entries_are_refused() {
+        let mut catalog = Catalog::builtin();
+        let kinds = [ConstraintKind::Hobby, ConstraintKind::Language];
+        check_kinds(&catalog, &kinds).unwrap();
+        catalog.hobbies.clear();
+        let e = check_kinds(&catalog, &kinds).unwrap_err();
+        assert!(e.is_input() && e.to_string().contains("`hobby`"), "{e}");
+        check_kinds(&catalog, &[ConstraintKind::Language]).unwrap();
+        assert!(check_kinds(&catalog, &[]).unwrap_err().is_input());
     }
 }
