@@ -41,7 +41,14 @@ pub struct SynthOptions {
     pub candidates: usize,
     /// How replies are sampled.
     pub sampling: SamplingParams,
-    /// The model writes the user's messages after the first.
+    /// Probability that a user turn from the bank asks for a short answer
+    /// ([`crate::plan::CONCISE`]), so that small models finish their replies.
+    pub concise: f64,
+    /// Probability that a user turn after the first is a probe question about the
+    /// instruction (see [`crate::plan::PlanOptions::probe_rate`]); recorded in
+    /// `meta.probe_turns` and `meta.probe_kinds`.
+    pub probe_rate: f64,
+    /// The model writes the user's messages after the first (probe turns stay).
     pub user_sim: bool,
     /// This machine's share of the job (serialized as `I/N`).
     #[serde(serialize_with = "shard_str")]
@@ -109,6 +116,8 @@ impl Synthesizer<'_> {
             max_combined: self.opts.max_combined,
             terse: self.opts.terse,
             turns: self.opts.turns,
+            concise: self.opts.concise,
+            probe_rate: self.opts.probe_rate,
         };
         (0..self.opts.dialogues)
             .filter(|i| self.opts.shard.owns(*i))
@@ -276,8 +285,11 @@ impl Synthesizer<'_> {
 
     /// Writes each live dialogue's next user message with the model playing the user.
     fn simulate_users(&self, live: &mut [InFlight], turn: usize) -> Result<()> {
+        let is_probe = |d: &InFlight| d.plan.probes.iter().any(|(t, _)| *t == turn + 1);
         let idx: Vec<usize> = (0..live.len())
-            .filter(|&i| live[i].plain.len() == 2 * turn)
+            .filter(|&i| {
+                live[i].dropped.is_none() && live[i].plain.len() == 2 * turn && !is_probe(&live[i])
+            })
             .collect();
         let requests: Vec<Request> = idx
             .iter()
@@ -330,6 +342,9 @@ impl Synthesizer<'_> {
             completion_tokens: Some(d.completion_tokens),
             finished: Some(d.finished),
             final_end_of_turn: d.final_cut_kept.then_some(false),
+            probe_turns: (!p.probes.is_empty()).then(|| p.probes.iter().map(|(t, _)| *t).collect()),
+            probe_kinds: (!p.probes.is_empty())
+                .then(|| p.probes.iter().map(|(_, k)| k.clone()).collect()),
             ..DialogueMeta::default()
         };
         Dialogue {

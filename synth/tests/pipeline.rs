@@ -66,6 +66,8 @@ fn opts(shard: Shard) -> SynthOptions {
         placement: Placement::System,
         candidates: 2,
         sampling: SamplingParams::default(),
+        concise: 0.0,
+        probe_rate: 0.0,
         user_sim: false,
         shard,
         chunk: 3,

@@ -83,6 +83,15 @@ pub struct Args {
     /// (cut, empty, repetitive, wrong script), before the dialogue is dropped.
     #[arg(long, value_name = "N", default_value_t = GateOptions::DEFAULT_RESAMPLE_TRIES)]
     pub resample_tries: usize,
+    /// Probability that a user turn from the bank asks for a short answer ("Please keep
+    /// your answer short."), so that the model finishes its replies within --max-tokens.
+    #[arg(long, value_name = "P", default_value_t = 0.5)]
+    pub concise: f64,
+    /// Probability that a user turn after the first is a probe question about the
+    /// instruction's hobby, figure or persona ("What should I call you?"), from a bank
+    /// disjoint from `gatt eval`'s probes; recorded in meta.probe_turns.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub probe_rate: f64,
     /// Reuse the user turns of existing dialogues (.jsonl/.parquet/ShareGPT).
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
@@ -174,6 +183,8 @@ pub fn run(args: Args) -> Result<()> {
         placement: args.placement.into(),
         candidates: args.candidates,
         sampling: args.sampling.params(args.candidates),
+        concise: args.concise,
+        probe_rate: args.probe_rate,
         user_sim: args.user_sim,
         shard: args.shard,
         chunk: args.chunk.unwrap_or_else(|| backend.preferred_batch()),
@@ -236,6 +247,12 @@ fn check_args(args: &Args) -> Result<()> {
     }
     if !(0.0..=1.0).contains(&args.terse) {
         return fail("--terse is a probability between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&args.concise) {
+        return fail("--concise is a probability between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&args.probe_rate) {
+        return fail("--probe-rate is a probability between 0 and 1");
     }
     if args.candidates == 0 {
         return fail("--candidates must be at least 1");
