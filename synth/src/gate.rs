@@ -274,6 +274,8 @@ pub enum Script {
     Hebrew,
     /// Devanagari (Hindi, ...).
     Devanagari,
+    /// Bengali.
+    Bengali,
     /// Thai.
     Thai,
     /// Hangul (Korean).
@@ -297,6 +299,7 @@ impl Script {
             0x590..=0x5FF => Script::Hebrew,
             0x600..=0x6FF | 0x750..=0x77F | 0xFB50..=0xFDFF | 0xFE70..=0xFEFF => Script::Arabic,
             0x900..=0x97F => Script::Devanagari,
+            0x980..=0x9FF => Script::Bengali,
             0xE00..=0xE7F => Script::Thai,
             0x1100..=0x11FF | 0x3130..=0x318F | 0xAC00..=0xD7AF => Script::Hangul,
             0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF => Script::Cjk,
@@ -397,6 +400,10 @@ mod tests {
         let ja = [Constraint::new(ConstraintKind::Language, "Japanese")];
         let want = expected_script(&ja, &catalog, "Hi");
         assert_eq!(check_text("ミツバチは花から蜜を集めて、巣の中で蜂蜜に変えます。", want), None);
+        // Every language of the built-in catalog has a script the gate knows.
+        for l in &catalog.languages {
+            assert!(dominant_script(&l.native, 1).is_some(), "{}", l.name);
+        }
         // Too few letters to judge.
         assert_eq!(check_text("OK!", Some(Script::Cyrillic)), None);
     }

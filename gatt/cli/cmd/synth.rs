@@ -85,7 +85,7 @@ pub struct Args {
     pub resample_tries: usize,
     /// Probability that a user turn from the bank asks for a short answer ("Please keep
     /// your answer short."), so that the model finishes its replies within --max-tokens.
-    #[arg(long, value_name = "P", default_value_t = 0.5)]
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
     pub concise: f64,
     /// Probability that a user turn after the first is a probe question about the
     /// instruction's hobby, figure or persona ("What should I call you?"), from a bank
@@ -131,6 +131,10 @@ pub struct Args {
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
+
+/// The default longest reply of `gatt synth`, in tokens: with user turns asking for
+/// short answers (--concise), the default model finishes most replies within it.
+const SYNTH_MAX_TOKENS: usize = 320;
 
 pub fn run(args: Args) -> Result<()> {
     // Everything the flags can get wrong is found here, before the first request.
@@ -182,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
         attach: args.attach.into(),
         placement: args.placement.into(),
         candidates: args.candidates,
-        sampling: args.sampling.params(args.candidates),
+        sampling: args.sampling.params(args.candidates, SYNTH_MAX_TOKENS),
         concise: args.concise,
         probe_rate: args.probe_rate,
         user_sim: args.user_sim,
@@ -267,7 +271,7 @@ fn check_args(args: &Args) -> Result<()> {
         return fail("--constraints: name at least one kind");
     }
     let s = &args.sampling;
-    if s.max_tokens == 0 {
+    if s.max_tokens == Some(0) {
         return fail("--max-tokens must be at least 1 (with 0 every reply would be empty)");
     }
     if s.temperature.is_nan() || s.temperature < 0.0 {
