@@ -398,11 +398,18 @@ fn cut_replies_are_refused_or_trained_without_end_of_turn() {
     };
     let kept = loss_len(&["--cut-replies", "keep"]);
     let dropped = loss_len(&["--cut-replies", "drop-eot"]);
-    assert_eq!(dropped + 1, kept, "only the end-of-turn token loses its loss");
+    assert_eq!(
+        dropped + 1,
+        kept,
+        "only the end-of-turn token loses its loss"
+    );
     std::fs::write(&input, format!("{asks}\n{cut}\n")).unwrap();
     let o = mask(&input, &out, &["--on-error", "skip"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((s["samples"].as_u64(), s["loss_tokens"].as_u64()), (Some(1), Some(dropped)));
+    assert_eq!(
+        (s["samples"].as_u64(), s["loss_tokens"].as_u64()),
+        (Some(1), Some(dropped))
+    );
     assert_eq!(s["skipped"]["cut_reply"], 1);
 }

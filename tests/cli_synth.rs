@@ -22,6 +22,12 @@ const SMALL: &[&str] = &[
     "jsonl",
     "--seed",
     "5",
+    // 12 tokens cut every reply: kept as they are (the gate would drop them all), and no
+    // language constraint, whose script the gate would judge.
+    "--cut-replies",
+    "keep",
+    "--constraints",
+    "hobby,figure",
 ];
 
 fn synth(out: &Path, extra: &[&str]) -> Command {
@@ -206,7 +212,10 @@ fn synth_flag_combinations_fail_before_any_work() {
     let endpoint = ["--endpoint", "http://127.0.0.1:9", "--api-model", "m"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--mask"], "--mask-model"),
-        (vec!["--catalog", &hobby_empty, "--constraints", "hobby,language"], "`hobby`"),
+        (
+            vec!["--catalog", &hobby_empty, "--constraints", "hobby,language"],
+            "`hobby`",
+        ),
         (vec!["--max-tokens", "0"], "--max-tokens"),
         (vec!["--candidates", "0"], "--candidates"),
         (vec!["--chunk", "0"], "--chunk"),

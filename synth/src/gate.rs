@@ -169,7 +169,11 @@ pub fn check_text(text: &str, expected: Option<Script>) -> Option<Rejection> {
 
 /// The script a reply should be written in: the requested language's (read from the
 /// catalog's native name, "русский" is Cyrillic), or else the user message's.
-pub fn expected_script(constraints: &[Constraint], catalog: &Catalog, user: &str) -> Option<Script> {
+pub fn expected_script(
+    constraints: &[Constraint],
+    catalog: &Catalog,
+    user: &str,
+) -> Option<Script> {
     let language = constraints
         .iter()
         .find(|c| c.kind == ConstraintKind::Language)
@@ -357,7 +361,10 @@ mod tests {
             "I love it. ".repeat(6)
         );
         assert!(repetitive(&tail));
-        assert!(repetitive(&"好的".repeat(40)), "no spaces: letters are checked");
+        assert!(
+            repetitive(&"好的".repeat(40)),
+            "no spaces: letters are checked"
+        );
         let loop_ = "The cat sat on the mat because the cat sat on the mat when the cat sat on \
                      the mat since the cat sat on the mat and";
         assert!(repetitive(loop_));
@@ -393,13 +400,19 @@ mod tests {
         let want = expected_script(&[], &catalog, "How do bees make honey?");
         assert_eq!(want, Some(Script::Latin));
         assert_eq!(
-            check_text("蜜蜂从花中采集花蜜，并在蜂巢中把它变成蜂蜜，这需要很多时间。", want),
+            check_text(
+                "蜜蜂从花中采集花蜜，并在蜂巢中把它变成蜂蜜，这需要很多时间。",
+                want
+            ),
             Some(Rejection::WrongScript)
         );
         // Japanese mixes kana and Han: both count as its script.
         let ja = [Constraint::new(ConstraintKind::Language, "Japanese")];
         let want = expected_script(&ja, &catalog, "Hi");
-        assert_eq!(check_text("ミツバチは花から蜜を集めて、巣の中で蜂蜜に変えます。", want), None);
+        assert_eq!(
+            check_text("ミツバチは花から蜜を集めて、巣の中で蜂蜜に変えます。", want),
+            None
+        );
         // Every language of the built-in catalog has a script the gate knows.
         for l in &catalog.languages {
             assert!(dominant_script(&l.native, 1).is_some(), "{}", l.name);
@@ -420,7 +433,10 @@ mod tests {
         let mut total = GateCounts::default();
         total.add(&a);
         total.add(&a);
-        assert_eq!((total.dialogues, total.kept, total.dropped_total()), (4, 2, 2));
+        assert_eq!(
+            (total.dialogues, total.kept, total.dropped_total()),
+            (4, 2, 2)
+        );
         let v = serde_json::to_value(&total).unwrap();
         assert_eq!(v["candidates_rejected"]["empty"], 6);
         assert_eq!(serde_json::from_value::<GateCounts>(v).unwrap(), total);

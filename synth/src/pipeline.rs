@@ -230,10 +230,8 @@ impl Synthesizer<'_> {
                 let d = &mut live[i];
                 let user = d.plan.users[turn].as_str();
                 let want = gate::expected_script(&d.plan.constraints, self.catalog, user);
-                let verdicts: Vec<Option<Rejection>> = candidates
-                    .iter()
-                    .map(|r| self.verdict(r, want))
-                    .collect();
+                let verdicts: Vec<Option<Rejection>> =
+                    candidates.iter().map(|r| self.verdict(r, want)).collect();
                 for r in verdicts.iter().flatten() {
                     *counts.candidates_rejected.entry(*r).or_default() += 1;
                 }

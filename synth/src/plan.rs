@@ -246,7 +246,10 @@ mod tests {
             assert!(none.probes.is_empty());
             let p = plan(i, &o(1.0), &catalog, &bank);
             assert_eq!(p.constraints, none.constraints);
-            let figure = p.constraints.iter().any(|c| c.kind == ConstraintKind::Figure);
+            let figure = p
+                .constraints
+                .iter()
+                .any(|c| c.kind == ConstraintKind::Figure);
             if !figure {
                 assert!(p.probes.is_empty(), "language has no probes");
                 continue;
@@ -269,7 +272,10 @@ mod tests {
         let catalog = Catalog::builtin();
         let words = |s: &str| -> Vec<String> {
             s.split_whitespace()
-                .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+                .map(|w| {
+                    w.trim_matches(|c: char| !c.is_alphanumeric())
+                        .to_lowercase()
+                })
                 .filter(|w| !w.is_empty())
                 .collect()
         };

@@ -281,7 +281,8 @@ impl ChatBackend for Scripted {
 const GOOD: &str = "The sky is blue because air scatters blue light the most.";
 const CUT: &str = "CUT:The sky is blue because air scatters blue light and";
 const EMPTY: &str = "   ";
-const LOOP: &str = "CUT:la Femme, la Femme, la Femme, la Femme, la Femme, la Femme, la Femme, la Femme";
+const LOOP: &str =
+    "CUT:la Femme, la Femme, la Femme, la Femme, la Femme, la Femme, la Femme, la Femme";
 
 /// One dialogue of `turns` turns, one candidate, language-free constraints, the gate as
 /// given; returns the kept records, the gate counts and the request seeds in order.
@@ -318,7 +319,10 @@ fn gate(cut: gatt_synth::CutMode, tries: usize) -> gatt_synth::GateOptions {
     }
 }
 
-fn count(m: &std::collections::BTreeMap<gatt_synth::Rejection, usize>, r: gatt_synth::Rejection) -> usize {
+fn count(
+    m: &std::collections::BTreeMap<gatt_synth::Rejection, usize>,
+    r: gatt_synth::Rejection,
+) -> usize {
     m.get(&r).copied().unwrap_or(0)
 }
 
@@ -326,8 +330,11 @@ fn count(m: &std::collections::BTreeMap<gatt_synth::Rejection, usize>, r: gatt_s
 fn cut_empty_and_repeating_replies_are_resampled_with_new_seeds() {
     use gatt_synth::{CutMode, Rejection};
     // Turn 1: cut, then empty, then fine; turn 2: a loop, then fine.
-    let (records, counts, seeds) =
-        gated(vec![CUT, EMPTY, GOOD, LOOP, GOOD], 2, gate(CutMode::Resample, 3));
+    let (records, counts, seeds) = gated(
+        vec![CUT, EMPTY, GOOD, LOOP, GOOD],
+        2,
+        gate(CutMode::Resample, 3),
+    );
     assert_eq!(records.len(), 1);
     let d = &records[0];
     let replies: Vec<&str> = d
@@ -342,7 +349,10 @@ fn cut_empty_and_repeating_replies_are_resampled_with_new_seeds() {
     assert_eq!(count(&counts.candidates_rejected, Rejection::Cut), 1);
     assert_eq!(count(&counts.candidates_rejected, Rejection::Empty), 1);
     assert_eq!(count(&counts.candidates_rejected, Rejection::Repetitive), 1);
-    assert_eq!((counts.resampled_turns, counts.kept, counts.dropped_total()), (3, 1, 0));
+    assert_eq!(
+        (counts.resampled_turns, counts.kept, counts.dropped_total()),
+        (3, 1, 0)
+    );
     // Every try of a turn has its own seed, derived from the turn's.
     let turn0 = gatt::seed::derive(d.meta.seed.unwrap(), gatt::seed::Stream::SynthReply, 0);
     assert_eq!(seeds[0], turn0);
@@ -368,7 +378,10 @@ fn a_dialogue_that_cannot_finish_is_dropped_and_counted() {
     assert!(records.is_empty());
     assert_eq!(count(&counts.dropped, Rejection::Empty), 1);
     let (records, counts, _) = gated(vec![LOOP], 1, gate(CutMode::Keep, 0));
-    assert!(records.is_empty(), "a loop is degenerate even when cuts are kept");
+    assert!(
+        records.is_empty(),
+        "a loop is degenerate even when cuts are kept"
+    );
     assert_eq!(count(&counts.dropped, Rejection::Repetitive), 1);
 }
 
@@ -401,8 +414,7 @@ fn no_cut_reply_is_masked_with_an_end_of_turn_token() {
     use gatt::mask::{MaskOptions, Masker, IGNORE};
     use gatt_synth::CutMode;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/golden");
-    let tokenizer =
-        gatt::tokenizer::from_json_file(&dir.join("smollm2_tokenizer.json")).unwrap();
+    let tokenizer = gatt::tokenizer::from_json_file(&dir.join("smollm2_tokenizer.json")).unwrap();
     let template = dir.join("smollm2_chat_template.jinja");
     let masker = || {
         let t = gatt::model::load_template(template.to_str().unwrap()).unwrap();
@@ -417,11 +429,27 @@ fn no_cut_reply_is_masked_with_an_end_of_turn_token() {
         let s = masker().mask(d).unwrap().remove(0);
         *s.labels.iter().rev().find(|l| **l != IGNORE).unwrap()
     };
-    let (kept, _, _) = gated(vec![CUT, GOOD, CUT, CUT, CUT, GOOD], 2, gate(CutMode::Resample, 3));
-    assert_eq!(last_label(&kept[0]), im_end, "a finished reply ends with its marker");
+    let (kept, _, _) = gated(
+        vec![CUT, GOOD, CUT, CUT, CUT, GOOD],
+        2,
+        gate(CutMode::Resample, 3),
+    );
+    assert_eq!(
+        last_label(&kept[0]),
+        im_end,
+        "a finished reply ends with its marker"
+    );
     let (kept, _, _) = gated(vec![GOOD, CUT], 2, gate(CutMode::DropEot, 0));
-    assert_ne!(last_label(&kept[0]), im_end, "a cut reply is trained without it");
+    assert_ne!(
+        last_label(&kept[0]),
+        im_end,
+        "a cut reply is trained without it"
+    );
     let (kept, _, _) = gated(vec![GOOD, CUT], 2, gate(CutMode::Keep, 0));
     let e = masker().mask(&kept[0]).unwrap_err();
-    assert_eq!(e.reason, gatt::mask::SkipReason::CutReply, "refused by default");
+    assert_eq!(
+        e.reason,
+        gatt::mask::SkipReason::CutReply,
+        "refused by default"
+    );
 }

@@ -3,9 +3,7 @@
 use super::FormatArgs;
 use crate::out::outln;
 use crate::progress;
-use crate::values::{
-    CutRepliesArg, FormatArg, OnErrorArg, PolicyArg, SpecialTextArg, TruncateArg,
-};
+use crate::values::{CutRepliesArg, FormatArg, OnErrorArg, PolicyArg, SpecialTextArg, TruncateArg};
 use gatt::dataset::Format;
 use gatt::mask::pipeline::{self, OnError, PipelineError, Summary};
 use gatt::mask::{CutReplies, MaskOptions, Masker, Policy, SkipReason, SpecialText};

@@ -319,11 +319,10 @@ fn mask_options(args: &Args) -> MaskOptions {
 }
 
 fn mask_format(args: &Args) -> Result<ChatFormat> {
-    let (flag, spec) =
-        match (&args.mask_model, &args.backend.endpoint) {
-            (Some(m), _) => ("--mask-model", m.as_str()),
-            (None, None) => ("--model", args.backend.model()?),
-            (None, Some(_)) => return Err(Error::input(MASK_MODEL_NEEDED)),
-        };
+    let (flag, spec) = match (&args.mask_model, &args.backend.endpoint) {
+        (Some(m), _) => ("--mask-model", m.as_str()),
+        (None, None) => ("--model", args.backend.model()?),
+        (None, Some(_)) => return Err(Error::input(MASK_MODEL_NEEDED)),
+    };
     model_source(flag, spec)?.chat_format()
 }

@@ -157,10 +157,7 @@ impl Serialize for DialogueMeta {
                 self.completion_tokens.as_deref().map(Known::Ints),
             ),
             ("finished", self.finished.as_deref().map(Known::Flags)),
-            (
-                "final_end_of_turn",
-                self.final_end_of_turn.map(Known::Flag),
-            ),
+            ("final_end_of_turn", self.final_end_of_turn.map(Known::Flag)),
             ("probe_turns", self.probe_turns.as_deref().map(Known::Ints)),
             ("probe_kinds", self.probe_kinds.as_deref().map(Known::Kinds)),
         ];

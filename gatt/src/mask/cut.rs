@@ -55,15 +55,13 @@ pub(crate) fn final_end_of_turn(
         .count();
     let cut: Vec<usize> = match &d.meta.finished {
         None => Vec::new(),
-        Some(flags) if flags.len() != replies => {
-            return Err(MaskError::new(
-                SkipReason::Invalid,
-                format!(
-                    "meta.finished has {} flags for {replies} assistant replies; give one per reply",
-                    flags.len()
-                ),
-            ))
-        }
+        Some(flags) if flags.len() != replies => return Err(MaskError::new(
+            SkipReason::Invalid,
+            format!(
+                "meta.finished has {} flags for {replies} assistant replies; give one per reply",
+                flags.len()
+            ),
+        )),
         Some(flags) => (0..flags.len()).filter(|&i| !flags[i]).collect(),
     };
     if how == CutReplies::Keep {
@@ -220,7 +218,10 @@ mod tests {
             ..Default::default()
         });
         let without = drop.mask(&d).unwrap().remove(0);
-        assert_eq!(without.input_ids, with_eot.input_ids, "same tokens, other labels");
+        assert_eq!(
+            without.input_ids, with_eot.input_ids,
+            "same tokens, other labels"
+        );
         assert_eq!(without.n_loss_tokens() + 1, with_eot.n_loss_tokens());
         let loss: Vec<u32> = without
             .labels
