@@ -28,6 +28,9 @@ pub enum Rejection {
     WrongScript,
     /// Cut at the token limit (`finished` false).
     Cut,
+    /// A whole dialogue: its replies kept the instruction less often than
+    /// `--min-adherence` asks (by the scorer's checks).
+    LowAdherence,
 }
 
 impl Rejection {
@@ -38,6 +41,7 @@ impl Rejection {
             Rejection::Repetitive => "repetitive",
             Rejection::WrongScript => "wrong_script",
             Rejection::Cut => "cut",
+            Rejection::LowAdherence => "low_adherence",
         }
     }
 }
@@ -84,13 +88,17 @@ impl std::str::FromStr for CutMode {
 }
 
 /// The gate's settings (part of [`crate::SynthOptions`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct GateOptions {
     /// What to do with cut replies.
     pub cut: CutMode,
     /// New tries for a turn whose candidates were all rejected, before the dialogue is
     /// dropped (0: drop at once).
     pub resample_tries: usize,
+    /// Keep a dialogue only if its replies passed at least this share of the scorer's
+    /// decided checks ([`crate::Scorer::adherence`]); 0 keeps every dialogue. A dialogue
+    /// with no decided check is kept.
+    pub min_adherence: f64,
 }
 
 impl Default for GateOptions {
@@ -99,6 +107,7 @@ impl Default for GateOptions {
         GateOptions {
             cut: CutMode::default(),
             resample_tries: Self::DEFAULT_RESAMPLE_TRIES,
+            min_adherence: 0.0,
         }
     }
 }

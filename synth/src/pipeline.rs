@@ -96,6 +96,8 @@ struct InFlight {
     dropped: Option<Rejection>,
     /// The final reply was cut and is kept without its end-of-turn token.
     final_cut_kept: bool,
+    /// Checks the kept replies passed, and checks decided ([`Scorer::adherence`]).
+    adherence: (usize, usize),
 }
 
 /// What [`Synthesizer::run_chunk`] made of a chunk's plans.
@@ -151,6 +153,7 @@ impl Synthesizer<'_> {
                 finished: Vec::new(),
                 dropped: None,
                 final_cut_kept: false,
+                adherence: (0, 0),
             })
             .collect();
         let mut counts = GateCounts {
@@ -174,6 +177,13 @@ impl Synthesizer<'_> {
                 d.plain.push(Message::user(d.plan.users[turn].clone()));
             }
             self.sample_turn(&mut live, active, turn, &params, &mut counts)?;
+        }
+        let min = self.opts.gate.min_adherence;
+        for d in &mut live {
+            let (passed, decided) = d.adherence;
+            if d.dropped.is_none() && decided > 0 && (passed as f64) < min * decided as f64 {
+                d.dropped = Some(Rejection::LowAdherence);
+            }
         }
         let mut records = Vec::new();
         for d in live {
@@ -239,6 +249,12 @@ impl Synthesizer<'_> {
                     .filter(|&c| verdicts[c].is_none())
                     .collect();
                 let final_turn = turn + 1 == d.plan.users.len();
+                let probe = d
+                    .plan
+                    .probes
+                    .iter()
+                    .find(|(t, _)| *t == turn + 1)
+                    .map(|(_, k)| k.clone());
                 let pick = if !passing.is_empty() {
                     Some(passing)
                 } else if last_try && opts.cut == CutMode::DropEot && final_turn {
@@ -255,8 +271,18 @@ impl Synthesizer<'_> {
                     Some(among) => {
                         let shown: Vec<Reply> =
                             among.iter().map(|&c| candidates[c].clone()).collect();
-                        let k = best(self.scorer, &d.plan.constraints, &shown, turn + 1);
+                        let k = best(
+                            self.scorer,
+                            &d.plan.constraints,
+                            &shown,
+                            turn + 1,
+                            probe.as_ref(),
+                        );
                         let r = &shown[k];
+                        let (p, n) =
+                            self.scorer
+                                .adherence(&d.plan.constraints, &r.text, probe.as_ref());
+                        d.adherence = (d.adherence.0 + p, d.adherence.1 + n);
                         d.plain.push(Message::assistant(r.text.clone()));
                         d.prompt_tokens.push(r.prompt_tokens);
                         d.completion_tokens.push(r.completion_tokens);

@@ -316,6 +316,7 @@ fn gate(cut: gatt_synth::CutMode, tries: usize) -> gatt_synth::GateOptions {
     gatt_synth::GateOptions {
         cut,
         resample_tries: tries,
+        min_adherence: 0.0,
     }
 }
 
@@ -452,4 +453,52 @@ fn no_cut_reply_is_masked_with_an_end_of_turn_token() {
         gatt::mask::SkipReason::CutReply,
         "refused by default"
     );
+}
+
+/// Decides one check per reply: passed unless the reply holds "off".
+struct OffScorer;
+
+impl gatt_synth::Scorer for OffScorer {
+    fn score(&self, _: &[gatt::Constraint], _: &Reply, _: usize) -> f64 {
+        0.0
+    }
+    fn adherence(
+        &self,
+        _: &[gatt::Constraint],
+        reply: &str,
+        _: Option<&ConstraintKind>,
+    ) -> (usize, usize) {
+        (usize::from(!reply.contains("off")), 1)
+    }
+}
+
+#[test]
+fn min_adherence_drops_dialogues_that_lose_the_instruction() {
+    use gatt_synth::{CutMode, Rejection};
+    let run = |min: f64| {
+        let backend = Scripted::new(vec![GOOD, "That is off topic, sorry about it.", GOOD]);
+        let catalog = Catalog::builtin();
+        let users = UserSource::Bank(catalog.user_bank.clone());
+        let mut o = opts(Shard::default());
+        (o.dialogues, o.turns, o.candidates) = (1, 3, 1);
+        o.kinds = vec![ConstraintKind::Hobby];
+        o.gate = gatt_synth::GateOptions {
+            cut: CutMode::Resample,
+            resample_tries: 0,
+            min_adherence: min,
+        };
+        let s = Synthesizer {
+            backend: &backend,
+            catalog: &catalog,
+            users: &users,
+            scorer: &OffScorer,
+            opts: o,
+        };
+        s.run_chunk(&s.plans()).unwrap()
+    };
+    // 2 of 3 replies keep it: kept at 0.6, dropped at 0.7.
+    assert_eq!(run(0.6).records.len(), 1);
+    let out = run(0.7);
+    assert!(out.records.is_empty());
+    assert_eq!(count(&out.gate.dropped, Rejection::LowAdherence), 1);
 }

@@ -83,6 +83,11 @@ pub struct Args {
     /// (cut, empty, repetitive, wrong script), before the dialogue is dropped.
     #[arg(long, value_name = "N", default_value_t = GateOptions::DEFAULT_RESAMPLE_TRIES)]
     pub resample_tries: usize,
+    /// Keep a dialogue only if its chosen replies passed at least this share of the
+    /// evaluator's decided checks (language and format on every turn; hobby, figure and
+    /// persona on probe turns, see --probe-rate); 0 keeps all.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub min_adherence: f64,
     /// Probability that a user turn from the bank asks for a short answer ("Please keep
     /// your answer short."), so that the model finishes its replies within --max-tokens.
     #[arg(long, value_name = "P", default_value_t = 1.0)]
@@ -195,6 +200,7 @@ pub fn run(args: Args) -> Result<()> {
         gate: GateOptions {
             cut: args.cut_replies.into(),
             resample_tries: args.resample_tries,
+            min_adherence: args.min_adherence,
         },
     };
     let scorer = crate::scoring::EvalScorer::new(&catalog);
@@ -257,6 +263,9 @@ fn check_args(args: &Args) -> Result<()> {
     }
     if !(0.0..=1.0).contains(&args.probe_rate) {
         return fail("--probe-rate is a probability between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&args.min_adherence) {
+        return fail("--min-adherence is a share between 0 and 1");
     }
     if args.candidates == 0 {
         return fail("--candidates must be at least 1");

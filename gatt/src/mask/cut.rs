@@ -55,13 +55,15 @@ pub(crate) fn final_end_of_turn(
         .count();
     let cut: Vec<usize> = match &d.meta.finished {
         None => Vec::new(),
-        Some(flags) if flags.len() != replies => return Err(MaskError::new(
-            SkipReason::Invalid,
-            format!(
+        Some(flags) if flags.len() != replies => {
+            return Err(MaskError::new(
+                SkipReason::Invalid,
+                format!(
                 "meta.finished has {} flags for {replies} assistant replies; give one per reply",
                 flags.len()
             ),
-        )),
+            ))
+        }
         Some(flags) => (0..flags.len()).filter(|&i| !flags[i]).collect(),
     };
     if how == CutReplies::Keep {
