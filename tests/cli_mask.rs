@@ -505,3 +505,47 @@ fn template_arg_enable_thinking_lets_qwen3_data_be_masked() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--template-arg"), "{}", stderr(&o));
 }
+
+/// A record whose `meta.finished` says the final reply was cut is refused as `cut_reply`
+/// with a hint; `--cut-replies drop-eot` trains it without its end-of-turn token,
+/// `--cut-replies keep` as it is; a record that asks for it (`final_end_of_turn: false`)
+/// is masked without the token by default.
+#[test]
+fn cut_replies_are_refused_or_trained_without_end_of_turn() {
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    let cut = r#"{"id": "cut", "messages": [{"role": "user", "content": "Tell me a story."}, {"role": "assistant", "content": "Once upon a time a king"}], "meta": {"finished": [false]}}"#;
+    let asks = r#"{"id": "asks", "messages": [{"role": "user", "content": "Tell me a story."}, {"role": "assistant", "content": "Once upon a time a king"}], "meta": {"finished": [false], "final_end_of_turn": false}}"#;
+    std::fs::write(&input, format!("{cut}\n")).unwrap();
+    let out = dir.path().join("m.jsonl");
+    let o = mask(&input, &out, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("(cut_reply)") && stderr(&o).contains("--cut-replies drop-eot"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+    let loss_len = |extra: &[&str]| {
+        let o = mask(&input, &out, extra);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        s["loss_tokens"].as_u64().unwrap()
+    };
+    let kept = loss_len(&["--cut-replies", "keep"]);
+    let dropped = loss_len(&["--cut-replies", "drop-eot"]);
+    assert_eq!(
+        dropped + 1,
+        kept,
+        "only the end-of-turn token loses its loss"
+    );
+    std::fs::write(&input, format!("{asks}\n{cut}\n")).unwrap();
+    let o = mask(&input, &out, &["--on-error", "skip"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (s["samples"].as_u64(), s["loss_tokens"].as_u64()),
+        (Some(1), Some(dropped))
+    );
+    assert_eq!(s["skipped"]["cut_reply"], 1);
+}

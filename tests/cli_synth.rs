@@ -22,6 +22,12 @@ const SMALL: &[&str] = &[
     "jsonl",
     "--seed",
     "5",
+    // 12 tokens cut every reply: kept as they are (the gate would drop them all), and no
+    // language constraint, whose script the gate would judge.
+    "--cut-replies",
+    "keep",
+    "--constraints",
+    "hobby,figure",
 ];
 
 fn synth(out: &Path, extra: &[&str]) -> Command {
@@ -220,4 +226,43 @@ fn bad_synth_and_eval_arguments_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("`messages` is empty"));
     assert!(!Path::new(out).exists(), "nothing written");
+}
+
+/// Every flag combination is checked before any request or model load: a `--mask` that
+/// cannot work, an empty catalog, flags that do nothing, impossible sampling settings.
+#[test]
+fn synth_flag_combinations_fail_before_any_work() {
+    let dir = tempdir();
+    let out = dir.path().join("x");
+    let out = out.to_str().unwrap();
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, "[]").unwrap();
+    let hobby_empty = format!("hobby={}", empty.display());
+    // An endpoint nobody listens on: a check that ran after a request would fail otherwise.
+    let endpoint = ["--endpoint", "http://127.0.0.1:9", "--api-model", "m"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--mask"], "--mask-model"),
+        (
+            vec!["--catalog", &hobby_empty, "--constraints", "hobby,language"],
+            "`hobby`",
+        ),
+        (vec!["--max-tokens", "0"], "--max-tokens"),
+        (vec!["--candidates", "0"], "--candidates"),
+        (vec!["--chunk", "0"], "--chunk"),
+        (vec!["--top-p", "0"], "--top-p"),
+        (vec!["--policy", "all"], "--mask"),
+        (vec!["--mask-model", "default"], "--mask"),
+        (vec!["--cut-replies", "sometimes"], "resample"),
+    ];
+    for (extra, says) in cases {
+        let mut args = vec!["synth", "--out", out];
+        args.extend_from_slice(&endpoint);
+        args.extend_from_slice(&extra);
+        let start = Instant::now();
+        let o = gatt(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{extra:?}: {}", stderr(&o));
+        assert!(start.elapsed() < Duration::from_secs(10), "{extra:?}: slow");
+        assert!(!Path::new(out).exists(), "{extra:?}: nothing written");
+    }
 }

@@ -3,7 +3,7 @@
 
 use gatt::backend::Reply;
 use gatt::catalog::Catalog;
-use gatt::Constraint;
+use gatt::{Constraint, ConstraintKind};
 use gatt_eval::{check, Verdict};
 use gatt_synth::{DefaultScorer, Scorer};
 
@@ -18,21 +18,78 @@ impl<'a> EvalScorer<'a> {
 }
 
 impl Scorer for EvalScorer<'_> {
-    /// Each passed check counts 10, each failed one -10; the default score (at most ~2)
-    /// only orders candidates the checks cannot tell apart.
     fn score(&self, constraints: &[Constraint], reply: &Reply, turn: usize) -> f64 {
+        self.score_turn(constraints, reply, turn, None)
+    }
+
+    /// Each passed check counts 10, each failed one -10. Hobby, figure and persona are
+    /// decided on their probe turns only; on other turns cheap signals count instead: the
+    /// reply names the figure (or an alias) or uses the hobby's or persona's keywords
+    /// (+3), and speaks in the first person (+1, figure and persona). The default score
+    /// (at most ~2) only orders candidates the rest cannot tell apart.
+    fn score_turn(
+        &self,
+        constraints: &[Constraint],
+        reply: &Reply,
+        turn: usize,
+        probe: Option<&ConstraintKind>,
+    ) -> f64 {
         let checks: f64 = constraints
             .iter()
-            .map(
-                |c| match check(c, &reply.text, self.catalog, false).verdict {
+            .map(|c| {
+                let on_probe = probe == Some(&c.kind);
+                match check(c, &reply.text, self.catalog, on_probe).verdict {
                     Verdict::Pass => 10.0,
                     Verdict::Fail => -10.0,
-                    Verdict::Undetermined => 0.0,
-                },
-            )
+                    Verdict::Undetermined => self.signals(c, &reply.text),
+                }
+            })
             .sum();
         checks + DefaultScorer.score(constraints, reply, turn)
     }
+
+    /// The evaluator's decided checks (probe-aware), for `--min-adherence`.
+    fn adherence(
+        &self,
+        constraints: &[Constraint],
+        reply: &str,
+        probe: Option<&ConstraintKind>,
+    ) -> (usize, usize) {
+        let mut n = (0, 0);
+        for c in constraints {
+            match check(c, reply, self.catalog, probe == Some(&c.kind)).verdict {
+                Verdict::Pass => n = (n.0 + 1, n.1 + 1),
+                Verdict::Fail => n.1 += 1,
+                Verdict::Undetermined => {}
+            }
+        }
+        n
+    }
+}
+
+impl EvalScorer<'_> {
+    /// Cheap evidence that a reply keeps a hobby, figure or persona on a turn that does
+    /// not ask about it (0 for other kinds).
+    fn signals(&self, c: &Constraint, text: &str) -> f64 {
+        let probeable = matches!(
+            c.kind,
+            ConstraintKind::Hobby | ConstraintKind::Figure | ConstraintKind::Persona
+        );
+        if !probeable {
+            return 0.0;
+        }
+        // The probe-turn check: the figure's name or aliases, the hobby's or persona's
+        // keywords, as whole words.
+        let mentions = check(c, text, self.catalog, true).verdict == Verdict::Pass;
+        let first_person = c.kind != ConstraintKind::Hobby && first_person(text);
+        3.0 * f64::from(u8::from(mentions)) + f64::from(u8::from(first_person))
+    }
+}
+
+/// True when the reply speaks as "I" (English first-person words).
+fn first_person(text: &str) -> bool {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .any(|w| matches!(w, "I" | "I'm" | "I've" | "me" | "my" | "My" | "Me"))
 }
 
 #[cfg(test)]
@@ -57,5 +114,34 @@ mod tests {
         let en = reply("The weather today is sunny and warm, perfect for a long walk in the park.");
         let fr = reply("Il fait beau aujourd'hui, parfait pour une longue promenade dans le parc.");
         assert!(s.score(&c, &fr, 1) > s.score(&c, &en, 1));
+    }
+
+    #[test]
+    fn cheap_signals_judge_a_figure_on_every_turn() {
+        let catalog = Catalog::builtin();
+        let s = EvalScorer::new(&catalog);
+        let c = [Constraint::new(
+            ConstraintKind::Figure,
+            "Napoleon Bonaparte",
+        )];
+        let named = reply("I am Napoleon, and the sky is blue because air scatters blue light.");
+        let voice = reply("I think the sky is blue because air scatters the blue light most.");
+        let plain = reply("The sky is blue because air scatters the blue part of sunlight.");
+        let (a, b, d) = (
+            s.score(&c, &named, 2),
+            s.score(&c, &voice, 2),
+            s.score(&c, &plain, 2),
+        );
+        assert!(a > b && b > d, "{a} {b} {d}");
+        // On a probe turn the evaluator's check decides, and counts for adherence.
+        let probe = Some(&ConstraintKind::Figure);
+        assert!(s.score_turn(&c, &plain, 2, probe) < -5.0);
+        assert_eq!(s.adherence(&c, &named.text, probe), (1, 1));
+        assert_eq!(s.adherence(&c, &plain.text, probe), (0, 1));
+        assert_eq!(
+            s.adherence(&c, &plain.text, None),
+            (0, 0),
+            "undecided off probes"
+        );
     }
 }

@@ -73,6 +73,7 @@ pub fn write(
     for (k, n) in &report.constraints_by_kind {
         md.push_str(&format!("| {k} | {n} |\n"));
     }
+    md.push_str(&gate_section(&run.gate));
     if let Some(m) = mask {
         md.push_str(&format!(
             "\n## Masks\n\n- samples: {} from {} records\n- tokens: {}, with loss: {} ({:.1}%)\n",
@@ -111,6 +112,51 @@ pub fn write(
     std::io::Write::write_all(f.writer(), md.as_bytes())
         .map_err(|e| Error::io(&md_path, "write", e))?;
     f.commit()
+}
+
+/// What the quality gate rejected, as Markdown.
+fn gate_section(g: &gatt_synth::GateCounts) -> String {
+    let mut md = format!(
+        "\n## Quality gate\n\nEvery sampled reply is checked: cut at the token limit, empty, \
+         repetitive, or in the wrong script are rejected; a turn whose candidates are all \
+         rejected is sampled again, then its dialogue is dropped.\n\n\
+         - dialogues kept: {} of {}; dropped: {}\n- turns sampled again: {}\n",
+        g.kept,
+        g.dialogues,
+        g.dropped_total(),
+        g.resampled_turns
+    );
+    if g.kept_without_end_of_turn > 0 {
+        md.push_str(&format!(
+            "- kept with a cut final reply trained without its end-of-turn token: {}\n",
+            g.kept_without_end_of_turn
+        ));
+    }
+    if g.kept_cut > 0 {
+        md.push_str(&format!(
+            "- kept with a cut reply as it is (`--cut-replies keep`): {}\n",
+            g.kept_cut
+        ));
+    }
+    md.push_str("\n| reason | candidates rejected | dialogues dropped |\n|---|---|---|\n");
+    for r in [
+        gatt_synth::Rejection::Cut,
+        gatt_synth::Rejection::Empty,
+        gatt_synth::Rejection::Repetitive,
+        gatt_synth::Rejection::WrongScript,
+        gatt_synth::Rejection::LowAdherence,
+    ] {
+        let n = |m: &std::collections::BTreeMap<gatt_synth::Rejection, usize>| {
+            m.get(&r).copied().unwrap_or(0)
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            r.as_str(),
+            n(&g.candidates_rejected),
+            n(&g.dropped)
+        ));
+    }
+    md
 }
 
 /// Scores the replies as they were sampled (the augmented conversation) and writes the

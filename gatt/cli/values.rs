@@ -6,8 +6,9 @@
 use gatt::dataset::Format;
 use gatt::mask::export::Export;
 use gatt::mask::pipeline::OnError;
-use gatt::mask::{Policy, SpecialText, Truncate};
+use gatt::mask::{CutReplies, Policy, SpecialText, Truncate};
 use gatt::transform::{Attach, Placement};
+use gatt_synth::CutMode;
 
 /// A `clap::ValueEnum` mirror of a library enum, with `From` both ways.
 macro_rules! mirror {
@@ -78,6 +79,35 @@ mirror! {
         /// Encode such text as ordinary tokens (transformers' split_special_tokens=True
         /// for the content only); the template's markers stay special tokens.
         Encode,
+    }
+}
+
+mirror! {
+    /// Values of `gatt mask --cut-replies`.
+    CutRepliesArg => CutReplies {
+        /// Refuse a record with a reply cut at the token limit (counted as cut_reply),
+        /// unless it asks for its final reply to be trained without the end-of-turn
+        /// token (meta.final_end_of_turn: false).
+        Refuse,
+        /// Train a cut final reply without its end-of-turn token; refuse a cut earlier reply.
+        DropEot,
+        /// Mask it as it is: the cut reply is trained as if complete, end-of-turn included.
+        Keep,
+    }
+}
+
+mirror! {
+    /// Values of `gatt synth --cut-replies`.
+    CutModeArg => CutMode {
+        /// Sample the turn again (another seed, up to --resample-tries times), then drop
+        /// the dialogue.
+        Resample,
+        /// As resample, but a final reply still cut is kept and trained without its
+        /// end-of-turn token (meta.final_end_of_turn: false).
+        DropEot,
+        /// Keep cut replies as they are (trained as if complete; `gatt mask` refuses them
+        /// unless --cut-replies keep there too).
+        Keep,
     }
 }
 
@@ -154,6 +184,8 @@ mod tests {
         same_names::<PolicyArg, Policy>();
         same_names::<TruncateArg, Truncate>();
         same_names::<SpecialTextArg, SpecialText>();
+        same_names::<CutRepliesArg, CutReplies>();
+        same_names::<CutModeArg, CutMode>();
         same_names::<FormatArg, Format>();
         same_names::<AttachArg, Attach>();
         same_names::<PlacementArg, Placement>();

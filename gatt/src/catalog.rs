@@ -197,6 +197,10 @@ pub struct Catalog {
     pub phrasings: Phrasings,
     /// Questions asked on the evaluator's probe turns.
     pub probes: Probes,
+    /// Probe questions for training dialogues (`users/train_probes.json`, `gatt synth
+    /// --probe-rate`): phrased apart from [`Catalog::probes`], so that the evaluator's
+    /// probes stay held out.
+    pub train_probes: Probes,
     /// The bank of user messages (`users/bank.json`, or the file given to
     /// [`Catalog::load_user_bank`]).
     pub user_bank: Vec<String>,
@@ -234,6 +238,10 @@ impl Catalog {
                 incompatible: pairs.into_iter().map(|[a, b]| (a, b)).collect(),
                 phrasings: parse("phrasings.json", builtin_json!("catalogs/phrasings.json"))?,
                 probes: parse("probes.json", builtin_json!("users/probes.json"))?,
+                train_probes: parse(
+                    "train_probes.json",
+                    builtin_json!("users/train_probes.json"),
+                )?,
                 user_bank: parse::<Bank>("bank.json", builtin_json!("users/bank.json"))?.messages,
             })
         };

@@ -101,6 +101,10 @@ pub enum Stream {
     /// A fresh LoRA adapter's initial weights. Parent: the training seed; index: the
     /// adapted layer's name through [`label`].
     LoraInit = 11,
+    /// Another try at a synthesized dialogue's reply after the quality gate rejected
+    /// every candidate of the previous one (cut, empty or degenerate). Parent: the
+    /// turn's request seed from [`Stream::SynthReply`]; index: the try (from 1).
+    SynthResample = 12,
 }
 
 impl Stream {
@@ -141,7 +145,7 @@ pub fn label(name: &str) -> u64 {
 mod tests {
     use super::*;
 
-    const STREAMS: [Stream; 12] = [
+    const STREAMS: [Stream; 13] = [
         Stream::SynthPlan,
         Stream::SynthReply,
         Stream::SynthUserSim,
@@ -154,6 +158,7 @@ mod tests {
         Stream::TrainShuffle,
         Stream::TrainDropout,
         Stream::LoraInit,
+        Stream::SynthResample,
     ];
 
     /// The reference outputs of splitmix64.c for seeds 0 and 1234567.

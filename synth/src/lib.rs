@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod expand;
+pub mod gate;
 pub mod phrase;
 pub mod pipeline;
 pub mod plan;
@@ -24,6 +25,7 @@ pub mod sample;
 pub mod scorer;
 pub mod users;
 
-pub use pipeline::{SynthOptions, Synthesizer};
+pub use gate::{CutMode, GateCounts, GateOptions, Rejection};
+pub use pipeline::{ChunkOutput, SynthOptions, Synthesizer};
 pub use plan::{DialoguePlan, Shard};
 pub use scorer::{DefaultScorer, Scorer};

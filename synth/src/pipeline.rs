@@ -1,10 +1,11 @@
 //! Sampling the replies: the instruction in every user turn, the earlier sampled replies
 //! in context, dialogues batched through the backend turn by turn.
 
+use crate::gate::{self, CutMode, GateCounts, GateOptions, Rejection};
 use crate::plan::{plan, DialoguePlan, PlanOptions, Shard};
 use crate::scorer::{best, Scorer};
 use crate::users::UserSource;
-use gatt::backend::{ChatBackend, Request, SamplingParams};
+use gatt::backend::{ChatBackend, Reply, Request, SamplingParams};
 use gatt::catalog::Catalog;
 use gatt::seed::{self, Stream};
 use gatt::transform::{attach, to_training, Attach, Placement};
@@ -40,7 +41,14 @@ pub struct SynthOptions {
     pub candidates: usize,
     /// How replies are sampled.
     pub sampling: SamplingParams,
-    /// The model writes the user's messages after the first.
+    /// Probability that a user turn from the bank asks for a short answer
+    /// ([`crate::plan::CONCISE`]), so that small models finish their replies.
+    pub concise: f64,
+    /// Probability that a user turn after the first is a probe question about the
+    /// instruction (see [`crate::plan::PlanOptions::probe_rate`]); recorded in
+    /// `meta.probe_turns` and `meta.probe_kinds`.
+    pub probe_rate: f64,
+    /// The model writes the user's messages after the first (probe turns stay).
     pub user_sim: bool,
     /// This machine's share of the job (serialized as `I/N`).
     #[serde(serialize_with = "shard_str")]
@@ -48,6 +56,8 @@ pub struct SynthOptions {
     /// Dialogues per chunk file (the unit of resumption), sampled together as one batch;
     /// 0 counts as 1.
     pub chunk: usize,
+    /// The quality gate: cut, empty and degenerate replies (see [`crate::gate`]).
+    pub gate: GateOptions,
 }
 
 fn shard_str<S: serde::Serializer>(s: &Shard, ser: S) -> std::result::Result<S::Ok, S::Error> {
@@ -82,6 +92,21 @@ struct InFlight {
     prompt_tokens: Vec<usize>,
     completion_tokens: Vec<usize>,
     finished: Vec<bool>,
+    /// Set when the gate dropped the dialogue: the reason of its last rejected try.
+    dropped: Option<Rejection>,
+    /// The final reply was cut and is kept without its end-of-turn token.
+    final_cut_kept: bool,
+    /// Checks the kept replies passed, and checks decided ([`Scorer::adherence`]).
+    adherence: (usize, usize),
+}
+
+/// What [`Synthesizer::run_chunk`] made of a chunk's plans.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkOutput {
+    /// The training records of the dialogues the gate kept, in plan order.
+    pub records: Vec<Dialogue>,
+    /// What the gate rejected.
+    pub gate: GateCounts,
 }
 
 impl Synthesizer<'_> {
@@ -93,6 +118,8 @@ impl Synthesizer<'_> {
             max_combined: self.opts.max_combined,
             terse: self.opts.terse,
             turns: self.opts.turns,
+            concise: self.opts.concise,
+            probe_rate: self.opts.probe_rate,
         };
         (0..self.opts.dialogues)
             .filter(|i| self.opts.shard.owns(*i))
@@ -100,16 +127,22 @@ impl Synthesizer<'_> {
             .collect()
     }
 
-    /// Samples the dialogues of `plans` together; returns training records in order.
+    /// Samples the dialogues of `plans` together; returns the training records of those
+    /// the quality gate kept, in order, and what it rejected.
     ///
     /// Each record holds the training form in `messages` (instruction once, as
     /// `placement` says) and the conversation as sampled (instruction in every user turn)
     /// in `meta.augmented`, with the model, seed and token counts.
     ///
+    /// Per turn, each candidate reply passes the gate ([`crate::gate`]) or is rejected;
+    /// the best passing one is kept. When all are rejected, the turn is sampled again
+    /// (try `k`'s request seed is `derive(turn seed, Stream::SynthResample, k)`) up to
+    /// [`GateOptions::resample_tries`] times, then the dialogue is dropped.
+    ///
     /// # Errors
     ///
     /// The backend's first error; nothing of the chunk is returned then.
-    pub fn run_chunk(&self, plans: &[DialoguePlan]) -> Result<Vec<Dialogue>> {
+    pub fn run_chunk(&self, plans: &[DialoguePlan]) -> Result<ChunkOutput> {
         let mut live: Vec<InFlight> = plans
             .iter()
             .map(|p| InFlight {
@@ -118,8 +151,15 @@ impl Synthesizer<'_> {
                 prompt_tokens: Vec::new(),
                 completion_tokens: Vec::new(),
                 finished: Vec::new(),
+                dropped: None,
+                final_cut_kept: false,
+                adherence: (0, 0),
             })
             .collect();
+        let mut counts = GateCounts {
+            dialogues: plans.len(),
+            ..GateCounts::default()
+        };
         let mut params = self.opts.sampling.clone();
         params.n = self.opts.candidates.max(1);
         for turn in 0..self.opts.turns {
@@ -127,41 +167,153 @@ impl Synthesizer<'_> {
                 self.simulate_users(&mut live, turn)?;
             }
             let active: Vec<usize> = (0..live.len())
-                .filter(|&i| live[i].plan.users.len() > turn)
+                .filter(|&i| live[i].dropped.is_none() && live[i].plan.users.len() > turn)
                 .collect();
             if active.is_empty() {
                 break;
             }
-            let requests: Vec<Request> = active
+            for &i in &active {
+                let d = &mut live[i];
+                d.plain.push(Message::user(d.plan.users[turn].clone()));
+            }
+            self.sample_turn(&mut live, active, turn, &params, &mut counts)?;
+        }
+        let min = self.opts.gate.min_adherence;
+        for d in &mut live {
+            let (passed, decided) = d.adherence;
+            if d.dropped.is_none() && decided > 0 && (passed as f64) < min * decided as f64 {
+                d.dropped = Some(Rejection::LowAdherence);
+            }
+        }
+        let mut records = Vec::new();
+        for d in live {
+            if let Some(r) = d.dropped {
+                *counts.dropped.entry(r).or_default() += 1;
+                continue;
+            }
+            counts.kept += 1;
+            counts.kept_without_end_of_turn += usize::from(d.final_cut_kept);
+            counts.kept_cut += usize::from(!d.final_cut_kept && d.finished.contains(&false));
+            records.push(self.record(d));
+        }
+        Ok(ChunkOutput {
+            records,
+            gate: counts,
+        })
+    }
+
+    /// Samples turn `turn`'s reply of the dialogues `active` (whose last message is the
+    /// user's), resampling those whose candidates the gate rejected.
+    fn sample_turn(
+        &self,
+        live: &mut [InFlight],
+        mut pending: Vec<usize>,
+        turn: usize,
+        params: &SamplingParams,
+        counts: &mut GateCounts,
+    ) -> Result<()> {
+        let opts = self.opts.gate;
+        for attempt in 0..=opts.resample_tries {
+            if attempt > 0 {
+                counts.resampled_turns += pending.len();
+            }
+            let requests: Vec<Request> = pending
                 .iter()
                 .map(|&i| {
-                    let d = &mut live[i];
-                    d.plain.push(Message::user(d.plan.users[turn].clone()));
+                    let d = &live[i];
+                    // Stream: SynthReply (parent: the plan seed, index: the turn).
+                    let first = seed::derive(d.plan.seed, Stream::SynthReply, turn as u64);
                     Request {
                         messages: attach(&d.plain, &d.plan.instruction, self.opts.attach),
-                        // Stream: SynthReply (parent: the plan seed, index: the turn).
-                        seed: seed::derive(d.plan.seed, Stream::SynthReply, turn as u64),
+                        // Stream: SynthResample (parent: the turn's seed, index: the try).
+                        seed: match attempt {
+                            0 => first,
+                            k => seed::derive(first, Stream::SynthResample, k as u64),
+                        },
                     }
                 })
                 .collect();
-            let replies = self.backend.generate(&requests, &params)?;
-            for (&i, candidates) in active.iter().zip(replies) {
+            let replies = self.backend.generate(&requests, params)?;
+            let last_try = attempt == opts.resample_tries;
+            let mut again = Vec::new();
+            for (&i, candidates) in pending.iter().zip(replies) {
                 let d = &mut live[i];
-                let pick = best(self.scorer, &d.plan.constraints, &candidates, turn + 1);
-                let r = &candidates[pick];
-                d.plain.push(Message::assistant(r.text.clone()));
-                d.prompt_tokens.push(r.prompt_tokens);
-                d.completion_tokens.push(r.completion_tokens);
-                d.finished.push(r.finished);
+                let user = d.plan.users[turn].as_str();
+                let want = gate::expected_script(&d.plan.constraints, self.catalog, user);
+                let verdicts: Vec<Option<Rejection>> =
+                    candidates.iter().map(|r| self.verdict(r, want)).collect();
+                for r in verdicts.iter().flatten() {
+                    *counts.candidates_rejected.entry(*r).or_default() += 1;
+                }
+                let passing: Vec<usize> = (0..candidates.len())
+                    .filter(|&c| verdicts[c].is_none())
+                    .collect();
+                let final_turn = turn + 1 == d.plan.users.len();
+                let probe = d
+                    .plan
+                    .probes
+                    .iter()
+                    .find(|(t, _)| *t == turn + 1)
+                    .map(|(_, k)| k.clone());
+                let pick = if !passing.is_empty() {
+                    Some(passing)
+                } else if last_try && opts.cut == CutMode::DropEot && final_turn {
+                    // Only cut: the final reply is kept without its end-of-turn token.
+                    let cut: Vec<usize> = (0..candidates.len())
+                        .filter(|&c| verdicts[c] == Some(Rejection::Cut))
+                        .collect();
+                    d.final_cut_kept = !cut.is_empty();
+                    Some(cut).filter(|c| !c.is_empty())
+                } else {
+                    None
+                };
+                match pick {
+                    Some(among) => {
+                        let shown: Vec<Reply> =
+                            among.iter().map(|&c| candidates[c].clone()).collect();
+                        let k = best(
+                            self.scorer,
+                            &d.plan.constraints,
+                            &shown,
+                            turn + 1,
+                            probe.as_ref(),
+                        );
+                        let r = &shown[k];
+                        let (p, n) =
+                            self.scorer
+                                .adherence(&d.plan.constraints, &r.text, probe.as_ref());
+                        d.adherence = (d.adherence.0 + p, d.adherence.1 + n);
+                        d.plain.push(Message::assistant(r.text.clone()));
+                        d.prompt_tokens.push(r.prompt_tokens);
+                        d.completion_tokens.push(r.completion_tokens);
+                        d.finished.push(r.finished);
+                    }
+                    None if last_try => d.dropped = Some(main_reason(&verdicts)),
+                    None => again.push(i),
+                }
             }
+            if again.is_empty() {
+                break;
+            }
+            pending = again;
         }
-        Ok(live.into_iter().map(|d| self.record(d)).collect())
+        Ok(())
+    }
+
+    /// Why the gate rejects candidate `r`, if it does.
+    fn verdict(&self, r: &Reply, want: Option<gate::Script>) -> Option<Rejection> {
+        gate::check_text(&r.text, want).or_else(|| {
+            (!r.finished && self.opts.gate.cut != CutMode::Keep).then_some(Rejection::Cut)
+        })
     }
 
     /// Writes each live dialogue's next user message with the model playing the user.
     fn simulate_users(&self, live: &mut [InFlight], turn: usize) -> Result<()> {
+        let is_probe = |d: &InFlight| d.plan.probes.iter().any(|(t, _)| *t == turn + 1);
         let idx: Vec<usize> = (0..live.len())
-            .filter(|&i| live[i].plain.len() == 2 * turn)
+            .filter(|&i| {
+                live[i].dropped.is_none() && live[i].plain.len() == 2 * turn && !is_probe(&live[i])
+            })
             .collect();
         let requests: Vec<Request> = idx
             .iter()
@@ -213,6 +365,10 @@ impl Synthesizer<'_> {
             prompt_tokens: Some(d.prompt_tokens),
             completion_tokens: Some(d.completion_tokens),
             finished: Some(d.finished),
+            final_end_of_turn: d.final_cut_kept.then_some(false),
+            probe_turns: (!p.probes.is_empty()).then(|| p.probes.iter().map(|(t, _)| *t).collect()),
+            probe_kinds: (!p.probes.is_empty())
+                .then(|| p.probes.iter().map(|(_, k)| k.clone()).collect()),
             ..DialogueMeta::default()
         };
         Dialogue {
@@ -223,4 +379,17 @@ impl Synthesizer<'_> {
             meta,
         }
     }
+}
+
+/// The reason most candidates of a last try were rejected for (ties: the first in
+/// [`Rejection`]'s order).
+fn main_reason(verdicts: &[Option<Rejection>]) -> Rejection {
+    let mut n: std::collections::BTreeMap<Rejection, usize> = Default::default();
+    for r in verdicts.iter().flatten() {
+        *n.entry(*r).or_default() += 1;
+    }
+    let most = n.values().copied().max().unwrap_or(0);
+    n.into_iter()
+        .find(|(_, c)| *c == most)
+        .map_or(Rejection::Empty, |(r, _)| r)
 }

@@ -26,6 +26,9 @@ pub struct DialoguePlan {
     pub terse: bool,
     /// The user's messages, without the instruction.
     pub users: Vec<String>,
+    /// Turns (1-based) whose user message is a probe question about the instruction,
+    /// with the kind asked about, in turn order (see [`PlanOptions::probe_rate`]).
+    pub probes: Vec<(usize, ConstraintKind)>,
 }
 
 /// `I/N`: this machine's share of a job split over N machines.
@@ -84,12 +87,58 @@ pub struct PlanOptions<'a> {
     pub terse: f64,
     /// User turns to draw.
     pub turns: usize,
+    /// Probability that a user turn from the bank asks for a short answer
+    /// ([`CONCISE`]); clamped to [0, 1].
+    pub concise: f64,
+    /// Probability that a user turn after the first is a probe question about one of the
+    /// instruction's hobby, figure or persona constraints, drawn from the catalog's
+    /// training probes ([`Catalog::train_probes`], disjoint from the evaluator's);
+    /// clamped to [0, 1].
+    pub probe_rate: f64,
+}
+
+/// What a user turn adds when it asks for a short answer: small models otherwise write
+/// until the token limit, and a cut reply is no training data. Each fits any
+/// instruction (a haiku or JSON can be short too).
+pub const CONCISE: &[&str] = &[
+    "Please keep your answer short.",
+    "A short answer is fine.",
+    "Just a few sentences, please.",
+    "Keep it brief, please.",
+];
+
+/// Checks that every kind in `kinds` can be drawn: an empty list of kinds, or a kind
+/// whose catalog has no entries (`--catalog hobby=FILE` with `[]`), would give
+/// dialogues without (that part of) an instruction.
+///
+/// # Errors
+///
+/// An input error naming the kind and where its entries come from.
+pub fn check_kinds(catalog: &Catalog, kinds: &[ConstraintKind]) -> Result<()> {
+    if kinds.is_empty() {
+        return Err(Error::input(
+            "--constraints: no constraint kind to sample from; name at least one",
+        ));
+    }
+    for kind in kinds {
+        if catalog.values(kind).is_empty() {
+            return Err(Error::input(format!(
+                "--constraints asks for `{kind}`, but its catalog has no entries (a \
+                 `--catalog {kind}=FILE` with an empty list?): its dialogues would have no \
+                 instruction; give entries or leave `{kind}` out of --constraints"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The plan of dialogue `index`: a pure function of (the run seed, `index`) for given
 /// options, catalog and users, drawn from ChaCha8 seeded with the plan seed
 /// (`derive(seed, Stream::SynthPlan, index)`) in a fixed order: constraints, terseness,
-/// phrasing, user turns.
+/// phrasing, user turns, then (when `concise` > 0 and the turns come from a bank) for each
+/// user turn whether it asks for a short answer, and which request; then (when
+/// `probe_rate` > 0 and a constraint has training probes) for each user turn after the
+/// first whether it is a probe, about which constraint, and which question.
 pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource) -> DialoguePlan {
     // Stream: SynthPlan (parent: the run seed, index: the dialogue).
     let seed = seed::derive(o.seed, Stream::SynthPlan, index as u64);
@@ -97,7 +146,30 @@ pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource
     let constraints = sample_constraints(&mut rng, catalog, o.kinds, o.max_combined);
     let terse = rng.random_bool(o.terse.clamp(0.0, 1.0));
     let instruction = phrase(&mut rng, &constraints, catalog, terse);
-    let users = users.turns_for(&mut rng, index, o.turns);
+    let mut turns = users.turns_for(&mut rng, index, o.turns);
+    if o.concise > 0.0 && matches!(users, UserSource::Bank(_)) {
+        for t in &mut turns {
+            if rng.random_bool(o.concise.clamp(0.0, 1.0)) {
+                let ask = CONCISE[rng.random_range(0..CONCISE.len())];
+                *t = format!("{t} {ask}");
+            }
+        }
+    }
+    let mut probes = Vec::new();
+    let probeable: Vec<&Constraint> = constraints
+        .iter()
+        .filter(|c| !catalog.train_probes.of(&c.kind).is_empty())
+        .collect();
+    if o.probe_rate > 0.0 && !probeable.is_empty() {
+        for (t, user) in turns.iter_mut().enumerate().skip(1) {
+            if rng.random_bool(o.probe_rate.clamp(0.0, 1.0)) {
+                let c = probeable[rng.random_range(0..probeable.len())];
+                let questions = catalog.train_probes.of(&c.kind);
+                *user = questions[rng.random_range(0..questions.len())].clone();
+                probes.push((t + 1, c.kind.clone()));
+            }
+        }
+    }
     DialoguePlan {
         index,
         id: format!("gatt-{:x}-{index:07}", o.seed),
@@ -105,6 +177,133 @@ pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource
         constraints,
         instruction,
         terse,
-        users,
+        users: turns,
+        probes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_without_entries_are_refused() {
+        let mut catalog = Catalog::builtin();
+        let kinds = [ConstraintKind::Hobby, ConstraintKind::Language];
+        check_kinds(&catalog, &kinds).unwrap();
+        catalog.hobbies.clear();
+        let e = check_kinds(&catalog, &kinds).unwrap_err();
+        assert!(e.is_input() && e.to_string().contains("`hobby`"), "{e}");
+        check_kinds(&catalog, &[ConstraintKind::Language]).unwrap();
+        assert!(check_kinds(&catalog, &[]).unwrap_err().is_input());
+    }
+
+    #[test]
+    fn concise_requests_are_appended_last_and_only_to_bank_turns() {
+        let catalog = Catalog::builtin();
+        let bank = UserSource::Bank(catalog.user_bank.clone());
+        let kinds = [ConstraintKind::Hobby];
+        let o = |concise| PlanOptions {
+            seed: 3,
+            kinds: &kinds,
+            max_combined: 1,
+            terse: 0.5,
+            turns: 4,
+            concise,
+            probe_rate: 0.0,
+        };
+        let plain = plan(0, &o(0.0), &catalog, &bank);
+        let all = plan(0, &o(1.0), &catalog, &bank);
+        assert_eq!(
+            (&plain.constraints, &plain.instruction),
+            (&all.constraints, &all.instruction)
+        );
+        for (p, a) in plain.users.iter().zip(&all.users) {
+            let ask = a.strip_prefix(p.as_str()).unwrap().trim();
+            assert!(CONCISE.contains(&ask), "{a}");
+        }
+        let records = UserSource::Dialogues(vec![vec!["hi".into()]]);
+        assert_eq!(plan(0, &o(1.0), &catalog, &records).users, ["hi"]);
+    }
+
+    #[test]
+    fn probe_turns_ask_about_the_instruction_from_the_training_bank() {
+        let catalog = Catalog::builtin();
+        let bank = UserSource::Bank(catalog.user_bank.clone());
+        let kinds = [ConstraintKind::Figure, ConstraintKind::Language];
+        let o = |probe_rate| PlanOptions {
+            seed: 1,
+            kinds: &kinds,
+            max_combined: 2,
+            terse: 0.5,
+            turns: 6,
+            concise: 0.0,
+            probe_rate,
+        };
+        let mut seen = 0;
+        for i in 0..40 {
+            let none = plan(i, &o(0.0), &catalog, &bank);
+            assert!(none.probes.is_empty());
+            let p = plan(i, &o(1.0), &catalog, &bank);
+            assert_eq!(p.constraints, none.constraints);
+            let figure = p
+                .constraints
+                .iter()
+                .any(|c| c.kind == ConstraintKind::Figure);
+            if !figure {
+                assert!(p.probes.is_empty(), "language has no probes");
+                continue;
+            }
+            let turns: Vec<usize> = p.probes.iter().map(|(t, _)| *t).collect();
+            assert_eq!(turns, [2, 3, 4, 5, 6], "every turn after the first");
+            for (t, k) in &p.probes {
+                assert_eq!(*k, ConstraintKind::Figure);
+                assert!(catalog.train_probes.figure.contains(&p.users[t - 1]));
+            }
+            seen += 1;
+        }
+        assert!(seen > 5);
+    }
+
+    /// The training probes share no phrasing with the evaluator's: no question, and no
+    /// run of four words (case and punctuation aside), so that evaluation stays held out.
+    #[test]
+    fn training_probes_are_disjoint_from_the_evaluators() {
+        let catalog = Catalog::builtin();
+        let words = |s: &str| -> Vec<String> {
+            s.split_whitespace()
+                .map(|w| {
+                    w.trim_matches(|c: char| !c.is_alphanumeric())
+                        .to_lowercase()
+                })
+                .filter(|w| !w.is_empty())
+                .collect()
+        };
+        let mut eval_grams = std::collections::HashSet::new();
+        let mut eval_questions = std::collections::HashSet::new();
+        for kind in ConstraintKind::KNOWN {
+            for q in catalog.probes.of(&kind) {
+                let w = words(q);
+                eval_questions.insert(w.clone());
+                eval_grams.extend(w.windows(4).map(|g| g.to_vec()));
+            }
+        }
+        let mut n = 0;
+        for kind in ConstraintKind::KNOWN {
+            assert_eq!(
+                catalog.train_probes.of(&kind).is_empty(),
+                catalog.probes.of(&kind).is_empty(),
+                "{kind}: training probes for exactly the kinds the evaluator probes"
+            );
+            for q in catalog.train_probes.of(&kind) {
+                let w = words(q);
+                assert!(!eval_questions.contains(&w), "{q}: an evaluator probe");
+                for g in w.windows(4) {
+                    assert!(!eval_grams.contains(g), "{q}: shares {g:?}");
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 15);
     }
 }

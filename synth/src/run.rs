@@ -9,6 +9,7 @@ mod manifest;
 
 pub use manifest::{Fingerprint, Provenance, RunManifest, RunStatus};
 
+use crate::gate::GateCounts;
 use crate::pipeline::Synthesizer;
 use gatt::dataset::{read_all, read_json, write_json, DialogueWriter, Format};
 use gatt::{Error, Result};
@@ -38,10 +39,18 @@ pub struct RunSummary {
     pub output: PathBuf,
     /// Wall time of this invocation, in seconds.
     pub seconds: f64,
+    /// What the quality gate rejected (resumed chunks included).
+    pub gate: GateCounts,
 }
 
 fn chunk_path(dir: &Path, k: usize) -> PathBuf {
     dir.join("chunks").join(format!("chunk-{k:06}.jsonl"))
+}
+
+/// The gate counts of chunk `k`, written just before the chunk itself (so a chunk on
+/// disk always has its counts; a chunk of an older version has none: zero).
+fn gate_path(dir: &Path, k: usize) -> PathBuf {
+    dir.join("chunks").join(format!("chunk-{k:06}.gate.json"))
 }
 
 /// The settings a resumed run must share with the interrupted one.
@@ -105,15 +114,22 @@ pub fn run(
         dialogues_total: plans.len(),
         ..Default::default()
     };
+    let mut gate = GateCounts::default();
     for (k, group) in plans.chunks(chunk).enumerate() {
         let path = chunk_path(dir, k);
         if path.exists() {
             progress.dialogues_done += group.len();
             progress.dialogues_resumed += group.len();
+            if gate_path(dir, k).exists() {
+                gate.add(&read_json(&gate_path(dir, k))?);
+            }
             on_progress(&progress);
             continue;
         }
-        let records = s.run_chunk(group)?;
+        let out = s.run_chunk(group)?;
+        write_json(&gate_path(dir, k), &out.gate)?;
+        gate.add(&out.gate);
+        let records = out.records;
         let mut w = DialogueWriter::create(&path, Format::Jsonl)?;
         for r in &records {
             progress.tokens_generated += r.meta.tokens_generated();
@@ -138,10 +154,12 @@ pub fn run(
     manifest.counts = Some(progress.clone());
     manifest.seconds = Some(seconds);
     manifest.output = Some(output.clone());
+    manifest.gate = Some(gate.clone());
     write_json(&manifest_path, &manifest)?;
     Ok(RunSummary {
         progress,
         output,
         seconds,
+        gate,
     })
 }

@@ -119,9 +119,9 @@ pub fn model_source(flag: &str, spec: &str) -> Result<ModelSource> {
 /// Sampling flags shared by every command that generates.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SamplingArgs {
-    /// Maximum tokens per reply.
-    #[arg(long, default_value_t = SamplingParams::DEFAULT_MAX_NEW_TOKENS)]
-    pub max_tokens: usize,
+    /// Maximum tokens per reply [default: 192; gatt synth: 320, so that replies finish].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = SamplingParams::DEFAULT_TEMPERATURE)]
     pub temperature: f64,
@@ -134,9 +134,10 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    pub fn params(&self, n: usize) -> SamplingParams {
+    /// The sampling settings, `default_max_tokens` unless --max-tokens is given.
+    pub fn params(&self, n: usize, default_max_tokens: usize) -> SamplingParams {
         SamplingParams {
-            max_new_tokens: self.max_tokens,
+            max_new_tokens: self.max_tokens.unwrap_or(default_max_tokens),
             temperature: self.temperature,
             top_p: Some(self.top_p),
             top_k: self.top_k,

@@ -83,7 +83,9 @@ impl Args {
             kinds: self.constraints.clone(),
             probe_every: self.probe_every,
             seed: self.seed,
-            sampling: self.sampling.params(1),
+            sampling: self
+                .sampling
+                .params(1, gatt::backend::SamplingParams::DEFAULT_MAX_NEW_TOKENS),
         }
     }
 }

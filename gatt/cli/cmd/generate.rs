@@ -35,7 +35,9 @@ pub fn run(args: Args) -> Result<()> {
             messages,
             seed: args.seed,
         }],
-        &args.sampling.params(1),
+        &args
+            .sampling
+            .params(1, gatt::backend::SamplingParams::DEFAULT_MAX_NEW_TOKENS),
     )?;
     let reply = out
         .first()

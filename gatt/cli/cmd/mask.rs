@@ -3,10 +3,12 @@
 use super::FormatArgs;
 use crate::out::outln;
 use crate::progress;
-use crate::values::{ExportArg, FormatArg, OnErrorArg, PolicyArg, SpecialTextArg, TruncateArg};
+use crate::values::{
+    CutRepliesArg, ExportArg, FormatArg, OnErrorArg, PolicyArg, SpecialTextArg, TruncateArg,
+};
 use gatt::dataset::Format;
 use gatt::mask::pipeline::{self, OnError, Output, PipelineError, Summary};
-use gatt::mask::{MaskOptions, Masker, Policy, SkipReason, SpecialText};
+use gatt::mask::{CutReplies, MaskOptions, Masker, Policy, SkipReason, SpecialText};
 use gatt::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -22,7 +24,9 @@ use std::path::{Path, PathBuf};
 /// `--on-error skip`, is skipped and counted); nothing is truncated silently. Message
 /// content that holds the text of a special token (e.g. `<|im_end|>` in a reply) is
 /// refused as special_token_in_content, since the tokenizer would read it as the token
-/// itself; `--special-text encode` encodes it as ordinary text instead.
+/// itself; `--special-text encode` encodes it as ordinary text instead. A record whose
+/// meta.finished says a reply was cut at the token limit is refused as cut_reply (its
+/// end-of-turn token would teach the model to stop mid-sentence); see --cut-replies.
 ///
 /// Output columns (--export gatt): id, input_ids (u32), labels (i64, -100 = no loss,
 /// unshifted), attention_mask, n_tokens, n_loss_tokens. Other layouts (--export), each
@@ -48,6 +52,9 @@ pub struct Args {
     /// What to do with a record that cannot be masked exactly.
     #[arg(long, value_enum, default_value_t = OnError::default().into())]
     pub on_error: OnErrorArg,
+    /// Records whose meta.finished says a reply was cut at the token limit.
+    #[arg(long, value_enum, default_value_t = CutReplies::default().into())]
+    pub cut_replies: CutRepliesArg,
     /// Output format (default: from the --out extension).
     #[arg(long, value_enum)]
     pub out_format: Option<FormatArg>,
@@ -91,6 +98,7 @@ impl MaskFlags {
             max_len: self.max_len,
             truncate: self.truncate.map(Into::into),
             special_text: self.special_text.into(),
+            cut_replies: CutReplies::default(),
         }
     }
 }
@@ -108,7 +116,11 @@ pub fn run(args: Args) -> Result<()> {
             .map_err(|e| Error::input(format!("{e} (or pass --out-format)")))?,
     };
     super::refuse_overwriting("--out", &args.out, &args.format.input_files())?;
-    let masker = Masker::new(args.format.load()?, args.mask.options());
+    let options = MaskOptions {
+        cut_replies: args.cut_replies.into(),
+        ..args.mask.options()
+    };
+    let masker = Masker::new(args.format.load()?, options);
     let output = Output {
         path: args.out.clone(),
         format: out_format,
@@ -171,6 +183,11 @@ fn hint(reason: SkipReason, opts: &MaskOptions) -> &'static str {
         }
         SkipReason::TooLong => "; raise --max-len, or pass --truncate left",
         SkipReason::Invalid => "",
+        SkipReason::CutReply => {
+            "; pass --cut-replies drop-eot to train a cut final reply without its end-of-turn \
+             token, --cut-replies keep to train it as it is, or --on-error skip to skip such \
+             records and count them"
+        }
         SkipReason::SpecialTokenInContent => {
             "; pass --special-text encode to encode such text as ordinary tokens, or \
              --on-error skip to skip such records and count them"

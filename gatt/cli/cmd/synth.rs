@@ -3,19 +3,19 @@
 use super::backend::{model_source, BackendArgs, SamplingArgs};
 use super::mask::{mask_file, MaskFlags};
 use crate::progress;
-use crate::values::{AttachArg, ExportArg, FormatArg, OnErrorArg, PlacementArg};
+use crate::values::{AttachArg, CutModeArg, ExportArg, FormatArg, OnErrorArg, PlacementArg};
 use gatt::catalog::{parse_kind, Catalog, CatalogOverride};
 use gatt::dataset::Format;
 use gatt::mask::export::Export;
 use gatt::mask::pipeline::{OnError, Output};
-use gatt::mask::Masker;
+use gatt::mask::{CutReplies, MaskOptions, Masker, Policy, SpecialText};
 use gatt::model::ChatFormat;
 use gatt::transform::{Attach, Placement};
 use gatt::{ConstraintKind, Error, Result};
 use gatt_synth::plan::Shard;
 use gatt_synth::run::Provenance;
 use gatt_synth::users::UserSource;
-use gatt_synth::{SynthOptions, Synthesizer};
+use gatt_synth::{CutMode, GateOptions, SynthOptions, Synthesizer};
 use std::path::PathBuf;
 
 /// Synthesize GAtt dialogues: sample constraints, phrase an instruction, attach it to
@@ -27,6 +27,12 @@ use std::path::PathBuf;
 /// run.json (arguments, versions, model hash, counts, timings). Work is saved chunk by
 /// chunk: after an interruption, the same command with --resume finishes the job with
 /// exactly the records a clean run would have.
+///
+/// Every sampled reply passes a quality gate: a reply cut at the token limit, empty,
+/// degenerate (a phrase repeated over and over) or in the wrong script entirely is
+/// rejected; when every candidate of a turn is rejected the turn is sampled again with
+/// another seed (--resample-tries), then the dialogue is dropped. The report counts
+/// what each gate rejected. Every flag is checked before the first request.
 ///
 /// Examples:
 ///   gatt synth --out run1 --dialogues 8 --turns 3 --mask
@@ -66,9 +72,32 @@ pub struct Args {
     /// Where the instruction goes in the training record.
     #[arg(long, value_enum, default_value_t = Placement::default().into())]
     pub placement: PlacementArg,
-    /// Sample K replies per turn and keep the best.
+    /// Sample K replies per turn and keep the best that passes the quality gate.
     #[arg(long, default_value_t = 1)]
     pub candidates: usize,
+    /// Replies cut at the token limit: resample the turn and drop the dialogue if it
+    /// cannot finish; drop-eot: keep a final reply still cut, trained without its
+    /// end-of-turn token; keep: as they are.
+    #[arg(long, value_enum, default_value_t = CutMode::default().into())]
+    pub cut_replies: CutModeArg,
+    /// New tries (each with another seed) for a turn whose candidates the gate rejected
+    /// (cut, empty, repetitive, wrong script), before the dialogue is dropped.
+    #[arg(long, value_name = "N", default_value_t = GateOptions::DEFAULT_RESAMPLE_TRIES)]
+    pub resample_tries: usize,
+    /// Keep a dialogue only if its chosen replies passed at least this share of the
+    /// evaluator's decided checks (language and format on every turn; hobby, figure and
+    /// persona on probe turns, see --probe-rate); 0 keeps all.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub min_adherence: f64,
+    /// Probability that a user turn from the bank asks for a short answer ("Please keep
+    /// your answer short."), so that the model finishes its replies within --max-tokens.
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    pub concise: f64,
+    /// Probability that a user turn after the first is a probe question about the
+    /// instruction's hobby, figure or persona ("What should I call you?"), from a bank
+    /// disjoint from `gatt eval`'s probes; recorded in meta.probe_turns.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub probe_rate: f64,
     /// Reuse the user turns of existing dialogues (.jsonl/.parquet/ShareGPT).
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
@@ -109,10 +138,10 @@ pub struct Args {
     pub export: Vec<ExportArg>,
     /// With --mask: records that cannot be masked exactly are skipped and counted by
     /// default; `fail` stops instead.
-    #[arg(long, value_enum, default_value_t = OnErrorArg::Skip)]
+    #[arg(long, value_enum, default_value_t = OnErrorArg::Skip, requires = "mask")]
     pub on_error: OnErrorArg,
     /// Model whose tokenizer and template --mask uses with --endpoint.
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", requires = "mask")]
     pub mask_model: Option<String>,
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -120,13 +149,13 @@ pub struct Args {
     pub sampling: SamplingArgs,
 }
 
+/// The default longest reply of `gatt synth`, in tokens: with user turns asking for
+/// short answers (--concise), the default model finishes most replies within it.
+const SYNTH_MAX_TOKENS: usize = 320;
+
 pub fn run(args: Args) -> Result<()> {
-    if args.dialogues == 0 || args.turns == 0 {
-        return Err(Error::input("--dialogues and --turns must be at least 1"));
-    }
-    if !(0.0..=1.0).contains(&args.terse) {
-        return Err(Error::input("--terse is a probability between 0 and 1"));
-    }
+    // Everything the flags can get wrong is found here, before the first request.
+    check_args(&args)?;
     if !args.resume && gatt_synth::run::holds_run(&args.out) {
         return Err(Error::input(format!(
             "{} already holds a run; pass --resume to continue it, or choose another --out",
@@ -135,6 +164,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     guard_out_folder(&args)?;
     let catalog = Catalog::with_overrides(&args.catalog)?;
+    gatt_synth::plan::check_kinds(&catalog, &args.constraints)?;
     let users = match &args.users {
         Some(p) => UserSource::from_file(p).map_err(|e| e.context("--users"))?,
         None => UserSource::Bank(catalog.user_bank.clone()),
@@ -151,6 +181,13 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    // The masker (tokenizer and template) before the synthesis, so that a --mask that
+    // cannot work fails now, not after it.
+    let masker = if args.mask {
+        Some(Masker::new(mask_format(&args)?, mask_options(&args)))
+    } else {
+        None
+    };
     let backend = args.backend.load()?;
     let mut provenance = Provenance::new(backend.describe());
     if args.backend.endpoint.is_none() {
@@ -167,10 +204,17 @@ pub fn run(args: Args) -> Result<()> {
         attach: args.attach.into(),
         placement: args.placement.into(),
         candidates: args.candidates,
-        sampling: args.sampling.params(args.candidates),
+        sampling: args.sampling.params(args.candidates, SYNTH_MAX_TOKENS),
+        concise: args.concise,
+        probe_rate: args.probe_rate,
         user_sim: args.user_sim,
         shard: args.shard,
         chunk: args.chunk.unwrap_or_else(|| backend.preferred_batch()),
+        gate: GateOptions {
+            cut: args.cut_replies.into(),
+            resample_tries: args.resample_tries,
+            min_adherence: args.min_adherence,
+        },
     };
     let scorer = crate::scoring::EvalScorer::new(&catalog);
     let synth = Synthesizer {
@@ -190,15 +234,18 @@ pub fn run(args: Args) -> Result<()> {
         pb.set_message(format!("{:.1} tok/s", p.tokens_generated as f64 / secs));
     })?;
     pb.finish_and_clear();
+    let g = &summary.gate;
     eprintln!(
-        "gatt synth: {} dialogues ({} resumed) -> {} in {:.1}s",
+        "gatt synth: {} of {} dialogues kept ({} resumed), {} dropped by the quality gate \
+         -> {} in {:.1}s",
+        g.kept,
         summary.progress.dialogues_done,
         summary.progress.dialogues_resumed,
+        g.dropped_total(),
         summary.output.display(),
         summary.seconds
     );
-    let mask_summary = if args.mask {
-        let masker = Masker::new(mask_format(&args)?, args.mask_flags.options());
+    let mask_summary = if let Some(masker) = masker {
         let mut outputs: Vec<Output> = Vec::new();
         for &e in &args.export {
             let export: Export = e.into();
@@ -236,16 +283,90 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The flag checks that need no file, model or network: run before anything else.
+fn check_args(args: &Args) -> Result<()> {
+    let fail = |m: &str| Err(Error::input(m.to_string()));
+    if args.dialogues == 0 || args.turns == 0 {
+        return fail("--dialogues and --turns must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&args.terse) {
+        return fail("--terse is a probability between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&args.concise) {
+        return fail("--concise is a probability between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&args.probe_rate) {
+        return fail("--probe-rate is a probability between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&args.min_adherence) {
+        return fail("--min-adherence is a share between 0 and 1");
+    }
+    if args.candidates == 0 {
+        return fail("--candidates must be at least 1");
+    }
+    if args.max_combined == 0 {
+        return fail("--max-combined must be at least 1");
+    }
+    if args.chunk == Some(0) {
+        return fail("--chunk must be at least 1");
+    }
+    if args.constraints.is_empty() {
+        return fail("--constraints: name at least one kind");
+    }
+    let s = &args.sampling;
+    if s.max_tokens == Some(0) {
+        return fail("--max-tokens must be at least 1 (with 0 every reply would be empty)");
+    }
+    if s.temperature.is_nan() || s.temperature < 0.0 {
+        return fail("--temperature must be 0 (greedy) or more");
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return fail("--top-p is a share of probability mass, in (0, 1]");
+    }
+    if s.top_k == Some(0) {
+        return fail("--top-k must be at least 1");
+    }
+    if s.repetition_penalty.is_nan() || s.repetition_penalty <= 0.0 {
+        return fail("--repetition-penalty must be more than 0 (1 means none)");
+    }
+    let m = &args.mask_flags;
+    let mask_flags_set = Policy::from(m.policy) != Policy::default()
+        || m.max_len.is_some()
+        || SpecialText::from(m.special_text) != SpecialText::default();
+    if !args.mask && mask_flags_set {
+        return fail(
+            "--policy, --max-len, --truncate and --special-text shape the masks: pass --mask \
+             too, or leave them out",
+        );
+    }
+    if args.mask && args.backend.endpoint.is_some() && args.mask_model.is_none() {
+        return fail(MASK_MODEL_NEEDED);
+    }
+    Ok(())
+}
+
+const MASK_MODEL_NEEDED: &str = "--mask with --endpoint needs --mask-model M: the model (GGUF or \
+    folder) whose tokenizer and chat template the trainer will use";
+
+/// The masks' options: cut replies the gate kept on purpose (`--cut-replies keep`) are
+/// masked as they are; a final reply kept under `drop-eot` says so in its record.
+fn mask_options(args: &Args) -> MaskOptions {
+    let cut_replies = match CutMode::from(args.cut_replies) {
+        CutMode::Keep => CutReplies::Keep,
+        CutMode::Resample | CutMode::DropEot => CutReplies::Refuse,
+    };
+    MaskOptions {
+        cut_replies,
+        ..args.mask_flags.options()
+    }
+}
+
 fn mask_format(args: &Args) -> Result<ChatFormat> {
-    let (flag, spec) =
-        match (&args.mask_model, &args.backend.endpoint) {
-            (Some(m), _) => ("--mask-model", m.as_str()),
-            (None, None) => ("--model", args.backend.model()?),
-            (None, Some(_)) => return Err(Error::input(
-                "--mask with --endpoint needs --mask-model M: the model (GGUF or folder) whose \
-                 tokenizer and chat template the trainer will use",
-            )),
-        };
+    let (flag, spec) = match (&args.mask_model, &args.backend.endpoint) {
+        (Some(m), _) => ("--mask-model", m.as_str()),
+        (None, None) => ("--model", args.backend.model()?),
+        (None, Some(_)) => return Err(Error::input(MASK_MODEL_NEEDED)),
+    };
     let mut format = model_source(flag, spec)?.chat_format()?;
     // The samples are rendered as the chat model's prompts were.
     args.backend.template_args.apply(&mut format.template)?;

@@ -33,6 +33,10 @@ pub struct DialogueMeta {
     pub completion_tokens: Option<Vec<usize>>,
     /// Whether each reply ended on its own (rather than at the token limit).
     pub finished: Option<Vec<bool>>,
+    /// False when the final reply was cut at the token limit and is to be trained
+    /// without its end-of-turn token (`gatt synth --cut-replies drop-eot`); the masker
+    /// then puts no loss on that token (see `gatt::mask::CutReplies`).
+    pub final_end_of_turn: Option<bool>,
     /// 1-based turns whose user message was a probe question (`gatt eval`).
     pub probe_turns: Option<Vec<usize>>,
     /// The kind each probe turn asked about; as long as `probe_turns`.
@@ -65,6 +69,7 @@ impl DialogueMeta {
             prompt_tokens: typed("prompt_tokens", take("prompt_tokens"))?,
             completion_tokens: typed("completion_tokens", take("completion_tokens"))?,
             finished: typed("finished", take("finished"))?,
+            final_end_of_turn: typed("final_end_of_turn", take("final_end_of_turn"))?,
             probe_turns: typed("probe_turns", take("probe_turns"))?,
             probe_kinds: typed("probe_kinds", take("probe_kinds"))?,
             other: Map::new(),
@@ -152,6 +157,7 @@ impl Serialize for DialogueMeta {
                 self.completion_tokens.as_deref().map(Known::Ints),
             ),
             ("finished", self.finished.as_deref().map(Known::Flags)),
+            ("final_end_of_turn", self.final_end_of_turn.map(Known::Flag)),
             ("probe_turns", self.probe_turns.as_deref().map(Known::Ints)),
             ("probe_kinds", self.probe_kinds.as_deref().map(Known::Kinds)),
         ];

@@ -14,11 +14,13 @@
 
 mod align;
 mod content;
+mod cut;
 pub mod export;
 pub mod pipeline;
 mod spans;
 mod special;
 
+pub use cut::CutReplies;
 pub use special::SpecialText;
 
 use crate::dialogue::{Dialogue, Message, Purpose, Role};
@@ -81,6 +83,10 @@ pub struct MaskOptions {
     /// the record ([`SkipReason::SpecialTokenInContent`], the default) or encode the
     /// text as ordinary tokens.
     pub special_text: SpecialText,
+    /// What to do with a record whose `meta.finished` says a reply was cut at the token
+    /// limit: refuse it ([`SkipReason::CutReply`], the default), or train a cut final
+    /// reply without its end-of-turn token, or keep it as is.
+    pub cut_replies: CutReplies,
 }
 
 /// One training sample, in the layout Hugging Face trainers read.
@@ -164,6 +170,8 @@ pub enum SkipReason {
     /// A message's content holds the text of a special token (e.g. `<|im_end|>`), which
     /// the tokenizer would read as the token itself; see [`SpecialText`].
     SpecialTokenInContent,
+    /// A reply was cut at the token limit (`meta.finished`), see [`CutReplies`].
+    CutReply,
 }
 
 impl SkipReason {
@@ -181,6 +189,7 @@ impl SkipReason {
             SkipReason::EmptyMask => "empty_mask",
             SkipReason::GenerationMismatch => "generation_mismatch",
             SkipReason::SpecialTokenInContent => "special_token_in_content",
+            SkipReason::CutReply => "cut_reply",
         }
     }
 }
@@ -286,6 +295,7 @@ impl Masker {
     pub fn mask_record(&self, d: &Dialogue) -> Result<MaskedRecord, MaskError> {
         d.validate(Purpose::Training)
             .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
+        let end_of_turn = cut::final_end_of_turn(d, self.opts.cut_replies, self.opts.policy)?;
         let mut messages = d.messages.clone();
         let kept = kept_at_start(d);
         loop {
@@ -330,8 +340,14 @@ impl Masker {
                     ));
                 }
             }
-            let (samples, skipped) =
-                self.samples(&d.id, &messages, &full, generation.as_deref(), &enc)?;
+            let (samples, skipped) = self.samples(
+                &d.id,
+                &messages,
+                &full,
+                generation.as_deref(),
+                &enc,
+                end_of_turn,
+            )?;
             return Ok(MaskedRecord {
                 messages,
                 policy: self.opts.policy,
@@ -354,6 +370,7 @@ impl Masker {
         full: &str,
         generation: Option<&[std::ops::Range<usize>]>,
         enc: &special::Encoded,
+        end_of_turn: bool,
     ) -> Result<(Vec<RecordSample>, Vec<MaskError>), MaskError> {
         let (ids, offsets) = (enc.ids.as_slice(), enc.offsets.as_slice());
         // The text between special tokens is re-tokenized as it was tokenized.
@@ -388,9 +405,14 @@ impl Masker {
         };
         let reply_tokens = |i: usize| -> Result<std::ops::Range<usize>, MaskError> {
             let prompt = self.render(&messages[..i], true)?;
-            let span = spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
+            let mut span =
+                spans::reply_span(&self.template, full, &prompt, &messages[i].content, i)?;
             if let Some(blocks) = generation {
                 spans::check_generation(full, messages, blocks, &span, i)?;
+            }
+            if !end_of_turn && i + 1 == messages.len() {
+                // A cut final reply: its tokens carry loss, its end-of-turn marker does not.
+                span.end = span.content_end;
             }
             let tokens = align::token_span(offsets, span.start, span.end, i)?;
             align::verify_prompt(

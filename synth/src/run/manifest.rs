@@ -5,6 +5,7 @@
 //! as `serde_json::Map` keeps them); keys a newer version adds are ignored on reading.
 
 use super::Progress;
+use crate::gate::GateCounts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ pub struct RunManifest {
     pub counts: Option<Progress>,
     /// The settings, which a resume must repeat.
     pub fingerprint: Fingerprint,
+    /// What the quality gate rejected, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateCounts>,
     /// The version of the toolkit that wrote the file.
     pub gatt_version: String,
     /// The merged dataset, once done.
@@ -94,6 +98,7 @@ impl RunManifest {
             gatt_version: env!("CARGO_PKG_VERSION").to_string(),
             fingerprint,
             counts: None,
+            gate: None,
             seconds: None,
             output: None,
         }
