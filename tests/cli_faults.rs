@@ -292,6 +292,14 @@ fn outputs_never_replace_inputs_or_user_files() {
         std::fs::read_to_string(out.join("report.md")).unwrap(),
         "my notes"
     );
+    let o = gatt(&["eval", "--input", &arg(&input), "--out", &arg(&out)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no gatt evaluation"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("report.md")).unwrap(),
+        "my notes"
+    );
 }
 
 /// An endpoint that is not an http(s) URL is bad input; credentials in it never reach

@@ -115,6 +115,15 @@ fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBacken
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // A folder of an earlier evaluation is rewritten; one that holds other files is not.
+    let held = std::fs::read_dir(&args.out).map_or(0, |entries| entries.count());
+    if held > 0 && !args.out.join("report.json").exists() {
+        return Err(Error::input(format!(
+            "--out {}: the folder holds {held} entries and no gatt evaluation (report.json); \
+             choose an empty or new folder (eval would replace files of the names it writes)",
+            args.out.display()
+        )));
+    }
     let mut catalog = Catalog::with_overrides(&args.catalog)?;
     if let Some(path) = &args.user_bank {
         catalog.load_user_bank(path)?;
