@@ -218,8 +218,9 @@ impl ChatTemplate {
         match tmpl.render_captured_to(ctx, &mut out) {
             Ok(_) => Ok(out.text),
             Err(_) if out.over => Err(Error::input(format!(
-                "chat template {}: the rendered text grew past {} MiB; a chat prompt is \
-                 never that long, so the template is refused",
+                "chat template {}: the rendered conversation grew past {} MiB (millions of \
+                 tokens, beyond any model's context): the template writes too much, or the \
+                 record is far too long; it is refused before tokenizing it exhausts memory",
                 self.origin,
                 MAX_RENDERED_BYTES >> 20
             ))),
@@ -289,12 +290,13 @@ impl ChatTemplate {
     }
 }
 
-/// Upper bound on a rendered conversation, in bytes: 64 MiB, some 16 million tokens, far
-/// beyond any model's context. A template that writes more is refused before it can
-/// exhaust memory through its output. (Values a template builds without writing them
+/// Upper bound on a rendered conversation, in bytes: 8 MiB, some 2 million tokens, beyond
+/// any model's context (the runtime allows 2^20). A template or record that renders more
+/// is refused before it, or tokenizing it (about 100 bytes of memory per byte of text),
+/// can exhaust memory. (Values a template builds without writing them
 /// are bounded by [`memory::RENDER_BUDGET_BYTES`], where the program's allocator keeps
 /// that budget.)
-pub const MAX_RENDERED_BYTES: usize = 64 << 20;
+pub const MAX_RENDERED_BYTES: usize = 8 << 20;
 
 /// The rendered text, refusing to grow past [`MAX_RENDERED_BYTES`].
 #[derive(Default)]
@@ -434,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_template_writing_more_than_the_cap_is_refused_naming_it() {
-        // 100 writes of 1 MB each: 100 MB of output, past the 64 MiB cap.
+        // 100 writes of 1 MB each: 100 MB of output, past the 8 MiB cap.
         let t = ChatTemplate::new(
             "hostile.jinja",
             "{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}",
@@ -447,7 +449,7 @@ mod tests {
         assert!(e.is_input(), "{e}");
         let text = e.to_string();
         assert!(
-            text.contains("hostile.jinja") && text.contains("64 MiB"),
+            text.contains("hostile.jinja") && text.contains("8 MiB"),
             "{text}"
         );
         // minijinja's own limit on one repetition: an error too, not an abort.
