@@ -72,6 +72,8 @@ impl Error {
             K::NotFound => Error::input(format!("cannot {action}: file not found")),
             // What `read_to_string` says of bytes that are not UTF-8 text.
             K::InvalidData => Error::input(format!("cannot {action}: {err} (not UTF-8 text?)")),
+            // Bad input found while reading (a line past the reader's limit).
+            K::InvalidInput => Error::input(format!("cannot {action}: {err}")),
             K::AlreadyExists if action.contains("folder") => Error::input(format!(
                 "cannot {action}: a file of this name is there, and a folder is expected"
             )),

@@ -37,35 +37,35 @@ impl DialogueLines {
     }
 }
 
-impl DialogueLines {
-    /// The next line without its line break; `None` at the end of the file. A line
-    /// longer than [`MAX_LINE_BYTES`] is an error (`InvalidInput`), bytes that are not
-    /// UTF-8 another (`InvalidData`).
-    fn next_line(&mut self) -> Option<std::io::Result<String>> {
-        let mut buf = Vec::new();
-        let limit = MAX_LINE_BYTES as u64 + 1;
-        match (&mut self.reader).take(limit).read_until(b'\n', &mut buf) {
-            Ok(0) => None,
-            Ok(_) if buf.len() > MAX_LINE_BYTES => Some(Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the line is longer than {} MiB; a record is never that long",
-                    MAX_LINE_BYTES >> 20
-                ),
-            ))),
-            Ok(_) => {
-                if buf.last() == Some(&b'\n') {
+/// The next line of `reader` without its line break; `None` at the end. A line longer
+/// than [`MAX_LINE_BYTES`] is an error (`InvalidInput`) read no further, bytes that are
+/// not UTF-8 another (`InvalidData`).
+pub(super) fn read_line(reader: &mut impl BufRead) -> Option<std::io::Result<String>> {
+    let mut buf = Vec::new();
+    let limit = MAX_LINE_BYTES as u64 + 1;
+    match reader.take(limit).read_until(b'\n', &mut buf) {
+        Ok(0) => None,
+        Ok(_) if buf.len() > MAX_LINE_BYTES => Some(Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "the line is longer than {} MiB; a record is never that long",
+                MAX_LINE_BYTES >> 20
+            ),
+        ))),
+        Ok(_) => {
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+                if buf.last() == Some(&b'\r') {
                     buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
                 }
-                Some(String::from_utf8(buf).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())
-                }))
             }
-            Err(e) => Some(Err(e)),
+            Some(
+                String::from_utf8(buf).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error())
+                }),
+            )
         }
+        Err(e) => Some(Err(e)),
     }
 }
 
@@ -77,7 +77,7 @@ impl Iterator for DialogueLines {
             if self.failed {
                 return None;
             }
-            let line = self.next_line()?;
+            let line = read_line(&mut self.reader)?;
             self.line += 1;
             let at_line = Location::in_file(&self.path).at_line(self.line);
             let text = match line {

@@ -11,7 +11,7 @@ use polars_arrow::array::{Array, ListArray, PrimitiveArray, Utf8ViewArray};
 use polars_arrow::datatypes::ArrowDataType;
 use polars_arrow::offset::Offset;
 use polars_arrow::types::NativeType;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
 #[derive(serde::Deserialize)]
@@ -43,12 +43,16 @@ fn sample(
 pub fn read_jsonl(path: &Path) -> Result<Vec<MaskedSample>> {
     let f = super::open_file(path)?;
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, "read", e))?;
+    let mut reader = BufReader::new(f);
+    let mut i = 0;
+    while let Some(line) = super::jsonl::read_line(&mut reader) {
+        i += 1;
+        let line =
+            line.map_err(|e| Error::io(path, "read", e).at(Location::default().at_line(i)))?;
         if line.trim().is_empty() {
             continue;
         }
-        let loc = Location::in_file(path).at_line(i + 1).at_row(out.len());
+        let loc = Location::in_file(path).at_line(i).at_row(out.len());
         let de = &mut serde_json::Deserializer::from_str(&line);
         let s: SampleLine = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
