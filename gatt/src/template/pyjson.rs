@@ -6,6 +6,11 @@ use minijinja::{Error, Value};
 
 pub fn tojson(value: &Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    // `tojson(indent=4)`, as templates with tools write it, or `tojson(4)`.
+    let indent = match indent {
+        Some(n) => Some(n),
+        None => kwargs.get::<Option<usize>>("indent")?,
+    };
     kwargs.assert_all_used()?;
     let mut out = String::new();
     write(&mut out, value, indent, 0, sort_keys.unwrap_or(false))?;
@@ -101,5 +106,25 @@ mod tests {
             out,
             r#"{"args": [1, "é<>"], "n": null, "name": "f", "ok": true}"#
         );
+    }
+
+    /// `tojson(indent=2)` as a keyword (Llama 3.1's template with tools writes
+    /// `tojson(indent=4)`); the expected text is Python's
+    /// `json.dumps(v, ensure_ascii=False, indent=2)`.
+    #[test]
+    fn indent_as_a_keyword_matches_python() {
+        let mut env = minijinja::Environment::new();
+        env.add_filter("tojson", tojson);
+        let v = serde_json::json!({"args": [1, "é"], "n": null, "name": "f", "o": {}, "l": []});
+        let python = "{\n  \"args\": [\n    1,\n    \"é\"\n  ],\n  \"l\": [],\n  \"n\": null,\n  \"name\": \"f\",\n  \"o\": {}\n}";
+        for call in ["tojson(indent=2)", "tojson(2)"] {
+            let out = env
+                .render_str(
+                    &format!("{{{{ v | {call} }}}}"),
+                    minijinja::context! { v => v },
+                )
+                .unwrap();
+            assert_eq!(out, python, "{call}");
+        }
     }
 }
