@@ -97,19 +97,34 @@ impl Config {
                 candle_core::Error::Msg(format!("GGUF metadata has no `{arch}.{k}`"))
             })
         };
-        let n_head = get("attention.head_count")?.to_u32()? as usize;
-        let hidden = get("embedding_length")?.to_u32()? as usize;
+        // A value of another type names its key (`not a u32` alone says nothing).
+        let typed = |k: &str, e: candle_core::Error| {
+            candle_core::Error::Msg(format!(
+                "GGUF metadata `{arch}.{k}` has the wrong type: {e}"
+            ))
+        };
+        let u32_of = |k: &str| -> Result<usize> {
+            get(k)?
+                .to_u32()
+                .map(|v| v as usize)
+                .map_err(|e| typed(k, e))
+        };
+        let f32_of = |k: &str| -> Result<f32> { get(k)?.to_f32().map_err(|e| typed(k, e)) };
+        let n_head = u32_of("attention.head_count")?;
+        let hidden = u32_of("embedding_length")?;
         let cfg = Config {
-            n_layer: get("block_count")?.to_u32()? as usize,
+            n_layer: u32_of("block_count")?,
             n_head,
-            n_kv_head: get("attention.head_count_kv")?.to_u32()? as usize,
+            n_kv_head: u32_of("attention.head_count_kv")?,
             hidden,
             head_dim: hidden.checked_div(n_head).unwrap_or(0),
-            rope_base: get("rope.freq_base")
-                .and_then(|v| v.to_f32())
-                .unwrap_or(10_000.0),
-            rms_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
-            context_length: get("context_length")?.to_u32()? as usize,
+            // Absent: llama's 10 000; present, it must be a number.
+            rope_base: match get("rope.freq_base") {
+                Ok(_) => f32_of("rope.freq_base")?,
+                Err(_) => 10_000.0,
+            },
+            rms_eps: f32_of("attention.layer_norm_rms_epsilon")? as f64,
+            context_length: u32_of("context_length")?,
             rope_interleaved,
             arch: arch.clone(),
             vocab: 0,
@@ -120,8 +135,8 @@ impl Config {
         // Head widths other than hidden / heads (written by some converters) would need
         // other projections' shapes: refused rather than computed wrongly.
         for key in ["attention.key_length", "attention.value_length"] {
-            if let Ok(v) = get(key) {
-                let width = v.to_u32()? as usize;
+            if get(key).is_ok() {
+                let width = u32_of(key)?;
                 if width != cfg.head_dim {
                     candle_core::bail!(
                         "GGUF metadata `{arch}.{key}` is {width}, not embedding_length / \

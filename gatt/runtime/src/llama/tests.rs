@@ -333,8 +333,18 @@ fn an_adapter_on_quantized_weights_is_not_merged_away_silently() {
 /// failure at generation.
 #[test]
 fn hostile_metadata_is_refused_naming_the_key() {
-    let cases: [(&str, Value, &str); 8] = [
+    let cases: [(&str, Value, &str); 10] = [
+        (
+            "llama.rope.freq_base",
+            Value::String("1e4".into()),
+            "freq_base` has the wrong type",
+        ),
         ("llama.attention.key_length", Value::U32(16), "key_length"),
+        (
+            "llama.attention.head_count",
+            Value::String("nine".into()),
+            "head_count` has the wrong type",
+        ),
         (
             "llama.attention.head_count",
             Value::U32(0),
