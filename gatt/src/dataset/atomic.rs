@@ -212,7 +212,8 @@ pub fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+        // The error names a file of the temporary folder: say which output it was for.
+        return Err(e.context(format!("writing {}", out.display())));
     }
     let old = sibling(out, "old");
     if out.exists() {
@@ -304,28 +305,31 @@ pub fn write_user_dir(
     let tmp = sibling(out, "tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    let moved = fill(&tmp).and_then(|()| {
-        let entries: Vec<_> = std::fs::read_dir(&tmp)
-            .map_err(|e| Error::io(&tmp, "read", e))?
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| Error::io(&tmp, "read", e))?;
-        // A user's folder named as a file gatt writes is kept: refused before any move.
-        for entry in &entries {
-            let to = out.join(entry.file_name());
-            if to.is_dir() && !entry.path().is_dir() {
-                return Err(Error::input(
-                    "this is a folder where gatt writes a file; --overwrite replaces files \
+    let moved = fill(&tmp)
+        .map_err(|e| e.context(format!("writing {}", out.display())))
+        .and_then(|()| {
+            let entries: Vec<_> = std::fs::read_dir(&tmp)
+                .map_err(|e| Error::io(&tmp, "read", e))?
+                .collect::<std::io::Result<_>>()
+                .map_err(|e| Error::io(&tmp, "read", e))?;
+            // A user's folder named as a file gatt writes is kept: refused before any move.
+            for entry in &entries {
+                let to = out.join(entry.file_name());
+                if to.is_dir() && !entry.path().is_dir() {
+                    return Err(Error::input(
+                        "this is a folder where gatt writes a file; --overwrite replaces files \
                      only: move the folder away",
-                )
-                .at(Location::in_file(&to)));
+                    )
+                    .at(Location::in_file(&to)));
+                }
             }
-        }
-        for entry in entries {
-            let to = out.join(entry.file_name());
-            std::fs::rename(entry.path(), &to).map_err(|e| Error::io(&to, "move into place", e))?;
-        }
-        Ok(())
-    });
+            for entry in entries {
+                let to = out.join(entry.file_name());
+                std::fs::rename(entry.path(), &to)
+                    .map_err(|e| Error::io(&to, "move into place", e))?;
+            }
+            Ok(())
+        });
     let _ = std::fs::remove_dir_all(&tmp);
     moved
 }
@@ -450,7 +454,7 @@ mod tests {
         assert_eq!(names(dir.path()), ["hf"]);
         // A failed fill leaves the folder as it was.
         let e = write_user_dir(&out, true, |_| Err(Error::runtime("boom"))).unwrap_err();
-        assert_eq!(e.to_string(), "boom");
+        assert_eq!(e.to_string(), format!("writing {}: boom", out.display()));
         assert_eq!(names(&out), ["config.json", "notes.txt"]);
         assert_eq!(names(dir.path()), ["hf"]);
         // A user's folder with the name of a file gatt writes is refused, not deleted.
