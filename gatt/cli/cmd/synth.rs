@@ -320,6 +320,13 @@ fn check_args(args: &Args) -> Result<()> {
     if s.temperature.is_nan() || s.temperature < 0.0 {
         return fail("--temperature must be 0 (greedy) or more");
     }
+    if s.temperature == 0.0 && args.resample_tries > 0 {
+        eprintln!(
+            "gatt: warning: --temperature 0 samples greedily, so a rejected reply comes out \
+             the same when its turn is sampled again: --resample-tries cannot help, and the \
+             dialogue is dropped; raise --temperature for resampling to work"
+        );
+    }
     if !(s.top_p > 0.0 && s.top_p <= 1.0) {
         return fail("--top-p is a share of probability mass, in (0, 1]");
     }
