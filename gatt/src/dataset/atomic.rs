@@ -232,15 +232,8 @@ pub fn write_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(
 ///
 /// An input error naming the flag whose file would be lost.
 pub fn refuse_overwriting_inputs(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
-    let Ok(out_real) = std::fs::canonicalize(out) else {
-        return Ok(()); // nothing there yet: nothing to destroy
-    };
     for (flag, input) in inputs {
-        let Ok(real) = std::fs::canonicalize(input) else {
-            continue;
-        };
-        let hit = out_real == real || (real.is_dir() && out_real.starts_with(&real));
-        if hit {
+        if would_replace(out, input) {
             return Err(Error::input(format!(
                 "this output would replace the file of {flag} ({}); write to another file",
                 input.display()
@@ -249,6 +242,15 @@ pub fn refuse_overwriting_inputs(out: &Path, inputs: &[(&str, &Path)]) -> Result
         }
     }
     Ok(())
+}
+
+/// Whether writing `out` would replace `input`: both name one existing file (also
+/// through links or `..`), or `input` is a folder holding `out`.
+pub fn would_replace(out: &Path, input: &Path) -> bool {
+    match (std::fs::canonicalize(out), std::fs::canonicalize(input)) {
+        (Ok(o), Ok(i)) => o == i || (i.is_dir() && o.starts_with(&i)),
+        _ => false, // nothing there yet: nothing to destroy
+    }
 }
 
 /// Checks that gatt may write a folder at `out`, a path the user named: it is absent,

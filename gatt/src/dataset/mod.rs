@@ -19,8 +19,8 @@ mod samples;
 /// JSONL, its 1-based `line`; the place errors carry.
 pub use crate::error::Location;
 pub use atomic::{
-    check_user_dir, refuse_overwriting_inputs, remove_live_temporaries, write_dir, write_file,
-    write_json, write_user_dir, AtomicFile,
+    check_user_dir, refuse_overwriting_inputs, remove_live_temporaries, would_replace, write_dir,
+    write_file, write_json, write_user_dir, AtomicFile,
 };
 pub use json::read_json;
 pub use lock::{FolderLock, LOCK_FILE};

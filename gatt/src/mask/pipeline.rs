@@ -281,11 +281,7 @@ fn mask_batches(
 
 /// An input error when `out` names the file `input` is (also through links or `..`).
 fn refuse_overwriting_input(input: &Path, out: &Path) -> Result<()> {
-    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(out)) {
-        (Ok(i), Ok(o)) => i == o,
-        _ => false,
-    };
-    if same {
+    if crate::dataset::would_replace(out, input) {
         return Err(Error::input(
             "the output is the input file: the samples would replace the dialogues; \
              write them to another file",

@@ -148,15 +148,7 @@ impl TokenizedParquet {
     /// An input error, naming the sample, for one of more than 2^31 - 1 tokens; an
     /// error of the file for a row group that cannot be written.
     pub fn write(&mut self, s: &MaskedSample) -> Result<()> {
-        let longest = s
-            .input_ids
-            .len()
-            .max(s.labels.len())
-            .max(s.attention_mask.len());
-        if longest > MAX_LEN {
-            let what = format!("a sample of {longest} tokens");
-            return Err(too_large(self.out.path(), &s.id, what));
-        }
+        let longest = sample_length(self.out.path(), s)?;
         let buffered = self
             .input_ids
             .len()

@@ -296,6 +296,24 @@ fn primitives<T: NativeType>(values: &mut Vec<T>) -> Box<dyn Array> {
 }
 
 /// An input error for a record too large for the file's types.
+/// The longest of a sample's three lists, in tokens.
+///
+/// # Errors
+///
+/// An input error, naming the sample, when it is longer than a `list` holds.
+fn sample_length(path: &Path, s: &crate::mask::MaskedSample) -> Result<usize> {
+    let longest = s
+        .input_ids
+        .len()
+        .max(s.labels.len())
+        .max(s.attention_mask.len());
+    if longest > MAX_LEN {
+        let what = format!("a sample of {longest} tokens");
+        return Err(too_large(path, &s.id, what));
+    }
+    Ok(longest)
+}
+
 fn too_large(path: &Path, id: &str, what: String) -> Error {
     Error::input(format!(
         "{what}; Arrow's `string` and `list` types hold at most {MAX_LEN}; nothing written"

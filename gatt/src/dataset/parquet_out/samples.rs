@@ -59,15 +59,7 @@ impl SampleParquet {
     /// over 2 GiB (more than a `list` or `string` holds); an error of the file for a row
     /// group that cannot be written.
     pub fn write(&mut self, s: &MaskedSample) -> Result<()> {
-        let longest = s
-            .input_ids
-            .len()
-            .max(s.labels.len())
-            .max(s.attention_mask.len());
-        if longest > MAX_LEN {
-            let what = format!("a sample of {longest} tokens");
-            return Err(too_large(self.out.path(), &s.id, what));
-        }
+        let longest = sample_length(self.out.path(), s)?;
         if s.id.len() > MAX_LEN {
             let what = format!("an id of {} bytes", s.id.len());
             return Err(too_large(self.out.path(), &s.id, what));
