@@ -14,6 +14,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::{AddedToken, Tokenizer};
 
 mod pre;
+mod spm;
 
 pub use pre::SUPPORTED as SUPPORTED_PRE_TOKENIZERS;
 /// The tokenizer type every function here returns (Hugging Face `tokenizers`).
@@ -77,8 +78,13 @@ pub fn from_gguf(content: &gguf_file::Content) -> Result<Tokenizer> {
 /// Rebuilds the tokenizer described by GGUF metadata (`tokenizer.ggml.*` keys), so that
 /// it gives the ids of the model's own `tokenizer.json`.
 ///
-/// Only byte-level BPE (`tokenizer.ggml.model = gpt2`) is supported, and only the
-/// pre-tokenizers named in [`SUPPORTED_PRE_TOKENIZERS`] (`tokenizer.ggml.pre`). Control
+/// Two kinds of vocabulary are rebuilt:
+/// - byte-level BPE (`tokenizer.ggml.model = gpt2`), with the pre-tokenizers named in
+///   [`SUPPORTED_PRE_TOKENIZERS`] (`tokenizer.ggml.pre`);
+/// - SentencePiece (`tokenizer.ggml.model = llama`, `tokenizer.ggml.pre = default`: Llama 2,
+///   Mistral v0.1-v0.3, Phi-3), as `transformers` converts it (see the `spm` module).
+///
+/// Control
 /// tokens (type 3) become special added tokens and user-defined ones (type 4) plain added
 /// tokens: both are matched in the text before BPE, as llama.cpp and `transformers` do.
 ///
@@ -86,13 +92,15 @@ pub fn from_gguf(content: &gguf_file::Content) -> Result<Tokenizer> {
 ///
 /// An input error naming the key at fault when a key is missing or malformed, when
 /// `tokenizer.ggml.pre` is absent (the split rules would be a guess) or names a
-/// pre-tokenizer this crate does not rebuild exactly.
+/// pre-tokenizer this crate does not rebuild exactly, and for any other tokenizer model
+/// (`bert`, `t5`, `gemma4`, ...).
 pub fn from_gguf_metadata(metadata: &Metadata) -> Result<Tokenizer> {
     let model = md_string(metadata, "tokenizer.ggml.model")?;
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(Error::input(format!(
-            "GGUF tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); \
-             give the model's tokenizer.json instead"
+            "GGUF tokenizer model `tokenizer.ggml.model = {model}` is not supported (only \
+             byte-level BPE, `gpt2`, and SentencePiece, `llama`); give the model's \
+             tokenizer.json instead"
         )));
     }
     let pre = match metadata.get(pre::PRE_KEY) {
@@ -107,8 +115,21 @@ pub fn from_gguf_metadata(metadata: &Metadata) -> Result<Tokenizer> {
             )))
         }
     };
-    let recipe = pre::recipe(&pre)?;
     let tokens = md_strings(metadata, "tokenizer.ggml.tokens")?;
+    let types = token_types(metadata, tokens.len())?;
+    if model == "llama" {
+        if pre != "default" {
+            return Err(Error::input(format!(
+                "GGUF `{} = {pre}` with a SentencePiece vocabulary (`tokenizer.ggml.model = \
+                 llama`) is not supported (only `default`); give the model's tokenizer.json \
+                 instead",
+                pre::PRE_KEY
+            )));
+        }
+        let scores = md_floats(metadata, "tokenizer.ggml.scores")?;
+        return spm::build(metadata, &tokens, &scores, &types);
+    }
+    let recipe = pre::recipe(&pre)?;
     let merges: Vec<(String, String)> = md_strings(metadata, "tokenizer.ggml.merges")?
         .into_iter()
         .map(|m| match m.split_once(' ') {
@@ -118,15 +139,6 @@ pub fn from_gguf_metadata(metadata: &Metadata) -> Result<Tokenizer> {
             ))),
         })
         .collect::<Result<_>>()?;
-    let types: Vec<i32> = match metadata.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()
-            .map_err(|e| Error::input(format!("GGUF `tokenizer.ggml.token_type`: {e}")))?
-            .iter()
-            .map(|t| t.to_i32().unwrap_or(TOKEN_NORMAL))
-            .collect(),
-        None => vec![TOKEN_NORMAL; tokens.len()],
-    };
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
         .enumerate()
@@ -157,6 +169,38 @@ pub fn from_gguf_metadata(metadata: &Metadata) -> Result<Tokenizer> {
     let _added = tok.add_special_tokens(added(TOKEN_CONTROL));
     let _added = tok.add_tokens(added(TOKEN_USER_DEFINED));
     Ok(tok)
+}
+
+/// `tokenizer.ggml.token_type`, one per token (ordinary when the key is absent).
+fn token_types(metadata: &Metadata, n: usize) -> Result<Vec<i32>> {
+    const KEY: &str = "tokenizer.ggml.token_type";
+    let Some(v) = metadata.get(KEY) else {
+        return Ok(vec![TOKEN_NORMAL; n]);
+    };
+    let bad = |e: candle_core::Error| Error::input(format!("GGUF metadata `{KEY}`: {e}"));
+    let types: Vec<i32> = v
+        .to_vec()
+        .map_err(bad)?
+        .iter()
+        .map(|t| t.to_i32().map_err(bad))
+        .collect::<Result<_>>()?;
+    if types.len() != n {
+        return Err(Error::input(format!(
+            "GGUF metadata `{KEY}` has {} entries for {n} tokens",
+            types.len()
+        )));
+    }
+    Ok(types)
+}
+
+fn md_floats(md: &Metadata, key: &str) -> Result<Vec<f32>> {
+    let bad = |e: candle_core::Error| Error::input(format!("GGUF metadata `{key}`: {e}"));
+    self::md(md, key)?
+        .to_vec()
+        .map_err(bad)?
+        .iter()
+        .map(|v| v.to_f32().map_err(bad))
+        .collect()
 }
 
 /// `tokenizer.ggml.token_type` of an ordinary token.

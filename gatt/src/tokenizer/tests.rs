@@ -80,9 +80,27 @@ fn control_tokens_are_special_and_user_defined_ones_are_matched_whole() {
 }
 
 #[test]
-fn a_non_bpe_model_is_refused() {
+fn other_tokenizer_models_are_refused_naming_the_key() {
+    for model in ["bert", "t5", "gemma4", "rwkv"] {
+        let mut md = metadata(Some("gpt-2"));
+        md.insert("tokenizer.ggml.model".into(), Value::String(model.into()));
+        let e = from_gguf_metadata(&md).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "`tokenizer.ggml.model = {model}` is not supported"
+            )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_sentencepiece_vocabulary_with_split_rules_is_refused() {
+    // llama.cpp ignores `tokenizer.ggml.pre` for SentencePiece; a value other than
+    // `default` means a converter gatt does not know wrote the file.
     let mut md = metadata(Some("gpt-2"));
     md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
-    let e = from_gguf_metadata(&md).unwrap_err();
-    assert!(e.to_string().contains("`llama` is not supported"), "{e}");
+    let e = from_gguf_metadata(&md).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.pre = gpt-2"), "{e}");
+    assert!(e.contains("SentencePiece"), "{e}");
 }

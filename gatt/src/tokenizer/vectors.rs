@@ -167,6 +167,8 @@ families! {
     falcon_gives_every_reference_id => "falcon",
     deepseek_llm_gives_every_reference_id => "deepseek-llm",
     deepseek_coder_gives_every_reference_id => "deepseek-coder",
+    llama_spm_gives_every_reference_id => "llama-spm",
+    phi_3_gives_every_reference_id => "phi-3",
 }
 
 /// The other reference vocabularies are refused with a reason, never rebuilt.
