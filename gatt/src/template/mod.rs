@@ -127,6 +127,11 @@ impl ChatTemplate {
         env.add_filter("tojson", pyjson::tojson);
         env.add_test("none", pynone::test_none);
         env.add_test("iterable", pynone::test_iterable);
+        env.add_filter("select", pynone::filters::select);
+        env.add_filter("reject", pynone::filters::reject);
+        env.add_filter("selectattr", pynone::filters::selectattr);
+        env.add_filter("rejectattr", pynone::filters::rejectattr);
+        env.add_filter("map", pynone::filters::map);
         env.add_function(generation::MARK_FUNCTION, generation::mark);
         let rewritten = generation::rewrite(&source);
         let has_generation = rewritten.is_some();
@@ -388,6 +393,8 @@ fn format_date(days: u64, fmt: &str) -> String {
 }
 
 #[cfg(test)]
+mod llamacpp_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -561,6 +568,19 @@ mod tests {
         assert!(e.contains("not iterable"), "{e}");
         let t = template("{{ tools | length }}");
         assert!(t.render(&convo(), false).is_err());
+    }
+
+    #[test]
+    fn select_and_map_give_nothing_for_none_as_in_jinja2() {
+        // Jinja2's filters check `if value:` before iterating (functionary's templates
+        // rely on it); over a list they still select and map.
+        let t = template(
+            "{{ tools | selectattr('type', 'equalto', 'x') | list | length }}|{{ tools | rejectattr('type') | list }}|{{ tools | select | list }}|{{ tools | reject | list }}|{{ tools | map(attribute='a') | list }}|{{ messages | map(attribute='role') | join(',') }}|{{ messages | selectattr('role', 'equalto', 'user') | list | length }}",
+        );
+        assert_eq!(
+            t.render(&convo(), false).unwrap(),
+            "0|[]|[]|[]|[]|user,assistant|1"
+        );
     }
 
     #[test]

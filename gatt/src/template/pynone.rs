@@ -67,3 +67,76 @@ pub fn from_json(v: &serde_json::Value) -> Value {
         other => Value::from_serialize(other),
     }
 }
+
+/// Jinja2's `select`, `reject`, `selectattr`, `rejectattr` and `map` yield nothing for a
+/// false value (`None`, `[]`, `""`) without iterating it (`if value:` in
+/// `jinja2.filters.select_or_reject` and `sync_do_map`); minijinja's iterate it, so
+/// `tools | selectattr("type", "equalto", "code_interpreter")` fails on `tools = None`
+/// where `transformers` renders (functionary's templates). These wrap minijinja's.
+pub mod filters {
+    use minijinja::value::Rest;
+    use minijinja::{Error, State, Value};
+    use std::borrow::Cow;
+
+    /// `select` (see the module documentation).
+    pub fn select(
+        state: &State,
+        value: Value,
+        test: Option<Cow<'_, str>>,
+        args: Rest<Value>,
+    ) -> Result<Vec<Value>, Error> {
+        if !value.is_true() {
+            return Ok(Vec::new());
+        }
+        minijinja::filters::select(state, value, test, args)
+    }
+
+    /// `reject` (see the module documentation).
+    pub fn reject(
+        state: &State,
+        value: Value,
+        test: Option<Cow<'_, str>>,
+        args: Rest<Value>,
+    ) -> Result<Vec<Value>, Error> {
+        if !value.is_true() {
+            return Ok(Vec::new());
+        }
+        minijinja::filters::reject(state, value, test, args)
+    }
+
+    /// `selectattr` (see the module documentation).
+    pub fn selectattr(
+        state: &State,
+        value: Value,
+        attr: Cow<'_, str>,
+        test: Option<Cow<'_, str>>,
+        args: Rest<Value>,
+    ) -> Result<Vec<Value>, Error> {
+        if !value.is_true() {
+            return Ok(Vec::new());
+        }
+        minijinja::filters::selectattr(state, value, attr, test, args)
+    }
+
+    /// `rejectattr` (see the module documentation).
+    pub fn rejectattr(
+        state: &State,
+        value: Value,
+        attr: Cow<'_, str>,
+        test: Option<Cow<'_, str>>,
+        args: Rest<Value>,
+    ) -> Result<Vec<Value>, Error> {
+        if !value.is_true() {
+            return Ok(Vec::new());
+        }
+        minijinja::filters::rejectattr(state, value, attr, test, args)
+    }
+
+    /// `map` (see the module documentation).
+    pub fn map(state: &State, value: Value, args: Rest<Value>) -> Result<Vec<Value>, Error> {
+        if !value.is_true() {
+            return Ok(Vec::new());
+        }
+        minijinja::filters::map(state, value, args)
+    }
+}

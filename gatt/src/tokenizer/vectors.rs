@@ -24,10 +24,14 @@ const SDIST_SHA256: &str = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a3637
 const MODELS: &str = "llama_cpp_python-0.3.36/vendor/llama.cpp/models";
 /// Separates the test strings of a `.gguf.inp` file (each string is followed by it).
 const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
-/// Written last into the cache folder: its content is [`SDIST_SHA256`].
+/// Written last into the cache folder: the sdist's sha256 and [`LAYOUT`].
 const COMPLETE: &str = ".complete";
+/// What was extracted from the sdist (a folder extracted by an older layout is fetched
+/// again).
+const LAYOUT: &str = "vocab+templates";
 
-/// `$GATT_HOME/reference/llama-cpp-python-0.3.36`: the vocabularies, fetched on first use.
+/// `$GATT_HOME/reference/llama-cpp-python-0.3.36`: the vocabularies (`ggml-vocab-*`) and
+/// llama.cpp's collection of real chat templates (`templates/*.jinja`), fetched on first use.
 pub(crate) fn vocab_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -35,7 +39,7 @@ pub(crate) fn vocab_dir() -> &'static Path {
             .join("reference")
             .join("llama-cpp-python-0.3.36");
         let done = std::fs::read_to_string(dir.join(COMPLETE)).unwrap_or_default();
-        if done.trim() != SDIST_SHA256 {
+        if done.trim() != format!("{SDIST_SHA256} {LAYOUT}") {
             fetch(&dir).unwrap_or_else(|e| panic!("{e}"));
         }
         dir
@@ -76,6 +80,7 @@ fn fetch_into(tmp: &Path, dir: &Path) -> Result<(), String> {
         .arg(tmp)
         .arg("--wildcards")
         .arg(format!("{MODELS}/ggml-vocab-*"))
+        .arg(format!("{MODELS}/templates/*.jinja"))
         .status()
         .map_err(|e| format!("tar: {e}"))?;
     if !status.success() {
@@ -83,7 +88,7 @@ fn fetch_into(tmp: &Path, dir: &Path) -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(tmp.join(MODELS), dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::write(dir.join(COMPLETE), SDIST_SHA256).map_err(|e| format!("{}: {e}", dir.display()))
+    std::fs::write(dir.join(COMPLETE), format!("{SDIST_SHA256} {LAYOUT}")).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// The test strings of `name` and the ids each must give.
