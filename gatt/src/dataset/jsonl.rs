@@ -81,6 +81,11 @@ impl Iterator for DialogueLines {
             self.line += 1;
             let at_line = Location::in_file(&self.path).at_line(self.line);
             let text = match line {
+                // A byte order mark opens files that Windows tools (PowerShell's
+                // `Out-File`, Excel's "UTF-8 CSV") write; it is not part of the record.
+                Ok(t) if self.line == 1 && t.starts_with('\u{feff}') => {
+                    t['\u{feff}'.len_utf8()..].to_string()
+                }
                 Ok(t) => t,
                 Err(e) => {
                     // Bad UTF-8 spoils one line; any other failure (a line too long to
@@ -161,5 +166,23 @@ mod tests {
             long.is_input() && long.to_string().contains("64 MiB"),
             "{long}"
         );
+    }
+}
+
+#[cfg(test)]
+mod bom_tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_skipped_and_only_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let rec = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#;
+        std::fs::write(&path, format!("\u{feff}{rec}\n\u{feff}{rec}\n")).unwrap();
+        let items: Vec<_> = DialogueLines::open(&path).unwrap().collect();
+        assert!(items[0].is_ok(), "{:?}", items[0].as_ref().err());
+        // Inside the file a BOM is not whitespace JSON allows: that line is refused.
+        let e = items[1].as_ref().unwrap_err().to_string();
+        assert!(e.contains(":2"), "{e}");
     }
 }

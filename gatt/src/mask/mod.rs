@@ -528,4 +528,6 @@ fn sample(
 }
 
 #[cfg(test)]
+mod llamacpp_tests;
+#[cfg(test)]
 mod tests;

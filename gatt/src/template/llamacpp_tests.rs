@@ -37,8 +37,8 @@ struct Tally {
 fn every_llamacpp_template_renders_like_transformers_or_is_refused() {
     let dir = vocab_dir().join("templates");
     let all = dialogues();
-    let fixture = std::fs::read_to_string(Path::new(FIXTURES).join("llamacpp_templates.jsonl"))
-        .unwrap();
+    let fixture =
+        std::fs::read_to_string(Path::new(FIXTURES).join("llamacpp_templates.jsonl")).unwrap();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let mut wrong = Vec::new();
     for line in fixture.lines() {

@@ -88,7 +88,8 @@ fn fetch_into(tmp: &Path, dir: &Path) -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(tmp.join(MODELS), dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::write(dir.join(COMPLETE), format!("{SDIST_SHA256} {LAYOUT}")).map_err(|e| format!("{}: {e}", dir.display()))
+    std::fs::write(dir.join(COMPLETE), format!("{SDIST_SHA256} {LAYOUT}"))
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// The test strings of `name` and the ids each must give.
