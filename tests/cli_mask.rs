@@ -358,6 +358,21 @@ fn templates_lists_the_builtins() {
     }
 }
 
+#[test]
+fn templates_renders_a_template_file() {
+    let dir = tempdir();
+    let file = dir.path().join("t.jinja");
+    std::fs::write(
+        &file,
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}",
+    )
+    .unwrap();
+    let o = gatt(&["templates", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("[user] Hi!\n"), "{text}");
+}
+
 /// Every subcommand's --help renders (clap checks its definitions when it does).
 #[test]
 fn every_command_has_help() {

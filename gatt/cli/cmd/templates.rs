@@ -1,13 +1,16 @@
 //! `gatt templates`: the built-in chat templates.
 
 use crate::out::{out, outln};
-use gatt::template::{builtins, ChatTemplate};
+use gatt::model::load_template;
+use gatt::template::builtins;
 use gatt::{Message, Result};
 
 /// List the built-in chat templates, or show one rendered on a sample conversation.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Render this template on a two-turn example.
+    /// Render this template on a two-turn example: a built-in name, a .jinja file or a
+    /// tokenizer_config.json (a .jinja file brings no BOS or EOS, so `bos_token` and
+    /// `eos_token` print empty here; `gatt mask --model M` takes the model's own).
     pub name: Option<String>,
 }
 
@@ -19,7 +22,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         Some(name) => {
-            let t = ChatTemplate::builtin(&name)?;
+            let t = load_template(&name)?;
             let msgs = [
                 Message::system("You are helpful."),
                 Message::user("Hi!"),
