@@ -55,8 +55,7 @@ fn fill(model: &mut Model, source: &ModelSource, format: &ChatFormat, dir: &Path
     let tensors =
         hf::export_tensors(model).map_err(|e| Error::runtime(format!("exporting weights: {e}")))?;
     let st = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &st)
-        .map_err(|e| Error::runtime(format!("{}: {e}", st.display())))?;
+    crate::safetensors_file::save(&tensors, &st)?;
     match source {
         ModelSource::HfDir(src) => {
             for f in TOKENIZER_FILES {

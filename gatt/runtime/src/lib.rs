@@ -21,6 +21,7 @@ mod embedded;
 pub mod export;
 pub(crate) mod kernels;
 pub mod llama;
+mod safetensors_file;
 pub mod sampling;
 pub mod train;
 

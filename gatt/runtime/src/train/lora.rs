@@ -179,8 +179,7 @@ pub fn save_peft(model: &mut Model, cfg: &LoraConfig, base: &str, out: &Path) ->
         "use_dora": false,
     });
     write_dir(out, |dir| {
-        candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))
-            .map_err(conv)?;
+        crate::safetensors_file::save(&tensors, &dir.join("adapter_model.safetensors"))?;
         write_json(&dir.join("adapter_config.json"), &config)
     })
 }

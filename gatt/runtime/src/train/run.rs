@@ -278,8 +278,7 @@ fn write_checkpoint(
 ) -> Result<()> {
     write_dir(dir, |tmp| {
         let st = tmp.join("state.safetensors");
-        candle_core::safetensors::save(tensors, &st)
-            .map_err(|e| Error::runtime(format!("{}: {e} (disk full?)", st.display())))?;
+        crate::safetensors_file::save(tensors, &st)?;
         write_json(&tmp.join("state.json"), state)
     })
     .map_err(|e| {
