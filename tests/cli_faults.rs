@@ -232,7 +232,7 @@ fn parquet_columns_gatt_does_not_need_are_ignored_whatever_their_type() {
 }
 
 /// A chat template that doubles a string until memory runs out is stopped at the render
-/// budget: exit 2, the template named, no output.
+/// budget: exit 2, the template and the record named, no output.
 #[test]
 fn a_template_that_exhausts_memory_is_refused_naming_it() {
     let dir = tempdir();
@@ -253,6 +253,7 @@ fn a_template_that_exhausts_memory_is_refused_naming_it() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("bomb.jinja") && err.contains("MiB"), "{err}");
+    assert!(err.contains("record `"), "names the record: {err}");
     assert!(!out.exists());
     let left: Vec<String> = listing(dir.path())
         .into_iter()

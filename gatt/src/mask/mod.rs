@@ -293,6 +293,7 @@ impl Masker {
     /// A [`MaskError`] when the record as a whole cannot be masked (or, under
     /// [`Policy::GattExpand`], when no reply can).
     pub fn mask_record(&self, d: &Dialogue) -> Result<MaskedRecord, MaskError> {
+        let _record = crate::template::memory::record_scope(&d.id);
         d.validate(Purpose::Training)
             .map_err(|e| MaskError::new(SkipReason::Invalid, e.to_string()))?;
         let end_of_turn = cut::final_end_of_turn(d, self.opts.cut_replies, self.opts.policy)?;

@@ -22,6 +22,29 @@ thread_local! {
     static LEFT: Cell<Option<usize>> = const { Cell::new(None) };
     /// The template being rendered, for the message.
     static ORIGIN: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The id of the record being rendered, if a caller said ([`record_scope`]).
+    static RECORD: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Names the record whose renders follow on this thread, until the guard is dropped, so
+/// that [`exceeded_message`] says which record was being rendered.
+pub fn record_scope(id: &str) -> RecordScope {
+    let _ = RECORD.try_with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut() {
+            r.clear();
+            r.push_str(id);
+        }
+    });
+    RecordScope(())
+}
+
+/// Guard of [`record_scope`].
+pub struct RecordScope(());
+
+impl Drop for RecordScope {
+    fn drop(&mut self) {
+        let _ = RECORD.try_with(|r| r.try_borrow_mut().map(|mut r| r.clear()));
+    }
 }
 
 /// Counts an allocation of `bytes` against the render under way on this thread, if
@@ -49,11 +72,20 @@ pub fn charge(bytes: usize) -> Option<String> {
     })
 }
 
-/// What the allocator prints before it ends the process.
+/// What the allocator prints before it ends the process: the template and, when a
+/// caller named it ([`record_scope`]), the record.
 pub fn exceeded_message(origin: &str) -> String {
+    let record = RECORD
+        .try_with(|r| r.try_borrow().map(|r| r.clone()).unwrap_or_default())
+        .unwrap_or_default();
+    let what = if record.is_empty() {
+        "rendering it".to_string()
+    } else {
+        format!("rendering record `{record}` with it")
+    };
     format!(
-        "gatt: error: chat template {origin}: rendering it allocated more than {} MiB; a \
-         chat template never needs that much, so it is refused\n",
+        "gatt: error: chat template {origin}: {what} allocated more than {} MiB; a chat \
+         template never needs that much, so it is refused\n",
         RENDER_BUDGET_BYTES >> 20
     )
 }
@@ -100,5 +132,10 @@ mod tests {
         drop(_b);
         assert_eq!(charge(usize::MAX), None);
         assert!(exceeded_message("x.jinja").contains("chat template x.jinja"));
+        {
+            let _r = record_scope("row-7");
+            assert!(exceeded_message("x.jinja").contains("record `row-7`"));
+        }
+        assert!(!exceeded_message("x.jinja").contains("record"));
     }
 }
