@@ -45,6 +45,7 @@ PAIRS = [
     ("builtin:mistral", "llama-spm"),
     ("builtin:phi3", "phi-3"),
     ("builtin:chatml", "qwen2"),
+    ("google-gemma-4-31B-it", "gemma-4"),
 ]
 DIALOGUES = (
     "h01_basic",

@@ -96,11 +96,21 @@ pub fn from_gguf(content: &gguf_file::Content) -> Result<Tokenizer> {
 /// (`bert`, `t5`, `gemma4`, ...).
 pub fn from_gguf_metadata(metadata: &Metadata) -> Result<Tokenizer> {
     let model = md_string(metadata, "tokenizer.ggml.model")?;
+    if model == "gemma4" {
+        // llama.cpp sets this family's split rules whatever `tokenizer.ggml.pre` says.
+        let tokens = md_strings(metadata, "tokenizer.ggml.tokens")?;
+        let types = token_types(metadata, tokens.len())?;
+        let merges = md_strings(metadata, "tokenizer.ggml.merges")?
+            .iter()
+            .map(|m| spm::split_merge(m))
+            .collect::<Result<_>>()?;
+        return spm::build_gemma4(metadata, &tokens, &types, merges);
+    }
     if model != "gpt2" && model != "llama" {
         return Err(Error::input(format!(
             "GGUF tokenizer model `tokenizer.ggml.model = {model}` is not supported (only \
-             byte-level BPE, `gpt2`, and SentencePiece, `llama`); give the model's \
-             tokenizer.json instead"
+             byte-level BPE, `gpt2`; SentencePiece, `llama`; and Gemma 4's, `gemma4`); give \
+             the model's tokenizer.json instead"
         )));
     }
     let pre = match metadata.get(pre::PRE_KEY) {

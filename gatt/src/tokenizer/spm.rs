@@ -34,6 +34,85 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, Tokenizer};
 
+/// Gemma 4's tokenizer (`tokenizer.ggml.model = gemma4`): SentencePiece-style BPE with
+/// the merges given. As llama.cpp reads it (`LLAMA_VOCAB_PRE_TYPE_GEMMA4`): spaces become
+/// `▁` (no `▁` is prepended unless `tokenizer.ggml.add_space_prefix` says so), the text
+/// is split into runs of newlines and runs of anything else, the merges run on
+/// characters, and a character no piece covers falls back to `<0xXX>` byte tokens.
+///
+/// # Errors
+///
+/// As [`build`].
+pub(super) fn build_gemma4(
+    metadata: &Metadata,
+    tokens: &[String],
+    types: &[i32],
+    merges: Vec<(String, String)>,
+) -> Result<Tokenizer> {
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| Error::runtime(format!("GGUF tokenizer: cannot build BPE: {e}")))?;
+    let mut tok = Tokenizer::new(bpe);
+    let prefix =
+        metadata.contains_key("tokenizer.ggml.add_space_prefix") && add_space_prefix(metadata)?;
+    tok.with_normalizer(Some(normalizer(prefix)?))
+        .map_err(|e| Error::runtime(format!("GGUF tokenizer: normalizer: {e}")))?;
+    let split = tokenizers::pre_tokenizers::split::Split::new(
+        tokenizers::pre_tokenizers::split::SplitPattern::Regex(r"[^\n]+|[\n]+".into()),
+        tokenizers::SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| Error::runtime(format!("GGUF tokenizer: pre-tokenizer: {e}")))?;
+    tok.with_pre_tokenizer(Some(split));
+    tok.with_decoder(Some(decoder(prefix)?));
+    add_typed_tokens(&mut tok, tokens, types, false);
+    Ok(tok)
+}
+
+/// A merge as GGUF stores it, `left right`: split at the first space after the first
+/// character (a left part may itself be a space), as llama.cpp splits it.
+///
+/// # Errors
+///
+/// An input error quoting a merge without a space.
+pub(super) fn split_merge(m: &str) -> Result<(String, String)> {
+    let first = m.chars().next().map_or(0, char::len_utf8);
+    match m[first..].find(' ') {
+        Some(at) => Ok((m[..first + at].to_string(), m[first + at + 1..].to_string())),
+        None => Err(Error::input(format!(
+            "GGUF metadata `tokenizer.ggml.merges`: malformed merge `{m}`"
+        ))),
+    }
+}
+
+/// Adds control tokens (type 3) as special tokens and user-defined ones (type 4) as
+/// plain added tokens, never normalized; with `phi3_rstrip`, Phi-3's whitespace rule
+/// (see the module documentation).
+fn add_typed_tokens(tok: &mut Tokenizer, tokens: &[String], types: &[i32], phi3_rstrip: bool) {
+    let added = |kind: i32| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(types)
+            .filter(|(_, t)| **t == kind)
+            .map(|(s, _)| {
+                let keeps_space = ["<unk>", "<s>", "<|endoftext|>"].contains(&s.as_str());
+                AddedToken::from(s.clone(), kind == TOKEN_CONTROL)
+                    .normalized(false)
+                    .rstrip(phi3_rstrip && !keeps_space)
+            })
+            .collect()
+    };
+    let _added = tok.add_special_tokens(added(TOKEN_CONTROL));
+    let _added = tok.add_tokens(added(TOKEN_USER_DEFINED));
+}
+
 /// SentencePiece's word-boundary mark, which stands for a space in every piece.
 const SPACE_MARK: &str = "\u{2581}";
 
@@ -91,25 +170,11 @@ pub(super) fn build(
         .build()
         .map_err(|e| Error::runtime(format!("GGUF tokenizer: cannot build BPE: {e}")))?;
     let mut tok = Tokenizer::new(bpe);
-    tok.with_normalizer(Some(normalizer(add_space_prefix(metadata)?)?))
+    let prefix = add_space_prefix(metadata)?;
+    tok.with_normalizer(Some(normalizer(prefix)?))
         .map_err(|e| Error::runtime(format!("GGUF tokenizer: normalizer: {e}")))?;
-    tok.with_decoder(Some(decoder()?));
-    let rstrip = is_phi3(metadata);
-    let added = |kind: i32| -> Vec<AddedToken> {
-        tokens
-            .iter()
-            .zip(types)
-            .filter(|(_, t)| **t == kind)
-            .map(|(s, _)| {
-                let keeps_space = ["<unk>", "<s>", "<|endoftext|>"].contains(&s.as_str());
-                AddedToken::from(s.clone(), kind == TOKEN_CONTROL)
-                    .normalized(false)
-                    .rstrip(rstrip && !keeps_space)
-            })
-            .collect()
-    };
-    let _added = tok.add_special_tokens(added(TOKEN_CONTROL));
-    let _added = tok.add_tokens(added(TOKEN_USER_DEFINED));
+    tok.with_decoder(Some(decoder(prefix)?));
+    add_typed_tokens(&mut tok, tokens, types, is_phi3(metadata));
     Ok(tok)
 }
 
@@ -146,16 +211,20 @@ fn normalizer(prefix: bool) -> Result<NormalizerWrapper> {
     Ok(NormalizerSequence::new(parts).into())
 }
 
-fn decoder() -> Result<DecoderWrapper> {
+/// `▁` back to spaces, byte tokens back to text; with `prefix`, the prepended space
+/// stripped again.
+fn decoder(prefix: bool) -> Result<DecoderWrapper> {
     let replace = Replace::new(SPACE_MARK, " ")
         .map_err(|e| Error::runtime(format!("GGUF tokenizer: decoder: {e}")))?;
-    Ok(DecoderSequence::new(vec![
+    let mut parts: Vec<DecoderWrapper> = vec![
         replace.into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
-        Strip::new(' ', 1, 0).into(),
-    ])
-    .into())
+    ];
+    if prefix {
+        parts.push(Strip::new(' ', 1, 0).into());
+    }
+    Ok(DecoderSequence::new(parts).into())
 }
 
 /// The merges SentencePiece's scores imply: for every ordinary piece, each way to split

@@ -81,7 +81,7 @@ fn control_tokens_are_special_and_user_defined_ones_are_matched_whole() {
 
 #[test]
 fn other_tokenizer_models_are_refused_naming_the_key() {
-    for model in ["bert", "t5", "gemma4", "rwkv"] {
+    for model in ["bert", "t5", "ugm", "rwkv"] {
         let mut md = metadata(Some("gpt-2"));
         md.insert("tokenizer.ggml.model".into(), Value::String(model.into()));
         let e = from_gguf_metadata(&md).unwrap_err().to_string();
