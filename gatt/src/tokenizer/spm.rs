@@ -1,5 +1,6 @@
 //! SentencePiece vocabularies (`tokenizer.ggml.model = llama`): Llama 2, Mistral v0.1-v0.3,
-//! Phi-3 and the other models whose GGUF carries pieces and scores but no merges.
+//! Phi-3 and the other models whose GGUF carries pieces and scores but no merges; and
+//! Gemma 4's SentencePiece-style BPE, which carries merges ([`build_gemma4`]).
 //!
 //! The tokenizer is rebuilt as `transformers` converts such a vocabulary (its
 //! `LlamaConverter`, and the GGUF loader that builds on it), which is what Llama 2's own
