@@ -143,6 +143,28 @@ fn lora_run_resumes_merges_and_the_merged_folder_generates() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(stdout(&o).contains("Paris"), "{}", text(&o));
+    // `gatt score`: base + adapter scores as the merged folder does; the base alone not.
+    let score = |extra: &[&str], name: &str| -> f64 {
+        let out = dir.path().join(name);
+        let mut a = vec!["score", "--data", &data, "--out", out.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        let o = gatt(&a);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(stdout(&o).contains("perplexity"), "{}", text(&o));
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(doc["scores"]["samples"].as_array().unwrap().len(), 3);
+        doc["scores"]["nll_per_token"].as_f64().unwrap()
+    };
+    let adapter = run.join("adapter");
+    let with_adapter = score(&["--adapter", adapter.to_str().unwrap()], "a.json");
+    let merged_nll = score(&["--model", merged.to_str().unwrap()], "m.json");
+    let base = score(&[], "b.json");
+    assert!(
+        (with_adapter - merged_nll).abs() <= 1e-4 * with_adapter,
+        "{with_adapter} vs {merged_nll}"
+    );
+    assert!(base != with_adapter, "the adapter changed nothing: {base}");
 }
 
 #[test]

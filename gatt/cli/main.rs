@@ -50,6 +50,7 @@ enum Command {
     Model(cmd::model::Args),
     Templates(cmd::templates::Args),
     Train(cmd::train::Args),
+    Score(cmd::score::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +73,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Score(a) => cmd::score::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

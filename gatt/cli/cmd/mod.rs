@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod mask;
 pub mod model;
 pub mod report;
+pub mod score;
 pub mod synth;
 pub mod templates;
 pub mod train;

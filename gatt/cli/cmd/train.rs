@@ -278,7 +278,7 @@ impl From<LossMean> for LossMeanArg {
 }
 
 /// An error at a row of a sample file gets the command that shows that sample.
-fn inspect_hint(e: Error) -> Error {
+pub(crate) fn inspect_hint(e: Error) -> Error {
     let row_in_file = e
         .location()
         .and_then(|l| Some((l.file.as_ref()?.display().to_string(), l.row?)));

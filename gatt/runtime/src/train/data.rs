@@ -99,7 +99,13 @@ pub fn load(
 
 /// Checks sample `row` (0-based, as the inspect command counts) against the
 /// model; an error names the file, row, id and field.
-fn check(path: &Path, row: usize, s: &MaskedSample, vocab: usize, stop_ids: &[u32]) -> Result<()> {
+pub(crate) fn check(
+    path: &Path,
+    row: usize,
+    s: &MaskedSample,
+    vocab: usize,
+    stop_ids: &[u32],
+) -> Result<()> {
     let bad = |field: String, msg: String| {
         Err(Error::input(msg).at(Location::in_file(path)
             .at_row(row)

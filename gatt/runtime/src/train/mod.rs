@@ -16,6 +16,7 @@ pub mod loss;
 pub mod optim;
 mod run;
 pub mod schedule;
+pub mod score;
 
 pub use data::Example;
 pub use lora::LoraConfig;
