@@ -253,6 +253,51 @@ fn synth_flag_combinations_fail_before_any_work() {
         (vec!["--policy", "all"], "--mask"),
         (vec!["--mask-model", "default"], "--mask"),
         (vec!["--cut-replies", "sometimes"], "resample"),
+        // A judge with nothing to weigh in (one candidate, no --min-adherence)...
+        (vec!["--judge-model", "default"], "--judge-model weighs"),
+        (
+            vec![
+                "--judge-endpoint",
+                "http://127.0.0.1:9",
+                "--judge-api-model",
+                "j",
+            ],
+            "--judge-endpoint weighs",
+        ),
+        // ...or no kind it judges; judge flags that do not go together.
+        (
+            vec![
+                "--judge-model",
+                "default",
+                "--candidates",
+                "2",
+                "--constraints",
+                "language",
+            ],
+            "holds none of them",
+        ),
+        (
+            vec![
+                "--judge-endpoint",
+                "http://127.0.0.1:9",
+                "--candidates",
+                "2",
+            ],
+            "--judge-api-model",
+        ),
+        (
+            vec!["--judge-api-model", "j", "--candidates", "2"],
+            "--judge-endpoint",
+        ),
+        (
+            vec![
+                "--judge-model",
+                "default",
+                "--judge-endpoint",
+                "http://127.0.0.1:9",
+            ],
+            "--judge-endpoint",
+        ),
     ];
     for (extra, says) in cases {
         let mut args = vec!["synth", "--out", out];

@@ -171,8 +171,14 @@ mod tests {
         let yes = [None, Some(true)];
         assert!(s.score_turn(&c, &plain, 2, None, &yes) > s.score_turn(&c, &named, 2, None, &no));
         // Its verdicts count as decided checks for --min-adherence, beside the code's.
-        assert_eq!(s.adherence(&c[1..], &plain.text, None, &[Some(true)]), (1, 1));
+        assert_eq!(
+            s.adherence(&c[1..], &plain.text, None, &[Some(true)]),
+            (1, 1)
+        );
         let probe = Some(&ConstraintKind::Figure);
-        assert_eq!(s.adherence(&c[1..], &plain.text, probe, &[Some(true)]), (1, 2));
+        assert_eq!(
+            s.adherence(&c[1..], &plain.text, probe, &[Some(true)]),
+            (1, 2)
+        );
     }
 }

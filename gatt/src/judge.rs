@@ -205,18 +205,17 @@ mod tests {
         let hobby = Constraint::new(ConstraintKind::Hobby, "Chess");
         let r = request(&figure, &catalog, "Act as Napoleon.", "Hi", "Bonjour", 7);
         assert_eq!(r.seed, 7);
-        assert!(r.messages[1].content.contains("to speak as Napoleon Bonaparte?"));
+        assert!(r.messages[1]
+            .content
+            .contains("to speak as Napoleon Bonaparte?"));
         let h = request(&hobby, &catalog, "Chess.", "Hi", "Hello", 8);
         assert!(h.messages[1]
             .content
             .contains("have Chess as its favorite hobby?"));
         let seen = std::cell::Cell::new(0);
-        let rulings = ask(
-            &Echo,
-            &[h.clone(), r.clone(), h],
-            &verdict_params(),
-            &|n| seen.set(n),
-        )
+        let rulings = ask(&Echo, &[h.clone(), r.clone(), h], &verdict_params(), &|n| {
+            seen.set(n)
+        })
         .unwrap();
         let answers: Vec<Answer> = rulings.iter().map(|r| r.answer).collect();
         assert_eq!(answers, [Answer::No, Answer::Yes, Answer::No]);

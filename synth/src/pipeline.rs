@@ -318,8 +318,14 @@ impl Synthesizer<'_> {
                     &verdicts,
                 );
                 if !verdicts.is_empty()
-                    && best(self.scorer, constraints, &o.shown, turn + 1, o.probe.as_ref(), &[])
-                        != k
+                    && best(
+                        self.scorer,
+                        constraints,
+                        &o.shown,
+                        turn + 1,
+                        o.probe.as_ref(),
+                        &[],
+                    ) != k
                 {
                     counts.judge.picks_changed += 1;
                 }

@@ -654,7 +654,10 @@ fn a_single_candidate_is_judged_only_for_min_adherence() {
     assert!(out.records.is_empty());
     assert_eq!(count(&out.gate.dropped, Rejection::LowAdherence), 2);
     assert_eq!(
-        (out.gate.judge.candidates_judged, out.gate.judge.candidates_rejected),
+        (
+            out.gate.judge.candidates_judged,
+            out.gate.judge.candidates_rejected
+        ),
         (6, 6)
     );
     // ...and its yes keeps them.
