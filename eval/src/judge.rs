@@ -102,6 +102,7 @@ pub fn judge_dialogues(
 mod tests {
     use super::*;
     use gatt::backend::Reply;
+    use gatt::ConstraintKind;
 
     #[test]
     fn verdicts_come_from_the_first_word() {
