@@ -253,6 +253,51 @@ fn synth_flag_combinations_fail_before_any_work() {
         (vec!["--policy", "all"], "--mask"),
         (vec!["--mask-model", "default"], "--mask"),
         (vec!["--cut-replies", "sometimes"], "resample"),
+        // A judge with nothing to weigh in (one candidate, no --min-adherence)...
+        (vec!["--judge-model", "default"], "--judge-model weighs"),
+        (
+            vec![
+                "--judge-endpoint",
+                "http://127.0.0.1:9",
+                "--judge-api-model",
+                "j",
+            ],
+            "--judge-endpoint weighs",
+        ),
+        // ...or no kind it judges; judge flags that do not go together.
+        (
+            vec![
+                "--judge-model",
+                "default",
+                "--candidates",
+                "2",
+                "--constraints",
+                "language",
+            ],
+            "holds none of them",
+        ),
+        (
+            vec![
+                "--judge-endpoint",
+                "http://127.0.0.1:9",
+                "--candidates",
+                "2",
+            ],
+            "--judge-api-model",
+        ),
+        (
+            vec!["--judge-api-model", "j", "--candidates", "2"],
+            "--judge-endpoint",
+        ),
+        (
+            vec![
+                "--judge-model",
+                "default",
+                "--judge-endpoint",
+                "http://127.0.0.1:9",
+            ],
+            "--judge-endpoint",
+        ),
     ];
     for (extra, says) in cases {
         let mut args = vec!["synth", "--out", out];
@@ -265,4 +310,144 @@ fn synth_flag_combinations_fail_before_any_work() {
         assert!(start.elapsed() < Duration::from_secs(10), "{extra:?}: slow");
         assert!(!Path::new(out).exists(), "{extra:?}: nothing written");
     }
+}
+
+/// An OpenAI-compatible server for `gatt synth --endpoint` and `--judge-endpoint`: the
+/// k-th request with a given conversation gets "Candidate {k mod 3} answers ..."; a
+/// judge's question gets "Yes." when it is about "Candidate 2", "No." otherwise.
+fn candidates_server() -> String {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let messages = &req["messages"];
+                let first = messages[0]["content"].as_str().unwrap_or("");
+                let text = if first.starts_with("You are a strict evaluator") {
+                    let q = messages[1]["content"].as_str().unwrap_or("");
+                    if q.contains("Assistant: Candidate 2 answers") {
+                        "Yes.".to_string()
+                    } else {
+                        "No.".to_string()
+                    }
+                } else {
+                    let mut seen = seen.lock().unwrap();
+                    let k = seen.entry(messages.to_string()).or_default();
+                    *k += 1;
+                    format!(
+                        "Candidate {} answers the question with some care.",
+                        (*k - 1) % 3
+                    )
+                };
+                let out = serde_json::json!({
+                    "choices": [{"message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 9}
+                })
+                .to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{out}",
+                    out.len()
+                );
+            });
+        }
+    });
+    url
+}
+
+/// `--judge-endpoint` end to end: the judge's verdicts choose the kept replies (without
+/// it the first candidate is kept) and are counted in run.json and report.md.
+#[test]
+fn synth_keeps_the_candidates_the_judge_endpoint_says_yes_to() {
+    let url = candidates_server();
+    let dir = tempdir();
+    let run = |name: &str, judge: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "synth",
+            "--out",
+            out.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--api-model",
+            "m",
+            // One request at a time: the k-th of a conversation is its candidate k.
+            "--in-flight",
+            "1",
+            "--dialogues",
+            "2",
+            "--turns",
+            "2",
+            "--candidates",
+            "3",
+            "--constraints",
+            "figure",
+            "--format",
+            "jsonl",
+        ];
+        args.extend_from_slice(judge);
+        let o = gatt(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let kept: Vec<String> = read_jsonl(out.join("dialogues.jsonl"))
+            .iter()
+            .flat_map(|r| r["messages"].as_array().unwrap().clone())
+            .filter(|m| m["role"] == "assistant")
+            .map(|m| m["content"].as_str().unwrap()[..11].to_string())
+            .collect();
+        (kept, read_json(out.join("run.json")), out)
+    };
+    let (kept, manifest, _) = run("plain", &[]);
+    assert_eq!(kept, vec!["Candidate 0"; 4]);
+    assert_eq!(manifest["gate"]["judge"]["questions"], 0);
+    let (kept, manifest, out) = run(
+        "judged",
+        &["--judge-endpoint", &url, "--judge-api-model", "j"],
+    );
+    assert_eq!(kept, vec!["Candidate 2"; 4]);
+    // 2 dialogues x 2 turns x 3 candidates, one figure each.
+    let j = &manifest["gate"]["judge"];
+    assert_eq!(
+        [
+            &j["candidates_judged"],
+            &j["candidates_rejected"],
+            &j["yes"],
+            &j["no"],
+            &j["picks_changed"]
+        ],
+        [12, 8, 4, 8, 4]
+    );
+    assert!(
+        manifest["fingerprint"]["judge"]
+            .as_str()
+            .unwrap()
+            .starts_with("j ("),
+        "{manifest}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("12 candidates judged, 8 rejected"),
+        "{report}"
+    );
 }

@@ -1,72 +1,25 @@
 //! An optional judge model for the constraints code cannot check on every turn:
 //! persona, hobby and figure. Each (turn, constraint) becomes one yes/no question to the
 //! judge; its verdicts are rows of their own, under the model name `MODEL (judge)`, so
-//! reports show them apart from the programmatic checks.
+//! reports show them apart from the programmatic checks. The questions and how answers
+//! are read are [`gatt::judge`]'s, shared with the generator's candidate scorer.
 
 use crate::checks::{Check, Undecided, Verdict};
 use crate::protocol::ScoredTurn;
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;
+use gatt::judge::{ask, request, Answer};
 use gatt::seed::Stream;
-use gatt::{ConstraintKind, Dialogue, Error, Message, Result, Role};
+use gatt::{Dialogue, Result, Role};
 
-/// Evidence of a judge reply that was neither yes nor no (counted, never a pass).
-pub const NEITHER: &str = "judge answered neither yes nor no";
+pub use gatt::judge::{judged_kind, verdict_params, NEITHER};
 
-const SYSTEM: &str = "You are a strict evaluator of chat assistants. \
-Answer with a single word: yes or no.";
-
-/// Tokens a judge may write for its verdict ("yes" or "no" is one or two).
-const VERDICT_TOKENS: usize = 4;
-
-/// How a judge's verdicts are sampled: greedy, one candidate, a few tokens.
-pub fn verdict_params() -> SamplingParams {
-    SamplingParams {
-        max_new_tokens: VERDICT_TOKENS,
-        temperature: 0.0,
-        n: 1,
-        ..SamplingParams::default()
-    }
-}
-
-/// The kinds a judge decides on every turn.
-pub fn judged_kind(kind: &ConstraintKind) -> bool {
-    matches!(
-        kind,
-        ConstraintKind::Persona | ConstraintKind::Hobby | ConstraintKind::Figure
-    )
-}
-
-fn question(
-    kind: &ConstraintKind,
-    value: &str,
-    instruction: &str,
-    user: &str,
-    reply: &str,
-) -> String {
-    let what = match kind {
-        ConstraintKind::Figure => format!("speak as {value}"),
-        ConstraintKind::Hobby => format!("have {value} as its favorite hobby"),
-        _ => format!("keep this persona: {value}"),
-    };
-    format!(
-        "The assistant was told: \"{instruction}\"\n\nUser: {user}\nAssistant: {reply}\n\n\
-         Is this reply consistent with the instruction to {what}? Answer yes or no."
-    )
-}
-
-/// Reads yes/no from the first word of a judge's reply.
+/// Reads yes/no from the first word of a judge's reply (see [`gatt::judge::parse`]).
 pub fn parse_verdict(reply: &str) -> Verdict {
-    let first = reply
-        .trim()
-        .split(|c: char| !c.is_alphabetic())
-        .find(|w| !w.is_empty())
-        .unwrap_or("")
-        .to_lowercase();
-    match first.as_str() {
-        "yes" => Verdict::Pass,
-        "no" => Verdict::Fail,
-        _ => Verdict::Undetermined,
+    match gatt::judge::parse(reply) {
+        Answer::Yes => Verdict::Pass,
+        Answer::No => Verdict::Fail,
+        Answer::Neither => Verdict::Undetermined,
     }
 }
 
@@ -101,8 +54,6 @@ pub fn judge_dialogues(
                 continue;
             };
             for c in d.constraints.iter().filter(|c| judged_kind(&c.kind)) {
-                let value = catalog.value_text(c);
-                let q = question(&c.kind, &value, &d.instruction, &m.content, &reply.content);
                 let row = ScoredTurn {
                     model: format!("{model} (judge)"),
                     dialogue: d.id.clone(),
@@ -115,46 +66,35 @@ pub fn judge_dialogues(
                     undecided: None,
                     judge: true,
                 };
-                let request = Request {
-                    messages: vec![Message::system(SYSTEM), Message::user(q)],
-                    // Stream: JudgeRequest (parent: 0, index: the question).
-                    seed: gatt::seed::derive(0, Stream::JudgeRequest, pending.len() as u64),
-                };
-                pending.push((row, request));
+                // Stream: JudgeRequest (parent: 0, index: the question).
+                let seed = gatt::seed::derive(0, Stream::JudgeRequest, pending.len() as u64);
+                let q = request(c, catalog, &d.instruction, &m.content, &reply.content, seed);
+                pending.push((row, q));
             }
         }
     }
-    let mut out = Vec::with_capacity(pending.len());
-    for chunk in pending.chunks(judge.preferred_batch().max(1)) {
-        let requests: Vec<Request> = chunk.iter().map(|(_, r)| r.clone()).collect();
-        let replies = judge.generate(&requests, params)?;
-        if replies.len() != requests.len() {
-            return Err(Error::runtime(format!(
-                "judge {}: {} replies for {} questions; no verdict is guessed",
-                judge.describe(),
-                replies.len(),
-                requests.len()
-            )));
-        }
-        for ((row, _), reply) in chunk.iter().zip(replies) {
-            let text = reply.into_iter().next().map(|r| r.text).unwrap_or_default();
-            let head: String = text.chars().take(60).collect();
-            let check = match parse_verdict(&text) {
-                Verdict::Pass => Check::pass(format!("judge: {head:?}")),
-                Verdict::Fail => Check::fail(format!("judge: {head:?}")),
-                Verdict::Undetermined => {
+    let requests: Vec<Request> = pending.iter().map(|(_, r)| r.clone()).collect();
+    let rulings = ask(judge, &requests, params, progress)?;
+    let out = pending
+        .into_iter()
+        .zip(rulings)
+        .map(|((row, _), ruling)| {
+            let head = ruling.head;
+            let check = match ruling.answer {
+                Answer::Yes => Check::pass(format!("judge: {head:?}")),
+                Answer::No => Check::fail(format!("judge: {head:?}")),
+                Answer::Neither => {
                     Check::undetermined(Undecided::JudgeUnclear, format!("{NEITHER}: {head:?}"))
                 }
             };
-            out.push(ScoredTurn {
+            ScoredTurn {
                 verdict: check.verdict,
                 evidence: check.evidence,
                 undecided: check.undecided,
-                ..row.clone()
-            });
-        }
-        progress(out.len());
-    }
+                ..row
+            }
+        })
+        .collect();
     Ok(out)
 }
 
@@ -162,6 +102,7 @@ pub fn judge_dialogues(
 mod tests {
     use super::*;
     use gatt::backend::Reply;
+    use gatt::ConstraintKind;
 
     #[test]
     fn verdicts_come_from_the_first_word() {

@@ -138,6 +138,21 @@ fn gate_section(g: &gatt_synth::GateCounts) -> String {
             g.kept_cut
         ));
     }
+    let j = &g.judge;
+    if j.questions > 0 {
+        md.push_str(&format!(
+            "- judge model (hobby, figure, persona): {} candidates judged, {} rejected (a no \
+             on at least one); {} questions: {} yes, {} no, {} neither; it changed the kept \
+             reply of {} turns\n",
+            j.candidates_judged,
+            j.candidates_rejected,
+            j.questions,
+            j.yes,
+            j.no,
+            j.neither,
+            j.picks_changed
+        ));
+    }
     md.push_str("\n| reason | candidates rejected | dialogues dropped |\n|---|---|---|\n");
     for r in [
         gatt_synth::Rejection::Cut,

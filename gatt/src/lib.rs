@@ -104,6 +104,7 @@ pub mod catalog;
 pub mod dataset;
 pub mod dialogue;
 pub mod error;
+pub mod judge;
 pub mod mask;
 pub mod model;
 pub mod names;

@@ -105,6 +105,11 @@ pub enum Stream {
     /// every candidate of the previous one (cut, empty or degenerate). Parent: the
     /// turn's request seed from [`Stream::SynthReply`]; index: the try (from 1).
     SynthResample = 12,
+    /// A question to the judge model about a synthesized candidate reply (`gatt synth
+    /// --judge-model`). Parent: the seed of the request that sampled the candidate
+    /// (from [`Stream::SynthReply`] or [`Stream::SynthResample`]); index: the candidate's
+    /// number times the dialogue's constraints, plus the constraint's.
+    SynthJudge = 13,
 }
 
 impl Stream {
@@ -145,7 +150,7 @@ pub fn label(name: &str) -> u64 {
 mod tests {
     use super::*;
 
-    const STREAMS: [Stream; 13] = [
+    const STREAMS: [Stream; 14] = [
         Stream::SynthPlan,
         Stream::SynthReply,
         Stream::SynthUserSim,
@@ -159,6 +164,7 @@ mod tests {
         Stream::TrainDropout,
         Stream::LoraInit,
         Stream::SynthResample,
+        Stream::SynthJudge,
     ];
 
     /// The reference outputs of splitmix64.c for seeds 0 and 1234567.

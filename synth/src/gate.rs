@@ -135,6 +135,46 @@ pub struct GateCounts {
     pub kept_without_end_of_turn: usize,
     /// Kept dialogues with a reply cut at the token limit, as it is (`--cut-replies keep`).
     pub kept_cut: usize,
+    /// What the judge model said about the candidates (`--judge-model`); zero without one.
+    #[serde(default)]
+    pub judge: JudgeCounts,
+}
+
+/// What a judge model said about candidate replies, summed over a run.
+///
+/// A candidate is judged when its choice is open (it passed the gate and another one did
+/// too) or when `--min-adherence` needs its verdicts, and its dialogue has a hobby,
+/// figure or persona: one question per such constraint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgeCounts {
+    /// Candidate replies the judge was asked about.
+    pub candidates_judged: usize,
+    /// Of those, candidates it said no to on at least one constraint.
+    pub candidates_rejected: usize,
+    /// Questions asked (one per judged candidate and constraint).
+    pub questions: usize,
+    /// Answers yes.
+    pub yes: usize,
+    /// Answers no.
+    pub no: usize,
+    /// Answers neither yes nor no (counted as no verdict).
+    pub neither: usize,
+    /// Turns whose kept reply differs from the one the scorer would keep without the
+    /// judge.
+    pub picks_changed: usize,
+}
+
+impl JudgeCounts {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &JudgeCounts) {
+        self.candidates_judged += other.candidates_judged;
+        self.candidates_rejected += other.candidates_rejected;
+        self.questions += other.questions;
+        self.yes += other.yes;
+        self.no += other.no;
+        self.neither += other.neither;
+        self.picks_changed += other.picks_changed;
+    }
 }
 
 impl GateCounts {
@@ -151,6 +191,7 @@ impl GateCounts {
         self.resampled_turns += other.resampled_turns;
         self.kept_without_end_of_turn += other.kept_without_end_of_turn;
         self.kept_cut += other.kept_cut;
+        self.judge.add(&other.judge);
     }
 
     /// Dialogues dropped, all reasons together.

@@ -10,8 +10,9 @@
 //! shards partition the work, and a resumed run ends exactly where a clean one would.
 //!
 //! Dependencies: the core crate `gatt` only (dialogues, catalogs, the `ChatBackend`
-//! trait). The generator does not know which backend writes the replies, nor how they
-//! are scored beyond the [`Scorer`] trait; it never depends on the evaluator or the CLI.
+//! trait, the judge's questions of `gatt::judge`). The generator does not know which
+//! backend writes the replies (or judges them), nor how they are scored beyond the
+//! [`Scorer`] trait; it never depends on the evaluator or the CLI.
 
 #![deny(missing_docs)]
 
@@ -25,7 +26,7 @@ pub mod sample;
 pub mod scorer;
 pub mod users;
 
-pub use gate::{CutMode, GateCounts, GateOptions, Rejection};
+pub use gate::{CutMode, GateCounts, GateOptions, JudgeCounts, Rejection};
 pub use pipeline::{ChunkOutput, SynthOptions, Synthesizer};
 pub use plan::{DialoguePlan, Shard};
-pub use scorer::{DefaultScorer, Scorer};
+pub use scorer::{DefaultScorer, Judged, Scorer};

@@ -1,12 +1,13 @@
 //! Sampling the replies: the instruction in every user turn, the earlier sampled replies
 //! in context, dialogues batched through the backend turn by turn.
 
-use crate::gate::{self, CutMode, GateCounts, GateOptions, Rejection};
+use crate::gate::{self, CutMode, GateCounts, GateOptions, JudgeCounts, Rejection};
 use crate::plan::{plan, DialoguePlan, PlanOptions, Shard};
 use crate::scorer::{best, Scorer};
 use crate::users::UserSource;
 use gatt::backend::{ChatBackend, Reply, Request, SamplingParams};
 use gatt::catalog::Catalog;
+use gatt::judge;
 use gatt::seed::{self, Stream};
 use gatt::transform::{attach, to_training, Attach, Placement};
 use gatt::{ConstraintKind, Dialogue, DialogueMeta, Message, Result, Role};
@@ -80,6 +81,11 @@ pub struct Synthesizer<'a> {
     pub users: &'a UserSource,
     /// Picks the best of several candidate replies.
     pub scorer: &'a dyn Scorer,
+    /// A judge model (`--judge-model`) asked whether candidate replies keep the
+    /// instruction's hobby, figure and persona ([`gatt::judge`]); its verdicts reach the
+    /// scorer (choice and `--min-adherence`). Asked only where they count: a turn with
+    /// more than one candidate passing the gate, or any turn under `--min-adherence`.
+    pub judge: Option<&'a dyn ChatBackend>,
     /// The run's settings.
     pub opts: SynthOptions,
 }
@@ -98,6 +104,20 @@ struct InFlight {
     final_cut_kept: bool,
     /// Checks the kept replies passed, and checks decided ([`Scorer::adherence`]).
     adherence: (usize, usize),
+}
+
+/// A turn's reply still to choose: the candidates that passed the gate.
+struct Open {
+    /// The dialogue (index into the chunk's live dialogues).
+    dialogue: usize,
+    /// The seed of the request that sampled the candidates.
+    seed: u64,
+    /// The candidates' numbers in that request.
+    among: Vec<usize>,
+    /// Those candidates.
+    shown: Vec<Reply>,
+    /// The kind the turn's user message is a probe question about, if any.
+    probe: Option<ConstraintKind>,
 }
 
 /// What [`Synthesizer::run_chunk`] made of a chunk's plans.
@@ -137,7 +157,9 @@ impl Synthesizer<'_> {
     /// Per turn, each candidate reply passes the gate ([`crate::gate`]) or is rejected;
     /// the best passing one is kept. When all are rejected, the turn is sampled again
     /// (try `k`'s request seed is `derive(turn seed, Stream::SynthResample, k)`) up to
-    /// [`GateOptions::resample_tries`] times, then the dialogue is dropped.
+    /// [`GateOptions::resample_tries`] times, then the dialogue is dropped. With a
+    /// [`Synthesizer::judge`], the candidates of an open choice are judged first (all
+    /// dialogues of the batch together) and the scorer weighs its verdicts.
     ///
     /// # Errors
     ///
@@ -236,7 +258,9 @@ impl Synthesizer<'_> {
             let replies = self.backend.generate(&requests, params)?;
             let last_try = attempt == opts.resample_tries;
             let mut again = Vec::new();
-            for (&i, candidates) in pending.iter().zip(replies) {
+            // First the gate: which candidates of each turn may be kept.
+            let mut open: Vec<Open> = Vec::new();
+            for ((&i, candidates), request) in pending.iter().zip(replies).zip(&requests) {
                 let d = &mut live[i];
                 let user = d.plan.users[turn].as_str();
                 let want = gate::expected_script(&d.plan.constraints, self.catalog, user);
@@ -268,29 +292,53 @@ impl Synthesizer<'_> {
                     None
                 };
                 match pick {
-                    Some(among) => {
-                        let shown: Vec<Reply> =
-                            among.iter().map(|&c| candidates[c].clone()).collect();
-                        let k = best(
-                            self.scorer,
-                            &d.plan.constraints,
-                            &shown,
-                            turn + 1,
-                            probe.as_ref(),
-                        );
-                        let r = &shown[k];
-                        let (p, n) =
-                            self.scorer
-                                .adherence(&d.plan.constraints, &r.text, probe.as_ref());
-                        d.adherence = (d.adherence.0 + p, d.adherence.1 + n);
-                        d.plain.push(Message::assistant(r.text.clone()));
-                        d.prompt_tokens.push(r.prompt_tokens);
-                        d.completion_tokens.push(r.completion_tokens);
-                        d.finished.push(r.finished);
-                    }
+                    Some(among) => open.push(Open {
+                        dialogue: i,
+                        seed: request.seed,
+                        shown: among.iter().map(|&c| candidates[c].clone()).collect(),
+                        among,
+                        probe,
+                    }),
                     None if last_try => d.dropped = Some(main_reason(&verdicts)),
                     None => again.push(i),
                 }
+            }
+            // Then the judge, on every open choice of the batch at once.
+            let judged = self.judge_open(live, &open, turn, &mut counts.judge)?;
+            // Then the choice.
+            for (o, verdicts) in open.iter().zip(judged) {
+                let d = &mut live[o.dialogue];
+                let constraints = &d.plan.constraints;
+                let k = best(
+                    self.scorer,
+                    constraints,
+                    &o.shown,
+                    turn + 1,
+                    o.probe.as_ref(),
+                    &verdicts,
+                );
+                if !verdicts.is_empty()
+                    && best(
+                        self.scorer,
+                        constraints,
+                        &o.shown,
+                        turn + 1,
+                        o.probe.as_ref(),
+                        &[],
+                    ) != k
+                {
+                    counts.judge.picks_changed += 1;
+                }
+                let r = &o.shown[k];
+                let v = verdicts.get(k).map_or(&[][..], Vec::as_slice);
+                let (p, n) = self
+                    .scorer
+                    .adherence(constraints, &r.text, o.probe.as_ref(), v);
+                d.adherence = (d.adherence.0 + p, d.adherence.1 + n);
+                d.plain.push(Message::assistant(r.text.clone()));
+                d.prompt_tokens.push(r.prompt_tokens);
+                d.completion_tokens.push(r.completion_tokens);
+                d.finished.push(r.finished);
             }
             if again.is_empty() {
                 break;
@@ -298,6 +346,79 @@ impl Synthesizer<'_> {
             pending = again;
         }
         Ok(())
+    }
+
+    /// The judge's verdicts on the open choices of turn `turn`: per choice, per candidate,
+    /// per constraint of the dialogue ([`crate::scorer::Judged`]); empty for a choice the
+    /// judge was not asked about (no judge; a single candidate and no `--min-adherence`;
+    /// no hobby, figure or persona). Counts what it said in `counts`.
+    fn judge_open(
+        &self,
+        live: &[InFlight],
+        open: &[Open],
+        turn: usize,
+        counts: &mut JudgeCounts,
+    ) -> Result<Vec<Vec<Vec<Option<bool>>>>> {
+        let mut out: Vec<Vec<Vec<Option<bool>>>> = vec![Vec::new(); open.len()];
+        let Some(judge) = self.judge else {
+            return Ok(out);
+        };
+        let adherence = self.opts.gate.min_adherence > 0.0;
+        let mut requests = Vec::new();
+        // (choice, candidate, constraint) of each question.
+        let mut slots: Vec<(usize, usize, usize)> = Vec::new();
+        for (o_i, o) in open.iter().enumerate() {
+            if o.shown.len() < 2 && !adherence {
+                continue;
+            }
+            let plan = &live[o.dialogue].plan;
+            let n = plan.constraints.len();
+            for (c, reply) in o.shown.iter().enumerate() {
+                for (j, con) in plan.constraints.iter().enumerate() {
+                    if !judge::judged_kind(&con.kind) {
+                        continue;
+                    }
+                    let index = (o.among[c] * n + j) as u64;
+                    // Stream: SynthJudge (parent: the candidate's request seed, index:
+                    // candidate x constraints + constraint).
+                    let seed = seed::derive(o.seed, Stream::SynthJudge, index);
+                    requests.push(judge::request(
+                        con,
+                        self.catalog,
+                        &plan.instruction,
+                        &plan.users[turn],
+                        &reply.text,
+                        seed,
+                    ));
+                    slots.push((o_i, c, j));
+                }
+            }
+        }
+        if requests.is_empty() {
+            return Ok(out);
+        }
+        let rulings = judge::ask(judge, &requests, &judge::verdict_params(), &|_| {})?;
+        counts.questions += rulings.len();
+        for (&(o_i, c, j), ruling) in slots.iter().zip(&rulings) {
+            if out[o_i].is_empty() {
+                let n = live[open[o_i].dialogue].plan.constraints.len();
+                out[o_i] = vec![vec![None; n]; open[o_i].shown.len()];
+            }
+            out[o_i][c][j] = ruling.answer.decided();
+            match ruling.answer {
+                judge::Answer::Yes => counts.yes += 1,
+                judge::Answer::No => counts.no += 1,
+                judge::Answer::Neither => counts.neither += 1,
+            }
+        }
+        let mut asked: Vec<(usize, usize)> = slots.iter().map(|&(o, c, _)| (o, c)).collect();
+        asked.dedup();
+        counts.candidates_judged += asked.len();
+        counts.candidates_rejected += asked
+            .iter()
+            .filter(|&&(o, c)| out[o][c].contains(&Some(false)))
+            .count();
+        Ok(out)
     }
 
     /// Why the gate rejects candidate `r`, if it does.

@@ -58,6 +58,7 @@ fn fingerprint(s: &Synthesizer, provenance: Provenance) -> Fingerprint {
     Fingerprint {
         options: serde_json::to_value(&s.opts).expect("options serialize to JSON"),
         model: s.backend.describe(),
+        judge: s.judge.map(|j| j.describe()),
         provenance,
     }
 }

@@ -111,6 +111,60 @@ impl BackendArgs {
     }
 }
 
+/// The judge model's flags, shared by `gatt eval` and `gatt synth` (same names, same
+/// backends).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct JudgeArgs {
+    /// A judge model (`default`, .gguf, folder) asked yes or no, at every turn, whether a
+    /// reply keeps the instruction's persona, hobby and figure. `gatt eval` reports its
+    /// verdicts apart, as `MODEL (judge)`; `gatt synth` weighs them in the choice among
+    /// --candidates and in --min-adherence.
+    #[arg(long, value_name = "M", conflicts_with = "judge_endpoint")]
+    pub judge_model: Option<String>,
+    /// A judge behind an OpenAI-compatible server (uses --judge-api-model and
+    /// --api-key-env).
+    #[arg(long, value_name = "URL", requires = "judge_api_model")]
+    pub judge_endpoint: Option<String>,
+    /// Model name to send to --judge-endpoint.
+    #[arg(long, value_name = "NAME", requires = "judge_endpoint")]
+    pub judge_api_model: Option<String>,
+}
+
+impl JudgeArgs {
+    /// The judge flag given (`--judge-model` or `--judge-endpoint`), if any.
+    pub fn flag(&self) -> Option<&'static str> {
+        match (&self.judge_model, &self.judge_endpoint) {
+            (Some(_), _) => Some("--judge-model"),
+            (None, Some(_)) => Some("--judge-endpoint"),
+            (None, None) => None,
+        }
+    }
+
+    /// The judge's backend, if one was asked for. It shares the chat model's server and
+    /// runtime settings (--api-key-env, --in-flight, --timeout, --batch, --device), not
+    /// its chat template arguments.
+    pub fn load(&self, chat: &BackendArgs) -> Result<Option<Box<dyn ChatBackend>>> {
+        let judge = match (&self.judge_model, &self.judge_endpoint) {
+            (Some(m), _) => {
+                let judge = BackendArgs {
+                    endpoint: None,
+                    template_args: Default::default(),
+                    ..chat.with_model(m)
+                };
+                return judge.load_as("--judge-model").map(Some);
+            }
+            (None, Some(url)) => BackendArgs {
+                endpoint: Some(url.clone()),
+                api_model: self.judge_api_model.clone(),
+                template_args: Default::default(),
+                ..chat.clone()
+            },
+            (None, None) => return Ok(None),
+        };
+        judge.load().map(Some)
+    }
+}
+
 /// The model `spec` names; an error says which flag named it.
 pub fn model_source(flag: &str, spec: &str) -> Result<ModelSource> {
     ModelSource::resolve(spec).map_err(|e| e.context(flag))

@@ -1,6 +1,6 @@
 //! `gatt eval`: how long does a model keep its instruction? Turn by turn.
 
-use super::backend::{BackendArgs, SamplingArgs};
+use super::backend::{BackendArgs, JudgeArgs, SamplingArgs};
 use crate::out::out;
 use crate::progress;
 use gatt::catalog::{parse_kind, Catalog, CatalogOverride};
@@ -58,16 +58,8 @@ pub struct Args {
     /// from training.
     #[arg(long, value_name = "FILE")]
     pub user_bank: Option<PathBuf>,
-    /// Also let this model (`default`, .gguf, folder) judge persona, hobby and figure on
-    /// every turn; its verdicts are reported apart, as `MODEL (judge)`.
-    #[arg(long, value_name = "M", conflicts_with = "judge_endpoint")]
-    pub judge_model: Option<String>,
-    /// A judge behind an OpenAI-compatible server (uses --judge-api-model and
-    /// --api-key-env).
-    #[arg(long, value_name = "URL", requires = "judge_api_model")]
-    pub judge_endpoint: Option<String>,
-    #[arg(long, value_name = "NAME")]
-    pub judge_api_model: Option<String>,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
     #[command(flatten)]
@@ -90,30 +82,6 @@ impl Args {
     }
 }
 
-/// The judge's backend, if one was asked for.
-fn judge_backend(args: &Args) -> Result<Option<Box<dyn gatt::backend::ChatBackend>>> {
-    let b = &args.backend;
-    let judge = match (&args.judge_model, &args.judge_endpoint) {
-        (Some(m), _) => {
-            // The judge is another model: the chat model's template arguments are not its.
-            let judge = BackendArgs {
-                endpoint: None,
-                template_args: Default::default(),
-                ..b.with_model(m)
-            };
-            return judge.load_as("--judge-model").map(Some);
-        }
-        (None, Some(url)) => BackendArgs {
-            endpoint: Some(url.clone()),
-            api_model: args.judge_api_model.clone(),
-            template_args: Default::default(),
-            ..b.clone()
-        },
-        (None, None) => return Ok(None),
-    };
-    judge.load().map(Some)
-}
-
 pub fn run(args: Args) -> Result<()> {
     // A folder of an earlier evaluation is rewritten; one that holds other files is not.
     let held = std::fs::read_dir(&args.out).map_or(0, |entries| entries.count());
@@ -128,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.user_bank {
         catalog.load_user_bank(path)?;
     }
-    let judge = judge_backend(&args)?;
+    let judge = args.judge.load(&args.backend)?;
     let bars = Bars::default();
     let report = match &args.input {
         Some(input) => evaluate_file(input, judge.as_deref(), &catalog, &bars)?,

@@ -1,6 +1,6 @@
 //! `gatt synth`: the main job. A chat model in, a GAtt training set out.
 
-use super::backend::{model_source, BackendArgs, SamplingArgs};
+use super::backend::{model_source, BackendArgs, JudgeArgs, SamplingArgs};
 use super::mask::{mask_file, MaskFlags};
 use crate::progress;
 use crate::values::{AttachArg, CutModeArg, ExportArg, FormatArg, OnErrorArg, PlacementArg};
@@ -33,6 +33,12 @@ use std::path::PathBuf;
 /// rejected; when every candidate of a turn is rejected the turn is sampled again with
 /// another seed (--resample-tries), then the dialogue is dropped. The report counts
 /// what each gate rejected. Every flag is checked before the first request.
+///
+/// With --candidates K, the evaluator's checks pick the reply; hobby, figure and persona
+/// (decided by code on probe turns only) are weighed on other turns by cheap signals, or
+/// by a judge model's yes/no (--judge-model / --judge-endpoint, as in `gatt eval`). The
+/// judge also counts in --min-adherence; run.json and the report say how many candidates
+/// it judged and rejected.
 ///
 /// Examples:
 ///   gatt synth --out run1 --dialogues 8 --turns 3 --mask
@@ -72,7 +78,9 @@ pub struct Args {
     /// Where the instruction goes in the training record.
     #[arg(long, value_enum, default_value_t = Placement::default().into())]
     pub placement: PlacementArg,
-    /// Sample K replies per turn and keep the best that passes the quality gate.
+    /// Sample K replies per turn and keep the best that passes the quality gate: by the
+    /// evaluator's checks, cheap signals for hobby, figure and persona, and the verdicts
+    /// of --judge-model when given.
     #[arg(long, default_value_t = 1)]
     pub candidates: usize,
     /// Replies cut at the token limit: resample the turn and drop the dialogue if it
@@ -86,7 +94,8 @@ pub struct Args {
     pub resample_tries: usize,
     /// Keep a dialogue only if its chosen replies passed at least this share of the
     /// evaluator's decided checks (language and format on every turn; hobby, figure and
-    /// persona on probe turns, see --probe-rate); 0 keeps all.
+    /// persona on probe turns, see --probe-rate; with --judge-model, also the judge's
+    /// yes/no on hobby, figure and persona at every turn); 0 keeps all.
     #[arg(long, value_name = "R", default_value_t = 0.0)]
     pub min_adherence: f64,
     /// Probability that a user turn from the bank asks for a short answer ("Please keep
@@ -145,6 +154,11 @@ pub struct Args {
     pub mask_model: Option<String>,
     #[command(flatten)]
     pub backend: BackendArgs,
+    // The judge (--judge-model or --judge-endpoint): asked about every candidate of a turn
+    // with a choice (--candidates K >= 2) or, with --min-adherence, every kept reply;
+    // needs one of them, and hobby, figure or persona in --constraints (check_args).
+    #[command(flatten)]
+    pub judge: JudgeArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -189,6 +203,7 @@ pub fn run(args: Args) -> Result<()> {
         None
     };
     let backend = args.backend.load()?;
+    let judge = args.judge.load(&args.backend)?;
     let mut provenance = Provenance::new(backend.describe());
     if args.backend.endpoint.is_none() {
         let source = model_source("--model", args.backend.model()?)?;
@@ -222,6 +237,7 @@ pub fn run(args: Args) -> Result<()> {
         catalog: &catalog,
         users: &users,
         scorer: &scorer,
+        judge: judge.as_deref(),
         opts,
     };
     let format: Format = args.format.into();
@@ -245,6 +261,14 @@ pub fn run(args: Args) -> Result<()> {
         summary.output.display(),
         summary.seconds
     );
+    let j = &g.judge;
+    if j.questions > 0 {
+        eprintln!(
+            "gatt synth: the judge rejected {} of the {} candidates it judged ({} no, {} yes, \
+             {} neither) and changed the kept reply of {} turns",
+            j.candidates_rejected, j.candidates_judged, j.no, j.yes, j.neither, j.picks_changed
+        );
+    }
     let mask_summary = if let Some(masker) = masker {
         let mut outputs: Vec<Output> = Vec::new();
         for &e in &args.export {
@@ -349,6 +373,21 @@ fn check_args(args: &Args) -> Result<()> {
     if args.mask && args.backend.endpoint.is_some() && args.mask_model.is_none() {
         return fail(MASK_MODEL_NEEDED);
     }
+    if let Some(flag) = args.judge.flag() {
+        if args.candidates < 2 && args.min_adherence == 0.0 {
+            return Err(Error::input(format!(
+                "{flag} weighs the choice among --candidates K (K of 2 or more) and the \
+                 --min-adherence filter: with one candidate and no --min-adherence it would \
+                 judge nothing; pass either, or leave the judge out"
+            )));
+        }
+        if !args.constraints.iter().any(gatt::judge::judged_kind) {
+            return Err(Error::input(format!(
+                "{flag} judges hobby, figure and persona, and --constraints holds none of \
+                 them: add one, or leave the judge out"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -422,4 +461,50 @@ fn guard_out_folder(args: &Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        synth: Args,
+    }
+
+    fn check(extra: &[&str]) -> Result<()> {
+        let mut argv = vec!["synth", "--out", "x"];
+        argv.extend_from_slice(extra);
+        check_args(&Flags::try_parse_from(argv).unwrap().synth)
+    }
+
+    /// A judge needs something to weigh in (a choice or --min-adherence) and a kind it
+    /// judges; with those, the flags pass.
+    #[test]
+    fn judge_flags_need_a_choice_and_a_judged_kind() {
+        let e = check(&["--judge-model", "default"]).unwrap_err();
+        assert!(
+            e.is_input() && e.to_string().starts_with("--judge-model weighs"),
+            "{e}"
+        );
+        let url = ["--judge-endpoint", "http://h:1", "--judge-api-model", "j"];
+        let e = check(&url).unwrap_err();
+        assert!(e.to_string().starts_with("--judge-endpoint weighs"), "{e}");
+        let e = check(&[
+            "--judge-model",
+            "m",
+            "--candidates",
+            "2",
+            "--constraints",
+            "language",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("holds none of them"), "{e}");
+        check(&["--judge-model", "m", "--candidates", "2"]).unwrap();
+        check(&["--judge-model", "m", "--min-adherence", "0.5"]).unwrap();
+        check(&[&url[..], &["--candidates", "4", "--constraints", "persona"]].concat()).unwrap();
+        check(&["--candidates", "1"]).unwrap();
+    }
 }

@@ -47,6 +47,9 @@ impl Provenance {
 /// The settings a resumed run must share with the interrupted one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
+    /// The judge model's description (`--judge-model`), when one weighs the candidates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<String>,
     /// The backend's description.
     pub model: String,
     /// The synthesis options ([`crate::SynthOptions`]) as JSON, compared as written.
@@ -151,6 +154,7 @@ mod tests {
     #[test]
     fn a_running_manifest_has_no_counts() {
         let fp = Fingerprint {
+            judge: None,
             options: json!({}),
             model: "m".into(),
             provenance: Provenance::new("m"),
