@@ -415,7 +415,13 @@ impl Masker {
                 // A cut final reply: its tokens carry loss, its end-of-turn marker does not.
                 span.end = span.content_end;
             }
-            let tokens = align::token_span(offsets, span.start, span.end, i)?;
+            let tokens = align::token_span(
+                offsets,
+                (full, ids, &self.specials.ids),
+                span.start,
+                span.end,
+                i,
+            )?;
             align::verify_prompt(
                 stretch,
                 &self.specials.ids,
@@ -424,7 +430,16 @@ impl Masker {
                 offsets,
                 tokens.start,
             )?;
-            align::verify_decode(&self.tokenizer, full, ids, &span, &tokens, i)?;
+            align::verify_decode(
+                &self.tokenizer,
+                &self.specials.ids,
+                full,
+                ids,
+                offsets,
+                &span,
+                &tokens,
+                i,
+            )?;
             self.specials.verify_reply(full, enc, &span, &tokens, i)?;
             Ok(tokens)
         };
