@@ -115,11 +115,11 @@ pub fn judge_dialogues(
                     undecided: None,
                     judge: true,
                 };
-                let request = Request {
-                    messages: vec![Message::system(SYSTEM), Message::user(q)],
+                let request = Request::new(
+                    vec![Message::system(SYSTEM), Message::user(q)],
                     // Stream: JudgeRequest (parent: 0, index: the question).
-                    seed: gatt::seed::derive(0, Stream::JudgeRequest, pending.len() as u64),
-                };
+                    gatt::seed::derive(0, Stream::JudgeRequest, pending.len() as u64),
+                );
                 pending.push((row, request));
             }
         }
