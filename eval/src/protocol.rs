@@ -129,7 +129,7 @@ fn converse(
     let batch = backend.preferred_batch().max(1);
     let mut done = 0;
     for turn in 1..=opts.turns {
-        for (d, plan) in dialogues.iter_mut().zip(&plans) {
+        for (d, plan) in dialogues.iter_mut().zip(plans) {
             d.messages
                 .push(Message::user(plan.user_messages[turn - 1].clone()));
         }
