@@ -451,3 +451,46 @@ fn synth_keeps_the_candidates_the_judge_endpoint_says_yes_to() {
         "{report}"
     );
 }
+
+/// Keeping each dialogue's KV cache between turns changes no reply: `gatt synth` (two
+/// candidates a turn) and `gatt eval` write the same dialogues and reports with
+/// `--session-cache 0` (every prompt prefilled in full) as with the default.
+#[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
+fn kept_dialogue_caches_change_no_reply_in_synth_and_eval() {
+    let dir = tempdir();
+    let run = |name: &str, cache: &str| {
+        let out = dir.path().join(name);
+        let o = synth(&out, &["--session-cache", cache, "--candidates", "2"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        read_jsonl(out.join("dialogues.jsonl"))
+    };
+    let (full, kept) = (run("full", "0"), run("kept", "1024"));
+    assert_eq!(full.len(), 3);
+    assert_eq!(full, kept);
+    let eval = |name: &str, cache: &str| {
+        let out = dir.path().join(name);
+        gatt_ok(&[
+            "eval",
+            "--out",
+            out.to_str().unwrap(),
+            "--turns",
+            "3",
+            "--dialogues",
+            "3",
+            "--max-tokens",
+            "16",
+            "--session-cache",
+            cache,
+        ]);
+        let mut report = read_json(out.join("report.json"));
+        report.as_object_mut().unwrap().remove("run");
+        report
+    };
+    assert_eq!(eval("eval-full", "0"), eval("eval-kept", "1024"));
+}

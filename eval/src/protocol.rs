@@ -106,6 +106,22 @@ pub fn run_protocol(
         .map(|(i, plan)| start(i, plan, &model, opts.seed))
         .collect();
 
+    let result = converse(backend, &mut dialogues, &plans, opts, progress);
+    // Whatever happened, the backend can let go of these dialogues.
+    for d in &dialogues {
+        backend.end_conversation(&d.id);
+    }
+    result.map(|()| dialogues)
+}
+
+/// Every turn of every dialogue, in chunks of the backend's preferred batch.
+fn converse(
+    backend: &dyn ChatBackend,
+    dialogues: &mut [Dialogue],
+    plans: &[DialoguePlan],
+    opts: &ProtocolOptions,
+    progress: &dyn Fn(usize),
+) -> Result<()> {
     let params = SamplingParams {
         n: 1,
         ..opts.sampling.clone()
@@ -113,7 +129,7 @@ pub fn run_protocol(
     let batch = backend.preferred_batch().max(1);
     let mut done = 0;
     for turn in 1..=opts.turns {
-        for (d, plan) in dialogues.iter_mut().zip(&plans) {
+        for (d, plan) in dialogues.iter_mut().zip(plans) {
             d.messages
                 .push(Message::user(plan.user_messages[turn - 1].clone()));
         }
@@ -121,9 +137,12 @@ pub fn run_protocol(
             let chunk = first..(first + batch).min(dialogues.len());
             let requests: Vec<Request> = chunk
                 .clone()
-                .map(|i| Request {
-                    messages: dialogues[i].messages.clone(),
-                    seed: request_seed(opts.seed, i, turn),
+                .map(|i| {
+                    Request::new(
+                        dialogues[i].messages.clone(),
+                        request_seed(opts.seed, i, turn),
+                    )
+                    .in_conversation(dialogues[i].id.clone())
                 })
                 .collect();
             let replies = backend.generate(&requests, &params)?;
@@ -147,7 +166,7 @@ pub fn run_protocol(
             progress(done);
         }
     }
-    Ok(dialogues)
+    Ok(())
 }
 
 /// A dialogue holding only its system message, with its provenance.

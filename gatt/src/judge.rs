@@ -109,10 +109,7 @@ pub fn request(
         "The assistant was told: \"{instruction}\"\n\nUser: {user}\nAssistant: {reply}\n\n\
          Is this reply consistent with the instruction to {what}? Answer yes or no."
     );
-    Request {
-        messages: vec![Message::system(SYSTEM), Message::user(q)],
-        seed,
-    }
+    Request::new(vec![Message::system(SYSTEM), Message::user(q)], seed)
 }
 
 /// Asks `judge` every question of `requests`, in batches of its preferred size, with

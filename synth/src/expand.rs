@@ -108,10 +108,13 @@ pub fn expand(
             break;
         }
         let requests: Vec<Request> = (0..batch)
-            .map(|i| Request {
-                messages: vec![Message::user(question)],
-                // Stream: SynthExpand (parent: the seed, index: the request over all rounds).
-                seed: seed::derive(seed, Stream::SynthExpand, (round * batch + i) as u64),
+            .map(|i| {
+                Request::new(
+                    vec![Message::user(question)],
+                    // Stream: SynthExpand (parent: the seed, index: the request over all
+                    // rounds).
+                    seed::derive(seed, Stream::SynthExpand, (round * batch + i) as u64),
+                )
             })
             .collect();
         let before = found.len();

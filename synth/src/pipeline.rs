@@ -129,6 +129,17 @@ pub struct ChunkOutput {
     pub gate: GateCounts,
 }
 
+/// The conversation key of a dialogue's reply requests ([`Request::conversation`]).
+fn reply_key(plan: &DialoguePlan) -> String {
+    plan.id.clone()
+}
+
+/// The conversation key of a dialogue's simulated-user requests (the roles flipped: a
+/// conversation of its own).
+fn user_sim_key(plan: &DialoguePlan) -> String {
+    format!("{} user-sim", plan.id)
+}
+
 impl Synthesizer<'_> {
     /// This shard's dialogue plans, in job order.
     pub fn plans(&self) -> Vec<DialoguePlan> {
@@ -165,6 +176,17 @@ impl Synthesizer<'_> {
     ///
     /// The backend's first error; nothing of the chunk is returned then.
     pub fn run_chunk(&self, plans: &[DialoguePlan]) -> Result<ChunkOutput> {
+        let out = self.sample_chunk(plans);
+        // Whatever happened, the backend can let go of these dialogues.
+        for p in plans {
+            self.backend.end_conversation(&reply_key(p));
+            self.backend.end_conversation(&user_sim_key(p));
+        }
+        out
+    }
+
+    /// [`Synthesizer::run_chunk`]'s work.
+    fn sample_chunk(&self, plans: &[DialoguePlan]) -> Result<ChunkOutput> {
         let mut live: Vec<InFlight> = plans
             .iter()
             .map(|p| InFlight {
@@ -245,14 +267,15 @@ impl Synthesizer<'_> {
                     let d = &live[i];
                     // Stream: SynthReply (parent: the plan seed, index: the turn).
                     let first = seed::derive(d.plan.seed, Stream::SynthReply, turn as u64);
-                    Request {
-                        messages: attach(&d.plain, &d.plan.instruction, self.opts.attach),
+                    Request::new(
+                        attach(&d.plain, &d.plan.instruction, self.opts.attach),
                         // Stream: SynthResample (parent: the turn's seed, index: the try).
-                        seed: match attempt {
+                        match attempt {
                             0 => first,
                             k => seed::derive(first, Stream::SynthResample, k as u64),
                         },
-                    }
+                    )
+                    .in_conversation(reply_key(&d.plan))
                 })
                 .collect();
             let replies = self.backend.generate(&requests, params)?;
@@ -446,11 +469,12 @@ impl Synthesizer<'_> {
                     Role::User => Message::assistant(m.content.clone()),
                     _ => Message::user(m.content.clone()),
                 }));
-                Request {
+                Request::new(
                     messages,
                     // Stream: SynthUserSim (parent: the plan seed, index: the turn).
-                    seed: seed::derive(d.plan.seed, Stream::SynthUserSim, turn as u64),
-                }
+                    seed::derive(d.plan.seed, Stream::SynthUserSim, turn as u64),
+                )
+                .in_conversation(user_sim_key(&d.plan))
             })
             .collect();
         let mut params = self.opts.sampling.clone();

@@ -37,6 +37,11 @@ pub struct BackendArgs {
     /// Conversations decoded together by the embedded model.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// MiB of dialogues' KV caches the embedded model keeps between turns, so that a
+    /// turn prefills only its new tokens (replies are the same with any value; a dialogue
+    /// dropped for room is prefilled in full). 0 keeps none.
+    #[arg(long, value_name = "MIB", default_value_t = EmbeddedBackend::DEFAULT_SESSION_BUDGET >> 20)]
+    pub session_cache: usize,
     /// Device of the embedded model: cpu, or cuda (build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -107,6 +112,7 @@ impl BackendArgs {
         let device = gatt_runtime::device(&self.device).map_err(|e| e.context("--device"))?;
         let mut backend = EmbeddedBackend::load(&source, &device, self.batch)?;
         self.template_args.apply(&mut backend.format.template)?;
+        backend.set_session_budget(self.session_cache.saturating_mul(1 << 20));
         Ok(Box::new(backend))
     }
 }

@@ -31,10 +31,7 @@ pub fn run(args: Args) -> Result<()> {
     messages.push(Message::user(&args.prompt));
     let start = std::time::Instant::now();
     let out = backend.generate(
-        &[Request {
-            messages,
-            seed: args.seed,
-        }],
+        &[Request::new(messages, args.seed)],
         &args
             .sampling
             .params(1, gatt::backend::SamplingParams::DEFAULT_MAX_NEW_TOKENS),

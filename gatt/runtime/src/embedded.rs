@@ -1,18 +1,34 @@
 //! The in-process backend: a GGUF model on candle, decoding many conversations at once.
 
-use crate::llama::{self, Model};
+use crate::llama::{self, Model, SeqKv};
 use crate::sampling::Sampler;
-use candle_core::Device;
+use crate::sessions::{Branch, Sessions};
+use candle_core::{Device, Tensor};
 use gatt::backend::SamplingParams;
 use gatt::backend::{candidate_seed, ChatBackend, Reply, Request};
 use gatt::model::{read_gguf, ChatFormat, ModelSource};
 use gatt::{Error, Result};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// A chat model run in this process, as a [`ChatBackend`]: each request's `n` candidates
 /// are sequences of one batch (at most `max_batch` sequences decode together), sampled
 /// by a [`Sampler`] seeded with [`candidate_seed`]. Replies are decoded without special
 /// tokens and trimmed.
+///
+/// **Sessions.** On the CPU, the KV cache of a request with a
+/// [`Request::conversation`] key is kept after its reply (its prompt and every
+/// candidate's reply tokens), within a memory budget
+/// ([`EmbeddedBackend::set_session_budget`]). The dialogue's next request prefills only
+/// the tokens after the longest prefix of its prompt's token ids that the kept cache
+/// holds: the reply's tokens as sampled are usually that prefix's end, and where the
+/// template re-renders the history otherwise (or the reply text tokenizes differently),
+/// the prefix simply stops there, down to a full prefill. The CPU's inference kernels
+/// compute every position from the tokens up to it alone (`decode_attention.rs`,
+/// `qmatvec.rs`), so the replies are bit for bit those of a full prefill: the cache saves
+/// work and changes nothing, whatever was evicted. Where that does not hold
+/// ([`Model::positions_independent`]: other devices, adapters), prompts are prefilled in
+/// full.
 pub struct EmbeddedBackend {
     model: Model,
     /// Chat template, tokenizer and end-of-turn ids (`stop_ids`, never empty) of the
@@ -20,6 +36,17 @@ pub struct EmbeddedBackend {
     pub format: ChatFormat,
     path: PathBuf,
     max_batch: usize,
+    sessions: Mutex<Sessions>,
+}
+
+/// A prompt ready to decode: its tokens, the logits after its last token, and its keys
+/// and values (on the CPU).
+struct Prefilled {
+    tokens: Vec<u32>,
+    logits: Vec<f32>,
+    kv: Arc<SeqKv>,
+    /// Positions taken from a kept cache instead of computed.
+    reused: usize,
 }
 
 /// The device of a name: `cpu`, or `cuda` (the first GPU; needs the `cuda` feature).
@@ -86,7 +113,29 @@ impl EmbeddedBackend {
             format,
             path,
             max_batch: max_batch.max(1),
+            sessions: Mutex::new(Sessions::new(Self::DEFAULT_SESSION_BUDGET)),
         })
+    }
+
+    /// Bytes of kept conversation caches by default: 1 GiB (about 45 000 positions of
+    /// the default model, whose f16 keys and values take 23 KB a position).
+    pub const DEFAULT_SESSION_BUDGET: usize = 1 << 30;
+
+    /// Keeps at most `bytes` of conversations' KV caches between calls (least recently
+    /// used dropped first; a dropped conversation is prefilled in full at its next turn).
+    /// 0 keeps none: every prompt is prefilled in full, with the same replies.
+    pub fn set_session_budget(&mut self, bytes: usize) {
+        self.sessions
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_budget(bytes);
+    }
+
+    /// Positions prefilled and positions taken from kept caches since the backend was
+    /// loaded: what the sessions saved.
+    pub fn prefill_counts(&self) -> (usize, usize) {
+        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        (s.computed, s.reused)
     }
 
     /// The model's hyper-parameters.
@@ -160,6 +209,168 @@ impl EmbeddedBackend {
         }
         Ok(out)
     }
+
+    /// Prefills `tokens` from the first `reuse.len()` positions' kept keys and values:
+    /// one sequence, on the CPU.
+    fn prefill(&self, tokens: Vec<u32>, reuse: Option<SeqKv>) -> Result<Prefilled> {
+        let dev = self.model.device();
+        let dtype = self.model.sampling_cache(0).dtype();
+        let start = reuse.as_ref().map_or(0, SeqKv::len);
+        let new = tokens.len() - start;
+        let mut cache = match &reuse {
+            Some(kv) => llama::Cache::from_sequences(&self.model.cfg, &[kv], new, dtype)?.0,
+            None => llama::Cache::with_dtype(&self.model.cfg, tokens.len(), dtype),
+        };
+        let ids = Tensor::from_vec(tokens[start..].to_vec(), (1, new), dev)?;
+        let positions: Vec<u32> = (start..tokens.len()).map(|p| p as u32).collect();
+        let positions = Tensor::from_vec(positions, (1, new), dev)?;
+        let logits = self.model.forward(&ids, &positions, &[0], &mut cache)?;
+        let logits = llama::logits_rows(&logits)?.remove(0);
+        let kv = Arc::new(cache.sequence(0, 0, tokens.len())?);
+        Ok(Prefilled {
+            tokens,
+            logits,
+            kv,
+            reused: start,
+        })
+    }
+
+    /// Decodes the prompts of `jobs` (prefilled, each with its sampler) together on the
+    /// CPU; like [`EmbeddedBackend::decode_batch`], plus each sequence's tokens fed to the
+    /// cache after its prompt and (when `keep`) their keys and values.
+    fn decode_prefilled(
+        &self,
+        jobs: &[&Prefilled],
+        samplers: &mut [Sampler],
+        max_new: usize,
+        keep: bool,
+    ) -> Result<Vec<(Vec<u32>, bool, Branch)>> {
+        let dev = self.model.device();
+        let longest = jobs.iter().map(|j| j.tokens.len()).max().unwrap_or(0);
+        let ctx = self.model.cfg.context_length;
+        let max_new = max_new.min(ctx.saturating_sub(longest));
+        let dtype = self.model.sampling_cache(0).dtype();
+        let kvs: Vec<&SeqKv> = jobs.iter().map(|j| j.kv.as_ref()).collect();
+        let (mut cache, pad) = llama::Cache::from_sequences(&self.model.cfg, &kvs, max_new, dtype)?;
+        let mut rows: Vec<Vec<f32>> = jobs.iter().map(|j| j.logits.clone()).collect();
+        let mut out: Vec<(Vec<u32>, bool)> = vec![(Vec::new(), false); jobs.len()];
+        let mut context: Vec<Vec<u32>> = jobs.iter().map(|j| j.tokens.clone()).collect();
+        // Tokens fed to the cache after each prompt, in order.
+        let mut fed: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
+        for _ in 0..max_new {
+            let mut next = Vec::with_capacity(jobs.len());
+            for (s, row) in rows.iter_mut().enumerate() {
+                let done = out[s].1 || out[s].0.len() >= max_new;
+                let tok = if done {
+                    self.format.stop_ids[0]
+                } else {
+                    let t = samplers[s].sample(row, &context[s]);
+                    if self.format.stop_ids.contains(&t) {
+                        out[s].1 = true;
+                    } else {
+                        out[s].0.push(t);
+                        context[s].push(t);
+                    }
+                    t
+                };
+                next.push(tok);
+            }
+            if out
+                .iter()
+                .all(|(ids, stopped)| *stopped || ids.len() >= max_new)
+            {
+                break;
+            }
+            for (f, &t) in fed.iter_mut().zip(&next) {
+                f.push(t);
+            }
+            let (tokens, positions) = llama::step_inputs(&next, &pad, cache.len(), dev)?;
+            let logits = self.model.forward(&tokens, &positions, &pad, &mut cache)?;
+            rows = llama::logits_rows(&logits)?;
+        }
+        let mut result = Vec::with_capacity(jobs.len());
+        for (s, ((ids, stopped), fed)) in out.into_iter().zip(fed).enumerate() {
+            let prompt = jobs[s].tokens.len();
+            let reply = if fed.is_empty() || !keep {
+                None
+            } else {
+                Some(cache.sequence(s, pad[s] + prompt, fed.len())?)
+            };
+            let branch = Branch::new(&jobs[s].tokens, &jobs[s].kv, fed, reply);
+            result.push((ids, stopped, branch));
+        }
+        Ok(result)
+    }
+
+    /// Replies to `requests` on the CPU, reusing and keeping conversations' caches.
+    fn generate_cpu(
+        &self,
+        requests: &[Request],
+        prompts: Vec<Vec<u32>>,
+        params: &SamplingParams,
+    ) -> Result<Vec<Vec<Reply>>> {
+        let n = params.n.max(1);
+        // Kept caches change nothing only where positions are computed independently.
+        let exact = self.model.positions_independent();
+        let keep = exact
+            && self.lock_sessions().budget() > 0
+            && requests.iter().any(|r| r.conversation.is_some());
+        let mut prefilled = Vec::with_capacity(requests.len());
+        for (req, prompt) in requests.iter().zip(prompts) {
+            let reuse = match &req.conversation {
+                Some(key) if exact => self.lock_sessions().reusable(key, &prompt)?,
+                _ => None,
+            };
+            let p = self.prefill(prompt, reuse)?;
+            self.lock_sessions()
+                .count(p.tokens.len() - p.reused, p.reused);
+            prefilled.push(p);
+        }
+        let jobs: Vec<(usize, u64)> = requests
+            .iter()
+            .enumerate()
+            .flat_map(|(r, req)| (0..n).map(move |c| (r, candidate_seed(req.seed, c))))
+            .collect();
+        let mut replies: Vec<Vec<Reply>> = vec![Vec::with_capacity(n); requests.len()];
+        let mut branches: Vec<Vec<Branch>> = (0..requests.len()).map(|_| Vec::new()).collect();
+        for chunk in jobs.chunks(self.max_batch) {
+            let batch: Vec<&Prefilled> = chunk.iter().map(|j| &prefilled[j.0]).collect();
+            let mut samplers: Vec<Sampler> =
+                chunk.iter().map(|j| Sampler::new(params, j.1)).collect();
+            let outs = self.decode_prefilled(&batch, &mut samplers, params.max_new_tokens, keep)?;
+            for ((r, _), (ids, stopped, branch)) in chunk.iter().zip(outs) {
+                replies[*r].push(self.reply(&ids, stopped, prefilled[*r].tokens.len())?);
+                branches[*r].push(branch);
+            }
+        }
+        let mut sessions = self.lock_sessions();
+        for (req, kept) in requests.iter().zip(branches) {
+            match &req.conversation {
+                Some(key) if exact => sessions.keep(key, kept),
+                _ => {}
+            }
+        }
+        Ok(replies)
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The reply of generated `ids`.
+    fn reply(&self, ids: &[u32], stopped: bool, prompt_tokens: usize) -> Result<Reply> {
+        let text = self
+            .format
+            .tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::runtime(format!("tokenizer: {e}")))?;
+        Ok(Reply {
+            text: text.trim().to_string(),
+            prompt_tokens,
+            completion_tokens: ids.len(),
+            finished: stopped,
+        })
+    }
 }
 
 impl ChatBackend for EmbeddedBackend {
@@ -174,12 +385,15 @@ impl ChatBackend for EmbeddedBackend {
         self.max_batch
     }
 
+    fn end_conversation(&self, key: &str) {
+        self.lock_sessions().forget(key);
+    }
+
     fn generate(&self, requests: &[Request], params: &SamplingParams) -> Result<Vec<Vec<Reply>>> {
         let n = params.n.max(1);
         let ctx = self.model.cfg.context_length;
-        // Every (request, candidate) pair is one sequence of the batch.
-        let mut jobs = Vec::with_capacity(requests.len() * n);
-        for (r, req) in requests.iter().enumerate() {
+        let mut prompts = Vec::with_capacity(requests.len());
+        for req in requests {
             let prompt = self.prompt_tokens(&req.messages)?;
             if prompt.len() >= ctx {
                 return Err(Error::input(format!(
@@ -187,8 +401,21 @@ impl ChatBackend for EmbeddedBackend {
                     prompt.len()
                 )));
             }
+            if prompt.is_empty() {
+                return Err(Error::input("the chat template rendered an empty prompt"));
+            }
+            prompts.push(prompt);
+        }
+        if self.model.device().is_cpu() {
+            return self
+                .generate_cpu(requests, prompts, params)
+                .map_err(|e| Error::runtime(format!("generation failed: {e}")));
+        }
+        // Every (request, candidate) pair is one sequence of the batch.
+        let mut jobs = Vec::with_capacity(requests.len() * n);
+        for (r, (req, prompt)) in requests.iter().zip(&prompts).enumerate() {
             for c in 0..n {
-                jobs.push((r, prompt.clone(), candidate_seed(req.seed, c)));
+                jobs.push((r, prompt, candidate_seed(req.seed, c)));
             }
         }
         let mut replies: Vec<Vec<Reply>> = vec![Vec::with_capacity(n); requests.len()];
@@ -200,17 +427,7 @@ impl ChatBackend for EmbeddedBackend {
                 .decode_batch(&prompts, &mut samplers, params.max_new_tokens)
                 .map_err(|e| Error::runtime(format!("generation failed: {e}")))?;
             for ((r, prompt, _), (ids, stopped)) in chunk.iter().zip(outs) {
-                let text = self
-                    .format
-                    .tokenizer
-                    .decode(&ids, true)
-                    .map_err(|e| Error::runtime(format!("tokenizer: {e}")))?;
-                replies[*r].push(Reply {
-                    text: text.trim().to_string(),
-                    prompt_tokens: prompt.len(),
-                    completion_tokens: ids.len(),
-                    finished: stopped,
-                });
+                replies[*r].push(self.reply(&ids, stopped, prompt.len())?);
             }
         }
         Ok(replies)

@@ -7,7 +7,8 @@
 //! - `kernels`: the CPU kernels it runs on (quantized products, attention, norms,
 //!   rotary, SiLU gate, softmax), kept apart from the model files.
 //! - [`sampling`]: seeded next-token choice (greedy, temperature, top-k/top-p).
-//! - [`EmbeddedBackend`]: the in-process [`gatt::backend::ChatBackend`].
+//! - [`EmbeddedBackend`]: the in-process [`gatt::backend::ChatBackend`], which keeps
+//!   conversations' KV caches between turns (`sessions`).
 //! - [`train`]: fine-tuning on `gatt` masks (LoRA or full), checkpoints, `peft` adapters.
 //! - [`export`]: a model as a Hugging Face folder.
 //!
@@ -23,6 +24,7 @@ pub(crate) mod kernels;
 pub mod llama;
 mod safetensors_file;
 pub mod sampling;
+mod sessions;
 pub mod train;
 
 pub use embedded::{device, load_model, EmbeddedBackend};

@@ -17,10 +17,7 @@ fn backend() -> &'static EmbeddedBackend {
 }
 
 fn ask(system: &str, prompt: &str, seed: u64) -> Request {
-    Request {
-        messages: vec![Message::system(system), Message::user(prompt)],
-        seed,
-    }
+    Request::new(vec![Message::system(system), Message::user(prompt)], seed)
 }
 
 #[test]
@@ -176,4 +173,83 @@ fn logits_match_transformers_from_gguf_and_from_our_hugging_face_export() {
         .get_ids()
         .to_vec();
     assert_eq!(ids, want.prompt_ids);
+}
+
+/// `turns` turns of three dialogues on `b`, `n` candidates each (the first one continues
+/// the dialogue), every request in its conversation; returns every candidate's text.
+fn converse(b: &EmbeddedBackend, turns: usize, n: usize) -> Vec<String> {
+    let users = [
+        "Tell me about your morning.",
+        "What should I cook tonight?",
+        "Name a famous painter.",
+        "Why is the sky blue?",
+    ];
+    let systems = [
+        "Always answer in French.",
+        "You are a pirate.",
+        "Your hobby is tennis.",
+    ];
+    let mut dialogues: Vec<Vec<Message>> =
+        systems.iter().map(|s| vec![Message::system(*s)]).collect();
+    let params = SamplingParams {
+        max_new_tokens: 24,
+        n,
+        ..SamplingParams::default()
+    };
+    let mut texts = Vec::new();
+    for turn in 0..turns {
+        let mut reqs = Vec::new();
+        for (i, d) in dialogues.iter_mut().enumerate() {
+            d.push(Message::user(users[(i + turn) % users.len()]));
+            reqs.push(
+                Request::new(d.clone(), (i * 100 + turn) as u64).in_conversation(format!("d{i}")),
+            );
+        }
+        let out = b.generate(&reqs, &params).unwrap();
+        for (d, candidates) in dialogues.iter_mut().zip(out) {
+            texts.extend(candidates.iter().map(|r| r.text.clone()));
+            d.push(Message::assistant(candidates[0].text.clone()));
+        }
+    }
+    for i in 0..systems.len() {
+        b.end_conversation(&format!("d{i}"));
+    }
+    texts
+}
+
+/// Kept conversation caches change no reply: the same dialogues, seeds and candidates
+/// give the same texts with every prompt prefilled in full (no cache kept) and with each
+/// dialogue's cache kept between turns, and the kept caches did spare most of the prompt
+/// positions.
+#[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
+fn kept_conversation_caches_change_no_reply() {
+    let source = ModelSource::resolve("default").unwrap();
+    let load = |budget| {
+        let mut b = EmbeddedBackend::load(&source, &candle_core::Device::Cpu, 4).unwrap();
+        b.set_session_budget(budget);
+        b
+    };
+    let (full, kept) = (load(0), load(EmbeddedBackend::DEFAULT_SESSION_BUDGET));
+    let want = converse(&full, 3, 2);
+    let got = converse(&kept, 3, 2);
+    assert_eq!(want, got);
+    assert_eq!(full.prefill_counts().1, 0);
+    let (computed, reused) = kept.prefill_counts();
+    assert!(
+        reused > 2 * computed,
+        "{reused} positions reused, {computed} computed"
+    );
+    // A budget too small to keep every dialogue: those evicted are prefilled again, with
+    // the same replies.
+    let tight = load(300 * 23_040);
+    assert_eq!(converse(&tight, 3, 2), want);
+    let (computed, reused) = tight.prefill_counts();
+    assert!(
+        reused > 0 && computed > kept.prefill_counts().0,
+        "{computed} {reused}"
+    );
 }

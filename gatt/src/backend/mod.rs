@@ -20,6 +20,30 @@ pub struct Request {
     /// Seeds this conversation's sampler: the same request and seed give the same reply
     /// on the embedded backend, whatever else is in the batch.
     pub seed: u64,
+    /// Names the dialogue this request continues, so that a backend can keep what it
+    /// computed for the earlier turns between calls: the embedded backend keeps the
+    /// dialogue's KV cache and prefills only the tokens that follow what it holds. `None`
+    /// for a one-off request. Replies never depend on it: it only saves work. A caller
+    /// sends at most one request of a dialogue at a time, turns in order, and calls
+    /// [`ChatBackend::end_conversation`] when the dialogue is done.
+    pub conversation: Option<String>,
+}
+
+impl Request {
+    /// A one-off request (no [`Request::conversation`]).
+    pub fn new(messages: Vec<Message>, seed: u64) -> Self {
+        Request {
+            messages,
+            seed,
+            conversation: None,
+        }
+    }
+
+    /// The same request as a turn of the dialogue named `key`.
+    pub fn in_conversation(mut self, key: impl Into<String>) -> Self {
+        self.conversation = Some(key.into());
+        self
+    }
 }
 
 /// A generated reply.
@@ -58,6 +82,12 @@ pub trait ChatBackend: Send + Sync {
 
     /// How many requests to hand over at once for good throughput.
     fn preferred_batch(&self) -> usize;
+
+    /// The dialogue named `key` ([`Request::conversation`]) is done: what the backend
+    /// kept for it can go. Backends that keep nothing ignore it (the default).
+    fn end_conversation(&self, key: &str) {
+        let _ = key;
+    }
 }
 
 /// Derives the seed of candidate `i` of a request, so candidates differ but repeat.

@@ -1,10 +1,18 @@
-//! Attention of one new token per sequence over its cached keys and values, in one pass
-//! per (sequence, head), reading the cache in place.
+//! Attention of new tokens over their sequence's cached keys and values, in one pass per
+//! (sequence, query, head), reading the cache in place.
 //!
 //! Decoding a batch otherwise runs, for every sequence and layer, about ten small tensor
 //! ops (slices, copies, two products, the softmax, a concatenation); at 16 sequences
-//! that bookkeeping costs more than the attention arithmetic. Decoding only (no backward
+//! that bookkeeping costs more than the attention arithmetic. Inference only (no backward
 //! pass), on the CPU; other devices use the general path.
+//!
+//! **Same numbers however a sequence is split.** Every query row is computed by the same
+//! sequence of operations over the keys up to its own position, whether it is a decoding
+//! step, one of a whole prompt's rows, or one of the new rows of a prompt whose beginning
+//! is already cached ([`causal_rows`]). With the row-wise linear layers
+//! of inference (`qmatvec.rs`), a position's keys, values and logits are then a function
+//! of the tokens up to it alone, so a conversation's cache can be kept between turns and
+//! extended without changing a single bit of what the model computes.
 
 use super::exp::exp_shifted_in_place;
 use super::qmatvec::has_avx2;
@@ -15,7 +23,24 @@ use std::sync::Mutex;
 /// `q` (b, heads, 1, hd) against keys and values (b, kv_heads, len, hd), where sequence
 /// `s` sees positions `pad[s]..len`; returns (b, 1, heads*hd), ready for the output
 /// projection. Query heads share key heads in groups of heads / kv_heads.
+#[cfg(test)]
 pub fn one_query(q: &Tensor, k: &Tensor, v: &Tensor, pad: &[usize], scale: f32) -> Result<Tensor> {
+    causal_rows(q, k, v, pad, scale)
+}
+
+/// `q` (b, heads, t, hd), the queries of the last `t` of `len` positions, against keys
+/// and values (b, kv_heads, len, hd): query `j` of sequence `s` is at position
+/// `len - t + j` and sees positions `pad[s]..=len - t + j`; a query inside the padding
+/// (`len - t + j < pad[s]`) sees none and gives zeros. Returns (b, t, heads*hd), ready
+/// for the output projection. Each row is computed exactly as a decoding step (`t = 1`)
+/// at that position computes it.
+pub fn causal_rows(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pad: &[usize],
+    scale: f32,
+) -> Result<Tensor> {
     let op = OneQuery {
         pad: pad.to_vec(),
         scale,
@@ -252,24 +277,32 @@ mod avx2 {
 const PARALLEL_FROM: usize = 64 << 10;
 
 impl OneQuery {
-    /// The attention of every (sequence, head) row over keys and values of type `E`.
+    /// The attention of every (sequence, query, head) row over keys and values of type
+    /// `E`; `t` queries per sequence, the last `t` of `len` positions.
     fn run<E: CacheElem>(
         &self,
-        (b, nh, nkv, len, hd): (usize, usize, usize, usize, usize),
+        (b, nh, nkv, t, len, hd): (usize, usize, usize, usize, usize, usize),
         q: &[f32],
         (k, ks): (&[E], [usize; 3]),
         (v, vs): (&[E], [usize; 3]),
     ) -> Vec<f32> {
         let rep = nh / nkv;
-        // Output row r is head r % nh of sequence r / nh.
+        // Output row r is head r % nh of query (r / nh) % t of sequence r / (nh t); the
+        // queries are laid out (b, heads, t, hd).
         let attend = |r: usize, out: &mut [f32]| {
-            let (s, h) = (r / nh, r % nh);
+            let (h, j, s) = (r % nh, (r / nh) % t, r / (nh * t));
             let kh = h / rep;
-            let q = &q[r * hd..(r + 1) * hd];
             let first = self.pad[s];
+            let end = len - t + j + 1;
+            if end <= first {
+                out.fill(0.0);
+                return;
+            }
+            let qi = ((s * nh + h) * t + j) * hd;
+            let q = &q[qi..qi + hd];
             let keys = &k[s * ks[0] + kh * ks[1] + first * ks[2]..];
             let vals = &v[s * vs[0] + kh * vs[1] + first * vs[2]..];
-            let mut probs = vec![0f32; len - first];
+            let mut probs = vec![0f32; end - first];
             scores(q, keys, ks[2], self.scale, &mut probs);
             let max = probs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             exp_shifted_in_place(&mut probs, max);
@@ -278,18 +311,20 @@ impl OneQuery {
             let inv = 1.0 / sum;
             out.iter_mut().for_each(|o| *o *= inv);
         };
-        let mut y = vec![0f32; b * nh * hd];
+        let rows = b * t * nh;
+        let mut y = vec![0f32; rows * hd];
         // Each row reads two rows of the cache per key. Large calls split the rows over
         // candle's barrier pool, whose workers spin between jobs (waking rayon's pool
         // once per layer costs more than a small batch's attention).
         let pool = candle_core::utils::barrier_pool();
         let parts = pool.n_workers() + 1;
-        if parts == 1 || 2 * hd * len * b * nh < PARALLEL_FROM {
+        if parts == 1 || 2 * hd * len * rows < PARALLEL_FROM {
             y.chunks_mut(hd)
                 .enumerate()
                 .for_each(|(r, out)| attend(r, out));
         } else {
-            let per = (b * nh).div_ceil(parts);
+            // More chunks than workers when queries differ in length (a prompt's rows).
+            let per = rows.div_ceil(if t > 1 { 4 * parts } else { parts });
             let chunks: Vec<Mutex<&mut [f32]>> = y.chunks_mut(per * hd).map(Mutex::new).collect();
             // Inline on the calling thread if it is a pool worker itself.
             pool.execute_chunked(chunks.len(), |range| {
@@ -321,7 +356,14 @@ impl CustomOp3 for OneQuery {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, nh, t, hd) = l1.shape().dims4()?;
         let (b2, nkv, len, hd2) = l2.shape().dims4()?;
-        if t != 1 || b2 != b || hd2 != hd || l3.shape() != l2.shape() || nkv == 0 || nh % nkv != 0 {
+        if t == 0
+            || t > len
+            || b2 != b
+            || hd2 != hd
+            || l3.shape() != l2.shape()
+            || nkv == 0
+            || nh % nkv != 0
+        {
             bail!(
                 "decode attention: queries {:?} against keys {:?} and values {:?}",
                 l1.shape(),
@@ -336,12 +378,12 @@ impl CustomOp3 for OneQuery {
             )
         }
         let (q, _) = strided::<f32>(s1, l1)?;
-        let dims = (b, nh, nkv, len, hd);
+        let dims = (b, nh, nkv, t, len, hd);
         let y = match s2 {
             CpuStorage::F16(_) => self.run(dims, q, strided::<f16>(s2, l2)?, strided(s3, l3)?),
             _ => self.run(dims, q, strided::<f32>(s2, l2)?, strided(s3, l3)?),
         };
-        Ok((CpuStorage::F32(y), Shape::from((b, 1, nh * hd))))
+        Ok((CpuStorage::F32(y), Shape::from((b, t, nh * hd))))
     }
 }
 
@@ -425,6 +467,58 @@ mod tests {
                     .to_scalar()
                     .unwrap();
                 assert!(diff < 1e-5, "sequence {s} head {h}: {diff}");
+            }
+        }
+    }
+
+    /// Every row of a block of queries is bit for bit the decoding step at its position
+    /// over the keys up to it, and queries inside the padding give zeros.
+    #[test]
+    fn a_block_of_queries_equals_one_decoding_step_per_row() {
+        let dev = Device::Cpu;
+        for (b, len, t, hd, nh, nkv) in [
+            (2usize, 9usize, 5usize, 8usize, 4usize, 2usize),
+            (1, 300, 300, 16, 6, 3),
+            (3, 40, 40, 6, 2, 1),
+        ] {
+            let q = Tensor::randn(0f32, 1.0, (b, nh, t, hd), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, nkv, len, hd), &dev)
+                .unwrap()
+                .to_dtype(DType::F16)
+                .unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, nkv, len, hd), &dev)
+                .unwrap()
+                .to_dtype(DType::F16)
+                .unwrap();
+            let pad: Vec<usize> = (0..b).map(|s| (s * 3) % len.min(7)).collect();
+            let block = causal_rows(&q, &k, &v, &pad, 0.3).unwrap();
+            assert_eq!(block.dims(), &[b, t, nh * hd]);
+            for j in 0..t {
+                let at = len - t + j;
+                let row = block.narrow(1, j, 1).unwrap();
+                for (s, &p) in pad.iter().enumerate() {
+                    let got = row.get(s).unwrap();
+                    if at < p {
+                        let zero = got.abs().unwrap().max_all().unwrap();
+                        assert_eq!(zero.to_scalar::<f32>().unwrap(), 0.0);
+                        continue;
+                    }
+                    let one = |x: &Tensor| x.narrow(0, s, 1).unwrap();
+                    let step = one_query(
+                        &one(&q).narrow(2, j, 1).unwrap(),
+                        &one(&k).narrow(2, 0, at + 1).unwrap(),
+                        &one(&v).narrow(2, 0, at + 1).unwrap(),
+                        &[p],
+                        0.3,
+                    )
+                    .unwrap();
+                    let want = step.get(0).unwrap();
+                    assert_eq!(
+                        got.to_vec2::<f32>().unwrap(),
+                        want.to_vec2::<f32>().unwrap(),
+                        "sequence {s}, query {j}"
+                    );
+                }
             }
         }
     }

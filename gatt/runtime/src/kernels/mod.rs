@@ -10,9 +10,9 @@
 //! | [`norm`] | RMS norm, forward and backward |
 //! | [`rope`] | rotary position embedding, interleaved or halves |
 //! | [`swiglu`] | the SiLU gate of the MLP |
-//! | [`softmax`] | causal softmax for training and prompts |
+//! | [`softmax`] | causal softmax for training (and prompts off the CPU) |
 //! | [`packed_attention`] | attention over sequences packed end to end (training) |
-//! | [`decode_attention`] | one query per sequence against the KV cache (decoding) |
+//! | [`decode_attention`] | inference attention against the KV cache, row by row: decoding steps and prompts alike, so a kept cache changes nothing |
 //! | [`exp`] | vectorized `exp` shared by the softmax, the SiLU gate and the sampler |
 //! | [`rows`] | row-block helpers the kernels share |
 

@@ -225,6 +225,14 @@ impl Linear {
         }
     }
 
+    /// Whether every row's product is the same sequence of operations whatever other rows
+    /// share the call (inference on the CPU): the file's blocks, and no adapter. `gemm`'s
+    /// f32 products (and candle's quantized ones) sum a row in an order that depends on
+    /// how many rows the call has.
+    pub(super) fn rows_independent(&self) -> bool {
+        self.blocks.is_some() && self.lora.is_none()
+    }
+
     fn with_bias_and_lora(&self, mut y: Tensor, x: &Tensor, pass: Pass) -> Result<Tensor> {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;

@@ -359,6 +359,159 @@ impl Cache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The element type keys and values are stored in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// A cache holding the sequences `seqs` side by side, each left-padded (with zeros)
+    /// to the longest one's length, with room for `extra` more positions. Returns it with
+    /// each sequence's padding, the `pad` that [`Model::forward`] takes. All sequences
+    /// must come from caches of `dtype` of the same model.
+    ///
+    /// # Errors
+    ///
+    /// No sequences, or sequences of different shapes (layers, heads, widths, dtype).
+    pub fn from_sequences(
+        cfg: &Config,
+        seqs: &[&SeqKv],
+        extra: usize,
+        dtype: DType,
+    ) -> Result<(Self, Vec<usize>)> {
+        let longest = seqs.iter().map(|s| s.len).max().unwrap_or(0);
+        let pad: Vec<usize> = seqs.iter().map(|s| longest - s.len).collect();
+        let mut cache = Cache::with_dtype(cfg, longest + extra, dtype);
+        if longest == 0 {
+            return Ok((cache, pad));
+        }
+        for (l, kv) in cache.kv.iter_mut().enumerate() {
+            let side = |which: usize| -> Result<Tensor> {
+                let rows = seqs
+                    .iter()
+                    .zip(&pad)
+                    .map(|(s, &p)| {
+                        let Some(layer) = s.layers.get(l) else {
+                            candle_core::bail!("a cached sequence has too few layers")
+                        };
+                        let t = if which == 0 { &layer.0 } else { &layer.1 };
+                        if p == 0 {
+                            return Ok(t.clone());
+                        }
+                        let (one, heads, _, hd) = t.dims4()?;
+                        let zeros = Tensor::zeros((one, heads, p, hd), t.dtype(), t.device())?;
+                        Tensor::cat(&[&zeros, t], 2)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)
+            };
+            kv.append(&side(0)?.to_dtype(dtype)?, &side(1)?.to_dtype(dtype)?)?;
+        }
+        Ok((cache, pad))
+    }
+
+    /// A copy of sequence `s`'s positions `pad..pad + len` (its first `len` positions
+    /// after its padding).
+    ///
+    /// # Errors
+    ///
+    /// When the cache holds no such sequence or positions.
+    pub fn sequence(&self, s: usize, pad: usize, len: usize) -> Result<SeqKv> {
+        let layers = self
+            .kv
+            .iter()
+            .map(|kv| {
+                let take = |t: Option<Tensor>| -> Result<Tensor> {
+                    let Some(t) = t else {
+                        candle_core::bail!("the cache is empty")
+                    };
+                    t.narrow(0, s, 1)?.narrow(2, pad, len)?.force_contiguous()
+                };
+                Ok((take(kv.k()?)?, take(kv.v()?)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SeqKv { layers, len })
+    }
+}
+
+/// The keys and values of one sequence's first `len` positions, every layer's as
+/// (1, kv_heads, len, head_dim) in the dtype of the cache they came from. With the CPU's
+/// inference kernels they are a function of those positions' tokens alone (see
+/// `decode_attention.rs`), so they can start the cache of any longer sequence that
+/// begins with the same tokens.
+#[derive(Clone)]
+pub struct SeqKv {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl SeqKv {
+    /// Keys and values of `len` positions, one (keys, values) pair per layer.
+    #[cfg(test)]
+    pub(crate) fn from_layers(layers: Vec<(Tensor, Tensor)>, len: usize) -> Self {
+        SeqKv { layers, len }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// These positions followed by `more`'s (a copy).
+    ///
+    /// # Errors
+    ///
+    /// When the two come from different models or caches.
+    pub fn concat(&self, more: &SeqKv) -> Result<SeqKv> {
+        if self.layers.len() != more.layers.len() {
+            candle_core::bail!("cached sequences of different models")
+        }
+        let layers = self
+            .layers
+            .iter()
+            .zip(&more.layers)
+            .map(|((k, v), (k2, v2))| Ok((Tensor::cat(&[k, k2], 2)?, Tensor::cat(&[v, v2], 2)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SeqKv {
+            layers,
+            len: self.len + more.len,
+        })
+    }
+
+    /// The first `len` positions (a copy; `len` at most [`SeqKv::len`]).
+    ///
+    /// # Errors
+    ///
+    /// When `len` is longer than what is held.
+    pub fn prefix(&self, len: usize) -> Result<SeqKv> {
+        if len > self.len {
+            candle_core::bail!("a prefix of {len} positions of {}", self.len)
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    k.narrow(2, 0, len)?.force_contiguous()?,
+                    v.narrow(2, 0, len)?.force_contiguous()?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SeqKv { layers, len })
+    }
 }
 
 /// A llama-family decoder: token embedding (vocab, hidden), `n_layer` pre-norm blocks
@@ -400,6 +553,30 @@ impl Model {
     /// The device the weights are on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// True when a position's logits, keys and values are a function of the tokens up
+    /// to it alone, bit for bit, however the sequence is split between forward passes
+    /// (whole prompt, parts from a kept cache, decoding steps) and whatever shares the
+    /// batch: inference on the CPU with every matrix in the file's 8-bit or 4-bit blocks
+    /// (Q8_0, Q4_1: the default model) and no LoRA adapter. Then a kept cache can start a longer sequence without changing
+    /// anything it computes.
+    pub fn positions_independent(&self) -> bool {
+        let linears = self.layers.iter().flat_map(|l| {
+            [
+                &l.attn.q,
+                &l.attn.k,
+                &l.attn.v,
+                &l.attn.o,
+                &l.mlp.gate,
+                &l.mlp.up,
+                &l.mlp.down,
+            ]
+        });
+        self.device.is_cpu()
+            && !self.training
+            && self.output.rows_independent()
+            && linears.into_iter().all(Linear::rows_independent)
     }
 
     /// The cache for sampling: f16 keys and values on the CPU, whose decoding steps read
@@ -554,6 +731,7 @@ impl Model {
         let q = rope::rotated_heads(&q, nh, angles, il, train)?;
         let k = rope::rotated_heads(&k, nkv, angles, il, train)?;
         let v = rope::split_heads(&v, nkv)?;
+        let cached = kv.is_some();
         let (k, v) = match kv {
             Some((kv, dtype)) => kv.append(&k.to_dtype(dtype)?, &v.to_dtype(dtype)?)?,
             None => (k, v),
@@ -569,9 +747,17 @@ impl Model {
         };
         let kv_len = k.dim(2)?;
         let capturing = self.captured.lock().expect("capture lock").is_some();
-        if t == 1 && !self.training && !capturing && x.device().is_cpu() {
-            let y = decode_attention::one_query(&q, &k, &v, pad, scale as f32)?;
+        if cached && !self.training && !capturing && x.device().is_cpu() {
+            // Prompts and decoding steps alike, row by row: a position computes the same
+            // numbers whether its prompt is prefilled whole, in parts, or decoded.
+            let y = decode_attention::causal_rows(&q, &k, &v, pad, scale as f32)?;
             return layer.attn.o.forward(&y, pass);
+        }
+        if t > 1 && kv_len != t {
+            candle_core::bail!(
+                "attention over {kv_len} cached positions with {t} new ones needs the CPU's \
+                 inference path"
+            )
         }
         let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
         let rep = nh / nkv;

@@ -19,9 +19,14 @@ type Metadata = Vec<(String, Value)>;
 
 /// [`tiny_gguf_as`] with its metadata changed by `edit` before writing.
 fn tiny_gguf_edited(arch: &str, quantized: bool, edit: &dyn Fn(&mut Metadata)) -> Vec<u8> {
+    tiny_gguf_wide(arch, quantized, edit, 48)
+}
+
+/// [`tiny_gguf_edited`] with an MLP `ff` wide (48 leaves the down projection without
+/// blocks; 64 gives every matrix blocks when `quantized`).
+fn tiny_gguf_wide(arch: &str, quantized: bool, edit: &dyn Fn(&mut Metadata), ff: usize) -> Vec<u8> {
     let dev = Device::Cpu;
-    let (vocab, hidden, ff, layers, heads, kv) =
-        (64usize, 32usize, 48usize, 2usize, 4usize, 2usize);
+    let (vocab, hidden, layers, heads, kv) = (64usize, 32usize, 2usize, 4usize, 2usize);
     let hd = hidden / heads;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut seed = 0u64;
@@ -244,6 +249,117 @@ fn ragged_batch_matches_each_prompt_alone() {
             );
         }
     }
+}
+
+/// Logits after `tokens` with the sampling cache, the tokens fed in parts of the given
+/// lengths (each part from a cache rebuilt out of the previous parts' keys and values, as
+/// a kept conversation is), and the keys and values of every position.
+fn logits_in_parts(m: &Model, tokens: &[u32], parts: &[usize]) -> (Vec<f32>, SeqKv) {
+    let dtype = m.sampling_cache(0).dtype();
+    let mut kept: Option<SeqKv> = None;
+    let mut at = 0;
+    let mut last = Vec::new();
+    for &n in parts {
+        let mut cache = match &kept {
+            Some(kv) => Cache::from_sequences(&m.cfg, &[kv], n, dtype).unwrap().0,
+            None => Cache::with_dtype(&m.cfg, n, dtype),
+        };
+        let ids = Tensor::new(&tokens[at..at + n], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let pos: Vec<u32> = (at as u32..(at + n) as u32).collect();
+        let pos = Tensor::new(pos.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        last = logits_rows(&m.forward(&ids, &pos, &[0], &mut cache).unwrap())
+            .unwrap()
+            .remove(0);
+        at += n;
+        kept = Some(cache.sequence(0, 0, at).unwrap());
+    }
+    (last, kept.unwrap())
+}
+
+/// The premise of keeping conversations' caches: on the CPU's inference path a
+/// position's logits, keys and values are bit for bit the same whether its tokens are
+/// prefilled whole, in parts from a kept cache, or decoded one at a time, and a kept
+/// prefix reused in a padded batch decodes the same tokens.
+#[test]
+fn prefill_in_parts_equals_one_prefill_bit_for_bit() {
+    let every_matrix_in_blocks = |arch: &str| {
+        let bytes = tiny_gguf_wide(arch, true, &|_| {}, 64);
+        let mut r = Cursor::new(bytes);
+        let ct = gguf_file::Content::read(&mut r).unwrap();
+        Model::from_gguf(&ct, &mut r, &Device::Cpu, Weights::Dense).unwrap()
+    };
+    for arch in ["llama", "qwen2"] {
+        // Products that gemm computes differ by their row count: not independent.
+        for (path, m, _) in both_paths(arch) {
+            assert!(!m.positions_independent(), "{arch}, {path}");
+        }
+        let m = every_matrix_in_blocks(arch);
+        assert!(m.positions_independent(), "{arch}");
+        let path = "blocks";
+        let tokens: Vec<u32> = (0..23u32).map(|i| (i * 7 + 3) % 60).collect();
+        let (whole, kv) = logits_in_parts(&m, &tokens, &[23]);
+        for parts in [
+            vec![10, 13],
+            vec![2, 21],
+            vec![22, 1],
+            vec![1, 22],
+            vec![21, 2],
+            vec![1, 21, 1],
+            vec![5, 5, 5, 8],
+            vec![1; 23],
+        ] {
+            let (split, kv2) = logits_in_parts(&m, &tokens, &parts);
+            assert_eq!(whole, split, "{arch}, {path}: parts {parts:?}");
+            assert_eq!(kv.len(), kv2.len());
+        }
+        // A kept prefix, cut and extended, as the next turn of a conversation is.
+        let prefix = kv.prefix(9).unwrap();
+        let mut cache = Cache::from_sequences(&m.cfg, &[&prefix], 14, kv_dtype(&m))
+            .unwrap()
+            .0;
+        let ids = Tensor::new(&tokens[9..], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let pos: Vec<u32> = (9..23u32).collect();
+        let pos = Tensor::new(pos.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let resumed = logits_rows(&m.forward(&ids, &pos, &[0], &mut cache).unwrap())
+            .unwrap()
+            .remove(0);
+        assert_eq!(whole, resumed, "{arch}, {path}: from a kept prefix");
+        // Decoding steps in a padded batch of kept sequences of different lengths.
+        let short = kv.prefix(4).unwrap();
+        let (mut cache, pad) =
+            Cache::from_sequences(&m.cfg, &[&kv, &short], 4, kv_dtype(&m)).unwrap();
+        assert_eq!(pad, vec![0, 19]);
+        let (tok, pos) = step_inputs(&[5, tokens[4]], &pad, cache.len(), &Device::Cpu).unwrap();
+        let rows = logits_rows(&m.forward(&tok, &pos, &pad, &mut cache).unwrap()).unwrap();
+        let mut longer = tokens.clone();
+        longer.push(5);
+        assert_eq!(
+            rows[0],
+            logits_in_parts(&m, &longer, &[24]).0,
+            "{arch}, {path}"
+        );
+        assert_eq!(
+            rows[1],
+            logits_in_parts(&m, &tokens[..5], &[5]).0,
+            "{arch}, {path}: padded row"
+        );
+    }
+}
+
+fn kv_dtype(m: &Model) -> DType {
+    m.sampling_cache(0).dtype()
 }
 
 #[test]

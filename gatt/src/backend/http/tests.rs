@@ -102,10 +102,7 @@ fn backend(url: &str) -> HttpBackend {
 }
 
 fn one_request() -> Vec<Request> {
-    vec![Request {
-        messages: vec![Message::user("hi")],
-        seed: 1,
-    }]
+    vec![Request::new(vec![Message::user("hi")], 1)]
 }
 
 #[test]
@@ -162,10 +159,7 @@ fn a_hanging_server_times_out_and_gives_up() {
 fn many_requests_keep_their_order() {
     let (url, _) = serve(vec![Script::Ok("same")]);
     let reqs: Vec<Request> = (0..7)
-        .map(|i| Request {
-            messages: vec![Message::user(format!("q{i}"))],
-            seed: i,
-        })
+        .map(|i| Request::new(vec![Message::user(format!("q{i}"))], i))
         .collect();
     let mut p = SamplingParams::greedy(8);
     p.n = 2;
