@@ -177,7 +177,7 @@ fn data_for_another_tokenizer_is_refused_with_the_row() {
     let data = dir.path().join("bad.jsonl");
     std::fs::write(
         &data,
-        "{\"id\":\"ok\",\"input_ids\":[1,2,3],\"labels\":[-100,2,2],\"attention_mask\":[1,1,1]}\n\
+        "{\"id\":\"ok\",\"input_ids\":[1,2,3],\"labels\":[-100,2,3],\"attention_mask\":[1,1,1]}\n\
          {\"id\":\"big\",\"input_ids\":[1,999999,2],\"labels\":[-100,-100,2],\"attention_mask\":[1,1,1]}\n",
     )
     .unwrap();

@@ -71,11 +71,12 @@ impl BackendArgs {
 
     /// The backend these flags name; errors about the model name `--model`.
     pub fn load(&self) -> Result<Box<dyn ChatBackend>> {
-        self.load_as("--model")
+        self.load_as("--model", "--endpoint")
     }
 
-    /// [`BackendArgs::load`], for a model given by the flag `model_flag`.
-    pub fn load_as(&self, model_flag: &str) -> Result<Box<dyn ChatBackend>> {
+    /// [`BackendArgs::load`], for a model given by the flag `model_flag` or a server by
+    /// `endpoint_flag`.
+    pub fn load_as(&self, model_flag: &str, endpoint_flag: &str) -> Result<Box<dyn ChatBackend>> {
         if let Some(url) = &self.endpoint {
             let scheme_ok = ["http://", "https://"]
                 .iter()
@@ -83,7 +84,7 @@ impl BackendArgs {
             if !scheme_ok {
                 let (shown, _) = gatt::backend::redact_url(url);
                 return Err(Error::input(format!(
-                    "--endpoint {shown}: not an http:// or https:// URL (e.g. \
+                    "{endpoint_flag} {shown}: not an http:// or https:// URL (e.g. \
                      http://127.0.0.1:8000/v1)"
                 )));
             }
@@ -110,7 +111,8 @@ impl BackendArgs {
         }
         let source = model_source(model_flag, self.model()?)?;
         let device = gatt_runtime::device(&self.device).map_err(|e| e.context("--device"))?;
-        let mut backend = EmbeddedBackend::load(&source, &device, self.batch)?;
+        let mut backend = EmbeddedBackend::load(&source, &device, self.batch)
+            .map_err(|e| e.context(model_flag))?;
         self.template_args.apply(&mut backend.format.template)?;
         backend.set_session_budget(self.session_cache.saturating_mul(1 << 20));
         Ok(Box::new(backend))
@@ -157,7 +159,7 @@ impl JudgeArgs {
                     template_args: Default::default(),
                     ..chat.with_model(m)
                 };
-                return judge.load_as("--judge-model").map(Some);
+                return judge.load_as("--judge-model", "--judge-endpoint").map(Some);
             }
             (None, Some(url)) => BackendArgs {
                 endpoint: Some(url.clone()),
@@ -167,7 +169,7 @@ impl JudgeArgs {
             },
             (None, None) => return Ok(None),
         };
-        judge.load().map(Some)
+        judge.load_as("--judge-model", "--judge-endpoint").map(Some)
     }
 }
 

@@ -47,8 +47,12 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<MaskedSample>> {
     let mut i = 0;
     while let Some(line) = super::jsonl::read_line(&mut reader) {
         i += 1;
-        let line =
+        let mut line =
             line.map_err(|e| Error::io(path, "read", e).at(Location::default().at_line(i)))?;
+        if i == 1 && line.starts_with('\u{feff}') {
+            // A byte order mark, as Windows tools write it (see `jsonl`).
+            line.drain(..'\u{feff}'.len_utf8());
+        }
         if line.trim().is_empty() {
             continue;
         }

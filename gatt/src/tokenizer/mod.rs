@@ -166,19 +166,35 @@ pub fn from_gguf_metadata(metadata: &Metadata) -> Result<Tokenizer> {
     }
     tok.with_pre_tokenizer(Some(recipe.pre_tokenizer));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
-    // Control and user-defined tokens are matched before BPE; only control tokens are
-    // special (what `transformers` marks `special`, and what content may not contain).
-    let added = |kind: i32| -> Vec<AddedToken> {
-        tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, t)| **t == kind)
-            .map(|(s, _)| AddedToken::from(s.clone(), kind == TOKEN_CONTROL).normalized(false))
-            .collect()
-    };
-    let _added = tok.add_special_tokens(added(TOKEN_CONTROL));
-    let _added = tok.add_tokens(added(TOKEN_USER_DEFINED));
+    add_typed_tokens(&mut tok, &tokens, &types, false);
     Ok(tok)
+}
+
+/// Adds the tokens llama.cpp matches whole in the text before splitting it (with
+/// `parse_special`, as it tokenizes a rendered chat prompt): control (type 3),
+/// user-defined (type 4) and unknown (type 2) tokens. All are special here, so message
+/// content that holds their text is refused (`special_token_in_content`) or encoded as
+/// ordinary text (`--special-text encode`), never read as the token: Phi-3's `</s>` (its
+/// end-of-text id) and Gemma 4's `<|tool_call>` are user-defined, Llama 2's `<unk>` is
+/// unknown. Never normalized; with `phi3_rstrip`, Phi-3's whitespace rule (see `spm`).
+pub(super) fn add_typed_tokens(
+    tok: &mut Tokenizer,
+    tokens: &[String],
+    types: &[i32],
+    phi3_rstrip: bool,
+) {
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types)
+        .filter(|(_, t)| [TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED].contains(t))
+        .map(|(s, _)| {
+            let keeps_space = ["<unk>", "<s>", "<|endoftext|>"].contains(&s.as_str());
+            AddedToken::from(s.clone(), true)
+                .normalized(false)
+                .rstrip(phi3_rstrip && !keeps_space)
+        })
+        .collect();
+    let _added = tok.add_special_tokens(added);
 }
 
 /// `tokenizer.ggml.token_type`, one per token (ordinary when the key is absent).
@@ -215,6 +231,8 @@ fn md_floats(md: &Metadata, key: &str) -> Result<Vec<f32>> {
 
 /// `tokenizer.ggml.token_type` of an ordinary token.
 const TOKEN_NORMAL: i32 = 1;
+/// `tokenizer.ggml.token_type` of the unknown token (`<unk>`).
+const TOKEN_UNKNOWN: i32 = 2;
 /// `tokenizer.ggml.token_type` of a control token (`<|im_end|>`): a special token.
 const TOKEN_CONTROL: i32 = 3;
 /// `tokenizer.ggml.token_type` of a user-defined token: matched whole, not special.

@@ -24,7 +24,9 @@
 //! `phi3` (`llama-vocab.cpp`), and so does this module, with llama.cpp's exceptions
 //! (`<unk>`, `<s>`, `<|endoftext|>` keep their whitespace).
 
-use super::{Metadata, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED};
+#[cfg(test)]
+use super::TOKEN_CONTROL;
+use super::{add_typed_tokens, Metadata, TOKEN_NORMAL};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -33,7 +35,7 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, Tokenizer};
+use tokenizers::{DecoderWrapper, NormalizerWrapper, Tokenizer};
 
 /// Gemma 4's tokenizer (`tokenizer.ggml.model = gemma4`): SentencePiece-style BPE with
 /// the merges given. As llama.cpp reads it (`LLAMA_VOCAB_PRE_TYPE_GEMMA4`): spaces become
@@ -91,27 +93,6 @@ pub(super) fn split_merge(m: &str) -> Result<(String, String)> {
             "GGUF metadata `tokenizer.ggml.merges`: malformed merge `{m}`"
         ))),
     }
-}
-
-/// Adds control tokens (type 3) as special tokens and user-defined ones (type 4) as
-/// plain added tokens, never normalized; with `phi3_rstrip`, Phi-3's whitespace rule
-/// (see the module documentation).
-fn add_typed_tokens(tok: &mut Tokenizer, tokens: &[String], types: &[i32], phi3_rstrip: bool) {
-    let added = |kind: i32| -> Vec<AddedToken> {
-        tokens
-            .iter()
-            .zip(types)
-            .filter(|(_, t)| **t == kind)
-            .map(|(s, _)| {
-                let keeps_space = ["<unk>", "<s>", "<|endoftext|>"].contains(&s.as_str());
-                AddedToken::from(s.clone(), kind == TOKEN_CONTROL)
-                    .normalized(false)
-                    .rstrip(phi3_rstrip && !keeps_space)
-            })
-            .collect()
-    };
-    let _added = tok.add_special_tokens(added(TOKEN_CONTROL));
-    let _added = tok.add_tokens(added(TOKEN_USER_DEFINED));
 }
 
 /// SentencePiece's word-boundary mark, which stands for a space in every piece.

@@ -147,6 +147,21 @@ pub(crate) fn check(
             format!("{l} is not a token id nor -100"),
         );
     }
+    if let Some((j, (&l, &id))) = s
+        .labels
+        .iter()
+        .zip(&s.input_ids)
+        .enumerate()
+        .find(|(_, (&l, &id))| l != IGNORE && l != i64::from(id))
+    {
+        return bad(
+            format!("labels[{j}]"),
+            format!(
+                "{l} differs from input_ids[{j}] ({id}): labels are the input ids where \
+                 there is loss and -100 elsewhere, unshifted (the trainer shifts them)"
+            ),
+        );
+    }
     if let Some((j, &last)) = s
         .labels
         .iter()
@@ -154,14 +169,18 @@ pub(crate) fn check(
         .rev()
         .find(|(_, &l)| l != IGNORE)
     {
-        if !stop_ids.is_empty() && !stop_ids.contains(&(last as u32)) {
+        // A sample of this model's chat template ends its reply with an end-of-turn
+        // token; one whose final reply was cut (`--cut-replies drop-eot`) or that trains
+        // every token (`--policy all`) may not, but still holds one in its earlier text.
+        let holds_end_of_turn = s.input_ids.iter().any(|t| stop_ids.contains(t));
+        if !stop_ids.is_empty() && !stop_ids.contains(&(last as u32)) && !holds_end_of_turn {
             return bad(
                 format!("labels[{j}]"),
                 format!(
                     "the last loss token ({last}) is not one of the model's end-of-turn \
-                     tokens {stop_ids:?}; the data was masked with another tokenizer or chat \
-                     template (mask it again with the tokenizer and template of the model \
-                     you train)"
+                     tokens {stop_ids:?}, and none occurs in the sample; the data was masked \
+                     with another tokenizer or chat template (mask it again with the \
+                     tokenizer and template of the model you train)"
                 ),
             );
         }

@@ -426,7 +426,7 @@ fn data_checks_count_empty_samples_and_refuse_another_tokenizer() {
         &p,
         line("a", &[1, 2, 3], &[IGNORE, 2, 3])
             + &line("empty", &[1, 2], &[IGNORE, IGNORE])
-            + &line("long", &[1; 9], &[3; 9]),
+            + &line("long", &[3; 9], &[3; 9]),
     )
     .unwrap();
     let (ex, skipped) = data::load(&p, 64, &[3], 8).unwrap();
@@ -436,6 +436,18 @@ fn data_checks_count_empty_samples_and_refuse_another_tokenizer() {
     // first sample is row 0, as the inspect command counts.
     let e = data::load(&p, 64, &[7], 8).unwrap_err().to_string();
     assert!(e.contains("row 0") && e.contains("end-of-turn"), "{e}");
+    // A final reply trained without its end-of-turn token (`--cut-replies drop-eot`),
+    // in a sample that holds the end-of-turn token earlier: accepted.
+    std::fs::write(&p, line("cut", &[5, 3, 6, 8], &[IGNORE, IGNORE, 6, 8])).unwrap();
+    assert_eq!(data::load(&p, 64, &[3], 8).unwrap().0.len(), 1);
+    // A label that is not the input id at its position: refused, naming the field.
+    std::fs::write(
+        &p,
+        line("a", &[1, 2, 3], &[IGNORE, 2, 3]) + &line("x", &[1, 2, 3], &[IGNORE, 5, 3]),
+    )
+    .unwrap();
+    let e = data::load(&p, 64, &[3], 8).unwrap_err().to_string();
+    assert!(e.contains("row 1") && e.contains("labels[1]"), "{e}");
 }
 
 /// peft settings that change the math: rank-stabilized scaling (alpha / sqrt(r)) is
