@@ -114,7 +114,13 @@ def main():
         sys.exit(2)
     port, upstream, log_path = int(sys.argv[1]), sys.argv[2].rstrip("/"), sys.argv[3]
     open(log_path, "w").close()
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(upstream, log_path))
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            # A client closing an idle kept-alive connection is not an error.
+            if not isinstance(sys.exc_info()[1], ConnectionError):
+                super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", port), make_handler(upstream, log_path))
     server.daemon_threads = True
     server.serve_forever()
 

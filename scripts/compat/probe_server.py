@@ -127,6 +127,26 @@ def main():
         emit(field, status, "accepted" if obj else
              ("refused" if status and 400 <= status < 500 else "error"), text if not obj else "")
 
+    # Does a strong penalty change the greedy reply under each name? (llama.cpp reads
+    # `repeat_penalty`; vLLM, SGLang and TGI read `repetition_penalty`.) Each is compared
+    # with the reply to a request without either field.
+    status, text, obj = complete({"max_tokens": 48})
+    plain = content(obj) if obj else None
+    for field in ("repetition_penalty", "repeat_penalty"):
+        status, text, obj = complete({"max_tokens": 48, field: 1.8})
+        if obj is None or plain is None:
+            emit(field + "_effect", status, "refused" if status and 400 <= status < 500 else "error", text)
+        else:
+            emit(field + "_effect", status, "changes the reply" if content(obj) != plain else "no effect",
+                 content(obj))
+    # A server-side default penalty shows as a difference between "no field" and 1.0.
+    status, text, obj = complete({"max_tokens": 48, "repeat_penalty": 1.0})
+    if obj is not None and plain is not None:
+        emit("default_penalty", status, "none" if content(obj) == plain
+             else "the server penalizes when no repeat_penalty is sent", content(obj))
+    else:
+        emit("default_penalty", status, "not probed (repeat_penalty refused)", text)
+
     status, text, obj = complete({"max_tokens": 48})
     full = content(obj) if obj else ""
     words = full.split()
