@@ -307,8 +307,7 @@ fn synth_writes_its_report_when_every_dialogue_is_dropped() {
         model.join("tokenizer.json"),
     )
     .unwrap();
-    let template =
-        std::fs::read_to_string(common::fixture("smollm2_chat_template.jinja")).unwrap();
+    let template = std::fs::read_to_string(common::fixture("smollm2_chat_template.jinja")).unwrap();
     let config = serde_json::json!({
         "chat_template": template,
         "bos_token": "<|im_start|>",
@@ -335,9 +334,16 @@ fn synth_writes_its_report_when_every_dialogue_is_dropped() {
         "m",
     ]);
     assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no record could be masked"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no record could be masked"),
+        "{}",
+        stderr(&o)
+    );
     let report = read_json(out.join("report.json"));
     let text = report.to_string();
-    assert!(text.contains("empty"), "the gate's reason is in the report: {text}");
+    assert!(
+        text.contains("empty"),
+        "the gate's reason is in the report: {text}"
+    );
     assert!(out.join("report.md").exists());
 }
