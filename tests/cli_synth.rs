@@ -494,3 +494,84 @@ fn kept_dialogue_caches_change_no_reply_in_synth_and_eval() {
     };
     assert_eq!(eval("eval-full", "0"), eval("eval-kept", "1024"));
 }
+
+/// A server whose every reply the quality gate rejects (empty): `gatt synth --mask` has
+/// nothing to mask and fails, but its report still says what the gate rejected.
+#[test]
+fn synth_writes_its_report_when_every_dialogue_is_dropped() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let text = r#"{"choices":[{"message":{"role":"assistant","content":""},"finish_reason":"stop"}]}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    // The masks' tokenizer and template, without the model's weights.
+    let dir = tempdir();
+    let model = dir.path().join("tok");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(
+        common::fixture("smollm2_tokenizer.json"),
+        model.join("tokenizer.json"),
+    )
+    .unwrap();
+    let template = std::fs::read_to_string(common::fixture("smollm2_chat_template.jinja")).unwrap();
+    let config = serde_json::json!({
+        "chat_template": template,
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+    });
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let out = dir.path().join("run");
+    let o = gatt(&[
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--dialogues",
+        "2",
+        "--turns",
+        "1",
+        "--resample-tries",
+        "0",
+        "--mask",
+        "--mask-model",
+        model.to_str().unwrap(),
+        "--endpoint",
+        &url,
+        "--api-model",
+        "m",
+    ]);
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no record could be masked"),
+        "{}",
+        stderr(&o)
+    );
+    let report = read_json(out.join("report.json"));
+    let text = report.to_string();
+    assert!(
+        text.contains("empty"),
+        "the gate's reason is in the report: {text}"
+    );
+    assert!(out.join("report.md").exists());
+}

@@ -158,9 +158,15 @@ pub fn dialogues_path(out: &Path, model: &str) -> PathBuf {
 }
 
 /// A file-name-safe form of a model's description: its last path segment, with every
-/// character but ASCII letters, digits, `.` and `-` replaced by `_`.
+/// character but ASCII letters, digits, `.` and `-` replaced by `_`. An endpoint's
+/// description, `NAME (URL)`, gives NAME's (not the URL's, which would name every
+/// endpoint `completions_`).
 pub fn model_slug(model: &str) -> String {
-    let base = model.rsplit('/').next().unwrap_or(model);
+    let name = match model.strip_suffix(')').and_then(|m| m.split_once(" (")) {
+        Some((name, url)) if url.contains("://") => name,
+        _ => model,
+    };
+    let base = name.rsplit('/').next().unwrap_or(name);
     base.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -343,6 +349,22 @@ mod tests {
             model_slug("/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
             "SmolLM2-135M-Instruct.Q4_1.gguf"
         );
-        assert_eq!(model_slug("http://h:8000 (my model)"), "h_8000__my_model_");
+        // An endpoint: its model's name, not the URL's last segment.
+        let endpoint = |model: &str| {
+            gatt::backend::HttpBackend::new(gatt::backend::HttpOptions::new(
+                "http://h:8000/v1",
+                model,
+            ))
+            .describe()
+        };
+        assert_eq!(model_slug(&endpoint("my model")), "my_model");
+        assert_eq!(model_slug(&endpoint("/srv/SmolLM2-hf")), "SmolLM2-hf");
+        assert_ne!(
+            model_slug(&endpoint("a")),
+            model_slug(&endpoint("b")),
+            "two endpoint models get two files"
+        );
+        // A folder whose name has parentheses is still a path.
+        assert_eq!(model_slug("/m/model (copy)"), "model__copy_");
     }
 }

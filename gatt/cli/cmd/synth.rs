@@ -289,7 +289,19 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         let on_error: OnError = args.on_error.into();
-        let s = mask_file(&masker, &summary.output, &outputs, on_error)?;
+        let s = match mask_file(&masker, &summary.output, &outputs, on_error) {
+            Ok(s) => s,
+            Err(e) => {
+                // The report still says what was sampled and what the quality gate
+                // rejected (e.g. every dialogue, so that there was nothing to mask).
+                crate::synth_report::write(&args.out, &summary, None, &catalog)?;
+                eprintln!(
+                    "gatt synth: report (without masks) in {}",
+                    args.out.join("report.md").display()
+                );
+                return Err(e);
+            }
+        };
         let names: Vec<String> = outputs
             .iter()
             .map(|o| o.path.display().to_string())

@@ -73,9 +73,14 @@ impl HttpOptions {
 ///
 /// The server applies the model's chat template. Each candidate is its own request
 /// with its own `seed`, so candidates repeat only on servers that honour seeds. A 400 or
-/// 422 that names `top_k` or `repetition_penalty` drops that field (with a warning) and
-/// retries; other error statuses are input errors, and retries that run out a runtime
-/// error.
+/// 422 that names `top_k`, `repetition_penalty` or `repeat_penalty` drops that field
+/// (with a warning, unless its value was the neutral 1.0) and retries; other error
+/// statuses are input errors, and retries that run out a runtime error.
+///
+/// The repetition penalty goes out under two names: `repetition_penalty` (vLLM, SGLang,
+/// TGI) when it is not 1.0, and `repeat_penalty` (llama.cpp's server and
+/// `llama-cpp-python`'s, which ignore `repetition_penalty` without a word) always, since
+/// `llama-cpp-python` applies 1.1 when it is missing.
 pub struct HttpBackend {
     opts: HttpOptions,
     url: String,
@@ -94,7 +99,8 @@ pub struct HttpBackend {
 
 /// Fields many servers (vLLM, SGLang, TGI, llama.cpp) accept beyond OpenAI's schema;
 /// strict servers (e.g. `transformers serve`) refuse them with a 4xx naming the field.
-const EXTENSION_FIELDS: [&str; 2] = ["top_k", "repetition_penalty"];
+/// `repeat_penalty` is llama.cpp's name for `repetition_penalty`.
+const EXTENSION_FIELDS: [&str; 3] = ["top_k", "repetition_penalty", "repeat_penalty"];
 
 impl HttpBackend {
     /// A client for `opts.endpoint`; nothing is sent until the first request.
@@ -151,9 +157,13 @@ impl HttpBackend {
         if !self.opts.chat_template_kwargs.is_empty() {
             body["chat_template_kwargs"] = serde_json::json!(self.opts.chat_template_kwargs);
         }
+        let penalty = f64::from(params.repetition_penalty);
         if params.repetition_penalty != 1.0 {
-            body["repetition_penalty"] = f64::from(params.repetition_penalty).into();
+            body["repetition_penalty"] = penalty.into();
         }
+        // llama.cpp's servers read only this name, and `llama-cpp-python`'s applies 1.1
+        // when it is missing: sent even at 1.0 so that "no penalty" means none there too.
+        body["repeat_penalty"] = penalty.into();
         // Stream: HttpRetry (parent: this candidate's seed): the backoff jitter.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::seed::derive(
             seed,
@@ -177,7 +187,11 @@ impl HttpBackend {
                         .into_iter()
                         .find(|f| body.get(*f).is_some() && text.contains(f))
                     {
-                        Some(f) => self.drop_field(f),
+                        Some(f) => {
+                            // Leaving out a neutral value changes nothing worth a warning.
+                            let neutral = body.get(f).and_then(|v| v.as_f64()) == Some(1.0);
+                            self.drop_field(f, !neutral)
+                        }
                         None => return Err(error),
                     }
                 }
@@ -227,13 +241,15 @@ impl HttpBackend {
             .map_err(|why| Error::runtime(self.scrub(&format!("{}: {why}", self.shown))))
     }
 
-    fn drop_field(&self, field: &'static str) {
+    fn drop_field(&self, field: &'static str, warn: bool) {
         let mut d = self.dropped.lock().expect("dropped fields");
-        if !d.contains(&field) {
+        if !d.contains(&field) && warn {
             eprintln!(
                 "gatt: warning: {} does not accept `{field}`; sampling without it from now on",
                 self.shown
             );
+        }
+        if !d.contains(&field) {
             d.push(field);
         }
     }

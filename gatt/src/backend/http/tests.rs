@@ -272,3 +272,43 @@ fn template_arguments_are_sent_as_chat_template_kwargs() {
         .unwrap();
     assert_eq!(r[0][0].text, r#"{"enable_thinking":false}"#);
 }
+
+/// llama.cpp's servers read the penalty as `repeat_penalty` only (and
+/// `llama-cpp-python`'s applies 1.1 when it is missing); the others read
+/// `repetition_penalty`.
+#[test]
+fn the_repetition_penalty_reaches_llama_cpp_under_its_own_name() {
+    let echo = |field, params: &SamplingParams| {
+        let (url, _) = serve(vec![Script::EchoField(field)]);
+        let r = backend(&url).generate(&one_request(), params).unwrap();
+        serde_json::from_str::<serde_json::Value>(&r[0][0].text).unwrap()
+    };
+    let penalized = SamplingParams {
+        repetition_penalty: 1.3,
+        ..SamplingParams::default()
+    };
+    let want = serde_json::json!(f64::from(1.3f32));
+    assert_eq!(echo("repetition_penalty", &penalized), want);
+    assert_eq!(echo("repeat_penalty", &penalized), want);
+    // No penalty: said explicitly to llama.cpp, left out for the rest.
+    let greedy = SamplingParams::greedy(8);
+    assert_eq!(echo("repeat_penalty", &greedy), serde_json::json!(1.0));
+    assert_eq!(echo("repetition_penalty", &greedy), serde_json::Value::Null);
+}
+
+/// A strict server (`transformers serve`) refuses both names; the request goes through
+/// without them, and later requests leave them out from the start.
+#[test]
+fn a_strict_server_refusing_both_penalty_names_gets_neither() {
+    let (url, count) = serve(vec![Script::RejectField("repeat_penalty")]);
+    let b = backend(&url);
+    let r = b
+        .generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap();
+    assert_eq!(r[0][0].text, "fine");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    b.generate(&one_request(), &SamplingParams::greedy(8))
+        .unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert_eq!(*b.dropped.lock().unwrap(), vec!["repeat_penalty"]);
+}
