@@ -65,9 +65,18 @@ pub(super) struct Specials {
 }
 
 impl Specials {
-    /// The special tokens of `tokenizer` (added tokens marked special).
+    /// The added tokens of `tokenizer`, special or not: the tokenizer matches both kinds
+    /// whole anywhere in the text (a `tokenizer.json` may mark an end-of-text token
+    /// `special: false`, as Phi-3's `</s>`), so content holding the text of either would
+    /// become that token. Encoding apart only turns special ones into text; content that
+    /// still holds a non-special one is refused there.
     pub fn new(tokenizer: &Tokenizer) -> Self {
-        let ids = crate::tokenizer::special_ids(tokenizer);
+        let mut ids: Vec<u32> = tokenizer
+            .get_added_tokens_decoder()
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
         let texts: Vec<String> = ids
             .iter()
             .map(|id| tokenizer.id_to_token(*id).unwrap_or_default())

@@ -432,6 +432,41 @@ fn special_token_text_in_a_reply_is_refused_by_default() {
 }
 
 #[test]
+fn the_text_of_a_non_special_added_token_in_content_is_refused_too() {
+    // A tokenizer.json may add an end-of-text token without `special: true` (Phi-3's
+    // `</s>`); the tokenizer still reads its text in content as the token.
+    let mut tok = tokenizer();
+    let _ = tok.add_tokens(vec![tokenizers::AddedToken::from("</s>", false)]);
+    let source =
+        std::fs::read_to_string(format!("{FIXTURES}/smollm2_chat_template.jinja")).unwrap();
+    let d = Dialogue::new(
+        "x",
+        vec![
+            Message::user("Hi"),
+            Message::assistant("It ends with </s> here."),
+        ],
+    );
+    for opts in [policy(Policy::Gatt), encode_special_text()] {
+        let template = ChatTemplate::new(
+            "smollm2",
+            source.as_str(),
+            "<|im_start|>",
+            "<|im_end|>",
+            vec![],
+        )
+        .unwrap();
+        let format = ChatFormat {
+            tokenizer: tok.clone(),
+            template,
+            stop_ids: vec![2],
+        };
+        let m = Masker::new(format.with_template_markers(), opts);
+        let e = m.mask(&d).unwrap_err();
+        assert_eq!(e.reason, SkipReason::SpecialTokenInContent, "{e}");
+    }
+}
+
+#[test]
 fn a_forged_turn_is_refused_by_default_naming_the_message() {
     for p in [Policy::Gatt, Policy::Assistant, Policy::All] {
         let e = smollm2(policy(p)).mask(&forged_system_turn()).unwrap_err();
