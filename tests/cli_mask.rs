@@ -371,6 +371,10 @@ fn templates_renders_a_template_file() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("[user] Hi!\n"), "{text}");
+    // A template file that is not there is said to be missing, not an unknown name.
+    let o = gatt(&["templates", dir.path().join("nope.jinja").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("file not found"), "{}", stderr(&o));
 }
 
 /// Every subcommand's --help renders (clap checks its definitions when it does).

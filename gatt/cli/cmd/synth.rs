@@ -18,6 +18,9 @@ use gatt_synth::users::UserSource;
 use gatt_synth::{CutMode, GateOptions, SynthOptions, Synthesizer};
 use std::path::PathBuf;
 
+/// The most candidates `--candidates` samples per turn.
+const MAX_CANDIDATES: usize = 64;
+
 /// Synthesize GAtt dialogues: sample constraints, phrase an instruction, attach it to
 /// every user turn, sample each reply turn by turn with the chat model, then keep the
 /// instruction only in the first turn. With --mask, also write the train-ready masks.
@@ -96,7 +99,12 @@ pub struct Args {
     /// evaluator's decided checks (language and format on every turn; hobby, figure and
     /// persona on probe turns, see --probe-rate; with --judge-model, also the judge's
     /// yes/no on hobby, figure and persona at every turn); 0 keeps all.
-    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub min_adherence: f64,
     /// Probability that a user turn from the bank asks for a short answer ("Please keep
     /// your answer short."), so that the model finishes its replies within --max-tokens.
@@ -337,8 +345,11 @@ fn check_args(args: &Args) -> Result<()> {
     if !(0.0..=1.0).contains(&args.min_adherence) {
         return fail("--min-adherence is a share between 0 and 1");
     }
-    if args.candidates == 0 {
-        return fail("--candidates must be at least 1");
+    if !(1..=MAX_CANDIDATES).contains(&args.candidates) {
+        return fail(&format!(
+            "--candidates must be between 1 and {MAX_CANDIDATES} (each candidate is one more \
+             reply sampled for every turn)"
+        ));
     }
     if args.max_combined == 0 {
         return fail("--max-combined must be at least 1");

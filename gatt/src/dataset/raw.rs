@@ -46,6 +46,24 @@ fn sharegpt_role(from: &str) -> Option<Role> {
 /// field at fault.
 pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
     let at = |field: &str| Location::default().with_field(field).or(loc.clone());
+    // A line that is JSON but not an object (`[1, 2]`, `42`, `"text"`): say so, rather
+    // than what the deserializer expected internally.
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        if !v.is_object() {
+            let kind = match v {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            return Err(Error::input(format!(
+                "a record must be a JSON object with `messages` (or `conversations`); this \
+                 line holds {kind}"
+            ))
+            .at(loc.clone()));
+        }
+    }
     let de = &mut serde_json::Deserializer::from_str(text);
     let raw: RawRecord = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -140,4 +158,25 @@ pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
         constraints: raw.constraints.unwrap_or_default(),
         meta,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_that_is_not_an_object_is_refused_saying_what_it_holds() {
+        let loc = Location::default().at_line(3);
+        for (line, kind) in [
+            ("[1, 2]", "an array"),
+            ("42", "a number"),
+            ("\"hi\"", "a string"),
+        ] {
+            let e = parse_record(line, &loc).unwrap_err();
+            assert!(e.is_input());
+            let msg = e.to_string();
+            assert!(msg.contains("JSON object") && msg.contains(kind), "{msg}");
+            assert!(!msg.contains("RawRecord"), "{msg}");
+        }
+    }
 }

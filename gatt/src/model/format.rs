@@ -208,6 +208,14 @@ fn template_from_config(cfg: &serde_json::Value) -> Option<String> {
 pub fn load_template(spec: &str) -> Result<ChatTemplate> {
     let path = Path::new(spec);
     if !path.exists() {
+        if path
+            .extension()
+            .is_some_and(|e| e == "jinja" || e == "json")
+        {
+            return Err(Error::input(format!(
+                "{spec}: chat template file not found"
+            )));
+        }
         return ChatTemplate::builtin(spec);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
