@@ -312,6 +312,44 @@ fn synth_flag_combinations_fail_before_any_work() {
     }
 }
 
+/// A judge server nobody listens on is found before any reply is sampled: the error
+/// names --judge-endpoint, and nothing is written.
+#[test]
+fn an_unreachable_judge_is_found_before_any_work() {
+    let dir = tempdir();
+    let out = dir.path().join("x");
+    let start = Instant::now();
+    let o = gatt(&[
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "--api-model",
+        "m",
+        "--judge-endpoint",
+        "http://127.0.0.1:9",
+        "--judge-api-model",
+        "j",
+        "--candidates",
+        "2",
+        "--constraints",
+        "hobby",
+        "--dialogues",
+        "1",
+        "--turns",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("--judge-endpoint") && err.contains("cannot reach"),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(20), "slow");
+    assert!(!out.join("dialogues.parquet").exists());
+}
+
 /// An OpenAI-compatible server for `gatt synth --endpoint` and `--judge-endpoint`: the
 /// k-th request with a given conversation gets "Candidate {k mod 3} answers ..."; a
 /// judge's question gets "Yes." when it is about "Candidate 2", "No." otherwise.

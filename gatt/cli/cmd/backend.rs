@@ -169,7 +169,13 @@ impl JudgeArgs {
             },
             (None, None) => return Ok(None),
         };
-        judge.load_as("--judge-model", "--judge-endpoint").map(Some)
+        let backend = judge.load_as("--judge-model", "--judge-endpoint")?;
+        // A judge is asked only after replies were sampled: find an unreachable server
+        // now, not after minutes of work.
+        backend
+            .check_ready()
+            .map_err(|e| e.context("--judge-endpoint"))?;
+        Ok(Some(backend))
     }
 }
 

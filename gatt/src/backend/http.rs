@@ -424,6 +424,10 @@ impl ChatBackend for HttpBackend {
         format!("{} ({})", self.opts.model, self.shown)
     }
 
+    fn check_ready(&self) -> Result<()> {
+        self.check_alive()
+    }
+
     fn preferred_batch(&self) -> usize {
         self.opts.in_flight.max(1) * 2
     }

@@ -88,6 +88,17 @@ pub trait ChatBackend: Send + Sync {
     fn end_conversation(&self, key: &str) {
         let _ = key;
     }
+
+    /// Checks, before any work, that the backend can answer: an HTTP backend asks its
+    /// server for its models (the check it otherwise makes at the first request). Local
+    /// backends are ready once loaded (the default).
+    ///
+    /// # Errors
+    ///
+    /// A runtime error when the server cannot be reached or does not answer in time.
+    fn check_ready(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Derives the seed of candidate `i` of a request, so candidates differ but repeat.
