@@ -31,7 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "golden" / "llamacpp_samples.jsonl"
 BUILTIN = REPO_ROOT / "templates" / "chat"
 
-# (template: a stem of llama.cpp's collection, or builtin:NAME for templates/chat/NAME.jinja, vocabulary)
+# (template: a stem of llama.cpp's collection, or builtin:NAME for templates/chat/NAME.jinja, vocabulary,
+#  optional template arguments as apply_chat_template(**kwargs) takes them)
 PAIRS = [
     ("meta-llama-Llama-3.1-8B-Instruct", "llama-bpe"),
     ("meta-llama-Llama-3.2-3B-Instruct", "llama-bpe"),
@@ -46,6 +47,7 @@ PAIRS = [
     ("builtin:phi3", "phi-3"),
     ("builtin:chatml", "qwen2"),
     ("google-gemma-4-31B-it", "gemma-4"),
+    ("google-gemma-4-31B-it", "gemma-4", {"enable_thinking": True}),
 ]
 DIALOGUES = (
     "h01_basic",
@@ -66,7 +68,9 @@ def template_source(ref: Path, name: str) -> str:
     return (ref / "templates" / f"{name}.jinja").read_text(encoding="utf-8")
 
 
-def render(template: str, messages: list[dict], add_generation_prompt: bool, bos: str, eos: str) -> str | None:
+def render(
+    template: str, messages: list[dict], add_generation_prompt: bool, bos: str, eos: str, args: dict
+) -> str | None:
     from jinja2.exceptions import TemplateError
     from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -77,6 +81,7 @@ def render(template: str, messages: list[dict], add_generation_prompt: bool, bos
             add_generation_prompt=add_generation_prompt,
             bos_token=bos,
             eos_token=eos,
+            **args,
         )
     except (TemplateError, TypeError) as e:
         print(f"  refused by the template: {e}", file=sys.stderr)
@@ -98,7 +103,8 @@ def main() -> int:
     by_id = {d["id"]: d for d in all_dialogues()}
     rows = []
     models: dict[str, tuple] = {}
-    for template_name, vocab in PAIRS:
+    for template_name, vocab, *rest in PAIRS:
+        targs = rest[0] if rest else {}
         if vocab not in models:
             path = args.reference / f"ggml-vocab-{vocab}.gguf"
             reader = gguf.GGUFReader(str(path))
@@ -116,8 +122,8 @@ def main() -> int:
         print(f"{template_name} x {vocab} (bos {bos!r}, eos {eos!r})", file=sys.stderr)
         for did in DIALOGUES:
             msgs = by_id[did]["messages"]
-            full = render(source, msgs, False, bos, eos)
-            prompt = render(source, msgs[:-1], True, bos, eos)
+            full = render(source, msgs, False, bos, eos, targs)
+            prompt = render(source, msgs[:-1], True, bos, eos, targs)
             if full is None or prompt is None:
                 continue
             tok = lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)  # noqa: E731
@@ -126,6 +132,7 @@ def main() -> int:
                     "template": template_name,
                     "sha256": digest,
                     "vocab": vocab,
+                    "args": targs,
                     "id": did,
                     "full_ids": tok(full),
                     "prompt_ids": tok(prompt),

@@ -39,14 +39,15 @@ fn real_templates_mask_with_llamacpp_ids() {
     let all = dialogues();
     let fixture =
         std::fs::read_to_string(Path::new(FIXTURES).join("llamacpp_samples.jsonl")).unwrap();
-    let mut maskers: HashMap<(String, String), Masker> = HashMap::new();
+    let mut maskers: HashMap<(String, String, String), Masker> = HashMap::new();
     let (mut exact, mut refused, mut wrong) = (0, Vec::new(), Vec::new());
     for line in fixture.lines() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
         let template = row["template"].as_str().unwrap().to_string();
         let vocab = row["vocab"].as_str().unwrap().to_string();
+        let args = row["args"].clone();
         let masker = maskers
-            .entry((template.clone(), vocab.clone()))
+            .entry((template.clone(), vocab.clone(), args.to_string()))
             .or_insert_with(|| {
                 let spec = match template.strip_prefix("builtin:") {
                     Some(name) => name.to_string(),
@@ -61,12 +62,17 @@ fn real_templates_mask_with_llamacpp_ids() {
                     }
                 };
                 let model = dir.join(format!("ggml-vocab-{vocab}.gguf"));
-                let format = resolve_format(Some(&model.display().to_string()), None, &spec)
+                let mut format = resolve_format(Some(&model.display().to_string()), None, &spec)
                     .unwrap_or_else(|e| panic!("{template} x {vocab}: {e}"));
+                let targs: crate::template::TemplateArgs = args
+                    .as_object()
+                    .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default();
+                format.template.set_args(targs).unwrap();
                 Masker::new(format, MaskOptions::default())
             });
         let id = row["id"].as_str().unwrap();
-        let what = format!("{template} x {vocab} {id}");
+        let what = format!("{template} {} x {vocab} {id}", row["args"]);
         let dialogue = Dialogue::new(id, all[id].clone());
         let (full, prompt) = (ids(&row["full_ids"]), ids(&row["prompt_ids"]));
         let sample = match masker.mask(&dialogue) {

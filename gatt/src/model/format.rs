@@ -10,10 +10,12 @@ use tokenizers::Tokenizer;
 
 /// Markers that close a turn in the common chat formats; those that are special tokens
 /// of the model's tokenizer count as end-of-turn markers besides its EOS token.
-const KNOWN_END_OF_TURN: [&str; 6] = [
+const KNOWN_END_OF_TURN: [&str; 7] = [
     "<|im_end|>",
     "<|eot_id|>",
     "<end_of_turn>",
+    // Gemma 4.
+    "<turn|>",
     "<|end|>",
     "<|endoftext|>",
     "</s>",
@@ -23,7 +25,7 @@ const KNOWN_END_OF_TURN: [&str; 6] = [
 ///
 /// The end-of-turn markers (what closes an assistant reply, and what the loss mask
 /// trains on after it) are the template's own, then the EOS token and the common markers
-/// (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<|end|>`, `<|endoftext|>`, `</s>`) that
+/// (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<turn|>`, `<|end|>`, `<|endoftext|>`, `</s>`) that
 /// the template's source writes; EOS and those common markers count only when they are
 /// special tokens of the tokenizer.
 pub struct ChatFormat {
