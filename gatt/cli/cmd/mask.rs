@@ -188,6 +188,11 @@ fn hint(reason: SkipReason, opts: &MaskOptions) -> &'static str {
              token, --cut-replies keep to train it as it is, or --on-error skip to skip such \
              records and count them"
         }
+        SkipReason::TemplateRewritesHistory => {
+            "; where the template reads a switch such as `enable_thinking`, pass it with \
+             --template-arg (e.g. --template-arg enable_thinking=true), or --on-error skip \
+             to skip such records and count them"
+        }
         SkipReason::SpecialTokenInContent => {
             "; pass --special-text encode to encode such text as ordinary tokens, or \
              --on-error skip to skip such records and count them"

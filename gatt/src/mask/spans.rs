@@ -15,6 +15,15 @@ pub struct ReplySpan {
     pub content_end: usize,
 }
 
+/// Up to 24 characters of `text` from byte `at` (moved back to a character boundary).
+fn snippet(text: &str, at: usize) -> String {
+    let mut from = at.min(text.len());
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    text[from..].chars().take(24).collect()
+}
+
 /// Locates message `turn` (content `content`) in `full`, given `prompt`: the conversation
 /// before it rendered with the generation prompt.
 pub fn reply_span(
@@ -30,13 +39,24 @@ pub fn reply_span(
             .zip(prompt.bytes())
             .position(|(a, b)| a != b)
             .unwrap_or(full.len().min(prompt.len()));
+        // The thinking switch of reasoning templates (Qwen3, Gemma 4, ...) is the usual
+        // cause: the generation prompt opens or closes a thinking block the history lacks.
+        let hint = if template.source.contains("enable_thinking") {
+            "; this template reads `enable_thinking`: rendering with it set (`true` or \
+             `false`, as the model will be prompted) may make the two agree"
+        } else {
+            ""
+        };
         return Err(MaskError::new(
             SkipReason::TemplateRewritesHistory,
             format!(
                 "messages[{turn}]: the prompt the model sees at inference (the conversation \
                  before this reply, with the generation prompt) is not a prefix of the whole \
-                 rendered conversation; they differ from byte {at}: the template rewrites \
-                 earlier turns or its generation prompt differs from its assistant header"
+                 rendered conversation; they differ from byte {at} (prompt {:?}, conversation \
+                 {:?}): the template rewrites earlier turns or its generation prompt differs \
+                 from its assistant header{hint}",
+                snippet(prompt, at),
+                snippet(full, at),
             ),
         ));
     }

@@ -173,6 +173,16 @@ fn template_that_rewrites_history_is_refused() {
     let m = masker("rewriter", "", source, policy(Policy::Gatt));
     let e = m.mask(&dialogue()).unwrap_err();
     assert_eq!(e.reason, SkipReason::TemplateRewritesHistory, "{e}");
+    assert!(!e.detail.contains("enable_thinking"), "{e}");
+    // A thinking switch in the generation prompt: the message points at it.
+    let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% if not enable_thinking %}<think></think>{% endif %}{% endif %}";
+    let m = masker("thinking", "", source, policy(Policy::Gatt));
+    let e = m.mask(&dialogue()).unwrap_err();
+    assert_eq!(e.reason, SkipReason::TemplateRewritesHistory, "{e}");
+    assert!(
+        e.detail.contains("enable_thinking") && e.detail.contains("<think>"),
+        "{e}"
+    );
 }
 
 #[test]
