@@ -72,12 +72,17 @@ pub fn run(args: Args) -> Result<()> {
 
 fn print_table(s: &MaskedSample, tok: Option<&gatt::tokenizer::HfTokenizer>) -> Result<()> {
     for (i, (id, label)) in s.input_ids.iter().zip(&s.labels).enumerate() {
-        let piece = match tok {
-            Some(t) => decode_visibly(t, &[*id]),
-            None => String::new(),
+        // The decoded text, and the vocabulary's own piece (`▁Hello`, `ĠHello`): a
+        // piece's leading space can vanish from a decoding of the token alone.
+        let (piece, raw) = match tok {
+            Some(t) => (
+                decode_visibly(t, &[*id]),
+                t.id_to_token(*id).unwrap_or_default(),
+            ),
+            None => (String::new(), String::new()),
         };
         let mark = if *label == IGNORE { " " } else { "*" };
-        outln!("{i:>6} {id:>7} {mark} {label:>7} {piece:?}")?;
+        outln!("{i:>6} {id:>7} {mark} {label:>7} {piece:?} {raw}")?;
     }
     Ok(())
 }
@@ -100,7 +105,16 @@ fn print_runs(
             .unwrap_or(n);
         let ids = &s.input_ids[start..end];
         let text = match tok {
-            Some(t) => decode_visibly(t, ids),
+            // Decoded in context, so a run keeps the space its first piece carries
+            // (SentencePiece decoders drop it at the start of a decoding).
+            Some(t) => {
+                let before = decode_visibly(t, &s.input_ids[..start]);
+                let upto = decode_visibly(t, &s.input_ids[..end]);
+                match upto.strip_prefix(before.as_str()) {
+                    Some(run) => run.to_string(),
+                    None => decode_visibly(t, ids),
+                }
+            }
             None => ids.iter().map(|i| format!("{i} ")).collect(),
         };
         match (loss, color) {
