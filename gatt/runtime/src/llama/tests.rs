@@ -1,7 +1,7 @@
 //! A tiny random llama, written as a GGUF in memory and loaded by the real loader.
 
 use super::*;
-use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+use candle_core::quantized::{gguf_file, gguf_file::Value, GgmlDType, QTensor};
 use std::io::Cursor;
 
 pub(crate) fn tiny_gguf(arch: &str) -> Vec<u8> {
