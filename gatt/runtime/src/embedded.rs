@@ -178,29 +178,10 @@ impl EmbeddedBackend {
         let mut out: Vec<(Vec<u32>, bool)> = vec![(Vec::new(), false); prompts.len()];
         let mut context: Vec<Vec<u32>> = prompts.to_vec();
         for _ in 0..max_new {
-            let mut next = Vec::with_capacity(prompts.len());
-            for (s, row) in rows.iter_mut().enumerate() {
-                let done = out[s].1 || out[s].0.len() >= max_new;
-                let tok = if done {
-                    self.format.stop_ids[0]
-                } else {
-                    let t = samplers[s].sample(row, &context[s]);
-                    if self.format.stop_ids.contains(&t) {
-                        out[s].1 = true;
-                    } else {
-                        out[s].0.push(t);
-                        context[s].push(t);
-                    }
-                    t
-                };
-                next.push(tok);
-            }
-            if out
-                .iter()
-                .all(|(ids, stopped)| *stopped || ids.len() >= max_new)
-            {
+            let Some(next) = self.sample_step(&mut rows, samplers, &mut context, &mut out, max_new)
+            else {
                 break;
-            }
+            };
             let (tokens, positions) = llama::step_inputs(&next, &batch.pad, cache.len(), dev)?;
             let logits = self
                 .model
@@ -208,6 +189,43 @@ impl EmbeddedBackend {
             rows = llama::logits_rows(&logits)?;
         }
         Ok(out)
+    }
+
+    /// One decoding step's choice for every sequence: `samplers[s]` picks from `rows[s]`
+    /// given `context[s]`; a token that ends the turn marks `out[s]` stopped, any other is
+    /// added to `out[s]` and `context[s]`. A sequence already stopped or at `max_new`
+    /// tokens gets the end-of-turn token (its row is computed but not used). `None` once
+    /// every sequence is done.
+    fn sample_step(
+        &self,
+        rows: &mut [Vec<f32>],
+        samplers: &mut [Sampler],
+        context: &mut [Vec<u32>],
+        out: &mut [(Vec<u32>, bool)],
+        max_new: usize,
+    ) -> Option<Vec<u32>> {
+        let stop = &self.format.stop_ids;
+        let mut next = Vec::with_capacity(rows.len());
+        for (s, row) in rows.iter_mut().enumerate() {
+            let done = out[s].1 || out[s].0.len() >= max_new;
+            let tok = if done {
+                stop[0]
+            } else {
+                let t = samplers[s].sample(row, &context[s]);
+                if stop.contains(&t) {
+                    out[s].1 = true;
+                } else {
+                    out[s].0.push(t);
+                    context[s].push(t);
+                }
+                t
+            };
+            next.push(tok);
+        }
+        let all_done = out
+            .iter()
+            .all(|(ids, stopped)| *stopped || ids.len() >= max_new);
+        (!all_done).then_some(next)
     }
 
     /// Prefills `tokens` from the first `reuse.len()` positions' kept keys and values:
@@ -258,29 +276,10 @@ impl EmbeddedBackend {
         // Tokens fed to the cache after each prompt, in order.
         let mut fed: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
         for _ in 0..max_new {
-            let mut next = Vec::with_capacity(jobs.len());
-            for (s, row) in rows.iter_mut().enumerate() {
-                let done = out[s].1 || out[s].0.len() >= max_new;
-                let tok = if done {
-                    self.format.stop_ids[0]
-                } else {
-                    let t = samplers[s].sample(row, &context[s]);
-                    if self.format.stop_ids.contains(&t) {
-                        out[s].1 = true;
-                    } else {
-                        out[s].0.push(t);
-                        context[s].push(t);
-                    }
-                    t
-                };
-                next.push(tok);
-            }
-            if out
-                .iter()
-                .all(|(ids, stopped)| *stopped || ids.len() >= max_new)
-            {
+            let Some(next) = self.sample_step(&mut rows, samplers, &mut context, &mut out, max_new)
+            else {
                 break;
-            }
+            };
             for (f, &t) in fed.iter_mut().zip(&next) {
                 f.push(t);
             }
