@@ -103,7 +103,8 @@ where
 ///
 /// # Errors
 ///
-/// An input error when the file cannot be read or no record has `constraints`; a failing
+/// An input error when the file cannot be read or gives nothing to check (no record
+/// with `constraints`, or an instruction-free one, and an answered turn); a failing
 /// judge.
 pub fn evaluate_file(
     input: &Path,
@@ -112,16 +113,18 @@ pub fn evaluate_file(
     progress: &dyn Progress,
 ) -> Result<Report> {
     let dialogues = read_all(input)?;
-    if dialogues.iter().all(|d| d.constraints.is_empty()) {
-        return Err(Error::input(format!(
-            "{}: no record has `constraints`; nothing to check",
-            input.display()
-        )));
-    }
     let mut rows: Vec<ScoredTurn> = dialogues
         .iter()
         .flat_map(|d| score_dialogue(d, catalog))
         .collect();
+    if rows.is_empty() {
+        return Err(Error::input(format!(
+            "{}: nothing to check: no record has `constraints` and an answered turn \
+             (records with neither constraints nor an instruction are checked for \
+             answering in the user's language)",
+            input.display()
+        )));
+    }
     let mut meta = json!({
         "gatt_version": env!("CARGO_PKG_VERSION"),
         "input": input.display().to_string(),
@@ -336,11 +339,25 @@ mod tests {
         let path = dir.path().join("d.jsonl");
         std::fs::write(
             &path,
-            r#"{"id":"a","messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}"#,
+            r#"{"id":"a","instruction":"Always answer in French.","messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}"#,
         )
         .unwrap();
         let e = evaluate_file(&path, None, &Catalog::builtin(), &()).unwrap_err();
         assert!(e.is_input() && e.to_string().contains("no record has `constraints`"));
+    }
+
+    #[test]
+    fn an_instruction_free_file_is_checked_for_the_users_language() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(
+            &path,
+            r#"{"id":"a","messages":[{"role":"user","content":"How do plants turn sunlight into food? Please explain it to me in simple words."},{"role":"assistant","content":"Plants use photosynthesis to turn light, water and air into sugar."}]}"#,
+        )
+        .unwrap();
+        let r = evaluate_file(&path, None, &Catalog::builtin(), &()).unwrap();
+        assert_eq!(r.kinds, ["user_language"]);
+        assert_eq!((r.counts.pass, r.counts.fail), (1, 0), "{:?}", r.counts);
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub struct ProtocolOptions {
     pub turns: usize,
     /// Dialogues per model.
     pub dialogues: usize,
-    /// One constraint of each kind per dialogue.
+    /// One constraint of each kind per dialogue. Empty: no instruction at all, no
+    /// system message and no probes, the control run whose replies are checked for
+    /// the user's language ([`crate::checks::user_language`]).
     pub kinds: Vec<ConstraintKind>,
     /// Every `probe_every`-th turn is a probe question; 0 = never.
     pub probe_every: usize,
@@ -79,7 +81,7 @@ pub fn request_seed(seed: u64, index: usize, turn: usize) -> u64 {
 ///
 /// # Errors
 ///
-/// An input error for zero turns, no constraint kind, or a dialogue that cannot be
+/// An input error for zero turns or a dialogue that cannot be
 /// planned ([`DialoguePlan::new`]); the backend's own error, or a runtime error when it
 /// returns a reply count that does not match the requests.
 pub fn run_protocol(
@@ -90,11 +92,6 @@ pub fn run_protocol(
 ) -> Result<Vec<Dialogue>> {
     if opts.turns == 0 {
         return Err(Error::input("the protocol needs at least one turn"));
-    }
-    if opts.kinds.is_empty() {
-        return Err(Error::input(
-            "the protocol needs at least one constraint kind",
-        ));
     }
     let plans = (0..opts.dialogues)
         .map(|i| DialoguePlan::new(i, catalog, opts))
@@ -169,12 +166,11 @@ fn converse(
     Ok(())
 }
 
-/// A dialogue holding only its system message, with its provenance.
+/// A dialogue holding only its system message (none for the instruction-free control),
+/// with its provenance.
 fn start(index: usize, plan: &DialoguePlan, model: &str, seed: u64) -> Dialogue {
-    let mut d = Dialogue::new(
-        format!("eval-{index:05}"),
-        vec![Message::system(plan.instruction.clone())],
-    );
+    let system = (!plan.instruction.is_empty()).then(|| Message::system(plan.instruction.clone()));
+    let mut d = Dialogue::new(format!("eval-{index:05}"), system.into_iter().collect());
     d.instruction = plan.instruction.clone();
     d.constraints = plan.constraints.clone();
     let (turns, kinds): (Vec<usize>, Vec<ConstraintKind>) = plan.probes.iter().cloned().unzip();

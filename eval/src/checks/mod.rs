@@ -15,6 +15,7 @@ mod language;
 mod persona;
 pub mod sentences;
 pub mod text;
+pub mod user_language;
 
 use gatt::catalog::Catalog;
 use gatt::{Constraint, ConstraintKind};

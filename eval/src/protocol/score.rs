@@ -6,7 +6,7 @@
 //! probe turns are recorded. There a turn counts as a probe for a kind when its user
 //! message, without the instruction, is one of the catalog's probe questions for it.
 
-use crate::checks::{check, Undecided, Verdict};
+use crate::checks::{check, user_language, Undecided, Verdict};
 use gatt::catalog::Catalog;
 use gatt::{ConstraintKind, Dialogue, DialogueMeta, Role};
 use serde::{Deserialize, Serialize};
@@ -41,8 +41,15 @@ pub struct ScoredTurn {
 
 /// Scores every answered turn of `d` against each of its constraints. A final user
 /// message without a reply is not scored.
+///
+/// A dialogue with no constraints and no instruction (`gatt eval --no-instruction`, the
+/// control for collateral damage) is scored instead for answering in the user's
+/// language: one row of kind [`user_language::KIND`] per turn.
 pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
     let model = d.meta.model.as_deref().unwrap_or(UNKNOWN_MODEL);
+    if d.constraints.is_empty() && d.instruction.trim().is_empty() {
+        return score_user_language(d, model);
+    }
     let recorded = RecordedProbes::from_meta(&d.meta);
     let mut rows = Vec::new();
     let mut turn = 0;
@@ -72,6 +79,50 @@ pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
         }
     }
     rows
+}
+
+/// One [`user_language::KIND`] row per answered turn of an instruction-free dialogue.
+fn score_user_language(d: &Dialogue, model: &str) -> Vec<ScoredTurn> {
+    let users: Vec<&str> = d
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect();
+    let lang = user_language::detect(&users.join("\n"));
+    let value = lang.as_ref().map_or("unknown", |l| l.name.as_str());
+    answered_turns(d)
+        .map(|(turn, reply)| {
+            let result = user_language::check(lang.as_ref(), reply);
+            ScoredTurn {
+                model: model.to_string(),
+                dialogue: d.id.clone(),
+                turn,
+                kind: ConstraintKind::Other(user_language::KIND.into()),
+                value: value.to_string(),
+                verdict: result.verdict,
+                evidence: result.evidence,
+                undecided: result.undecided,
+                judge: false,
+            }
+        })
+        .collect()
+}
+
+/// (turn, reply) of every user message that has a reply; turns are 1-based.
+fn answered_turns(d: &Dialogue) -> impl Iterator<Item = (usize, &str)> {
+    let user_turns = d
+        .messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == Role::User);
+    user_turns.enumerate().filter_map(|(t, (i, _))| {
+        let reply = d
+            .messages
+            .get(i + 1)
+            .filter(|m| m.role == Role::Assistant)?;
+        Some((t + 1, reply.content.as_str()))
+    })
 }
 
 /// The user's own words: the message with the instruction (if attached) taken out.
@@ -159,6 +210,36 @@ mod tests {
             ]
         );
         assert!(rows.iter().all(|r| r.model == UNKNOWN_MODEL && !r.judge));
+    }
+
+    #[test]
+    fn instruction_free_dialogues_are_scored_for_the_users_language() {
+        let mut d = Dialogue::new(
+            "c1",
+            vec![
+                Message::user("Why is the sky blue? Please explain it simply."),
+                Message::assistant("Air scatters blue sunlight more than the other colours."),
+                Message::user("And why are sunsets red and orange in the evening?"),
+                Message::assistant("Le soleil est bas, et la lumière traverse plus d'air."),
+                Message::user("Thanks!"),
+            ],
+        );
+        d.meta.model = Some("tuned".into());
+        let rows = score_dialogue(&d, &Catalog::builtin());
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.turn, r.kind.as_str(), r.value.as_str(), r.verdict))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "user_language", "English", Verdict::Pass),
+                (2, "user_language", "English", Verdict::Fail),
+            ]
+        );
+        // An instruction without constraints is not the control: nothing to score.
+        d.instruction = "Always answer in French.".into();
+        assert!(score_dialogue(&d, &Catalog::builtin()).is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 /// Examples:
 ///   gatt eval --model default --turns 12 --dialogues 50 --constraints language,figure,hobby --out base
 ///   gatt eval --input run1/dialogues.parquet --out run1/eval
+///   gatt eval --no-instruction --model default --model tuned.gguf --out control
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -45,6 +46,13 @@ pub struct Args {
         value_parser = parse_kind
     )]
     pub constraints: Vec<ConstraintKind>,
+    /// The control run for collateral damage: no instruction and no system message,
+    /// plain questions only; every reply is checked for being in the user's language
+    /// (the bank's questions are English). Run it on the base and on the fine-tune: a
+    /// GAtt fine-tune that drifts into a trained language (French for an English
+    /// question) scores lower than the base here. Report rows: `user_language`.
+    #[arg(long, conflicts_with_all = ["constraints", "input"])]
+    pub no_instruction: bool,
     /// Ask a probe question every K turns (0: never).
     #[arg(long, default_value_t = ProtocolOptions::default().probe_every)]
     pub probe_every: usize,
@@ -72,7 +80,11 @@ impl Args {
         ProtocolOptions {
             turns: self.turns,
             dialogues: self.dialogues,
-            kinds: self.constraints.clone(),
+            kinds: if self.no_instruction {
+                Vec::new()
+            } else {
+                self.constraints.clone()
+            },
             probe_every: self.probe_every,
             seed: self.seed,
             sampling: self
