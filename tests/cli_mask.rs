@@ -568,3 +568,41 @@ fn cut_replies_are_refused_or_trained_without_end_of_turn() {
     );
     assert_eq!(s["skipped"]["cut_reply"], 1);
 }
+
+/// The reference answers `gatt score` compares models on: every record masks, with the
+/// loss on the answer alone, and no question is one the user bank (training data) asks.
+#[test]
+fn the_general_reference_answers_mask_and_are_held_out() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let qa = root.join("templates/reference/general_qa.jsonl");
+    let bank: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("templates/users/bank.json")).unwrap(),
+    )
+    .unwrap();
+    let bank: Vec<String> = bank["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().trim().to_lowercase())
+        .collect();
+    let records = read_jsonl(&qa);
+    assert_eq!(records.len(), 48);
+    for r in &records {
+        let q = r["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .to_lowercase();
+        assert!(!bank.contains(&q), "{q} is in the user bank");
+    }
+    let dir = tempdir();
+    let out = dir.path().join("qa.jsonl");
+    let o = mask(&qa, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let samples = read_jsonl(&out);
+    assert_eq!(samples.len(), 48, "{}", text(&o));
+    for s in &samples {
+        let labels = s["labels"].as_array().unwrap();
+        assert!(labels.iter().any(|l| l != -100), "{s}");
+    }
+}

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 /// (lower is better; compare runs on the same file only).
 ///
 /// Examples:
-///   gatt mask --input general_qa.jsonl --out qa.parquet
+///   gatt mask --model default --input templates/reference/general_qa.jsonl --out qa.parquet
 ///   gatt score --data qa.parquet --model default
 ///   gatt score --data qa.parquet --model default --adapter tune1/adapter --out tuned.json
 ///   gatt score --data qa.parquet --model tune1/merged
