@@ -366,6 +366,7 @@ fn synth_flag_combinations_fail_before_any_work() {
             ],
             "--judge-endpoint",
         ),
+        (vec!["--plain-share", "1.5"], "--plain-share"),
     ];
     for (extra, says) in cases {
         let mut args = vec!["synth", "--out", out];

@@ -4,7 +4,9 @@
 //! A candidate is rejected when it is empty or whitespace only, degenerate (a phrase
 //! repeated over and over, "la Femme, la Femme, la Femme, ..."), in the wrong script
 //! entirely (the instruction asked for Russian and the reply has no Cyrillic; the user
-//! wrote English and the reply is all Chinese), or cut at the token limit (under
+//! wrote English and the reply is all Chinese), clearly in another language than the
+//! user's when no language was asked for (an English question answered in Spanish, which
+//! would teach a fine-tune to drift), or cut at the token limit (under
 //! [`CutMode::Resample`] and [`CutMode::DropEot`]). When every candidate of a turn is
 //! rejected, the turn is sampled again with another seed, up to
 //! [`GateOptions::resample_tries`] times; then the dialogue is dropped (or, under
@@ -26,6 +28,10 @@ pub enum Rejection {
     Repetitive,
     /// Written in another script than the one asked for (or the user's).
     WrongScript,
+    /// No language was asked for, and the reply is in another language than the user's
+    /// (an English question answered in Spanish): data that would teach a fine-tune to
+    /// drift into a language nobody asked for.
+    WrongLanguage,
     /// Cut at the token limit (`finished` false).
     Cut,
     /// A whole dialogue: its replies kept the instruction less often than
@@ -34,12 +40,14 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// The name counts and reports use (`empty`, `repetitive`, `wrong_script`, `cut`).
+    /// The name counts and reports use (`empty`, `repetitive`, `wrong_script`,
+    /// `wrong_language`, `cut`, `low_adherence`).
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::Empty => "empty",
             Rejection::Repetitive => "repetitive",
             Rejection::WrongScript => "wrong_script",
+            Rejection::WrongLanguage => "wrong_language",
             Rejection::Cut => "cut",
             Rejection::LowAdherence => "low_adherence",
         }
@@ -201,37 +209,76 @@ impl GateCounts {
 }
 
 /// The content checks (everything but the cut): the first that fails, in the order empty,
-/// repetitive, wrong script. `expected` is the script the reply should be in, if known.
-pub fn check_text(text: &str, expected: Option<Script>) -> Option<Rejection> {
+/// repetitive, wrong script, wrong language.
+pub fn check_text(text: &str, want: &Expected) -> Option<Rejection> {
     if text.trim().is_empty() {
         return Some(Rejection::Empty);
     }
     if repetitive(text) {
         return Some(Rejection::Repetitive);
     }
-    if let Some(want) = expected {
-        if wrong_script(text, want) {
-            return Some(Rejection::WrongScript);
-        }
+    if want.script.is_some_and(|s| wrong_script(text, s)) {
+        return Some(Rejection::WrongScript);
+    }
+    if want.language.is_some_and(|l| wrong_language(text, l)) {
+        return Some(Rejection::WrongLanguage);
     }
     None
 }
 
-/// The script a reply should be written in: the requested language's (read from the
-/// catalog's native name, "русский" is Cyrillic), or else the user message's.
-pub fn expected_script(
-    constraints: &[Constraint],
-    catalog: &Catalog,
-    user: &str,
-) -> Option<Script> {
+/// What a reply should be written in, as far as the gate checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expected {
+    /// The script: the requested language's, else the user message's.
+    pub script: Option<Script>,
+    /// The user's language, when no language was asked for and the user's message
+    /// says it clearly (whatlang, reliable detection); `None` otherwise.
+    pub language: Option<whatlang::Lang>,
+}
+
+/// What a reply in a dialogue whose user messages are `users` should be written in,
+/// under `constraints`: the requested language's script (read from the catalog's native
+/// name, "русский" is Cyrillic); or, with no language constraint, the script and
+/// language of the user's messages, all of them together (one short question is too
+/// little text to tell English from Javanese).
+pub fn expected(constraints: &[Constraint], catalog: &Catalog, users: &[String]) -> Expected {
     let language = constraints
         .iter()
         .find(|c| c.kind == ConstraintKind::Language)
         .and_then(|c| catalog.language(&c.value));
     match language {
-        Some(l) => dominant_script(&l.native, 1),
-        None => dominant_script(user, 8),
+        Some(l) => Expected {
+            script: dominant_script(&l.native, 1),
+            language: None,
+        },
+        None => {
+            let user = users.join("\n");
+            Expected {
+                script: dominant_script(&user, 8),
+                language: clear_language(&user),
+            }
+        }
     }
+}
+
+/// Letters a text needs before the gate trusts a language detection on it.
+const MIN_LANGUAGE_LETTERS: usize = 40;
+
+/// The language of `text` when whatlang is sure of it (a reliable detection on at least
+/// [`MIN_LANGUAGE_LETTERS`] letters).
+fn clear_language(text: &str) -> Option<whatlang::Lang> {
+    if text.chars().filter(|c| c.is_alphabetic()).count() < MIN_LANGUAGE_LETTERS {
+        return None;
+    }
+    whatlang::detect(text)
+        .filter(whatlang::Info::is_reliable)
+        .map(|i| i.lang())
+}
+
+/// True when the reply is clearly ([`clear_language`]) in another language than `want`.
+/// Code blocks count as text here; replies that are mostly code rarely detect reliably.
+fn wrong_language(text: &str, want: whatlang::Lang) -> bool {
+    clear_language(text).is_some_and(|got| got != want)
 }
 
 /// Words (lowercased, without punctuation) of a run that repeats with a period of at most
@@ -397,9 +444,12 @@ mod tests {
 
     #[test]
     fn empty_and_whitespace_are_rejected() {
-        assert_eq!(check_text("", None), Some(Rejection::Empty));
-        assert_eq!(check_text(" \n\t ", None), Some(Rejection::Empty));
-        assert_eq!(check_text("Yes.", None), None);
+        assert_eq!(check_text("", &Expected::default()), Some(Rejection::Empty));
+        assert_eq!(
+            check_text(" \n\t ", &Expected::default()),
+            Some(Rejection::Empty)
+        );
+        assert_eq!(check_text("Yes.", &Expected::default()), None);
     }
 
     #[test]
@@ -432,7 +482,7 @@ mod tests {
             "Ha ha, that's funny.",
             "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n| 5 | 6 |",
         ] {
-            assert_eq!(check_text(ok, Some(Script::Latin)), None, "{ok}");
+            assert_eq!(check_text(ok, &script(Script::Latin)), None, "{ok}");
         }
     }
 
@@ -440,27 +490,30 @@ mod tests {
     fn a_reply_in_the_wrong_script_is_rejected() {
         let catalog = Catalog::builtin();
         let ru = [Constraint::new(ConstraintKind::Language, "Russian")];
-        let want = expected_script(&ru, &catalog, "How do bees make honey?");
-        assert_eq!(want, Some(Script::Cyrillic));
+        let want = expected(&ru, &catalog, &users("How do bees make honey?"));
+        assert_eq!(want, script(Script::Cyrillic));
         let english = "Bees collect nectar from flowers and store it in their hive as honey.";
-        assert_eq!(check_text(english, want), Some(Rejection::WrongScript));
+        assert_eq!(check_text(english, &want), Some(Rejection::WrongScript));
         let russian = "Пчёлы собирают нектар с цветов и превращают его в мёд в улье.";
-        assert_eq!(check_text(russian, want), None);
+        assert_eq!(check_text(russian, &want), None);
         // No language asked: the user's script.
-        let want = expected_script(&[], &catalog, "How do bees make honey?");
-        assert_eq!(want, Some(Script::Latin));
+        let want = expected(&[], &catalog, &users("How do bees make honey?"));
+        assert_eq!(want.script, Some(Script::Latin));
         assert_eq!(
             check_text(
                 "蜜蜂从花中采集花蜜，并在蜂巢中把它变成蜂蜜，这需要很多时间。",
-                want
+                &want
             ),
             Some(Rejection::WrongScript)
         );
         // Japanese mixes kana and Han: both count as its script.
         let ja = [Constraint::new(ConstraintKind::Language, "Japanese")];
-        let want = expected_script(&ja, &catalog, "Hi");
+        let want = expected(&ja, &catalog, &users("Hi"));
         assert_eq!(
-            check_text("ミツバチは花から蜜を集めて、巣の中で蜂蜜に変えます。", want),
+            check_text(
+                "ミツバチは花から蜜を集めて、巣の中で蜂蜜に変えます。",
+                &want
+            ),
             None
         );
         // Every language of the built-in catalog has a script the gate knows.
@@ -468,7 +521,52 @@ mod tests {
             assert!(dominant_script(&l.native, 1).is_some(), "{}", l.name);
         }
         // Too few letters to judge.
-        assert_eq!(check_text("OK!", Some(Script::Cyrillic)), None);
+        assert_eq!(check_text("OK!", &script(Script::Cyrillic)), None);
+    }
+
+    fn users(text: &str) -> Vec<String> {
+        vec![text.to_string()]
+    }
+
+    fn script(s: Script) -> Expected {
+        Expected {
+            script: Some(s),
+            language: None,
+        }
+    }
+
+    #[test]
+    fn with_no_language_asked_the_users_language_is_expected() {
+        let catalog = Catalog::builtin();
+        let user = "Why do cats purr, and does it always mean that they are happy?";
+        let want = expected(&[], &catalog, &users(user));
+        assert_eq!(want.language, Some(whatlang::Lang::Eng));
+        let spanish = "Los gatos ronronean cuando están tranquilos, pero también cuando \
+                       sienten dolor o miedo, así que no siempre significa que estén felices.";
+        assert_eq!(check_text(spanish, &want), Some(Rejection::WrongLanguage));
+        let english = "Cats purr when they are content, but also when they are in pain or \
+                       afraid, so it does not always mean they are happy.";
+        assert_eq!(check_text(english, &want), None);
+        // Too short to tell: kept.
+        assert_eq!(check_text("Sí, claro.", &want), None);
+        // A language asked for: the scorer judges it, not this check.
+        let fr = [Constraint::new(ConstraintKind::Language, "French")];
+        let want = expected(&fr, &catalog, &users(user));
+        assert_eq!(want.language, None);
+        assert_eq!(check_text(spanish, &want), None);
+        // A user message too short to tell: no language expected.
+        assert_eq!(expected(&[], &catalog, &users("Hi there!")).language, None);
+        // One short question is not enough, the dialogue's questions together are.
+        let one = users("What is the difference between weather and climate?");
+        assert_eq!(expected(&[], &catalog, &one).language, None);
+        let all = [
+            one[0].clone(),
+            "How do bees make honey, and why do they need so much of it?".into(),
+        ];
+        assert_eq!(
+            expected(&[], &catalog, &all).language,
+            Some(whatlang::Lang::Eng)
+        );
     }
 
     #[test]

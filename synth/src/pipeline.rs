@@ -49,6 +49,11 @@ pub struct SynthOptions {
     /// instruction (see [`crate::plan::PlanOptions::probe_rate`]); recorded in
     /// `meta.probe_turns` and `meta.probe_kinds`.
     pub probe_rate: f64,
+    /// Share of dialogues with no instruction at all (see
+    /// [`crate::plan::PlanOptions::plain_share`]); left out of `run.json` at 0, so runs
+    /// without it resume as before.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub plain_share: f64,
     /// The model writes the user's messages after the first (probe turns stay).
     pub user_sim: bool,
     /// This machine's share of the job (serialized as `I/N`).
@@ -59,6 +64,10 @@ pub struct SynthOptions {
     pub chunk: usize,
     /// The quality gate: cut, empty and degenerate replies (see [`crate::gate`]).
     pub gate: GateOptions,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn shard_str<S: serde::Serializer>(s: &Shard, ser: S) -> std::result::Result<S::Ok, S::Error> {
@@ -151,6 +160,7 @@ impl Synthesizer<'_> {
             turns: self.opts.turns,
             concise: self.opts.concise,
             probe_rate: self.opts.probe_rate,
+            plain_share: self.opts.plain_share,
         };
         (0..self.opts.dialogues)
             .filter(|i| self.opts.shard.owns(*i))
@@ -285,10 +295,9 @@ impl Synthesizer<'_> {
             let mut open: Vec<Open> = Vec::new();
             for ((&i, candidates), request) in pending.iter().zip(replies).zip(&requests) {
                 let d = &mut live[i];
-                let user = d.plan.users[turn].as_str();
-                let want = gate::expected_script(&d.plan.constraints, self.catalog, user);
+                let want = gate::expected(&d.plan.constraints, self.catalog, &d.plan.users);
                 let verdicts: Vec<Option<Rejection>> =
-                    candidates.iter().map(|r| self.verdict(r, want)).collect();
+                    candidates.iter().map(|r| self.verdict(r, &want)).collect();
                 for r in verdicts.iter().flatten() {
                     *counts.candidates_rejected.entry(*r).or_default() += 1;
                 }
@@ -445,7 +454,7 @@ impl Synthesizer<'_> {
     }
 
     /// Why the gate rejects candidate `r`, if it does.
-    fn verdict(&self, r: &Reply, want: Option<gate::Script>) -> Option<Rejection> {
+    fn verdict(&self, r: &Reply, want: &gate::Expected) -> Option<Rejection> {
         gate::check_text(&r.text, want).or_else(|| {
             (!r.finished && self.opts.gate.cut != CutMode::Keep).then_some(Rejection::Cut)
         })

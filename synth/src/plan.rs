@@ -95,6 +95,11 @@ pub struct PlanOptions<'a> {
     /// training probes ([`Catalog::train_probes`], disjoint from the evaluator's);
     /// clamped to [0, 1].
     pub probe_rate: f64,
+    /// Probability that a dialogue has no instruction at all (no constraints, no probes):
+    /// plain conversations mixed into the GAtt data so that a fine-tune keeps answering
+    /// in the user's language when nobody asks otherwise; clamped to [0, 1]. At 0 no
+    /// draw is made, so plans are those of a run without it.
+    pub plain_share: f64,
 }
 
 /// What a user turn adds when it asks for a short answer: small models otherwise write
@@ -134,7 +139,9 @@ pub fn check_kinds(catalog: &Catalog, kinds: &[ConstraintKind]) -> Result<()> {
 
 /// The plan of dialogue `index`: a pure function of (the run seed, `index`) for given
 /// options, catalog and users, drawn from ChaCha8 seeded with the plan seed
-/// (`derive(seed, Stream::SynthPlan, index)`) in a fixed order: constraints, terseness,
+/// (`derive(seed, Stream::SynthPlan, index)`) in a fixed order: (when `plain_share` > 0)
+/// whether the dialogue is instruction-free, then constraints (none for a plain
+/// dialogue), terseness,
 /// phrasing, user turns, then (when `concise` > 0 and the turns come from a bank) for each
 /// user turn whether it asks for a short answer, and which request; then (when
 /// `probe_rate` > 0 and a constraint has training probes) for each user turn after the
@@ -143,9 +150,16 @@ pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource
     // Stream: SynthPlan (parent: the run seed, index: the dialogue).
     let seed = seed::derive(o.seed, Stream::SynthPlan, index as u64);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let constraints = sample_constraints(&mut rng, catalog, o.kinds, o.max_combined);
+    let plain = o.plain_share > 0.0 && rng.random_bool(o.plain_share.clamp(0.0, 1.0));
+    let constraints = match plain {
+        true => Vec::new(),
+        false => sample_constraints(&mut rng, catalog, o.kinds, o.max_combined),
+    };
     let terse = rng.random_bool(o.terse.clamp(0.0, 1.0));
-    let instruction = phrase(&mut rng, &constraints, catalog, terse);
+    let instruction = match plain {
+        true => String::new(),
+        false => phrase(&mut rng, &constraints, catalog, terse),
+    };
     let mut turns = users.turns_for(&mut rng, index, o.turns);
     if o.concise > 0.0 && matches!(users, UserSource::Bank(_)) {
         for t in &mut turns {
@@ -211,6 +225,7 @@ mod tests {
             turns: 4,
             concise,
             probe_rate: 0.0,
+            plain_share: 0.0,
         };
         let plain = plan(0, &o(0.0), &catalog, &bank);
         let all = plan(0, &o(1.0), &catalog, &bank);
@@ -239,6 +254,7 @@ mod tests {
             turns: 6,
             concise: 0.0,
             probe_rate,
+            plain_share: 0.0,
         };
         let mut seen = 0;
         for i in 0..40 {
@@ -305,5 +321,39 @@ mod tests {
             }
         }
         assert!(n >= 15);
+    }
+
+    #[test]
+    fn a_plain_share_of_dialogues_has_no_instruction() {
+        let catalog = Catalog::builtin();
+        let bank = UserSource::Bank(catalog.user_bank.clone());
+        let kinds = [ConstraintKind::Figure, ConstraintKind::Language];
+        let o = |plain_share| PlanOptions {
+            seed: 5,
+            kinds: &kinds,
+            max_combined: 2,
+            terse: 0.5,
+            turns: 4,
+            concise: 0.0,
+            probe_rate: 1.0,
+            plain_share,
+        };
+        let plans: Vec<DialoguePlan> = (0..200)
+            .map(|i| plan(i, &o(0.25), &catalog, &bank))
+            .collect();
+        let plain: Vec<&DialoguePlan> = plans.iter().filter(|p| p.constraints.is_empty()).collect();
+        assert!((30..=70).contains(&plain.len()), "{} of 200", plain.len());
+        for p in &plain {
+            assert_eq!(p.instruction, "");
+            assert!(p.probes.is_empty());
+            assert_eq!(p.users.len(), 4);
+        }
+        assert!(plans
+            .iter()
+            .filter(|p| !p.constraints.is_empty())
+            .all(|p| !p.instruction.is_empty()));
+        // Every dialogue plain, or none: the draw is made only when asked for.
+        assert!((0..20).all(|i| plan(i, &o(1.0), &catalog, &bank).constraints.is_empty()));
+        assert!((0..20).all(|i| !plan(i, &o(0.0), &catalog, &bank).constraints.is_empty()));
     }
 }

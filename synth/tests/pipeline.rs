@@ -68,6 +68,7 @@ fn opts(shard: Shard) -> SynthOptions {
         sampling: SamplingParams::default(),
         concise: 0.0,
         probe_rate: 0.0,
+        plain_share: 0.0,
         user_sim: false,
         shard,
         chunk: 3,
@@ -664,4 +665,57 @@ fn a_single_candidate_is_judged_only_for_min_adherence() {
     let out = judged_run(Some(&PickyJudge::new(0)), 1, 0.5);
     assert_eq!(out.records.len(), 2);
     assert_eq!(out.gate.judge.yes, 6);
+}
+
+/// `plain_share` 1: every dialogue instruction-free, its training record without a system
+/// message, and a reply in another language than the user's is resampled.
+#[test]
+fn plain_dialogues_have_no_instruction_and_keep_the_users_language() {
+    use gatt_synth::Rejection;
+    const SPANISH: &str = "El cielo es azul porque el aire dispersa la luz azul del sol mucho \
+                           más que la luz roja, y por eso lo vemos así durante el día.";
+    const ENGLISH: &str = "The sky is blue because the air scatters the blue part of sunlight \
+                           much more than the red part, so that is the colour we see by day.";
+    let backend = Scripted::new(vec![SPANISH, ENGLISH]);
+    let catalog = Catalog::builtin();
+    // English questions long enough for the gate to tell their language.
+    let users = UserSource::Dialogues(vec![vec![
+        "Why is the sky blue during the day, and why does it turn red at sunset?".into(),
+        "And why do the clouds look white or grey instead of blue like the sky?".into(),
+    ]]);
+    let mut o = opts(Shard::default());
+    o.dialogues = 1;
+    o.turns = 2;
+    o.candidates = 1;
+    o.plain_share = 1.0;
+    o.gate = gate(gatt_synth::CutMode::Resample, 3);
+    let s = Synthesizer {
+        backend: &backend,
+        catalog: &catalog,
+        users: &users,
+        scorer: &DefaultScorer,
+        judge: None,
+        opts: o,
+    };
+    let out = s.run_chunk(&s.plans()).unwrap();
+    assert_eq!(out.records.len(), 1);
+    let d = &out.records[0];
+    assert!(d.instruction.is_empty() && d.constraints.is_empty());
+    let roles: Vec<Role> = d.messages.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [Role::User, Role::Assistant, Role::User, Role::Assistant]
+    );
+    let replies: Vec<&str> = d
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(replies, [ENGLISH, ENGLISH]);
+    assert_eq!(
+        count(&out.gate.candidates_rejected, Rejection::WrongLanguage),
+        2
+    );
+    d.validate(gatt::dialogue::Purpose::Training).unwrap();
 }

@@ -115,6 +115,14 @@ pub struct Args {
     /// disjoint from `gatt eval`'s probes; recorded in meta.probe_turns.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     pub probe_rate: f64,
+    /// Share of dialogues with no instruction at all (no constraint, no probe): plain
+    /// conversations mixed into the GAtt data, trained on their last reply like the
+    /// others, so that the fine-tune keeps answering in the user's language when nobody
+    /// asks otherwise (without them a model tuned on "Always answer in French" data
+    /// drifts into French; `gatt eval --no-instruction` measures it). Their replies must
+    /// be in the user's language (quality gate: `wrong_language`).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub plain_share: f64,
     /// Reuse the user turns of existing dialogues (.jsonl/.parquet/ShareGPT).
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
@@ -230,6 +238,7 @@ pub fn run(args: Args) -> Result<()> {
         sampling: args.sampling.params(args.candidates, SYNTH_MAX_TOKENS),
         concise: args.concise,
         probe_rate: args.probe_rate,
+        plain_share: args.plain_share,
         user_sim: args.user_sim,
         shard: args.shard,
         chunk: args.chunk.unwrap_or_else(|| backend.preferred_batch()),
@@ -341,6 +350,9 @@ fn check_args(args: &Args) -> Result<()> {
     }
     if !(0.0..=1.0).contains(&args.probe_rate) {
         return fail("--probe-rate is a probability between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&args.plain_share) {
+        return fail("--plain-share is a probability between 0 and 1");
     }
     if !(0.0..=1.0).contains(&args.min_adherence) {
         return fail("--min-adherence is a share between 0 and 1");
