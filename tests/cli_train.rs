@@ -205,3 +205,70 @@ fn data_for_another_tokenizer_is_refused_with_the_row() {
         text(&o)
     );
 }
+
+/// Samples masked with another vocabulary (here: the model's own plus one added token, so
+/// that most ids even agree) are refused by `gatt train` and `gatt score` before any
+/// step, by the tokenizer stamp `gatt mask` writes into Parquet files; the model's own
+/// vocabulary (from a tokenizer.json) passes.
+#[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
+fn samples_of_another_vocabulary_are_refused_by_their_stamp() {
+    let dir = tempdir();
+    let fixtures = Path::new(common::FIXTURES);
+    let tokenizer: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("smollm2_tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let mut other = tokenizer.clone();
+    other["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "id": 49152, "content": "<extra>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    let qa = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/reference/general_qa.jsonl");
+    let mask_with = |tok: &serde_json::Value, name: &str| {
+        let tok_path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&tok_path, tok.to_string()).unwrap();
+        let out = dir.path().join(format!("{name}.parquet"));
+        let o = gatt(&[
+            "mask",
+            "--tokenizer",
+            tok_path.to_str().unwrap(),
+            "--template",
+            fixtures
+                .join("smollm2_chat_template.jinja")
+                .to_str()
+                .unwrap(),
+            "--input",
+            qa.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        out.display().to_string()
+    };
+    let same = mask_with(&tokenizer, "same");
+    let o = gatt(&["score", "--data", &same, "--model", "default"]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let foreign = mask_with(&other, "other");
+    let run = dir.path().join("run");
+    for args in [
+        vec!["score", "--data", &foreign, "--model", "default"],
+        vec!["train", "--data", &foreign, "--out", run.to_str().unwrap()],
+    ] {
+        let o = gatt(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let t = text(&o);
+        assert!(
+            t.contains("another vocabulary") && t.contains("49153 tokens"),
+            "{args:?}: {t}"
+        );
+    }
+    assert!(!run.exists(), "nothing written before the refusal");
+}

@@ -68,6 +68,22 @@ pub fn refuse_overwriting(
     gatt::dataset::refuse_overwriting_inputs(out, &inputs).map_err(|e| e.context(out_flag))
 }
 
+/// Refuses samples (`--data`) stamped with another vocabulary than `tokenizer`'s, the
+/// `--model`'s ([`gatt::dataset::TokenizerStamp`]); unstamped files (JSON lines, other
+/// tools' Parquet) pass.
+pub fn check_samples_tokenizer(
+    data: &std::path::Path,
+    tokenizer: &gatt::tokenizer::HfTokenizer,
+) -> Result<()> {
+    let Some(stamp) = gatt::dataset::read_stamp(data).map_err(|e| e.context("--data"))? else {
+        return Ok(());
+    };
+    let model = gatt::dataset::TokenizerStamp::of(tokenizer);
+    stamp
+        .check_against(&model, data)
+        .map_err(|e| e.context("--data and --model"))
+}
+
 /// `--template-arg KEY=VALUE`: keyword arguments of the chat template.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TemplateArgFlags {

@@ -67,6 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let device = gatt_runtime::device(&a.device).map_err(|e| e.context("--device"))?;
     let format = source.chat_format().map_err(|e| e.context("--model"))?;
+    super::check_samples_tokenizer(&a.data, &format.tokenizer)?;
     let mut model = gatt_runtime::load_model(&source, &device).map_err(|e| e.context("--model"))?;
     if let Some(ad) = &a.adapter {
         gatt_runtime::train::lora::load_peft(&mut model, ad, &device)

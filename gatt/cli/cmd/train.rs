@@ -203,7 +203,9 @@ pub fn run(args: Args) -> Result<()> {
             out.display()
         )));
     }
-    model_source("--model", &a.model)?;
+    let source = model_source("--model", &a.model)?;
+    let tokenizer = source.tokenizer().map_err(|e| e.context("--model"))?;
+    super::check_samples_tokenizer(&data, &tokenizer)?;
     let spec = RunSpec {
         data,
         model: a.model.clone(),

@@ -14,6 +14,7 @@ mod parquet;
 mod parquet_out;
 mod raw;
 mod samples;
+mod stamp;
 
 /// Where a record sits in its file: the file, its 0-based `row` (record index) and, in
 /// JSONL, its 1-based `line`; the place errors carry.
@@ -24,6 +25,7 @@ pub use atomic::{
 };
 pub use json::read_json;
 pub use lock::{FolderLock, LOCK_FILE};
+pub use stamp::{read_stamp, TokenizerStamp, TOKENIZER_KEY};
 
 use crate::dialogue::Dialogue;
 use crate::error::{Error, Result};
@@ -182,6 +184,14 @@ impl SampleWriter {
         })
     }
 
+    /// Stamps the file with the tokenizer its samples were made with ([`TokenizerStamp`]);
+    /// JSON lines have no place for it and are left as they are.
+    pub fn stamp(&mut self, stamp: &TokenizerStamp) {
+        if let SampleWriter::Parquet(w) = self {
+            w.stamp(stamp);
+        }
+    }
+
     /// Adds one sample, with its `n_tokens` and `n_loss_tokens`.
     ///
     /// # Errors
@@ -255,6 +265,16 @@ impl ExportWriter {
             }
         };
         Ok(ExportWriter { export, out })
+    }
+
+    /// Stamps the file with the tokenizer its samples were made with ([`TokenizerStamp`]):
+    /// gatt's samples and the tokenized export, in Parquet; other layouts hold text.
+    pub fn stamp(&mut self, stamp: &TokenizerStamp) {
+        match &mut self.out {
+            ExportOut::Samples(w) => w.stamp(stamp),
+            ExportOut::Tokenized(w) => w.stamp(stamp),
+            ExportOut::Jsonl(_) | ExportOut::PromptCompletion(_) => {}
+        }
     }
 
     /// Adds the samples of one record, in order.

@@ -63,6 +63,17 @@ impl ParquetFile {
         })
     }
 
+    /// The value of file-level key-value metadata `key`, if the file has one.
+    pub(super) fn key_value(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .key_value_metadata()
+            .as_ref()?
+            .iter()
+            .find(|kv| kv.key == key)?
+            .value
+            .as_deref()
+    }
+
     /// The number of rows of each row group, in order.
     fn group_rows(&self) -> Vec<usize> {
         self.metadata

@@ -592,3 +592,48 @@ fn a_value_that_cannot_be_read_refuses_only_its_record() {
     );
     assert!(e.to_string().contains("not UTF-8"), "{e}");
 }
+
+#[test]
+fn sample_files_carry_the_tokenizer_stamp_in_parquet_only() {
+    let stamp = TokenizerStamp {
+        vocab_sha256: "ab".repeat(32),
+        vocab_size: 49152,
+    };
+    let sample = MaskedSample {
+        id: "a".into(),
+        input_ids: vec![1, 2],
+        labels: vec![-100, 2],
+        attention_mask: vec![1, 1],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, stamped) in [("s.parquet", true), ("u.parquet", false), ("s.jsonl", true)] {
+        let path = dir.path().join(name);
+        let mut w = SampleWriter::create(&path, Format::from_path(&path).unwrap()).unwrap();
+        if stamped {
+            w.stamp(&stamp);
+        }
+        w.write(&sample).unwrap();
+        w.finish().unwrap();
+        let want = (name == "s.parquet").then(|| stamp.clone());
+        assert_eq!(read_stamp(&path).unwrap(), want, "{name}");
+        // The stamp changes nothing else: the samples read back the same.
+        assert_eq!(
+            read_samples(&path).unwrap(),
+            std::slice::from_ref(&sample),
+            "{name}"
+        );
+    }
+    // Another vocabulary is refused with both sizes; the same one passes.
+    let path = dir.path().join("s.parquet");
+    stamp.check_against(&stamp, &path).unwrap();
+    let other = TokenizerStamp {
+        vocab_sha256: "cd".repeat(32),
+        vocab_size: 32000,
+    };
+    let e = stamp.check_against(&other, &path).unwrap_err();
+    assert!(e.is_input());
+    assert!(
+        e.to_string().contains("49152 tokens") && e.to_string().contains("32000"),
+        "{e}"
+    );
+}

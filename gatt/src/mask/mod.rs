@@ -267,6 +267,11 @@ impl Masker {
         &self.tokenizer
     }
 
+    /// The stamp of that tokenizer, written into sample files.
+    pub fn tokenizer_stamp(&self) -> crate::dataset::TokenizerStamp {
+        crate::dataset::TokenizerStamp::of(&self.tokenizer)
+    }
+
     /// Masks one record (whose messages already carry the instruction where training
     /// wants it); every sample is verified before it is returned.
     ///

@@ -166,6 +166,10 @@ pub fn mask_to(
         .iter()
         .map(|o| ExportWriter::create(&o.path, o.format, o.export))
         .collect::<Result<Vec<_>>>()?;
+    let stamp = masker.tokenizer_stamp();
+    for w in &mut writers {
+        w.stamp(&stamp);
+    }
     let mut summary = Summary::default();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<MaskedRecord>>(WRITE_QUEUE);
     let written = std::thread::scope(|scope| -> Result<Vec<ExportWriter>, PipelineError> {

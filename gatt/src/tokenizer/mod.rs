@@ -249,6 +249,27 @@ pub fn gguf_token_text(content: &gguf_file::Content, key: &str) -> Option<String
     tokens.get(id)?.to_string().ok().cloned()
 }
 
+/// A hex sha256 of the vocabulary: every token's text and id, added tokens included, in
+/// id order. Two tokenizers with the same hash map ids to the same tokens, so samples
+/// tokenized by one train and score correctly under the other (a GGUF and the Hugging
+/// Face folder `gatt model export` writes from it agree).
+pub fn vocabulary_sha256(tok: &Tokenizer) -> String {
+    use sha2::{Digest, Sha256};
+    let mut pieces: Vec<(u32, String)> = tok
+        .get_vocab(true)
+        .into_iter()
+        .map(|(piece, id)| (id, piece))
+        .collect();
+    pieces.sort_unstable();
+    let mut h = Sha256::new();
+    for (id, piece) in &pieces {
+        h.update(id.to_le_bytes());
+        h.update((piece.len() as u64).to_le_bytes());
+        h.update(piece.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
 /// Ids of the special (added) tokens: text between them is tokenized independently.
 pub fn special_ids(tok: &Tokenizer) -> Vec<u32> {
     let mut ids: Vec<u32> = tok

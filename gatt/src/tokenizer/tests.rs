@@ -106,3 +106,17 @@ fn a_sentencepiece_vocabulary_with_split_rules_is_refused() {
     assert!(e.contains("tokenizer.ggml.pre = gpt-2"), "{e}");
     assert!(e.contains("SentencePiece"), "{e}");
 }
+
+#[test]
+fn the_vocabulary_hash_changes_with_any_token() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/golden/smollm2_tokenizer.json");
+    let tok = from_json_file(&path).unwrap();
+    let h = vocabulary_sha256(&tok);
+    assert_eq!(h.len(), 64);
+    assert_eq!(h, vocabulary_sha256(&tok.clone()));
+    let mut more = tok.clone();
+    more.add_tokens([tokenizers::AddedToken::from("<extra>", false)])
+        .unwrap();
+    assert_ne!(h, vocabulary_sha256(&more));
+}

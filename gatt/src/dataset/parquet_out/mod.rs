@@ -30,9 +30,9 @@ use polars_arrow::offset::{Offsets, OffsetsBuffer};
 use polars_arrow::types::NativeType;
 use polars_parquet::read::ParquetError;
 use polars_parquet::write::{
-    array_to_columns, get_dtype_encoding, CompressionOptions, Compressor, DynIter,
-    DynStreamingIterator, Encoding, FallibleStreamingIterator, FileWriter, ParquetType,
-    RowGroupIterColumns, StatisticsOptions, Version, WriteOptions,
+    array_to_columns, get_dtype_encoding, schema_to_metadata_key, CompressionOptions, Compressor,
+    DynIter, DynStreamingIterator, Encoding, FallibleStreamingIterator, FileWriter, KeyValue,
+    ParquetType, RowGroupIterColumns, StatisticsOptions, Version, WriteOptions,
 };
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -99,6 +99,8 @@ struct ParquetOut {
     /// The encodings of each column's leaves, chosen for the built types as polars does.
     encodings: Vec<Vec<Encoding>>,
     options: WriteOptions,
+    /// File-level key-value metadata written with the footer, besides the Arrow schema.
+    key_values: Vec<KeyValue>,
 }
 
 impl ParquetOut {
@@ -143,7 +145,17 @@ impl ParquetOut {
             built: columns.into_iter().map(|f| f.dtype).collect(),
             parquet,
             options,
+            key_values: Vec::new(),
         })
+    }
+
+    /// Sets file-level key-value metadata `key` (written with the footer).
+    fn set_key_value(&mut self, key: &str, value: String) {
+        self.key_values.retain(|kv| kv.key != key);
+        self.key_values.push(KeyValue {
+            key: key.to_string(),
+            value: Some(value),
+        });
     }
 
     /// Where the file appears.
@@ -189,8 +201,11 @@ impl ParquetOut {
     /// Writes the footer (with the stored Arrow schema) and moves the file into place.
     fn finish(mut self) -> Result<()> {
         let path = self.file.path().to_path_buf();
+        // The Arrow schema (which `end(None)` would write alone), then ours.
+        let mut key_values = vec![schema_to_metadata_key(self.writer.schema())];
+        key_values.append(&mut self.key_values);
         self.writer
-            .end(None)
+            .end(Some(key_values))
             .map_err(|e| failed(&path, &self.io_error, e))?;
         self.writer
             .into_inner()

@@ -34,6 +34,13 @@ pub struct SampleParquet {
 }
 
 impl SampleParquet {
+    /// Stamps the file with the tokenizer its samples were made with
+    /// ([`crate::dataset::TokenizerStamp`], written with the footer).
+    pub fn stamp(&mut self, stamp: &crate::dataset::TokenizerStamp) {
+        let json = serde_json::to_string(stamp).expect("a stamp serializes");
+        self.out.set_key_value(crate::dataset::TOKENIZER_KEY, json);
+    }
+
     /// A sample file at `path`, appearing there when [`SampleParquet::finish`] is called.
     pub fn create(path: &Path) -> Result<Self> {
         Ok(SampleParquet {
