@@ -14,6 +14,7 @@ use crate::pipeline::Synthesizer;
 use gatt::dataset::{read_all, read_json, write_json, DialogueWriter, Format};
 use gatt::{Error, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -63,6 +64,42 @@ fn fingerprint(s: &Synthesizer, provenance: Provenance) -> Fingerprint {
     }
 }
 
+/// The settings that differ between two fingerprints (as JSON), as `path: was -> now`
+/// (`options.seed: 1 -> 2`), a value cut at 60 characters.
+fn differences(was: &Value, now: &Value, path: &str, out: &mut Vec<String>) {
+    match (was, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                differences(
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    &sub,
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => {
+            let show = |v: &Value| {
+                let s = v.to_string();
+                match s.char_indices().nth(60) {
+                    Some((i, _)) => format!("{}...", &s[..i]),
+                    None => s,
+                }
+            };
+            out.push(format!("{path}: {} -> {}", show(a), show(b)));
+        }
+        _ => {}
+    }
+}
+
 /// True when `dir` holds a run (its `run.json`): only a resumed run may use it.
 pub fn holds_run(dir: &Path) -> bool {
     dir.join("run.json").exists()
@@ -98,10 +135,15 @@ pub fn run(
             )));
         }
         if old.fingerprint != fp {
+            let was = serde_json::to_value(&old.fingerprint).unwrap_or_default();
+            let now = serde_json::to_value(&fp).unwrap_or_default();
+            let mut changed = Vec::new();
+            differences(&was, &now, "", &mut changed);
             return Err(Error::input(format!(
-                "{}: resuming with different settings than the interrupted run (see its \
-                 run.json); rerun with the same settings",
-                dir.display()
+                "{}: resuming with different settings than the interrupted run (its \
+                 run.json): {}; rerun with the same settings",
+                dir.display(),
+                changed.join(", ")
             )));
         }
     }

@@ -176,6 +176,14 @@ fn crash_then_resume_equals_a_clean_run() {
     assert!(!dir.path().join("dialogues.jsonl").exists());
     // Without --resume the folder is refused; with it, the run completes.
     assert!(synth_to(dir.path(), Shard::default(), usize::MAX, false).is_err());
+    // A resume with other settings is refused, naming the setting that changed.
+    let other = Shard { index: 1, count: 2 };
+    let e = synth_to(dir.path(), other, usize::MAX, true).unwrap_err();
+    assert!(e.is_input(), "{e}");
+    assert!(
+        e.to_string().contains(r#"options.shard: "1/1" -> "1/2""#),
+        "{e}"
+    );
     synth_to(dir.path(), Shard::default(), usize::MAX, true).unwrap();
     let read = |d: &std::path::Path| std::fs::read(d.join("dialogues.jsonl")).unwrap();
     assert_eq!(read(dir.path()), read(clean_dir.path()));
