@@ -68,7 +68,14 @@ pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
     let raw: RawRecord = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let syntax = e.inner().is_syntax() || e.inner().is_eof();
-        if path == "." || syntax {
+        if text.starts_with('\u{feff}') {
+            Error::input(
+                "this line starts with a byte order mark (U+FEFF), which only the first line \
+                 of a file may carry: several files joined with `cat`? Remove the mark \
+                 (e.g. `sed -i 's/^\\xEF\\xBB\\xBF//' FILE`)",
+            )
+            .at(loc.clone())
+        } else if path == "." || syntax {
             Error::input(format!("invalid JSON record: {}", e.inner()))
                 .at(loc.clone())
                 .with_source(e.into_inner())
