@@ -178,6 +178,9 @@ mod tests {
             .locate(&[Message::user("user"), Message::assistant("ok")])
             .unwrap_err();
         assert_eq!(e.reason, SkipReason::TemplateAltersReply);
-        assert!(e.detail.contains("messages[0]") && e.detail.contains("2 times"), "{e}");
+        assert!(
+            e.detail.contains("messages[0]") && e.detail.contains("2 times"),
+            "{e}"
+        );
     }
 }

@@ -225,7 +225,8 @@ impl Model {
 
     /// Attention probabilities of one sequence, one tensor per layer, each
     /// heads x len x len (row i: how much position i attends to each position; rows sum
-    /// to 1, zero above the diagonal). For attention-to-instruction analyses.
+    /// to 1, zero above the diagonal), computed as [`Model::attention_summary`] computes
+    /// them. For attention-to-instruction analyses of short sequences.
     pub fn attention_maps(&self, ids: &[u32]) -> Result<Vec<Tensor>> {
         let mut maps = Vec::with_capacity(self.cfg.n_layer);
         self.probe(ids, Probe::Maps(&mut maps))?;
@@ -235,7 +236,10 @@ impl Model {
     /// The attention of one sequence (`ids`, one forward pass over the whole of it, no
     /// cache) reduced over layers and heads as each layer is computed: max and mean
     /// (len x len) and each head's attention mass on the key positions `keys` (see
-    /// [`AttentionSummary`] for the exact definitions). Memory: two len x len f32
+    /// [`AttentionSummary`] for the exact definitions). Every product is the f32 one
+    /// (quantized weights dequantized), as Hugging Face transformers computes it; decoding
+    /// multiplies 8-bit activations with the file's blocks, which moves probabilities by
+    /// up to about 0.02. Memory: two len x len f32
     /// matrices, plus one layer's probabilities (heads x len x len) while it is reduced.
     ///
     /// # Errors
@@ -246,8 +250,7 @@ impl Model {
         ids: &[u32],
         keys: std::ops::Range<usize>,
     ) -> Result<AttentionSummary> {
-        let mut summary =
-            AttentionSummary::new(ids.len(), self.cfg.n_layer, self.cfg.n_head, keys);
+        let mut summary = AttentionSummary::new(ids.len(), self.cfg.n_layer, self.cfg.n_head, keys);
         self.probe(ids, Probe::Summary(&mut summary, 0))?;
         Ok(summary)
     }
@@ -291,9 +294,11 @@ impl Model {
             .embed
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, hidden))?;
+        // A probe reads the f32 products (the file's blocks dequantized), as
+        // transformers computes them, not decoding's 8-bit activation products.
         let pass = Pass {
             dropout: self.dropout.as_ref(),
-            inference: !self.training && matches!(rows, Rows::Padded(_)),
+            inference: !self.training && matches!(rows, Rows::Padded(_)) && probe.is_none(),
         };
         let train = self.training;
         for (i, layer) in self.layers.iter().enumerate() {

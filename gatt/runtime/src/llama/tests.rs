@@ -542,7 +542,10 @@ fn attention_summary_is_the_reduction_of_the_maps() {
                 assert!((s.mean[i * n + j] - mean).abs() < 1e-6, "{arch} mean");
             }
             let row: f32 = s.mean[i * n..][..n].iter().sum();
-            assert!((row - 1.0).abs() < 1e-5, "{arch}: mean row {i} sums to {row}");
+            assert!(
+                (row - 1.0).abs() < 1e-5,
+                "{arch}: mean row {i} sums to {row}"
+            );
             for (l, layer) in maps.iter().enumerate() {
                 for (h, head) in layer.iter().enumerate() {
                     let want: f32 = keys.clone().filter(|&j| j <= i).map(|j| head[i][j]).sum();
