@@ -98,7 +98,8 @@ pub struct TokenMass {
     pub index: usize,
     /// Turn (0: before turn 1).
     pub turn: usize,
-    /// Its text.
+    /// Its text (in `tokens.csv` escaped as Rust's `escape_debug` does: `\n` for a
+    /// line break, `\\` for a backslash).
     pub piece: String,
     /// Max over layers and heads of its mass on the instruction.
     pub mass_max: f32,
@@ -325,7 +326,7 @@ fn tokens_csv(figures: &[Figure]) -> String {
                 field(&f.model),
                 q.index,
                 q.turn,
-                field(&q.piece),
+                field(&q.piece.escape_debug().to_string()),
                 q.mass_max,
                 q.mass_mean
             );
@@ -641,6 +642,7 @@ mod tests {
         };
         let mut l = layout();
         l.pieces[4] = "a,\"b".into();
+        l.pieces[5] = "\n".into();
         let f = figure("base <m>", &l, &r, 4).unwrap();
         let dir = tempfile::tempdir().unwrap();
         write_figures(&[f], serde_json::json!({"id": "d1"}), dir.path()).unwrap();
@@ -650,8 +652,9 @@ mod tests {
         .unwrap();
         assert_eq!(doc["figures"][0]["turns"][1]["turn"], 2);
         let tokens = std::fs::read_to_string(dir.path().join("tokens.csv")).unwrap();
-        assert!(tokens.contains("\"a,\"\"b\""), "{tokens}");
+        assert!(tokens.contains(r#""a,\""b""#), "{tokens}");
         assert_eq!(tokens.lines().count(), 1 + 5);
+        assert!(tokens.contains(",\\n,"), "{tokens}");
         let page = std::fs::read_to_string(dir.path().join("attention.html")).unwrap();
         assert!(page.contains("base &lt;m&gt;") && !page.contains("http://www.w3.org/1999"));
         assert!(!page.contains("<script") && !page.contains("src=\"http"));

@@ -217,9 +217,8 @@ fn find_dialogue(input: &Path, id: Option<&str>) -> Result<(Location, Dialogue)>
     for record in gatt::dataset::read_dialogues(input).map_err(|e| e.context("--input"))? {
         let (at, d) = record.map_err(|e| e.context("--input"))?;
         match id {
-            None => return Ok((at, d)),
-            Some(id) if d.id == id => return Ok((at, d)),
-            Some(_) => seen += 1,
+            Some(id) if d.id != id => seen += 1,
+            _ => return Ok((at.with_id(d.id.clone()), d)),
         }
     }
     Err(match id {
