@@ -46,6 +46,14 @@ enum Rows<'a> {
     Packed(&'a [usize]),
 }
 
+/// What a layer's attention keeps besides its output: the keys and values (a cache), or
+/// its probabilities (a probe, which runs without a cache).
+enum Side<'a, 'p> {
+    Nothing,
+    Cache(&'a mut KvCache, DType),
+    Probe(&'a mut Probe<'p>),
+}
+
 struct RmsNorm {
     weight: Tensor,
     eps: f32,
@@ -302,15 +310,18 @@ impl Model {
         };
         let train = self.training;
         for (i, layer) in self.layers.iter().enumerate() {
-            let kv = cache.as_deref_mut().map(|c| (&mut c.kv[i], c.dtype));
+            let side = match (cache.as_deref_mut(), probe.as_deref_mut()) {
+                (Some(c), _) => Side::Cache(&mut c.kv[i], c.dtype),
+                (None, Some(p)) => Side::Probe(p),
+                (None, None) => Side::Nothing,
+            };
             let h = self.attention(
                 layer,
                 &layer.attn_norm.forward(&x, train)?,
                 (&cos, &sin),
                 rows,
-                kv,
+                side,
                 pass,
-                probe.as_deref_mut(),
             )?;
             x = (x + h)?;
             let h = layer
@@ -330,10 +341,14 @@ impl Model {
         x: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
         rows: Rows,
-        kv: Option<(&mut KvCache, DType)>,
+        side: Side,
         pass: Pass,
-        mut probe: Option<&mut Probe>,
     ) -> Result<Tensor> {
+        let (kv, mut probe) = match side {
+            Side::Cache(kv, dtype) => (Some((kv, dtype)), None),
+            Side::Probe(p) => (None, Some(p)),
+            Side::Nothing => (None, None),
+        };
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
         let (angles, il, train) = ((cos, sin), self.cfg.rope_interleaved, self.training);
