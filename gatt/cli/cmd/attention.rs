@@ -39,9 +39,17 @@ pub const DEFAULT_MAX_TOKENS: usize = 4096;
 ///     the turn's tokens after the instruction (turn_mass_*) and over its reply's content
 ///     tokens (reply_mass_*; the chart).
 ///
-/// Writes into --out: attention.html (heatmaps and per-turn curves, opens offline),
-/// attention.json (definition, inputs, heatmaps, per-turn values), turns.csv and
-/// tokens.csv (every later token's mass).
+/// Every model reads the same messages (the record's replies, whoever wrote them), so
+/// base and tuned are compared on the same text.
+///
+/// Writes into --out: attention.html (heatmaps, white 0 to dark blue 1, and per-turn
+/// curves; opens offline), attention.json (definition, inputs, heatmaps, per-turn
+/// values), turns.csv and tokens.csv (every later token's mass).
+///
+/// Refused (exit 2, naming file, line, record and field): an --id not in the file, a
+/// record without an instruction, or whose `instruction` is in neither the system nor
+/// the first user message, one the template renders in ways the masker refuses, one
+/// longer than --max-tokens or the model's context.
 ///
 /// Examples:
 ///   gatt attention --input eval/dialogues.jsonl --id eval-00003 --out att
