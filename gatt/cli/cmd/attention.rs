@@ -78,8 +78,9 @@ pub struct Args {
     /// Later tokens per heatmap column (bins never straddle a turn).
     #[arg(long, default_value_t = 8)]
     pub bin: usize,
-    /// Longest rendered dialogue read, in tokens (memory grows with its square: about
-    /// 8 x heads x tokens² bytes at the peak, 1.2 GB for the default model at 4096).
+    /// Longest rendered dialogue read, in tokens (the attention's memory grows with its
+    /// square: about 8 x heads x tokens² bytes at the peak, 1.2 GB for the default model
+    /// at 4096, beside the model in f32).
     #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
     pub max_tokens: usize,
     /// cpu, or cuda (build with --features cuda).
