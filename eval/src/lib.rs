@@ -16,6 +16,7 @@
 
 #![deny(missing_docs)]
 
+pub mod attention;
 pub mod checks;
 pub mod evaluate;
 pub mod judge;

@@ -8,7 +8,7 @@
 
 mod html;
 mod markdown;
-mod svg;
+pub(crate) mod svg;
 mod tables;
 
 use crate::checks::{Undecided, Verdict};

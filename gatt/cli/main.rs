@@ -51,6 +51,7 @@ enum Command {
     Templates(cmd::templates::Args),
     Train(cmd::train::Args),
     Score(cmd::score::Args),
+    Attention(cmd::attention::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
         Command::Report(a) => cmd::report::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Score(a) => cmd::score::run(a),
+        Command::Attention(a) => cmd::attention::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

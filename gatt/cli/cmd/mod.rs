@@ -1,3 +1,4 @@
+pub mod attention;
 pub mod backend;
 pub mod constraints;
 pub mod eval;

@@ -253,3 +253,65 @@ fn kept_conversation_caches_change_no_reply() {
         "{computed} {reused}"
     );
 }
+
+#[derive(serde::Deserialize)]
+struct TransformersAttention {
+    input_ids: Vec<u32>,
+    keys: [usize; 2],
+    layers: usize,
+    heads: usize,
+    max: Vec<f32>,
+    mean: Vec<f32>,
+    mass_max: Vec<f32>,
+    mass_mean: Vec<f32>,
+}
+
+/// The attention summary equals transformers' `output_attentions=True` (eager attention,
+/// float32) on the default model, reduced the same way by
+/// `scripts/golden/make_attention_fixture.py`.
+#[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
+fn attention_summary_matches_transformers_output_attentions() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/golden/transformers_attention.json"
+    );
+    let want: TransformersAttention =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let source = ModelSource::resolve("default").unwrap();
+    let m = gatt_runtime::load_model(&source, &candle_core::Device::Cpu).unwrap();
+    let keys = want.keys[0]..want.keys[1];
+    let s = m.attention_summary(&want.input_ids, keys).unwrap();
+    assert_eq!((s.layers, s.heads), (want.layers, want.heads));
+    let n = s.len;
+    assert_eq!(n * n, want.max.len());
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        worst(&s.max, &want.max) < 1e-4,
+        "max: {}",
+        worst(&s.max, &want.max)
+    );
+    assert!(worst(&s.mean, &want.mean) < 1e-4, "mean");
+    let per_query = |f: fn(&[f32]) -> f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let col: Vec<f32> = s.mass.iter().skip(i).step_by(n).copied().collect();
+                f(&col)
+            })
+            .collect()
+    };
+    let mass_max = per_query(|c| c.iter().copied().fold(0f32, f32::max));
+    let mass_mean = per_query(|c| c.iter().sum::<f32>() / c.len() as f32);
+    assert!(worst(&mass_max, &want.mass_max) < 1e-4, "mass max");
+    assert!(worst(&mass_mean, &want.mass_mean) < 1e-4, "mass mean");
+    // Not trivially equal: the instruction draws attention somewhere, not everywhere.
+    assert!(want.mass_max.iter().any(|&x| x > 0.1));
+}

@@ -16,11 +16,13 @@ mod align;
 mod content;
 mod cut;
 pub mod export;
+mod located;
 pub mod pipeline;
 mod spans;
 mod special;
 
 pub use cut::CutReplies;
+pub use located::{Located, MessagePlace};
 pub use special::SpecialText;
 
 use crate::dialogue::{Dialogue, Message, Purpose, Role};

@@ -185,7 +185,6 @@ impl Model {
             device: device.clone(),
             training: false,
             dropout: None,
-            captured: Mutex::new(None),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod hf;
 mod inputs;
 mod linear;
 mod load;
+mod probe;
 mod weights;
 
 use crate::kernels::{decode_attention, norm, packed_attention, rope, softmax, swiglu};
@@ -27,6 +28,8 @@ pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};
 pub use linear::{Dropout, Lora, Weights};
 use linear::{Linear, Pass};
 pub(crate) use load::{SourceTensor, TensorSource};
+pub use probe::AttentionSummary;
+use probe::Probe;
 pub use weights::{module_of, WeightKind, LINEAR_NAMES};
 
 use candle_core::{DType, Device, Result, Tensor};
@@ -41,6 +44,14 @@ enum Rows<'a> {
     Padded(&'a [usize]),
     /// One row holding the sequences end to end, of these lengths (training on the CPU).
     Packed(&'a [usize]),
+}
+
+/// What a layer's attention keeps besides its output: the keys and values (a cache), or
+/// its probabilities (a probe, which runs without a cache).
+enum Side<'a, 'p> {
+    Nothing,
+    Cache(&'a mut KvCache, DType),
+    Probe(&'a mut Probe<'p>),
 }
 
 struct RmsNorm {
@@ -105,8 +116,6 @@ pub struct Model {
     device: Device,
     training: bool,
     dropout: Option<Mutex<Dropout>>,
-    /// When set, every layer's attention probabilities are collected here.
-    captured: Mutex<Option<Vec<Tensor>>>,
 }
 
 fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
@@ -184,7 +193,7 @@ impl Model {
         cache: &mut Cache,
     ) -> Result<Tensor> {
         let t = tokens.dim(1)?;
-        let x = self.hidden(tokens, positions, Rows::Padded(pad), Some(cache))?;
+        let x = self.hidden(tokens, positions, Rows::Padded(pad), Some(cache), None)?;
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
         let pass = Pass {
             dropout: None,
@@ -203,7 +212,7 @@ impl Model {
         positions: &Tensor,
         pad: &[usize],
     ) -> Result<Tensor> {
-        self.hidden(tokens, positions, Rows::Padded(pad), None)
+        self.hidden(tokens, positions, Rows::Padded(pad), None, None)
     }
 
     /// Final hidden states (1 x T x hidden) of sequences packed end to end in one row
@@ -219,23 +228,55 @@ impl Model {
         if !self.device.is_cpu() {
             candle_core::bail!("packed sequences need the CPU; pad them on other devices")
         }
-        self.hidden(tokens, positions, Rows::Packed(segments), None)
+        self.hidden(tokens, positions, Rows::Packed(segments), None, None)
     }
 
     /// Attention probabilities of one sequence, one tensor per layer, each
     /// heads x len x len (row i: how much position i attends to each position; rows sum
-    /// to 1, zero above the diagonal). For attention-to-instruction analyses.
+    /// to 1, zero above the diagonal), computed as [`Model::attention_summary`] computes
+    /// them. For attention-to-instruction analyses of short sequences.
     pub fn attention_maps(&self, ids: &[u32]) -> Result<Vec<Tensor>> {
-        *self.captured.lock().expect("capture lock") = Some(Vec::new());
+        let mut maps = Vec::with_capacity(self.cfg.n_layer);
+        self.probe(ids, Probe::Maps(&mut maps))?;
+        Ok(maps)
+    }
+
+    /// The attention of one sequence (`ids`, one forward pass over the whole of it, no
+    /// cache) reduced over layers and heads as each layer is computed: max and mean
+    /// (len x len) and each head's attention mass on the key positions `keys` (see
+    /// [`AttentionSummary`] for the exact definitions). Every product is the f32 one
+    /// (quantized weights dequantized), as Hugging Face transformers computes it; decoding
+    /// multiplies 8-bit activations with the file's blocks, which moves probabilities by
+    /// up to about 0.02. Memory: two len x len f32
+    /// matrices, plus one layer's probabilities (heads x len x len) while it is reduced.
+    ///
+    /// # Errors
+    ///
+    /// An empty sequence, or one longer than the model's context.
+    pub fn attention_summary(
+        &self,
+        ids: &[u32],
+        keys: std::ops::Range<usize>,
+    ) -> Result<AttentionSummary> {
+        let mut summary = AttentionSummary::new(ids.len(), self.cfg.n_layer, self.cfg.n_head, keys);
+        self.probe(ids, Probe::Summary(&mut summary, 0))?;
+        Ok(summary)
+    }
+
+    /// One forward pass over `ids` alone that hands every layer's attention
+    /// probabilities to `probe`.
+    fn probe(&self, ids: &[u32], mut probe: Probe) -> Result<()> {
+        if ids.is_empty() || ids.len() > self.cfg.context_length {
+            candle_core::bail!(
+                "attention of {} tokens: the model reads 1 to {} (its context)",
+                ids.len(),
+                self.cfg.context_length
+            )
+        }
         let p = pad_prompts(&[ids.to_vec()], 0, &self.device)?;
-        let result = self.hidden(&p.tokens, &p.positions, Rows::Padded(&p.pad), None);
-        let maps = self
-            .captured
-            .lock()
-            .expect("capture lock")
-            .take()
-            .unwrap_or_default();
-        result.map(|_| maps)
+        let rows = Rows::Padded(&p.pad);
+        self.hidden(&p.tokens, &p.positions, rows, None, Some(&mut probe))?;
+        Ok(())
     }
 
     /// Output projection of hidden-state rows (n x hidden) to logits (n x vocab).
@@ -249,6 +290,7 @@ impl Model {
         positions: &Tensor,
         rows: Rows,
         mut cache: Option<&mut Cache>,
+        mut probe: Option<&mut Probe>,
     ) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let half = self.cfg.head_dim / 2;
@@ -260,19 +302,25 @@ impl Model {
             .embed
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((b, t, hidden))?;
+        // A probe reads the f32 products (the file's blocks dequantized), as
+        // transformers computes them, not decoding's 8-bit activation products.
         let pass = Pass {
             dropout: self.dropout.as_ref(),
-            inference: !self.training && matches!(rows, Rows::Padded(_)),
+            inference: !self.training && matches!(rows, Rows::Padded(_)) && probe.is_none(),
         };
         let train = self.training;
         for (i, layer) in self.layers.iter().enumerate() {
-            let kv = cache.as_deref_mut().map(|c| (&mut c.kv[i], c.dtype));
+            let side = match (cache.as_deref_mut(), probe.as_deref_mut()) {
+                (Some(c), _) => Side::Cache(&mut c.kv[i], c.dtype),
+                (None, Some(p)) => Side::Probe(p),
+                (None, None) => Side::Nothing,
+            };
             let h = self.attention(
                 layer,
                 &layer.attn_norm.forward(&x, train)?,
                 (&cos, &sin),
                 rows,
-                kv,
+                side,
                 pass,
             )?;
             x = (x + h)?;
@@ -293,9 +341,14 @@ impl Model {
         x: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
         rows: Rows,
-        kv: Option<(&mut KvCache, DType)>,
+        side: Side,
         pass: Pass,
     ) -> Result<Tensor> {
+        let (kv, mut probe) = match side {
+            Side::Cache(kv, dtype) => (Some((kv, dtype)), None),
+            Side::Probe(p) => (None, Some(p)),
+            Side::Nothing => (None, None),
+        };
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim);
         let (angles, il, train) = ((cos, sin), self.cfg.rope_interleaved, self.training);
@@ -319,8 +372,7 @@ impl Model {
             }
         };
         let kv_len = k.dim(2)?;
-        let capturing = self.captured.lock().expect("capture lock").is_some();
-        if cached && !self.training && !capturing && x.device().is_cpu() {
+        if cached && !self.training && x.device().is_cpu() {
             // Prompts and decoding steps alike, row by row: a position computes the same
             // numbers whether its prompt is prefilled whole, in parts, or decoded.
             let y = decode_attention::causal_rows(&q, &k, &v, pad, scale as f32)?;
@@ -350,8 +402,8 @@ impl Model {
             let vs = v.narrow(0, s, 1)?.narrow(2, p, n_k)?.squeeze(0)?;
             let scores = matmul(&qs, &ks.t()?)?;
             let att = softmax::causal(&scores, n_q, scale, self.training)?;
-            if let Some(maps) = self.captured.lock().expect("capture lock").as_mut() {
-                maps.push(att.reshape((nh, n_q, n_k))?.detach());
+            if let Some(probe) = probe.as_deref_mut() {
+                probe.record(&att.reshape((nh, n_q, n_k))?)?;
             }
             // The CPU product reads the cache in place; others want it contiguous.
             let vs = if vs.device().is_cpu() {

@@ -514,3 +514,57 @@ fn hostile_metadata_is_refused_naming_the_key() {
         assert!(e.contains(says), "{key} = {value:?}: {e}");
     }
 }
+
+/// The summary reduced layer by layer equals the plain reduction of every layer's maps:
+/// max and mean over layers and heads, and each head's mass on the key span.
+#[test]
+fn attention_summary_is_the_reduction_of_the_maps() {
+    for arch in ["llama", "qwen2"] {
+        let m = load(arch);
+        let ids = [3u32, 17, 5, 42, 9, 11, 60, 2, 33];
+        let n = ids.len();
+        let keys = 2..5;
+        let maps: Vec<Vec<Vec<Vec<f32>>>> = m
+            .attention_maps(&ids)
+            .unwrap()
+            .iter()
+            .map(|a| a.to_vec3::<f32>().unwrap())
+            .collect();
+        let s = m.attention_summary(&ids, keys.clone()).unwrap();
+        let (nl, nh) = (m.cfg.n_layer, m.cfg.n_head);
+        assert_eq!((s.len, s.layers, s.heads), (n, nl, nh));
+        for i in 0..n {
+            for j in 0..n {
+                let all = maps.iter().flat_map(|l| l.iter().map(move |h| h[i][j]));
+                let max = all.clone().fold(0f32, f32::max);
+                let mean = all.sum::<f32>() / (nl * nh) as f32;
+                assert_eq!(s.max[i * n + j], max, "{arch} max[{i}][{j}]");
+                assert!((s.mean[i * n + j] - mean).abs() < 1e-6, "{arch} mean");
+            }
+            let row: f32 = s.mean[i * n..][..n].iter().sum();
+            assert!(
+                (row - 1.0).abs() < 1e-5,
+                "{arch}: mean row {i} sums to {row}"
+            );
+            for (l, layer) in maps.iter().enumerate() {
+                for (h, head) in layer.iter().enumerate() {
+                    let want: f32 = keys.clone().filter(|&j| j <= i).map(|j| head[i][j]).sum();
+                    let got = s.mass[(l * nh + h) * n + i];
+                    assert!((got - want).abs() < 1e-6, "{arch} mass[{l}][{h}][{i}]");
+                }
+            }
+        }
+        // Queries before the span put no mass on it; the first token sees only itself.
+        assert!(s.mass.chunks(n).all(|q| q[..2].iter().all(|&x| x == 0.0)));
+        assert_eq!(s.max[0], 1.0);
+    }
+}
+
+#[test]
+fn attention_summary_refuses_empty_and_too_long_sequences() {
+    let m = load("llama");
+    assert!(m.attention_summary(&[], 0..0).is_err());
+    let long = vec![1u32; m.cfg.context_length + 1];
+    let e = m.attention_summary(&long, 0..1).unwrap_err().to_string();
+    assert!(e.contains(&m.cfg.context_length.to_string()), "{e}");
+}
