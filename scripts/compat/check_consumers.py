@@ -434,9 +434,56 @@ def cmd_axolotl(root, model_dir):
                 axo_train(name, config, model_dir, want)
 
 
+# ---------------------------------------------------------------- Unsloth
+
+
+def cmd_unsloth(root, model_dir):
+    import unsloth  # first, as Unsloth asks: it patches transformers and TRL
+    from unsloth import FastLanguageModel
+
+    import datasets
+    import torch
+    import transformers
+    import trl
+    from trl import SFTConfig, SFTTrainer
+
+    print(f"unsloth {unsloth.__version__}, transformers {transformers.__version__}, "
+          f"trl {trl.__version__}, datasets {datasets.__version__}, torch {torch.__version__}, "
+          f"cuda available: {torch.cuda.is_available()}")
+    torch.set_num_threads(2)
+    want = gatt_rows(root, "gatt")
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=model_dir, dtype=torch.float32, load_in_4bit=False, full_finetuning=True,
+        max_seq_length=4096,
+    )
+    tokenized = datasets.load_dataset(
+        "parquet", data_files=os.path.join(root, "gatt", "tokenized.parquet"), split="train"
+    ).select(range(ROWS * 2))
+    name = "Unsloth (FastLanguageModel + TRL SFTTrainer), gatt/tokenized.parquet"
+    with tempfile.TemporaryDirectory() as out:
+        rec = Recorder()
+        try:
+            t = SFTTrainer(
+                model=model,
+                processing_class=tok,
+                train_dataset=tokenized,
+                args=SFTConfig(
+                    output_dir=out, per_device_train_batch_size=ROWS, max_steps=2,
+                    learning_rate=1e-4, lr_scheduler_type="constant", logging_steps=1,
+                    save_strategy="no", report_to=[], seed=0, bf16=False, fp16=False,
+                    max_length=4096,
+                ),
+            )
+            t.train()
+        finally:
+            rec.close()
+    judge_train(name, rec.recorded, model_dir, want)
+
+
 def main():
-    if len(sys.argv) >= 4 and sys.argv[1] in ("llamafactory", "axolotl"):
-        {"llamafactory": cmd_llamafactory, "axolotl": cmd_axolotl}[sys.argv[1]](sys.argv[2], sys.argv[3])
+    cmds = {"llamafactory": cmd_llamafactory, "axolotl": cmd_axolotl, "unsloth": cmd_unsloth}
+    if len(sys.argv) >= 4 and sys.argv[1] in cmds:
+        cmds[sys.argv[1]](sys.argv[2], sys.argv[3])
     else:
         print(__doc__)
         sys.exit(2)
