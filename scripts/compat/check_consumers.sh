@@ -4,7 +4,8 @@
 # final reply only) with a step-1 loss equal to the cross-entropy over gatt's labels
 # (scripts/compat/check_consumers.py says what is checked).
 #
-#   scripts/compat/check_consumers.sh [llamafactory|axolotl|all]     (default: all)
+#   scripts/compat/check_consumers.sh [llamafactory|axolotl|unsloth|all]   (default: all =
+#                                                                  llamafactory and axolotl)
 #
 # Venvs under $COMPAT_VENVS (default ~/.cache/gatt/venvs), created when missing:
 #   llamafactory   LLaMA-Factory 0.9.5 and its pins (transformers 5.6, datasets 4.0, trl 0.24)
@@ -14,6 +15,10 @@
 # flash attention, torchvision) and takes torch (and what the pins leave out) from the
 # `compat` venv of check_exports.sh through a .pth file: one CUDA build of torch on disk,
 # run on the CPU. Needs no GPU.
+#   unsloth        Unsloth 2026.10.9 and unsloth_zoo (--no-deps) over the axolotl venv
+#                  (transformers 5.16.1 and TRL 1.9 are within Unsloth's pins); Unsloth
+#                  falls back to CPU training when no GPU is found (one step took 11 minutes
+#                  on 2 shared cores)
 set -euo pipefail
 MODE="${1:-all}"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -31,7 +36,12 @@ for c in "${consumers[@]}"; do
     if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
         site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-        echo "import site; site.addsitedir('$COMPAT_SITE')" > "$site/zz_compat.pth"
+        base="$COMPAT_SITE"
+        if [ "$c" = unsloth ]; then
+            [ -x "$V/axolotl/bin/python" ] || { echo "unsloth needs the axolotl venv: run with axolotl first" >&2; exit 2; }
+            base="$("$V/axolotl/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+        fi
+        echo "import site; site.addsitedir('$base')" > "$site/zz_compat.pth"
         "$venv/bin/pip" install -q --no-deps -r "$HERE/requirements-$c.txt"
     fi
 done
@@ -61,7 +71,7 @@ for c in "${consumers[@]}"; do
     rc=0
     (cd "$D" && "$V/$c/bin/python" "$HERE/check_consumers.py" "$c" "$D" "$D/model") \
         > "$D/$c.log" 2>&1 || rc=$?
-    grep -E '^(ok|FAIL|note|[0-9]+ failed|llamafactory |axolotl |the model|dataset_info|datasets:|tokenized_path)' "$D/$c.log" \
+    grep -E '^(ok|FAIL|note|[0-9]+ failed|llamafactory |axolotl |unsloth |the model|dataset_info|datasets:|tokenized_path)' "$D/$c.log" \
         | sed "s#$D#\$D#g"
     if [ "$rc" != 0 ]; then status=1; tail -30 "$D/$c.log"; echo "exit $rc"; fi
 done
