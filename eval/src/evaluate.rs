@@ -5,7 +5,7 @@
 //! Progress goes through [`Progress`], phase by phase, so that a caller can show bars.
 
 use crate::judge::{judge_dialogues, verdict_params};
-use crate::protocol::{run_protocol, score_dialogue, ProtocolOptions, ScoredTurn};
+use crate::protocol::{has_instruction, run_protocol, score_dialogue, ProtocolOptions, ScoredTurn};
 use crate::report::Report;
 use gatt::backend::ChatBackend;
 use gatt::catalog::Catalog;
@@ -101,6 +101,11 @@ where
 /// them; `judge`, when given, adds its verdicts. The report's `meta` records the version,
 /// the input and the judge.
 ///
+/// Records with an instruction (the `instruction` field or a system message) but no
+/// `constraints` cannot be checked: they are left out, counted in the report's
+/// `meta.not_scored.instruction_without_constraints` with their first ids in
+/// `meta.not_scored.ids`.
+///
 /// # Errors
 ///
 /// An input error when the file cannot be read or gives nothing to check (no record
@@ -120,8 +125,8 @@ pub fn evaluate_file(
     if rows.is_empty() {
         return Err(Error::input(format!(
             "{}: nothing to check: no record has `constraints` and an answered turn \
-             (records with neither constraints nor an instruction are checked for \
-             answering in the user's language)",
+             (records with neither constraints nor an instruction, in the `instruction` \
+             field or a system message, are checked for answering in the user's language)",
             input.display()
         )));
     }
@@ -129,9 +134,23 @@ pub fn evaluate_file(
         "gatt_version": env!("CARGO_PKG_VERSION"),
         "input": input.display().to_string(),
     });
+    let unscorable: Vec<&str> = dialogues
+        .iter()
+        .filter(|d| d.constraints.is_empty() && has_instruction(d))
+        .map(|d| d.id.as_str())
+        .collect();
+    if !unscorable.is_empty() {
+        meta["not_scored"] = json!({
+            "instruction_without_constraints": unscorable.len(),
+            "ids": unscorable.iter().take(NOT_SCORED_IDS).collect::<Vec<_>>(),
+        });
+    }
     add_judge(judge, &dialogues, catalog, &mut rows, &mut meta, progress)?;
     Ok(Report::from_scored(&rows, meta))
 }
+
+/// How many ids of records left out [`evaluate_file`] names in `meta.not_scored.ids`.
+pub const NOT_SCORED_IDS: usize = 5;
 
 /// Adds `judge`'s verdicts on `dialogues` to `rows` and names the judge in `meta`.
 fn add_judge(
@@ -358,6 +377,48 @@ mod tests {
         let r = evaluate_file(&path, None, &Catalog::builtin(), &()).unwrap();
         assert_eq!(r.kinds, ["user_language"]);
         assert_eq!((r.counts.pass, r.counts.fail), (1, 0), "{:?}", r.counts);
+    }
+
+    /// A mixed file: a GAtt record, an instruction-free one, and two with an instruction
+    /// but no constraints (in the field, in a system message only). The system message's
+    /// French must not be checked against the user's English; both are left out, named.
+    #[test]
+    fn records_with_an_instruction_but_no_constraints_are_left_out_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let q = "Why is the sky blue during the day, and why does it turn red at sunset?";
+        let en = "The sky is blue because the air scatters blue sunlight more than red light.";
+        let fr =
+            "Le ciel est bleu parce que l'air diffuse la lumière bleue bien plus que la rouge.";
+        let lines = [
+            json!({"id": "gatt", "constraints": [{"kind": "language", "value": "French"}],
+                   "instruction": "Always answer in French.",
+                   "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": fr}]}),
+            json!({"id": "plain", "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": en}]}),
+            json!({"id": "field", "instruction": "Always answer in French.",
+                   "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": fr}]}),
+            json!({"id": "system", "messages": [{"role": "system", "content": "Always answer in French."},
+                   {"role": "user", "content": q}, {"role": "assistant", "content": fr}]}),
+        ];
+        let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+        std::fs::write(&path, text.join("\n")).unwrap();
+        let r = evaluate_file(&path, None, &Catalog::builtin(), &()).unwrap();
+        assert_eq!((r.counts.pass, r.counts.fail), (2, 0), "{:?}", r.counts);
+        assert_eq!(r.counts.dialogues, 2);
+        assert_eq!(r.meta["not_scored"]["instruction_without_constraints"], 2);
+        assert_eq!(r.meta["not_scored"]["ids"], json!(["field", "system"]));
+        let md = crate::report::markdown::render(&r);
+        assert!(
+            md.contains("Records not scored: 2") && md.contains("field, system"),
+            "{md}"
+        );
+        // Only such records: nothing to check, said so.
+        std::fs::write(&path, &text[3]).unwrap();
+        let e = evaluate_file(&path, None, &Catalog::builtin(), &()).unwrap_err();
+        assert!(
+            e.is_input() && e.to_string().contains("system message"),
+            "{e}"
+        );
     }
 
     #[test]

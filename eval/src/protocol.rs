@@ -15,7 +15,7 @@ mod plan;
 mod score;
 
 pub use plan::{phrase, pick_constraints, DialoguePlan};
-pub use score::{score_dialogue, ScoredTurn, UNKNOWN_MODEL};
+pub use score::{has_instruction, score_dialogue, ScoredTurn, UNKNOWN_MODEL};
 
 use gatt::backend::{ChatBackend, Request, SamplingParams};
 use gatt::catalog::Catalog;

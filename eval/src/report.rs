@@ -7,7 +7,7 @@
 //! or is removed (adding a field does not change it).
 
 mod html;
-mod markdown;
+pub(crate) mod markdown;
 pub(crate) mod svg;
 mod tables;
 

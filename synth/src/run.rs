@@ -65,10 +65,11 @@ fn fingerprint(s: &Synthesizer, provenance: Provenance) -> Fingerprint {
 }
 
 /// The settings that differ between two fingerprints (as JSON), as `path: was -> now`
-/// (`options.seed: 1 -> 2`), a value cut at 60 characters.
-fn differences(was: &Value, now: &Value, path: &str, out: &mut Vec<String>) {
+/// (`options.seed: 1 -> 2`), a value cut at 60 characters; a setting one side lacks
+/// (left out at its default, e.g. `plain_share` 0) shows as `(not set)`.
+fn differences(was: Option<&Value>, now: Option<&Value>, path: &str, out: &mut Vec<String>) {
     match (was, now) {
-        (Value::Object(a), Value::Object(b)) => {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
             keys.sort();
             keys.dedup();
@@ -78,16 +79,14 @@ fn differences(was: &Value, now: &Value, path: &str, out: &mut Vec<String>) {
                 } else {
                     format!("{path}.{k}")
                 };
-                differences(
-                    a.get(k).unwrap_or(&Value::Null),
-                    b.get(k).unwrap_or(&Value::Null),
-                    &sub,
-                    out,
-                );
+                differences(a.get(k), b.get(k), &sub, out);
             }
         }
         (a, b) if a != b => {
-            let show = |v: &Value| {
+            let show = |v: Option<&Value>| {
+                let Some(v) = v else {
+                    return "(not set)".to_string();
+                };
                 let s = v.to_string();
                 match s.char_indices().nth(60) {
                     Some((i, _)) => format!("{}...", &s[..i]),
@@ -98,6 +97,17 @@ fn differences(was: &Value, now: &Value, path: &str, out: &mut Vec<String>) {
         }
         _ => {}
     }
+}
+
+/// What [`differences`] finds between two fingerprints, joined; when the JSON forms agree
+/// though the settings differ, a pointer to `run.json`.
+fn changed_settings(was: &Value, now: &Value) -> String {
+    let mut changed = Vec::new();
+    differences(Some(was), Some(now), "", &mut changed);
+    if changed.is_empty() {
+        return "see its `fingerprint`".to_string();
+    }
+    changed.join(", ")
 }
 
 /// True when `dir` holds a run (its `run.json`): only a resumed run may use it.
@@ -137,13 +147,11 @@ pub fn run(
         if old.fingerprint != fp {
             let was = serde_json::to_value(&old.fingerprint).unwrap_or_default();
             let now = serde_json::to_value(&fp).unwrap_or_default();
-            let mut changed = Vec::new();
-            differences(&was, &now, "", &mut changed);
             return Err(Error::input(format!(
                 "{}: resuming with different settings than the interrupted run (its \
                  run.json): {}; rerun with the same settings",
                 dir.display(),
-                changed.join(", ")
+                changed_settings(&was, &now)
             )));
         }
     }
@@ -205,4 +213,32 @@ pub fn run(
         seconds,
         gate,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changed_settings_name_each_path_and_settings_left_out() {
+        let was = json!({"options": {"seed": 1, "plain_share": 0.5, "kinds": ["language"]}});
+        let now = json!({"options": {"seed": 2, "kinds": ["language"], "terse": 0.1}});
+        assert_eq!(
+            changed_settings(&was, &now),
+            "options.plain_share: 0.5 -> (not set), options.seed: 1 -> 2, \
+             options.terse: (not set) -> 0.1"
+        );
+        // An explicit null is not a setting left out.
+        let was = json!({"judge": null});
+        assert_eq!(
+            changed_settings(&was, &json!({})),
+            "judge: null -> (not set)"
+        );
+        // Equal JSON (settings that differ only where JSON cannot say): no empty list.
+        assert_eq!(
+            changed_settings(&json!({"a": 1}), &json!({"a": 1})),
+            "see its `fingerprint`"
+        );
+    }
 }

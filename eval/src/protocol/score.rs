@@ -44,10 +44,12 @@ pub struct ScoredTurn {
 ///
 /// A dialogue with no constraints and no instruction (`gatt eval --no-instruction`, the
 /// control for collateral damage) is scored instead for answering in the user's
-/// language: one row of kind [`user_language::KIND`] per turn.
+/// language: one row of kind [`user_language::KIND`] per turn. A system message counts
+/// as an instruction ("Always answer in French." there is one even without the
+/// `instruction` field): such a dialogue without constraints gives no rows.
 pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
     let model = d.meta.model.as_deref().unwrap_or(UNKNOWN_MODEL);
-    if d.constraints.is_empty() && d.instruction.trim().is_empty() {
+    if d.constraints.is_empty() && !has_instruction(d) {
         return score_user_language(d, model);
     }
     let recorded = RecordedProbes::from_meta(&d.meta);
@@ -79,6 +81,15 @@ pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
         }
     }
     rows
+}
+
+/// True when `d` carries an instruction: its `instruction` field, or a system message
+/// with text.
+pub fn has_instruction(d: &Dialogue) -> bool {
+    !d.instruction.trim().is_empty()
+        || d.messages
+            .iter()
+            .any(|m| m.role == Role::System && !m.content.trim().is_empty())
 }
 
 /// One [`user_language::KIND`] row per answered turn of an instruction-free dialogue.
@@ -238,8 +249,19 @@ mod tests {
             ]
         );
         // An instruction without constraints is not the control: nothing to score.
-        d.instruction = "Always answer in French.".into();
-        assert!(score_dialogue(&d, &Catalog::builtin()).is_empty());
+        let mut with_field = d.clone();
+        with_field.instruction = "Always answer in French.".into();
+        assert!(score_dialogue(&with_field, &Catalog::builtin()).is_empty());
+        // Nor is a system message that holds one, with no `instruction` field.
+        let mut with_system = d.clone();
+        with_system
+            .messages
+            .insert(0, Message::system("Always answer in French."));
+        assert!(score_dialogue(&with_system, &Catalog::builtin()).is_empty());
+        // An empty system message is no instruction.
+        let mut empty_system = d;
+        empty_system.messages.insert(0, Message::system(" "));
+        assert_eq!(score_dialogue(&empty_system, &Catalog::builtin()).len(), 2);
     }
 
     #[test]

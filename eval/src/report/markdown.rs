@@ -66,6 +66,20 @@ pub fn render(r: &Report) -> String {
             undetermined.join(", ")
         }
     );
+    if let Some(n) = r.meta["not_scored"]["instruction_without_constraints"].as_u64() {
+        let ids: Vec<String> = r.meta["not_scored"]["ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(cell))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Records not scored: {n} with an instruction (the `instruction` field or a system \
+             message) but no `constraints` to check it by (e.g. {}).\n",
+            ids.join(", ")
+        );
+    }
     if r.counts.problems.is_empty() {
         s.push_str("No problems: every constraint could be checked.\n");
     } else {

@@ -184,5 +184,14 @@ mod bom_tests {
         // Inside the file a BOM is not whitespace JSON allows: that line is refused.
         let e = items[1].as_ref().unwrap_err().to_string();
         assert!(e.contains(":2") && e.contains("byte order mark"), "{e}");
+        // Two marks at the start (a file with a mark joined to an empty one): the second
+        // is named as such, not as a mark that only the first line may carry.
+        std::fs::write(&path, format!("\u{feff}\u{feff}{rec}\n")).unwrap();
+        let items: Vec<_> = DialogueLines::open(&path).unwrap().collect();
+        let e = items[0].as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains(":1") && e.contains("second byte order mark"),
+            "{e}"
+        );
     }
 }

@@ -69,11 +69,21 @@ pub fn parse_record(text: &str, loc: &Location) -> Result<Dialogue> {
         let path = e.path().to_string();
         let syntax = e.inner().is_syntax() || e.inner().is_eof();
         if text.starts_with('\u{feff}') {
-            Error::input(
-                "this line starts with a byte order mark (U+FEFF), which only the first line \
-                 of a file may carry: several files joined with `cat`? Remove the mark \
-                 (e.g. `sed -i 's/^\\xEF\\xBB\\xBF//' FILE`)",
-            )
+            // The first line's own mark is skipped before this: one left there is a second.
+            let what = match loc.line {
+                Some(1) => {
+                    "this line starts with a second byte order mark (U+FEFF) after the \
+                            file's own"
+                }
+                _ => {
+                    "this line starts with a byte order mark (U+FEFF), which only the first \
+                      line of a file may carry"
+                }
+            };
+            Error::input(format!(
+                "{what}: several files joined with `cat`? Remove the mark \
+                 (e.g. `sed -i 's/^\\xEF\\xBB\\xBF//' FILE`)"
+            ))
             .at(loc.clone())
         } else if path == "." || syntax {
             Error::input(format!("invalid JSON record: {}", e.inner()))

@@ -41,7 +41,8 @@ impl TokenizerStamp {
     ///
     /// An input error naming both tokenizers when the vocabularies differ.
     pub fn check_against(&self, model: &TokenizerStamp, path: &Path) -> Result<()> {
-        if self.vocab_sha256 == model.vocab_sha256 {
+        // Hex written in capitals by another tool is the same hash.
+        if self.vocab_sha256.eq_ignore_ascii_case(&model.vocab_sha256) {
             return Ok(());
         }
         Err(Error::input(format!(
@@ -78,7 +79,9 @@ pub fn read_stamp(path: &Path) -> Result<Option<TokenizerStamp>> {
     };
     serde_json::from_str(value).map(Some).map_err(|e| {
         Error::input(format!(
-            "the `{TOKENIZER_KEY}` stamp in the file's metadata is not readable: {e}"
+            "the `{TOKENIZER_KEY}` stamp in the file's metadata is not readable ({e}); \
+             it should be JSON such as {{\"vocab_sha256\": \"<64 hex digits>\", \
+             \"vocab_size\": 49152}}, as `gatt mask` writes it: mask the dialogues again"
         ))
         .at(Location::in_file(path))
     })

@@ -331,6 +331,17 @@ fn sample_parquet_of_any_row_count_reads_back_equal() {
 /// The Arrow schema `path` stores for readers (its `ARROW:schema` key), as stored: not
 /// converted to the types polars reads into, as `infer_schema` does.
 fn stored_schema(path: &Path) -> polars_arrow::datatypes::ArrowSchema {
+    stored_schema_and_metadata(path).0
+}
+
+/// The stored Arrow schema of `path` and that schema's own metadata (what pyarrow reads
+/// as the file's metadata).
+fn stored_schema_and_metadata(
+    path: &Path,
+) -> (
+    polars_arrow::datatypes::ArrowSchema,
+    Option<polars_arrow::datatypes::Metadata>,
+) {
     use base64::Engine as _;
     let mut f = std::fs::File::open(path).unwrap();
     let meta = polars_parquet::read::read_metadata(&mut f).unwrap();
@@ -349,9 +360,8 @@ fn stored_schema(path: &Path) -> polars_arrow::datatypes::ArrowSchema {
     } else {
         &bytes[..]
     };
-    polars_arrow::io::ipc::read::deserialize_schema(message)
-        .unwrap()
-        .0
+    let (schema, _, metadata) = polars_arrow::io::ipc::read::deserialize_schema(message).unwrap();
+    (schema, metadata)
 }
 
 /// Each column's name and stored Arrow type.
@@ -623,6 +633,19 @@ fn sample_files_carry_the_tokenizer_stamp_in_parquet_only() {
             "{name}"
         );
     }
+    // The stored Arrow schema holds the stamp too (pyarrow and `datasets` read a file's
+    // metadata from there alone, and keep it when they write the file again), and its
+    // columns are those of an unstamped file.
+    let (schema, metadata) = stored_schema_and_metadata(&dir.path().join("s.parquet"));
+    let json = serde_json::to_string(&stamp).unwrap();
+    let got = metadata.unwrap_or_default();
+    assert_eq!(
+        got.get(TOKENIZER_KEY).map(|v| v.as_str()),
+        Some(json.as_str())
+    );
+    let (plain, none) = stored_schema_and_metadata(&dir.path().join("u.parquet"));
+    assert_eq!(schema, plain);
+    assert!(none.unwrap_or_default().is_empty());
     // Another vocabulary is refused with both sizes; the same one passes.
     let path = dir.path().join("s.parquet");
     stamp.check_against(&stamp, &path).unwrap();
@@ -630,6 +653,28 @@ fn sample_files_carry_the_tokenizer_stamp_in_parquet_only() {
         vocab_sha256: "cd".repeat(32),
         vocab_size: 32000,
     };
+    let shouted = TokenizerStamp {
+        vocab_sha256: stamp.vocab_sha256.to_uppercase(),
+        ..stamp.clone()
+    };
+    shouted.check_against(&stamp, &path).unwrap();
+    // A stamp spoiled by hand is refused, saying what it should hold.
+    let spoiled = dir.path().join("spoiled.parquet");
+    let bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(14)
+        .position(|w| w == b"\"vocab_sha256\"")
+        .expect("the stamp in the footer");
+    let mut bytes = bytes;
+    bytes[at + 1..at + 13].copy_from_slice(b"vocab_sha25X");
+    std::fs::write(&spoiled, bytes).unwrap();
+    let e = read_stamp(&spoiled).unwrap_err();
+    assert!(e.is_input(), "{e}");
+    assert!(
+        e.to_string().contains("not readable")
+            && e.to_string().contains("mask the dialogues again"),
+        "{e}"
+    );
     let e = stamp.check_against(&other, &path).unwrap_err();
     assert!(e.is_input());
     assert!(

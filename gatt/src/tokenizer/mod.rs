@@ -28,6 +28,20 @@ pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
             path.display()
         )));
     }
+    // A GGUF's tokenizer is in its metadata: read through the model, not as JSON.
+    let gguf = std::fs::File::open(path)
+        .and_then(|mut f| {
+            let mut magic = [0u8; 4];
+            std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic)
+        })
+        .is_ok_and(|m| &m == b"GGUF");
+    if gguf {
+        return Err(Error::input(format!(
+            "{}: a GGUF file, not a tokenizer.json: pass it as --model (its tokenizer is read \
+             from the GGUF's metadata)",
+            path.display()
+        )));
+    }
     Tokenizer::from_file(path).map_err(|e| {
         Error::input(format!(
             "{}: not a valid tokenizer.json: {e}",

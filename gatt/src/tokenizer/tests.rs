@@ -120,3 +120,20 @@ fn the_vocabulary_hash_changes_with_any_token() {
         .unwrap();
     assert_ne!(h, vocabulary_sha256(&more));
 }
+
+#[test]
+fn a_gguf_given_as_tokenizer_json_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vocab.gguf");
+    std::fs::write(&path, b"GGUF\x03\x00\x00\x00\xff\xfe").unwrap();
+    let e = from_json_file(&path).unwrap_err();
+    assert!(e.is_input(), "{e}");
+    assert!(
+        e.to_string().contains("a GGUF file") && e.to_string().contains("--model"),
+        "{e}"
+    );
+    // Not a GGUF: the JSON error as before.
+    std::fs::write(&path, b"{").unwrap();
+    let e = from_json_file(&path).unwrap_err();
+    assert!(e.to_string().contains("not a valid tokenizer.json"), "{e}");
+}

@@ -201,8 +201,11 @@ impl ParquetOut {
     /// Writes the footer (with the stored Arrow schema) and moves the file into place.
     fn finish(mut self) -> Result<()> {
         let path = self.file.path().to_path_buf();
-        // The Arrow schema (which `end(None)` would write alone), then ours.
-        let mut key_values = vec![schema_to_metadata_key(self.writer.schema())];
+        // The Arrow schema (which `end(None)` would write alone), holding our keys as its
+        // own metadata too, then our keys. pyarrow reads a file's metadata from the stored
+        // Arrow schema alone when there is one: keys only in the footer are lost when it
+        // (or `datasets`) reads and writes the file again.
+        let mut key_values = vec![arrow_schema_key(self.writer.schema(), &self.key_values)];
         key_values.append(&mut self.key_values);
         self.writer
             .end(Some(key_values))
@@ -212,6 +215,39 @@ impl ParquetOut {
             .into_inner()
             .map_err(|e| Error::io(&path, "write", e.into_error()))?;
         self.file.commit()
+    }
+}
+
+/// The `ARROW:schema` key-value of `schema` with `custom` as the schema's metadata, as
+/// polars' `schema_to_metadata_key` writes it otherwise (a length-prefixed Arrow IPC
+/// message, base64). The samples' columns (lists, strings, integers) need none of the
+/// type conversions it makes for large lists and empty structs.
+fn arrow_schema_key(
+    schema: &polars_arrow::datatypes::ArrowSchema,
+    custom: &[KeyValue],
+) -> KeyValue {
+    use polars::prelude::PlSmallStr;
+    use polars_arrow::io::ipc::write::{default_ipc_fields, schema_to_bytes};
+    if custom.is_empty() {
+        return schema_to_metadata_key(schema);
+    }
+    let metadata: polars_arrow::datatypes::Metadata = custom
+        .iter()
+        .map(|kv| {
+            let value = kv.value.clone().unwrap_or_default();
+            (PlSmallStr::from(kv.key.as_str()), PlSmallStr::from(value))
+        })
+        .collect();
+    let ipc = default_ipc_fields(schema.iter_values());
+    let bytes = schema_to_bytes(schema, &ipc, Some(&metadata));
+    let mut prefixed = Vec::with_capacity(bytes.len() + 8);
+    prefixed.extend_from_slice(&[255u8, 255, 255, 255]);
+    prefixed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    prefixed.extend_from_slice(&bytes);
+    use base64::Engine as _;
+    KeyValue {
+        key: "ARROW:schema".to_string(),
+        value: Some(base64::engine::general_purpose::STANDARD.encode(prefixed)),
     }
 }
 
