@@ -98,8 +98,9 @@ pub struct TrainArgs {
     pub batch_tokens: usize,
     /// Run a micro-batch forward and backward in chunks of at most N tokens (whole
     /// samples; a longer sample alone), gradients summed: peak memory follows N, not
-    /// --batch-tokens (default model: about 4 GiB at 2048 plus the optimizer's state).
-    /// Loss and gradients are the same up to float rounding.
+    /// --batch-tokens (BENCHMARKS.md). Loss and gradients are the same up to float
+    /// rounding; with --lora-dropout above 0 the dropout masks drawn depend on the
+    /// chunks, so resume with the same N for a bit-identical run.
     #[arg(long, value_name = "N", default_value_t = train::DEFAULT_CHUNK_TOKENS)]
     pub chunk_tokens: usize,
     /// Micro-batches per optimizer step.

@@ -100,6 +100,7 @@ impl<'a> M<'a> {
 
 /// `dst (m x n, row-major) = alpha · dst + beta · a (m x k) b (k x n)`; `dst` is only
 /// read when `alpha` is not 0.
+#[allow(clippy::too_many_arguments)]
 fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], alpha: f32, a: M, b: M, beta: f32) {
     assert!(dst.len() >= m * n, "lora linear: output too small");
     if m == 0 || n == 0 {
@@ -153,7 +154,7 @@ fn weights<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<M<'a>> {
     ))
 }
 
-fn cpu<'a>(s: &'a Storage) -> Result<&'a CpuStorage> {
+fn cpu(s: &Storage) -> Result<&CpuStorage> {
     match s {
         Storage::Cpu(c) => Ok(c),
         _ => bail!("lora linear: operands off the CPU"),

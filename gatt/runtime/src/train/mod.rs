@@ -252,7 +252,8 @@ impl Trainer {
     /// most `tokens` tokens in all (a longer sample alone), their gradients summed: the
     /// activations held at once, and so the peak memory, follow the chunk and not
     /// `batch_tokens`. The loss and gradients are those of the whole micro-batch (each
-    /// target keeps its weight in the step), up to float rounding. On the CPU only;
+    /// target keeps its weight in the step), up to float rounding; with LoRA dropout the
+    /// masks drawn depend on the chunks. On the CPU only;
     /// elsewhere every sequence already runs alone. 0 is taken as 1 (one sample at a
     /// time).
     pub fn set_chunk_tokens(&mut self, tokens: usize) {

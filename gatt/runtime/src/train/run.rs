@@ -37,8 +37,9 @@ pub struct RunSpec {
     /// Save a checkpoint every N optimizer steps (and at the end).
     pub save_every: usize,
     /// Most tokens run forward and backward at once ([`Trainer::set_chunk_tokens`]):
-    /// bounds the peak memory, changes nothing but float rounding, so a run may resume
-    /// with another value.
+    /// bounds the peak memory and changes only float rounding (and, with LoRA dropout,
+    /// which masks are drawn), so a run may resume with another value, though not bit
+    /// for bit.
     pub chunk_tokens: usize,
     /// Continue from `out/checkpoint` (same options, data path and sample count), or
     /// start from step 0 when there is none. Without it, a folder that holds a
