@@ -57,7 +57,10 @@ pub fn lora_linear(
         )
     }
     if mask.as_ref().is_some_and(|m| m.len() != rows * k) {
-        bail!("lora linear: the dropout mask does not fit x {:?}", x.shape())
+        bail!(
+            "lora linear: the dropout mask does not fit x {:?}",
+            x.shape()
+        )
     }
     let op = LoraLinear {
         w: w.clone(),
@@ -65,10 +68,10 @@ pub fn lora_linear(
         mask,
         xa: Mutex::new(Vec::new()),
     };
-    let y = x
-        .reshape((rows, k))?
-        .contiguous()?
-        .apply_op3(&a.contiguous()?, &b.contiguous()?, op)?;
+    let y =
+        x.reshape((rows, k))?
+            .contiguous()?
+            .apply_op3(&a.contiguous()?, &b.contiguous()?, op)?;
     let mut out_dims = dims;
     *out_dims.last_mut().expect("at least one dim") = out;
     y.reshape(out_dims)
@@ -198,7 +201,16 @@ impl CustomOp3 for LoraLinear {
         let mut buf = Vec::new();
         let xd = self.masked(x, &mut buf);
         let mut xa = vec![0f32; rows * rank];
-        mm(rows, rank, k, &mut xa, 0.0, M::rows(xd, k), M::rows(a, rank), 1.0);
+        mm(
+            rows,
+            rank,
+            k,
+            &mut xa,
+            0.0,
+            M::rows(xd, k),
+            M::rows(a, rank),
+            1.0,
+        );
         let mut y: Vec<f32> = vec![0f32; rows * out];
         mm(rows, out, k, &mut y, 0.0, M::rows(x, k), w, 1.0);
         mm(
@@ -324,9 +336,12 @@ impl CustomOp3 for LoraLinear {
         };
         let dev = x.device();
         Ok((
-            dx.map(|v| Tensor::from_vec(v, (rows, k), dev)).transpose()?,
-            da.map(|v| Tensor::from_vec(v, (k, rank), dev)).transpose()?,
-            db.map(|v| Tensor::from_vec(v, (rank, out), dev)).transpose()?,
+            dx.map(|v| Tensor::from_vec(v, (rows, k), dev))
+                .transpose()?,
+            da.map(|v| Tensor::from_vec(v, (k, rank), dev))
+                .transpose()?,
+            db.map(|v| Tensor::from_vec(v, (rank, out), dev))
+                .transpose()?,
         ))
     }
 }
@@ -363,7 +378,11 @@ mod tests {
             let x2 = x.as_tensor().reshape((rows, k)).unwrap();
             let xd2 = xd.reshape((rows, k)).unwrap();
             let theirs = (x2.matmul(&w.contiguous().unwrap()).unwrap()
-                + (xd2.matmul(a.as_tensor()).unwrap().matmul(b.as_tensor()).unwrap()
+                + (xd2
+                    .matmul(a.as_tensor())
+                    .unwrap()
+                    .matmul(b.as_tensor())
+                    .unwrap()
                     * s as f64)
                     .unwrap())
             .unwrap()
