@@ -96,6 +96,13 @@ pub struct TrainArgs {
     /// Token budget of a micro-batch (longest sample x samples).
     #[arg(long, default_value_t = TrainOptions::default().batch_tokens)]
     pub batch_tokens: usize,
+    /// Run a micro-batch forward and backward in chunks of at most N tokens (whole
+    /// samples; a longer sample alone), gradients summed: peak memory follows N, not
+    /// --batch-tokens (BENCHMARKS.md). Loss and gradients are the same up to float
+    /// rounding; with --lora-dropout above 0 the dropout masks drawn depend on the
+    /// chunks, so resume with the same N for a bit-identical run.
+    #[arg(long, value_name = "N", default_value_t = train::DEFAULT_CHUNK_TOKENS)]
+    pub chunk_tokens: usize,
     /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = TrainOptions::default().grad_accum)]
     pub grad_accum: usize,
@@ -142,6 +149,9 @@ impl TrainArgs {
             return Err(Error::input(
                 "--batch-tokens, --grad-accum and --epochs must be at least 1",
             ));
+        }
+        if self.chunk_tokens == 0 {
+            return Err(Error::input("--chunk-tokens must be at least 1"));
         }
         if let Method::Lora(cfg) = &method {
             cfg.check().map_err(|e| {
@@ -213,6 +223,7 @@ pub fn run(args: Args) -> Result<()> {
         opts,
         max_len: a.max_len,
         save_every: a.save_every,
+        chunk_tokens: a.chunk_tokens,
         resume: a.resume,
     };
     let device = gatt_runtime::device(&a.device).map_err(|e| e.context("--device"))?;

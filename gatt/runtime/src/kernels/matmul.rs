@@ -19,7 +19,7 @@ const ONE_THREAD_BELOW: usize = 4 << 20;
 
 /// candle's thread count (`CANDLE_NUM_THREADS`, `RAYON_NUM_THREADS` or the physical
 /// cores), read once per process.
-fn num_threads() -> usize {
+pub(super) fn num_threads() -> usize {
     static N: OnceLock<usize> = OnceLock::new();
     *N.get_or_init(candle_core::utils::get_num_threads)
 }

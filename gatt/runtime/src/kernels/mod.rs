@@ -6,6 +6,8 @@
 //! | kernel | job |
 //! |---|---|
 //! | [`qmatvec`] | products of GGUF-quantized weights (Q4_1/Q8_0) with activations |
+//! | [`cross_entropy`] | the output projection and cross-entropy of the loss rows in one op, a block of rows at a time (training) |
+//! | [`lora_linear`] | a frozen linear layer and its LoRA adapter in one op, with its backward pass (training) |
 //! | [`matmul`] | f32 products with size-aware threading (`gemm`) |
 //! | [`norm`] | RMS norm, forward and backward |
 //! | [`rope`] | rotary position embedding, interleaved or halves |
@@ -16,8 +18,10 @@
 //! | [`exp`] | vectorized `exp` shared by the softmax, the SiLU gate and the sampler |
 //! | [`rows`] | row-block helpers the kernels share |
 
+pub(crate) mod cross_entropy;
 pub(crate) mod decode_attention;
 pub(crate) mod exp;
+pub(crate) mod lora_linear;
 pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod packed_attention;

@@ -1,6 +1,7 @@
 //! Linear layers: dense or quantized weights, an optional bias, an optional LoRA
 //! adapter with its (seeded) dropout.
 
+use crate::kernels::lora_linear;
 use crate::kernels::matmul::matmul_scaled;
 use crate::kernels::qmatvec::QMatrix;
 use crate::kernels::rows::contiguous_f32;
@@ -178,7 +179,13 @@ impl Linear {
                     at += q.n_out;
                     all.narrow(D::Minus1, at - q.n_out, q.n_out)?
                 }
-                _ => layer.product(x)?,
+                _ => {
+                    if let Some(y) = layer.fused_lora(x, pass)? {
+                        out.push(y);
+                        continue;
+                    }
+                    layer.product(x)?
+                }
             };
             out.push(layer.with_bias_and_lora(y, x, pass)?);
         }
@@ -231,6 +238,31 @@ impl Linear {
     /// how many rows the call has.
     pub(super) fn rows_independent(&self) -> bool {
         self.blocks.is_some() && self.lora.is_none()
+    }
+
+    /// `x W + b + s (x ∘ m) A B` as one op (`kernels::lora_linear`), when this layer has
+    /// an adapter and frozen f32 weights on the CPU; `None` otherwise. Draws the same
+    /// dropout mask as the composed path.
+    fn fused_lora(&self, x: &Tensor, pass: Pass) -> Result<Option<Tensor>> {
+        let (Weight::Dense(w), Some(l)) = (&self.weight, &self.lora) else {
+            return Ok(None);
+        };
+        if w.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let mask = match pass.dropout {
+            Some(d) if l.dropout > 0.0 => Some(
+                d.lock()
+                    .expect("dropout rng")
+                    .mask_values(x.elem_count(), l.dropout),
+            ),
+            _ => None,
+        };
+        let mut y = lora_linear::lora_linear(x, w, &l.a, &l.b, l.scale as f32, mask)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        Ok(Some(y))
     }
 
     fn with_bias_and_lora(&self, mut y: Tensor, x: &Tensor, pass: Pass) -> Result<Tensor> {
@@ -292,6 +324,11 @@ impl Dropout {
 
     fn mask(&mut self, dims: &[usize], p: f32, device: &Device) -> Result<Tensor> {
         let n: usize = dims.iter().product();
+        Tensor::from_vec(self.mask_values(n, p), dims, device)
+    }
+
+    /// `n` factors, each 0 (dropped, probability `p`) or 1 / (1 - p).
+    fn mask_values(&mut self, n: usize, p: f32) -> Vec<f32> {
         let keep = 1.0 / (1.0 - p);
         let threshold = (p as f64 * u32::MAX as f64) as u32;
         let mut m = Vec::with_capacity(n + 1);
@@ -302,7 +339,7 @@ impl Dropout {
             }
         }
         m.truncate(n);
-        Tensor::from_vec(m, dims, device)
+        m
     }
 }
 

@@ -19,14 +19,16 @@ mod load;
 mod probe;
 mod weights;
 
-use crate::kernels::{decode_attention, norm, packed_attention, rope, softmax, swiglu};
+use crate::kernels::{
+    cross_entropy, decode_attention, norm, packed_attention, rope, softmax, swiglu,
+};
 
 use crate::kernels::matmul::matmul;
 pub use cache::{Cache, SeqKv};
 pub use config::{limits, Config};
 pub use inputs::{logits_rows, pad_prompts, step_inputs, PaddedBatch};
 pub use linear::{Dropout, Lora, Weights};
-use linear::{Linear, Pass};
+use linear::{Linear, Pass, Weight};
 pub(crate) use load::{SourceTensor, TensorSource};
 pub use probe::AttentionSummary;
 use probe::Probe;
@@ -282,6 +284,27 @@ impl Model {
     /// Output projection of hidden-state rows (n x hidden) to logits (n x vocab).
     pub fn logits(&self, rows: &Tensor) -> Result<Tensor> {
         self.output.forward(rows, Pass::default())
+    }
+
+    /// Negative log-likelihood in nats, (n,) f32, of `targets[i]` under the logits of
+    /// hidden-state row `i` (`rows`: n x hidden), differentiable (the training loss).
+    /// On the CPU with dense output weights (no bias, no adapter) the projection and the
+    /// cross-entropy are one op that never holds all n x vocab logits
+    /// (`kernels::cross_entropy`); otherwise the logits, their log-softmax and a gather.
+    pub fn target_nll(&self, rows: &Tensor, targets: &[u32]) -> Result<Tensor> {
+        let out = &self.output;
+        if let (Weight::Dense(w), None, None, true) = (
+            &out.weight,
+            &out.bias,
+            &out.lora,
+            rows.device().is_cpu() && rows.dtype() == DType::F32,
+        ) {
+            return cross_entropy::linear_nll(rows, w, targets);
+        }
+        let n = targets.len();
+        let t = Tensor::from_vec(targets.to_vec(), (n, 1), rows.device())?;
+        let logp = candle_nn::ops::log_softmax(&self.logits(rows)?, candle_core::D::Minus1)?;
+        logp.gather(&t, 1)?.squeeze(1)?.neg()
     }
 
     fn hidden(

@@ -3,12 +3,13 @@
 //! (`token`, what Hugging Face trainers do) or over samples (`sample`: each sample's
 //! token mean counts once, so long replies do not dominate).
 //!
-//! Only the rows that carry loss go through the output projection: the full
-//! vocabulary-sized logits of every position are never built.
+//! Only the rows that carry loss go through the output projection, and on the CPU a block
+//! of them at a time ([`Model::target_nll`]): neither the vocabulary-sized logits of
+//! every position nor those of all loss rows are ever built.
 
 use super::data::Example;
 use crate::llama::{pad_prompts, Model};
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor};
 
 /// How a step's loss averages the per-token cross-entropy (`token` or `sample` in JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -41,8 +42,8 @@ pub struct MicroBatch {
     /// Indices into the flattened (batch x len) hidden states, (n_loss,) u32: the
     /// positions that predict a label.
     pub rows: Tensor,
-    /// The token each of those positions predicts, (n_loss, 1) u32.
-    pub targets: Tensor,
+    /// The token each of those positions predicts (n_loss).
+    pub targets: Vec<u32>,
     /// Weight of each target in the step's loss, (n_loss,) f32: 1 / (the step's loss
     /// tokens), or 1 / (the step's samples x the sample's loss tokens).
     pub weights: Tensor,
@@ -162,7 +163,7 @@ impl MicroBatch {
             positions,
             sequences,
             rows: Tensor::from_vec(rows, n_loss, device)?,
-            targets: Tensor::from_vec(targets, (n_loss, 1), device)?,
+            targets,
             weights: Tensor::from_vec(weights, n_loss, device)?,
             n_tokens: examples.iter().map(|e| e.ids.len()).sum(),
             n_loss,
@@ -181,9 +182,7 @@ pub fn token_nll(model: &Model, b: &MicroBatch) -> Result<Tensor> {
     };
     let (bs, t, hidden) = h.dims3()?;
     let rows = h.reshape((bs * t, hidden))?.index_select(&b.rows, 0)?;
-    let logits = model.logits(&rows)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    logp.gather(&b.targets, 1)?.squeeze(1)?.neg()
+    model.target_nll(&rows, &b.targets)
 }
 
 /// This micro-batch's share of the step loss (a scalar to call `backward` on).
@@ -194,6 +193,7 @@ pub fn weighted_loss(model: &Model, b: &MicroBatch) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::D;
 
     #[test]
     fn log_softmax_gather_matches_hand_computed_cross_entropy() {

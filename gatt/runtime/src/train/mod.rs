@@ -134,8 +134,33 @@ pub struct Trainer {
     schedule: Schedule,
     opts: TrainOptions,
     device: Device,
+    /// Most tokens run forward and backward at once (see [`Trainer::set_chunk_tokens`]).
+    chunk_tokens: usize,
     /// Optimizer steps done.
     pub step: usize,
+}
+
+/// Tokens a micro-batch runs forward and backward at once by default (see
+/// [`Trainer::set_chunk_tokens`]): on the default model about 3 GiB of activations.
+pub const DEFAULT_CHUNK_TOKENS: usize = 2048;
+
+/// `samples` (indices into `examples`, in order) cut into runs of consecutive samples of
+/// at most `budget` tokens in all; a sample longer than the budget runs alone.
+fn chunks<'a>(samples: &'a [usize], examples: &[Example], budget: usize) -> Vec<&'a [usize]> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &s) in samples.iter().enumerate() {
+        let n = examples[s].ids.len();
+        if i > start && tokens + n > budget {
+            out.push(&samples[start..i]);
+            (start, tokens) = (i, 0);
+        }
+        tokens += n;
+    }
+    if start < samples.len() {
+        out.push(&samples[start..]);
+    }
+    out
 }
 
 fn candle(what: &str) -> impl Fn(candle_core::Error) -> Error + '_ {
@@ -218,8 +243,21 @@ impl Trainer {
             schedule,
             opts,
             device: device.clone(),
+            chunk_tokens: DEFAULT_CHUNK_TOKENS,
             step: 0,
         })
+    }
+
+    /// Runs each micro-batch forward and backward in chunks of consecutive samples of at
+    /// most `tokens` tokens in all (a longer sample alone), their gradients summed: the
+    /// activations held at once, and so the peak memory, follow the chunk and not
+    /// `batch_tokens`. The loss and gradients are those of the whole micro-batch (each
+    /// target keeps its weight in the step), up to float rounding; with LoRA dropout the
+    /// masks drawn depend on the chunks. On the CPU only;
+    /// elsewhere every sequence already runs alone. 0 is taken as 1 (one sample at a
+    /// time).
+    pub fn set_chunk_tokens(&mut self, tokens: usize) {
+        self.chunk_tokens = tokens.max(1);
     }
 
     /// Optimizer steps of the whole run: micro-batches / `grad_accum`, rounded up, capped
@@ -266,16 +304,57 @@ impl Trainer {
             true,
             gatt::seed::derive(self.opts.seed, Stream::TrainDropout, self.step as u64),
         );
+        let (mut grads, loss, tokens, loss_tokens) = self.gradients(&micro, totals)?;
+        if !loss.is_finite() {
+            return Err(Error::runtime(format!(
+                "the loss is {loss} at step {}; nothing was updated. Lower the learning rate, \
+                 raise the warm-up ratio, or check the data; then resume from the last checkpoint",
+                self.step + 1
+            )));
+        }
+        let grad_norm = optim::clip_grad_norm(&mut grads, self.opts.max_grad_norm)
+            .map_err(candle("clipping"))?;
+        let lr = self.schedule.lr(self.step);
+        self.opt
+            .step(&self.params, &grads, lr)
+            .map_err(candle("optimizer step"))?;
+        self.step += 1;
+        let per_epoch = self.plan.len() as f64 / self.opts.epochs as f64;
+        Ok(StepLog {
+            step: self.step,
+            total_steps: self.total_steps(),
+            epoch: range.end as f64 / per_epoch,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            loss_tokens,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The summed gradients of the micro-batches `micro` (each parameter's, zeros where
+    /// the loss does not reach it), with the loss, tokens and loss tokens they hold;
+    /// `totals` are the whole step's.
+    fn gradients(
+        &self,
+        micro: &[Batch],
+        totals: StepTotals,
+    ) -> Result<(Vec<Tensor>, f64, usize, usize)> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let (mut loss, mut tokens, mut loss_tokens) = (0f64, 0, 0);
-        // On the CPU a micro-batch's sequences run packed end to end in one row: every
-        // linear layer (and its weight gradient) is one product, nothing is padding.
-        // Elsewhere each sequence runs on its own (candle's backward pass of a
-        // per-sequence slice of a padded batch allocates the whole batch again, for
-        // every sequence).
+        // On the CPU a micro-batch's sequences run packed end to end in one row, in
+        // chunks of at most `chunk_tokens`: every linear layer (and its weight gradient)
+        // is one product per chunk, nothing is padding, and the activations held at once
+        // do not grow with the micro-batch. Elsewhere each sequence runs on its own
+        // (candle's backward pass of a per-sequence slice of a padded batch allocates the
+        // whole batch again, for every sequence).
         let packed = self.device.is_cpu();
         let groups: Vec<&[usize]> = if packed {
-            micro.iter().map(|m| &m[..]).collect()
+            micro
+                .iter()
+                .flat_map(|m| chunks(m, &self.examples, self.chunk_tokens))
+                .collect()
         } else {
             micro.iter().flatten().map(std::slice::from_ref).collect()
         };
@@ -303,38 +382,13 @@ impl Trainer {
             tokens += mb.n_tokens;
             loss_tokens += mb.n_loss;
         }
-        if !loss.is_finite() {
-            return Err(Error::runtime(format!(
-                "the loss is {loss} at step {}; nothing was updated. Lower the learning rate, \
-                 raise the warm-up ratio, or check the data; then resume from the last checkpoint",
-                self.step + 1
-            )));
-        }
-        let mut grads: Vec<Tensor> = grads
+        let grads = grads
             .into_iter()
             .zip(&self.params)
             .map(|(g, p)| g.map_or_else(|| p.var.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<_>>()
             .map_err(candle("gradients"))?;
-        let grad_norm = optim::clip_grad_norm(&mut grads, self.opts.max_grad_norm)
-            .map_err(candle("clipping"))?;
-        let lr = self.schedule.lr(self.step);
-        self.opt
-            .step(&self.params, &grads, lr)
-            .map_err(candle("optimizer step"))?;
-        self.step += 1;
-        let per_epoch = self.plan.len() as f64 / self.opts.epochs as f64;
-        Ok(StepLog {
-            step: self.step,
-            total_steps: self.total_steps(),
-            epoch: range.end as f64 / per_epoch,
-            loss,
-            lr,
-            grad_norm,
-            tokens,
-            loss_tokens,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        Ok((grads, loss, tokens, loss_tokens))
     }
 
     /// Trainable tensors and optimizer moments (for a checkpoint).

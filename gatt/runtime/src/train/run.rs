@@ -36,6 +36,11 @@ pub struct RunSpec {
     pub max_len: Option<usize>,
     /// Save a checkpoint every N optimizer steps (and at the end).
     pub save_every: usize,
+    /// Most tokens run forward and backward at once ([`Trainer::set_chunk_tokens`]):
+    /// bounds the peak memory and changes only float rounding (and, with LoRA dropout,
+    /// which masks are drawn), so a run may resume with another value, though not bit
+    /// for bit.
+    pub chunk_tokens: usize,
     /// Continue from `out/checkpoint` (same options, data path and sample count), or
     /// start from step 0 when there is none. Without it, a folder that holds a
     /// checkpoint is refused.
@@ -120,6 +125,7 @@ pub fn run(
     }
     std::fs::create_dir_all(&spec.out).map_err(|e| Error::io(&spec.out, "create", e))?;
     let mut trainer = Trainer::new(model, examples, spec.opts.clone(), device)?;
+    trainer.set_chunk_tokens(spec.chunk_tokens);
     let log_path = spec.out.join("loss.jsonl");
     let mut kept: Vec<(StepLog, String)> = Vec::new();
     if spec.resume && ckpt_dir.exists() {

@@ -291,6 +291,60 @@ fn full_and_lora_training_lower_the_loss() {
     }
 }
 
+/// A micro-batch run in chunks (here about one sample each) has the loss and gradients
+/// of the whole micro-batch run at once, full and LoRA (both adapter matrices non-zero,
+/// so that every gradient is checked), and the chunks are whole samples.
+#[test]
+fn chunked_micro_batches_give_the_loss_and_gradients_of_the_whole() {
+    let adapters = Method::Lora(LoraConfig {
+        dropout: 0.0,
+        ..match lora() {
+            Method::Lora(c) => c,
+            Method::Full => unreachable!(),
+        }
+    });
+    for method in [Method::Full, adapters] {
+        let o = TrainOptions {
+            batch_tokens: 1000,
+            ..opts(method.clone())
+        };
+        let mut t = Trainer::new(tiny("llama"), examples(), o, &Device::Cpu).unwrap();
+        for p in t.params.iter().filter(|p| p.name.ends_with("lora_B")) {
+            let b = Tensor::randn(0f32, 0.5, p.var.shape(), &Device::Cpu).unwrap();
+            p.var.set(&b).unwrap();
+        }
+        t.model_mut().set_training(true, 0);
+        let micro = t.plan[..1].to_vec();
+        assert_eq!(micro[0].len(), examples().len(), "one micro-batch of all");
+        let totals = StepTotals::of(micro[0].iter().map(|&i| &t.examples[i]));
+        let (whole, loss, tokens, _) = t.gradients(&micro, totals).unwrap();
+        t.set_chunk_tokens(12);
+        let cut = chunks(&micro[0], &t.examples, 12);
+        assert!(cut.len() >= 4, "{cut:?}");
+        assert_eq!(cut.concat(), micro[0]);
+        let (chunked, loss2, tokens2, _) = t.gradients(&micro, totals).unwrap();
+        assert_eq!(tokens, tokens2);
+        assert!((loss - loss2).abs() < 1e-6, "{method:?}: {loss} vs {loss2}");
+        let flat = |g: &[Tensor]| -> Vec<Vec<f32>> {
+            g.iter()
+                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect()
+        };
+        let (a, b) = (flat(&whole), flat(&chunked));
+        for (g, p) in a.iter().zip(&t.params) {
+            assert!(g.iter().any(|x| *x != 0.0), "{method:?}: {}", p.name);
+        }
+        for (x, y) in a.iter().zip(&b) {
+            for (p, q) in x.iter().zip(y) {
+                assert!(
+                    (p - q).abs() <= 1e-5 * (1.0 + p.abs()),
+                    "{method:?}: {p} vs {q}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn resuming_from_saved_state_is_bit_identical() {
     for method in [Method::Full, lora()] {

@@ -1,0 +1,402 @@
+//! A frozen linear layer with its LoRA adapter as one op (training on the CPU):
+//! `y = x W + s · (x ∘ m) A B`, with `W` frozen, `A` and `B` trained, `m` the adapter's
+//! dropout mask (or none).
+//!
+//! Composed of candle ops, this is three products and an addition, and candle's backward
+//! pass gives every edge of that graph a zero tensor and an addition of its own: a
+//! (rows x out) tensor cleared and added twice, a (rows x in) one once, per layer. Here the
+//! adapter's product is added inside the base product's output (gemm accumulates), and the
+//! backward pass writes `dx` in one buffer the same way: `dx = dy Wᵀ + s · ((dy Bᵀ) Aᵀ) ∘ m`.
+//! Kept from the forward pass: `x A` (rows x rank, small). CPU, f32.
+
+use super::matmul::num_threads;
+use super::rows::contiguous_f32;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use gemm::{gemm, Parallelism};
+use std::sync::Mutex;
+
+/// Products with fewer multiply-adds than this run on the calling thread (as in
+/// `matmul.rs`).
+const ONE_THREAD_BELOW: usize = 4 << 20;
+
+/// `x W + scale · (x ∘ mask) A B` for `x` (.., in), frozen `w` (in, out), `a` (in, rank),
+/// `b` (rank, out); `mask` has one factor per element of `x` (the dropout's 0 or
+/// 1 / (1 - p)). Differentiable in `x`, `a` and `b` (not `w`).
+///
+/// # Errors
+///
+/// When the shapes do not fit or an operand is not an f32 tensor on the CPU.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f32,
+    mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    let all = [x, w, a, b];
+    if all
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
+    {
+        bail!("lora linear: expected f32 tensors on the CPU")
+    }
+    let dims = x.dims().to_vec();
+    let k = *dims.last().unwrap_or(&0);
+    let rows = x.elem_count() / k.max(1);
+    let (wk, out) = w.dims2()?;
+    let (ak, rank) = a.dims2()?;
+    let (br, bo) = b.dims2()?;
+    if wk != k || ak != k || br != rank || bo != out {
+        bail!(
+            "lora linear: x {:?}, w {:?}, a {:?}, b {:?} do not fit",
+            x.shape(),
+            w.shape(),
+            a.shape(),
+            b.shape()
+        )
+    }
+    if mask.as_ref().is_some_and(|m| m.len() != rows * k) {
+        bail!(
+            "lora linear: the dropout mask does not fit x {:?}",
+            x.shape()
+        )
+    }
+    let op = LoraLinear {
+        w: w.clone(),
+        scale,
+        mask,
+        xa: Mutex::new(Vec::new()),
+    };
+    let y =
+        x.reshape((rows, k))?
+            .contiguous()?
+            .apply_op3(&a.contiguous()?, &b.contiguous()?, op)?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("at least one dim") = out;
+    y.reshape(out_dims)
+}
+
+struct LoraLinear {
+    /// (in, out), frozen.
+    w: Tensor,
+    scale: f32,
+    mask: Option<Vec<f32>>,
+    /// `(x ∘ m) A` from the forward pass, rows x rank.
+    xa: Mutex<Vec<f32>>,
+}
+
+/// A matrix operand as gemm reads it: elements, row stride, column stride.
+#[derive(Clone, Copy)]
+struct M<'a>(&'a [f32], isize, isize);
+
+impl<'a> M<'a> {
+    /// Row-major with rows of `n` elements.
+    fn rows(v: &'a [f32], n: usize) -> Self {
+        M(v, n as isize, 1)
+    }
+
+    fn t(self) -> Self {
+        M(self.0, self.2, self.1)
+    }
+}
+
+/// `dst (m x n, row-major) = alpha · dst + beta · a (m x k) b (k x n)`; `dst` is only
+/// read when `alpha` is not 0.
+#[allow(clippy::too_many_arguments)]
+fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], alpha: f32, a: M, b: M, beta: f32) {
+    assert!(dst.len() >= m * n, "lora linear: output too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = match num_threads() {
+        t if t > 1 && m * n * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
+        _ => Parallelism::None,
+    };
+    if k == 0 {
+        dst[..m * n].iter_mut().for_each(|v| *v *= alpha);
+        return;
+    }
+    // SAFETY: the operands come from contiguous buffers or candle layouts that address
+    // m x k and k x n elements of their slices; `dst` holds m x n elements.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            alpha != 0.0,
+            a.0.as_ptr(),
+            a.2,
+            a.1,
+            b.0.as_ptr(),
+            b.2,
+            b.1,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// The frozen weights as a matrix operand (any strides).
+fn weights<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<M<'a>> {
+    let CpuStorage::F32(v) = storage else {
+        bail!("lora linear: expected f32 weights")
+    };
+    let st = layout.stride();
+    Ok(M(
+        &v[layout.start_offset()..],
+        st[0] as isize,
+        st[1] as isize,
+    ))
+}
+
+fn cpu(s: &Storage) -> Result<&CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Ok(c),
+        _ => bail!("lora linear: operands off the CPU"),
+    }
+}
+
+impl LoraLinear {
+    /// `x ∘ m`, or `x` itself without dropout.
+    fn masked<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        match &self.mask {
+            Some(m) => {
+                *buf = x.iter().zip(m).map(|(x, m)| x * m).collect();
+                buf
+            }
+            None => x,
+        }
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "gatt-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "lora linear")?;
+        let a = contiguous_f32(s2, l2, "lora linear")?;
+        let b = contiguous_f32(s3, l3, "lora linear")?;
+        let (rows, k) = l1.shape().dims2()?;
+        let (rank, out) = l3.shape().dims2()?;
+        let (ws, wl) = self.w.storage_and_layout();
+        let w = weights(cpu(&ws)?, wl)?;
+        let mut buf = Vec::new();
+        let xd = self.masked(x, &mut buf);
+        let mut xa = vec![0f32; rows * rank];
+        mm(
+            rows,
+            rank,
+            k,
+            &mut xa,
+            0.0,
+            M::rows(xd, k),
+            M::rows(a, rank),
+            1.0,
+        );
+        let mut y: Vec<f32> = vec![0f32; rows * out];
+        mm(rows, out, k, &mut y, 0.0, M::rows(x, k), w, 1.0);
+        mm(
+            rows,
+            out,
+            rank,
+            &mut y,
+            1.0,
+            M::rows(&xa, rank),
+            M::rows(b, out),
+            self.scale,
+        );
+        *self.xa.lock().expect("lora activations") = xa;
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (rows, k) = x.dims2()?;
+        let (rank, out) = b.dims2()?;
+        let s = self.scale;
+        let xa = self.xa.lock().expect("lora activations").clone();
+        let (dys, dyl) = dy.storage_and_layout();
+        let dyv = contiguous_f32(cpu(&dys)?, dyl, "lora linear")?;
+        let (bs, bl) = b.storage_and_layout();
+        let bv = contiguous_f32(cpu(&bs)?, bl, "lora linear")?;
+        // g = dy Bᵀ (rows x rank)
+        let mut g = vec![0f32; rows * rank];
+        mm(
+            rows,
+            rank,
+            out,
+            &mut g,
+            0.0,
+            M::rows(dyv, out),
+            M::rows(bv, out).t(),
+            1.0,
+        );
+        // dB = s (x∘m A)ᵀ dy (rank x out)
+        let db = if b.track_op() {
+            let mut db = vec![0f32; rank * out];
+            mm(
+                rank,
+                out,
+                rows,
+                &mut db,
+                0.0,
+                M::rows(&xa, rank).t(),
+                M::rows(dyv, out),
+                s,
+            );
+            Some(db)
+        } else {
+            None
+        };
+        let (xs, xl) = x.storage_and_layout();
+        let xv = contiguous_f32(cpu(&xs)?, xl, "lora linear")?;
+        // dA = s (x∘m)ᵀ g (in x rank)
+        let da = if a.track_op() {
+            let mut buf = Vec::new();
+            let xd = self.masked(xv, &mut buf);
+            let mut da = vec![0f32; k * rank];
+            mm(
+                k,
+                rank,
+                rows,
+                &mut da,
+                0.0,
+                M::rows(xd, k).t(),
+                M::rows(&g, rank),
+                s,
+            );
+            Some(da)
+        } else {
+            None
+        };
+        // dx = dy Wᵀ + s ((g Aᵀ) ∘ m)
+        let dx = if x.track_op() {
+            let (as_, al) = a.storage_and_layout();
+            let av = contiguous_f32(cpu(&as_)?, al, "lora linear")?;
+            let (ws, wl) = self.w.storage_and_layout();
+            let w = weights(cpu(&ws)?, wl)?;
+            let mut dx = vec![0f32; rows * k];
+            mm(rows, k, out, &mut dx, 0.0, M::rows(dyv, out), w.t(), 1.0);
+            match &self.mask {
+                None => mm(
+                    rows,
+                    k,
+                    rank,
+                    &mut dx,
+                    1.0,
+                    M::rows(&g, rank),
+                    M::rows(av, rank).t(),
+                    s,
+                ),
+                Some(m) => {
+                    let mut ga = vec![0f32; rows * k];
+                    mm(
+                        rows,
+                        k,
+                        rank,
+                        &mut ga,
+                        0.0,
+                        M::rows(&g, rank),
+                        M::rows(av, rank).t(),
+                        1.0,
+                    );
+                    for ((d, g), m) in dx.iter_mut().zip(&ga).zip(m) {
+                        *d += s * g * m;
+                    }
+                }
+            }
+            Some(dx)
+        } else {
+            None
+        };
+        let dev = x.device();
+        Ok((
+            dx.map(|v| Tensor::from_vec(v, (rows, k), dev))
+                .transpose()?,
+            da.map(|v| Tensor::from_vec(v, (k, rank), dev))
+                .transpose()?,
+            db.map(|v| Tensor::from_vec(v, (rank, out), dev))
+                .transpose()?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::rows::{max_diff, probe_grads};
+    use candle_core::{Device, Var};
+
+    /// Values and the gradients of x, A and B equal the composed ops, with and without a
+    /// dropout mask, for transposed (strided) frozen weights and a batch dimension; the
+    /// frozen weights get no gradient.
+    #[test]
+    fn equals_composed_ops_forward_and_backward() {
+        let dev = Device::Cpu;
+        let (rows, k, out, rank) = (37, 20, 13, 4);
+        for with_mask in [false, true] {
+            let x = Var::randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1.0, (out, k), &dev).unwrap();
+            let w = wt.t().unwrap();
+            let a = Var::randn(0f32, 1.0, (k, rank), &dev).unwrap();
+            let b = Var::randn(0f32, 1.0, (rank, out), &dev).unwrap();
+            let mask: Option<Vec<f32>> =
+                with_mask.then(|| (0..rows * k).map(|i| [0.0, 1.25][i % 3 % 2]).collect());
+            let s = 0.7f32;
+            let ours = lora_linear(x.as_tensor(), &w, &a, &b, s, mask.clone()).unwrap();
+            let xd = match &mask {
+                Some(m) => (x.as_tensor()
+                    * Tensor::from_vec(m.clone(), (1, rows, k), &dev).unwrap())
+                .unwrap(),
+                None => x.as_tensor().clone(),
+            };
+            let x2 = x.as_tensor().reshape((rows, k)).unwrap();
+            let xd2 = xd.reshape((rows, k)).unwrap();
+            let theirs = (x2.matmul(&w.contiguous().unwrap()).unwrap()
+                + (xd2
+                    .matmul(a.as_tensor())
+                    .unwrap()
+                    .matmul(b.as_tensor())
+                    .unwrap()
+                    * s as f64)
+                    .unwrap())
+            .unwrap()
+            .reshape((1, rows, out))
+            .unwrap();
+            assert_eq!(ours.dims(), &[1, rows, out]);
+            assert!(max_diff(&ours, &theirs) < 1e-4);
+            let probe = Tensor::randn(0f32, 1.0, (1, rows, out), &dev).unwrap();
+            let (g1, g2) = (probe_grads(&ours, &probe), probe_grads(&theirs, &probe));
+            for v in [x.as_tensor(), a.as_tensor(), b.as_tensor()] {
+                let (p, q) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(max_diff(p, q) < 1e-4, "{with_mask}: {}", max_diff(p, q));
+            }
+            assert!(g1.get(&wt).is_none());
+        }
+    }
+}
