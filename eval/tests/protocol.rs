@@ -150,10 +150,10 @@ fn replies_stay_in_context_and_batches_respect_the_backend() {
     assert_eq!(turn3.messages[2], dialogues[0].messages[2]);
     assert_eq!(turn3.messages[4], dialogues[0].messages[4]);
     assert!(turn3.messages[4].content.starts_with("Reply 2 "));
-    // Two chunks (3 + 2) per turn.
+    // Counted reply by reply.
     assert_eq!(
         progress.into_inner().unwrap(),
-        [3, 5, 8, 10, 13, 15, 18, 20, 23, 25, 28, 30]
+        (1..=30).collect::<Vec<usize>>()
     );
 }
 
