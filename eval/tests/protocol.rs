@@ -216,3 +216,60 @@ fn bad_options_are_input_errors() {
         .unwrap()
         .is_empty());
 }
+
+/// [`Canned`]'s replies, finished in a pseudo-random order drawn from `order`, up to
+/// `window` requests in flight.
+struct Shuffled {
+    canned: Canned,
+    window: usize,
+    order: u64,
+}
+
+impl ChatBackend for Shuffled {
+    fn describe(&self) -> String {
+        self.canned.describe()
+    }
+    fn preferred_batch(&self) -> usize {
+        self.window
+    }
+    fn generate(&self, r: &[Request], p: &SamplingParams) -> gatt::Result<Vec<Vec<Reply>>> {
+        self.canned.generate(r, p)
+    }
+    fn generate_each(&self, feed: &mut dyn gatt::backend::Feed) -> gatt::Result<()> {
+        let mut rng = gatt::seed::SplitMix64::new(self.order);
+        let mut held: Vec<(usize, Request, SamplingParams)> = Vec::new();
+        let mut ticket = 0;
+        loop {
+            while held.len() < self.window {
+                let Some((r, p)) = feed.next() else { break };
+                // A dialogue's turns go out in order, one at a time.
+                assert!(held
+                    .iter()
+                    .all(|(_, h, _)| h.conversation != r.conversation));
+                held.push((ticket, r, p));
+                ticket += 1;
+            }
+            if held.is_empty() {
+                return Ok(());
+            }
+            let (t, r, p) = held.swap_remove(rng.next_u64() as usize % held.len());
+            let replies = self.canned.generate(&[r], &p)?.remove(0);
+            feed.done(t, replies)?;
+        }
+    }
+}
+
+/// The dialogues are the same whatever order the replies finish in.
+#[test]
+fn the_order_replies_finish_in_changes_no_dialogue() {
+    let want = run(&Canned::new(true));
+    for (window, order) in [(1, 0), (4, 1), (7, 2)] {
+        let backend = Shuffled {
+            canned: Canned::new(true),
+            window,
+            order,
+        };
+        let got = run_protocol(&backend, &Catalog::builtin(), &options(), &|_| {}).unwrap();
+        assert_eq!(got, want, "{window} in flight, order {order}");
+    }
+}
