@@ -744,7 +744,7 @@ impl ChatBackend for HashJudge {
         Ok(reqs
             .iter()
             .map(|r| {
-                let yes = reply_of(r, r.seed).text.len() % 2 == 0;
+                let yes = reply_of(r, r.seed).text.len().is_multiple_of(2);
                 vec![Reply {
                     text: if yes { "Yes." } else { "No." }.into(),
                     prompt_tokens: 0,
