@@ -31,6 +31,13 @@ use std::sync::{Arc, Mutex};
 /// work and changes nothing, whatever was evicted. Where that does not hold
 /// ([`Model::positions_independent`]: other devices, adapters), prompts are prefilled in
 /// full.
+///
+/// **Continuous batching.** [`ChatBackend::generate_each`] keeps one running batch of at
+/// most `max_batch` sequences: a candidate leaves it as soon as it stops, and the requests
+/// its feed makes ready (a dialogue's next turn) join at the next decoding step, prefilled
+/// from their kept caches. For the same reason as above a sequence samples the same
+/// tokens whatever else is in the batch; where that does not hold, requests go in batches
+/// instead ([`generate_in_batches`]).
 pub struct EmbeddedBackend {
     model: Model,
     /// Chat template, tokenizer and end-of-turn ids (`stop_ids`, never empty) of the
