@@ -559,9 +559,12 @@ fn synth_keeps_the_candidates_the_judge_endpoint_says_yes_to() {
     );
 }
 
-/// Keeping each dialogue's KV cache between turns changes no reply: `gatt synth` (two
-/// candidates a turn) and `gatt eval` write the same dialogues and reports with
-/// `--session-cache 0` (every prompt prefilled in full) as with the default.
+/// Keeping each dialogue's KV cache between turns changes no reply, and neither does the
+/// running batch: `gatt synth` (two candidates a turn) and `gatt eval` write the same
+/// dialogues and reports with `--session-cache 0` (every prompt prefilled in full) and
+/// one sequence at a time (`--batch 1`) as with the default cache and a batch of 3, where
+/// a dialogue's candidates are split between steps and its next turn joins a batch still
+/// decoding the others.
 #[test]
 #[cfg_attr(
     not(feature = "model-tests"),
@@ -571,9 +574,16 @@ fn kept_dialogue_caches_change_no_reply_in_synth_and_eval() {
     let dir = tempdir();
     let run = |name: &str, cache: &str| {
         let out = dir.path().join(name);
-        let o = synth(&out, &["--session-cache", cache, "--candidates", "2"])
-            .output()
-            .unwrap();
+        let batch = if cache == "0" { "1" } else { "3" };
+        let args = [
+            "--session-cache",
+            cache,
+            "--candidates",
+            "2",
+            "--batch",
+            batch,
+        ];
+        let o = synth(&out, &args).output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
         read_jsonl(out.join("dialogues.jsonl"))
     };
@@ -594,6 +604,8 @@ fn kept_dialogue_caches_change_no_reply_in_synth_and_eval() {
             "16",
             "--session-cache",
             cache,
+            "--batch",
+            if cache == "0" { "1" } else { "2" },
         ]);
         let mut report = read_json(out.join("report.json"));
         report.as_object_mut().unwrap().remove("run");

@@ -8,8 +8,10 @@
 //! figure or persona of the instruction ("What is your name?"). The model's own replies
 //! stay in the context, so drift compounds as it would in a real conversation.
 //!
-//! Turn `t` of every dialogue is generated in one batch (in chunks of the backend's
-//! preferred size), so a run costs `turns` rounds of batched generation.
+//! Dialogues advance independently: a dialogue's next turn goes to the backend as soon as
+//! its reply is in ([`ChatBackend::generate_each`]), while the others are still being
+//! answered. Each reply has its own seed ([`request_seed`]), so the dialogues are the same
+//! whatever the order in which replies finish.
 
 mod plan;
 mod score;
@@ -17,10 +19,11 @@ mod score;
 pub use plan::{phrase, pick_constraints, DialoguePlan};
 pub use score::{has_instruction, score_dialogue, ScoredTurn, UNKNOWN_MODEL};
 
-use gatt::backend::{ChatBackend, Request, SamplingParams};
+use gatt::backend::{ChatBackend, Feed, Reply, Request, SamplingParams};
 use gatt::catalog::Catalog;
 use gatt::seed::Stream;
-use gatt::{ConstraintKind, Dialogue, DialogueMeta, Error, Message, Result};
+use gatt::{ConstraintKind, Dialogue, DialogueMeta, Error, Message, Result, Role};
+use std::collections::BTreeSet;
 
 /// How the protocol talks to each model: how many dialogues of how many turns, which
 /// constraint kinds, how often to probe, the seed and the sampling.
@@ -73,7 +76,7 @@ pub fn request_seed(seed: u64, index: usize, turn: usize) -> u64 {
 }
 
 /// Runs the protocol and returns the finished dialogues. `progress` is called after each
-/// batch with the number of replies generated so far (of `dialogues * turns`).
+/// reply with the number of replies generated so far (of `dialogues * turns`).
 ///
 /// Each dialogue records `meta.model`, `meta.seed`, `meta.index`, `meta.probe_turns`
 /// (turn numbers) and `meta.probe_kinds` (the kind each probe asked about), which
@@ -111,7 +114,8 @@ pub fn run_protocol(
     result.map(|()| dialogues)
 }
 
-/// Every turn of every dialogue, in chunks of the backend's preferred batch.
+/// Every turn of every dialogue, each dialogue's next turn handed to the backend as soon
+/// as its reply is in ([`ChatBackend::generate_each`]).
 fn converse(
     backend: &dyn ChatBackend,
     dialogues: &mut [Dialogue],
@@ -119,51 +123,81 @@ fn converse(
     opts: &ProtocolOptions,
     progress: &dyn Fn(usize),
 ) -> Result<()> {
-    let params = SamplingParams {
-        n: 1,
-        ..opts.sampling.clone()
+    let mut feed = Conversations {
+        dialogues,
+        plans,
+        opts,
+        params: SamplingParams {
+            n: 1,
+            ..opts.sampling.clone()
+        },
+        ready: (0..plans.len()).collect(),
+        tickets: Vec::new(),
+        replies: 0,
+        progress,
     };
-    let batch = backend.preferred_batch().max(1);
-    let mut done = 0;
-    for turn in 1..=opts.turns {
-        for (d, plan) in dialogues.iter_mut().zip(plans) {
-            d.messages
-                .push(Message::user(plan.user_messages[turn - 1].clone()));
-        }
-        for first in (0..dialogues.len()).step_by(batch) {
-            let chunk = first..(first + batch).min(dialogues.len());
-            let requests: Vec<Request> = chunk
-                .clone()
-                .map(|i| {
-                    Request::new(
-                        dialogues[i].messages.clone(),
-                        request_seed(opts.seed, i, turn),
-                    )
-                    .in_conversation(dialogues[i].id.clone())
-                })
-                .collect();
-            let replies = backend.generate(&requests, &params)?;
-            if replies.len() != requests.len() {
-                return Err(Error::runtime(format!(
-                    "backend returned {} replies for {} conversations",
-                    replies.len(),
-                    requests.len()
-                )));
-            }
-            for (i, candidates) in chunk.clone().zip(replies) {
-                let Some(reply) = candidates.into_iter().next() else {
-                    return Err(Error::runtime(format!(
-                        "backend returned no reply for dialogue {} at turn {turn}",
-                        dialogues[i].id
-                    )));
-                };
-                dialogues[i].messages.push(Message::assistant(reply.text));
-            }
-            done += chunk.len();
-            progress(done);
-        }
+    backend.generate_each(&mut feed)
+}
+
+/// The protocol's dialogues as a [`Feed`]: dialogue `i`'s turn `t` goes out once its turn
+/// `t - 1` is answered; ready turns go out in dialogue order.
+struct Conversations<'a> {
+    dialogues: &'a mut [Dialogue],
+    plans: &'a [DialoguePlan],
+    opts: &'a ProtocolOptions,
+    params: SamplingParams,
+    /// Dialogues whose next turn is ready to go, by index.
+    ready: BTreeSet<usize>,
+    /// The dialogue of each request handed out.
+    tickets: Vec<usize>,
+    /// Replies received so far.
+    replies: usize,
+    progress: &'a dyn Fn(usize),
+}
+
+impl Conversations<'_> {
+    /// Turns of dialogue `i` answered so far.
+    fn answered(&self, i: usize) -> usize {
+        self.dialogues[i]
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .count()
     }
-    Ok(())
+}
+
+impl Feed for Conversations<'_> {
+    fn next(&mut self) -> Option<(Request, SamplingParams)> {
+        let i = self.ready.pop_first()?;
+        let turn = self.answered(i) + 1;
+        let d = &mut self.dialogues[i];
+        d.messages
+            .push(Message::user(self.plans[i].user_messages[turn - 1].clone()));
+        let request = Request::new(d.messages.clone(), request_seed(self.opts.seed, i, turn))
+            .in_conversation(d.id.clone());
+        self.tickets.push(i);
+        Some((request, self.params.clone()))
+    }
+
+    fn done(&mut self, ticket: usize, replies: Vec<Reply>) -> Result<()> {
+        let i = self.tickets[ticket];
+        let Some(reply) = replies.into_iter().next() else {
+            return Err(Error::runtime(format!(
+                "backend returned no reply for dialogue {} at turn {}",
+                self.dialogues[i].id,
+                self.answered(i) + 1
+            )));
+        };
+        self.dialogues[i]
+            .messages
+            .push(Message::assistant(reply.text));
+        if self.answered(i) < self.opts.turns {
+            self.ready.insert(i);
+        }
+        self.replies += 1;
+        (self.progress)(self.replies);
+        Ok(())
+    }
 }
 
 /// A dialogue holding only its system message (none for the instruction-free control),

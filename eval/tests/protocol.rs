@@ -150,10 +150,10 @@ fn replies_stay_in_context_and_batches_respect_the_backend() {
     assert_eq!(turn3.messages[2], dialogues[0].messages[2]);
     assert_eq!(turn3.messages[4], dialogues[0].messages[4]);
     assert!(turn3.messages[4].content.starts_with("Reply 2 "));
-    // Two chunks (3 + 2) per turn.
+    // Counted reply by reply.
     assert_eq!(
         progress.into_inner().unwrap(),
-        [3, 5, 8, 10, 13, 15, 18, 20, 23, 25, 28, 30]
+        (1..=30).collect::<Vec<usize>>()
     );
 }
 
@@ -215,4 +215,61 @@ fn bad_options_are_input_errors() {
     assert!(run_protocol(&backend, &catalog, &o, &|_| {})
         .unwrap()
         .is_empty());
+}
+
+/// [`Canned`]'s replies, finished in a pseudo-random order drawn from `order`, up to
+/// `window` requests in flight.
+struct Shuffled {
+    canned: Canned,
+    window: usize,
+    order: u64,
+}
+
+impl ChatBackend for Shuffled {
+    fn describe(&self) -> String {
+        self.canned.describe()
+    }
+    fn preferred_batch(&self) -> usize {
+        self.window
+    }
+    fn generate(&self, r: &[Request], p: &SamplingParams) -> gatt::Result<Vec<Vec<Reply>>> {
+        self.canned.generate(r, p)
+    }
+    fn generate_each(&self, feed: &mut dyn gatt::backend::Feed) -> gatt::Result<()> {
+        let mut rng = gatt::seed::SplitMix64::new(self.order);
+        let mut held: Vec<(usize, Request, SamplingParams)> = Vec::new();
+        let mut ticket = 0;
+        loop {
+            while held.len() < self.window {
+                let Some((r, p)) = feed.next() else { break };
+                // A dialogue's turns go out in order, one at a time.
+                assert!(held
+                    .iter()
+                    .all(|(_, h, _)| h.conversation != r.conversation));
+                held.push((ticket, r, p));
+                ticket += 1;
+            }
+            if held.is_empty() {
+                return Ok(());
+            }
+            let (t, r, p) = held.swap_remove(rng.next_u64() as usize % held.len());
+            let replies = self.canned.generate(&[r], &p)?.remove(0);
+            feed.done(t, replies)?;
+        }
+    }
+}
+
+/// The dialogues are the same whatever order the replies finish in.
+#[test]
+fn the_order_replies_finish_in_changes_no_dialogue() {
+    let want = run(&Canned::new(true));
+    for (window, order) in [(1, 0), (4, 1), (7, 2)] {
+        let backend = Shuffled {
+            canned: Canned::new(true),
+            window,
+            order,
+        };
+        let got = run_protocol(&backend, &Catalog::builtin(), &options(), &|_| {}).unwrap();
+        assert_eq!(got, want, "{window} in flight, order {order}");
+    }
 }

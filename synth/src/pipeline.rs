@@ -1,17 +1,18 @@
 //! Sampling the replies: the instruction in every user turn, the earlier sampled replies
-//! in context, dialogues batched through the backend turn by turn.
+//! in context, every dialogue advancing through the backend at its own pace.
 
 use crate::gate::{self, CutMode, GateCounts, GateOptions, JudgeCounts, Rejection};
 use crate::plan::{plan, DialoguePlan, PlanOptions, Shard};
 use crate::scorer::{best, Scorer};
 use crate::users::UserSource;
-use gatt::backend::{ChatBackend, Reply, Request, SamplingParams};
+use gatt::backend::{ChatBackend, Feed, Reply, Request, SamplingParams};
 use gatt::catalog::Catalog;
 use gatt::judge;
 use gatt::seed::{self, Stream};
 use gatt::transform::{attach, to_training, Attach, Placement};
 use gatt::{ConstraintKind, Dialogue, DialogueMeta, Message, Result, Role};
 use serde::Serialize;
+use std::collections::BTreeSet;
 
 /// What to synthesize: `gatt synth`'s settings.
 ///
@@ -59,7 +60,7 @@ pub struct SynthOptions {
     /// This machine's share of the job (serialized as `I/N`).
     #[serde(serialize_with = "shard_str")]
     pub shard: Shard,
-    /// Dialogues per chunk file (the unit of resumption), sampled together as one batch;
+    /// Dialogues per chunk file (the unit of resumption), written once all of them are done;
     /// 0 counts as 1.
     pub chunk: usize,
     /// The quality gate: cut, empty and degenerate replies (see [`crate::gate`]).
@@ -113,12 +114,26 @@ struct InFlight {
     final_cut_kept: bool,
     /// Checks the kept replies passed, and checks decided ([`Scorer::adherence`]).
     adherence: (usize, usize),
+    /// What the gate rejected in this dialogue.
+    counts: GateCounts,
+    /// Its next request, or `None` once it is done.
+    step: Option<Step>,
+    /// The seed of the request in flight.
+    seed: u64,
+}
+
+/// A dialogue's next request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// The user's message of turn `turn` (from 0), written by the model
+    /// ([`SynthOptions::user_sim`]).
+    UserSim { turn: usize },
+    /// Try `attempt` (from 0) at the reply of turn `turn`.
+    Reply { turn: usize, attempt: usize },
 }
 
 /// A turn's reply still to choose: the candidates that passed the gate.
 struct Open {
-    /// The dialogue (index into the chunk's live dialogues).
-    dialogue: usize,
     /// The seed of the request that sampled the candidates.
     seed: u64,
     /// The candidates' numbers in that request.
@@ -168,8 +183,30 @@ impl Synthesizer<'_> {
             .collect()
     }
 
-    /// Samples the dialogues of `plans` together; returns the training records of those
-    /// the quality gate kept, in order, and what it rejected.
+    /// Samples the dialogues of `plans`; returns the training records of those the
+    /// quality gate kept, in order, and what it rejected. [`Synthesizer::run_chunks`]
+    /// with one chunk.
+    ///
+    /// # Errors
+    ///
+    /// The backend's first error; nothing of the chunk is returned then.
+    pub fn run_chunk(&self, plans: &[DialoguePlan]) -> Result<ChunkOutput> {
+        let mut out = None;
+        self.run_chunks(&[(0, plans)], &mut |_, o| {
+            out = Some(o);
+            Ok(())
+        })?;
+        Ok(out.unwrap_or_default())
+    }
+
+    /// Samples the dialogues of `chunks` (each a chunk number and its plans), all through
+    /// one [`ChatBackend::generate_each`]: dialogues advance independently, each turn's
+    /// request going out as soon as the dialogue's previous one is answered, while the
+    /// others are still being sampled; dialogues start in plan order as the backend has
+    /// room. Once every dialogue of a chunk is done, `on_chunk` gets the chunk's number and
+    /// output (the training records of the dialogues the gate kept, in plan order, and what
+    /// it rejected); chunks may finish in any order. Every request has its own seed, so the
+    /// outputs do not depend on that order or on what else was in flight.
     ///
     /// Each record holds the training form in `messages` (instruction once, as
     /// `placement` says) and the conversation as sampled (instruction in every user turn)
@@ -179,300 +216,189 @@ impl Synthesizer<'_> {
     /// the best passing one is kept. When all are rejected, the turn is sampled again
     /// (try `k`'s request seed is `derive(turn seed, Stream::SynthResample, k)`) up to
     /// [`GateOptions::resample_tries`] times, then the dialogue is dropped. With a
-    /// [`Synthesizer::judge`], the candidates of an open choice are judged first (all
-    /// dialogues of the batch together) and the scorer weighs its verdicts.
+    /// [`Synthesizer::judge`], the candidates of an open choice are judged first and the
+    /// scorer weighs its verdicts.
     ///
     /// # Errors
     ///
-    /// The backend's first error; nothing of the chunk is returned then.
-    pub fn run_chunk(&self, plans: &[DialoguePlan]) -> Result<ChunkOutput> {
-        let out = self.sample_chunk(plans);
-        // Whatever happened, the backend can let go of these dialogues.
-        for p in plans {
-            self.backend.end_conversation(&reply_key(p));
-            self.backend.end_conversation(&user_sim_key(p));
-        }
-        out
-    }
-
-    /// [`Synthesizer::run_chunk`]'s work.
-    fn sample_chunk(&self, plans: &[DialoguePlan]) -> Result<ChunkOutput> {
-        let mut live: Vec<InFlight> = plans
-            .iter()
-            .map(|p| InFlight {
-                plan: p.clone(),
-                plain: Vec::new(),
-                prompt_tokens: Vec::new(),
-                completion_tokens: Vec::new(),
-                finished: Vec::new(),
-                dropped: None,
-                final_cut_kept: false,
-                adherence: (0, 0),
-            })
-            .collect();
-        let mut counts = GateCounts {
-            dialogues: plans.len(),
-            ..GateCounts::default()
-        };
+    /// The backend's or `on_chunk`'s first error; the chunks given to `on_chunk` before it
+    /// stay given.
+    pub fn run_chunks(
+        &self,
+        chunks: &[(usize, &[DialoguePlan])],
+        on_chunk: &mut dyn FnMut(usize, ChunkOutput) -> Result<()>,
+    ) -> Result<()> {
         let mut params = self.opts.sampling.clone();
         params.n = self.opts.candidates.max(1);
-        for turn in 0..self.opts.turns {
-            if self.opts.user_sim && turn > 0 {
-                self.simulate_users(&mut live, turn)?;
-            }
-            let active: Vec<usize> = (0..live.len())
-                .filter(|&i| live[i].dropped.is_none() && live[i].plan.users.len() > turn)
-                .collect();
-            if active.is_empty() {
-                break;
-            }
-            for &i in &active {
-                let d = &mut live[i];
-                d.plain.push(Message::user(d.plan.users[turn].clone()));
-            }
-            self.sample_turn(&mut live, active, turn, &params, &mut counts)?;
-        }
-        let min = self.opts.gate.min_adherence;
-        for d in &mut live {
-            let (passed, decided) = d.adherence;
-            if d.dropped.is_none() && decided > 0 && (passed as f64) < min * decided as f64 {
-                d.dropped = Some(Rejection::LowAdherence);
-            }
-        }
-        let mut records = Vec::new();
-        for d in live {
-            if let Some(r) = d.dropped {
-                *counts.dropped.entry(r).or_default() += 1;
-                continue;
-            }
-            counts.kept += 1;
-            counts.kept_without_end_of_turn += usize::from(d.final_cut_kept);
-            counts.kept_cut += usize::from(!d.final_cut_kept && d.finished.contains(&false));
-            records.push(self.record(d));
-        }
-        Ok(ChunkOutput {
-            records,
-            gate: counts,
-        })
-    }
-
-    /// Samples turn `turn`'s reply of the dialogues `active` (whose last message is the
-    /// user's), resampling those whose candidates the gate rejected.
-    fn sample_turn(
-        &self,
-        live: &mut [InFlight],
-        mut pending: Vec<usize>,
-        turn: usize,
-        params: &SamplingParams,
-        counts: &mut GateCounts,
-    ) -> Result<()> {
-        let opts = self.opts.gate;
-        for attempt in 0..=opts.resample_tries {
-            if attempt > 0 {
-                counts.resampled_turns += pending.len();
-            }
-            let requests: Vec<Request> = pending
-                .iter()
-                .map(|&i| {
-                    let d = &live[i];
-                    // Stream: SynthReply (parent: the plan seed, index: the turn).
-                    let first = seed::derive(d.plan.seed, Stream::SynthReply, turn as u64);
-                    Request::new(
-                        attach(&d.plain, &d.plan.instruction, self.opts.attach),
-                        // Stream: SynthResample (parent: the turn's seed, index: the try).
-                        match attempt {
-                            0 => first,
-                            k => seed::derive(first, Stream::SynthResample, k as u64),
-                        },
-                    )
-                    .in_conversation(reply_key(&d.plan))
-                })
-                .collect();
-            let replies = self.backend.generate(&requests, params)?;
-            let last_try = attempt == opts.resample_tries;
-            let mut again = Vec::new();
-            // First the gate: which candidates of each turn may be kept.
-            let mut open: Vec<Open> = Vec::new();
-            for ((&i, candidates), request) in pending.iter().zip(replies).zip(&requests) {
-                let d = &mut live[i];
-                let want = gate::expected(&d.plan.constraints, self.catalog, &d.plan.users);
-                let verdicts: Vec<Option<Rejection>> =
-                    candidates.iter().map(|r| self.verdict(r, &want)).collect();
-                for r in verdicts.iter().flatten() {
-                    *counts.candidates_rejected.entry(*r).or_default() += 1;
-                }
-                let passing: Vec<usize> = (0..candidates.len())
-                    .filter(|&c| verdicts[c].is_none())
-                    .collect();
-                let final_turn = turn + 1 == d.plan.users.len();
-                let probe = d
-                    .plan
-                    .probes
-                    .iter()
-                    .find(|(t, _)| *t == turn + 1)
-                    .map(|(_, k)| k.clone());
-                let pick = if !passing.is_empty() {
-                    Some(passing)
-                } else if last_try && opts.cut == CutMode::DropEot && final_turn {
-                    // Only cut: the final reply is kept without its end-of-turn token.
-                    let cut: Vec<usize> = (0..candidates.len())
-                        .filter(|&c| verdicts[c] == Some(Rejection::Cut))
-                        .collect();
-                    d.final_cut_kept = !cut.is_empty();
-                    Some(cut).filter(|c| !c.is_empty())
-                } else {
-                    None
-                };
-                match pick {
-                    Some(among) => open.push(Open {
-                        dialogue: i,
-                        seed: request.seed,
-                        shown: among.iter().map(|&c| candidates[c].clone()).collect(),
-                        among,
-                        probe,
-                    }),
-                    None if last_try => d.dropped = Some(main_reason(&verdicts)),
-                    None => again.push(i),
-                }
-            }
-            // Then the judge, on every open choice of the batch at once.
-            let judged = self.judge_open(live, &open, turn, &mut counts.judge)?;
-            // Then the choice.
-            for (o, verdicts) in open.iter().zip(judged) {
-                let d = &mut live[o.dialogue];
-                let constraints = &d.plan.constraints;
-                let k = best(
-                    self.scorer,
-                    constraints,
-                    &o.shown,
-                    turn + 1,
-                    o.probe.as_ref(),
-                    &verdicts,
-                );
-                if !verdicts.is_empty()
-                    && best(
-                        self.scorer,
-                        constraints,
-                        &o.shown,
-                        turn + 1,
-                        o.probe.as_ref(),
-                        &[],
-                    ) != k
-                {
-                    counts.judge.picks_changed += 1;
-                }
-                let r = &o.shown[k];
-                let v = verdicts.get(k).map_or(&[][..], Vec::as_slice);
-                let (p, n) = self
-                    .scorer
-                    .adherence(constraints, &r.text, o.probe.as_ref(), v);
-                d.adherence = (d.adherence.0 + p, d.adherence.1 + n);
-                d.plain.push(Message::assistant(r.text.clone()));
-                d.prompt_tokens.push(r.prompt_tokens);
-                d.completion_tokens.push(r.completion_tokens);
-                d.finished.push(r.finished);
-            }
-            if again.is_empty() {
-                break;
-            }
-            pending = again;
-        }
-        Ok(())
-    }
-
-    /// The judge's verdicts on the open choices of turn `turn`: per choice, per candidate,
-    /// per constraint of the dialogue ([`crate::scorer::Judged`]); empty for a choice the
-    /// judge was not asked about (no judge; a single candidate and no `--min-adherence`;
-    /// no hobby, figure or persona). Counts what it said in `counts`.
-    fn judge_open(
-        &self,
-        live: &[InFlight],
-        open: &[Open],
-        turn: usize,
-        counts: &mut JudgeCounts,
-    ) -> Result<Vec<Vec<Vec<Option<bool>>>>> {
-        let mut out: Vec<Vec<Vec<Option<bool>>>> = vec![Vec::new(); open.len()];
-        let Some(judge) = self.judge else {
-            return Ok(out);
+        let mut user_params = self.opts.sampling.clone();
+        user_params.n = 1;
+        user_params.max_new_tokens = user_params.max_new_tokens.min(64);
+        let plans: Vec<&DialoguePlan> = chunks.iter().flat_map(|(_, p)| p.iter()).collect();
+        let mut feed = Dialogues {
+            synth: self,
+            params,
+            user_params,
+            live: plans.iter().map(|_| None).collect(),
+            plans,
+            chunks,
+            left: chunks.iter().map(|(_, p)| p.len()).collect(),
+            started: 0,
+            ready: BTreeSet::new(),
+            tickets: Vec::new(),
+            on_chunk,
+            failed: None,
         };
-        let adherence = self.opts.gate.min_adherence > 0.0;
-        let mut requests = Vec::new();
-        // (choice, candidate, constraint) of each question.
-        let mut slots: Vec<(usize, usize, usize)> = Vec::new();
-        for (o_i, o) in open.iter().enumerate() {
-            if o.shown.len() < 2 && !adherence {
-                continue;
-            }
-            let plan = &live[o.dialogue].plan;
-            let n = plan.constraints.len();
-            for (c, reply) in o.shown.iter().enumerate() {
-                for (j, con) in plan.constraints.iter().enumerate() {
-                    if !judge::judged_kind(&con.kind) {
-                        continue;
-                    }
-                    let index = (o.among[c] * n + j) as u64;
-                    // Stream: SynthJudge (parent: the candidate's request seed, index:
-                    // candidate x constraints + constraint).
-                    let seed = seed::derive(o.seed, Stream::SynthJudge, index);
-                    requests.push(judge::request(
-                        con,
-                        self.catalog,
-                        &plan.instruction,
-                        &plan.users[turn],
-                        &reply.text,
-                        seed,
-                    ));
-                    slots.push((o_i, c, j));
-                }
-            }
+        let outcome = self.backend.generate_each(&mut feed);
+        // Whatever happened, the backend can let go of the dialogues still open.
+        for d in feed.live.iter().flatten().filter(|d| d.step.is_some()) {
+            self.backend.end_conversation(&reply_key(&d.plan));
+            self.backend.end_conversation(&user_sim_key(&d.plan));
         }
-        if requests.is_empty() {
-            return Ok(out);
+        outcome?;
+        match feed.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        let rulings = judge::ask(judge, &requests, &judge::verdict_params(), &|_| {})?;
-        counts.questions += rulings.len();
-        for (&(o_i, c, j), ruling) in slots.iter().zip(&rulings) {
-            if out[o_i].is_empty() {
-                let n = live[open[o_i].dialogue].plan.constraints.len();
-                out[o_i] = vec![vec![None; n]; open[o_i].shown.len()];
-            }
-            out[o_i][c][j] = ruling.answer.decided();
-            match ruling.answer {
-                judge::Answer::Yes => counts.yes += 1,
-                judge::Answer::No => counts.no += 1,
-                judge::Answer::Neither => counts.neither += 1,
-            }
-        }
-        let mut asked: Vec<(usize, usize)> = slots.iter().map(|&(o, c, _)| (o, c)).collect();
-        asked.dedup();
-        counts.candidates_judged += asked.len();
-        counts.candidates_rejected += asked
-            .iter()
-            .filter(|&&(o, c)| out[o][c].contains(&Some(false)))
-            .count();
-        Ok(out)
     }
 
-    /// Why the gate rejects candidate `r`, if it does.
-    fn verdict(&self, r: &Reply, want: &gate::Expected) -> Option<Rejection> {
-        gate::check_text(&r.text, want).or_else(|| {
-            (!r.finished && self.opts.gate.cut != CutMode::Keep).then_some(Rejection::Cut)
-        })
-    }
-
-    /// Writes each live dialogue's next user message with the model playing the user.
-    fn simulate_users(&self, live: &mut [InFlight], turn: usize) -> Result<()> {
-        let is_probe = |d: &InFlight| d.plan.probes.iter().any(|(t, _)| *t == turn + 1);
-        let idx: Vec<usize> = (0..live.len())
-            .filter(|&i| {
-                live[i].dropped.is_none() && live[i].plain.len() == 2 * turn && !is_probe(&live[i])
-            })
+    /// Takes the candidates of try `attempt` at turn `turn`'s reply (sampled with request
+    /// seed `seed`): the gate, the judge, the choice. Returns the dialogue's next step: the
+    /// next try, or `None` when the turn is settled (the reply kept, or the dialogue
+    /// dropped).
+    fn take_reply(
+        &self,
+        d: &mut InFlight,
+        turn: usize,
+        attempt: usize,
+        candidates: Vec<Reply>,
+    ) -> Result<Option<Step>> {
+        let opts = self.opts.gate;
+        let last_try = attempt == opts.resample_tries;
+        // First the gate: which candidates may be kept.
+        let want = gate::expected(&d.plan.constraints, self.catalog, &d.plan.users);
+        let verdicts: Vec<Option<Rejection>> =
+            candidates.iter().map(|r| self.verdict(r, &want)).collect();
+        for r in verdicts.iter().flatten() {
+            *d.counts.candidates_rejected.entry(*r).or_default() += 1;
+        }
+        let passing: Vec<usize> = (0..candidates.len())
+            .filter(|&c| verdicts[c].is_none())
             .collect();
-        let requests: Vec<Request> = idx
+        let final_turn = turn + 1 == d.plan.users.len();
+        let probe = d
+            .plan
+            .probes
             .iter()
-            .map(|&i| {
-                let d = &live[i];
-                // Roles flipped: the model speaks as the user, reading the assistant as its partner.
+            .find(|(t, _)| *t == turn + 1)
+            .map(|(_, k)| k.clone());
+        let pick = if !passing.is_empty() {
+            Some(passing)
+        } else if last_try && opts.cut == CutMode::DropEot && final_turn {
+            // Only cut: the final reply is kept without its end-of-turn token.
+            let cut: Vec<usize> = (0..candidates.len())
+                .filter(|&c| verdicts[c] == Some(Rejection::Cut))
+                .collect();
+            d.final_cut_kept = !cut.is_empty();
+            Some(cut).filter(|c| !c.is_empty())
+        } else {
+            None
+        };
+        let Some(among) = pick else {
+            if last_try {
+                d.dropped = Some(main_reason(&verdicts));
+                return Ok(None);
+            }
+            d.counts.resampled_turns += 1;
+            return Ok(Some(Step::Reply {
+                turn,
+                attempt: attempt + 1,
+            }));
+        };
+        let o = Open {
+            seed: d.seed,
+            shown: among.iter().map(|&c| candidates[c].clone()).collect(),
+            among,
+            probe,
+        };
+        // Then the judge.
+        let mut judge_counts = JudgeCounts::default();
+        let verdicts = self.judge_open(d, &o, turn, &mut judge_counts)?;
+        d.counts.judge.add(&judge_counts);
+        // Then the choice.
+        let constraints = &d.plan.constraints;
+        let k = best(
+            self.scorer,
+            constraints,
+            &o.shown,
+            turn + 1,
+            o.probe.as_ref(),
+            &verdicts,
+        );
+        if !verdicts.is_empty()
+            && best(
+                self.scorer,
+                constraints,
+                &o.shown,
+                turn + 1,
+                o.probe.as_ref(),
+                &[],
+            ) != k
+        {
+            d.counts.judge.picks_changed += 1;
+        }
+        let r = &o.shown[k];
+        let v = verdicts.get(k).map_or(&[][..], Vec::as_slice);
+        let (p, n) = self
+            .scorer
+            .adherence(constraints, &r.text, o.probe.as_ref(), v);
+        d.adherence = (d.adherence.0 + p, d.adherence.1 + n);
+        d.plain.push(Message::assistant(r.text.clone()));
+        d.prompt_tokens.push(r.prompt_tokens);
+        d.completion_tokens.push(r.completion_tokens);
+        d.finished.push(r.finished);
+        Ok(None)
+    }
+
+    /// The step that starts turn `turn` of `d` (its user message pushed when it comes from
+    /// the plan), or `None` when the dialogue has no such turn.
+    fn begin_turn(&self, d: &mut InFlight, turn: usize) -> Option<Step> {
+        if turn >= self.opts.turns {
+            return None;
+        }
+        let probe = d.plan.probes.iter().any(|(t, _)| *t == turn + 1);
+        if self.opts.user_sim && turn > 0 && !probe {
+            return Some(Step::UserSim { turn });
+        }
+        self.ask_reply(d, turn)
+    }
+
+    /// Turn `turn`'s first try at a reply, its user message pushed; `None` when the
+    /// dialogue has no user message for it.
+    fn ask_reply(&self, d: &mut InFlight, turn: usize) -> Option<Step> {
+        let user = d.plan.users.get(turn)?;
+        d.plain.push(Message::user(user.clone()));
+        Some(Step::Reply { turn, attempt: 0 })
+    }
+
+    /// The request of `d`'s `step`.
+    fn request(&self, d: &InFlight, step: Step) -> Request {
+        match step {
+            Step::Reply { turn, attempt } => {
+                // Stream: SynthReply (parent: the plan seed, index: the turn).
+                let first = seed::derive(d.plan.seed, Stream::SynthReply, turn as u64);
+                Request::new(
+                    attach(&d.plain, &d.plan.instruction, self.opts.attach),
+                    // Stream: SynthResample (parent: the turn's seed, index: the try).
+                    match attempt {
+                        0 => first,
+                        k => seed::derive(first, Stream::SynthResample, k as u64),
+                    },
+                )
+                .in_conversation(reply_key(&d.plan))
+            }
+            Step::UserSim { turn } => {
+                // Roles flipped: the model speaks as the user, reading the assistant as
+                // its partner.
                 let mut messages = vec![Message::system(USER_SIM_PROMPT)];
                 messages.extend(d.plain.iter().map(|m| match m.role {
                     Role::User => Message::assistant(m.content.clone()),
@@ -484,24 +410,104 @@ impl Synthesizer<'_> {
                     seed::derive(d.plan.seed, Stream::SynthUserSim, turn as u64),
                 )
                 .in_conversation(user_sim_key(&d.plan))
-            })
-            .collect();
-        let mut params = self.opts.sampling.clone();
-        params.n = 1;
-        params.max_new_tokens = params.max_new_tokens.min(64);
-        let replies = self.backend.generate(&requests, &params)?;
-        for (&i, r) in idx.iter().zip(replies) {
-            let text = r[0].text.trim().to_string();
-            let users = &mut live[i].plan.users;
-            users.truncate(turn);
-            if !text.is_empty() {
-                users.push(text);
             }
         }
-        Ok(())
     }
 
-    fn record(&self, d: InFlight) -> Dialogue {
+    /// What `d`'s finished sampling gives: its record, or nothing when the gate dropped it
+    /// (now also for too low an adherence); its counts either way.
+    fn conclude(&self, d: &mut InFlight) -> Option<Dialogue> {
+        let min = self.opts.gate.min_adherence;
+        let (passed, decided) = d.adherence;
+        if d.dropped.is_none() && decided > 0 && (passed as f64) < min * decided as f64 {
+            d.dropped = Some(Rejection::LowAdherence);
+        }
+        d.counts.dialogues = 1;
+        if let Some(r) = d.dropped {
+            *d.counts.dropped.entry(r).or_default() += 1;
+            return None;
+        }
+        d.counts.kept = 1;
+        d.counts.kept_without_end_of_turn = usize::from(d.final_cut_kept);
+        d.counts.kept_cut = usize::from(!d.final_cut_kept && d.finished.contains(&false));
+        Some(self.record(d))
+    }
+
+    /// The judge's verdicts on the open choice `o` of turn `turn` of `d`: per candidate,
+    /// per constraint of the dialogue ([`crate::scorer::Judged`]); empty when the judge was
+    /// not asked (no judge; a single candidate and no `--min-adherence`; no hobby, figure
+    /// or persona). Counts what it said in `counts`.
+    fn judge_open(
+        &self,
+        d: &InFlight,
+        o: &Open,
+        turn: usize,
+        counts: &mut JudgeCounts,
+    ) -> Result<Vec<Vec<Option<bool>>>> {
+        let Some(judge) = self.judge else {
+            return Ok(Vec::new());
+        };
+        let adherence = self.opts.gate.min_adherence > 0.0;
+        if o.shown.len() < 2 && !adherence {
+            return Ok(Vec::new());
+        }
+        let plan = &d.plan;
+        let n = plan.constraints.len();
+        let mut requests = Vec::new();
+        // (candidate, constraint) of each question.
+        let mut slots: Vec<(usize, usize)> = Vec::new();
+        for (c, reply) in o.shown.iter().enumerate() {
+            for (j, con) in plan.constraints.iter().enumerate() {
+                if !judge::judged_kind(&con.kind) {
+                    continue;
+                }
+                let index = (o.among[c] * n + j) as u64;
+                // Stream: SynthJudge (parent: the candidate's request seed, index:
+                // candidate x constraints + constraint).
+                let seed = seed::derive(o.seed, Stream::SynthJudge, index);
+                requests.push(judge::request(
+                    con,
+                    self.catalog,
+                    &plan.instruction,
+                    &plan.users[turn],
+                    &reply.text,
+                    seed,
+                ));
+                slots.push((c, j));
+            }
+        }
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rulings = judge::ask(judge, &requests, &judge::verdict_params(), &|_| {})?;
+        counts.questions += rulings.len();
+        let mut out = vec![vec![None; n]; o.shown.len()];
+        for (&(c, j), ruling) in slots.iter().zip(&rulings) {
+            out[c][j] = ruling.answer.decided();
+            match ruling.answer {
+                judge::Answer::Yes => counts.yes += 1,
+                judge::Answer::No => counts.no += 1,
+                judge::Answer::Neither => counts.neither += 1,
+            }
+        }
+        let mut asked: Vec<usize> = slots.iter().map(|&(c, _)| c).collect();
+        asked.dedup();
+        counts.candidates_judged += asked.len();
+        counts.candidates_rejected += asked
+            .iter()
+            .filter(|&&c| out[c].contains(&Some(false)))
+            .count();
+        Ok(out)
+    }
+
+    /// Why the gate rejects candidate `r`, if it does.
+    fn verdict(&self, r: &Reply, want: &gate::Expected) -> Option<Rejection> {
+        gate::check_text(&r.text, want).or_else(|| {
+            (!r.finished && self.opts.gate.cut != CutMode::Keep).then_some(Rejection::Cut)
+        })
+    }
+
+    fn record(&self, d: &InFlight) -> Dialogue {
         let p = &d.plan;
         let augmented = attach(&d.plain, &p.instruction, self.opts.attach);
         let messages = to_training(
@@ -516,9 +522,9 @@ impl Synthesizer<'_> {
             seed: Some(p.seed),
             index: Some(p.index),
             terse: Some(p.terse),
-            prompt_tokens: Some(d.prompt_tokens),
-            completion_tokens: Some(d.completion_tokens),
-            finished: Some(d.finished),
+            prompt_tokens: Some(d.prompt_tokens.clone()),
+            completion_tokens: Some(d.completion_tokens.clone()),
+            finished: Some(d.finished.clone()),
             final_end_of_turn: d.final_cut_kept.then_some(false),
             probe_turns: (!p.probes.is_empty()).then(|| p.probes.iter().map(|(t, _)| *t).collect()),
             probe_kinds: (!p.probes.is_empty())
@@ -546,4 +552,138 @@ fn main_reason(verdicts: &[Option<Rejection>]) -> Rejection {
     n.into_iter()
         .find(|(_, c)| *c == most)
         .map_or(Rejection::Empty, |(r, _)| r)
+}
+
+/// The dialogues of [`Synthesizer::run_chunks`] as a [`Feed`]: each dialogue's next
+/// request is ready once its previous one is answered; ready requests go out in plan
+/// order, and a new dialogue starts only when none is ready.
+struct Dialogues<'s, 'a> {
+    synth: &'s Synthesizer<'a>,
+    /// Settings of reply requests and of simulated-user requests.
+    params: SamplingParams,
+    user_params: SamplingParams,
+    /// Every plan of the chunks, in order, and each one's state once started.
+    plans: Vec<&'s DialoguePlan>,
+    live: Vec<Option<InFlight>>,
+    chunks: &'s [(usize, &'s [DialoguePlan])],
+    /// Dialogues not yet done, per chunk.
+    left: Vec<usize>,
+    /// Dialogues started so far (the first `started` plans).
+    started: usize,
+    /// Started dialogues whose next request is ready to go.
+    ready: BTreeSet<usize>,
+    /// The dialogue of each request handed out.
+    tickets: Vec<usize>,
+    on_chunk: &'s mut dyn FnMut(usize, ChunkOutput) -> Result<()>,
+    /// An error met where [`Feed::next`] cannot return it; ends the generation.
+    failed: Option<gatt::Error>,
+}
+
+impl Dialogues<'_, '_> {
+    /// Dialogue `i` takes `step` next: ready to go, or done when there is none.
+    fn then(&mut self, i: usize, step: Option<Step>) -> Result<()> {
+        let d = self.live[i].as_mut().expect("a started dialogue");
+        d.step = step;
+        if step.is_some() {
+            self.ready.insert(i);
+            return Ok(());
+        }
+        self.synth.backend.end_conversation(&reply_key(&d.plan));
+        self.synth.backend.end_conversation(&user_sim_key(&d.plan));
+        // The chunk of dialogue `i`, and its first dialogue.
+        let (mut k, mut first) = (0, 0);
+        while first + self.chunks[k].1.len() <= i {
+            first += self.chunks[k].1.len();
+            k += 1;
+        }
+        self.left[k] -= 1;
+        if self.left[k] > 0 {
+            return Ok(());
+        }
+        let mut out = ChunkOutput::default();
+        for d in self.live[first..first + self.chunks[k].1.len()]
+            .iter_mut()
+            .flatten()
+        {
+            if let Some(record) = self.synth.conclude(d) {
+                out.records.push(record);
+            }
+            out.gate.add(&d.counts);
+        }
+        (self.on_chunk)(self.chunks[k].0, out)
+    }
+
+    /// Starts the next planned dialogue at its first turn.
+    fn start(&mut self) -> Result<()> {
+        let i = self.started;
+        self.started += 1;
+        let mut d = InFlight {
+            plan: self.plans[i].clone(),
+            plain: Vec::new(),
+            prompt_tokens: Vec::new(),
+            completion_tokens: Vec::new(),
+            finished: Vec::new(),
+            dropped: None,
+            final_cut_kept: false,
+            adherence: (0, 0),
+            counts: GateCounts::default(),
+            step: None,
+            seed: 0,
+        };
+        let step = self.synth.begin_turn(&mut d, 0);
+        self.live[i] = Some(d);
+        self.then(i, step)
+    }
+}
+
+impl Feed for Dialogues<'_, '_> {
+    fn next(&mut self) -> Option<(Request, SamplingParams)> {
+        while self.ready.is_empty() && self.failed.is_none() && self.started < self.plans.len() {
+            if let Err(e) = self.start() {
+                self.failed = Some(e);
+            }
+        }
+        if self.failed.is_some() {
+            return None;
+        }
+        let i = self.ready.pop_first()?;
+        let d = self.live[i].as_mut().expect("a started dialogue");
+        let step = d.step.expect("a ready dialogue has a step");
+        let request = self.synth.request(d, step);
+        d.seed = request.seed;
+        self.tickets.push(i);
+        let params = match step {
+            Step::Reply { .. } => self.params.clone(),
+            Step::UserSim { .. } => self.user_params.clone(),
+        };
+        Some((request, params))
+    }
+
+    fn done(&mut self, ticket: usize, replies: Vec<Reply>) -> Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let i = self.tickets[ticket];
+        let synth = self.synth;
+        let d = self.live[i].as_mut().expect("a started dialogue");
+        let next = match d.step.expect("a dialogue in flight has a step") {
+            Step::Reply { turn, attempt } => match synth.take_reply(d, turn, attempt, replies)? {
+                Some(again) => Some(again),
+                None if d.dropped.is_some() => None,
+                None => synth.begin_turn(d, turn + 1),
+            },
+            Step::UserSim { turn } => {
+                let text = replies
+                    .first()
+                    .map(|r| r.text.trim().to_string())
+                    .unwrap_or_default();
+                d.plan.users.truncate(turn);
+                if !text.is_empty() {
+                    d.plan.users.push(text);
+                }
+                synth.ask_reply(d, turn)
+            }
+        };
+        self.then(i, next)
+    }
 }

@@ -166,6 +166,10 @@ pub fn run(
         ..Default::default()
     };
     let mut gate = GateCounts::default();
+    // Chunks finished by an interrupted run count as done; the others are sampled
+    // together, dialogues advancing independently, each chunk written once all its
+    // dialogues are done.
+    let mut todo: Vec<(usize, &[crate::plan::DialoguePlan])> = Vec::new();
     for (k, group) in plans.chunks(chunk).enumerate() {
         let path = chunk_path(dir, k);
         if path.exists() {
@@ -177,19 +181,21 @@ pub fn run(
             on_progress(&progress);
             continue;
         }
-        let out = s.run_chunk(group)?;
+        todo.push((k, group));
+    }
+    s.run_chunks(&todo, &mut |k, out| {
         write_json(&gate_path(dir, k), &out.gate)?;
         gate.add(&out.gate);
-        let records = out.records;
-        let mut w = DialogueWriter::create(&path, Format::Jsonl)?;
-        for r in &records {
+        let mut w = DialogueWriter::create(&chunk_path(dir, k), Format::Jsonl)?;
+        for r in &out.records {
             progress.tokens_generated += r.meta.tokens_generated();
             w.write(r)?;
         }
         w.finish()?;
-        progress.dialogues_done += group.len();
+        progress.dialogues_done += plans.chunks(chunk).nth(k).map_or(0, <[_]>::len);
         on_progress(&progress);
-    }
+        Ok(())
+    })?;
 
     let output = dir.join(format!("dialogues.{}", format.extension()));
     let mut w = DialogueWriter::create(&output, format)?;

@@ -1,11 +1,13 @@
 //! The in-process backend: a GGUF model on candle, decoding many conversations at once.
 
+mod continuous;
+
 use crate::llama::{self, Model, SeqKv};
 use crate::sampling::Sampler;
 use crate::sessions::{Branch, Sessions};
 use candle_core::{Device, Tensor};
 use gatt::backend::SamplingParams;
-use gatt::backend::{candidate_seed, ChatBackend, Reply, Request};
+use gatt::backend::{candidate_seed, generate_in_batches, ChatBackend, Feed, Reply, Request};
 use gatt::model::{read_gguf, ChatFormat, ModelSource};
 use gatt::{Error, Result};
 use std::path::PathBuf;
@@ -29,6 +31,13 @@ use std::sync::{Arc, Mutex};
 /// work and changes nothing, whatever was evicted. Where that does not hold
 /// ([`Model::positions_independent`]: other devices, adapters), prompts are prefilled in
 /// full.
+///
+/// **Continuous batching.** [`ChatBackend::generate_each`] keeps one running batch of at
+/// most `max_batch` sequences: a candidate leaves it as soon as it stops, and the requests
+/// its feed makes ready (a dialogue's next turn) join at the next decoding step, prefilled
+/// from their kept caches. For the same reason as above a sequence samples the same
+/// tokens whatever else is in the batch; where that does not hold, requests go in batches
+/// instead ([`generate_in_batches`]).
 pub struct EmbeddedBackend {
     model: Model,
     /// Chat template, tokenizer and end-of-turn ids (`stop_ids`, never empty) of the
@@ -152,6 +161,23 @@ impl EmbeddedBackend {
             .encode(text.as_str(), false)
             .map_err(|e| Error::runtime(format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// [`EmbeddedBackend::prompt_tokens`], refused when empty or not shorter than the
+    /// model's context.
+    fn checked_prompt(&self, messages: &[gatt::Message]) -> Result<Vec<u32>> {
+        let ctx = self.model.cfg.context_length;
+        let prompt = self.prompt_tokens(messages)?;
+        if prompt.len() >= ctx {
+            return Err(Error::input(format!(
+                "a prompt of {} tokens does not fit the model's context of {ctx} tokens",
+                prompt.len()
+            )));
+        }
+        if prompt.is_empty() {
+            return Err(Error::input("the chat template rendered an empty prompt"));
+        }
+        Ok(prompt)
     }
 
     /// Decodes one batch of prompts together, left-padded, `samplers[s]` choosing the
@@ -388,23 +414,24 @@ impl ChatBackend for EmbeddedBackend {
         self.lock_sessions().forget(key);
     }
 
+    /// On the CPU, with positions computed independently
+    /// ([`Model::positions_independent`]), one running batch that candidates join and
+    /// leave step by step (`continuous.rs`); elsewhere batches of
+    /// [`ChatBackend::preferred_batch`] requests ([`generate_in_batches`]).
+    fn generate_each(&self, feed: &mut dyn Feed) -> Result<()> {
+        if self.model.positions_independent() {
+            self.decode_continuously(feed)
+        } else {
+            generate_in_batches(self, feed)
+        }
+    }
+
     fn generate(&self, requests: &[Request], params: &SamplingParams) -> Result<Vec<Vec<Reply>>> {
         let n = params.n.max(1);
-        let ctx = self.model.cfg.context_length;
-        let mut prompts = Vec::with_capacity(requests.len());
-        for req in requests {
-            let prompt = self.prompt_tokens(&req.messages)?;
-            if prompt.len() >= ctx {
-                return Err(Error::input(format!(
-                    "a prompt of {} tokens does not fit the model's context of {ctx} tokens",
-                    prompt.len()
-                )));
-            }
-            if prompt.is_empty() {
-                return Err(Error::input("the chat template rendered an empty prompt"));
-            }
-            prompts.push(prompt);
-        }
+        let prompts = requests
+            .iter()
+            .map(|req| self.checked_prompt(&req.messages))
+            .collect::<Result<Vec<_>>>()?;
         if self.model.device().is_cpu() {
             return self
                 .generate_cpu(requests, prompts, params)

@@ -315,3 +315,141 @@ fn attention_summary_matches_transformers_output_attentions() {
     // Not trivially equal: the instruction draws attention somewhere, not everywhere.
     assert!(want.mass_max.iter().any(|&x| x > 0.1));
 }
+
+/// Dialogues conversed through [`ChatBackend::generate_each`]: each dialogue's next turn
+/// is handed out as soon as its reply is in. Dialogue `i` samples up to `6 + 5 * i`
+/// tokens, so that rows leave the batch at different steps.
+struct Turns {
+    dialogues: Vec<Vec<Message>>,
+    /// Turns answered per dialogue.
+    answered: Vec<usize>,
+    turns: usize,
+    n: usize,
+    /// Dialogues whose next request is ready, and those not yet started.
+    ready: std::collections::VecDeque<usize>,
+    /// The dialogue of each request handed out.
+    tickets: Vec<usize>,
+    /// Every candidate's text, by (dialogue, turn).
+    texts: std::collections::BTreeMap<(usize, usize), Vec<String>>,
+    /// Requests in flight when each was handed out (more than 0: turns overlapped).
+    in_flight_at_start: Vec<usize>,
+    in_flight: usize,
+}
+
+const USERS: [&str; 4] = [
+    "Tell me about your morning.",
+    "What should I cook tonight?",
+    "Name a famous painter.",
+    "Why is the sky blue?",
+];
+const SYSTEMS: [&str; 4] = [
+    "Always answer in French.",
+    "You are a pirate.",
+    "Your hobby is tennis.",
+    "Answer in one short sentence.",
+];
+
+impl Turns {
+    fn new(turns: usize, n: usize) -> Self {
+        Turns {
+            dialogues: SYSTEMS.iter().map(|s| vec![Message::system(*s)]).collect(),
+            answered: vec![0; SYSTEMS.len()],
+            turns,
+            n,
+            ready: (0..SYSTEMS.len()).collect(),
+            tickets: Vec::new(),
+            texts: Default::default(),
+            in_flight_at_start: Vec::new(),
+            in_flight: 0,
+        }
+    }
+
+    fn params(&self, i: usize) -> SamplingParams {
+        SamplingParams {
+            max_new_tokens: 6 + 5 * i,
+            n: self.n,
+            ..SamplingParams::default()
+        }
+    }
+
+    fn request(&self, i: usize) -> Request {
+        let turn = self.answered[i];
+        Request::new(self.dialogues[i].clone(), (i * 100 + turn) as u64)
+            .in_conversation(format!("d{i}"))
+    }
+}
+
+impl gatt::backend::Feed for Turns {
+    fn next(&mut self) -> Option<(Request, SamplingParams)> {
+        let i = self.ready.pop_front()?;
+        let turn = self.answered[i];
+        self.dialogues[i].push(Message::user(USERS[(i + turn) % USERS.len()]));
+        self.tickets.push(i);
+        self.in_flight_at_start.push(self.in_flight);
+        self.in_flight += 1;
+        Some((self.request(i), self.params(i)))
+    }
+
+    fn done(&mut self, ticket: usize, replies: Vec<gatt::backend::Reply>) -> gatt::Result<()> {
+        let i = self.tickets[ticket];
+        assert_eq!(replies.len(), self.n);
+        self.in_flight -= 1;
+        let turn = self.answered[i];
+        self.texts
+            .insert((i, turn), replies.iter().map(|r| r.text.clone()).collect());
+        self.dialogues[i].push(Message::assistant(replies[0].text.clone()));
+        self.answered[i] += 1;
+        if self.answered[i] < self.turns {
+            self.ready.push_back(i);
+        }
+        Ok(())
+    }
+}
+
+/// Continuous batching changes no reply: every candidate of every turn is the text it is
+/// when each dialogue is answered alone, request by request, with nothing kept between
+/// turns (a batch of 1, no session cache); whether the running batch holds 3 sequences
+/// (candidates of one request split between steps) or 8, with kept caches. And the turns
+/// did overlap: requests were handed out while others were being decoded.
+#[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
+fn continuous_batching_changes_no_reply() {
+    let source = ModelSource::resolve("default").unwrap();
+    let load = |batch, budget| {
+        let mut b = EmbeddedBackend::load(&source, &candle_core::Device::Cpu, batch).unwrap();
+        b.set_session_budget(budget);
+        b
+    };
+    let (turns, n) = (2, 2);
+    // One request at a time, in a batch of its own.
+    let alone = load(1, 0);
+    let mut want = Turns::new(turns, n);
+    for i in 0..SYSTEMS.len() {
+        for turn in 0..turns {
+            want.dialogues[i].push(Message::user(USERS[(i + turn) % USERS.len()]));
+            let req = want.request(i);
+            let replies = alone.generate(&[req], &want.params(i)).unwrap().remove(0);
+            want.texts
+                .insert((i, turn), replies.iter().map(|r| r.text.clone()).collect());
+            want.dialogues[i].push(Message::assistant(replies[0].text.clone()));
+            want.answered[i] += 1;
+        }
+    }
+    for batch in [3, 8] {
+        let b = load(batch, EmbeddedBackend::DEFAULT_SESSION_BUDGET);
+        let mut got = Turns::new(turns, n);
+        b.generate_each(&mut got).unwrap();
+        assert_eq!(got.texts, want.texts, "batch of {batch}");
+        assert!(
+            got.in_flight_at_start[SYSTEMS.len()..]
+                .iter()
+                .any(|&k| k > 0),
+            "later turns joined a running batch: {:?}",
+            got.in_flight_at_start
+        );
+        assert!(b.prefill_counts().1 > 0, "kept caches were used");
+    }
+}

@@ -1,11 +1,12 @@
 //! An OpenAI-compatible `/v1/chat/completions` client: N requests in flight, timeouts,
 //! and retries with exponential backoff and jitter on 429, 5xx and dropped connections.
 
-use super::{candidate_seed, ChatBackend, Reply, Request, SamplingParams};
+use super::{candidate_seed, ChatBackend, Feed, Reply, Request, SamplingParams};
 use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// Where the server is and how hard to push it.
@@ -471,6 +472,107 @@ impl ChatBackend for HttpBackend {
             return Err(Error::runtime(format!("request {missing} got no reply")));
         }
         Ok(replies)
+    }
+
+    /// Keeps [`HttpOptions::in_flight`] completions in flight (one thread each) for as
+    /// long as `feed` has requests: each finished completion frees its thread for the
+    /// next candidate, and a request's replies go to `feed` once all its candidates are
+    /// in (so its dialogue's next turn can go out at once).
+    fn generate_each(&self, feed: &mut dyn Feed) -> Result<()> {
+        let width = self.opts.in_flight.max(1);
+        // Work for the threads: (request number, candidate, request, sampling).
+        type Task = (usize, usize, Arc<Request>, Arc<SamplingParams>);
+        let (to_threads, tasks) = mpsc::channel::<Task>();
+        let tasks = Mutex::new(tasks);
+        let (to_main, finished) = mpsc::channel::<(usize, usize, Result<Reply>)>();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..width {
+                let to_main = to_main.clone();
+                let (tasks, stop) = (&tasks, &stop);
+                s.spawn(move || loop {
+                    let task = tasks.lock().expect("no poisoned lock").recv();
+                    let Ok((ticket, c, req, params)) = task else {
+                        break;
+                    };
+                    if stop.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let out = self.complete(&req, &params, candidate_seed(req.seed, c));
+                    if to_main.send((ticket, c, out)).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(to_main);
+            let result = self.feed_threads(feed, width, &to_threads, &finished);
+            // Threads finish the completion they are in and take no more.
+            stop.store(true, Ordering::Relaxed);
+            drop(to_threads);
+            result
+        })
+    }
+}
+
+impl HttpBackend {
+    /// [`HttpBackend::generate_each`]'s dispatcher, on the caller's thread: hands out at
+    /// most `width` candidates at a time through `to_threads`, collects `finished` ones
+    /// and gives each request's replies to `feed`.
+    fn feed_threads(
+        &self,
+        feed: &mut dyn Feed,
+        width: usize,
+        to_threads: &mpsc::Sender<(usize, usize, Arc<Request>, Arc<SamplingParams>)>,
+        finished: &mpsc::Receiver<(usize, usize, Result<Reply>)>,
+    ) -> Result<()> {
+        let mut queued: VecDeque<(usize, usize, Arc<Request>, Arc<SamplingParams>)> =
+            VecDeque::new();
+        // Each open request's candidates so far.
+        let mut open: HashMap<usize, Vec<Option<Reply>>> = HashMap::new();
+        let mut tickets = 0;
+        let mut in_flight = 0;
+        loop {
+            while in_flight < width {
+                if let Some(task) = queued.pop_front() {
+                    to_threads
+                        .send(task)
+                        .map_err(|_| Error::runtime("the request threads stopped"))?;
+                    in_flight += 1;
+                    continue;
+                }
+                let Some((request, params)) = feed.next() else {
+                    break;
+                };
+                if tickets == 0 {
+                    self.check_alive()?;
+                }
+                let n = params.n.max(1);
+                let (request, params) = (Arc::new(request), Arc::new(params));
+                for c in 0..n {
+                    queued.push_back((tickets, c, Arc::clone(&request), Arc::clone(&params)));
+                }
+                open.insert(tickets, vec![None; n]);
+                tickets += 1;
+            }
+            if in_flight == 0 {
+                return Ok(());
+            }
+            let (ticket, c, out) = finished
+                .recv()
+                .map_err(|_| Error::runtime("the request threads stopped"))?;
+            in_flight -= 1;
+            let slots = open.get_mut(&ticket).expect("an open request");
+            slots[c] = Some(out?);
+            if slots.iter().all(Option::is_some) {
+                let replies = open
+                    .remove(&ticket)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .collect();
+                feed.done(ticket, replies)?;
+            }
+        }
     }
 }
 

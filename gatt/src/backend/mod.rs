@@ -83,6 +83,26 @@ pub trait ChatBackend: Send + Sync {
     /// How many requests to hand over at once for good throughput.
     fn preferred_batch(&self) -> usize;
 
+    /// Continuous generation: takes requests from `feed` whenever it has room for more
+    /// and hands each request's `params.n` candidates back to [`Feed::done`] as soon as
+    /// they are all sampled, so that a caller can send a dialogue's next turn while other
+    /// dialogues are still being answered. Returns once [`Feed::next`] has nothing to give
+    /// and no request is in flight.
+    ///
+    /// Replies are those [`ChatBackend::generate`] gives for the same request and seed:
+    /// only the order in which requests finish depends on what else is in flight. The
+    /// default hands the backend up to [`ChatBackend::preferred_batch`] ready requests at
+    /// a time ([`generate_in_batches`]); the embedded and HTTP backends keep their batch
+    /// (in-flight window) full instead.
+    ///
+    /// # Errors
+    ///
+    /// The first error of a request (as [`ChatBackend::generate`]'s) or of [`Feed::done`];
+    /// nothing more is handed to `feed` then.
+    fn generate_each(&self, feed: &mut dyn Feed) -> Result<()> {
+        generate_in_batches(self, feed)
+    }
+
     /// The dialogue named `key` ([`Request::conversation`]) is done: what the backend
     /// kept for it can go. Backends that keep nothing ignore it (the default).
     fn end_conversation(&self, key: &str) {
@@ -98,6 +118,75 @@ pub trait ChatBackend: Send + Sync {
     /// A runtime error when the server cannot be reached or does not answer in time.
     fn check_ready(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Where [`ChatBackend::generate_each`] takes its requests and delivers their replies.
+///
+/// Requests are numbered in the order [`Feed::next`] gives them (the first is 0); the
+/// number comes back with the replies. A feed that sends one request of a dialogue at a
+/// time, the next only once the previous one's replies are in, gets them out in order,
+/// so that a kept cache (the embedded backend's, a server's prefix cache) is hit.
+pub trait Feed {
+    /// The next request to send and how to sample it, or `None` when no request is ready
+    /// now. Called whenever the backend has room for more; a `None` with nothing in flight
+    /// ends the generation (only [`Feed::done`] can make new requests ready).
+    fn next(&mut self) -> Option<(Request, SamplingParams)>;
+
+    /// The `params.n` candidates of request `ticket`, in candidate order (as
+    /// [`ChatBackend::generate`] returns them for one request).
+    ///
+    /// # Errors
+    ///
+    /// Whatever the caller fails with; it ends the generation with that error.
+    fn done(&mut self, ticket: usize, replies: Vec<Reply>) -> Result<()>;
+}
+
+/// [`ChatBackend::generate_each`] by plain [`ChatBackend::generate`] calls: up to
+/// [`ChatBackend::preferred_batch`] ready requests at a time (requests of equal sampling
+/// settings in one call), each batch waiting for its slowest reply.
+///
+/// # Errors
+///
+/// The backend's or the feed's first error; a runtime error when the backend returns
+/// another number of replies than it was asked for.
+pub fn generate_in_batches<B: ChatBackend + ?Sized>(
+    backend: &B,
+    feed: &mut dyn Feed,
+) -> Result<()> {
+    let size = backend.preferred_batch().max(1);
+    let mut ticket = 0;
+    loop {
+        let mut batch: Vec<(Request, SamplingParams)> = Vec::new();
+        while batch.len() < size {
+            match feed.next() {
+                Some(job) => batch.push(job),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut rest = batch.as_slice();
+        while let Some((_, params)) = rest.first() {
+            let same = rest.iter().take_while(|(_, p)| p == params).count();
+            let requests: Vec<Request> = rest[..same].iter().map(|(r, _)| r.clone()).collect();
+            let replies = backend.generate(&requests, params)?;
+            let n = params.n.max(1);
+            if replies.len() != requests.len() || replies.iter().any(|r| r.len() != n) {
+                return Err(crate::Error::runtime(format!(
+                    "{}: {} replies for {} requests of {n} candidates each",
+                    backend.describe(),
+                    replies.iter().map(Vec::len).sum::<usize>(),
+                    requests.len()
+                )));
+            }
+            for candidates in replies {
+                feed.done(ticket, candidates)?;
+                ticket += 1;
+            }
+            rest = &rest[same..];
+        }
     }
 }
 

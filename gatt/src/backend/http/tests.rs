@@ -312,3 +312,131 @@ fn a_strict_server_refusing_both_penalty_names_gets_neither() {
     assert_eq!(count.load(Ordering::SeqCst), 3);
     assert_eq!(*b.dropped.lock().unwrap(), vec!["repeat_penalty"]);
 }
+
+/// A server that answers each request after `20 + seed % 5 * 15` ms with the text
+/// `seed S, N messages`, and records how many requests were in flight as each arrived.
+fn serve_slowly() -> (String, Arc<Mutex<Vec<usize>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&arrivals);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (seen, in_flight) = (Arc::clone(&seen), Arc::clone(&in_flight));
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                let now = in_flight.fetch_add(1, Ordering::SeqCst);
+                seen.lock().unwrap().push(now);
+                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let seed = req["seed"].as_u64().unwrap();
+                let n = req["messages"].as_array().unwrap().len();
+                std::thread::sleep(Duration::from_millis(20 + seed % 5 * 15));
+                let text = ok_body(&format!("seed {seed}, {n} messages"));
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            });
+        }
+    });
+    (url, arrivals)
+}
+
+/// Dialogues of `turns` turns; each next turn is ready once the previous reply is in.
+struct Dialogues {
+    messages: Vec<Vec<Message>>,
+    turns: usize,
+    ready: std::collections::VecDeque<usize>,
+    tickets: Vec<usize>,
+    replies: Vec<Vec<String>>,
+    /// Per request handed out: requests in flight then, and dialogues not finished.
+    handed_at: Vec<(usize, usize)>,
+    answered: usize,
+}
+
+impl Feed for Dialogues {
+    fn next(&mut self) -> Option<(Request, SamplingParams)> {
+        let i = self.ready.pop_front()?;
+        let unfinished = self.replies.iter().filter(|r| r.len() < self.turns).count();
+        self.handed_at
+            .push((self.tickets.len() - self.answered, unfinished));
+        self.messages[i].push(Message::user(format!("dialogue {i}")));
+        self.tickets.push(i);
+        let turn = self.replies[i].len() as u64;
+        let request = Request::new(self.messages[i].clone(), i as u64 * 10 + turn);
+        Some((request, SamplingParams::greedy(8)))
+    }
+
+    fn done(&mut self, ticket: usize, replies: Vec<Reply>) -> Result<()> {
+        let i = self.tickets[ticket];
+        self.answered += 1;
+        self.messages[i].push(Message::assistant(replies[0].text.clone()));
+        self.replies[i].push(replies[0].text.clone());
+        if self.replies[i].len() < self.turns {
+            self.ready.push_back(i);
+        }
+        Ok(())
+    }
+}
+
+/// `generate_each` keeps the in-flight window full across turns: each answer's slot goes
+/// at once to the next ready turn (never waiting for the other requests of its turn), at
+/// most 3 requests reach the server at once, and every dialogue's turns arrive in order
+/// with its earlier replies.
+#[test]
+fn the_in_flight_window_stays_full_across_turns() {
+    let (url, arrivals) = serve_slowly();
+    let mut o = HttpOptions::new(&url, "test-model");
+    (o.in_flight, o.liveness_timeout) = (3, None);
+    let b = HttpBackend::new(o);
+    let (dialogues, turns) = (7, 4);
+    let mut feed = Dialogues {
+        messages: vec![Vec::new(); dialogues],
+        turns,
+        ready: (0..dialogues).collect(),
+        tickets: Vec::new(),
+        replies: vec![Vec::new(); dialogues],
+        handed_at: Vec::new(),
+        answered: 0,
+    };
+    b.generate_each(&mut feed).unwrap();
+    // The window filled at the start; then every request went out with the other two
+    // still in flight, until fewer than 3 dialogues were left.
+    let at = &feed.handed_at;
+    assert_eq!(at[..3], [(0, 7), (1, 7), (2, 7)]);
+    assert!(
+        at[3..].iter().all(|&(n, left)| n == 2 || left < 3),
+        "{at:?}"
+    );
+    for (i, replies) in feed.replies.iter().enumerate() {
+        let want: Vec<String> = (0..turns)
+            .map(|t| {
+                let seed = candidate_seed((i * 10 + t) as u64, 0);
+                format!("seed {seed}, {} messages", 2 * t + 1)
+            })
+            .collect();
+        assert_eq!(replies, &want, "dialogue {i}");
+    }
+    let arrivals = arrivals.lock().unwrap();
+    assert_eq!(arrivals.len(), dialogues * turns);
+    assert!(
+        arrivals.iter().all(|&n| n < 3),
+        "at most 3 in flight: {arrivals:?}"
+    );
+}

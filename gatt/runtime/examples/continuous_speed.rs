@@ -1,0 +1,147 @@
+//! Generated tokens/s of multi-turn dialogues through the continuous batch
+//! ([`ChatBackend::generate_each`], as `gatt synth` and `gatt eval` drive it) against the
+//! model's raw batched decoding steps at the same batch size, in one run.
+//!
+//! Usage: cargo run -p gatt-runtime --example continuous_speed -- [batch=8] [dialogues=24]
+//! [turns=3] [max=320] [rounds=1]
+//!
+//! The dialogues sample at the default settings (temperature 0.7, top-p 0.9, penalty 1.1)
+//! up to `max` tokens per reply, with kept conversation caches; every sampled token counts
+//! (prefill of the new turns, sampling and the batch's rebuilds are part of the time). The
+//! raw decode is `batch` sequences of the dialogues' mean prompt length, decoding steps
+//! only (no prefill, no sampling): the ceiling.
+use candle_core::Device;
+use gatt::backend::{ChatBackend, Feed, Reply, Request, SamplingParams};
+use gatt::model::ModelSource;
+use gatt::Message;
+use gatt_runtime::llama::{logits_rows, pad_prompts, step_inputs};
+use gatt_runtime::{load_model, EmbeddedBackend};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+const SYSTEMS: [&str; 4] = [
+    "Always answer in French.",
+    "You are a pirate.",
+    "Your hobby is tennis.",
+    "Act as Napoleon.",
+];
+const USERS: [&str; 5] = [
+    "Tell me about your morning.",
+    "What should I cook tonight?",
+    "Name a famous painter and say why people like them.",
+    "Why is the sky blue?",
+    "Give me three tips for learning a language.",
+];
+
+struct Dialogues {
+    messages: Vec<Vec<Message>>,
+    answered: Vec<usize>,
+    turns: usize,
+    params: SamplingParams,
+    ready: VecDeque<usize>,
+    tickets: Vec<usize>,
+    tokens: usize,
+    prompt_tokens: usize,
+    requests: usize,
+}
+
+impl Feed for Dialogues {
+    fn next(&mut self) -> Option<(Request, SamplingParams)> {
+        let i = self.ready.pop_front()?;
+        let turn = self.answered[i];
+        self.messages[i].push(Message::user(USERS[(i + turn) % USERS.len()]));
+        self.tickets.push(i);
+        let r = Request::new(self.messages[i].clone(), (i * 100 + turn) as u64)
+            .in_conversation(format!("d{i}"));
+        Some((r, self.params.clone()))
+    }
+
+    fn done(&mut self, ticket: usize, replies: Vec<Reply>) -> gatt::Result<()> {
+        let i = self.tickets[ticket];
+        for r in &replies {
+            self.tokens += r.completion_tokens;
+            self.prompt_tokens += r.prompt_tokens;
+            self.requests += 1;
+        }
+        self.messages[i].push(Message::assistant(replies[0].text.clone()));
+        self.answered[i] += 1;
+        if self.answered[i] < self.turns {
+            self.ready.push_back(i);
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    gatt_runtime::allocator::tune();
+    let arg = |key: &str, default: usize| -> usize {
+        std::env::args()
+            .find_map(|a| a.strip_prefix(key).and_then(|v| v.parse().ok()))
+            .unwrap_or(default)
+    };
+    let (batch, dialogues, turns, max, rounds) = (
+        arg("batch=", 8),
+        arg("dialogues=", 24),
+        arg("turns=", 3),
+        arg("max=", 320),
+        arg("rounds=", 1),
+    );
+    let source = ModelSource::resolve("default").unwrap();
+    let backend = EmbeddedBackend::load(&source, &Device::Cpu, batch).unwrap();
+    let model = load_model(&source, &Device::Cpu).unwrap();
+    for round in 1..=rounds {
+        let mut feed = Dialogues {
+            messages: (0..dialogues)
+                .map(|i| vec![Message::system(SYSTEMS[i % SYSTEMS.len()])])
+                .collect(),
+            answered: vec![0; dialogues],
+            turns,
+            params: SamplingParams {
+                max_new_tokens: max,
+                ..SamplingParams::default()
+            },
+            ready: (0..dialogues).collect(),
+            tickets: Vec::new(),
+            tokens: 0,
+            prompt_tokens: 0,
+            requests: 0,
+        };
+        let t0 = Instant::now();
+        backend.generate_each(&mut feed).unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        let dialogue_rate = feed.tokens as f64 / secs;
+        let mean_prompt = feed.prompt_tokens / feed.requests.max(1);
+
+        // Raw decoding steps of `batch` sequences of the mean prompt length, then as
+        // many positions again as a mean reply.
+        let steps = (feed.tokens / feed.requests.max(1)).max(16);
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|s| {
+                (0..mean_prompt)
+                    .map(|i| ((i * 31 + s * 7) % 5000 + 100) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut cache = model.sampling_cache(mean_prompt + steps + 1);
+        let bt = pad_prompts(&prompts, 2, &Device::Cpu).unwrap();
+        model
+            .forward(&bt.tokens, &bt.positions, &bt.pad, &mut cache)
+            .unwrap();
+        let t1 = Instant::now();
+        for _ in 0..steps {
+            let (t, p) =
+                step_inputs(&vec![500; batch], &bt.pad, cache.len(), &Device::Cpu).unwrap();
+            let l = model.forward(&t, &p, &bt.pad, &mut cache).unwrap();
+            let _ = logits_rows(&l).unwrap();
+        }
+        let raw_rate = (batch * steps) as f64 / t1.elapsed().as_secs_f64();
+        println!(
+            "round {round}: {dialogues} dialogues x {turns} turns, batch {batch}: {} tokens in \
+             {secs:.1} s = {dialogue_rate:.1} tokens/s (mean prompt {mean_prompt}, mean reply \
+             {steps}); raw batch-{batch} decode at that length: {raw_rate:.1} tokens/s; ratio \
+             {:.2}",
+            feed.tokens,
+            dialogue_rate / raw_rate
+        );
+    }
+}
