@@ -106,9 +106,11 @@ fn synth_writes_dialogues_masks_report_and_resumes_after_kill() {
     assert_eq!(manifest["status"], "done");
     assert!(manifest["fingerprint"]["provenance"]["model_sha256"].is_string());
 
-    // Kill -9 once the first chunk is on disk, then resume.
+    // Kill -9 once the first chunk is on disk, then resume. One sequence at a time, so
+    // that the other dialogues are still to come when the first chunk is written (in a
+    // running batch all three finish together); replies do not depend on the batch.
     let killed = dir.path().join("killed");
-    let mut child = synth(&killed, &["--mask"])
+    let mut child = synth(&killed, &["--mask", "--batch", "1"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
