@@ -211,6 +211,16 @@ fn eval_without_instruction_checks_the_users_language() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--constraints"), "{}", stderr(&o));
+    let o = gatt(&[
+        "eval",
+        "--no-instruction",
+        "--judge-model",
+        "default",
+        "--out",
+        out,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--judge-model"), "{}", stderr(&o));
 
     gatt_ok(&[
         "eval",

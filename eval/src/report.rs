@@ -11,7 +11,7 @@ pub(crate) mod markdown;
 pub(crate) mod svg;
 mod tables;
 
-use crate::checks::{Undecided, Verdict};
+use crate::checks::{user_language, Undecided, Verdict};
 use crate::protocol::ScoredTurn;
 use crate::stats;
 use gatt::{ConstraintKind, Error, Result};
@@ -46,6 +46,12 @@ pub struct Report {
     pub survival: Vec<SurvivalPoint>,
     /// Totals over all scored rows.
     pub counts: Counts,
+    /// The scored rows the tables were built from (one per dialogue, turn and
+    /// constraint): written to `scores.jsonl` beside `report.json`, for statistics the
+    /// tables do not give (intervals over dialogues when turns are pooled). Empty for a
+    /// report read back or built by [`compare`].
+    #[serde(skip)]
+    pub scores: Vec<ScoredTurn>,
 }
 
 /// Adherence of one model at one turn (for one kind, in [`Report::by_kind`]); the unit
@@ -199,6 +205,7 @@ impl Report {
             by_kind: Vec::new(),
             survival: Vec::new(),
             counts: Counts::of(rows),
+            scores: rows.to_vec(),
         };
         // The frames are built here from well-formed rows; should polars still fail,
         // the report says so instead of losing the counts.
@@ -211,11 +218,25 @@ impl Report {
         report
     }
 
+    /// "All constraints" and survival cover the instructed dialogues; the control rows
+    /// ([`user_language::KIND`], instruction-free dialogues) count there only when they
+    /// are all there is (a `--no-instruction` run). Mixed data (`--plain-share`) shows
+    /// them in their own table, never pooled with the instruction's verdicts.
     fn fill_tables(&mut self, rows: &[ScoredTurn]) -> Result<()> {
+        let instructed: Vec<ScoredTurn> = rows
+            .iter()
+            .filter(|r| r.kind.as_str() != user_language::KIND)
+            .cloned()
+            .collect();
+        let whole = if instructed.is_empty() {
+            stats::frame(rows)?
+        } else {
+            stats::frame(&instructed)?
+        };
         let scored = stats::frame(rows)?;
-        self.adherence = cells(&stats::adherence(&scored, false)?, false)?;
+        self.adherence = cells(&stats::adherence(&whole, false)?, false)?;
         self.by_kind = cells(&stats::adherence(&scored, true)?, true)?;
-        let s = stats::survival(&scored)?;
+        let s = stats::survival(&whole)?;
         let (models, turns) = (stats::strings(&s, "model")?, stats::counts(&s, "turn")?);
         let (at_risk, failed) = (stats::counts(&s, "at_risk")?, stats::counts(&s, "failed")?);
         let adherent = stats::floats(&s, "adherent")?;
@@ -331,10 +352,12 @@ pub fn compare(a: &Report, b: &Report) -> Report {
         by_kind: a2.by_kind.into_iter().chain(b2.by_kind).collect(),
         survival: a2.survival.into_iter().chain(b2.survival).collect(),
         counts,
+        scores: Vec::new(),
     }
 }
 
 /// Writes `report.json`, `report.md` and `report.html` into `dir` (created if needed),
+/// and `scores.jsonl` (one [`ScoredTurn`] per line) when the report holds its rows;
 /// each atomically: a failed write (a full disk) leaves the previous file or none, never
 /// a partial one.
 ///
@@ -352,6 +375,16 @@ pub fn write_report(report: &Report, dir: &Path) -> Result<()> {
     ] {
         let path = dir.join(name);
         gatt::dataset::write_file(&path, text.as_bytes())?;
+    }
+    if !report.scores.is_empty() {
+        let mut lines = String::new();
+        for row in &report.scores {
+            let line = serde_json::to_string(row)
+                .map_err(|e| Error::runtime(format!("cannot serialize a scored row: {e}")))?;
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+        gatt::dataset::write_file(&dir.join("scores.jsonl"), lines.as_bytes())?;
     }
     Ok(())
 }
@@ -418,6 +451,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn control_rows_are_not_pooled_with_instructed_ones() {
+        let control = || Other(user_language::KIND.into());
+        let rows = vec![
+            scored("m", "d1", 1, Hobby, Pass),
+            scored("m", "plain", 1, control(), Fail),
+        ];
+        let r = Report::from_scored(&rows, serde_json::json!({}));
+        assert_eq!(r.cell("m", 1, None).unwrap().rate, Some(1.0));
+        assert_eq!(
+            r.cell("m", 1, Some(user_language::KIND)).unwrap().rate,
+            Some(0.0)
+        );
+        assert_eq!(r.survival_at("m", 1).unwrap().at_risk, 1);
+        // A control run alone: its rows are the whole table.
+        let r = Report::from_scored(&rows[1..], serde_json::json!({}));
+        assert_eq!(r.cell("m", 1, None).unwrap().rate, Some(0.0));
+    }
+
+    #[test]
     fn tables_and_counts() {
         let r = sample(4);
         assert_eq!(r.models, ["base", "gatt"]);
@@ -454,8 +506,22 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = sample(3);
         write_report(&r, dir.path()).unwrap();
-        assert_eq!(read_report(dir.path()).unwrap(), r);
-        assert_eq!(read_report(&dir.path().join("report.json")).unwrap(), r);
+        // The rows go to scores.jsonl, one per line, not into report.json.
+        let lines = std::fs::read_to_string(dir.path().join("scores.jsonl")).unwrap();
+        let rows: Vec<ScoredTurn> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows, r.scores);
+        let tables = Report {
+            scores: Vec::new(),
+            ..r.clone()
+        };
+        assert_eq!(read_report(dir.path()).unwrap(), tables);
+        assert_eq!(
+            read_report(&dir.path().join("report.json")).unwrap(),
+            tables
+        );
         for name in ["report.md", "report.html"] {
             assert!(dir.path().join(name).is_file());
         }

@@ -39,41 +39,21 @@ echo "== 3. unseen format rules" >&2
 $GATT eval --constraints format --model "$BASE" --model "$TUNED" --out "$OUT/unseen-format" \
     --dialogues "$DIALOGUES" --turns "$TURNS" --seed "$SEED" --temperature 0 >/dev/null
 
-python3 - "$OUT" <<'PY'
-import json, math, sys
+python3 - "$OUT" "$ROOT/scripts/experiments" <<'PY'
+import json, sys
 out = sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+from pooled import table  # intervals over dialogues: turns of one dialogue are not independent
 
-def wilson(k, n, z=1.96):
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
-
-def pooled(report):
-    """Per model: passes and decided checks over all turns."""
-    r = json.load(open(report))
-    res = {}
-    for c in r["adherence"]:
-        k, n = res.get(c["model"], (0, 0))
-        res[c["model"]] = (k + c["n_pass"], n + c["n_pass"] + c["n_fail"])
-    return r["models"], res
-
-def cell(k, n):
-    lo, hi = wilson(k, n)
-    return f"{100 * k / max(n, 1):.1f}% [{100 * lo:.0f}-{100 * hi:.0f}] ({k}/{n})"
+def rows(path):
+    return [json.loads(l) for l in open(path) if l.strip()]
 
 lines = ["# Collateral damage: base vs tuned", ""]
-for title, report in [
-    ("Instruction-free replies in the user's language (`control/`)", "control/report.json"),
-    ("Adherence to unseen format rules (`unseen-format/`)", "unseen-format/report.json"),
+for title, scores in [
+    ("Instruction-free replies in the user's language (`control/`)", "control/scores.jsonl"),
+    ("Adherence to unseen format rules (`unseen-format/`)", "unseen-format/scores.jsonl"),
 ]:
-    models, res = pooled(f"{out}/{report}")
-    lines += [f"## {title}", "", "| model | all turns, pooled [95% Wilson] |", "|---|---|"]
-    lines += [f"| {m} | {cell(*res[m])} |" for m in models]
-    lines.append("")
+    lines += [f"## {title}", "", table(rows(f"{out}/{scores}")), ""]
 base = json.load(open(f"{out}/qa-base.json"))["scores"]
 tuned = json.load(open(f"{out}/qa-tuned.json"))["scores"]
 ratio = tuned["perplexity"] / base["perplexity"]

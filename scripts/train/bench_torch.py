@@ -95,11 +95,16 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    table = pq.read_table(args.data, columns=["input_ids", "labels"])
+    if args.data.endswith(".jsonl"):
+        rows = [json.loads(line) for line in open(args.data) if line.strip()]
+        inputs = [r["input_ids"] for r in rows]
+        labels = [r["labels"] for r in rows]
+    else:
+        table = pq.read_table(args.data, columns=["input_ids", "labels"])
+        inputs = table.column("input_ids").to_pylist()
+        labels = table.column("labels").to_pylist()
     if args.rows is not None:
-        table = table.slice(0, args.rows)
-    inputs = table.column("input_ids").to_pylist()
-    labels = table.column("labels").to_pylist()
+        inputs, labels = inputs[: args.rows], labels[: args.rows]
     for n, (a, b) in enumerate(zip(inputs, labels)):
         if len(a) != len(b):
             raise SystemExit(f"row {n}: len(input_ids) != len(labels)")

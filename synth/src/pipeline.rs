@@ -275,7 +275,18 @@ impl Synthesizer<'_> {
         let opts = self.opts.gate;
         let last_try = attempt == opts.resample_tries;
         // First the gate: which candidates may be kept.
-        let want = gate::expected(&d.plan.constraints, self.catalog, &d.plan.users);
+        // The user's language is read from the user turns as asked: with --user-sim the
+        // model writes the later ones, and the planned turns it replaces say nothing.
+        let users: Vec<String> = if self.opts.user_sim {
+            d.plain
+                .iter()
+                .filter(|m| m.role == Role::User)
+                .map(|m| m.content.clone())
+                .collect()
+        } else {
+            d.plan.users.clone()
+        };
+        let want = gate::expected(&d.plan.constraints, self.catalog, &users);
         let verdicts: Vec<Option<Rejection>> =
             candidates.iter().map(|r| self.verdict(r, &want)).collect();
         for r in verdicts.iter().flatten() {

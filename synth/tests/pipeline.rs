@@ -214,6 +214,76 @@ fn user_simulation_writes_later_user_turns() {
     }
 }
 
+/// Plays a French-speaking user (with --user-sim), answers French in French and anything
+/// else in English.
+struct FrenchUser;
+
+const FRENCH: &str = "Bonjour, je voudrais savoir comment on prépare une bonne soupe \
+    aux légumes pour toute la famille, avec des carottes, des poireaux et des pommes de terre.";
+const ENGLISH: &str = "Hello! I am happy to help you today with anything you would like \
+    to know about cooking, gardening or travelling around the world.";
+
+impl ChatBackend for FrenchUser {
+    fn describe(&self) -> String {
+        "french user".into()
+    }
+    fn preferred_batch(&self) -> usize {
+        4
+    }
+    fn generate(&self, reqs: &[Request], p: &SamplingParams) -> gatt::Result<Vec<Vec<Reply>>> {
+        Ok(reqs
+            .iter()
+            .map(|r| {
+                let user_sim = r.messages[0].role == Role::System;
+                let french = r
+                    .messages
+                    .last()
+                    .is_some_and(|m| m.content.contains("Bonjour"));
+                let reply = Reply {
+                    text: if user_sim || french { FRENCH } else { ENGLISH }.to_string(),
+                    prompt_tokens: 10,
+                    completion_tokens: 4,
+                    finished: true,
+                };
+                vec![reply; p.n]
+            })
+            .collect())
+    }
+}
+
+/// With --user-sim the gate's `wrong_language` reads the user messages as asked, not
+/// the planned turns the model replaces: here the plan's later turns are French, the
+/// asked "Hi there." says nothing, and the English reply to it is kept.
+#[test]
+fn wrong_language_reads_the_asked_user_turns() {
+    let catalog = Catalog::builtin();
+    let planned = vec!["Hi there.".to_string(), FRENCH.into(), FRENCH.into()];
+    let users = UserSource::Dialogues(vec![planned]);
+    let mut o = opts(Shard::default());
+    o.user_sim = true;
+    o.dialogues = 3;
+    o.kinds = vec![ConstraintKind::Hobby];
+    let s = Synthesizer {
+        backend: &FrenchUser,
+        catalog: &catalog,
+        users: &users,
+        scorer: &DefaultScorer,
+        judge: None,
+        opts: o,
+    };
+    let chunk = s.run_chunk(&s.plans()).unwrap();
+    assert_eq!(chunk.records.len(), 3, "{:?}", chunk.gate);
+    for d in &chunk.records {
+        let replies: Vec<&str> = d
+            .messages
+            .iter()
+            .filter(|m| m.role == Role::Assistant)
+            .map(|m| m.content.as_str())
+            .collect();
+        assert_eq!(replies, [ENGLISH, FRENCH, FRENCH]);
+    }
+}
+
 /// Replies from a script: for each request (in the order the backend sees them), the next
 /// line of `script`, cycling; `CUT:` marks a reply stopped at the token limit.
 struct Scripted {

@@ -98,6 +98,9 @@ pub fn render(r: &Report) -> String {
             escape(tables::ADHERENCE_LEGEND)
         );
         s.push_str("<h2>All constraints</h2>\n");
+        if let Some(note) = tables::pooling_note(r) {
+            let _ = writeln!(s, "<p>{}</p>", escape(&note));
+        }
         s.push_str(&svg::line_chart(
             "chart-all",
             "All constraints",

@@ -29,11 +29,11 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "{}\n", tables::summary(r));
     if r.counts.checks > 0 {
         let _ = writeln!(s, "{}\n", tables::ADHERENCE_LEGEND);
-        let _ = writeln!(
-            s,
-            "## All constraints\n\n{}",
-            table(&tables::adherence(r, None))
-        );
+        s.push_str("## All constraints\n\n");
+        if let Some(note) = tables::pooling_note(r) {
+            let _ = writeln!(s, "{note}\n");
+        }
+        let _ = writeln!(s, "{}", table(&tables::adherence(r, None)));
         for kind in &r.kinds {
             let _ = writeln!(
                 s,

@@ -56,6 +56,18 @@ pub fn survival(r: &Report) -> Table {
     }
 }
 
+/// Under "All constraints" when instructed and instruction-free dialogues are mixed:
+/// the latter's `user_language` rows have their own table.
+pub fn pooling_note(r: &Report) -> Option<String> {
+    let kind = crate::checks::user_language::KIND;
+    (r.kinds.len() > 1 && r.kinds.iter().any(|k| k == kind)).then(|| {
+        format!(
+            "Instruction-free dialogues are not pooled here: their replies are checked \
+             against the user's language in the `{kind}` table."
+        )
+    })
+}
+
 /// One sentence on what the report covers.
 pub fn summary(r: &Report) -> String {
     let c = &r.counts;

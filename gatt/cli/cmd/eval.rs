@@ -50,8 +50,12 @@ pub struct Args {
     /// plain questions only; every reply is checked for being in the user's language
     /// (the bank's questions are English). Run it on the base and on the fine-tune: a
     /// GAtt fine-tune that drifts into a trained language (French for an English
-    /// question) scores lower than the base here. Report rows: `user_language`.
-    #[arg(long, conflicts_with_all = ["constraints", "input"])]
+    /// question) scores lower than the base here. Report rows: `user_language`. No judge:
+    /// there is no hobby, figure or persona to judge.
+    #[arg(
+        long,
+        conflicts_with_all = ["constraints", "input", "judge_model", "judge_endpoint"]
+    )]
     pub no_instruction: bool,
     /// Ask a probe question every K turns (0: never).
     #[arg(long, default_value_t = ProtocolOptions::default().probe_every)]

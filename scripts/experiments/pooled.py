@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Adherence pooled over several turns, with an interval over dialogues.
+
+Turns of one dialogue are not independent (a model that drifts at turn 6 usually stays
+drifted), so a Wilson interval over all pooled checks is too narrow. This takes the
+scored rows of `gatt eval` (`scores.jsonl`) and gives, per model, the pooled share of
+decided checks that passed with a 95% percentile interval from a bootstrap over
+dialogues (2,000 resamples, fixed seed: the same input gives the same interval).
+
+    scripts/experiments/pooled.py EVAL_DIR/scores.jsonl [--kind K] [--turns 6-20]
+
+--kind: one constraint kind (`figure`, `hobby`, `language`, `user_language`, `format`);
+without it, every kind's rows count (each row one check). --turns: an inclusive range.
+Undetermined checks are left out, never counted as passes. Prints one Markdown table.
+"""
+import argparse
+import json
+import random
+import sys
+from collections import defaultdict
+
+
+def parse_turns(s):
+    a, _, b = s.partition("-")
+    return int(a), int(b or a)
+
+
+def pooled(rows, kind=None, turns=None):
+    """{model: {dialogue: [passes, decided]}} over the rows that match."""
+    by_model = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for r in rows:
+        if r["verdict"] == "undetermined" or r.get("judge"):
+            continue
+        if kind and r["kind"] != kind:
+            continue
+        if turns and not turns[0] <= r["turn"] <= turns[1]:
+            continue
+        cell = by_model[r["model"]][r["dialogue"]]
+        cell[0] += r["verdict"] == "pass"
+        cell[1] += 1
+    return by_model
+
+
+def bootstrap(dialogues, resamples=2000, seed=0):
+    """95% percentile interval of the pooled share, dialogues drawn with replacement."""
+    cells = list(dialogues.values())
+    rng = random.Random(seed)
+    shares = []
+    for _ in range(resamples):
+        k = n = 0
+        for _ in cells:
+            p, d = cells[rng.randrange(len(cells))]
+            k += p
+            n += d
+        if n:
+            shares.append(k / n)
+    shares.sort()
+    if not shares:
+        return (0.0, 0.0)
+    return shares[int(0.025 * len(shares))], shares[int(0.975 * len(shares)) - 1]
+
+
+def table(rows, kind=None, turns=None, label=None):
+    models = []
+    for r in rows:
+        if r["model"] not in models:
+            models.append(r["model"])
+    data = pooled(rows, kind, turns)
+    span = f"turns {turns[0]}-{turns[1]}" if turns else "all turns"
+    lines = [
+        f"| model | {label or kind or 'all kinds'}, {span} pooled [95% bootstrap over dialogues] |",
+        "|---|---|",
+    ]
+    for m in models:
+        d = data.get(m, {})
+        k = sum(p for p, _ in d.values())
+        n = sum(n for _, n in d.values())
+        if n == 0:
+            lines.append(f"| {m} | – (no decided check) |")
+            continue
+        lo, hi = bootstrap(d)
+        lines.append(
+            f"| {m} | {100 * k / n:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}] ({k}/{n}, {len(d)} dialogues) |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("scores", help="scores.jsonl of a `gatt eval` output folder")
+    ap.add_argument("--kind")
+    ap.add_argument("--turns", type=parse_turns, help="inclusive range, e.g. 6-20")
+    args = ap.parse_args()
+    try:
+        rows = [json.loads(l) for l in open(args.scores) if l.strip()]
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"{args.scores}: {e}")
+    print(table(rows, args.kind, args.turns))
+
+
+if __name__ == "__main__":
+    main()
