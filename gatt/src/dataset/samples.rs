@@ -1,7 +1,9 @@
 //! Reading masked samples back: JSON lines, or Parquet column by column in memory.
 //!
 //! Sample `i` of the result is row `i` of the file (0-based, blank JSONL lines are not
-//! rows), the row `gatt inspect --row i` shows and errors name.
+//! rows), the row `gatt inspect --row i` shows and errors name. A file without `id`
+//! (`gatt mask --export tokenized`, or another tool's `input_ids`/`labels` table) names
+//! its samples `row-N` after their row.
 
 use super::parquet::ParquetFile;
 use super::Location;
@@ -16,11 +18,17 @@ use std::path::Path;
 
 #[derive(serde::Deserialize)]
 struct SampleLine {
-    id: String,
+    #[serde(default)]
+    id: Option<String>,
     input_ids: Vec<u32>,
     labels: Vec<i64>,
     #[serde(default)]
     attention_mask: Option<Vec<u8>>,
+}
+
+/// The id of a sample read from a file without ids: its row.
+fn row_id(row: usize) -> String {
+    format!("row-{row}")
 }
 
 /// A sample whose attention mask defaults to all ones.
@@ -70,7 +78,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<MaskedSample>> {
                 .at(at)
                 .with_source(inner)
         })?;
-        out.push(sample(s.id, s.input_ids, s.labels, s.attention_mask));
+        let id = s.id.unwrap_or_else(|| row_id(out.len()));
+        out.push(sample(id, s.input_ids, s.labels, s.attention_mask));
     }
     Ok(out)
 }
@@ -83,17 +92,22 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<MaskedSample>> {
 pub fn read_parquet(path: &Path) -> Result<Vec<MaskedSample>> {
     let file = || Location::in_file(path);
     let mut parquet = ParquetFile::open(path)?;
+    let ids = if parquet.has("id") {
+        Some(texts(path, "id", &parquet.column("id")?)?)
+    } else {
+        None
+    };
     let mut required = |name: &str| {
         if !parquet.has(name) {
             return Err(Error::input(format!(
                 "not a masked sample: no `{name}` column (a file written by `gatt mask` has \
-                 id, input_ids, labels, attention_mask)"
+                 input_ids and labels, and id and attention_mask unless exported as \
+                 `tokenized`)"
             ))
             .at(file()));
         }
         parquet.column(name)
     };
-    let ids = texts(path, "id", &required("id")?)?;
     let input_ids = int_lists::<u32>(path, "input_ids", &required("input_ids")?)?;
     let labels = int_lists::<i64>(path, "labels", &required("labels")?)?;
     let masks = if parquet.has("attention_mask") {
@@ -102,10 +116,18 @@ pub fn read_parquet(path: &Path) -> Result<Vec<MaskedSample>> {
     } else {
         None
     };
-    let mut out = Vec::with_capacity(ids.len());
-    for (row, id) in ids.into_iter().enumerate() {
+    let rows = input_ids.len();
+    let mut out = Vec::with_capacity(rows);
+    for row in 0..rows {
         let at = |field: &str| file().at_row(row).with_field(field);
-        let id = id.ok_or_else(|| Error::input("missing").at(at("id")))?;
+        let id = match &ids {
+            Some(ids) => ids
+                .get(row)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| Error::input("missing").at(at("id")))?,
+            None => row_id(row),
+        };
         let loc = |field: &str| at(field).with_id(id.clone());
         let ids = values(&input_ids, row, "a token id", || loc("input_ids"))?;
         let labels = values(&labels, row, "a token id or -100", || loc("labels"))?;
@@ -348,6 +370,27 @@ mod tests {
             )),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_file_without_ids_names_its_samples_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        foreign_parquet(&path, &[&[1, 2], &[3]]);
+        let mut df = ParquetReader::new(std::fs::File::open(&path).unwrap())
+            .finish()
+            .unwrap()
+            .drop("id")
+            .unwrap();
+        ParquetWriter::new(std::fs::File::create(&path).unwrap())
+            .finish(&mut df)
+            .unwrap();
+        let s = read_parquet(&path).unwrap();
+        assert_eq!((s[0].id.as_str(), s[1].id.as_str()), ("row-0", "row-1"));
+        assert_eq!(s[1].input_ids, vec![3]);
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, "{\"input_ids\":[5],\"labels\":[-100]}\n").unwrap();
+        assert_eq!(read_jsonl(&path).unwrap()[0].id, "row-0");
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn resolve_format(
 /// A tokenizer.json file: the template comes from its folder unless one is named, and a
 /// file under another name has only its tokenizer used.
 fn from_tokenizer_file(path: &Path, template: &str) -> Result<ChatFormat, FormatError> {
+    crate::tokenizer::check_tokenizer_file(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let format = match ChatFormat::from_hf_dir(dir) {
         Ok(f) if path.file_name() == Some("tokenizer.json".as_ref()) => f,
@@ -152,6 +153,21 @@ mod tests {
         let f = resolve_format(None, Some(&path), "chatml").unwrap();
         assert!(f.template.source.contains("<|im_start|>"));
         assert!(!f.stop_ids.is_empty());
+    }
+
+    #[test]
+    fn a_gguf_or_missing_tokenizer_file_says_so_without_a_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("m.gguf");
+        std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00").unwrap();
+        let e = err(resolve_format(None, Some(&gguf), AUTO_TEMPLATE)).to_string();
+        assert!(e.contains("pass it as --model"), "{e}");
+        let e = err(resolve_format(
+            None,
+            Some(&dir.path().join("no.json")),
+            AUTO_TEMPLATE,
+        ));
+        assert!(e.to_string().contains("not found"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,22 @@ pub use tokenizers::Tokenizer as HfTokenizer;
 
 /// Loads a Hugging Face `tokenizer.json`.
 pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
+    check_tokenizer_file(path)?;
+    Tokenizer::from_file(path).map_err(|e| {
+        Error::input(format!(
+            "{}: not a valid tokenizer.json: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// What a `--tokenizer` file must be before it is read: there, and not a GGUF file.
+///
+/// # Errors
+///
+/// An input error for a missing file, or a GGUF file (whose tokenizer is read through
+/// `--model`).
+pub fn check_tokenizer_file(path: &Path) -> Result<()> {
     if !path.exists() {
         return Err(Error::input(format!(
             "{}: tokenizer file not found",
@@ -42,12 +58,7 @@ pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
             path.display()
         )));
     }
-    Tokenizer::from_file(path).map_err(|e| {
-        Error::input(format!(
-            "{}: not a valid tokenizer.json: {e}",
-            path.display()
-        ))
-    })
+    Ok(())
 }
 
 /// A GGUF file's metadata: key to value (`gguf_file::Content::metadata`).
