@@ -175,11 +175,22 @@ pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource
         .filter(|c| !catalog.train_probes.of(&c.kind).is_empty())
         .collect();
     if o.probe_rate > 0.0 && !probeable.is_empty() {
+        let mut asked: Vec<String> = Vec::new();
         for (t, user) in turns.iter_mut().enumerate().skip(1) {
             if rng.random_bool(o.probe_rate.clamp(0.0, 1.0)) {
                 let c = probeable[rng.random_range(0..probeable.len())];
-                let questions = catalog.train_probes.of(&c.kind);
-                *user = questions[rng.random_range(0..questions.len())].clone();
+                // A question already asked in this dialogue is not asked again while
+                // the bank has others.
+                let all = catalog.train_probes.of(&c.kind);
+                let fresh: Vec<&String> = all.iter().filter(|q| !asked.contains(q)).collect();
+                let pool: Vec<&String> = if fresh.is_empty() {
+                    all.iter().collect()
+                } else {
+                    fresh
+                };
+                let question = pool[rng.random_range(0..pool.len())].clone();
+                asked.push(question.clone());
+                *user = question;
                 probes.push((t + 1, c.kind.clone()));
             }
         }
@@ -276,6 +287,11 @@ mod tests {
                 assert_eq!(*k, ConstraintKind::Figure);
                 assert!(catalog.train_probes.figure.contains(&p.users[t - 1]));
             }
+            // Five probes, no question twice (the bank holds more than five).
+            let mut asked: Vec<&String> = p.users[1..].iter().collect();
+            asked.sort();
+            asked.dedup();
+            assert_eq!(asked.len(), 5, "{:?}", p.users);
             seen += 1;
         }
         assert!(seen > 5);
