@@ -464,9 +464,20 @@ pub(crate) mod tests {
             Some(0.0)
         );
         assert_eq!(r.survival_at("m", 1).unwrap().at_risk, 1);
-        // A control run alone: its rows are the whole table.
+        let md = markdown::render(&r);
+        assert!(
+            md.contains("Instruction-free dialogues are not pooled here"),
+            "{md}"
+        );
+        // A control run alone: its rows are the whole table, read as such.
         let r = Report::from_scored(&rows[1..], serde_json::json!({}));
         assert_eq!(r.cell("m", 1, None).unwrap().rate, Some(0.0));
+        let md = markdown::render(&r);
+        assert!(
+            md.contains("in the language of the user's messages"),
+            "{md}"
+        );
+        assert!(!md.contains("kept the instruction"), "{md}");
     }
 
     #[test]

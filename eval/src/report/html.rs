@@ -95,7 +95,7 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             s,
             "<p class=\"legend\">{}</p>",
-            escape(tables::ADHERENCE_LEGEND)
+            escape(tables::adherence_legend(r))
         );
         s.push_str("<h2>All constraints</h2>\n");
         if let Some(note) = tables::pooling_note(r) {

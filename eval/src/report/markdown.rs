@@ -28,7 +28,7 @@ pub fn render(r: &Report) -> String {
     let mut s = String::from("# Instruction adherence per turn\n\n");
     let _ = writeln!(s, "{}\n", tables::summary(r));
     if r.counts.checks > 0 {
-        let _ = writeln!(s, "{}\n", tables::ADHERENCE_LEGEND);
+        let _ = writeln!(s, "{}\n", tables::adherence_legend(r));
         s.push_str("## All constraints\n\n");
         if let Some(note) = tables::pooling_note(r) {
             let _ = writeln!(s, "{note}\n");
@@ -81,7 +81,10 @@ pub fn render(r: &Report) -> String {
         );
     }
     if r.counts.problems.is_empty() {
-        s.push_str("No problems: every constraint could be checked.\n");
+        s.push_str(
+            "No problems: every check could run (a check that ran may still be undetermined, \
+             counted above).\n",
+        );
     } else {
         s.push_str("Constraints that could not be checked:\n\n");
         for (problem, n) in &r.counts.problems {

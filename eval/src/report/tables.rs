@@ -100,5 +100,19 @@ pub const ADHERENCE_LEGEND: &str = "Each cell: share of dialogues whose reply at
     kept the instruction, among those a check could decide; [95% Wilson interval]; n = \
     decided dialogues. A turn fails when any constraint failed.";
 
+/// How to read an adherence cell of a control run (only instruction-free dialogues).
+pub const CONTROL_LEGEND: &str = "Each cell: share of instruction-free dialogues whose reply \
+    at this turn was in the language of the user's messages, among those whose reply and \
+    messages were long enough to tell; [95% Wilson interval]; n = decided dialogues.";
+
+/// The legend of the adherence tables of `r`.
+pub fn adherence_legend(r: &Report) -> &'static str {
+    if r.kinds == [crate::checks::user_language::KIND] {
+        CONTROL_LEGEND
+    } else {
+        ADHERENCE_LEGEND
+    }
+}
+
 pub const SURVIVAL_LEGEND: &str = "Share of dialogues with no failure up to and including \
     the turn (Kaplan-Meier), and how many dialogues were still observed without a failure.";

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Table 30 on figures and hobbies: synthesize GAtt data with a stronger teacher, fine-tune
+# the default model, evaluate base and tuned to 20 turns on held-out constraints.
+#
+#   G=target/debug/gatt WORK=out/table30 docs/experiments/gatt-table30/run.sh [STEP]
+#
+# STEP: teacher | synth | mask | train | eval | collateral | attention | tables (default:
+# all, in that order). Each step reads what the one before wrote under $WORK. Synthesis
+# stops at LIMIT seconds per run (default 2400) and keeps every finished chunk; the same
+# command with `--resume` appended by hand goes on from there.
+set -euo pipefail
+G=${G:-gatt}
+WORK=${WORK:-out/table30}
+LIMIT=${LIMIT:-2400}
+E=docs/experiments/gatt-table30
+I=docs/experiments/gatt-smollm2/inputs
+U=docs/experiments/gatt-smollm2-500/inputs/train_users8.jsonl
+STEP=${1:-all}
+mkdir -p "$WORK"
+step() { [ "$STEP" = all ] || [ "$STEP" = "$1" ]; }
+
+if step teacher; then
+  [ -f "$WORK/teacher.gguf" ] || $E/fetch_teacher.sh "$WORK/teacher.gguf"
+fi
+
+# Two synthesis runs of the same recipe (the first asked probes at 70% of later turns with
+# 64-token replies, too short for the teacher; the second asks them at every later turn
+# with 160-token replies). Training users: the training half of the user bank.
+synth() { # OUT SEED USERS PROBE_RATE MAX_TOKENS
+  timeout "$LIMIT" "$G" synth --out "$1" --model "$WORK/teacher.gguf" --dialogues 240 --turns 3 \
+    --constraints figure,hobby,language --catalog language=$I/languages5.json \
+    --catalog figure=$I/figures_train.json --catalog hobby=$I/hobbies_train.json \
+    --users "$3" --probe-rate "$4" --plain-share 0.1 --candidates 3 --min-adherence 1 \
+    --cut-replies drop-eot --max-tokens "$5" --seed "$2" --batch 16 --chunk 16 \
+    --format jsonl || true
+}
+if step synth; then
+  sed -n 1,240p $U >"$WORK/users_a.jsonl"
+  sed -n 241,480p $U >"$WORK/users_b.jsonl"
+  synth "$WORK/synth_a" 19 "$WORK/users_a.jsonl" 0.7 64
+  synth "$WORK/synth_b" 20 "$WORK/users_b.jsonl" 1 160
+  cat "$WORK"/synth_a/chunks/chunk-*.jsonl "$WORK"/synth_b/chunks/chunk-*.jsonl >"$WORK/dialogues.jsonl"
+  "$G" eval --input "$WORK/dialogues.jsonl" --out "$WORK/data_adherence"
+fi
+
+if step mask; then
+  "$G" mask --input "$WORK/dialogues.jsonl" --out "$WORK/train.parquet" --model default \
+    --policy gatt-expand
+fi
+
+if step train; then
+  "$G" train --data "$WORK/train.parquet" --out "$WORK/tune" --epochs 3 --lr 5e-4 \
+    --batch-tokens 2048 --save-every 10
+  "$G" train merge "$WORK/tune" --out "$WORK/tuned"
+fi
+
+if step eval; then
+  "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 30 \
+    --constraints language,figure,hobby --catalog language=$I/languages5.json \
+    --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
+    --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
+    --out "$WORK/eval"
+fi
+
+if step collateral; then
+  GATT="$G" scripts/experiments/collateral.sh default "$WORK/tuned" "$WORK/collateral" 30 12
+fi
+
+if step attention; then
+  "$G" attention --input "$WORK/eval/dialogues-SmolLM2-135M-Instruct.Q4_1.gguf.jsonl" \
+    --id eval-00000 --bin 16 --adapter "$WORK/tune/adapter" --out "$WORK/attention"
+fi
+
+if step tables; then
+  for kind in figure hobby language; do
+    for turns in 1-2 6-20; do
+      python3 scripts/experiments/pooled.py "$WORK/eval/scores.jsonl" --kind $kind --turns $turns
+      echo
+    done
+  done
+fi
