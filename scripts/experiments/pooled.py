@@ -4,8 +4,10 @@
 Turns of one dialogue are not independent (a model that drifts at turn 6 usually stays
 drifted), so a Wilson interval over all pooled checks is too narrow. This takes the
 scored rows of `gatt eval` (`scores.jsonl`) and gives, per model, the pooled share of
-decided checks that passed with a 95% percentile interval from a bootstrap over
-dialogues (2,000 resamples, fixed seed: the same input gives the same interval).
+decided checks that passed with a 95% interval over dialogues: the percentile interval
+of a bootstrap over dialogues (2,000 resamples, fixed seed: the same input gives the
+same interval), widened where needed to the Wilson interval that counts each dialogue
+as one observation (the bootstrap collapses to a point when all checks agree).
 
     scripts/experiments/pooled.py EVAL_DIR/scores.jsonl [--kind K] [--turns 6-20]
 
@@ -15,6 +17,7 @@ Undetermined checks are left out, never counted as passes. Prints one Markdown t
 """
 import argparse
 import json
+import math
 import random
 import sys
 from collections import defaultdict
@@ -39,6 +42,27 @@ def pooled(rows, kind=None, turns=None):
         cell[0] += r["verdict"] == "pass"
         cell[1] += 1
     return by_model
+
+
+def wilson(p, n, z=1.96):
+    """Wilson score interval of a share p observed on n units."""
+    if n == 0:
+        return (0.0, 1.0)
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (c - h, c + h)
+
+
+def interval(dialogues):
+    """95% interval of the pooled share: the bootstrap's, widened to the Wilson interval
+    that counts each dialogue as one observation (the bootstrap alone collapses to a
+    point when every check passed or every one failed)."""
+    k = sum(p for p, _ in dialogues.values())
+    n = sum(x for _, x in dialogues.values())
+    b_lo, b_hi = bootstrap(dialogues)
+    w_lo, w_hi = wilson(k / n, len(dialogues))
+    return min(b_lo, w_lo), max(b_hi, w_hi)
 
 
 def bootstrap(dialogues, resamples=2000, seed=0):
@@ -68,7 +92,7 @@ def table(rows, kind=None, turns=None, label=None):
     data = pooled(rows, kind, turns)
     span = f"turns {turns[0]}-{turns[1]}" if turns else "all turns"
     lines = [
-        f"| model | {label or kind or 'all kinds'}, {span} pooled [95% bootstrap over dialogues] |",
+        f"| model | {label or kind or 'all kinds'}, {span} pooled [95% over dialogues] |",
         "|---|---|",
     ]
     for m in models:
@@ -78,7 +102,7 @@ def table(rows, kind=None, turns=None, label=None):
         if n == 0:
             lines.append(f"| {m} | – (no decided check) |")
             continue
-        lo, hi = bootstrap(d)
+        lo, hi = interval(d)
         lines.append(
             f"| {m} | {100 * k / n:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}] ({k}/{n}, {len(d)} dialogues) |"
         )

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""The Table-30-style summary of a `gatt eval` run: per constraint kind and model, the
+adherence at turns 2, 4, 6 and 20 (figure and hobby are probed at even turns), with 95%
+Wilson intervals from `report.json`, and pooled over turns 1-2 and 6-20 with an interval over
+dialogues (bootstrap, at least the per-dialogue Wilson) from `scores.jsonl` (scripts/experiments/pooled.py).
+
+    docs/experiments/gatt-table30/table30.py EVAL_DIR > table30.md
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../../scripts/experiments"))
+from pooled import interval, pooled  # noqa: E402
+
+TURNS = [2, 4, 6, 20]
+KINDS = ["figure", "hobby", "language"]
+
+
+def main():
+    d = sys.argv[1]
+    report = json.load(open(os.path.join(d, "report.json")))
+    rows = [json.loads(l) for l in open(os.path.join(d, "scores.jsonl")) if l.strip()]
+    cells = {(c["model"], c["kind"], c["turn"]): c for c in report["by_kind"]}
+    head = ["kind", "model"] + [f"turn {t}" for t in TURNS] + ["turns 1-2 pooled", "turns 6-20 pooled"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for kind in KINDS:
+        for m in report["models"]:
+            out = [kind, m]
+            for t in TURNS:
+                c = cells.get((m, kind, t))
+                n = c["n_pass"] + c["n_fail"] if c else 0
+                out.append(
+                    f"{100 * c['rate']:.0f}% [{100 * c['lo']:.0f}-{100 * c['hi']:.0f}] n={n}"
+                    if c and c["rate"] is not None else "– n=0"
+                )
+            for span in [(1, 2), (6, 20)]:
+                per = pooled(rows, kind, span).get(m, {})
+                k = sum(p for p, _ in per.values())
+                n = sum(x for _, x in per.values())
+                if n == 0:
+                    out.append("– n=0")
+                    continue
+                lo, hi = interval(per)
+                out.append(f"{100 * k / n:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}] {k}/{n}")
+            print("| " + " | ".join(out) + " |")
+
+
+if __name__ == "__main__":
+    main()
