@@ -5,13 +5,15 @@
 #   G=target/debug/gatt WORK=out/table30 docs/experiments/gatt-table30/run.sh [STEP]
 #
 # STEP: teacher | synth | mask | train | eval | collateral | attention | tables (default:
-# all, in that order). Each step reads what the one before wrote under $WORK. Synthesis
-# stops at LIMIT seconds per run (default 2400) and keeps every finished chunk; the same
-# command with `--resume` appended by hand goes on from there.
+# all, in that order). Each step reads what the one before wrote under $WORK. Each
+# synthesis run stops at its time limit (LIMIT_A, LIMIT_B seconds: 730 and 2280 in the
+# published run, where both were stopped by hand) and keeps every finished chunk of 16
+# dialogues; the same command with `--resume` appended goes on from there.
 set -euo pipefail
 G=${G:-gatt}
 WORK=${WORK:-out/table30}
-LIMIT=${LIMIT:-2400}
+LIMIT_A=${LIMIT_A:-730}
+LIMIT_B=${LIMIT_B:-2280}
 E=docs/experiments/gatt-table30
 I=docs/experiments/gatt-smollm2/inputs
 U=docs/experiments/gatt-smollm2-500/inputs/train_users8.jsonl
@@ -26,8 +28,8 @@ fi
 # Two synthesis runs of the same recipe (the first asked probes at 70% of later turns with
 # 64-token replies, too short for the teacher; the second asks them at every later turn
 # with 160-token replies). Training users: the training half of the user bank.
-synth() { # OUT SEED USERS PROBE_RATE MAX_TOKENS
-  timeout "$LIMIT" "$G" synth --out "$1" --model "$WORK/teacher.gguf" --dialogues 240 --turns 3 \
+synth() { # OUT SEED USERS PROBE_RATE MAX_TOKENS LIMIT
+  timeout "$6" "$G" synth --out "$1" --model "$WORK/teacher.gguf" --dialogues 240 --turns 3 \
     --constraints figure,hobby,language --catalog language=$I/languages5.json \
     --catalog figure=$I/figures_train.json --catalog hobby=$I/hobbies_train.json \
     --users "$3" --probe-rate "$4" --plain-share 0.1 --candidates 3 --min-adherence 1 \
@@ -37,8 +39,8 @@ synth() { # OUT SEED USERS PROBE_RATE MAX_TOKENS
 if step synth; then
   sed -n 1,240p $U >"$WORK/users_a.jsonl"
   sed -n 241,480p $U >"$WORK/users_b.jsonl"
-  synth "$WORK/synth_a" 19 "$WORK/users_a.jsonl" 0.7 64
-  synth "$WORK/synth_b" 20 "$WORK/users_b.jsonl" 1 160
+  synth "$WORK/synth_a" 19 "$WORK/users_a.jsonl" 0.7 64 "$LIMIT_A"
+  synth "$WORK/synth_b" 20 "$WORK/users_b.jsonl" 1 160 "$LIMIT_B"
   cat "$WORK"/synth_a/chunks/chunk-*.jsonl "$WORK"/synth_b/chunks/chunk-*.jsonl >"$WORK/dialogues.jsonl"
   "$G" eval --input "$WORK/dialogues.jsonl" --out "$WORK/data_adherence"
 fi
@@ -72,10 +74,6 @@ if step attention; then
 fi
 
 if step tables; then
-  for kind in figure hobby language; do
-    for turns in 1-2 6-20; do
-      python3 scripts/experiments/pooled.py "$WORK/eval/scores.jsonl" --kind $kind --turns $turns
-      echo
-    done
-  done
+  $E/table30.py "$WORK/eval" >"$WORK/table30.md"
+  cat "$WORK/table30.md"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Table-30-style summary of a `gatt eval` run: per constraint kind and model, the
-adherence at turns 2, 4, 6 and 20 (figure and hobby are probed at even turns), with 95%
-Wilson intervals from `report.json`, and pooled over turns 1-2 and 6-20 with an interval over
+adherence at each turn the kind was decided (figure and hobby: their probe turns, which
+alternate; language: turns 1, 2, 4, 6, 10 and 20), with 95% Wilson intervals from `report.json`, and pooled over turns 1-2 and 6-20 with an interval over
 dialogues (bootstrap, at least the per-dialogue Wilson) from `scores.jsonl` (scripts/experiments/pooled.py).
 
     docs/experiments/gatt-table30/table30.py EVAL_DIR > table30.md
@@ -13,7 +13,6 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../../scripts/experiments"))
 from pooled import interval, pooled  # noqa: E402
 
-TURNS = [2, 4, 6, 20]
 KINDS = ["figure", "hobby", "language"]
 
 
@@ -22,13 +21,20 @@ def main():
     report = json.load(open(os.path.join(d, "report.json")))
     rows = [json.loads(l) for l in open(os.path.join(d, "scores.jsonl")) if l.strip()]
     cells = {(c["model"], c["kind"], c["turn"]): c for c in report["by_kind"]}
-    head = ["kind", "model"] + [f"turn {t}" for t in TURNS] + ["turns 1-2 pooled", "turns 6-20 pooled"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
     for kind in KINDS:
+        # The turns this kind was decided at (figure and hobby: their probe turns).
+        decided = [c["turn"] for c in report["by_kind"]
+                   if c["kind"] == kind and c["n_pass"] + c["n_fail"] > 0]
+        turns = sorted(set(decided))
+        if kind == "language":
+            turns = [t for t in turns if t in (1, 2, 4, 6, 10, 20)]
+        head = ["model"] + [f"turn {t}" for t in turns] + ["turns 1-2 pooled", "turns 6-20 pooled"]
+        print(f"### {kind}\n")
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
         for m in report["models"]:
-            out = [kind, m]
-            for t in TURNS:
+            out = [m]
+            for t in turns:
                 c = cells.get((m, kind, t))
                 n = c["n_pass"] + c["n_fail"] if c else 0
                 out.append(
@@ -45,6 +51,7 @@ def main():
                 lo, hi = interval(per)
                 out.append(f"{100 * k / n:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}] {k}/{n}")
             print("| " + " | ".join(out) + " |")
+        print()
 
 
 if __name__ == "__main__":
