@@ -5,15 +5,13 @@
 #   G=target/debug/gatt WORK=out/table30 docs/experiments/gatt-table30/run.sh [STEP]
 #
 # STEP: teacher | synth | mask | train | eval | collateral | attention | tables (default:
-# all, in that order). Each step reads what the one before wrote under $WORK. Each
-# synthesis run stops at its time limit (LIMIT_A, LIMIT_B seconds: 730 and 2280 in the
-# published run, where both were stopped by hand) and keeps every finished chunk of 16
-# dialogues; the same command with `--resume` appended goes on from there.
+# all, in that order). Each step reads what the one before wrote under $WORK. Synthesis
+# stops at its time limit (LIMIT seconds, 2700 in the published run) and keeps every
+# finished chunk of 16 dialogues; the same command with `--resume` appended goes on.
 set -euo pipefail
 G=${G:-gatt}
 WORK=${WORK:-out/table30}
-LIMIT_A=${LIMIT_A:-730}
-LIMIT_B=${LIMIT_B:-2280}
+LIMIT=${LIMIT:-2700}
 E=docs/experiments/gatt-table30
 I=docs/experiments/gatt-smollm2/inputs
 U=docs/experiments/gatt-smollm2-500/inputs/train_users8.jsonl
@@ -25,23 +23,17 @@ if step teacher; then
   [ -f "$WORK/teacher.gguf" ] || $E/fetch_teacher.sh "$WORK/teacher.gguf"
 fi
 
-# Two synthesis runs of the same recipe (the first asked probes at 70% of later turns with
-# 64-token replies, too short for the teacher; the second asks them at every later turn
-# with 160-token replies). Training users: the training half of the user bank.
-synth() { # OUT SEED USERS PROBE_RATE MAX_TOKENS LIMIT
-  timeout "$6" "$G" synth --out "$1" --model "$WORK/teacher.gguf" --dialogues 240 --turns 3 \
-    --constraints figure,hobby,language --catalog language=$I/languages5.json \
-    --catalog figure=$I/figures_train.json --catalog hobby=$I/hobbies_train.json \
-    --users "$3" --probe-rate "$4" --plain-share 0.1 --candidates 3 --min-adherence 1 \
-    --cut-replies drop-eot --max-tokens "$5" --seed "$2" --batch 16 --chunk 16 \
-    --format jsonl || true
-}
+# One synthesis run: the training half of the user bank (480 users), probes asked at every
+# later turn from the training probe bank, 160-token replies, three candidates per turn
+# judged by the evaluator's checks, a dialogue kept only if every reply adheres.
 if step synth; then
-  sed -n 1,240p $U >"$WORK/users_a.jsonl"
-  sed -n 241,480p $U >"$WORK/users_b.jsonl"
-  synth "$WORK/synth_a" 19 "$WORK/users_a.jsonl" 0.7 64 "$LIMIT_A"
-  synth "$WORK/synth_b" 20 "$WORK/users_b.jsonl" 1 160 "$LIMIT_B"
-  cat "$WORK"/synth_a/chunks/chunk-*.jsonl "$WORK"/synth_b/chunks/chunk-*.jsonl >"$WORK/dialogues.jsonl"
+  timeout "$LIMIT" "$G" synth --out "$WORK/synth" --model "$WORK/teacher.gguf" --dialogues 480 \
+    --turns 3 --constraints figure,hobby,language --catalog language=$I/languages5.json \
+    --catalog figure=$I/figures_train.json --catalog hobby=$I/hobbies_train.json \
+    --users "$U" --probe-rate 1 --plain-share 0.1 --candidates 3 --min-adherence 1 \
+    --cut-replies drop-eot --max-tokens 160 --seed 20 --batch 16 --chunk 16 \
+    --format jsonl || true
+  cat "$WORK"/synth/chunks/chunk-*.jsonl >"$WORK/dialogues.jsonl"
   "$G" eval --input "$WORK/dialogues.jsonl" --out "$WORK/data_adherence"
 fi
 

@@ -46,6 +46,9 @@ pub struct EmbeddedBackend {
     path: PathBuf,
     max_batch: usize,
     sessions: Mutex<Sessions>,
+    /// Rows that joined a running batch in a free place, and rebuilds of the batch's
+    /// cache ([`EmbeddedBackend::join_counts`]).
+    joins: [std::sync::atomic::AtomicUsize; 2],
 }
 
 /// A prompt ready to decode: its tokens, the logits after its last token, and its keys
@@ -123,6 +126,7 @@ impl EmbeddedBackend {
             path,
             max_batch: max_batch.max(1),
             sessions: Mutex::new(Sessions::new(Self::DEFAULT_SESSION_BUDGET)),
+            joins: Default::default(),
         })
     }
 
@@ -145,6 +149,15 @@ impl EmbeddedBackend {
     pub fn prefill_counts(&self) -> (usize, usize) {
         let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         (s.computed, s.reused)
+    }
+
+    /// Under continuous batching ([`gatt::backend::ChatBackend::generate_each`]) since the
+    /// backend was loaded: rows that joined the running batch in the place of a row that
+    /// was done (one row's keys and values written), and rebuilds of the batch's cache
+    /// (every running row's copied).
+    pub fn join_counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.joins[0].load(Relaxed), self.joins[1].load(Relaxed))
     }
 
     /// The model's hyper-parameters.

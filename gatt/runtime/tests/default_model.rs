@@ -410,7 +410,8 @@ impl gatt::backend::Feed for Turns {
 /// when each dialogue is answered alone, request by request, with nothing kept between
 /// turns (a batch of 1, no session cache); whether the running batch holds 3 sequences
 /// (candidates of one request split between steps) or 8, with kept caches. And the turns
-/// did overlap: requests were handed out while others were being decoded.
+/// did overlap: requests were handed out while others were being decoded, and rows took
+/// the places of rows that were done without a rebuild of the batch's cache.
 #[test]
 #[cfg_attr(
     not(feature = "model-tests"),
@@ -451,5 +452,10 @@ fn continuous_batching_changes_no_reply() {
             got.in_flight_at_start
         );
         assert!(b.prefill_counts().1 > 0, "kept caches were used");
+        let (placed, rebuilt) = b.join_counts();
+        assert!(
+            placed > 0,
+            "rows joined in free places without a rebuild (batch of {batch}: {placed} placed, {rebuilt} rebuilds)"
+        );
     }
 }

@@ -174,6 +174,14 @@ impl ChatTemplate {
         )
     }
 
+    /// Fixes the day `strftime_now` prints (days since 1970-01-01, UTC) instead of today's:
+    /// for renderings compared with references made on a known day.
+    pub fn set_today(&mut self, days_since_epoch: u64) {
+        self.env.add_function("strftime_now", move |fmt: String| {
+            format_date(days_since_epoch, &fmt)
+        });
+    }
+
     /// Sets the template's keyword arguments (replacing earlier ones): each is a variable
     /// of the context, as `apply_chat_template(**kwargs)` passes them; `bos_token` and
     /// `eos_token` may be given to override the tokens.
@@ -348,12 +356,20 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
     ))
 }
 
-/// `strftime_now(fmt)` as Hugging Face provides it (Llama 3.1+ templates print the date).
+/// `strftime_now(fmt)` as Hugging Face provides it (Llama 3.1+ templates print the date):
+/// today's date (UTC), or the day of `SOURCE_DATE_EPOCH` (seconds since 1970, the
+/// reproducible-builds convention) when that is set, so that data rendered on different
+/// days can be made byte for byte the same.
 fn strftime_now(fmt: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        });
     format_date(secs / 86_400, &fmt)
 }
 
@@ -605,5 +621,12 @@ mod tests {
     fn dates_format() {
         assert_eq!(format_date(0, "%d %b %Y"), "01 Jan 1970");
         assert_eq!(format_date(20_454, "%d %B %Y"), "01 January 2026");
+    }
+
+    #[test]
+    fn a_fixed_day_is_what_strftime_now_prints() {
+        let mut t = template("{{ strftime_now('%d %b %Y') }}");
+        t.set_today(20_787);
+        assert_eq!(t.render(&convo(), false).unwrap(), "30 Nov 2026");
     }
 }

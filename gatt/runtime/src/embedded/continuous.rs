@@ -3,9 +3,14 @@
 //! go back to the feed as soon as all of them have, so the dialogue's next turn can join
 //! the batch at the next step while the other rows go on decoding.
 //!
-//! Rows join and leave by rebuilding the batch's KV cache from each row's own keys and
-//! values ([`Cache::from_sequences`]: the new rows' prefilled prompts, the others' copied
-//! out of the running cache). On the CPU a row's logits are a function of its own tokens
+//! A row joins in the place of a row that is done, its prompt's keys and values written
+//! into that one place of the running cache ([`Cache::place`], left-padded to the
+//! positions held), the other rows untouched, where the prompt fits in the positions held
+//! and its replies in the cache's capacity. Otherwise (no place free, a longer prompt, no
+//! room), and when half the rows are done, the batch's KV cache is rebuilt from each row's
+//! own keys and values ([`Cache::from_sequences`]: the new rows' prefilled prompts, the
+//! others' copied out of the running cache), sized for twice the longest reply still to
+//! come so that later rows find room. On the CPU a row's logits are a function of its own tokens
 //! alone, whatever the other rows and the padding (`decode_attention.rs`, `qmatvec.rs`),
 //! so a candidate samples exactly the tokens it samples alone or in any other batch;
 //! [`EmbeddedBackend::generate_each`] uses this path only where that holds
@@ -118,7 +123,8 @@ impl EmbeddedBackend {
                 );
                 tickets += 1;
             }
-            let finished = batch.rows.len() - live;
+            let joining = self.join_free_places(&mut batch, joining).map_err(failed)?;
+            let finished = batch.rows.iter().filter(|r| r.done).count();
             if !joining.is_empty() || (finished > 0 && 2 * finished >= batch.rows.len()) {
                 self.rebuild(&mut batch, joining).map_err(failed)?;
             }
@@ -224,9 +230,39 @@ impl EmbeddedBackend {
         Ok(())
     }
 
+    /// Puts rows of `joining` in the places of rows that are done, where each fits (see
+    /// the module's docs); returns the rows that found no place.
+    fn join_free_places(&self, batch: &mut Batch, joining: Vec<Row>) -> Result<Vec<Row>> {
+        let Some(cache) = batch.cache.as_mut() else {
+            return Ok(joining);
+        };
+        let (len, capacity) = (cache.len(), cache.capacity());
+        let free: Vec<usize> = (0..batch.rows.len())
+            .filter(|&s| batch.rows[s].done)
+            .collect();
+        let mut free = free.into_iter();
+        let mut rest = Vec::new();
+        for mut row in joining {
+            let held = row.prompt.kv.len();
+            let fits = held == row.held && held <= len && len + row.limit <= capacity;
+            // A free place is only taken by a row that fits in it.
+            match if fits { free.next() } else { None } {
+                Some(s) => {
+                    batch.pad[s] = cache.place(s, &row.prompt.kv)?;
+                    self.joins[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    row.slot = Some(s);
+                    batch.rows[s] = row;
+                }
+                None => rest.push(row),
+            }
+        }
+        Ok(rest)
+    }
+
     /// A new batch of the rows still sampling and `joining`: a cache holding each one's
     /// keys and values, left-padded to the longest.
     fn rebuild(&self, batch: &mut Batch, joining: Vec<Row>) -> Result<()> {
+        self.joins[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut kept: Vec<SeqKv> = Vec::new();
         let mut rows = Vec::new();
         for row in batch.rows.drain(..).filter(|r| !r.done) {
@@ -252,7 +288,9 @@ impl EmbeddedBackend {
             .max()
             .unwrap_or(0);
         let dtype = self.model.sampling_cache(0).dtype();
-        let (cache, pad) = Cache::from_sequences(&self.model.cfg, &seqs, room, dtype)?;
+        // Room for twice the longest reply still to come: rows joining later take the
+        // places of rows that are done without a rebuild while their replies fit.
+        let (cache, pad) = Cache::from_sequences(&self.model.cfg, &seqs, 2 * room, dtype)?;
         for (s, row) in rows.iter_mut().enumerate() {
             row.slot = Some(s);
         }

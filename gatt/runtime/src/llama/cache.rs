@@ -95,6 +95,59 @@ impl Cache {
         Ok((cache, pad))
     }
 
+    /// Positions each sequence has room for before the cache must grow (candle's cache
+    /// then copies itself into a larger one).
+    pub fn capacity(&self) -> usize {
+        self.kv.first().map_or(0, |c| c.k_cache().max_seq_len())
+    }
+
+    /// Puts `seq` in sequence `s`'s place, overwriting what it held: its keys and values
+    /// end at the last position held ([`Cache::len`]), after `len - seq.len()` positions
+    /// of padding (zeros), which it returns. Only that sequence's row is written; the
+    /// others are not copied. `seq` must come from a cache of the same model.
+    ///
+    /// # Errors
+    ///
+    /// When the cache holds no sequence `s`, or `seq` is empty or longer than the
+    /// positions held.
+    pub fn place(&mut self, s: usize, seq: &SeqKv) -> Result<usize> {
+        let len = self.len();
+        if seq.len == 0 || seq.len > len {
+            candle_core::bail!("a sequence of {} positions in a cache of {len}", seq.len)
+        }
+        if seq.layers.len() != self.kv.len() {
+            candle_core::bail!("a cached sequence of another model")
+        }
+        let pad = len - seq.len;
+        let dtype = self.dtype;
+        for (kv, (k, v)) in self.kv.iter_mut().zip(&seq.layers) {
+            for (side, t) in [(kv.k_cache(), k), (kv.v_cache(), v)] {
+                let Some(all) = side.all_data() else {
+                    candle_core::bail!("the cache is empty")
+                };
+                let (b, heads, capacity, hd) = all.dims4()?;
+                if s >= b {
+                    candle_core::bail!("no sequence {s} in a batch of {b}")
+                }
+                let mut parts = Vec::with_capacity(3);
+                if pad > 0 {
+                    parts.push(Tensor::zeros((1, heads, pad, hd), dtype, all.device())?);
+                }
+                parts.push(t.to_dtype(dtype)?);
+                if capacity > len {
+                    parts.push(Tensor::zeros(
+                        (1, heads, capacity - len, hd),
+                        dtype,
+                        all.device(),
+                    )?);
+                }
+                let row = Tensor::cat(&parts, 2)?.contiguous()?;
+                all.slice_set(&row, 0, s)?;
+            }
+        }
+        Ok(pad)
+    }
+
     /// A copy of sequence `s`'s positions `pad..pad + len` (its first `len` positions
     /// after its padding).
     ///
