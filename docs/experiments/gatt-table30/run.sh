@@ -57,7 +57,7 @@ if step eval; then
 fi
 
 if step collateral; then
-  GATT="$G" scripts/experiments/collateral.sh default "$WORK/tuned" "$WORK/collateral" 30 12
+  GATT="$G" scripts/experiments/collateral.sh default "$WORK/tuned" "$WORK/collateral" 20 8
 fi
 
 if step attention; then

@@ -49,7 +49,7 @@ def main():
                     out.append("– n=0")
                     continue
                 lo, hi = interval(per)
-                out.append(f"{100 * k / n:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}] {k}/{n}")
+                out.append(f"{100 * k / n:.1f}% [{max(0.0, 100 * lo):.0f}-{100 * hi:.0f}] {k}/{n}")
             print("| " + " | ".join(out) + " |")
         print()
 
