@@ -54,6 +54,11 @@ if step eval; then
     --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
     --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
     --out "$WORK/eval"
+  # The hobby alone (English replies): the hobby check's keywords are English.
+  "$G" eval --model default --model "$WORK/tuned" --turns 12 --dialogues 15 \
+    --constraints hobby --catalog hobby=$I/hobbies_heldout.json \
+    --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 15 \
+    --out "$WORK/eval_hobby"
 fi
 
 if step collateral; then
