@@ -11,6 +11,7 @@ use gatt::backend::{candidate_seed, generate_in_batches, ChatBackend, Feed, Repl
 use gatt::model::{read_gguf, ChatFormat, ModelSource};
 use gatt::{Error, Result};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A chat model run in this process, as a [`ChatBackend`]: each request's `n` candidates
@@ -46,9 +47,17 @@ pub struct EmbeddedBackend {
     path: PathBuf,
     max_batch: usize,
     sessions: Mutex<Sessions>,
-    /// Rows that joined a running batch in a free place, and rebuilds of the batch's
-    /// cache ([`EmbeddedBackend::join_counts`]).
-    joins: [std::sync::atomic::AtomicUsize; 2],
+    /// How rows joined running batches ([`EmbeddedBackend::join_counts`]).
+    joins: JoinCounts,
+}
+
+/// How rows joined the running batch under continuous batching.
+#[derive(Default)]
+struct JoinCounts {
+    /// Rows put in the place of a finished row (one row's keys and values written).
+    placed: AtomicUsize,
+    /// Rebuilds of the batch's cache (every running row's keys and values copied).
+    rebuilt: AtomicUsize,
 }
 
 /// A prompt ready to decode: its tokens, the logits after its last token, and its keys
@@ -156,8 +165,10 @@ impl EmbeddedBackend {
     /// was done (one row's keys and values written), and rebuilds of the batch's cache
     /// (every running row's copied).
     pub fn join_counts(&self) -> (usize, usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.joins[0].load(Relaxed), self.joins[1].load(Relaxed))
+        (
+            self.joins.placed.load(Ordering::Relaxed),
+            self.joins.rebuilt.load(Ordering::Relaxed),
+        )
     }
 
     /// The model's hyper-parameters.

@@ -29,10 +29,6 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-/// The day the fixtures were made (2026-11-30, days since 1970-01-01): templates that
-/// print today's date (Llama 3.x) rendered it then.
-const FIXTURE_DAY: u64 = 20_787;
-
 #[test]
 #[cfg_attr(
     not(feature = "model-tests"),
@@ -73,7 +69,9 @@ fn real_templates_mask_with_llamacpp_ids() {
                     .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                     .unwrap_or_default();
                 format.template.set_args(targs).unwrap();
-                format.template.set_today(FIXTURE_DAY);
+                format
+                    .template
+                    .set_today(crate::template::llamacpp_tests::FIXTURE_DAY);
                 Masker::new(format, MaskOptions::default())
             });
         let id = row["id"].as_str().unwrap();

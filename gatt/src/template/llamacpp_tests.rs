@@ -29,9 +29,10 @@ struct Tally {
     only_we_refuse: Vec<String>,
 }
 
-/// The day the fixture was rendered (2026-11-30, days since 1970-01-01): templates that
-/// print today's date (Llama 3.x) printed that one.
-const FIXTURE_DAY: u64 = 20_787;
+/// The day the golden fixtures of llama.cpp's templates were made (2026-11-30, days since
+/// 1970-01-01): templates that print today's date (Llama 3.x) printed that one, in
+/// `transformers`' renderings and in llama.cpp's token ids (`mask::llamacpp_tests`).
+pub(crate) const FIXTURE_DAY: u64 = 20_787;
 
 #[test]
 #[cfg_attr(

@@ -360,17 +360,27 @@ fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> 
 /// today's date (UTC), or the day of `SOURCE_DATE_EPOCH` (seconds since 1970, the
 /// reproducible-builds convention) when that is set, so that data rendered on different
 /// days can be made byte for byte the same.
-fn strftime_now(fmt: String) -> String {
-    let secs = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        });
-    format_date(secs / 86_400, &fmt)
+///
+/// # Errors
+///
+/// When `SOURCE_DATE_EPOCH` is set but not a whole number of seconds (a render error
+/// that names it, rather than a silent fall-back to today).
+fn strftime_now(fmt: String) -> std::result::Result<String, minijinja::Error> {
+    let secs = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "strftime_now: SOURCE_DATE_EPOCH={text:?} is not a whole number of seconds since 1970"
+                ),
+            )
+        })?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    Ok(format_date(secs / 86_400, &fmt))
 }
 
 const MONTHS: [&str; 12] = [
@@ -409,7 +419,7 @@ fn format_date(days: u64, fmt: &str) -> String {
 }
 
 #[cfg(test)]
-mod llamacpp_tests;
+pub(crate) mod llamacpp_tests;
 #[cfg(test)]
 mod tests {
     use super::*;

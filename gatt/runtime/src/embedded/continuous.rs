@@ -23,6 +23,7 @@ use crate::sessions::Branch;
 use gatt::backend::{candidate_seed, Feed, Reply, Request};
 use gatt::{Error, Result};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// One candidate: a row of the running batch, or waiting to join it.
@@ -249,7 +250,7 @@ impl EmbeddedBackend {
             match if fits { free.next() } else { None } {
                 Some(s) => {
                     batch.pad[s] = cache.place(s, &row.prompt.kv)?;
-                    self.joins[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.joins.placed.fetch_add(1, Ordering::Relaxed);
                     row.slot = Some(s);
                     batch.rows[s] = row;
                 }
@@ -262,7 +263,7 @@ impl EmbeddedBackend {
     /// A new batch of the rows still sampling and `joining`: a cache holding each one's
     /// keys and values, left-padded to the longest.
     fn rebuild(&self, batch: &mut Batch, joining: Vec<Row>) -> Result<()> {
-        self.joins[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.joins.rebuilt.fetch_add(1, Ordering::Relaxed);
         let mut kept: Vec<SeqKv> = Vec::new();
         let mut rows = Vec::new();
         for row in batch.rows.drain(..).filter(|r| !r.done) {
