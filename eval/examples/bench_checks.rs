@@ -65,7 +65,7 @@ fn main() {
     for i in 0..REPLIES {
         let c = &constraints[i % constraints.len()];
         let reply = &replies[(i * 7) % replies.len()];
-        let k = check(c, reply, &catalog, i % 2 == 0);
+        let k = check(c, &constraints, reply, &catalog, i % 2 == 0);
         verdicts[k.verdict as usize] += 1;
     }
     let seconds = start.elapsed().as_secs_f64();

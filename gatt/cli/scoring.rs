@@ -44,10 +44,12 @@ impl Scorer for EvalScorer<'_> {
             .map(|(j, c)| {
                 let on_probe = probe == Some(&c.kind);
                 let judge = judged.get(j).copied().flatten();
-                match check(c, &reply.text, self.catalog, on_probe).verdict {
+                match check(c, constraints, &reply.text, self.catalog, on_probe).verdict {
                     Verdict::Pass => CHECK_POINTS,
                     Verdict::Fail => -CHECK_POINTS,
-                    Verdict::Undetermined if judge.is_none() => self.signals(c, &reply.text),
+                    Verdict::Undetermined if judge.is_none() => {
+                        self.signals(c, constraints, &reply.text)
+                    }
                     Verdict::Undetermined => 0.0,
                 }
             })
@@ -66,7 +68,7 @@ impl Scorer for EvalScorer<'_> {
     ) -> (usize, usize) {
         let mut n = judge_adherence(judged);
         for c in constraints {
-            match check(c, reply, self.catalog, probe == Some(&c.kind)).verdict {
+            match check(c, constraints, reply, self.catalog, probe == Some(&c.kind)).verdict {
                 Verdict::Pass => n = (n.0 + 1, n.1 + 1),
                 Verdict::Fail => n.1 += 1,
                 Verdict::Undetermined => {}
@@ -79,7 +81,7 @@ impl Scorer for EvalScorer<'_> {
 impl EvalScorer<'_> {
     /// Cheap evidence that a reply keeps a hobby, figure or persona on a turn that does
     /// not ask about it (0 for other kinds).
-    fn signals(&self, c: &Constraint, text: &str) -> f64 {
+    fn signals(&self, c: &Constraint, all: &[Constraint], text: &str) -> f64 {
         let probeable = matches!(
             c.kind,
             ConstraintKind::Hobby | ConstraintKind::Figure | ConstraintKind::Persona
@@ -89,7 +91,7 @@ impl EvalScorer<'_> {
         }
         // The probe-turn check: the figure's name or aliases, the hobby's or persona's
         // keywords, as whole words.
-        let mentions = check(c, text, self.catalog, true).verdict == Verdict::Pass;
+        let mentions = check(c, all, text, self.catalog, true).verdict == Verdict::Pass;
         let first_person = c.kind != ConstraintKind::Hobby && first_person(text);
         3.0 * f64::from(u8::from(mentions)) + f64::from(u8::from(first_person))
     }

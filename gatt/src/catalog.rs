@@ -13,6 +13,7 @@ pub use overrides::CatalogOverride;
 use crate::dialogue::{Constraint, ConstraintKind};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A hobby the instruction can ask the model to enjoy (`catalogs/hobbies.json`).
@@ -20,8 +21,38 @@ use std::path::Path;
 pub struct Hobby {
     /// The constraint's value, e.g. `"Tennis"`.
     pub name: String,
-    /// Lowercase words a reply about this hobby likely contains (the name first).
+    /// Lowercase English words a reply about this hobby likely contains (the name first).
     pub keywords: Vec<String>,
+    /// The same in other languages, keyed by [`Language::code`] (`"fra"`: `["robotique",
+    /// ...]`): a reply written in the instructed language names the hobby in that
+    /// language. Languages without an entry are checked with the English keywords only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub translated_keywords: BTreeMap<String, Vec<String>>,
+}
+
+/// A hobby file's `translated_keywords` are keyed by ISO 639-3 codes (`"fra"`, the
+/// `code` of `languages.json`) and hold non-blank keywords: a key such as `"French"`
+/// would never be looked up, and the check would silently fall back to English.
+fn check_translated_keywords(file: &str, hobbies: &[Hobby]) -> Result<()> {
+    for h in hobbies {
+        for (code, words) in &h.translated_keywords {
+            if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_lowercase()) {
+                return Err(Error::input(format!(
+                    "{file}: hobby `{}`: translated_keywords key `{code}` is not an ISO \
+                     639-3 code such as `fra` (a language's `code` in languages.json)",
+                    h.name
+                )));
+            }
+            if words.is_empty() || words.iter().any(|w| w.trim().is_empty()) {
+                return Err(Error::input(format!(
+                    "{file}: hobby `{}`: translated_keywords `{code}` needs at least one \
+                     keyword and no blank ones",
+                    h.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A public figure the model can be asked to act as (`catalogs/figures.json`).
@@ -260,7 +291,11 @@ impl Catalog {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
         let name = path.display().to_string();
         match kind {
-            ConstraintKind::Hobby => self.hobbies = parse(&name, &text)?,
+            ConstraintKind::Hobby => {
+                let hobbies: Vec<Hobby> = parse(&name, &text)?;
+                check_translated_keywords(&name, &hobbies)?;
+                self.hobbies = hobbies;
+            }
             ConstraintKind::Figure => self.figures = parse(&name, &text)?,
             ConstraintKind::Language => self.languages = parse(&name, &text)?,
             ConstraintKind::Persona => self.personas = parse(&name, &text)?,
@@ -398,6 +433,28 @@ fn tidy(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtin_hobbies_have_keywords_in_the_five_languages_the_default_model_writes() {
+        let c = Catalog::builtin();
+        check_translated_keywords("hobbies.json", &c.hobbies).unwrap();
+        let codes: Vec<&str> = c.languages.iter().map(|l| l.code.as_str()).collect();
+        for h in &c.hobbies {
+            for code in ["fra", "spa", "deu", "ita", "por"] {
+                assert!(
+                    h.translated_keywords.contains_key(code),
+                    "{}: {code}",
+                    h.name
+                );
+            }
+            for (code, words) in &h.translated_keywords {
+                assert!(codes.contains(&code.as_str()), "{}: {code}", h.name);
+                for w in words {
+                    assert_eq!(w, &w.to_lowercase(), "{}: {code}", h.name);
+                }
+            }
+        }
+    }
 
     #[test]
     fn builtin_catalogs_meet_their_minimum_sizes() {

@@ -145,6 +145,7 @@ pub fn catalog_json(
             all.extend(new.iter().map(|n| Hobby {
                 name: n.clone(),
                 keywords: vec![n.to_lowercase()],
+                translated_keywords: Default::default(),
             }));
             serde_json::to_value(all)
         }

@@ -4,7 +4,7 @@
 #
 #   G=target/debug/gatt WORK=out/table30 docs/experiments/gatt-table30/run.sh [STEP]
 #
-# STEP: teacher | synth | mask | train | eval | collateral | attention | tables (default:
+# STEP: teacher | synth | synth_hobby | mask | train | eval | collateral | attention | tables (default:
 # all, in that order). Each step reads what the one before wrote under $WORK. Synthesis
 # stops at its time limit (LIMIT seconds, 2700 in the published run) and keeps every
 # finished chunk of 16 dialogues; the same command with `--resume` appended goes on.
@@ -37,8 +37,23 @@ if step synth; then
   "$G" eval --input "$WORK/dialogues.jsonl" --out "$WORK/data_adherence"
 fi
 
+# A second run for hobbies (the first kept 13 dialogues with a hobby, one of them with a
+# language): hobby, figure and language, up to all three in one instruction, as the
+# evaluation combines them; the hobby check now reads keywords in the instructed language.
+if step synth_hobby; then
+  timeout "$LIMIT" "$G" synth --out "$WORK/synth_hobby" --model "$WORK/teacher.gguf" \
+    --dialogues 480 --turns 3 --constraints hobby,figure,language --max-combined 3 \
+    --catalog language=$I/languages5.json --catalog figure=$I/figures_train.json \
+    --catalog hobby=$I/hobbies_train.json --users "$U" --probe-rate 1 --plain-share 0 \
+    --candidates 3 --min-adherence 1 --cut-replies drop-eot --max-tokens 160 --seed 21 \
+    --batch 16 --chunk 16 --format jsonl || true
+  cat "$WORK"/synth_hobby/chunks/chunk-*.jsonl >"$WORK/dialogues_hobby.jsonl"
+  "$G" eval --input "$WORK/dialogues_hobby.jsonl" --out "$WORK/data_adherence_hobby"
+fi
+
 if step mask; then
-  "$G" mask --input "$WORK/dialogues.jsonl" --out "$WORK/train.parquet" --model default \
+  cat "$WORK/dialogues.jsonl" "$WORK/dialogues_hobby.jsonl" >"$WORK/dialogues_all.jsonl"
+  "$G" mask --input "$WORK/dialogues_all.jsonl" --out "$WORK/train.parquet" --model default \
     --policy gatt-expand
 fi
 

@@ -17,7 +17,7 @@ pub mod sentences;
 pub mod text;
 pub mod user_language;
 
-use gatt::catalog::Catalog;
+use gatt::catalog::{Catalog, Language};
 use gatt::{Constraint, ConstraintKind};
 use serde::{Deserialize, Serialize};
 
@@ -125,13 +125,22 @@ pub(crate) fn problem(reason: impl std::fmt::Display) -> Check {
     Check::undetermined(Undecided::Problem, format!("cannot check: {reason}"))
 }
 
-/// Checks one reply against one constraint. `probe`: true when this turn's user message
-/// was a probe question for this constraint's kind.
+/// Checks one reply against one constraint `c` of a dialogue whose instruction holds
+/// the constraints `all` (only its language is read here; `&[]` when there is none). `probe`: true when this turn's user message was a probe
+/// question for this constraint's kind.
 ///
 /// Hobbies, public figures and personas only show when the user asks about them (the
 /// paper probes with "What is your name?"), so they are decided on probe turns only.
-/// Language and format rules hold for every reply and are decided on every turn.
-pub fn check(c: &Constraint, reply: &str, catalog: &Catalog, probe: bool) -> Check {
+/// Language and format rules hold for every reply and are decided on every turn. A hobby
+/// is looked for in English and in the language `all` asks for, if any ("Always answer
+/// in Italian. You enjoy Robotics." is kept by "la robotica").
+pub fn check(
+    c: &Constraint,
+    all: &[Constraint],
+    reply: &str,
+    catalog: &Catalog,
+    probe: bool,
+) -> Check {
     let unknown = || problem(format!("{} `{}` is not in the catalog", c.kind, c.value));
     match &c.kind {
         ConstraintKind::Other(kind) => problem(format!("unknown constraint kind `{kind}`")),
@@ -150,7 +159,9 @@ pub fn check(c: &Constraint, reply: &str, catalog: &Catalog, probe: bool) -> Che
             None => unknown(),
         },
         ConstraintKind::Hobby => match catalog.hobby(&c.value) {
-            Some(hobby) => decide(reply, probe, || hobby::check(hobby, reply)),
+            Some(hobby) => decide(reply, probe, || {
+                hobby::check(hobby, instructed_language(all, catalog), reply)
+            }),
             None => unknown(),
         },
         ConstraintKind::Persona => match catalog.persona(&c.value) {
@@ -158,6 +169,14 @@ pub fn check(c: &Constraint, reply: &str, catalog: &Catalog, probe: bool) -> Che
             None => unknown(),
         },
     }
+}
+
+/// The catalog language the dialogue's instruction asks for: its first language
+/// constraint that is in the catalog.
+fn instructed_language<'a>(all: &[Constraint], catalog: &'a Catalog) -> Option<&'a Language> {
+    all.iter()
+        .filter(|c| c.kind == ConstraintKind::Language)
+        .find_map(|c| catalog.language(&c.value))
 }
 
 /// The checks every known constraint shares: an empty reply fails (the model broke down,
@@ -183,10 +202,16 @@ mod tests {
     #[test]
     fn unknown_kinds_and_values_are_problems() {
         let cat = Catalog::builtin();
-        let k = check(&c("mood", "happy"), "I am happy", &cat, true);
+        let k = check(&c("mood", "happy"), &[], "I am happy", &cat, true);
         assert_eq!(k.verdict, Verdict::Undetermined);
         assert!(k.is_problem(), "{}", k.evidence);
-        let v = check(&c("hobby", "Underwater basket weaving"), "x", &cat, true);
+        let v = check(
+            &c("hobby", "Underwater basket weaving"),
+            &[],
+            "x",
+            &cat,
+            true,
+        );
         assert_eq!(v.verdict, Verdict::Undetermined);
         assert!(v.is_problem(), "{}", v.evidence);
     }
@@ -196,14 +221,14 @@ mod tests {
         let cat = Catalog::builtin();
         let tennis = c("hobby", "Tennis");
         assert_eq!(
-            check(&tennis, "  \n", &cat, false),
+            check(&tennis, &[], "  \n", &cat, false),
             Check::fail(EMPTY_REPLY)
         );
-        let k = check(&tennis, "I love tennis.", &cat, false);
+        let k = check(&tennis, &[], "I love tennis.", &cat, false);
         assert_eq!(k, Check::undetermined(Undecided::NotAProbe, NOT_A_PROBE));
         assert!(!k.is_problem());
         assert_eq!(
-            check(&tennis, "I love tennis.", &cat, true).verdict,
+            check(&tennis, &[], "I love tennis.", &cat, true).verdict,
             Verdict::Pass
         );
     }

@@ -66,7 +66,7 @@ pub fn score_dialogue(d: &Dialogue, catalog: &Catalog) -> Vec<ScoredTurn> {
         let question = without_instruction(&message.content, &d.instruction);
         for c in &d.constraints {
             let probe = recorded.asked(turn, &c.kind) || is_probe(question, &c.kind, catalog);
-            let result = check(c, &reply.content, catalog, probe);
+            let result = check(c, &d.constraints, &reply.content, catalog, probe);
             rows.push(ScoredTurn {
                 model: model.to_string(),
                 dialogue: d.id.clone(),
@@ -282,5 +282,28 @@ mod tests {
         d.meta.probe_kinds = None;
         let rows = score_dialogue(&d, &Catalog::builtin());
         assert_eq!(rows[0].verdict, Verdict::Fail); // without kinds, every kind was asked
+    }
+
+    #[test]
+    fn a_hobby_named_in_the_instructed_language_is_kept() {
+        let mut d = Dialogue::new(
+            "d1",
+            vec![
+                Message::system("Always answer in Italian. You enjoy Robotics."),
+                Message::user("What is your favorite hobby?"),
+                Message::assistant("Il mio passatempo preferito è la robotica."),
+            ],
+        );
+        d.constraints = vec![
+            Constraint::new(ConstraintKind::Language, "Italian"),
+            Constraint::new(ConstraintKind::Hobby, "Robotics"),
+        ];
+        let rows = score_dialogue(&d, &Catalog::builtin());
+        assert_eq!(rows[1].kind, ConstraintKind::Hobby);
+        assert_eq!(rows[1].verdict, Verdict::Pass, "{}", rows[1].evidence);
+        // The same reply in a dialogue with no language constraint: English keywords only.
+        d.constraints.remove(0);
+        let rows = score_dialogue(&d, &Catalog::builtin());
+        assert_eq!(rows[0].verdict, Verdict::Fail, "{}", rows[0].evidence);
     }
 }

@@ -90,4 +90,38 @@ mod tests {
         };
         assert!(Catalog::with_overrides(&[missing]).unwrap_err().is_input());
     }
+
+    #[test]
+    fn translated_keywords_are_keyed_by_language_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.json");
+        let load = |json: &str| {
+            std::fs::write(&path, json).unwrap();
+            Catalog::with_overrides(&[CatalogOverride {
+                kind: ConstraintKind::Hobby,
+                path: path.clone(),
+            }])
+        };
+        let ok = load(
+            r#"[{"name": "Chess", "keywords": ["chess"],
+            "translated_keywords": {"fra": ["échecs"]}}]"#,
+        )
+        .unwrap();
+        assert_eq!(ok.hobbies[0].translated_keywords["fra"], ["échecs"]);
+        let by_name = load(
+            r#"[{"name": "Chess", "keywords": ["chess"],
+            "translated_keywords": {"French": ["échecs"]}}]"#,
+        )
+        .unwrap_err();
+        assert!(by_name.is_input());
+        assert!(by_name
+            .to_string()
+            .contains("`French` is not an ISO 639-3 code"));
+        let blank = load(
+            r#"[{"name": "Chess", "keywords": ["chess"],
+            "translated_keywords": {"fra": [" "]}}]"#,
+        )
+        .unwrap_err();
+        assert!(blank.to_string().contains("no blank ones"), "{blank}");
+    }
 }
