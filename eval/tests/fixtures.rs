@@ -1,9 +1,11 @@
 //! Runs the hand-labelled fixtures in `tests/fixtures/checks.jsonl`: one JSON object per
 //! line with a constraint, a reply, whether the turn was a probe, the expected verdict
-//! and a note saying what the case is about. All mismatches are reported at once.
+//! and a note saying what the case is about; optionally `language`, the language the
+//! same instruction asks for (a hobby is then looked for in that language too). All
+//! mismatches are reported at once.
 
 use gatt::catalog::Catalog;
-use gatt::Constraint;
+use gatt::{Constraint, ConstraintKind};
 use gatt_eval::{check, Verdict};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -13,6 +15,8 @@ struct Fixture {
     constraint: Constraint,
     reply: String,
     probe: bool,
+    #[serde(default)]
+    language: Option<String>,
     expected: Verdict,
     note: String,
 }
@@ -35,7 +39,12 @@ fn every_fixture_gets_its_hand_label() {
     let catalog = Catalog::builtin();
     let mut wrong = Vec::new();
     for (line, f) in fixtures() {
-        let got = check(&f.constraint, &f.reply, &catalog, f.probe);
+        let all: Vec<Constraint> = f
+            .language
+            .iter()
+            .map(|l| Constraint::new(ConstraintKind::Language, l))
+            .collect();
+        let got = check(&f.constraint, &all, &f.reply, &catalog, f.probe);
         if got.verdict != f.expected {
             wrong.push(format!(
                 "line {line} ({} {}: {}): expected {}, got {} ({})",
