@@ -1,4 +1,5 @@
-//! What the pipeline tests share: the options of a small synthesis run.
+//! What the pipeline tests share: the options of a small synthesis run, and counting
+//! the gate's rejections.
 
 use gatt::backend::SamplingParams;
 use gatt::transform::{Attach, Placement};
@@ -31,4 +32,13 @@ pub fn opts(shard: Shard) -> SynthOptions {
         chunk: 3,
         gate: gatt_synth::GateOptions::default(),
     }
+}
+
+/// How many times `r` was counted in one of the gate's tallies (0 when never).
+#[allow(dead_code)] // not every test binary counts rejections
+pub fn count(
+    m: &std::collections::BTreeMap<gatt_synth::Rejection, usize>,
+    r: gatt_synth::Rejection,
+) -> usize {
+    m.get(&r).copied().unwrap_or(0)
 }
