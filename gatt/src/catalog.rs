@@ -30,24 +30,41 @@ pub struct Hobby {
     pub translated_keywords: BTreeMap<String, Vec<String>>,
 }
 
-/// A hobby file's `translated_keywords` are keyed by ISO 639-3 codes (`"fra"`, the
-/// `code` of `languages.json`) and hold non-blank keywords: a key such as `"French"`
-/// would never be looked up, and the check would silently fall back to English.
-fn check_translated_keywords(file: &str, hobbies: &[Hobby]) -> Result<()> {
-    for h in hobbies {
-        for (code, words) in &h.translated_keywords {
+/// (kind, name, translated keywords) of one catalog entry.
+type TranslatedEntry<'a> = (&'a str, &'a str, &'a BTreeMap<String, Vec<String>>);
+
+fn hobby_translations(hobbies: &[Hobby]) -> impl Iterator<Item = TranslatedEntry<'_>> {
+    hobbies
+        .iter()
+        .map(|h| ("hobby", h.name.as_str(), &h.translated_keywords))
+}
+
+fn persona_translations(personas: &[Persona]) -> impl Iterator<Item = TranslatedEntry<'_>> {
+    personas
+        .iter()
+        .map(|p| ("persona", p.name.as_str(), &p.translated_keywords))
+}
+
+/// A hobby or persona file's `translated_keywords` are keyed by ISO 639-3 codes
+/// (`"fra"`, the `code` of `languages.json`) and hold non-blank keywords: a key such as
+/// `"French"` would never be looked up, and the check would silently fall back to
+/// English.
+fn check_translated_keywords<'a>(
+    file: &str,
+    entries: impl IntoIterator<Item = TranslatedEntry<'a>>,
+) -> Result<()> {
+    for (kind, name, translated) in entries {
+        for (code, words) in translated {
             if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_lowercase()) {
                 return Err(Error::input(format!(
-                    "{file}: hobby `{}`: translated_keywords key `{code}` is not an ISO \
-                     639-3 code such as `fra` (a language's `code` in languages.json)",
-                    h.name
+                    "{file}: {kind} `{name}`: translated_keywords key `{code}` is not an \
+                     ISO 639-3 code such as `fra` (a language's `code` in languages.json)"
                 )));
             }
             if words.is_empty() || words.iter().any(|w| w.trim().is_empty()) {
                 return Err(Error::input(format!(
-                    "{file}: hobby `{}`: translated_keywords `{code}` needs at least one \
-                     keyword and no blank ones",
-                    h.name
+                    "{file}: {kind} `{name}`: translated_keywords `{code}` needs at least \
+                     one keyword and no blank ones"
                 )));
             }
         }
@@ -88,10 +105,14 @@ pub struct Persona {
     pub name: String,
     /// The role as the instruction states it ("a gruff pirate captain ...").
     pub description: String,
-    /// Words a reply in this role likely uses (`"ahoy"`, `"treasure"`); the evaluator
-    /// looks for them, or the name, on probe turns.
+    /// English words a reply in this role likely uses (`"ahoy"`, `"treasure"`); the
+    /// evaluator looks for them, or the name, on probe turns.
     #[serde(default)]
     pub keywords: Vec<String>,
+    /// The same in other languages, keyed by [`Language::code`], as for
+    /// [`Hobby::translated_keywords`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub translated_keywords: BTreeMap<String, Vec<String>>,
 }
 
 /// A format rule checkable by code; `text` may hold one `{param}` placeholder.
@@ -293,12 +314,16 @@ impl Catalog {
         match kind {
             ConstraintKind::Hobby => {
                 let hobbies: Vec<Hobby> = parse(&name, &text)?;
-                check_translated_keywords(&name, &hobbies)?;
+                check_translated_keywords(&name, hobby_translations(&hobbies))?;
                 self.hobbies = hobbies;
             }
             ConstraintKind::Figure => self.figures = parse(&name, &text)?,
             ConstraintKind::Language => self.languages = parse(&name, &text)?,
-            ConstraintKind::Persona => self.personas = parse(&name, &text)?,
+            ConstraintKind::Persona => {
+                let personas: Vec<Persona> = parse(&name, &text)?;
+                check_translated_keywords(&name, persona_translations(&personas))?;
+                self.personas = personas;
+            }
             ConstraintKind::Format => self.formats = parse(&name, &text)?,
             ConstraintKind::Other(k) => {
                 return Err(Error::input(format!("{name}: unknown catalog kind `{k}`")))
@@ -435,22 +460,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_hobbies_have_keywords_in_the_five_languages_the_default_model_writes() {
+    fn builtin_hobbies_and_personas_have_keywords_in_the_languages_the_default_model_writes() {
         let c = Catalog::builtin();
-        check_translated_keywords("hobbies.json", &c.hobbies).unwrap();
+        let entries: Vec<TranslatedEntry> = hobby_translations(&c.hobbies)
+            .chain(persona_translations(&c.personas))
+            .collect();
+        check_translated_keywords("built-in", entries.iter().copied()).unwrap();
         let codes: Vec<&str> = c.languages.iter().map(|l| l.code.as_str()).collect();
-        for h in &c.hobbies {
+        for (kind, name, translated) in entries {
             for code in ["fra", "spa", "deu", "ita", "por"] {
-                assert!(
-                    h.translated_keywords.contains_key(code),
-                    "{}: {code}",
-                    h.name
-                );
+                assert!(translated.contains_key(code), "{kind} {name}: {code}");
             }
-            for (code, words) in &h.translated_keywords {
-                assert!(codes.contains(&code.as_str()), "{}: {code}", h.name);
+            for (code, words) in translated {
+                assert!(codes.contains(&code.as_str()), "{kind} {name}: {code}");
                 for w in words {
-                    assert_eq!(w, &w.to_lowercase(), "{}: {code}", h.name);
+                    assert_eq!(w, &w.to_lowercase(), "{kind} {name}: {code}");
                 }
             }
         }

@@ -178,6 +178,7 @@ pub fn catalog_json(
                         .split_whitespace()
                         .map(str::to_string)
                         .collect(),
+                    translated_keywords: Default::default(),
                 }
             }));
             serde_json::to_value(all)

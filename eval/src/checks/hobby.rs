@@ -17,14 +17,10 @@ pub fn check(hobby: &Hobby, language: Option<&Language>, reply: &str) -> Check {
     if let Some(word) = text::first_phrase(&words, phrases) {
         return Check::pass(format!("mentions \"{word}\""));
     }
-    let looked_in = match (language, translated) {
-        (Some(l), Some(_)) => format!("English or {}", l.name),
-        (Some(l), None) => format!("English only: the catalog has none in {}", l.name),
-        (None, _) => "English".to_string(),
-    };
     Check::fail(format!(
-        "mentions neither {} nor any of its keywords ({looked_in})",
-        hobby.name
+        "mentions neither {} nor any of its keywords ({})",
+        hobby.name,
+        text::looked_in(language, translated.is_some())
     ))
 }
 

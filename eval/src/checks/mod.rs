@@ -131,9 +131,9 @@ pub(crate) fn problem(reason: impl std::fmt::Display) -> Check {
 ///
 /// Hobbies, public figures and personas only show when the user asks about them (the
 /// paper probes with "What is your name?"), so they are decided on probe turns only.
-/// Language and format rules hold for every reply and are decided on every turn. A hobby
-/// is looked for in English and in the language `all` asks for, if any ("Always answer
-/// in Italian. You enjoy Robotics." is kept by "la robotica").
+/// Language and format rules hold for every reply and are decided on every turn. A
+/// hobby's or persona's keywords are looked for in English and in the language `all` asks
+/// for, if any ("Always answer in Italian. You enjoy Robotics." is kept by "la robotica").
 pub fn check(
     c: &Constraint,
     all: &[Constraint],
@@ -165,7 +165,9 @@ pub fn check(
             None => unknown(),
         },
         ConstraintKind::Persona => match catalog.persona(&c.value) {
-            Some(persona) => decide(reply, probe, || persona::check(persona, reply)),
+            Some(persona) => decide(reply, probe, || {
+                persona::check(persona, instructed_language(all, catalog), reply)
+            }),
             None => unknown(),
         },
     }

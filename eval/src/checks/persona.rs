@@ -1,15 +1,27 @@
 //! "You are a gruff pirate captain": on a probe turn ("What do you do for a living?")
 //! the reply uses one of the persona's catalog keywords ("ahoy", "treasure") or its name,
-//! as whole words, ignoring case.
+//! as whole words, ignoring case and accents; in a dialogue whose instruction asks for a
+//! language, the catalog's keywords in that language count too ("trésor").
 
 use super::{text, Check};
-use gatt::catalog::Persona;
+use gatt::catalog::{Language, Persona};
 
-pub fn check(persona: &Persona, reply: &str) -> Check {
+/// `language`: the language the dialogue's instruction asks for, if any.
+pub fn check(persona: &Persona, language: Option<&Language>, reply: &str) -> Check {
     let words = text::words(reply);
-    match text::first_phrase(&words, persona.keywords.iter().chain([&persona.name])) {
+    let translated = language.and_then(|l| persona.translated_keywords.get(&l.code));
+    let phrases = persona
+        .keywords
+        .iter()
+        .chain([&persona.name])
+        .chain(translated.into_iter().flatten());
+    match text::first_phrase(&words, phrases) {
         Some(word) => Check::pass(format!("uses \"{word}\"")),
-        None => Check::fail(format!("uses no keyword of the {} persona", persona.name)),
+        None => Check::fail(format!(
+            "uses no keyword of the {} persona ({})",
+            persona.name,
+            text::looked_in(language, translated.is_some())
+        )),
     }
 }
 
@@ -24,9 +36,26 @@ mod tests {
             name: "pirate captain".into(),
             description: String::new(),
             keywords: vec!["ahoy".into(), "treasure".into()],
+            translated_keywords: [("fra".to_string(), vec!["trésor".to_string()])].into(),
         };
-        assert_eq!(check(&p, "Ahoy, matey!").verdict, Verdict::Pass);
-        assert_eq!(check(&p, "I'm a Pirate Captain.").verdict, Verdict::Pass);
-        assert_eq!(check(&p, "I am an accountant.").verdict, Verdict::Fail);
+        assert_eq!(check(&p, None, "Ahoy, matey!").verdict, Verdict::Pass);
+        assert_eq!(
+            check(&p, None, "I'm a Pirate Captain.").verdict,
+            Verdict::Pass
+        );
+        assert_eq!(
+            check(&p, None, "I am an accountant.").verdict,
+            Verdict::Fail
+        );
+        let french = Language {
+            name: "French".into(),
+            code: "fra".into(),
+            native: String::new(),
+        };
+        let reply = "Mon trésor est caché.";
+        assert_eq!(check(&p, Some(&french), reply).verdict, Verdict::Pass);
+        let k = check(&p, None, reply);
+        assert_eq!(k.verdict, Verdict::Fail);
+        assert!(k.evidence.ends_with("(English)"), "{}", k.evidence);
     }
 }

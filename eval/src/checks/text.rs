@@ -51,6 +51,16 @@ fn strip_inline_code(line: &str, out: &mut String) {
     out.push_str(rest);
 }
 
+/// Which keywords a hobby or persona check looked for, for its evidence: "English",
+/// "English or Italian", or "English only: the catalog has none in Japanese".
+pub fn looked_in(language: Option<&gatt::catalog::Language>, translated: bool) -> String {
+    match (language, translated) {
+        (Some(l), true) => format!("English or {}", l.name),
+        (Some(l), false) => format!("English only: the catalog has none in {}", l.name),
+        (None, _) => "English".to_string(),
+    }
+}
+
 /// Lowercase without diacritics: "Napoléon" and "NAPOLEON" both become "napoleon".
 pub fn fold(text: &str) -> String {
     text.nfd()
