@@ -62,11 +62,21 @@ pub fn looked_in(language: Option<&gatt::catalog::Language>, translated: bool) -
 }
 
 /// Lowercase without diacritics: "Napoléon" and "NAPOLEON" both become "napoleon".
+/// Ligatures and the sharp s, which have no decomposition, are spelled out as writers
+/// without them spell them: "cœur" and "coeur" both become "coeur", "Straße" "strasse".
 pub fn fold(text: &str) -> String {
-    text.nfd()
-        .filter(|c| !is_combining_mark(*c))
-        .flat_map(char::to_lowercase)
-        .collect()
+    let mut out = String::with_capacity(text.len());
+    for c in text.nfd().filter(|c| !is_combining_mark(*c)) {
+        for c in c.to_lowercase() {
+            match c {
+                'œ' => out.push_str("oe"),
+                'æ' => out.push_str("ae"),
+                'ß' => out.push_str("ss"),
+                c => out.push(c),
+            }
+        }
+    }
+    out
 }
 
 /// Scripts written without spaces between words: each character is its own word, so
@@ -146,6 +156,10 @@ mod tests {
     #[test]
     fn folding_removes_case_and_accents() {
         assert_eq!(fold("Napoléon ÉDITH Comăneci"), "napoleon edith comaneci");
+        assert_eq!(
+            fold("Cœur ŒUVRE Æther Straße"),
+            "coeur oeuvre aether strasse"
+        );
     }
 
     #[test]
