@@ -47,7 +47,12 @@ if step synth_hobby; then
     --catalog hobby=$I/hobbies_train.json --users "$U" --probe-rate 1 --plain-share 0 \
     --candidates 3 --min-adherence 1 --cut-replies drop-eot --max-tokens 160 --seed 21 \
     --batch 16 --chunk 16 --format jsonl || true
-  cat "$WORK"/synth_hobby/chunks/chunk-*.jsonl >"$WORK/dialogues_hobby.jsonl"
+  cat "$WORK"/synth_hobby/chunks/chunk-*.jsonl >"$WORK/dialogues_hobby_run.jsonl"
+  # The keyword translations were reviewed while this run went on: keep only dialogues
+  # whose every reply passes the current checks.
+  "$G" eval --input "$WORK/dialogues_hobby_run.jsonl" --out "$WORK/recheck_hobby"
+  $E/refilter.py "$WORK/dialogues_hobby_run.jsonl" "$WORK/recheck_hobby/scores.jsonl" \
+    >"$WORK/dialogues_hobby.jsonl"
   "$G" eval --input "$WORK/dialogues_hobby.jsonl" --out "$WORK/data_adherence_hobby"
 fi
 
