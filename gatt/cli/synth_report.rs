@@ -160,6 +160,7 @@ fn gate_section(g: &gatt_synth::GateCounts) -> String {
         gatt_synth::Rejection::Repetitive,
         gatt_synth::Rejection::WrongScript,
         gatt_synth::Rejection::WrongLanguage,
+        gatt_synth::Rejection::BreaksCharacter,
         gatt_synth::Rejection::LowAdherence,
     ] {
         let n = |m: &std::collections::BTreeMap<gatt_synth::Rejection, usize>| {

@@ -6,12 +6,16 @@
 //! entirely (the instruction asked for Russian and the reply has no Cyrillic; the user
 //! wrote English and the reply is all Chinese), clearly in another language than the
 //! user's when no language was asked for (an English question answered in Spanish, which
-//! would teach a fine-tune to drift), or cut at the token limit (under
+//! would teach a fine-tune to drift), out of the role the instruction gives ("As an AI
+//! language model, ..." when the model is to be a figure, a persona or have a hobby:
+//! [`character`]), or cut at the token limit (under
 //! [`CutMode::Resample`] and [`CutMode::DropEot`]). When every candidate of a turn is
 //! rejected, the turn is sampled again with another seed, up to
 //! [`GateOptions::resample_tries`] times; then the dialogue is dropped (or, under
 //! [`CutMode::DropEot`], a final reply that was only cut is kept without its end-of-turn
 //! token). Everything is counted by reason in [`GateCounts`].
+
+pub mod character;
 
 use gatt::catalog::Catalog;
 use gatt::{Constraint, ConstraintKind};
@@ -32,6 +36,10 @@ pub enum Rejection {
     /// (an English question answered in Spanish): data that would teach a fine-tune to
     /// drift into a language nobody asked for.
     WrongLanguage,
+    /// The instruction gives a role (a public figure, a persona, a hobby of its own) and
+    /// the reply steps out of it: "As an AI language model, I don't have personal
+    /// preferences" ([`character::breaks_character`]).
+    BreaksCharacter,
     /// Cut at the token limit (`finished` false).
     Cut,
     /// A whole dialogue: its replies kept the instruction less often than
@@ -41,13 +49,14 @@ pub enum Rejection {
 
 impl Rejection {
     /// The name counts and reports use (`empty`, `repetitive`, `wrong_script`,
-    /// `wrong_language`, `cut`, `low_adherence`).
+    /// `wrong_language`, `breaks_character`, `cut`, `low_adherence`).
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::Empty => "empty",
             Rejection::Repetitive => "repetitive",
             Rejection::WrongScript => "wrong_script",
             Rejection::WrongLanguage => "wrong_language",
+            Rejection::BreaksCharacter => "breaks_character",
             Rejection::Cut => "cut",
             Rejection::LowAdherence => "low_adherence",
         }
@@ -209,7 +218,7 @@ impl GateCounts {
 }
 
 /// The content checks (everything but the cut): the first that fails, in the order empty,
-/// repetitive, wrong script, wrong language.
+/// repetitive, wrong script, wrong language, breaks character.
 pub fn check_text(text: &str, want: &Expected) -> Option<Rejection> {
     if text.trim().is_empty() {
         return Some(Rejection::Empty);
@@ -223,6 +232,9 @@ pub fn check_text(text: &str, want: &Expected) -> Option<Rejection> {
     if want.language.is_some_and(|l| wrong_language(text, l)) {
         return Some(Rejection::WrongLanguage);
     }
+    if want.in_role && character::breaks_character(text).is_some() {
+        return Some(Rejection::BreaksCharacter);
+    }
     None
 }
 
@@ -234,6 +246,8 @@ pub struct Expected {
     /// The user's language, when no language was asked for and the user's message
     /// says it clearly (whatlang, reliable detection); `None` otherwise.
     pub language: Option<whatlang::Lang>,
+    /// The instruction gives the model a role to keep: a figure, a persona or a hobby.
+    pub in_role: bool,
 }
 
 /// What a reply in a dialogue whose user messages are `users` should be written in,
@@ -246,16 +260,24 @@ pub fn expected(constraints: &[Constraint], catalog: &Catalog, users: &[String])
         .iter()
         .find(|c| c.kind == ConstraintKind::Language)
         .and_then(|c| catalog.language(&c.value));
+    let in_role = constraints.iter().any(|c| {
+        matches!(
+            c.kind,
+            ConstraintKind::Figure | ConstraintKind::Persona | ConstraintKind::Hobby
+        )
+    });
     match language {
         Some(l) => Expected {
             script: dominant_script(&l.native, 1),
             language: None,
+            in_role,
         },
         None => {
             let user = users.join("\n");
             Expected {
                 script: dominant_script(&user, 8),
                 language: clear_language(&user),
+                in_role,
             }
         }
     }
@@ -532,7 +554,30 @@ mod tests {
         Expected {
             script: Some(s),
             language: None,
+            in_role: false,
         }
+    }
+
+    #[test]
+    fn a_reply_out_of_the_role_is_rejected_only_where_there_is_a_role() {
+        let catalog = Catalog::builtin();
+        let user = users("What is your favorite hobby?");
+        let disclaimer = "As an AI language model, I don't have personal preferences. \
+                          However, you might enjoy juggling.";
+        let hobby = [Constraint::new(ConstraintKind::Hobby, "Juggling")];
+        let want = expected(&hobby, &catalog, &user);
+        assert!(want.in_role);
+        assert_eq!(
+            check_text(disclaimer, &want),
+            Some(Rejection::BreaksCharacter)
+        );
+        assert_eq!(check_text("Juggling, every evening.", &want), None);
+        // A language or format instruction gives no role: the same reply is kept.
+        let french = [Constraint::new(ConstraintKind::Language, "French")];
+        let want = expected(&french, &catalog, &user);
+        assert!(!want.in_role);
+        assert_eq!(check_text(disclaimer, &want), None);
+        assert_eq!(Rejection::BreaksCharacter.as_str(), "breaks_character");
     }
 
     #[test]

@@ -146,6 +146,24 @@ fn cut_empty_and_repeating_replies_are_resampled_with_new_seeds() {
     assert_eq!(distinct.len(), 5);
 }
 
+/// `gated` runs hobby constraints: a reply that calls itself an AI steps out of the role.
+#[test]
+fn a_reply_out_of_the_role_is_resampled() {
+    use gatt_synth::{CutMode, Rejection};
+    const AI: &str = "As an AI language model, I don't have personal preferences.";
+    let (records, counts, _) = gated(vec![AI, GOOD], 1, gate(CutMode::Resample, 3));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].messages.last().unwrap().content, GOOD);
+    assert_eq!(
+        count(&counts.candidates_rejected, Rejection::BreaksCharacter),
+        1
+    );
+    // Never anything else: the dialogue is dropped, and says why.
+    let (records, counts, _) = gated(vec![AI], 1, gate(CutMode::Resample, 1));
+    assert!(records.is_empty());
+    assert_eq!(count(&counts.dropped, Rejection::BreaksCharacter), 1);
+}
+
 #[test]
 fn a_dialogue_that_cannot_finish_is_dropped_and_counted() {
     use gatt_synth::{CutMode, Rejection};
