@@ -74,11 +74,11 @@ if step eval; then
     --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
     --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
     --out "$WORK/eval"
-  # The hobby alone (English replies): the hobby check's keywords are English.
-  "$G" eval --model default --model "$WORK/tuned" --turns 12 --dialogues 15 \
+  # The hobby alone (English replies), to turn 20.
+  "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 15 \
     --constraints hobby --catalog hobby=$I/hobbies_heldout.json \
     --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 15 \
-    --out "$WORK/eval_hobby"
+    --out "$WORK/eval_hobby20"
 fi
 
 if step collateral; then
@@ -91,6 +91,7 @@ if step attention; then
 fi
 
 if step tables; then
-  $E/table30.py "$WORK/eval" >"$WORK/table30.md"
+  { $E/table30.py "$WORK/eval"; echo; echo "## The hobby alone, English"; echo
+    $E/table30.py "$WORK/eval_hobby20"; } >"$WORK/table30.md"
   cat "$WORK/table30.md"
 fi
