@@ -97,6 +97,11 @@ fn synth_flag_combinations_fail_before_any_work() {
             "--judge-endpoint",
         ),
         (vec!["--plain-share", "1.5"], "--plain-share"),
+        (vec!["--min-combined", "0"], "--min-combined"),
+        (
+            vec!["--min-combined", "3", "--max-combined", "2"],
+            "--min-combined must be between 1 and --max-combined (2)",
+        ),
     ];
     for (extra, says) in cases {
         let mut args = vec!["synth", "--out", out];

@@ -30,6 +30,10 @@ pub struct SynthOptions {
     pub seed: u64,
     /// Constraint kinds to sample from.
     pub kinds: Vec<ConstraintKind>,
+    /// Fewest compatible constraints combined in one instruction (0 and 1: at least one
+    /// is drawn); left out of `run.json` at 1, so runs without it resume as before.
+    #[serde(skip_serializing_if = "is_one")]
+    pub min_combined: usize,
     /// Most compatible constraints combined in one instruction (at least one is drawn).
     pub max_combined: usize,
     /// Probability that an instruction is terse ("Language: French."); the paper used 0.5.
@@ -69,6 +73,10 @@ pub struct SynthOptions {
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn is_one(x: &usize) -> bool {
+    *x <= 1
 }
 
 fn shard_str<S: serde::Serializer>(s: &Shard, ser: S) -> std::result::Result<S::Ok, S::Error> {
@@ -170,6 +178,7 @@ impl Synthesizer<'_> {
         let o = PlanOptions {
             seed: self.opts.seed,
             kinds: &self.opts.kinds,
+            min_combined: self.opts.min_combined,
             max_combined: self.opts.max_combined,
             terse: self.opts.terse,
             turns: self.opts.turns,

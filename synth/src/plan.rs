@@ -81,6 +81,9 @@ pub struct PlanOptions<'a> {
     pub seed: u64,
     /// Constraint kinds to sample from.
     pub kinds: &'a [ConstraintKind],
+    /// Fewest constraints in one instruction (fewer only when the kinds cannot supply
+    /// that many compatible ones); 0 counts as 1.
+    pub min_combined: usize,
     /// Most constraints in one instruction.
     pub max_combined: usize,
     /// Probability that the instruction is terse (the paper: 0.5); clamped to [0, 1].
@@ -145,7 +148,8 @@ pub fn check_kinds(catalog: &Catalog, kinds: &[ConstraintKind]) -> Result<()> {
 /// phrasing, user turns, then (when `concise` > 0 and the turns come from a bank) for each
 /// user turn whether it asks for a short answer, and which request; then (when
 /// `probe_rate` > 0 and a constraint has training probes) for each user turn after the
-/// first whether it is a probe, about which constraint, and which question.
+/// first whether it is a probe, about which constraint (one of those asked about least
+/// so far), and which question.
 pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource) -> DialoguePlan {
     // Stream: SynthPlan (parent: the run seed, index: the dialogue).
     let seed = seed::derive(o.seed, Stream::SynthPlan, index as u64);
@@ -153,7 +157,7 @@ pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource
     let plain = o.plain_share > 0.0 && rng.random_bool(o.plain_share.clamp(0.0, 1.0));
     let constraints = match plain {
         true => Vec::new(),
-        false => sample_constraints(&mut rng, catalog, o.kinds, o.max_combined),
+        false => sample_constraints(&mut rng, catalog, o.kinds, o.min_combined, o.max_combined),
     };
     let terse = rng.random_bool(o.terse.clamp(0.0, 1.0));
     let instruction = match plain {
@@ -178,7 +182,16 @@ pub fn plan(index: usize, o: &PlanOptions, catalog: &Catalog, users: &UserSource
         let mut asked: Vec<String> = Vec::new();
         for (t, user) in turns.iter_mut().enumerate().skip(1) {
             if rng.random_bool(o.probe_rate.clamp(0.0, 1.0)) {
-                let c = probeable[rng.random_range(0..probeable.len())];
+                // The probe asks about one of the constraints asked about least so far,
+                // so a dialogue with a figure and a hobby probes both in turn.
+                let times = |c: &Constraint| probes.iter().filter(|(_, k)| *k == c.kind).count();
+                let least = probeable.iter().map(|c| times(c)).min().unwrap_or(0);
+                let pool: Vec<&Constraint> = probeable
+                    .iter()
+                    .copied()
+                    .filter(|c| times(c) == least)
+                    .collect();
+                let c = pool[rng.random_range(0..pool.len())];
                 // A question already asked in this dialogue is not asked again while
                 // the bank has others.
                 let all = catalog.train_probes.of(&c.kind);
@@ -231,6 +244,7 @@ mod tests {
         let o = |concise| PlanOptions {
             seed: 3,
             kinds: &kinds,
+            min_combined: 1,
             max_combined: 1,
             terse: 0.5,
             turns: 4,
@@ -260,6 +274,7 @@ mod tests {
         let o = |probe_rate| PlanOptions {
             seed: 1,
             kinds: &kinds,
+            min_combined: 1,
             max_combined: 2,
             terse: 0.5,
             turns: 6,
@@ -295,6 +310,42 @@ mod tests {
             seen += 1;
         }
         assert!(seen > 5);
+    }
+
+    /// With a figure and a hobby, a dialogue with two probe turns asks about each once.
+    #[test]
+    fn probes_ask_about_every_probeable_constraint_before_repeating_one() {
+        let catalog = Catalog::builtin();
+        let bank = UserSource::Bank(catalog.user_bank.clone());
+        let kinds = [ConstraintKind::Figure, ConstraintKind::Hobby];
+        let o = |turns| PlanOptions {
+            seed: 4,
+            kinds: &kinds,
+            min_combined: 2,
+            max_combined: 2,
+            terse: 0.5,
+            turns,
+            concise: 0.0,
+            probe_rate: 1.0,
+            plain_share: 0.0,
+        };
+        for i in 0..40 {
+            let p = plan(i, &o(3), &catalog, &bank);
+            assert_eq!(p.constraints.len(), 2, "{:?}", p.constraints);
+            let mut asked: Vec<String> = p.probes.iter().map(|(_, k)| k.to_string()).collect();
+            asked.sort();
+            assert_eq!(asked, ["figure", "hobby"], "dialogue {i}");
+            // Five probes: each kind at least twice (asked in turn).
+            let p = plan(i, &o(6), &catalog, &bank);
+            for kind in &kinds {
+                let n = p.probes.iter().filter(|(_, k)| k == kind).count();
+                assert!(
+                    n >= 2,
+                    "dialogue {i}: {kind} asked {n} times in {:?}",
+                    p.probes
+                );
+            }
+        }
     }
 
     /// The training probes share no phrasing with the evaluator's: no question, and no
@@ -347,6 +398,7 @@ mod tests {
         let o = |plain_share| PlanOptions {
             seed: 5,
             kinds: &kinds,
+            min_combined: 1,
             max_combined: 2,
             terse: 0.5,
             turns: 4,

@@ -5,15 +5,19 @@ use gatt::{Constraint, ConstraintKind};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 
-/// Draws between 1 and `max_combined` mutually compatible constraints, each of a kind in
-/// `kinds` (at most one per kind, except format rules), as the paper combined them.
+/// Draws between `min_combined` and `max_combined` (uniformly; 0 counts as 1)
+/// mutually compatible constraints, each of a kind in `kinds` (at most one per kind,
+/// except format rules), as the paper combined them. Fewer than `min_combined` only
+/// when the kinds cannot supply that many compatible constraints.
 pub fn sample_constraints<R: Rng>(
     rng: &mut R,
     catalog: &Catalog,
     kinds: &[ConstraintKind],
+    min_combined: usize,
     max_combined: usize,
 ) -> Vec<Constraint> {
-    let want = rng.random_range(1..=max_combined.max(1));
+    let most = max_combined.max(1);
+    let want = rng.random_range(min_combined.clamp(1, most)..=most);
     let mut order: Vec<&ConstraintKind> = kinds.iter().collect();
     order.shuffle(rng);
     let mut chosen: Vec<Constraint> = Vec::new();
@@ -57,7 +61,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut seen_multi = false;
         for _ in 0..500 {
-            let cs = sample_constraints(&mut rng, &catalog, &kinds, 3);
+            let cs = sample_constraints(&mut rng, &catalog, &kinds, 1, 3);
             assert!((1..=3).contains(&cs.len()));
             seen_multi |= cs.len() > 1;
             for (i, a) in cs.iter().enumerate() {
@@ -70,11 +74,33 @@ mod tests {
     }
 
     #[test]
+    fn min_combined_gives_every_instruction_that_many() {
+        let catalog = Catalog::builtin();
+        let kinds = [
+            ConstraintKind::Figure,
+            ConstraintKind::Hobby,
+            ConstraintKind::Language,
+        ];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..200 {
+            let cs = sample_constraints(&mut rng, &catalog, &kinds, 3, 3);
+            let mut got: Vec<String> = cs.iter().map(|c| c.kind.to_string()).collect();
+            got.sort();
+            assert_eq!(got, ["figure", "hobby", "language"]);
+            let two_or_three = sample_constraints(&mut rng, &catalog, &kinds, 2, 3);
+            assert!((2..=3).contains(&two_or_three.len()));
+        }
+        // Only one language kind: two are asked for, one is all there is.
+        let cs = sample_constraints(&mut rng, &catalog, &[ConstraintKind::Language], 2, 2);
+        assert_eq!(cs.len(), 1);
+    }
+
+    #[test]
     fn only_requested_kinds() {
         let catalog = Catalog::builtin();
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         for _ in 0..100 {
-            let cs = sample_constraints(&mut rng, &catalog, &[ConstraintKind::Language], 2);
+            let cs = sample_constraints(&mut rng, &catalog, &[ConstraintKind::Language], 1, 2);
             assert_eq!(cs.len(), 1);
             assert_eq!(cs[0].kind, ConstraintKind::Language);
         }

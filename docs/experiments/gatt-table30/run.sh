@@ -4,7 +4,7 @@
 #
 #   G=target/debug/gatt WORK=out/table30 docs/experiments/gatt-table30/run.sh [STEP]
 #
-# STEP: teacher | synth | synth_hobby | mask | train | eval | collateral | attention | tables (default:
+# STEP: teacher | synth | synth_hobby | synth_three | mask | train | eval | collateral | attention | tables (default:
 # all, in that order). Each step reads what the one before wrote under $WORK. Synthesis
 # stops at its time limit (LIMIT seconds, 2700 in the published run) and keeps every
 # finished chunk of 16 dialogues; the same command with `--resume` appended goes on.
@@ -56,8 +56,25 @@ if step synth_hobby; then
   "$G" eval --input "$WORK/dialogues_hobby.jsonl" --out "$WORK/data_adherence_hobby"
 fi
 
+# A third run: every instruction a figure, a hobby and a language (`--min-combined 3`), as
+# every main evaluation dialogue has; the two probe turns ask about the figure and the
+# hobby once each; the `breaks_character` gate refuses "As an AI language model" replies.
+if step synth_three; then
+  timeout "$LIMIT" "$G" synth --out "$WORK/synth_three" --model "$WORK/teacher.gguf" \
+    --dialogues 480 --turns 3 --constraints hobby,figure,language --min-combined 3 \
+    --max-combined 3 --catalog language=$I/languages5.json \
+    --catalog figure=$I/figures_train.json --catalog hobby=$I/hobbies_train.json \
+    --users "$U" --probe-rate 1 --plain-share 0 --candidates 3 --min-adherence 1 \
+    --cut-replies drop-eot --max-tokens 160 --seed 22 --batch 16 --chunk 16 \
+    --format jsonl || true
+  cat "$WORK"/synth_three/chunks/chunk-*.jsonl >"$WORK/dialogues_three.jsonl"
+  "$G" eval --input "$WORK/dialogues_three.jsonl" --out "$WORK/data_adherence_three"
+fi
+
 if step mask; then
-  cat "$WORK/dialogues.jsonl" "$WORK/dialogues_hobby.jsonl" >"$WORK/dialogues_all.jsonl"
+  cat "$WORK/dialogues.jsonl" "$WORK/dialogues_hobby.jsonl" \
+    $([ -f "$WORK/dialogues_three.jsonl" ] && echo "$WORK/dialogues_three.jsonl") \
+    >"$WORK/dialogues_all.jsonl"
   "$G" mask --input "$WORK/dialogues_all.jsonl" --out "$WORK/train.parquet" --model default \
     --policy gatt-expand
 fi

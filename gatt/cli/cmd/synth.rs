@@ -70,6 +70,12 @@ pub struct Args {
     /// Combine up to K compatible constraints in one instruction.
     #[arg(long, default_value_t = 2)]
     pub max_combined: usize,
+    /// Combine at least K compatible constraints in one instruction (the number is drawn
+    /// uniformly from --min-combined to --max-combined). `--min-combined 3
+    /// --max-combined 3 --constraints figure,hobby,language` gives every dialogue a
+    /// figure, a hobby and a language, as the paper's Table 30 evaluation does.
+    #[arg(long, default_value_t = 1)]
+    pub min_combined: usize,
     /// Probability that an instruction is terse ("Language: French."); the paper used 0.5.
     #[arg(long, default_value_t = 0.5)]
     pub terse: f64,
@@ -230,6 +236,7 @@ pub fn run(args: Args) -> Result<()> {
         turns: args.turns,
         seed: args.seed,
         kinds: args.constraints.clone(),
+        min_combined: args.min_combined,
         max_combined: args.max_combined,
         terse: args.terse,
         attach: args.attach.into(),
@@ -365,6 +372,12 @@ fn check_args(args: &Args) -> Result<()> {
     }
     if args.max_combined == 0 {
         return fail("--max-combined must be at least 1");
+    }
+    if args.min_combined == 0 || args.min_combined > args.max_combined {
+        return fail(&format!(
+            "--min-combined must be between 1 and --max-combined ({})",
+            args.max_combined
+        ));
     }
     if args.chunk == Some(0) {
         return fail("--chunk must be at least 1");

@@ -18,6 +18,7 @@ pub fn opts(shard: Shard) -> SynthOptions {
             ConstraintKind::Figure,
             ConstraintKind::Hobby,
         ],
+        min_combined: 1,
         max_combined: 2,
         terse: 0.5,
         attach: Attach::Prefix,
