@@ -126,6 +126,12 @@ fn gate_section(g: &gatt_synth::GateCounts) -> String {
         g.dropped_total(),
         g.resampled_turns
     );
+    if g.resampled_for_adherence > 0 {
+        md.push_str(&format!(
+            "- turns sampled again because the kept reply fell below `--min-adherence`: {}\n",
+            g.resampled_for_adherence
+        ));
+    }
     if g.kept_without_end_of_turn > 0 {
         md.push_str(&format!(
             "- kept with a cut final reply trained without its end-of-turn token: {}\n",

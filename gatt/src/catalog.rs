@@ -72,6 +72,20 @@ fn check_translated_keywords<'a>(
     Ok(())
 }
 
+/// A language file's `false_friends` hold no blank word: a blank one would match nothing
+/// and hide a typo.
+fn check_false_friends(file: &str, languages: &[Language]) -> Result<()> {
+    for l in languages {
+        if let Some(i) = l.false_friends.iter().position(|w| w.trim().is_empty()) {
+            return Err(Error::input(format!(
+                "{file}: language `{}`: false_friends[{i}] is blank",
+                l.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A public figure the model can be asked to act as (`catalogs/figures.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figure {
@@ -87,7 +101,7 @@ pub struct Figure {
 }
 
 /// A language the model can be asked to answer in (`catalogs/languages.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Language {
     /// The constraint's value, in English: `"French"`.
     pub name: String,
@@ -96,6 +110,13 @@ pub struct Language {
     /// The language's name for itself (`"français"`); informational.
     #[serde(default)]
     pub native: String,
+    /// English hobby and persona keywords that are ordinary words of this language
+    /// ("camera" is Italian for "room", "court" French for "short"): in a reply that
+    /// should be in this language they are not taken as naming the hobby or persona
+    /// (the entry's keywords in this language still count). Empty when the catalog
+    /// file gives none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub false_friends: Vec<String>,
 }
 
 /// A fictional role the model can be asked to play (`catalogs/personas.json`).
@@ -318,7 +339,11 @@ impl Catalog {
                 self.hobbies = hobbies;
             }
             ConstraintKind::Figure => self.figures = parse(&name, &text)?,
-            ConstraintKind::Language => self.languages = parse(&name, &text)?,
+            ConstraintKind::Language => {
+                let languages: Vec<Language> = parse(&name, &text)?;
+                check_false_friends(&name, &languages)?;
+                self.languages = languages;
+            }
             ConstraintKind::Persona => {
                 let personas: Vec<Persona> = parse(&name, &text)?;
                 check_translated_keywords(&name, persona_translations(&personas))?;
@@ -477,6 +502,39 @@ mod tests {
                     assert_eq!(w, &w.to_lowercase(), "{kind} {name}: {code}");
                 }
             }
+        }
+    }
+
+    /// Each built-in false friend is an English name or keyword of a built-in hobby or
+    /// persona (a word no check looks for would be a stale entry), and the five
+    /// languages the default model writes have some.
+    #[test]
+    fn builtin_false_friends_are_english_keywords_of_the_catalog() {
+        let c = Catalog::builtin();
+        let english: Vec<String> = c
+            .hobbies
+            .iter()
+            .flat_map(|h| std::iter::once(&h.name).chain(&h.keywords))
+            .chain(
+                c.personas
+                    .iter()
+                    .flat_map(|p| std::iter::once(&p.name).chain(&p.keywords)),
+            )
+            .map(|w| w.to_lowercase())
+            .collect();
+        check_false_friends("built-in", &c.languages).unwrap();
+        for l in &c.languages {
+            for w in &l.false_friends {
+                assert!(
+                    english.contains(w),
+                    "{}: `{w}` is no English keyword",
+                    l.name
+                );
+            }
+        }
+        for code in ["fra", "spa", "deu", "ita", "por"] {
+            let l = c.languages.iter().find(|l| l.code == code).unwrap();
+            assert!(!l.false_friends.is_empty(), "{code}");
         }
     }
 

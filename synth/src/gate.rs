@@ -147,6 +147,10 @@ pub struct GateCounts {
     pub candidates_rejected: BTreeMap<Rejection, usize>,
     /// Turns sampled again because every candidate was rejected (each try counts).
     pub resampled_turns: usize,
+    /// Turns sampled again because the kept reply fell below `--min-adherence` on its
+    /// own checks (each try counts).
+    #[serde(default)]
+    pub resampled_for_adherence: usize,
     /// Kept dialogues whose final reply was cut and is trained without its end-of-turn
     /// token (`--cut-replies drop-eot`).
     pub kept_without_end_of_turn: usize,
@@ -206,6 +210,7 @@ impl GateCounts {
             *self.candidates_rejected.entry(*r).or_default() += n;
         }
         self.resampled_turns += other.resampled_turns;
+        self.resampled_for_adherence += other.resampled_for_adherence;
         self.kept_without_end_of_turn += other.kept_without_end_of_turn;
         self.kept_cut += other.kept_cut;
         self.judge.add(&other.judge);

@@ -222,9 +222,12 @@ impl Synthesizer<'_> {
     /// in `meta.augmented`, with the model, seed and token counts.
     ///
     /// Per turn, each candidate reply passes the gate ([`crate::gate`]) or is rejected;
-    /// the best passing one is kept. When all are rejected, the turn is sampled again
-    /// (try `k`'s request seed is `derive(turn seed, Stream::SynthResample, k)`) up to
-    /// [`GateOptions::resample_tries`] times, then the dialogue is dropped. With a
+    /// the best passing one is kept. When all are rejected, or (with
+    /// [`GateOptions::min_adherence`]) the kept one fails more of its checks than the
+    /// minimum allows, the turn is sampled again (try `k`'s request seed is
+    /// `derive(turn seed, Stream::SynthResample, k)`) up to
+    /// [`GateOptions::resample_tries`] times; then the dialogue is dropped (for
+    /// adherence: at once when the minimum is 1, otherwise the dialogue's total decides). With a
     /// [`Synthesizer::judge`], the candidates of an open choice are judged first and the
     /// scorer weighs its verdicts.
     ///
@@ -371,6 +374,24 @@ impl Synthesizer<'_> {
         let (p, n) = self
             .scorer
             .adherence(constraints, &r.text, o.probe.as_ref(), v);
+        // Rejection sampling on adherence too: a kept reply below --min-adherence on its
+        // own checks sends the turn back for another try while tries are left. After the
+        // last one, a dialogue that can no longer reach --min-adherence (at 1: any failed
+        // check) is dropped now rather than sampled to its end.
+        let min = opts.min_adherence;
+        if n > 0 && (p as f64) < min * n as f64 {
+            if !last_try {
+                d.counts.resampled_for_adherence += 1;
+                return Ok(Some(Step::Reply {
+                    turn,
+                    attempt: attempt + 1,
+                }));
+            }
+            if min >= 1.0 {
+                d.dropped = Some(Rejection::LowAdherence);
+                return Ok(None);
+            }
+        }
         d.adherence = (d.adherence.0 + p, d.adherence.1 + n);
         d.plain.push(Message::assistant(r.text.clone()));
         d.prompt_tokens.push(r.prompt_tokens);

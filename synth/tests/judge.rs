@@ -152,16 +152,18 @@ fn a_single_candidate_is_judged_only_for_min_adherence() {
     let judge = PickyJudge::new(1);
     let out = judged_run(Some(&judge), 1, 0.0);
     assert_eq!((out.records.len(), out.gate.judge.questions), (2, 0));
-    // With --min-adherence the judge's no (to "Candidate 0") drops both dialogues...
+    // With --min-adherence the judge's no (to "Candidate 0") sends every turn back for
+    // its three more tries (default --resample-tries), then drops both dialogues...
     let out = judged_run(Some(&judge), 1, 0.5);
     assert!(out.records.is_empty());
     assert_eq!(count(&out.gate.dropped, Rejection::LowAdherence), 2);
+    assert_eq!(out.gate.resampled_for_adherence, 2 * 3 * 3);
     assert_eq!(
         (
             out.gate.judge.candidates_judged,
             out.gate.judge.candidates_rejected
         ),
-        (6, 6)
+        (24, 24)
     );
     // ...and its yes keeps them.
     let out = judged_run(Some(&PickyJudge::new(0)), 1, 0.5);

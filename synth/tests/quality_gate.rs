@@ -303,6 +303,59 @@ fn min_adherence_drops_dialogues_that_lose_the_instruction() {
     assert_eq!(count(&out.gate.dropped, Rejection::LowAdherence), 1);
 }
 
+/// With `--min-adherence 1`, a turn whose reply fails its check is sampled again with a
+/// new seed; when every try fails, the dialogue is dropped at once, its later turns never
+/// sampled.
+#[test]
+fn a_turn_below_min_adherence_is_resampled_then_the_dialogue_dropped_at_once() {
+    use gatt_synth::{CutMode, Rejection};
+    const OFF: &str = "That is off topic, sorry about it.";
+    let run = |script: Vec<&'static str>| {
+        let backend = Scripted::new(script);
+        let catalog = Catalog::builtin();
+        let users = UserSource::Bank(catalog.user_bank.clone());
+        let mut o = opts(Shard::default());
+        (o.dialogues, o.turns, o.candidates) = (1, 3, 1);
+        o.kinds = vec![ConstraintKind::Hobby];
+        o.gate = gatt_synth::GateOptions {
+            cut: CutMode::Resample,
+            resample_tries: 2,
+            min_adherence: 1.0,
+        };
+        let s = Synthesizer {
+            backend: &backend,
+            catalog: &catalog,
+            users: &users,
+            scorer: &OffScorer,
+            judge: None,
+            opts: o,
+        };
+        let out = s.run_chunk(&s.plans()).unwrap();
+        let seeds = backend.seeds.lock().unwrap().clone();
+        (out, seeds)
+    };
+    // Turn 2 fails once, then passes: kept, every reply on topic.
+    let (out, seeds) = run(vec![GOOD, OFF, GOOD, GOOD]);
+    assert_eq!(out.records.len(), 1);
+    assert_eq!(out.gate.resampled_for_adherence, 1);
+    assert_eq!(out.gate.resampled_turns, 0);
+    assert_eq!(seeds.len(), 4, "three turns and one more try");
+    assert_ne!(seeds[1], seeds[2], "the try has its own seed");
+    let replies: Vec<&str> = out.records[0]
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert!(replies.iter().all(|r| *r == GOOD), "{replies:?}");
+    // Turn 2 fails every try: dropped after the third, turn 3 never asked.
+    let (out, seeds) = run(vec![GOOD, OFF, OFF, OFF]);
+    assert!(out.records.is_empty());
+    assert_eq!(count(&out.gate.dropped, Rejection::LowAdherence), 1);
+    assert_eq!(out.gate.resampled_for_adherence, 2);
+    assert_eq!(seeds.len(), 4, "turn 1, then turn 2 three times");
+}
+
 /// `plain_share` 1: every dialogue instruction-free, its training record without a system
 /// message, and a reply in another language than the user's is resampled.
 #[test]

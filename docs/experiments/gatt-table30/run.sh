@@ -15,6 +15,9 @@ LIMIT=${LIMIT:-2700}
 E=docs/experiments/gatt-table30
 I=docs/experiments/gatt-smollm2/inputs
 U=docs/experiments/gatt-smollm2-500/inputs/train_users8.jsonl
+# The five languages with their false friends (English keywords that are ordinary words
+# of the language, not counted as naming a hobby or persona); used from the third run on.
+L=$E/languages5.json
 STEP=${1:-all}
 mkdir -p "$WORK"
 step() { [ "$STEP" = all ] || [ "$STEP" = "$1" ]; }
@@ -62,7 +65,7 @@ fi
 if step synth_three; then
   timeout "$LIMIT" "$G" synth --out "$WORK/synth_three" --model "$WORK/teacher.gguf" \
     --dialogues 480 --turns 3 --constraints hobby,figure,language --min-combined 3 \
-    --max-combined 3 --catalog language=$I/languages5.json \
+    --max-combined 3 --catalog language=$L \
     --catalog figure=$I/figures_train.json --catalog hobby=$I/hobbies_train.json \
     --users "$U" --probe-rate 1 --plain-share 0 --candidates 3 --min-adherence 1 \
     --cut-replies drop-eot --max-tokens 160 --seed 22 --batch 16 --chunk 16 \
@@ -87,7 +90,7 @@ fi
 
 if step eval; then
   "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 30 \
-    --constraints language,figure,hobby --catalog language=$I/languages5.json \
+    --constraints language,figure,hobby --catalog language=$L \
     --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
     --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
     --out "$WORK/eval"

@@ -10,17 +10,15 @@ use gatt::catalog::{Hobby, Language};
 /// `language`: the language the dialogue's instruction asks for, if any.
 pub fn check(hobby: &Hobby, language: Option<&Language>, reply: &str) -> Check {
     let words = text::words(reply);
-    let translated = language.and_then(|l| hobby.translated_keywords.get(&l.code));
-    let phrases = std::iter::once(&hobby.name)
-        .chain(&hobby.keywords)
-        .chain(translated.into_iter().flatten());
-    if let Some(word) = text::first_phrase(&words, phrases) {
+    let english = std::iter::once(&hobby.name).chain(&hobby.keywords);
+    let keywords = text::Keywords::of(english, language, &hobby.translated_keywords);
+    if let Some(word) = keywords.find(&words) {
         return Check::pass(format!("mentions \"{word}\""));
     }
     Check::fail(format!(
         "mentions neither {} nor any of its keywords ({})",
         hobby.name,
-        text::looked_in(language, translated.is_some())
+        keywords.looked_in(&words)
     ))
 }
 
@@ -42,6 +40,7 @@ mod tests {
             name: name.into(),
             code: code.into(),
             native: String::new(),
+            ..Default::default()
         }
     }
 
@@ -63,6 +62,40 @@ mod tests {
         assert_eq!(
             check(&h, None, "I love climbers and boulders.").verdict,
             Verdict::Fail
+        );
+    }
+
+    /// "camera" is Italian for "room": in a reply that should be Italian it does not name
+    /// Photography, and the evidence says why; the Italian keyword still counts, and in
+    /// an English dialogue the English keyword does.
+    #[test]
+    fn english_keywords_that_are_words_of_the_instructed_language_do_not_count() {
+        let photography = Hobby {
+            name: "Photography".into(),
+            keywords: vec!["camera".into(), "photo".into()],
+            translated_keywords: [("ita".to_string(), vec!["fotografia".to_string()])].into(),
+        };
+        let italian = Language {
+            false_friends: vec!["Camera".into(), "serve".into()],
+            ..language("Italian", "ita")
+        };
+        let room = "La mia camera è piccola, ma serve.";
+        let k = check(&photography, Some(&italian), room);
+        assert_eq!(k.verdict, Verdict::Fail, "{}", k.evidence);
+        assert!(
+            k.evidence.ends_with(
+                "(English or Italian; \"camera\" not counted: an ordinary Italian word)"
+            ),
+            "{}",
+            k.evidence
+        );
+        let k = check(&photography, Some(&italian), "Amo la fotografia.");
+        assert_eq!(k.verdict, Verdict::Pass);
+        assert_eq!(check(&photography, None, room).verdict, Verdict::Pass);
+        let english = language("English", "eng");
+        assert_eq!(
+            check(&photography, Some(&english), room).verdict,
+            Verdict::Pass
         );
     }
 

@@ -74,6 +74,7 @@ mod tests {
             name: "French".into(),
             code: "fra".into(),
             native: String::new(),
+            ..Default::default()
         }
     }
 
@@ -98,6 +99,7 @@ mod tests {
             name: "Klingon".into(),
             code: "tlh".into(),
             native: String::new(),
+            ..Default::default()
         };
         let k = check(&klingon, "Some long enough reply in whatever language.");
         assert!(k.is_problem());

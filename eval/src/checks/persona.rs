@@ -9,18 +9,14 @@ use gatt::catalog::{Language, Persona};
 /// `language`: the language the dialogue's instruction asks for, if any.
 pub fn check(persona: &Persona, language: Option<&Language>, reply: &str) -> Check {
     let words = text::words(reply);
-    let translated = language.and_then(|l| persona.translated_keywords.get(&l.code));
-    let phrases = persona
-        .keywords
-        .iter()
-        .chain([&persona.name])
-        .chain(translated.into_iter().flatten());
-    match text::first_phrase(&words, phrases) {
+    let english = persona.keywords.iter().chain([&persona.name]);
+    let keywords = text::Keywords::of(english, language, &persona.translated_keywords);
+    match keywords.find(&words) {
         Some(word) => Check::pass(format!("uses \"{word}\"")),
         None => Check::fail(format!(
             "uses no keyword of the {} persona ({})",
             persona.name,
-            text::looked_in(language, translated.is_some())
+            keywords.looked_in(&words)
         )),
     }
 }
@@ -51,6 +47,7 @@ mod tests {
             name: "French".into(),
             code: "fra".into(),
             native: String::new(),
+            ..Default::default()
         };
         let reply = "Mon trésor est caché.";
         assert_eq!(check(&p, Some(&french), reply).verdict, Verdict::Pass);

@@ -1,6 +1,7 @@
 //! Text helpers the checks share: separating prose from code, and matching names and
 //! words the way a reader would (case, accents and punctuation do not matter).
 
+use gatt::catalog::Language;
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
 
@@ -51,13 +52,75 @@ fn strip_inline_code(line: &str, out: &mut String) {
     out.push_str(rest);
 }
 
-/// Which keywords a hobby or persona check looked for, for its evidence: "English",
-/// "English or Italian", or "English only: the catalog has none in Japanese".
-pub fn looked_in(language: Option<&gatt::catalog::Language>, translated: bool) -> String {
-    match (language, translated) {
-        (Some(l), true) => format!("English or {}", l.name),
-        (Some(l), false) => format!("English only: the catalog has none in {}", l.name),
-        (None, _) => "English".to_string(),
+/// The phrases a hobby or persona check looks for in a reply, and the evidence of a
+/// miss: [`Keywords::of`].
+pub struct Keywords<'a> {
+    /// The entry's English name and keywords that count, then its keywords in the
+    /// instructed language.
+    pub looked_for: Vec<&'a String>,
+    /// English phrases left out because they are ordinary words of the instructed
+    /// language ([`Language::false_friends`]).
+    pub left_out: Vec<&'a String>,
+    language: Option<&'a Language>,
+    translated: bool,
+}
+
+impl<'a> Keywords<'a> {
+    /// `english`: the entry's name and keywords; `language`: the language the
+    /// instruction asks for, if any; `translated`: the entry's keywords keyed by
+    /// language code (`translated_keywords`).
+    pub fn of(
+        english: impl IntoIterator<Item = &'a String>,
+        language: Option<&'a Language>,
+        translated: &'a std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Self {
+        let false_friends: Vec<String> = language
+            .map(|l| l.false_friends.iter().map(|w| fold(w)).collect())
+            .unwrap_or_default();
+        let (looked_for, left_out): (Vec<&String>, Vec<&String>) = english
+            .into_iter()
+            .partition(|p| !false_friends.contains(&fold(p)));
+        let translated = language.and_then(|l| translated.get(&l.code));
+        Keywords {
+            looked_for: looked_for
+                .into_iter()
+                .chain(translated.into_iter().flatten())
+                .collect(),
+            left_out,
+            language,
+            translated: translated.is_some(),
+        }
+    }
+
+    /// The first phrase found in `words` (the output of [`words`]).
+    pub fn find(&self, words: &[String]) -> Option<&'a String> {
+        first_phrase(words, self.looked_for.iter().copied())
+    }
+
+    /// Which keywords were looked for, for a miss's evidence: "English", "English or
+    /// Italian", "English only: the catalog has none in Japanese", followed by the
+    /// English keywords the reply holds that were left out as ordinary words of the
+    /// language ("; \"camera\" not counted: an ordinary Italian word").
+    pub fn looked_in(&self, words: &[String]) -> String {
+        let mut out = match (self.language, self.translated) {
+            (Some(l), true) => format!("English or {}", l.name),
+            (Some(l), false) => format!("English only: the catalog has none in {}", l.name),
+            (None, _) => "English".to_string(),
+        };
+        let held: Vec<String> = self
+            .left_out
+            .iter()
+            .filter(|p| contains_phrase(words, p))
+            .map(|p| format!("\"{p}\""))
+            .collect();
+        if let (Some(l), false) = (self.language, held.is_empty()) {
+            let what = match held.len() {
+                1 => format!("an ordinary {} word", l.name),
+                _ => format!("ordinary {} words", l.name),
+            };
+            out.push_str(&format!("; {} not counted: {what}", held.join(", ")));
+        }
+        out
     }
 }
 

@@ -33,6 +33,7 @@ pub fn detect(user_text: &str) -> Option<Language> {
         name: info.lang().eng_name().to_string(),
         code: info.lang().code().to_string(),
         native: String::new(),
+        ..Default::default()
     })
 }
 

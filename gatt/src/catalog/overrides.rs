@@ -124,4 +124,30 @@ mod tests {
         .unwrap_err();
         assert!(blank.to_string().contains("no blank ones"), "{blank}");
     }
+
+    #[test]
+    fn false_friends_are_read_and_blank_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.json");
+        let load = |json: &str| {
+            std::fs::write(&path, json).unwrap();
+            Catalog::with_overrides(&[CatalogOverride {
+                kind: ConstraintKind::Language,
+                path: path.clone(),
+            }])
+        };
+        let ok = load(r#"[{"name": "Italian", "code": "ita", "false_friends": ["camera"]}]"#);
+        assert_eq!(ok.unwrap().languages[0].false_friends, ["camera"]);
+        let none = load(r#"[{"name": "Italian", "code": "ita"}]"#).unwrap();
+        assert!(none.languages[0].false_friends.is_empty());
+        let blank = load(r#"[{"name": "Italian", "code": "ita", "false_friends": ["a", ""]}]"#)
+            .unwrap_err();
+        assert!(blank.is_input());
+        assert!(
+            blank
+                .to_string()
+                .ends_with("language `Italian`: false_friends[1] is blank"),
+            "{blank}"
+        );
+    }
 }
