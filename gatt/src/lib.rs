@@ -110,6 +110,7 @@ pub mod model;
 pub mod names;
 pub mod seed;
 pub mod template;
+pub mod text;
 pub mod tokenizer;
 pub mod transform;
 

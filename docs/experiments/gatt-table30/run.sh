@@ -78,7 +78,12 @@ if step mask; then
   cat "$WORK/dialogues.jsonl" "$WORK/dialogues_hobby.jsonl" \
     $([ -f "$WORK/dialogues_three.jsonl" ] && echo "$WORK/dialogues_three.jsonl") \
     >"$WORK/dialogues_all.jsonl"
-  "$G" mask --input "$WORK/dialogues_all.jsonl" --out "$WORK/train.parquet" --model default \
+  # Every run's dialogues judged again by the current checks (the first two runs were
+  # sampled before the false friends): only dialogues whose every reply passes are kept.
+  "$G" eval --input "$WORK/dialogues_all.jsonl" --catalog language=$L --out "$WORK/recheck_all"
+  $E/refilter.py "$WORK/dialogues_all.jsonl" "$WORK/recheck_all/scores.jsonl" \
+    >"$WORK/dialogues_train.jsonl"
+  "$G" mask --input "$WORK/dialogues_train.jsonl" --out "$WORK/train.parquet" --model default \
     --policy gatt-expand
 fi
 

@@ -67,38 +67,12 @@ const PHRASES: &[&str] = &[
 /// The first role-breaking self-description in `text`, if any (as listed in
 /// [`PHRASES`]).
 pub fn breaks_character(text: &str) -> Option<&'static str> {
-    let words = format!(" {} ", words(text).join(" "));
+    // Folded words: case, accents, ligatures and punctuation aside.
+    let words = format!(" {} ", gatt::text::words(text).join(" "));
     PHRASES
         .iter()
         .find(|p| words.contains(&format!(" {p} ")))
         .copied()
-}
-
-/// Lowercase words of `text` (runs of letters and digits), accents dropped from the
-/// Latin letters these phrases use.
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            w.chars()
-                .flat_map(char::to_lowercase)
-                .map(unaccent)
-                .collect()
-        })
-        .collect()
-}
-
-fn unaccent(c: char) -> char {
-    match c {
-        'à' | 'á' | 'â' | 'ã' | 'ä' => 'a',
-        'è' | 'é' | 'ê' | 'ë' => 'e',
-        'ì' | 'í' | 'î' | 'ï' => 'i',
-        'ò' | 'ó' | 'ô' | 'õ' | 'ö' => 'o',
-        'ù' | 'ú' | 'û' | 'ü' => 'u',
-        'ç' => 'c',
-        'ñ' => 'n',
-        c => c,
-    }
 }
 
 #[cfg(test)]
