@@ -4,9 +4,10 @@
 //! languages is judged by whatlang's verdict on the whole text, which follows the
 //! language of most of it: a French answer quoting an English title passes, an English
 //! answer with one French greeting fails. Detection on very short texts is guesswork, so
-//! those replies, and replies the detector is unsure about, are Undetermined, never Pass.
+//! those replies, and replies the detector is unsure about, are Undetermined, never Pass;
+//! unless their function words read as English ([`super::function_words`]): then Fail.
 
-use super::{problem, text, Check, Undecided};
+use super::{function_words, problem, text, Check, Undecided};
 use gatt::catalog::Language;
 
 /// Below this many letters of prose the detector is not trusted.
@@ -26,28 +27,31 @@ pub fn check(lang: &Language, reply: &str) -> Check {
     }
     let prose = text::strip_code(reply);
     let letters = text::letter_count(&prose);
+    // Where the detector cannot decide, English function words still can.
+    let undecided = |why: String| match function_words::reads_as_english(&prose, &lang.code) {
+        Some(words) => Check::fail(format!(
+            "reads as English: English function words ({}) and none of {}; {why}",
+            words.join(", "),
+            lang.name
+        )),
+        None => Check::undetermined(Undecided::Unclear, why),
+    };
     if letters < MIN_LETTERS {
-        return Check::undetermined(
-            Undecided::Unclear,
-            format!(
-                "too little prose to detect a language ({letters} letters, need {MIN_LETTERS})"
-            ),
-        );
+        return undecided(format!(
+            "too little prose to detect a language ({letters} letters, need {MIN_LETTERS})"
+        ));
     }
     let Some(info) = whatlang::detect(&prose) else {
-        return Check::undetermined(Undecided::Unclear, "no language detected");
+        return undecided("no language detected".to_string());
     };
     let found = info.lang();
     let confidence = info.confidence();
     if !info.is_reliable() && confidence < MIN_CONFIDENCE {
-        return Check::undetermined(
-            Undecided::Unclear,
-            format!(
-                "detection unsure: {} ({}) at confidence {confidence:.2}",
-                found.eng_name(),
-                found.code()
-            ),
-        );
+        return undecided(format!(
+            "detection unsure: {} ({}) at confidence {confidence:.2}",
+            found.eng_name(),
+            found.code()
+        ));
     }
     let detected = format!(
         "detected {} ({}) at confidence {confidence:.2}",
@@ -84,6 +88,22 @@ mod tests {
         assert_eq!(check(&french(), fr).verdict, Verdict::Pass);
         let en = "The sky is blue because air scatters blue sunlight more than red light.";
         assert_eq!(check(&french(), en).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn an_undecided_reply_whose_function_words_are_english_fails() {
+        let k = check(&french(), "Sure, here you go.");
+        assert_eq!(k.verdict, Verdict::Fail);
+        assert!(
+            k.evidence.starts_with(
+                "reads as English: English function words (here, you) and none of French; \
+                 too little prose"
+            ),
+            "{}",
+            k.evidence
+        );
+        let k = check(&french(), "Je suis Mother Teresa.");
+        assert_eq!(k.verdict, Verdict::Undetermined, "{}", k.evidence);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 mod figure;
 mod format;
+mod function_words;
 mod hobby;
 mod language;
 mod persona;
