@@ -62,8 +62,19 @@ fi
 # A third run: every instruction a figure, a hobby and a language (`--min-combined 3`), as
 # every main evaluation dialogue has; the two probe turns ask about the figure and the
 # hobby once each; the `breaks_character` gate refuses "As an AI language model" replies.
+# The run is long (about 30 minutes per chunk of 16 on 2 cores); its finished chunks are
+# kept in `data/three-run/` and unpacked here, so that it goes on where it stopped.
 if step synth_three; then
-  timeout "$LIMIT" "$G" synth --out "$WORK/synth_three" --model "$WORK/teacher.gguf" \
+  if [ ! -f "$WORK/synth_three/run.json" ] && [ -f $E/data/three-run/run.json ]; then
+    mkdir -p "$WORK/synth_three/chunks"
+    cp $E/data/three-run/run.json "$WORK/synth_three/"
+    for f in $E/data/three-run/chunk-*.jsonl.xz; do
+      xz -dc "$f" >"$WORK/synth_three/chunks/$(basename "$f" .xz)"
+    done
+    cp $E/data/three-run/chunk-*.gate.json "$WORK/synth_three/chunks/"
+  fi
+  RESUME=$([ -f "$WORK/synth_three/run.json" ] && echo --resume || true)
+  timeout "$LIMIT" "$G" synth --out "$WORK/synth_three" --model "$WORK/teacher.gguf" $RESUME \
     --dialogues 480 --turns 3 --constraints hobby,figure,language --min-combined 3 \
     --max-combined 3 --catalog language=$L \
     --catalog figure=$I/figures_train.json --catalog hobby=$I/hobbies_train.json \
