@@ -98,13 +98,17 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = CutMode::default().into())]
     pub cut_replies: CutModeArg,
     /// New tries (each with another seed) for a turn whose candidates the gate rejected
-    /// (cut, empty, repetitive, wrong script), before the dialogue is dropped.
+    /// (cut, empty, repetitive, wrong script or language, out of character) or whose
+    /// chosen reply fell below --min-adherence, before the dialogue is dropped.
     #[arg(long, value_name = "N", default_value_t = GateOptions::DEFAULT_RESAMPLE_TRIES)]
     pub resample_tries: usize,
     /// Keep a dialogue only if its chosen replies passed at least this share of the
     /// evaluator's decided checks (language and format on every turn; hobby, figure and
     /// persona on probe turns, see --probe-rate; with --judge-model, also the judge's
-    /// yes/no on hobby, figure and persona at every turn); 0 keeps all.
+    /// yes/no on hobby, figure and persona at every turn); 0 keeps all. A turn whose
+    /// chosen reply passes less than this share of its own checks is sampled again (up
+    /// to --resample-tries); at 1, a dialogue whose turn fails every try is dropped at
+    /// once.
     #[arg(
         long,
         value_name = "R",
