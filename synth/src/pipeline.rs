@@ -5,7 +5,7 @@ use crate::gate::{self, CutMode, GateCounts, GateOptions, JudgeCounts, Rejection
 use crate::plan::{plan, DialoguePlan, PlanOptions, Shard};
 use crate::scorer::{best, Scorer};
 use crate::users::UserSource;
-use gatt::backend::{ChatBackend, Feed, Reply, Request, SamplingParams};
+use gatt::backend::{ChatBackend, Reply, Request, SamplingParams};
 use gatt::catalog::Catalog;
 use gatt::judge;
 use gatt::seed::{self, Stream};
@@ -13,6 +13,9 @@ use gatt::transform::{attach, to_training, Attach, Placement};
 use gatt::{ConstraintKind, Dialogue, DialogueMeta, Message, Result, Role};
 use serde::Serialize;
 use std::collections::BTreeSet;
+
+mod feed;
+use feed::Dialogues;
 
 /// What to synthesize: `gatt synth`'s settings.
 ///
@@ -593,138 +596,4 @@ fn main_reason(verdicts: &[Option<Rejection>]) -> Rejection {
     n.into_iter()
         .find(|(_, c)| *c == most)
         .map_or(Rejection::Empty, |(r, _)| r)
-}
-
-/// The dialogues of [`Synthesizer::run_chunks`] as a [`Feed`]: each dialogue's next
-/// request is ready once its previous one is answered; ready requests go out in plan
-/// order, and a new dialogue starts only when none is ready.
-struct Dialogues<'s, 'a> {
-    synth: &'s Synthesizer<'a>,
-    /// Settings of reply requests and of simulated-user requests.
-    params: SamplingParams,
-    user_params: SamplingParams,
-    /// Every plan of the chunks, in order, and each one's state once started.
-    plans: Vec<&'s DialoguePlan>,
-    live: Vec<Option<InFlight>>,
-    chunks: &'s [(usize, &'s [DialoguePlan])],
-    /// Dialogues not yet done, per chunk.
-    left: Vec<usize>,
-    /// Dialogues started so far (the first `started` plans).
-    started: usize,
-    /// Started dialogues whose next request is ready to go.
-    ready: BTreeSet<usize>,
-    /// The dialogue of each request handed out.
-    tickets: Vec<usize>,
-    on_chunk: &'s mut dyn FnMut(usize, ChunkOutput) -> Result<()>,
-    /// An error met where [`Feed::next`] cannot return it; ends the generation.
-    failed: Option<gatt::Error>,
-}
-
-impl Dialogues<'_, '_> {
-    /// Dialogue `i` takes `step` next: ready to go, or done when there is none.
-    fn then(&mut self, i: usize, step: Option<Step>) -> Result<()> {
-        let d = self.live[i].as_mut().expect("a started dialogue");
-        d.step = step;
-        if step.is_some() {
-            self.ready.insert(i);
-            return Ok(());
-        }
-        self.synth.backend.end_conversation(&reply_key(&d.plan));
-        self.synth.backend.end_conversation(&user_sim_key(&d.plan));
-        // The chunk of dialogue `i`, and its first dialogue.
-        let (mut k, mut first) = (0, 0);
-        while first + self.chunks[k].1.len() <= i {
-            first += self.chunks[k].1.len();
-            k += 1;
-        }
-        self.left[k] -= 1;
-        if self.left[k] > 0 {
-            return Ok(());
-        }
-        let mut out = ChunkOutput::default();
-        for d in self.live[first..first + self.chunks[k].1.len()]
-            .iter_mut()
-            .flatten()
-        {
-            if let Some(record) = self.synth.conclude(d) {
-                out.records.push(record);
-            }
-            out.gate.add(&d.counts);
-        }
-        (self.on_chunk)(self.chunks[k].0, out)
-    }
-
-    /// Starts the next planned dialogue at its first turn.
-    fn start(&mut self) -> Result<()> {
-        let i = self.started;
-        self.started += 1;
-        let mut d = InFlight {
-            plan: self.plans[i].clone(),
-            plain: Vec::new(),
-            prompt_tokens: Vec::new(),
-            completion_tokens: Vec::new(),
-            finished: Vec::new(),
-            dropped: None,
-            final_cut_kept: false,
-            adherence: (0, 0),
-            counts: GateCounts::default(),
-            step: None,
-            seed: 0,
-        };
-        let step = self.synth.begin_turn(&mut d, 0);
-        self.live[i] = Some(d);
-        self.then(i, step)
-    }
-}
-
-impl Feed for Dialogues<'_, '_> {
-    fn next(&mut self) -> Option<(Request, SamplingParams)> {
-        while self.ready.is_empty() && self.failed.is_none() && self.started < self.plans.len() {
-            if let Err(e) = self.start() {
-                self.failed = Some(e);
-            }
-        }
-        if self.failed.is_some() {
-            return None;
-        }
-        let i = self.ready.pop_first()?;
-        let d = self.live[i].as_mut().expect("a started dialogue");
-        let step = d.step.expect("a ready dialogue has a step");
-        let request = self.synth.request(d, step);
-        d.seed = request.seed;
-        self.tickets.push(i);
-        let params = match step {
-            Step::Reply { .. } => self.params.clone(),
-            Step::UserSim { .. } => self.user_params.clone(),
-        };
-        Some((request, params))
-    }
-
-    fn done(&mut self, ticket: usize, replies: Vec<Reply>) -> Result<()> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
-        let i = self.tickets[ticket];
-        let synth = self.synth;
-        let d = self.live[i].as_mut().expect("a started dialogue");
-        let next = match d.step.expect("a dialogue in flight has a step") {
-            Step::Reply { turn, attempt } => match synth.take_reply(d, turn, attempt, replies)? {
-                Some(again) => Some(again),
-                None if d.dropped.is_some() => None,
-                None => synth.begin_turn(d, turn + 1),
-            },
-            Step::UserSim { turn } => {
-                let text = replies
-                    .first()
-                    .map(|r| r.text.trim().to_string())
-                    .unwrap_or_default();
-                d.plan.users.truncate(turn);
-                if !text.is_empty() {
-                    d.plan.users.push(text);
-                }
-                synth.ask_reply(d, turn)
-            }
-        };
-        self.then(i, next)
-    }
 }
