@@ -109,12 +109,14 @@ impl std::str::FromStr for CutMode {
 pub struct GateOptions {
     /// What to do with cut replies.
     pub cut: CutMode,
-    /// New tries for a turn whose candidates were all rejected, before the dialogue is
-    /// dropped (0: drop at once).
+    /// New tries for a turn whose candidates were all rejected, or whose chosen reply
+    /// fell below `min_adherence`, before the dialogue is dropped (0: drop at once).
     pub resample_tries: usize,
     /// Keep a dialogue only if its replies passed at least this share of the scorer's
     /// decided checks ([`crate::Scorer::adherence`]); 0 keeps every dialogue. A dialogue
-    /// with no decided check is kept.
+    /// with no decided check is kept. A turn whose chosen reply alone falls below it is
+    /// sampled again (`resample_tries`); at 1, a dialogue whose turn fails every try is
+    /// dropped at once.
     pub min_adherence: f64,
 }
 
@@ -181,7 +183,7 @@ pub struct JudgeCounts {
     /// Answers neither yes nor no (counted as no verdict).
     pub neither: usize,
     /// Turns whose kept reply differs from the one the scorer would keep without the
-    /// judge.
+    /// judge (the other counts cover every try, kept or sampled again).
     pub picks_changed: usize,
 }
 

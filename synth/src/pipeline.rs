@@ -360,7 +360,7 @@ impl Synthesizer<'_> {
             o.probe.as_ref(),
             &verdicts,
         );
-        if !verdicts.is_empty()
+        let pick_changed = !verdicts.is_empty()
             && best(
                 self.scorer,
                 constraints,
@@ -368,10 +368,7 @@ impl Synthesizer<'_> {
                 turn + 1,
                 o.probe.as_ref(),
                 &[],
-            ) != k
-        {
-            d.counts.judge.picks_changed += 1;
-        }
+            ) != k;
         let r = &o.shown[k];
         let v = verdicts.get(k).map_or(&[][..], Vec::as_slice);
         let (p, n) = self
@@ -395,6 +392,8 @@ impl Synthesizer<'_> {
                 return Ok(None);
             }
         }
+        // The reply is kept.
+        d.counts.judge.picks_changed += usize::from(pick_changed);
         d.adherence = (d.adherence.0 + p, d.adherence.1 + n);
         d.plain.push(Message::assistant(r.text.clone()));
         d.prompt_tokens.push(r.prompt_tokens);

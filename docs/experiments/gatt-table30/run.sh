@@ -69,9 +69,10 @@ if step synth_three; then
     mkdir -p "$WORK/synth_three/chunks"
     cp $E/data/three-run/run.json "$WORK/synth_three/"
     for f in $E/data/three-run/chunk-*.jsonl.xz; do
+      [ -e "$f" ] || continue
       xz -dc "$f" >"$WORK/synth_three/chunks/$(basename "$f" .xz)"
+      cp "${f%.jsonl.xz}.gate.json" "$WORK/synth_three/chunks/"
     done
-    cp $E/data/three-run/chunk-*.gate.json "$WORK/synth_three/chunks/"
   fi
   RESUME=$([ -f "$WORK/synth_three/run.json" ] && echo --resume || true)
   timeout "$LIMIT" "$G" synth --out "$WORK/synth_three" --model "$WORK/teacher.gguf" $RESUME \
@@ -81,6 +82,7 @@ if step synth_three; then
     --users "$U" --probe-rate 1 --plain-share 0 --candidates 3 --min-adherence 1 \
     --cut-replies drop-eot --max-tokens 160 --seed 22 --batch 16 --chunk 16 \
     --format jsonl || true
+  compgen -G "$WORK/synth_three/chunks/chunk-*.jsonl" >/dev/null || { echo "no chunk finished"; exit 1; }
   cat "$WORK"/synth_three/chunks/chunk-*.jsonl >"$WORK/dialogues_three.jsonl"
   "$G" eval --input "$WORK/dialogues_three.jsonl" --out "$WORK/data_adherence_three"
 fi

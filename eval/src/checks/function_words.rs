@@ -5,9 +5,11 @@
 //! auxiliaries, prepositions) are not: a reply with several English ones and not one of
 //! the instructed language's is written in English.
 //!
-//! The lists are folded ([`super::text::fold`]) and hold only the languages the default
-//! model writes (English, French, Spanish, German, Italian, Portuguese). A word both
-//! languages of a comparison use ("a", "in", "me") counts for neither.
+//! The instructed language's lists are folded ([`super::text::fold`]); English words are
+//! matched with their accents kept, so Portuguese "só" is not English "so" nor French
+//! "thé" "the". Lists exist for the languages the default model writes (English,
+//! French, Spanish, German, Italian, Portuguese). A word both languages of a comparison
+//! use ("a", "in", "me") counts for neither, and each English word counts once.
 
 use super::text;
 
@@ -27,13 +29,13 @@ fn words_of(code: &str) -> Option<&'static [&'static str]> {
             "du", "de", "et", "est", "suis", "sont", "mon", "ma", "mes", "ton", "ta", "votre",
             "notre", "ce", "cette", "qui", "que", "pour", "avec", "dans", "sur", "pas", "ne",
             "mais", "ou", "au", "aux", "c", "j", "l", "d", "n", "m", "qu", "oui", "tres", "on",
-            "a", "en",
+            "a", "en", "me", "as",
         ],
         "spa" => &[
             "yo", "tu", "el", "ella", "nosotros", "los", "las", "un", "una", "unos", "de", "del",
             "y", "es", "soy", "son", "esta", "estoy", "mi", "mis", "su", "sus", "que", "para",
             "con", "en", "por", "pero", "como", "muy", "si", "lo", "le", "les", "hay", "al",
-            "tambien", "me", "a", "no",
+            "tambien", "me", "a", "no", "he",
         ],
         "deu" => &[
             "ich", "du", "er", "sie", "es", "wir", "ihr", "der", "die", "das", "den", "dem", "ein",
@@ -45,7 +47,7 @@ fn words_of(code: &str) -> Option<&'static [&'static str]> {
             "io", "tu", "lui", "lei", "noi", "voi", "il", "lo", "la", "gli", "le", "un", "una",
             "uno", "di", "del", "della", "e", "che", "per", "con", "non", "sono", "sei", "mi",
             "mio", "mia", "ma", "anche", "come", "molto", "si", "ci", "in", "da", "al", "alla",
-            "i", "ho", "ha", "piace", "a",
+            "i", "ho", "ha", "piace", "a", "me", "so", "do",
         ],
         "por" => &[
             "eu", "tu", "ele", "ela", "nos", "voce", "o", "os", "a", "as", "um", "uma", "de", "do",
@@ -60,19 +62,25 @@ fn words_of(code: &str) -> Option<&'static [&'static str]> {
 /// read as English.
 pub const MIN_ENGLISH: usize = 2;
 
-/// The English function words of `prose` (in order, repeats kept) when it reads as
-/// English rather than the language of `code`: at least [`MIN_ENGLISH`] of them and not
-/// one function word of that language. `None` when it does not, or when there are no
-/// lists for `code` (or `code` is English).
+/// The distinct English function words of `prose` (in order of first use) when it
+/// reads as English rather than the language of `code`: at least [`MIN_ENGLISH`] of
+/// them and not one function word of that language. `None` when it does not, or when
+/// there are no lists for `code` (or `code` is English).
 pub fn reads_as_english(prose: &str, code: &str) -> Option<Vec<String>> {
     let theirs = words_of(code)?;
-    let words = text::words(prose);
-    let english: Vec<String> = words
-        .iter()
-        .filter(|w| ENGLISH.contains(&w.as_str()) && !theirs.contains(&w.as_str()))
-        .cloned()
-        .collect();
-    let own = words
+    // Lowercase with accents kept: "só" stays "só".
+    let lower = prose
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase);
+    let mut english: Vec<String> = Vec::new();
+    for w in lower {
+        let function = ENGLISH.contains(&w.as_str()) && !theirs.contains(&w.as_str());
+        if function && !english.contains(&w) {
+            english.push(w);
+        }
+    }
+    let own = text::words(prose)
         .iter()
         .any(|w| theirs.contains(&w.as_str()) && !ENGLISH.contains(&w.as_str()));
     (english.len() >= MIN_ENGLISH && !own).then_some(english)
@@ -101,8 +109,12 @@ mod tests {
         for (reply, code) in english {
             assert!(reads_as_english(reply, code).is_some(), "{code}: {reply}");
         }
-        let found = reads_as_english("I am Pelé, a model made by them.", "por").unwrap();
-        assert_eq!(found, ["i", "am", "by"], "\"a\" is Portuguese too");
+        let found = reads_as_english("I am Pelé, a model made by them, by me.", "por").unwrap();
+        assert_eq!(
+            found,
+            ["i", "am", "by"],
+            "\"a\", \"me\" are Portuguese; once each"
+        );
     }
 
     #[test]
@@ -114,8 +126,11 @@ mod tests {
             ("Sono Voltaire, the philosopher.", "ita"),
             ("Eu sou o Pelé.", "por"),
             ("Me llamo Frida Kahlo.", "spa"),
-            // One English word is not enough.
+            // One English word is not enough, nor accented words that fold into English.
             ("Choco comes from Brazil.", "por"),
+            ("Tô só cansado.", "por"),
+            ("Un thé, to go.", "fra"),
+            ("He visto a Frida.", "spa"),
             ("Certo!", "ita"),
         ];
         for (reply, code) in theirs {

@@ -73,12 +73,13 @@ impl<'a> Keywords<'a> {
         language: Option<&'a Language>,
         translated: &'a std::collections::BTreeMap<String, Vec<String>>,
     ) -> Self {
-        let false_friends: Vec<String> = language
-            .map(|l| l.false_friends.iter().map(|w| fold(w)).collect())
+        // Compared as words: "Role-playing" is the false friend "role playing".
+        let false_friends: Vec<Vec<String>> = language
+            .map(|l| l.false_friends.iter().map(|w| words(w)).collect())
             .unwrap_or_default();
         let (looked_for, left_out): (Vec<&String>, Vec<&String>) = english
             .into_iter()
-            .partition(|p| !false_friends.contains(&fold(p)));
+            .partition(|p| !false_friends.contains(&words(p)));
         let translated = language.and_then(|l| translated.get(&l.code));
         Keywords {
             looked_for: looked_for
