@@ -84,7 +84,8 @@ if step synth_three; then
     --format jsonl || true
   compgen -G "$WORK/synth_three/chunks/chunk-*.jsonl" >/dev/null || { echo "no chunk finished"; exit 1; }
   cat "$WORK"/synth_three/chunks/chunk-*.jsonl >"$WORK/dialogues_three.jsonl"
-  "$G" eval --input "$WORK/dialogues_three.jsonl" --out "$WORK/data_adherence_three"
+  "$G" eval --input "$WORK/dialogues_three.jsonl" --catalog language=$L \
+    --out "$WORK/data_adherence_three"
 fi
 
 if step mask; then
