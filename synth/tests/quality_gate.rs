@@ -271,31 +271,43 @@ impl gatt_synth::Scorer for OffScorer {
     }
 }
 
+const OFF: &str = "That is off topic, sorry about it.";
+
+/// One 3-turn dialogue, one candidate, scored by [`OffScorer`] under `--min-adherence
+/// min` with `tries` new tries per turn; returns the chunk and the request seeds.
+fn off_run(
+    script: Vec<&'static str>,
+    tries: usize,
+    min: f64,
+) -> (gatt_synth::ChunkOutput, Vec<u64>) {
+    let backend = Scripted::new(script);
+    let catalog = Catalog::builtin();
+    let users = UserSource::Bank(catalog.user_bank.clone());
+    let mut o = opts(Shard::default());
+    (o.dialogues, o.turns, o.candidates) = (1, 3, 1);
+    o.kinds = vec![ConstraintKind::Hobby];
+    o.gate = gatt_synth::GateOptions {
+        cut: gatt_synth::CutMode::Resample,
+        resample_tries: tries,
+        min_adherence: min,
+    };
+    let s = Synthesizer {
+        backend: &backend,
+        catalog: &catalog,
+        users: &users,
+        scorer: &OffScorer,
+        judge: None,
+        opts: o,
+    };
+    let out = s.run_chunk(&s.plans()).unwrap();
+    let seeds = backend.seeds.lock().unwrap().clone();
+    (out, seeds)
+}
+
 #[test]
 fn min_adherence_drops_dialogues_that_lose_the_instruction() {
-    use gatt_synth::{CutMode, Rejection};
-    let run = |min: f64| {
-        let backend = Scripted::new(vec![GOOD, "That is off topic, sorry about it.", GOOD]);
-        let catalog = Catalog::builtin();
-        let users = UserSource::Bank(catalog.user_bank.clone());
-        let mut o = opts(Shard::default());
-        (o.dialogues, o.turns, o.candidates) = (1, 3, 1);
-        o.kinds = vec![ConstraintKind::Hobby];
-        o.gate = gatt_synth::GateOptions {
-            cut: CutMode::Resample,
-            resample_tries: 0,
-            min_adherence: min,
-        };
-        let s = Synthesizer {
-            backend: &backend,
-            catalog: &catalog,
-            users: &users,
-            scorer: &OffScorer,
-            judge: None,
-            opts: o,
-        };
-        s.run_chunk(&s.plans()).unwrap()
-    };
+    use gatt_synth::Rejection;
+    let run = |min: f64| off_run(vec![GOOD, OFF, GOOD], 0, min).0;
     // 2 of 3 replies keep it: kept at 0.6, dropped at 0.7.
     assert_eq!(run(0.6).records.len(), 1);
     let out = run(0.7);
@@ -308,32 +320,8 @@ fn min_adherence_drops_dialogues_that_lose_the_instruction() {
 /// sampled.
 #[test]
 fn a_turn_below_min_adherence_is_resampled_then_the_dialogue_dropped_at_once() {
-    use gatt_synth::{CutMode, Rejection};
-    const OFF: &str = "That is off topic, sorry about it.";
-    let run = |script: Vec<&'static str>| {
-        let backend = Scripted::new(script);
-        let catalog = Catalog::builtin();
-        let users = UserSource::Bank(catalog.user_bank.clone());
-        let mut o = opts(Shard::default());
-        (o.dialogues, o.turns, o.candidates) = (1, 3, 1);
-        o.kinds = vec![ConstraintKind::Hobby];
-        o.gate = gatt_synth::GateOptions {
-            cut: CutMode::Resample,
-            resample_tries: 2,
-            min_adherence: 1.0,
-        };
-        let s = Synthesizer {
-            backend: &backend,
-            catalog: &catalog,
-            users: &users,
-            scorer: &OffScorer,
-            judge: None,
-            opts: o,
-        };
-        let out = s.run_chunk(&s.plans()).unwrap();
-        let seeds = backend.seeds.lock().unwrap().clone();
-        (out, seeds)
-    };
+    use gatt_synth::Rejection;
+    let run = |script| off_run(script, 2, 1.0);
     // Turn 2 fails once, then passes: kept, every reply on topic.
     let (out, seeds) = run(vec![GOOD, OFF, GOOD, GOOD]);
     assert_eq!(out.records.len(), 1);
