@@ -77,26 +77,35 @@ fn gated(
     turns: usize,
     gate: gatt_synth::GateOptions,
 ) -> (Vec<Dialogue>, gatt_synth::GateCounts, Vec<u64>) {
+    let (out, seeds) = scored(script, turns, gate, &DefaultScorer);
+    (out.records, out.gate, seeds)
+}
+
+/// [`gated`] with `scorer` choosing and scoring the replies; the whole chunk back.
+fn scored(
+    script: Vec<&'static str>,
+    turns: usize,
+    gate: gatt_synth::GateOptions,
+    scorer: &dyn gatt_synth::Scorer,
+) -> (gatt_synth::ChunkOutput, Vec<u64>) {
     let backend = Scripted::new(script);
     let catalog = Catalog::builtin();
     let users = UserSource::Bank(catalog.user_bank.clone());
     let mut o = opts(Shard::default());
-    o.dialogues = 1;
-    o.turns = turns;
-    o.candidates = 1;
+    (o.dialogues, o.turns, o.candidates) = (1, turns, 1);
     o.kinds = vec![ConstraintKind::Hobby];
     o.gate = gate;
     let s = Synthesizer {
         backend: &backend,
         catalog: &catalog,
         users: &users,
-        scorer: &DefaultScorer,
+        scorer,
         judge: None,
         opts: o,
     };
     let out = s.run_chunk(&s.plans()).unwrap();
     let seeds = backend.seeds.lock().unwrap().clone();
-    (out.records, out.gate, seeds)
+    (out, seeds)
 }
 
 fn gate(cut: gatt_synth::CutMode, tries: usize) -> gatt_synth::GateOptions {
@@ -280,28 +289,12 @@ fn off_run(
     tries: usize,
     min: f64,
 ) -> (gatt_synth::ChunkOutput, Vec<u64>) {
-    let backend = Scripted::new(script);
-    let catalog = Catalog::builtin();
-    let users = UserSource::Bank(catalog.user_bank.clone());
-    let mut o = opts(Shard::default());
-    (o.dialogues, o.turns, o.candidates) = (1, 3, 1);
-    o.kinds = vec![ConstraintKind::Hobby];
-    o.gate = gatt_synth::GateOptions {
+    let gate = gatt_synth::GateOptions {
         cut: gatt_synth::CutMode::Resample,
         resample_tries: tries,
         min_adherence: min,
     };
-    let s = Synthesizer {
-        backend: &backend,
-        catalog: &catalog,
-        users: &users,
-        scorer: &OffScorer,
-        judge: None,
-        opts: o,
-    };
-    let out = s.run_chunk(&s.plans()).unwrap();
-    let seeds = backend.seeds.lock().unwrap().clone();
-    (out, seeds)
+    scored(script, 3, gate, &OffScorer)
 }
 
 #[test]
