@@ -88,15 +88,22 @@ if step synth_three; then
     --out "$WORK/data_adherence_three"
 fi
 
+# The third run's dialogues count THREE_COPIES times in training (2 in the published run):
+# they are the only ones that ask the hobby beside a figure and a language.
+THREE_COPIES=${THREE_COPIES:-2}
 if step mask; then
-  cat "$WORK/dialogues.jsonl" "$WORK/dialogues_hobby.jsonl" \
-    $([ -f "$WORK/dialogues_three.jsonl" ] && echo "$WORK/dialogues_three.jsonl") \
-    >"$WORK/dialogues_all.jsonl"
+  THREE=$([ -f "$WORK/dialogues_three.jsonl" ] && echo "$WORK/dialogues_three.jsonl" || true)
+  cat "$WORK/dialogues.jsonl" "$WORK/dialogues_hobby.jsonl" $THREE >"$WORK/dialogues_all.jsonl"
   # Every run's dialogues judged again by the current checks (the first two runs were
   # sampled before the false friends): only dialogues whose every reply passes are kept.
   "$G" eval --input "$WORK/dialogues_all.jsonl" --catalog language=$L --out "$WORK/recheck_all"
   $E/refilter.py "$WORK/dialogues_all.jsonl" "$WORK/recheck_all/scores.jsonl" \
     >"$WORK/dialogues_train.jsonl"
+  if [ -n "$THREE" ]; then
+    for _ in $(seq 2 "$THREE_COPIES"); do
+      $E/refilter.py "$THREE" "$WORK/recheck_all/scores.jsonl" >>"$WORK/dialogues_train.jsonl"
+    done
+  fi
   "$G" mask --input "$WORK/dialogues_train.jsonl" --out "$WORK/train.parquet" --model default \
     --policy gatt-expand
 fi
