@@ -7,6 +7,7 @@ dialogues (bootstrap, at least the per-dialogue Wilson) from `scores.jsonl` (scr
     docs/experiments/gatt-table30/table30.py EVAL_DIR > table30.md
 """
 import json
+import lzma
 import os
 import sys
 
@@ -19,7 +20,9 @@ KINDS = ["figure", "hobby", "language"]
 def main():
     d = sys.argv[1]
     report = json.load(open(os.path.join(d, "report.json")))
-    rows = [json.loads(l) for l in open(os.path.join(d, "scores.jsonl")) if l.strip()]
+    scores = os.path.join(d, "scores.jsonl")
+    lines = open(scores) if os.path.exists(scores) else lzma.open(scores + ".xz", "rt")
+    rows = [json.loads(l) for l in lines if l.strip()]
     cells = {(c["model"], c["kind"], c["turn"]): c for c in report["by_kind"]}
     for kind in KINDS:
         # The turns this kind was decided at (figure and hobby: their probe turns).
