@@ -17,10 +17,23 @@ Undetermined checks are left out, never counted as passes. Prints one Markdown t
 """
 import argparse
 import json
+import lzma
 import math
+import os
 import random
 import sys
 from collections import defaultdict
+
+
+def read_scores(path):
+    """The rows of a `scores.jsonl`, or of `scores.jsonl.xz` beside it where the plain
+    file is absent (the experiments keep their scores compressed)."""
+    if os.path.exists(path) or not os.path.exists(path + ".xz"):
+        lines = open(path, encoding="utf-8")
+    else:
+        lines = lzma.open(path + ".xz", "rt", encoding="utf-8")
+    with lines:
+        return [json.loads(l) for l in lines if l.strip()]
 
 
 def parse_turns(s):
@@ -111,12 +124,12 @@ def table(rows, kind=None, turns=None, label=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("scores", help="scores.jsonl of a `gatt eval` output folder")
+    ap.add_argument("scores", help="scores.jsonl of a `gatt eval` output folder (or its .xz)")
     ap.add_argument("--kind")
     ap.add_argument("--turns", type=parse_turns, help="inclusive range, e.g. 6-20")
     args = ap.parse_args()
     try:
-        rows = [json.loads(l) for l in open(args.scores) if l.strip()]
+        rows = read_scores(args.scores)
     except (OSError, json.JSONDecodeError) as e:
         sys.exit(f"{args.scores}: {e}")
     print(table(rows, args.kind, args.turns))

@@ -14,8 +14,12 @@ import lzma
 import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../../scripts/experiments"))
+from pooled import read_scores  # noqa: E402
+
 
 def lines(path):
+    """A dialogues file, plain or as `.xz` beside it."""
     if os.path.exists(path):
         return open(path, encoding="utf-8")
     return lzma.open(path + ".xz", "rt", encoding="utf-8")
@@ -27,7 +31,7 @@ def names(kind, value):
 
 
 def main(d):
-    scores = [json.loads(l) for l in lines(os.path.join(d, "scores.jsonl"))]
+    scores = read_scores(os.path.join(d, "scores.jsonl"))
     values = {}
     for s in scores:
         values.setdefault(s["dialogue"], {})[s["kind"]] = s["value"]

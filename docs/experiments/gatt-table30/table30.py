@@ -7,12 +7,11 @@ dialogues (bootstrap, at least the per-dialogue Wilson) from `scores.jsonl` (scr
     docs/experiments/gatt-table30/table30.py EVAL_DIR > table30.md
 """
 import json
-import lzma
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../../../scripts/experiments"))
-from pooled import interval, pooled  # noqa: E402
+from pooled import interval, pooled, read_scores  # noqa: E402
 
 KINDS = ["figure", "hobby", "language"]
 
@@ -20,9 +19,7 @@ KINDS = ["figure", "hobby", "language"]
 def main():
     d = sys.argv[1]
     report = json.load(open(os.path.join(d, "report.json")))
-    scores = os.path.join(d, "scores.jsonl")
-    lines = open(scores) if os.path.exists(scores) else lzma.open(scores + ".xz", "rt")
-    rows = [json.loads(l) for l in lines if l.strip()]
+    rows = read_scores(os.path.join(d, "scores.jsonl"))
     cells = {(c["model"], c["kind"], c["turn"]): c for c in report["by_kind"]}
     for kind in KINDS:
         # The turns this kind was decided at (figure and hobby: their probe turns).
