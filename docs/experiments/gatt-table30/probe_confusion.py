@@ -4,10 +4,11 @@ replies to a hobby probe pass the hobby check, and how many name the dialogue's 
 instead (its full name or its last word, case-insensitive); the same for figure probes
 and the hobby's name.
 
-    probe_confusion.py EVAL_DIR
+    probe_confusion.py EVAL_DIR [EVAL_DIR...]
 
-EVAL_DIR holds `scores.jsonl` (or `scores.jsonl.xz`) and `dialogues-MODEL.jsonl` (or
-`.jsonl.xz`) of a `gatt eval` run. Prints a Markdown table.
+Each EVAL_DIR holds `scores.jsonl` (or `scores.jsonl.xz`) and `dialogues-MODEL.jsonl` (or
+`.jsonl.xz`) of a `gatt eval` run; several folders are read one after the other (a model
+already counted is not counted again). Prints a Markdown table.
 """
 import json
 import lzma
@@ -30,17 +31,21 @@ def names(kind, value):
     return [v, v.split()[-1]] if kind == "figure" else [v]
 
 
-def main(d):
-    scores = read_scores(os.path.join(d, "scores.jsonl"))
+def main(dirs):
+    scores, replies = [], {}
+    for d in dirs:
+        here = read_scores(os.path.join(d, "scores.jsonl"))
+        counted = {s["model"] for s in scores}
+        new = sorted({s["model"] for s in here} - counted)
+        scores += [s for s in here if s["model"] in new]
+        for model in new:
+            for l in lines(os.path.join(d, f"dialogues-{model}.jsonl")):
+                dialogue = json.loads(l)
+                said = [m["content"] for m in dialogue["messages"] if m["role"] == "assistant"]
+                replies[(model, dialogue["id"])] = said
     values = {}
     for s in scores:
         values.setdefault(s["dialogue"], {})[s["kind"]] = s["value"]
-    replies = {}
-    for model in sorted({s["model"] for s in scores}):
-        for l in lines(os.path.join(d, f"dialogues-{model}.jsonl")):
-            dialogue = json.loads(l)
-            said = [m["content"] for m in dialogue["messages"] if m["role"] == "assistant"]
-            replies[(model, dialogue["id"])] = said
     other = {"hobby": "figure", "figure": "hobby"}
     rows = {}
     for s in scores:
@@ -62,6 +67,6 @@ def main(d):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1])
+    main(sys.argv[1:])

@@ -4,7 +4,8 @@
 #
 #   G=target/debug/gatt WORK=out/table30 docs/experiments/gatt-table30/run.sh [STEP]
 #
-# STEP: teacher | synth | synth_hobby | synth_three | mask | train | eval | collateral | attention | tables (default:
+# STEP: teacher | synth | synth_hobby | synth_three | mask | train | long | eval | collateral |
+# attention | long_eval | tables (default:
 # all, in that order). Each step reads what the one before wrote under $WORK. Synthesis
 # stops at its time limit (LIMIT seconds, 2700 in the published run) and keeps every
 # finished chunk of 16 dialogues; the same command with `--resume` appended goes on.
@@ -114,6 +115,20 @@ if step train; then
   "$G" train merge "$WORK/tune" --out "$WORK/tuned"
 fi
 
+# Long contexts (a fourth stage, not in the paper): every figure or hobby probe turn of
+# the training mix becomes the last turn of a dialogue of 5-16 turns, filler turns from
+# the same mix (not probes, same language) inserted before it (`long_context.py`); the
+# third stage's merged model is fine-tuned one epoch more on them, loss on the probe
+# reply only (`--policy gatt`).
+if step long; then
+  $E/long_context.py "$WORK/dialogues_train.jsonl" "$WORK/recheck_all/scores.jsonl" 7 \
+    >"$WORK/long.jsonl"
+  "$G" mask --input "$WORK/long.jsonl" --out "$WORK/long.parquet" --model default --policy gatt
+  "$G" train --model "$WORK/tuned" --data "$WORK/long.parquet" --out "$WORK/tune_long" \
+    --epochs 1 --lr 5e-4 --batch-tokens 2048 --save-every 10
+  "$G" train merge "$WORK/tune_long" --out "$WORK/tuned_long"
+fi
+
 if step eval; then
   "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 30 \
     --constraints language,figure,hobby --catalog language=$L \
@@ -125,6 +140,12 @@ if step eval; then
     --constraints hobby --catalog hobby=$I/hobbies_heldout.json \
     --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 15 \
     --out "$WORK/eval_hobby20"
+  # Figure and hobby only (the paper's Table 30 attributes), English replies, to turn 20.
+  "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 30 \
+    --constraints figure,hobby \
+    --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
+    --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
+    --out "$WORK/eval_fh"
 fi
 
 if step collateral; then
@@ -136,8 +157,28 @@ if step attention; then
     --id eval-00000 --bin 16 --adapter "$WORK/tune/adapter" --out "$WORK/attention"
 fi
 
+# The fourth stage's model alone on the same three evaluations (same seeds: the same
+# dialogues, instructions and probes as the base and third-stage models above), its
+# collateral damage against the base, and its attention on the same dialogue.
+if step long_eval; then
+  # The language catalog only where a language is instructed, as in the `eval` step.
+  for e in "eval 30 language,figure,hobby --catalog=language=$L" "eval_fh 30 figure,hobby" \
+    "eval_hobby20 15 hobby"; do
+    set -- $e
+    "$G" eval --model "$WORK/tuned_long" --turns 20 --dialogues "$2" --constraints "$3" ${4:-} \
+      --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
+      --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 \
+      --batch "$2" --out "$WORK/long/$1"
+  done
+  GATT="$G" scripts/experiments/collateral.sh default "$WORK/tuned_long" "$WORK/long/collateral" 20 8
+  "$G" attention --input "$WORK/eval/dialogues-SmolLM2-135M-Instruct.Q4_1.gguf.jsonl" \
+    --id eval-00000 --bin 16 --model default --model "$WORK/tuned_long" --out "$WORK/long/attention"
+fi
+
 if step tables; then
-  { $E/table30.py "$WORK/eval"; echo; echo "## The hobby alone, English"; echo
-    $E/table30.py "$WORK/eval_hobby20"; } >"$WORK/table30.md"
+  LONG=$([ -d "$WORK/long" ] && echo "$WORK/long" || echo "$WORK")
+  { $E/table30.py "$WORK/eval" "$LONG/eval"; echo; echo "## Figure and hobby, English"; echo
+    $E/table30.py "$WORK/eval_fh" "$LONG/eval_fh"; echo; echo "## The hobby alone, English"
+    echo; $E/table30.py "$WORK/eval_hobby20" "$LONG/eval_hobby20"; } >"$WORK/table30.md"
   cat "$WORK/table30.md"
 fi
