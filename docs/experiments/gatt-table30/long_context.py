@@ -93,7 +93,9 @@ def main():
                     slots.pop(0)
                     body.append(chosen.pop())
             messages = system + [m for pair in body for m in pair]
-            meta = {"source": r["id"], "probe_turn": t, "fillers": n, "turns": len(body)}
+            # Fewer fillers than drawn where the language's pool is smaller.
+            meta = {"source": r["id"], "probe_turn": t, "fillers": len(body) - t,
+                    "turns": len(body)}
             print(json.dumps({
                 "id": f"{r['id']}-long{t}",
                 "messages": messages,
