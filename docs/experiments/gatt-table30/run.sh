@@ -4,8 +4,8 @@
 #
 #   G=target/debug/gatt WORK=out/table30 docs/experiments/gatt-table30/run.sh [STEP]
 #
-# STEP: teacher | synth | synth_hobby | synth_three | mask | train | long | eval | collateral |
-# attention | long_eval | tables (default:
+# STEP: teacher | synth | synth_hobby | synth_three | mask | train | long | long_control |
+# eval | collateral | attention | long_eval | tables (default:
 # all, in that order). Each step reads what the one before wrote under $WORK. Synthesis
 # stops at its time limit (LIMIT seconds, 2700 in the published run) and keeps every
 # finished chunk of 16 dialogues; the same command with `--resume` appended goes on.
@@ -129,6 +129,20 @@ if step long; then
   "$G" train merge "$WORK/tune_long" --out "$WORK/tuned_long"
 fi
 
+# The control: the same samples without fillers, one epoch, about as many steps.
+if step long_control; then
+  $E/long_context.py "$WORK/dialogues_train.jsonl" "$WORK/recheck_all/scores.jsonl" 7 \
+    --no-fillers >"$WORK/short.jsonl"
+  "$G" mask --input "$WORK/short.jsonl" --out "$WORK/short.parquet" --model default --policy gatt
+  "$G" train --model "$WORK/tuned" --data "$WORK/short.parquet" --out "$WORK/tune_short" \
+    --epochs 1 --lr 5e-4 --batch-tokens 700 --save-every 10
+  "$G" train merge "$WORK/tune_short" --out "$WORK/tuned_short"
+  "$G" eval --model "$WORK/tuned_short" --turns 20 --dialogues 30 --constraints figure,hobby \
+    --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
+    --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
+    --out "$WORK/long/control_fh"
+fi
+
 if step eval; then
   "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 30 \
     --constraints language,figure,hobby --catalog language=$L \
@@ -178,7 +192,7 @@ fi
 if step tables; then
   LONG=$([ -d "$WORK/long" ] && echo "$WORK/long" || echo "$WORK")
   { $E/table30.py "$WORK/eval" "$LONG/eval"; echo; echo "## Figure and hobby, English"; echo
-    $E/table30.py "$WORK/eval_fh" "$LONG/eval_fh"; echo; echo "## The hobby alone, English"
+    $E/table30.py "$WORK/eval_fh" "$LONG/eval_fh" "$LONG/control_fh"; echo; echo "## The hobby alone, English"
     echo; $E/table30.py "$WORK/eval_hobby20" "$LONG/eval_hobby20"; } >"$WORK/table30.md"
   cat "$WORK/table30.md"
 fi
