@@ -191,8 +191,9 @@ fi
 
 if step tables; then
   LONG=$([ -d "$WORK/long" ] && echo "$WORK/long" || echo "$WORK")
+  CONTROL=$([ -d "$WORK/long/control_fh" ] && echo "$WORK/long/control_fh" || true)
   { $E/table30.py "$WORK/eval" "$LONG/eval"; echo; echo "## Figure and hobby, English"; echo
-    $E/table30.py "$WORK/eval_fh" "$LONG/eval_fh" "$LONG/control_fh"; echo; echo "## The hobby alone, English"
+    $E/table30.py "$WORK/eval_fh" "$LONG/eval_fh" $CONTROL; echo; echo "## The hobby alone, English"
     echo; $E/table30.py "$WORK/eval_hobby20" "$LONG/eval_hobby20"; } >"$WORK/table30.md"
   cat "$WORK/table30.md"
 fi
