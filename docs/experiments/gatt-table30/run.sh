@@ -22,6 +22,20 @@ L=$E/languages5.json
 STEP=${1:-all}
 mkdir -p "$WORK"
 step() { [ "$STEP" = all ] || [ "$STEP" = "$1" ]; }
+# One held-out evaluation to turn 20: held_out OUT DIALOGUES KINDS MODEL... (the catalogs
+# of the instructed kinds only; probes every other turn, 48-token replies, seed 0, so
+# every model answers the same dialogues).
+held_out() {
+  local out=$1 n=$2 kinds=$3 models=() catalogs=()
+  shift 3
+  for m in "$@"; do models+=(--model "$m"); done
+  [[ $kinds != *language* ]] || catalogs+=(--catalog "language=$L")
+  [[ $kinds != *figure* ]] || catalogs+=(--catalog "figure=$I/figures_heldout.json")
+  [[ $kinds != *hobby* ]] || catalogs+=(--catalog "hobby=$I/hobbies_heldout.json")
+  "$G" eval "${models[@]}" --turns 20 --dialogues "$n" --constraints "$kinds" "${catalogs[@]}" \
+    --user-bank "$I/heldout_bank.json" --probe-every 2 --max-tokens 48 --seed 0 --batch "$n" \
+    --out "$out"
+}
 
 if step teacher; then
   [ -f "$WORK/teacher.gguf" ] || $E/fetch_teacher.sh "$WORK/teacher.gguf"
@@ -137,29 +151,15 @@ if step long_control; then
   "$G" train --model "$WORK/tuned" --data "$WORK/short.parquet" --out "$WORK/tune_short" \
     --epochs 1 --lr 5e-4 --batch-tokens 700 --save-every 10
   "$G" train merge "$WORK/tune_short" --out "$WORK/tuned_short"
-  "$G" eval --model "$WORK/tuned_short" --turns 20 --dialogues 30 --constraints figure,hobby \
-    --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
-    --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
-    --out "$WORK/long/control_fh"
+  held_out "$WORK/long/control_fh" 30 figure,hobby "$WORK/tuned_short"
 fi
 
 if step eval; then
-  "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 30 \
-    --constraints language,figure,hobby --catalog language=$L \
-    --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
-    --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
-    --out "$WORK/eval"
-  # The hobby alone (English replies), to turn 20.
-  "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 15 \
-    --constraints hobby --catalog hobby=$I/hobbies_heldout.json \
-    --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 15 \
-    --out "$WORK/eval_hobby20"
-  # Figure and hobby only (the paper's Table 30 attributes), English replies, to turn 20.
-  "$G" eval --model default --model "$WORK/tuned" --turns 20 --dialogues 30 \
-    --constraints figure,hobby \
-    --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
-    --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 --batch 30 \
-    --out "$WORK/eval_fh"
+  held_out "$WORK/eval" 30 language,figure,hobby default "$WORK/tuned"
+  # The hobby alone (English replies).
+  held_out "$WORK/eval_hobby20" 15 hobby default "$WORK/tuned"
+  # Figure and hobby only (the paper's Table 30 attributes), English replies.
+  held_out "$WORK/eval_fh" 30 figure,hobby default "$WORK/tuned"
 fi
 
 if step collateral; then
@@ -175,15 +175,9 @@ fi
 # dialogues, instructions and probes as the base and third-stage models above), its
 # collateral damage against the base, and its attention on the same dialogue.
 if step long_eval; then
-  # The language catalog only where a language is instructed, as in the `eval` step.
-  for e in "eval 30 language,figure,hobby --catalog=language=$L" "eval_fh 30 figure,hobby" \
-    "eval_hobby20 15 hobby"; do
-    set -- $e
-    "$G" eval --model "$WORK/tuned_long" --turns 20 --dialogues "$2" --constraints "$3" ${4:-} \
-      --catalog figure=$I/figures_heldout.json --catalog hobby=$I/hobbies_heldout.json \
-      --user-bank $I/heldout_bank.json --probe-every 2 --max-tokens 48 --seed 0 \
-      --batch "$2" --out "$WORK/long/$1"
-  done
+  held_out "$WORK/long/eval" 30 language,figure,hobby "$WORK/tuned_long"
+  held_out "$WORK/long/eval_fh" 30 figure,hobby "$WORK/tuned_long"
+  held_out "$WORK/long/eval_hobby20" 15 hobby "$WORK/tuned_long"
   GATT="$G" scripts/experiments/collateral.sh default "$WORK/tuned_long" "$WORK/long/collateral" 20 8
   "$G" attention --input "$WORK/eval/dialogues-SmolLM2-135M-Instruct.Q4_1.gguf.jsonl" \
     --id eval-00000 --bin 16 --model default --model "$WORK/tuned_long" --out "$WORK/long/attention"
