@@ -9,7 +9,9 @@
 //! up to `max` tokens per reply, with kept conversation caches; every sampled token counts
 //! (prefill of the new turns, sampling and the batch's rebuilds are part of the time). The
 //! raw decode is `batch` sequences of the dialogues' mean prompt length, decoding steps
-//! only (no prefill, no sampling): the ceiling.
+//! only (no prefill, no sampling): the ceiling. Both ratios are printed, by wall time and
+//! by the process's CPU time (which a busy shared machine disturbs less); with several
+//! rounds, also the ratio of the rounds pooled.
 use candle_core::Device;
 use gatt::backend::{ChatBackend, Feed, Reply, Request, SamplingParams};
 use gatt::model::ModelSource;
@@ -89,6 +91,7 @@ fn main() {
     let source = ModelSource::resolve("default").unwrap();
     let backend = EmbeddedBackend::load(&source, &Device::Cpu, batch).unwrap();
     let model = load_model(&source, &Device::Cpu).unwrap();
+    let mut totals = [0f64; 6];
     for round in 1..=rounds {
         let mut feed = Dialogues {
             messages: (0..dialogues)
@@ -106,9 +109,9 @@ fn main() {
             prompt_tokens: 0,
             requests: 0,
         };
-        let t0 = Instant::now();
+        let (t0, c0) = (Instant::now(), cpu_seconds());
         backend.generate_each(&mut feed).unwrap();
-        let secs = t0.elapsed().as_secs_f64();
+        let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
         let dialogue_rate = feed.tokens as f64 / secs;
         let mean_prompt = feed.prompt_tokens / feed.requests.max(1);
 
@@ -127,21 +130,59 @@ fn main() {
         model
             .forward(&bt.tokens, &bt.positions, &bt.pad, &mut cache)
             .unwrap();
-        let t1 = Instant::now();
+        let (t1, c1) = (Instant::now(), cpu_seconds());
         for _ in 0..steps {
             let (t, p) =
                 step_inputs(&vec![500; batch], &bt.pad, cache.len(), &Device::Cpu).unwrap();
             let l = model.forward(&t, &p, &bt.pad, &mut cache).unwrap();
             let _ = logits_rows(&l).unwrap();
         }
-        let raw_rate = (batch * steps) as f64 / t1.elapsed().as_secs_f64();
+        let raw_secs = t1.elapsed().as_secs_f64();
+        let raw_cpu = cpu_seconds() - c1;
+        let raw_rate = (batch * steps) as f64 / raw_secs;
+        let cpu_ratio = (feed.tokens as f64 / cpu) / ((batch * steps) as f64 / raw_cpu);
         println!(
             "round {round}: {dialogues} dialogues x {turns} turns, batch {batch}: {} tokens in \
              {secs:.1} s = {dialogue_rate:.1} tokens/s (mean prompt {mean_prompt}, mean reply \
              {steps}); raw batch-{batch} decode at that length: {raw_rate:.1} tokens/s; ratio \
-             {:.2}",
+             {:.2}; per CPU second (user + system, {cpu:.1} s and {raw_cpu:.1} s): ratio \
+             {cpu_ratio:.2}",
             feed.tokens,
             dialogue_rate / raw_rate
         );
+        // Pooled over the rounds: [tokens, wall s, CPU s] of the dialogues, then of the
+        // raw decode.
+        for (total, x) in totals.iter_mut().zip([
+            feed.tokens as f64,
+            secs,
+            cpu,
+            (batch * steps) as f64,
+            raw_secs,
+            raw_cpu,
+        ]) {
+            *total += x;
+        }
     }
+    if rounds > 1 {
+        let [tokens, secs, cpu, raw_tokens, raw_secs, raw_cpu] = totals;
+        println!(
+            "all {rounds} rounds: ratio {:.2} by wall time, {:.2} by CPU time",
+            (tokens / secs) / (raw_tokens / raw_secs),
+            (tokens / cpu) / (raw_tokens / raw_cpu),
+        );
+    }
+}
+
+/// CPU seconds this process has used so far, user and system, all threads. On a shared
+/// machine it leaves out the time a core was taken away (steal), which the wall clock
+/// counts.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct it is given.
+    let usage = unsafe {
+        let mut u = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
