@@ -41,8 +41,7 @@ pub fn lora_linear(
     {
         bail!("lora linear: expected f32 tensors on the CPU")
     }
-    let dims = x.dims().to_vec();
-    let k = *dims.last().unwrap_or(&0);
+    let k = *x.dims().last().unwrap_or(&0);
     let rows = x.elem_count() / k.max(1);
     let (wk, out) = w.dims2()?;
     let (ak, rank) = a.dims2()?;
@@ -68,13 +67,21 @@ pub fn lora_linear(
         mask,
         xa: Mutex::new(Vec::new()),
     };
-    let y =
-        x.reshape((rows, k))?
-            .contiguous()?
-            .apply_op3(&a.contiguous()?, &b.contiguous()?, op)?;
-    let mut out_dims = dims;
-    *out_dims.last_mut().expect("at least one dim") = out;
-    y.reshape(out_dims)
+    // `x` keeps its shape (rows are all its leading dimensions): a reshape here would be
+    // one more node of candle's graph, with a zero tensor and an addition of its own in
+    // the backward pass.
+    x.contiguous()?
+        .apply_op3(&a.contiguous()?, &b.contiguous()?, op)
+}
+
+/// A buffer of `n` elements for gemm to write whole (`read_dst` false): not cleared
+/// first, which would be one more pass over memory gemm overwrites anyway.
+fn for_gemm(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and every caller has gemm write all `n`
+    // elements (a product with k > 0 and alpha 0) before anything reads them.
+    unsafe { v.set_len(n) };
+    v
 }
 
 struct LoraLinear {
@@ -194,8 +201,11 @@ impl CustomOp3 for LoraLinear {
         let x = contiguous_f32(s1, l1, "lora linear")?;
         let a = contiguous_f32(s2, l2, "lora linear")?;
         let b = contiguous_f32(s3, l3, "lora linear")?;
-        let (rows, k) = l1.shape().dims2()?;
+        let k = *l1.shape().dims().last().unwrap_or(&0);
+        let rows = l1.shape().elem_count() / k.max(1);
         let (rank, out) = l3.shape().dims2()?;
+        let mut out_dims = l1.shape().dims().to_vec();
+        *out_dims.last_mut().expect("at least one dim") = out;
         let (ws, wl) = self.w.storage_and_layout();
         let w = weights(cpu(&ws)?, wl)?;
         let mut buf = Vec::new();
@@ -211,7 +221,11 @@ impl CustomOp3 for LoraLinear {
             M::rows(a, rank),
             1.0,
         );
-        let mut y: Vec<f32> = vec![0f32; rows * out];
+        let mut y = if k > 0 {
+            for_gemm(rows * out)
+        } else {
+            vec![0f32; rows * out]
+        };
         mm(rows, out, k, &mut y, 0.0, M::rows(x, k), w, 1.0);
         mm(
             rows,
@@ -224,7 +238,7 @@ impl CustomOp3 for LoraLinear {
             self.scale,
         );
         *self.xa.lock().expect("lora activations") = xa;
-        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
 
     fn bwd(
@@ -236,7 +250,8 @@ impl CustomOp3 for LoraLinear {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let (rows, k) = x.dims2()?;
+        let k = *x.dims().last().unwrap_or(&0);
+        let rows = x.elem_count() / k.max(1);
         let (rank, out) = b.dims2()?;
         let s = self.scale;
         let xa = self.xa.lock().expect("lora activations").clone();
@@ -300,7 +315,11 @@ impl CustomOp3 for LoraLinear {
             let av = contiguous_f32(cpu(&as_)?, al, "lora linear")?;
             let (ws, wl) = self.w.storage_and_layout();
             let w = weights(cpu(&ws)?, wl)?;
-            let mut dx = vec![0f32; rows * k];
+            let mut dx = if out > 0 {
+                for_gemm(rows * k)
+            } else {
+                vec![0f32; rows * k]
+            };
             mm(rows, k, out, &mut dx, 0.0, M::rows(dyv, out), w.t(), 1.0);
             match &self.mask {
                 None => mm(
@@ -336,7 +355,7 @@ impl CustomOp3 for LoraLinear {
         };
         let dev = x.device();
         Ok((
-            dx.map(|v| Tensor::from_vec(v, (rows, k), dev))
+            dx.map(|v| Tensor::from_vec(v, x.shape(), dev))
                 .transpose()?,
             da.map(|v| Tensor::from_vec(v, (k, rank), dev))
                 .transpose()?,

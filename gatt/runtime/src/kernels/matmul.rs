@@ -132,16 +132,18 @@ impl CustomOp2 for Matmul {
         } else {
             None
         };
-        let grad_b = if b.track_op() {
-            Some(matmul_scaled(&a.t()?, grad, s)?)
-        } else {
-            None
+        let grad_b = match (b.track_op(), a.rank(), b.rank()) {
+            (false, ..) => None,
+            // Rows of one batch times a matrix: the gradient of the matrix is a matrix.
+            (true, 3, 2) => Some(matmul_scaled(&a.squeeze(0)?.t()?, &grad.squeeze(0)?, s)?),
+            (true, ..) => Some(matmul_scaled(&a.t()?, grad, s)?),
         };
         Ok((grad_a, grad_b))
     }
 }
 
-/// `a` (m, k) times `b` (k, n), or batched: (batch, m, k) times (batch, k, n).
+/// `a` (m, k) times `b` (k, n), or batched: (batch, m, k) times (batch, k, n), or the
+/// rows of one batch (1, m, k) times (k, n), giving (1, m, n).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     matmul_scaled(a, b, 1.0)
 }
@@ -152,17 +154,29 @@ pub fn matmul_scaled(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
         && b.device().is_cpu()
         && a.dtype() == DType::F32
         && b.dtype() == DType::F32;
-    if cpu_f32 && a.rank() == b.rank() && matches!(a.rank(), 2 | 3) {
+    let ranks_fit = match (a.rank(), b.rank()) {
+        (2, 2) | (3, 3) => true,
+        (3, 2) => a.dim(0)? == 1,
+        _ => false,
+    };
+    if cpu_f32 && ranks_fit {
         a.apply_op2(
             b,
             Matmul {
                 scale: scale as f32,
             },
         )
-    } else if scale == 1.0 {
-        a.matmul(b)
     } else {
-        a.matmul(b)? * scale
+        let c = if a.rank() == b.rank() {
+            a.matmul(b)?
+        } else {
+            a.broadcast_matmul(b)?
+        };
+        if scale == 1.0 {
+            Ok(c)
+        } else {
+            c * scale
+        }
     }
 }
 
@@ -225,6 +239,41 @@ mod tests {
         let p = Tensor::randn(0f32, 1.0, (3, 5, 11), &dev).unwrap();
         let want = p.matmul(&keys.contiguous().unwrap()).unwrap();
         assert!(max_diff(&matmul(&p, &keys).unwrap(), &want) < 1e-4);
+    }
+
+    /// The rows of one batch times a matrix, as a packed training chunk runs its
+    /// layers: values and both gradients equal the product of the rows as a matrix.
+    #[test]
+    fn rows_of_one_batch_times_a_matrix() {
+        let dev = Device::Cpu;
+        let a = Var::randn(0f32, 1.0, (1, 9, 6), &dev).unwrap();
+        let b = Var::randn(0f32, 1.0, (6, 4), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (1, 9, 4), &dev).unwrap();
+        let ours = matmul_scaled(a.as_tensor(), b.as_tensor(), 0.5).unwrap();
+        assert_eq!(ours.dims(), &[1, 9, 4]);
+        let theirs = (a
+            .as_tensor()
+            .squeeze(0)
+            .unwrap()
+            .matmul(b.as_tensor())
+            .unwrap()
+            * 0.5)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-4);
+        let g1 = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [a.as_tensor(), b.as_tensor()] {
+            let (p, q) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert_eq!(p.dims(), v.dims());
+            assert!(max_diff(p, q) < 1e-4);
+        }
     }
 
     #[test]

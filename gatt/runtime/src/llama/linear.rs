@@ -62,6 +62,12 @@ pub(super) struct Linear {
 /// `scale * x w` for `x` (.., k) and `w` (k, n), as one matrix product for all rows:
 /// weights are read once.
 fn matmul_rows(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
+    if x.rank() == 3 && x.dim(0)? == 1 && w.rank() == 2 && x.device().is_cpu() {
+        // One batch of rows (a packed training chunk): no reshape, which would be one
+        // more node of candle's graph with a zero tensor and an addition of its own in
+        // the backward pass.
+        return matmul_scaled(x, w, scale);
+    }
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k;
