@@ -74,16 +74,6 @@ pub fn lora_linear(
         .apply_op3(&a.contiguous()?, &b.contiguous()?, op)
 }
 
-/// A buffer of `n` elements for gemm to write whole (`read_dst` false): not cleared
-/// first, which would be one more pass over memory gemm overwrites anyway.
-fn for_gemm(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: f32 has no invalid bit patterns, and every caller has gemm write all `n`
-    // elements (a product with k > 0 and alpha 0) before anything reads them.
-    unsafe { v.set_len(n) };
-    v
-}
-
 struct LoraLinear {
     /// (in, out), frozen.
     w: Tensor,
@@ -116,39 +106,81 @@ fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], alpha: f32, a: M, b: M, bet
     if m == 0 || n == 0 {
         return;
     }
-    let par = match num_threads() {
-        t if t > 1 && m * n * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
-        _ => Parallelism::None,
-    };
     if k == 0 {
         dst[..m * n].iter_mut().for_each(|v| *v *= alpha);
         return;
     }
-    // SAFETY: the operands come from contiguous buffers or candle layouts that address
-    // m x k and k x n elements of their slices; `dst` holds m x n elements.
+    // SAFETY: `dst` holds m x n initialized elements.
+    unsafe { gemm_into(m, n, k, dst.as_mut_ptr(), alpha, a, b, beta) }
+}
+
+/// `beta · a (m x k) b (k x n)` in a new m x n buffer that gemm writes directly, not
+/// cleared first (one pass less over memory gemm overwrites anyway).
+fn mm_new(m: usize, n: usize, k: usize, a: M, b: M, beta: f32) -> Vec<f32> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the spare capacity holds m x n elements; with alpha 0 gemm does not read
+    // them and, k being positive, writes every one, so all m x n are set before set_len.
     unsafe {
-        gemm(
+        gemm_into(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            alpha != 0.0,
-            a.0.as_ptr(),
-            a.2,
-            a.1,
-            b.0.as_ptr(),
-            b.2,
-            b.1,
-            alpha,
+            v.spare_capacity_mut().as_mut_ptr().cast(),
+            0.0,
+            a,
+            b,
             beta,
-            false,
-            false,
-            false,
-            par,
-        )
+        );
+        v.set_len(m * n);
     }
+    v
+}
+
+/// gemm's `dst = alpha · dst + beta · a b` (m x n, rows n apart), on two threads for
+/// large products.
+///
+/// # Safety
+/// `dst` must address m x n writable elements (readable too when `alpha` is not 0); the
+/// operands must address m x k and k x n elements of their slices; k > 0.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    alpha: f32,
+    a: M,
+    b: M,
+    beta: f32,
+) {
+    let par = match num_threads() {
+        t if t > 1 && m * n * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
+        _ => Parallelism::None,
+    };
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        alpha != 0.0,
+        a.0.as_ptr(),
+        a.2,
+        a.1,
+        b.0.as_ptr(),
+        b.2,
+        b.1,
+        alpha,
+        beta,
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
 /// The frozen weights as a matrix operand (any strides).
@@ -221,12 +253,7 @@ impl CustomOp3 for LoraLinear {
             M::rows(a, rank),
             1.0,
         );
-        let mut y = if k > 0 {
-            for_gemm(rows * out)
-        } else {
-            vec![0f32; rows * out]
-        };
-        mm(rows, out, k, &mut y, 0.0, M::rows(x, k), w, 1.0);
+        let mut y = mm_new(rows, out, k, M::rows(x, k), w, 1.0);
         mm(
             rows,
             out,
@@ -315,12 +342,7 @@ impl CustomOp3 for LoraLinear {
             let av = contiguous_f32(cpu(&as_)?, al, "lora linear")?;
             let (ws, wl) = self.w.storage_and_layout();
             let w = weights(cpu(&ws)?, wl)?;
-            let mut dx = if out > 0 {
-                for_gemm(rows * k)
-            } else {
-                vec![0f32; rows * k]
-            };
-            mm(rows, k, out, &mut dx, 0.0, M::rows(dyv, out), w.t(), 1.0);
+            let mut dx = mm_new(rows, k, out, M::rows(dyv, out), w.t(), 1.0);
             match &self.mask {
                 None => mm(
                     rows,
