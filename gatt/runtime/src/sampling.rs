@@ -98,7 +98,13 @@ impl Sampler {
 /// vocabulary for every token, then a tenth to selecting its head).
 fn nucleus(weights: &[f32], mass: f32) -> Vec<usize> {
     let max = lanes_max(weights);
-    let mut threshold = max / 256.0;
+    // Weights that are all NaN or zero (logits of -inf or NaN) go straight to the last
+    // pass over everything.
+    let mut threshold = if max > 0.0 && max.is_finite() {
+        max / 256.0
+    } else {
+        0.0
+    };
     loop {
         if threshold == 0.0 || lanes_sum_from(weights, threshold) >= mass {
             let mut head = at_or_above(weights, threshold);
@@ -116,6 +122,8 @@ fn nucleus(weights: &[f32], mass: f32) -> Vec<usize> {
                 // Summed largest first the head falls short (rounding): lower the
                 // threshold.
                 None if threshold > 0.0 => {}
+                // Never empty: with no weight usable, every candidate.
+                None if head.is_empty() => return (0..weights.len()).collect(),
                 None => return head,
             }
         }
@@ -324,6 +332,25 @@ mod tests {
                     assert_eq!(got, want, "{top_k:?} {top_p:?} seed {seed} draw {draw}");
                 }
             }
+        }
+    }
+
+    /// Logits a broken model could give (NaN, all minus infinity, one entry) still give
+    /// a token of the vocabulary, without a panic or an endless search.
+    #[test]
+    fn degenerate_logits_still_give_a_token() {
+        let p = SamplingParams::default();
+        for logits in [
+            vec![f32::NAN; 100],
+            vec![f32::NEG_INFINITY; 100],
+            vec![0.5],
+            (0..100)
+                .map(|i| if i % 2 == 0 { f32::NAN } else { 1.0 })
+                .collect(),
+        ] {
+            let mut s = Sampler::new(&p, 4);
+            let t = s.sample(&mut logits.clone(), &[1, 2, 3]);
+            assert!((t as usize) < logits.len());
         }
     }
 
