@@ -71,8 +71,8 @@ struct Batch {
 
 /// Each row's next token, `None` for a row that is done or has no room left. The rows
 /// draw in parallel on candle's thread pool (a row's draw reads only its own sampler,
-/// logits and tokens, so it is the same in any order); the sampler is about a tenth of
-/// a decoding step of 8 rows.
+/// logits and tokens, so it is the same in any order): 8 draws are about 1 ms, some 5%
+/// of a decoding step of 8 rows on 2 cores.
 fn draw(rows: &mut [Row]) -> Vec<Option<u32>> {
     let slots: Vec<Mutex<(&mut Row, Option<u32>)>> =
         rows.iter_mut().map(|r| Mutex::new((r, None))).collect();
