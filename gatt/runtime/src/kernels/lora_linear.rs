@@ -110,7 +110,8 @@ fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], alpha: f32, a: M, b: M, bet
         dst[..m * n].iter_mut().for_each(|v| *v *= alpha);
         return;
     }
-    // SAFETY: `dst` holds m x n initialized elements.
+    // SAFETY: the operands come from contiguous buffers or candle layouts that address
+    // m x k and k x n elements of their slices; `dst` holds m x n initialized elements.
     unsafe { gemm_into(m, n, k, dst.as_mut_ptr(), alpha, a, b, beta) }
 }
 
@@ -121,8 +122,8 @@ fn mm_new(m: usize, n: usize, k: usize, a: M, b: M, beta: f32) -> Vec<f32> {
         return vec![0f32; m * n];
     }
     let mut v: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: the spare capacity holds m x n elements; with alpha 0 gemm does not read
-    // them and, k being positive, writes every one, so all m x n are set before set_len.
+    // SAFETY: operands as in `mm`; the spare capacity holds m x n elements; with alpha 0
+    // gemm does not read them and, k being positive, writes every one before set_len.
     unsafe {
         gemm_into(
             m,
@@ -139,8 +140,8 @@ fn mm_new(m: usize, n: usize, k: usize, a: M, b: M, beta: f32) -> Vec<f32> {
     v
 }
 
-/// gemm's `dst = alpha · dst + beta · a b` (m x n, rows n apart), on two threads for
-/// large products.
+/// gemm's `dst = alpha · dst + beta · a b` (m x n, rows n apart), on candle's threads
+/// for large products, on the calling thread for small ones.
 ///
 /// # Safety
 /// `dst` must address m x n writable elements (readable too when `alpha` is not 0); the
