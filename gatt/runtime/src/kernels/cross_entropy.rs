@@ -4,10 +4,18 @@
 //!
 //! With the default model's 49,152-token vocabulary, 2,048 loss rows of logits are
 //! 400 MB, and the composed ops (product, log-softmax, gather, and their backward passes)
-//! hold several such tensors at once. Here the forward pass keeps only each row's
-//! log-sum-exp; the backward pass recomputes a block's logits from it (one more product of
-//! the block) and turns them into the gradient in place: `softmax - one_hot(target)`,
-//! times the row's incoming gradient. CPU, f32; other devices use the composed ops.
+//! hold several such tensors at once. Two ops:
+//! - [`linear_nll`], each row's loss: the forward pass keeps only each row's log-sum-exp;
+//!   the backward pass recomputes a block's logits from it (one more product of the
+//!   block) and turns them into the gradient in place: `softmax - one_hot(target)`, times
+//!   the row's incoming gradient.
+//! - [`linear_cross_entropy`], the weighted sum of the rows' losses (a training loss):
+//!   its incoming gradients are the known weights times one scalar, so the forward pass
+//!   computes the gradients while each block's logits are at hand (as Liger-Kernel's fused
+//!   linear cross-entropy does) and the backward pass only scales them; no second product
+//!   of the logits.
+//!
+//! CPU, f32; other devices use the composed ops.
 
 use super::matmul::num_threads;
 use super::rows::{contiguous_f32, for_row_blocks_by_work};
@@ -28,20 +36,7 @@ const BLOCK_ROWS: usize = 128;
 /// When the shapes do not fit, a target is outside the vocabulary, or an operand is not an
 /// f32 tensor on the CPU.
 pub fn linear_nll(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    if !h.device().is_cpu() || h.dtype() != DType::F32 || w.dtype() != DType::F32 {
-        bail!("linear cross-entropy: expected f32 tensors on the CPU")
-    }
-    let (n, _) = h.dims2()?;
-    let (_, vocab) = w.dims2()?;
-    if targets.len() != n {
-        bail!(
-            "linear cross-entropy: {} targets for {n} rows",
-            targets.len()
-        )
-    }
-    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
-        bail!("linear cross-entropy: target {t} outside a vocabulary of {vocab}")
-    }
+    check(h, w, targets)?;
     let op = LinearNll {
         targets: targets.to_vec(),
         lse: Mutex::new(Vec::new()),
@@ -112,6 +107,76 @@ fn logits(h_rows: &[f32], w: &Weight, dst: &mut [f32]) {
             w.cs,
             w.rs,
             0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// `grad_h (m x hidden) = d_logits (m x vocab) w^T`.
+fn rows_grad(d_logits: &[f32], w: &Weight, grad_h: &mut [f32]) {
+    let m = d_logits.len() / w.vocab;
+    debug_assert_eq!(grad_h.len(), m * w.hidden);
+    // SAFETY: `d_logits` is m x vocab contiguous, `w` addresses hidden x vocab elements
+    // by its strides (read transposed), `grad_h` holds m x hidden.
+    unsafe {
+        gemm(
+            m,
+            w.hidden,
+            w.vocab,
+            grad_h.as_mut_ptr(),
+            1,
+            w.hidden as isize,
+            false,
+            d_logits.as_ptr(),
+            1,
+            w.vocab as isize,
+            w.data.as_ptr(),
+            w.rs,
+            w.cs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// `grad_w (hidden x vocab) = h_rows (m x hidden)^T d_logits (m x vocab)`, or `+=` with
+/// `accumulate`.
+fn weights_grad(
+    h_rows: &[f32],
+    d_logits: &[f32],
+    w: &Weight,
+    grad_w: &mut [f32],
+    accumulate: bool,
+) {
+    let m = d_logits.len() / w.vocab;
+    debug_assert_eq!(h_rows.len(), m * w.hidden);
+    debug_assert_eq!(grad_w.len(), w.hidden * w.vocab);
+    // SAFETY: `h_rows` is m x hidden contiguous (read transposed), `d_logits` m x vocab
+    // contiguous, `grad_w` hidden x vocab.
+    unsafe {
+        gemm(
+            w.hidden,
+            w.vocab,
+            m,
+            grad_w.as_mut_ptr(),
+            1,
+            w.vocab as isize,
+            accumulate,
+            h_rows.as_ptr(),
+            w.hidden as isize,
+            1,
+            d_logits.as_ptr(),
+            1,
+            w.vocab as isize,
+            1.0,
             1.0,
             false,
             false,
@@ -224,55 +289,13 @@ impl CustomOp2 for LinearNll {
                     row.iter_mut().for_each(|x| *x *= g);
                 }
             });
-            // SAFETY: `block` is m x vocab contiguous, `wt` addresses hidden x vocab
-            // elements (read transposed), `grad_h` rows start..start + m are m x hidden;
-            // `h_rows` is m x hidden contiguous (read transposed) and `grad_w` is
-            // hidden x vocab, accumulated over the blocks.
-            unsafe {
-                gemm(
-                    m,
-                    hidden,
-                    vocab,
-                    grad_h[start * hidden..].as_mut_ptr(),
-                    1,
-                    hidden as isize,
-                    false,
-                    block.as_ptr(),
-                    1,
-                    vocab as isize,
-                    wt.data.as_ptr(),
-                    wt.rs,
-                    wt.cs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
-                );
-                if want_w {
-                    gemm(
-                        hidden,
-                        vocab,
-                        m,
-                        grad_w.as_mut_ptr(),
-                        1,
-                        vocab as isize,
-                        start > 0,
-                        h_rows.as_ptr(),
-                        hidden as isize,
-                        1,
-                        block.as_ptr(),
-                        1,
-                        vocab as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism(),
-                    );
-                }
+            rows_grad(
+                block,
+                &wt,
+                &mut grad_h[start * hidden..(start + m) * hidden],
+            );
+            if want_w {
+                weights_grad(h_rows, block, &wt, &mut grad_w, start > 0);
             }
         }
         drop((h_storage, w_storage));
@@ -283,6 +306,177 @@ impl CustomOp2 for LinearNll {
             None
         };
         Ok((Some(grad_h), grad_w))
+    }
+}
+
+/// `sum_i weights[i] * nll_i`, a scalar f32 in nats, with `nll_i` the negative
+/// log-likelihood of `targets[i]` under row `i` of `h` (n, hidden) times `w` (hidden,
+/// vocab; any strides): the training loss of a micro-batch whose rows carry their share
+/// of the step (`weights`, e.g. 1 / loss tokens of the step). Differentiable in `h` and
+/// `w`; the gradients are computed in the forward pass, and only for the operands that
+/// track them (`Tensor::track_op`: variables and what derives from them).
+///
+/// Equals `(linear_nll(h, w, targets) * weights).sum_all()` up to rounding, and its
+/// gradients those of that expression, with one product of the logits fewer.
+///
+/// # Errors
+///
+/// As [`linear_nll`], and when `weights` does not hold one weight per row.
+pub fn linear_cross_entropy(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    weights: &[f32],
+) -> Result<Tensor> {
+    let n = h.dims2()?.0;
+    if weights.len() != n {
+        bail!(
+            "linear cross-entropy: {} weights for {n} rows",
+            weights.len()
+        )
+    }
+    check(h, w, targets)?;
+    let h = h.contiguous()?;
+    let op = WeightedNll {
+        per_row: LinearNll {
+            targets: targets.to_vec(),
+            lse: Mutex::new(Vec::new()),
+        },
+        weights: weights.to_vec(),
+        want_h: h.track_op(),
+        want_w: w.track_op(),
+        grads: Mutex::new((None, None)),
+    };
+    h.apply_op2(w, op)
+}
+
+/// What [`linear_nll`] and [`linear_cross_entropy`] refuse: operands off the CPU or not
+/// f32, shapes that do not fit, a target outside the vocabulary.
+fn check(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<()> {
+    if !h.device().is_cpu() || h.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        bail!("linear cross-entropy: expected f32 tensors on the CPU")
+    }
+    let (n, _) = h.dims2()?;
+    let (_, vocab) = w.dims2()?;
+    if targets.len() != n {
+        bail!(
+            "linear cross-entropy: {} targets for {n} rows",
+            targets.len()
+        )
+    }
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        bail!("linear cross-entropy: target {t} outside a vocabulary of {vocab}")
+    }
+    Ok(())
+}
+
+struct WeightedNll {
+    per_row: LinearNll,
+    weights: Vec<f32>,
+    want_h: bool,
+    want_w: bool,
+    /// The gradients of `h` and `w` for an incoming gradient of 1, from the forward pass.
+    grads: Mutex<(Option<Tensor>, Option<Tensor>)>,
+}
+
+impl CustomOp2 for WeightedNll {
+    fn name(&self) -> &'static str {
+        "gatt-linear-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = contiguous_f32(s1, l1, "linear cross-entropy")?;
+        let w = Weight::of(s2, l2)?;
+        let (targets, weights) = (&self.per_row.targets, &self.weights);
+        let n = targets.len();
+        if h.len() != n * w.hidden {
+            bail!(
+                "linear cross-entropy: {:?} rows for {:?} weights",
+                l1.shape(),
+                l2.shape()
+            )
+        }
+        let (hidden, vocab) = (w.hidden, w.vocab);
+        let mut loss = 0f64;
+        let mut grad_h = if self.want_h {
+            vec![0f32; n * hidden]
+        } else {
+            Vec::new()
+        };
+        let mut grad_w = if self.want_w {
+            vec![0f32; hidden * vocab]
+        } else {
+            Vec::new()
+        };
+        let grads = self.want_h || self.want_w;
+        let mut buf = vec![0f32; BLOCK_ROWS.min(n) * vocab];
+        for start in (0..n).step_by(BLOCK_ROWS) {
+            let m = BLOCK_ROWS.min(n - start);
+            let block = &mut buf[..m * vocab];
+            let h_rows = &h[start * hidden..(start + m) * hidden];
+            logits(h_rows, &w, block);
+            let (targets, weights) = (&targets[start..start + m], &weights[start..start + m]);
+            let block_loss = Mutex::new(0f64);
+            for_row_blocks_by_work(block, vocab, vocab * 5, |first, rows| {
+                let mut part = 0f64;
+                for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
+                    let (r, t) = (first + i, targets[first + i] as usize);
+                    let target_logit = row[t];
+                    let (max, lse) = max_and_lse(row);
+                    part += weights[r] as f64 * (lse - target_logit) as f64;
+                    if grads {
+                        // The row holds exp(x - max); d loss / d logits is
+                        // weight * (softmax - one_hot(target)).
+                        let to_prob = weights[r] * (max - lse).exp();
+                        row.iter_mut().for_each(|x| *x *= to_prob);
+                        row[t] -= weights[r];
+                    }
+                }
+                *block_loss.lock().expect("loss lock") += part;
+            });
+            loss += block_loss.into_inner().expect("loss lock");
+            if self.want_h {
+                rows_grad(block, &w, &mut grad_h[start * hidden..(start + m) * hidden]);
+            }
+            if self.want_w {
+                weights_grad(h_rows, block, &w, &mut grad_w, start > 0);
+            }
+        }
+        let device = candle_core::Device::Cpu;
+        let grad_h = if self.want_h {
+            Some(Tensor::from_vec(grad_h, (n, hidden), &device)?)
+        } else {
+            None
+        };
+        let grad_w = if self.want_w {
+            Some(Tensor::from_vec(grad_w, (hidden, vocab), &device)?)
+        } else {
+            None
+        };
+        *self.grads.lock().expect("gradients lock") = (grad_h, grad_w);
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        _h: &Tensor,
+        _w: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let (grad_h, grad_w) = self.grads.lock().expect("gradients lock").clone();
+        let scaled = |t: Option<Tensor>| match t {
+            Some(t) if g != 1.0 => t.affine(g as f64, 0.0).map(Some),
+            t => Ok(t),
+        };
+        Ok((scaled(grad_h)?, scaled(grad_w)?))
     }
 }
 
@@ -358,6 +552,58 @@ mod tests {
             .unwrap();
         assert!(g.get(h.as_tensor()).is_some());
         assert!(g.get(&frozen).is_none());
+    }
+
+    /// The weighted sum equals the per-row op times the weights, and its gradients
+    /// (computed in the forward pass, scaled by the incoming gradient) equal the per-row
+    /// op's; a frozen weight gets none, and a second backward pass gives the same.
+    #[test]
+    fn weighted_sum_equals_per_row_losses_times_weights() {
+        let dev = Device::Cpu;
+        let (n, hidden, vocab) = (BLOCK_ROWS + 29, 16, 257);
+        let h = Var::randn(0f32, 1.0, (n, hidden), &dev).unwrap();
+        let embed = Var::randn(0f32, 1.0, (vocab, hidden), &dev).unwrap();
+        let w = embed.as_tensor().t().unwrap();
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 31 + 7) % vocab) as u32).collect();
+        let weights: Vec<f32> = (0..n).map(|i| 0.01 + (i % 5) as f32 * 0.02).collect();
+        let wt = Tensor::from_vec(weights.clone(), n, &dev).unwrap();
+        // A scale on the loss checks that the backward pass applies its incoming gradient.
+        let ours =
+            (linear_cross_entropy(h.as_tensor(), &w, &targets, &weights).unwrap() * 3.0).unwrap();
+        let theirs = ((linear_nll(h.as_tensor(), &w, &targets).unwrap() * &wt)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            * 3.0)
+            .unwrap();
+        let (a, b) = (
+            ours.to_scalar::<f32>().unwrap(),
+            theirs.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-4 * b.abs(), "{a} vs {b}");
+        let g_ours = ours.backward().unwrap();
+        let g_theirs = theirs.backward().unwrap();
+        for v in [h.as_tensor(), embed.as_tensor()] {
+            let (x, y) = (g_ours.get(v).unwrap(), g_theirs.get(v).unwrap());
+            assert!(max_diff(x, y) < 1e-5, "{}", max_diff(x, y));
+        }
+        let again = ours.backward().unwrap();
+        let d = max_diff(
+            again.get(h.as_tensor()).unwrap(),
+            g_ours.get(h.as_tensor()).unwrap(),
+        );
+        assert_eq!(d, 0.0);
+        let frozen = Tensor::randn(0f32, 1.0, (hidden, vocab), &dev).unwrap();
+        let g = linear_cross_entropy(h.as_tensor(), &frozen, &targets, &weights)
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(g.get(h.as_tensor()).is_some());
+        assert!(g.get(&frozen).is_none());
+        let e = linear_cross_entropy(h.as_tensor(), &frozen, &targets, &weights[1..])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("weights"), "{e}");
     }
 
     #[test]

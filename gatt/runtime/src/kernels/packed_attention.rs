@@ -13,7 +13,7 @@ use super::softmax::{softmax_grad_in_place, softmax_in_place};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// `q` (1, heads, T, hd), `k` and `v` (1, kv_heads, T, hd) with `T` the sum of
 /// `segments` (the sequences' lengths, in order): returns (1, heads, T, hd).
@@ -27,7 +27,7 @@ pub fn packed(
     let op = Packed {
         segments: segments.to_vec(),
         scale,
-        probs: Mutex::new(Vec::new()),
+        probs: Mutex::new(Arc::new(Vec::new())),
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -36,8 +36,9 @@ pub fn packed(
 struct Packed {
     segments: Vec<usize>,
     scale: f32,
-    /// The forward pass's probabilities, block (segment, head) after block.
-    probs: Mutex<Vec<f32>>,
+    /// The forward pass's probabilities, block (segment, head) after block; shared with
+    /// the backward pass, not copied (14 MB a layer at 2,048 tokens of 200-token samples).
+    probs: Mutex<Arc<Vec<f32>>>,
 }
 
 /// A row-major matrix view: (pointer, row stride, column stride).
@@ -199,7 +200,7 @@ impl CustomOp3 for Packed {
                 );
             }
         });
-        *self.probs.lock().expect("probabilities lock") = probs;
+        *self.probs.lock().expect("probabilities lock") = Arc::new(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -211,8 +212,8 @@ impl CustomOp3 for Packed {
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Copied, not taken: a second backward pass over the same graph still works.
-        let probs = self.probs.lock().expect("probabilities lock").clone();
+        // Shared, not taken: a second backward pass over the same graph still works.
+        let probs = Arc::clone(&self.probs.lock().expect("probabilities lock"));
         let back = PackedGrad {
             fwd: self,
             probs,
@@ -236,7 +237,7 @@ impl CustomOp3 for Packed {
 /// The backward pass: inputs (d out, q, v), with k and the probabilities held here.
 struct PackedGrad<'a> {
     fwd: &'a Packed,
-    probs: Vec<f32>,
+    probs: Arc<Vec<f32>>,
     k: Tensor,
 }
 

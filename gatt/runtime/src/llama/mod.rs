@@ -307,6 +307,30 @@ impl Model {
         logp.gather(&t, 1)?.squeeze(1)?.neg()
     }
 
+    /// `sum_i weights[i] * nll_i` of the rows' targets, a scalar f32 in nats (a
+    /// micro-batch's share of the training loss; `weights`: (n,) f32). On the CPU with
+    /// dense output weights one op that computes its gradients in the forward pass
+    /// (`kernels::cross_entropy::linear_cross_entropy`); otherwise [`Model::target_nll`]
+    /// times the weights, summed.
+    pub fn weighted_target_nll(
+        &self,
+        rows: &Tensor,
+        targets: &[u32],
+        weights: &Tensor,
+    ) -> Result<Tensor> {
+        let out = &self.output;
+        if let (Weight::Dense(w), None, None, true) = (
+            &out.weight,
+            &out.bias,
+            &out.lora,
+            rows.device().is_cpu() && rows.dtype() == DType::F32,
+        ) {
+            let weights = weights.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            return cross_entropy::linear_cross_entropy(rows, w, targets, &weights);
+        }
+        (self.target_nll(rows, targets)? * weights)?.sum_all()
+    }
+
     fn hidden(
         &self,
         tokens: &Tensor,

@@ -4,8 +4,8 @@
 //! token mean counts once, so long replies do not dominate).
 //!
 //! Only the rows that carry loss go through the output projection, and on the CPU a block
-//! of them at a time ([`Model::target_nll`]): neither the vocabulary-sized logits of
-//! every position nor those of all loss rows are ever built.
+//! of them at a time ([`Model::weighted_target_nll`]): neither the vocabulary-sized logits
+//! of every position nor those of all loss rows are ever built.
 
 use super::data::Example;
 use crate::llama::{pad_prompts, Model};
@@ -171,9 +171,8 @@ impl MicroBatch {
     }
 }
 
-/// Per-target negative log-likelihood (n_loss,), f32, in nats: cross-entropy of the
-/// logits of `rows` against `targets`.
-pub fn token_nll(model: &Model, b: &MicroBatch) -> Result<Tensor> {
+/// The final hidden states of the micro-batch's loss rows, (n_loss, hidden).
+fn loss_rows(model: &Model, b: &MicroBatch) -> Result<Tensor> {
     let h = match &b.sequences {
         Sequences::Padded(pad) => model.hidden_states(&b.tokens, &b.positions, pad)?,
         Sequences::Packed(lengths) => {
@@ -181,13 +180,19 @@ pub fn token_nll(model: &Model, b: &MicroBatch) -> Result<Tensor> {
         }
     };
     let (bs, t, hidden) = h.dims3()?;
-    let rows = h.reshape((bs * t, hidden))?.index_select(&b.rows, 0)?;
-    model.target_nll(&rows, &b.targets)
+    h.reshape((bs * t, hidden))?.index_select(&b.rows, 0)
 }
 
-/// This micro-batch's share of the step loss (a scalar to call `backward` on).
+/// Per-target negative log-likelihood (n_loss,), f32, in nats: cross-entropy of the
+/// logits of `rows` against `targets`.
+pub fn token_nll(model: &Model, b: &MicroBatch) -> Result<Tensor> {
+    model.target_nll(&loss_rows(model, b)?, &b.targets)
+}
+
+/// This micro-batch's share of the step loss (a scalar to call `backward` on): each
+/// target's negative log-likelihood times its weight, summed.
 pub fn weighted_loss(model: &Model, b: &MicroBatch) -> Result<Tensor> {
-    (token_nll(model, b)? * &b.weights)?.sum_all()
+    model.weighted_target_nll(&loss_rows(model, b)?, &b.targets, &b.weights)
 }
 
 #[cfg(test)]
