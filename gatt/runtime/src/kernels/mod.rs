@@ -6,7 +6,7 @@
 //! | kernel | job |
 //! |---|---|
 //! | [`qmatvec`] | products of GGUF-quantized weights (Q4_1/Q8_0) with activations |
-//! | [`cross_entropy`] | the output projection and cross-entropy of the loss rows in one op, a block of rows at a time (training) |
+//! | [`cross_entropy`] | the output projection and cross-entropy of the loss rows in one op, a block of rows at a time, gradients in the forward pass (training) |
 //! | [`lora_linear`] | a frozen linear layer and its LoRA adapter in one op, with its backward pass (training) |
 //! | [`matmul`] | f32 products with size-aware threading (`gemm`) |
 //! | [`norm`] | RMS norm, forward and backward |
@@ -14,6 +14,7 @@
 //! | [`swiglu`] | the SiLU gate of the MLP |
 //! | [`softmax`] | causal softmax for training (and prompts off the CPU) |
 //! | [`packed_attention`] | attention over sequences packed end to end (training) |
+//! | [`tile`] | the attention's small products in 6 x 16 register tiles, skipping the causal zeros |
 //! | [`decode_attention`] | inference attention against the KV cache, row by row: decoding steps and prompts alike, so a kept cache changes nothing |
 //! | [`exp`] | vectorized `exp` shared by the softmax, the SiLU gate and the sampler |
 //! | [`rows`] | row-block helpers the kernels share |
@@ -30,3 +31,4 @@ pub(crate) mod rope;
 pub(crate) mod rows;
 pub(crate) mod softmax;
 pub(crate) mod swiglu;
+pub(crate) mod tile;

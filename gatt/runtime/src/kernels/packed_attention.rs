@@ -5,13 +5,14 @@
 //! product (the weights' gradients too) instead of one per sequence. The attention is
 //! what must stay per sequence; done with candle's slices, the backward pass of each
 //! slice allocates a zero tensor the size of the whole batch, for every sequence, head
-//! group and layer. Here each (sequence, head) block is multiplied in place with gemm;
-//! the probabilities are kept from the forward pass for the backward pass. CPU only.
+//! group and layer. Here each (sequence, key head) is one task: its products run in
+//! tiles that skip the future of each query (`tile`), and the probabilities are kept
+//! from the forward pass for the backward pass. CPU only.
 
 use super::rows::contiguous_f32;
 use super::softmax::{softmax_grad_in_place, softmax_in_place};
+use super::tile::{product, Causal, Strided, COLS};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -41,52 +42,6 @@ struct Packed {
     probs: Mutex<Arc<Vec<f32>>>,
 }
 
-/// A row-major matrix view: (pointer, row stride, column stride).
-#[derive(Clone, Copy)]
-struct View(*const f32, isize, isize);
-
-impl View {
-    fn rows(p: *const f32, row_len: usize) -> Self {
-        View(p, row_len as isize, 1)
-    }
-
-    fn t(self) -> Self {
-        View(self.0, self.2, self.1)
-    }
-}
-
-/// `dst (m x n, row stride n) = a (m x k) b (k x n)`, or `+=` with `accumulate`.
-///
-/// # Safety
-/// The views must address m x k and k x n readable elements, `dst` m x n writable ones
-/// that no other thread touches meanwhile.
-unsafe fn mm(m: usize, n: usize, k: usize, dst: *mut f32, a: View, b: View, accumulate: bool) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        n as isize,
-        accumulate,
-        a.0,
-        a.2,
-        a.1,
-        b.0,
-        b.2,
-        b.1,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
-}
-
 /// A buffer written by several tasks at disjoint places.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);
@@ -101,7 +56,14 @@ impl Shared {
     }
 }
 
-/// Offsets of each segment's first token and of its probability blocks.
+/// Row stride of a segment's score and probability blocks: its length rounded up to
+/// whole tiles of columns.
+fn padded(n: usize) -> usize {
+    n.div_ceil(COLS) * COLS
+}
+
+/// Offsets of each segment's first token and of its probability blocks (nh blocks of
+/// n rows x `padded(n)` per segment).
 struct Plan {
     starts: Vec<usize>,
     prob_starts: Vec<usize>,
@@ -116,7 +78,7 @@ impl Packed {
             starts.push(t);
             prob_starts.push(p);
             t += n;
-            p += nh * n * n;
+            p += nh * n * padded(n);
         }
         Plan {
             starts,
@@ -124,15 +86,25 @@ impl Packed {
             prob_len: p,
         }
     }
+
+    /// One task per (segment, key head): the units both passes share out to threads.
+    fn tasks(&self, nkv: usize) -> Vec<(usize, usize)> {
+        (0..self.segments.len())
+            .flat_map(|g| (0..nkv).map(move |kh| (g, kh)))
+            .collect()
+    }
 }
 
-/// Causal softmax of each row of an n x n block of scores, in place (zero above the
-/// diagonal).
-fn causal_softmax(s: &mut [f32], n: usize, scale: f32) {
-    for (i, row) in s.chunks_mut(n).enumerate() {
-        softmax_in_place(&mut row[..=i], scale);
-        row[i + 1..].fill(0.0);
+/// `n` rows of `hd` from `src` (row stride `hd`), transposed: hd rows of `ld` floats,
+/// columns past n zero.
+fn transposed(src: &[f32], n: usize, hd: usize, ld: usize) -> Vec<f32> {
+    let mut t = vec![0f32; hd * ld];
+    for (j, row) in src[..n * hd].chunks_exact(hd).enumerate() {
+        for (d, &x) in row.iter().enumerate() {
+            t[d * ld + j] = x;
+        }
     }
+    t
 }
 
 impl CustomOp3 for Packed {
@@ -174,30 +146,40 @@ impl CustomOp3 for Packed {
         let mut probs = vec![0f32; plan.prob_len];
         let mut out = vec![0f32; nh * t * hd];
         let (pp, op) = (Shared(probs.as_mut_ptr()), Shared(out.as_mut_ptr()));
-        let tasks: Vec<(usize, usize)> = (0..self.segments.len())
-            .flat_map(|g| (0..nh).map(move |h| (g, h)))
-            .collect();
-        tasks.par_iter().for_each(|&(g, h)| {
+        self.tasks(nkv).par_iter().for_each(|&(g, kh)| {
             let (n, o) = (self.segments[g], plan.starts[g]);
-            let kh = h / rep;
-            let qh = View::rows(q[(h * t + o) * hd..].as_ptr(), hd);
-            let kk = View::rows(k[(kh * t + o) * hd..].as_ptr(), hd);
-            let vv = View::rows(v[(kh * t + o) * hd..].as_ptr(), hd);
-            // SAFETY: block (g, h) of `probs` and rows o..o+n of head h of `out` belong
-            // to this task alone; the inputs hold n rows of hd from these offsets.
-            unsafe {
-                let p = pp.at(plan.prob_starts[g] + h * n * n);
-                mm(n, n, hd, p, qh, kk.t(), false);
-                causal_softmax(std::slice::from_raw_parts_mut(p, n * n), n, self.scale);
-                mm(
-                    n,
-                    hd,
-                    n,
-                    op.at((h * t + o) * hd),
-                    View::rows(p, n),
-                    vv,
-                    false,
-                );
+            let ld = padded(n);
+            let kt = transposed(&k[(kh * t + o) * hd..], n, hd, ld);
+            let vv = v[(kh * t + o) * hd..].as_ptr();
+            for h in kh * rep..(kh + 1) * rep {
+                let qh = Strided::rows(q[(h * t + o) * hd..].as_ptr(), hd);
+                // SAFETY: block (g, h) of `probs` (n x ld) and rows o..o+n of head h of
+                // `out` belong to this task alone; `qh` and `vv` address n rows of hd,
+                // `kt` hd rows of ld.
+                unsafe {
+                    let p = pp.at(plan.prob_starts[g] + h * n * ld);
+                    // Scores of each query against its past (whole tiles at the diagonal).
+                    product(
+                        n,
+                        ld,
+                        hd,
+                        qh,
+                        kt.as_ptr(),
+                        ld,
+                        p,
+                        ld,
+                        false,
+                        Causal::Columns,
+                    );
+                    let block = std::slice::from_raw_parts_mut(p, n * ld);
+                    for (i, row) in block.chunks_exact_mut(ld).enumerate() {
+                        softmax_in_place(&mut row[..=i], self.scale);
+                        row[i + 1..].fill(0.0);
+                    }
+                    let out_h = op.at((h * t + o) * hd);
+                    let ph = Strided::rows(p, ld);
+                    product(n, hd, n, ph, vv, hd, out_h, hd, false, Causal::DepthUpTo);
+                }
             }
         });
         *self.probs.lock().expect("probabilities lock") = Arc::new(probs);
@@ -276,33 +258,66 @@ impl CustomOp3 for PackedGrad<'_> {
         let scale = self.fwd.scale;
         // One task per (segment, key head): it alone writes that head's dk and dv rows
         // and its query heads' dq rows.
-        let tasks: Vec<(usize, usize)> = (0..self.fwd.segments.len())
-            .flat_map(|g| (0..nkv).map(move |kh| (g, kh)))
-            .collect();
-        tasks.par_iter().for_each(|&(g, kh)| {
+        self.fwd.tasks(nkv).par_iter().for_each(|&(g, kh)| {
             let (n, o) = (self.fwd.segments[g], plan.starts[g]);
-            let kk = View::rows(k[(kh * t + o) * hd..].as_ptr(), hd);
-            let vv = View::rows(v[(kh * t + o) * hd..].as_ptr(), hd);
-            let mut ds = vec![0f32; n * n];
+            let ld = padded(n);
+            let kk = k[(kh * t + o) * hd..].as_ptr();
+            let vt = transposed(&v[(kh * t + o) * hd..], n, hd, ld);
+            let mut ds = vec![0f32; n * ld];
             for h in kh * rep..(kh + 1) * rep {
-                let p = &self.probs[plan.prob_starts[g] + h * n * n..][..n * n];
-                let dout = View::rows(d_out[(h * t + o) * hd..].as_ptr(), hd);
-                let qh = View::rows(q[(h * t + o) * hd..].as_ptr(), hd);
-                // SAFETY: `ds` is this task's own n x n buffer; the rows written below
-                // (head h of dq, head kh of dk and dv, segment g) belong to this task.
+                let p = &self.probs[plan.prob_starts[g] + h * n * ld..][..n * ld];
+                let dout = &d_out[(h * t + o) * hd..];
+                let qh = q[(h * t + o) * hd..].as_ptr();
+                let (dq, dk, dv) = (
+                    base.at((h * t + o) * hd),
+                    base.at(nq + (kh * t + o) * hd),
+                    base.at(nq + nk + (kh * t + o) * hd),
+                );
+                let first = h == kh * rep;
+                let (dsv, pv) = (
+                    Strided::rows(ds.as_ptr(), ld),
+                    Strided::rows(p.as_ptr(), ld),
+                );
+                // SAFETY: `ds` is this task's own n x ld buffer, `vt` hd x ld; `dout`,
+                // `qh` and `kk` address n rows of hd; the rows written (head h of dq,
+                // head kh of dk and dv, segment g) belong to this task.
                 unsafe {
-                    // dP = dO V^T, then dS = scale * P * (dP - rowsum(dP * P)).
-                    mm(n, n, hd, ds.as_mut_ptr(), dout, vv.t(), false);
-                    for (drow, prow) in ds.chunks_mut(n).zip(p.chunks(n)) {
-                        softmax_grad_in_place(prow, drow, scale);
+                    // dP = dO V^T (row i: columns up to i), then
+                    // dS = scale * P * (dP - rowsum(dP * P)), zero past the diagonal.
+                    let dov = Strided::rows(dout.as_ptr(), hd);
+                    let dsp = ds.as_mut_ptr();
+                    product(
+                        n,
+                        ld,
+                        hd,
+                        dov,
+                        vt.as_ptr(),
+                        ld,
+                        dsp,
+                        ld,
+                        false,
+                        Causal::Columns,
+                    );
+                    for (i, (drow, prow)) in
+                        ds.chunks_exact_mut(ld).zip(p.chunks_exact(ld)).enumerate()
+                    {
+                        softmax_grad_in_place(&prow[..=i], &mut drow[..=i], scale);
+                        drow[i + 1..].fill(0.0);
                     }
-                    let dq = base.at((h * t + o) * hd);
-                    let dk = base.at(nq + (kh * t + o) * hd);
-                    let dv = base.at(nq + nk + (kh * t + o) * hd);
-                    let first = h == kh * rep;
-                    mm(n, hd, n, dq, View::rows(ds.as_ptr(), n), kk, false);
-                    mm(n, hd, n, dk, View::rows(ds.as_ptr(), n).t(), qh, !first);
-                    mm(n, hd, n, dv, View::rows(p.as_ptr(), n).t(), dout, !first);
+                    product(n, hd, n, dsv, kk, hd, dq, hd, false, Causal::DepthUpTo);
+                    product(n, hd, n, dsv.t(), qh, hd, dk, hd, !first, Causal::DepthFrom);
+                    product(
+                        n,
+                        hd,
+                        n,
+                        pv.t(),
+                        dout.as_ptr(),
+                        hd,
+                        dv,
+                        hd,
+                        !first,
+                        Causal::DepthFrom,
+                    );
                 }
             }
         });
@@ -354,17 +369,23 @@ mod tests {
         Tensor::cat(&outs, 1).unwrap().unsqueeze(0).unwrap()
     }
 
+    /// Short sequences with a narrow head, and longer ones with the default model's head
+    /// size (whole tiles of 16 columns, several tiles of 6 rows, a partial last one).
     #[test]
     fn values_and_gradients_equal_each_sequence_alone() {
+        equal_each_sequence_alone(&[5, 1, 9, 3], 4, 2, 8);
+        equal_each_sequence_alone(&[40, 17, 33], 6, 2, 64);
+    }
+
+    fn equal_each_sequence_alone(segments: &[usize], nh: usize, nkv: usize, hd: usize) {
         let dev = Device::Cpu;
-        let segments = [5usize, 1, 9, 3];
-        let (nh, nkv, hd, t) = (4, 2, 8, segments.iter().sum::<usize>());
+        let t = segments.iter().sum::<usize>();
         let q = Var::randn(0f32, 1.0, (1, nh, t, hd), &dev).unwrap();
         let k = Var::randn(0f32, 1.0, (1, nkv, t, hd), &dev).unwrap();
         let v = Var::randn(0f32, 1.0, (1, nkv, t, hd), &dev).unwrap();
         let probe = Tensor::randn(0f32, 1.0, (1, nh, t, hd), &dev).unwrap();
-        let ours = packed(q.as_tensor(), k.as_tensor(), v.as_tensor(), &segments, 0.3).unwrap();
-        let theirs = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), &segments, 0.3);
+        let ours = packed(q.as_tensor(), k.as_tensor(), v.as_tensor(), segments, 0.3).unwrap();
+        let theirs = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), segments, 0.3);
         assert!(max_diff(&ours, &theirs) < 1e-5);
         let g1 = probe_grads(&ours, &probe);
         let g2 = probe_grads(&theirs, &probe);
