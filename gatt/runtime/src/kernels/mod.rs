@@ -16,9 +16,11 @@
 //! | [`packed_attention`] | attention over sequences packed end to end (training) |
 //! | [`tile`] | the attention's small products in 6 x 16 register tiles, skipping the causal zeros |
 //! | [`decode_attention`] | inference attention against the KV cache, row by row: decoding steps and prompts alike, so a kept cache changes nothing |
+//! | [`adamw`] | AdamW's update of one parameter in place, the clipping scale folded in (training) |
 //! | [`exp`] | vectorized `exp` shared by the softmax, the SiLU gate and the sampler |
 //! | [`rows`] | row-block helpers the kernels share |
 
+pub(crate) mod adamw;
 pub(crate) mod cross_entropy;
 pub(crate) mod decode_attention;
 pub(crate) mod exp;

@@ -304,7 +304,7 @@ impl Trainer {
             true,
             gatt::seed::derive(self.opts.seed, Stream::TrainDropout, self.step as u64),
         );
-        let (mut grads, loss, tokens, loss_tokens) = self.gradients(&micro, totals)?;
+        let (grads, loss, tokens, loss_tokens) = self.gradients(&micro, totals)?;
         if !loss.is_finite() {
             return Err(Error::runtime(format!(
                 "the loss is {loss} at step {}; nothing was updated. Lower the learning rate, \
@@ -312,11 +312,11 @@ impl Trainer {
                 self.step + 1
             )));
         }
-        let grad_norm = optim::clip_grad_norm(&mut grads, self.opts.max_grad_norm)
-            .map_err(candle("clipping"))?;
+        let grad_norm = optim::grad_norm(&grads).map_err(candle("gradient norm"))?;
+        let clip = optim::clip_scale(grad_norm, self.opts.max_grad_norm);
         let lr = self.schedule.lr(self.step);
         self.opt
-            .step(&self.params, &grads, lr)
+            .step(&self.params, &grads, lr, clip)
             .map_err(candle("optimizer step"))?;
         self.step += 1;
         let per_epoch = self.plan.len() as f64 / self.opts.epochs as f64;
@@ -391,7 +391,8 @@ impl Trainer {
         Ok((grads, loss, tokens, loss_tokens))
     }
 
-    /// Trainable tensors and optimizer moments (for a checkpoint).
+    /// Trainable tensors and optimizer moments (for a checkpoint). They share storage with
+    /// the trainer's, which the next step updates in place: write them before it.
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for (i, p) in self.params.iter().enumerate() {
@@ -420,8 +421,11 @@ impl Trainer {
             p.var
                 .set(get(format!("param.{}", p.name))?)
                 .map_err(candle("restoring a weight"))?;
-            self.opt.m[i] = get(format!("adam_m.{}", p.name))?.clone();
-            self.opt.v[i] = get(format!("adam_v.{}", p.name))?.clone();
+            // Copies: the optimizer updates its moments in place, and `tensors` is the
+            // caller's.
+            let copy = |t: &Tensor| t.copy().map_err(candle("restoring a moment"));
+            self.opt.m[i] = copy(get(format!("adam_m.{}", p.name))?)?;
+            self.opt.v[i] = copy(get(format!("adam_v.{}", p.name))?)?;
         }
         self.opt.t = step;
         self.step = step;
