@@ -162,24 +162,14 @@ pub fn step(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, c: Constants) -> Res
     let scale = (c.grad_scale != 1.0).then_some(c.grad_scale as f32);
     // A transposed gradient (a tied embedding's) is copied once into order.
     let g = &g.contiguous()?;
-    m.inplace_op2(
-        g,
-        &Moment {
-            beta: c.beta1 as f32,
-            rest: (1.0 - c.beta1) as f32,
-            scale,
-            square: false,
-        },
-    )?;
-    v.inplace_op2(
-        g,
-        &Moment {
-            beta: c.beta2 as f32,
-            rest: (1.0 - c.beta2) as f32,
-            scale,
-            square: true,
-        },
-    )?;
+    let moment = |beta: f64, square| Moment {
+        beta: beta as f32,
+        rest: (1.0 - beta) as f32,
+        scale,
+        square,
+    };
+    m.inplace_op2(g, &moment(c.beta1, false))?;
+    v.inplace_op2(g, &moment(c.beta2, true))?;
     w.inplace_op3(
         m,
         v,

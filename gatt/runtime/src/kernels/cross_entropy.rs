@@ -85,34 +85,55 @@ fn parallelism() -> Parallelism {
     }
 }
 
+/// `dst (m x n, rows n apart) = a (m x k) b (k x n)`, or `+=` with `accumulate`; each
+/// operand given as (elements, row stride, column stride), on candle's threads.
+///
+/// # Safety
+/// The operands must address m x k and k x n readable elements by their strides, `dst`
+/// m x n writable ones.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: (&[f32], isize, isize),
+    b: (&[f32], isize, isize),
+) {
+    gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        1,
+        n as isize,
+        accumulate,
+        a.0.as_ptr(),
+        a.2,
+        a.1,
+        b.0.as_ptr(),
+        b.2,
+        b.1,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        parallelism(),
+    )
+}
+
 /// `dst (m x vocab) = h_rows (m x hidden) w`.
 fn logits(h_rows: &[f32], w: &Weight, dst: &mut [f32]) {
     let m = h_rows.len() / w.hidden;
     debug_assert_eq!(dst.len(), m * w.vocab);
+    let (hidden, vocab) = (w.hidden, w.vocab);
     // SAFETY: `h_rows` holds m x hidden contiguous elements, `w` addresses hidden x vocab
     // elements by its strides (from candle's layout), `dst` holds m x vocab.
     unsafe {
-        gemm(
-            m,
-            w.vocab,
-            w.hidden,
-            dst.as_mut_ptr(),
-            1,
-            w.vocab as isize,
-            false,
-            h_rows.as_ptr(),
-            1,
-            w.hidden as isize,
-            w.data.as_ptr(),
-            w.cs,
-            w.rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
+        let a = (h_rows, hidden as isize, 1);
+        product(m, vocab, hidden, dst, false, a, (w.data, w.rs, w.cs))
     }
 }
 
@@ -120,30 +141,12 @@ fn logits(h_rows: &[f32], w: &Weight, dst: &mut [f32]) {
 fn rows_grad(d_logits: &[f32], w: &Weight, grad_h: &mut [f32]) {
     let m = d_logits.len() / w.vocab;
     debug_assert_eq!(grad_h.len(), m * w.hidden);
+    let (hidden, vocab) = (w.hidden, w.vocab);
     // SAFETY: `d_logits` is m x vocab contiguous, `w` addresses hidden x vocab elements
     // by its strides (read transposed), `grad_h` holds m x hidden.
     unsafe {
-        gemm(
-            m,
-            w.hidden,
-            w.vocab,
-            grad_h.as_mut_ptr(),
-            1,
-            w.hidden as isize,
-            false,
-            d_logits.as_ptr(),
-            1,
-            w.vocab as isize,
-            w.data.as_ptr(),
-            w.rs,
-            w.cs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
+        let a = (d_logits, vocab as isize, 1);
+        product(m, hidden, vocab, grad_h, false, a, (w.data, w.cs, w.rs))
     }
 }
 
@@ -159,30 +162,12 @@ fn weights_grad(
     let m = d_logits.len() / w.vocab;
     debug_assert_eq!(h_rows.len(), m * w.hidden);
     debug_assert_eq!(grad_w.len(), w.hidden * w.vocab);
+    let (hidden, vocab) = (w.hidden, w.vocab);
     // SAFETY: `h_rows` is m x hidden contiguous (read transposed), `d_logits` m x vocab
     // contiguous, `grad_w` hidden x vocab.
     unsafe {
-        gemm(
-            w.hidden,
-            w.vocab,
-            m,
-            grad_w.as_mut_ptr(),
-            1,
-            w.vocab as isize,
-            accumulate,
-            h_rows.as_ptr(),
-            w.hidden as isize,
-            1,
-            d_logits.as_ptr(),
-            1,
-            w.vocab as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
+        let (a, b) = ((h_rows, 1, hidden as isize), (d_logits, vocab as isize, 1));
+        product(hidden, vocab, m, grad_w, accumulate, a, b)
     }
 }
 
