@@ -17,11 +17,10 @@
 //!
 //! CPU, f32; other devices use the composed ops.
 
-use super::matmul::num_threads;
+use super::matmul::{mm, M};
 use super::rows::{contiguous_f32, for_row_blocks_by_work};
 use crate::kernels::exp::exp_shifted_in_place;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 use std::sync::Mutex;
 
 /// Rows of logits alive at once (128 x 49,152 x 4 bytes: 25 MB).
@@ -60,6 +59,11 @@ struct Weight<'a> {
 }
 
 impl<'a> Weight<'a> {
+    /// The weights as a product operand.
+    fn view(&self) -> M<'a> {
+        M(self.data, self.rs, self.cs)
+    }
+
     fn of(storage: &'a CpuStorage, layout: &Layout) -> Result<Self> {
         let CpuStorage::F32(v) = storage else {
             bail!("linear cross-entropy: expected f32 weights")
@@ -78,76 +82,28 @@ impl<'a> Weight<'a> {
     }
 }
 
-fn parallelism() -> Parallelism {
-    match num_threads() {
-        t if t > 1 => Parallelism::Rayon(t),
-        _ => Parallelism::None,
-    }
-}
-
-/// `dst (m x n, rows n apart) = a (m x k) b (k x n)`, or `+=` with `accumulate`; each
-/// operand given as (elements, row stride, column stride), on candle's threads.
-///
-/// # Safety
-/// The operands must address m x k and k x n readable elements by their strides, `dst`
-/// m x n writable ones.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: (&[f32], isize, isize),
-    b: (&[f32], isize, isize),
-) {
-    gemm(
-        m,
-        n,
-        k,
-        dst.as_mut_ptr(),
-        1,
-        n as isize,
-        accumulate,
-        a.0.as_ptr(),
-        a.2,
-        a.1,
-        b.0.as_ptr(),
-        b.2,
-        b.1,
-        if accumulate { 1.0 } else { 0.0 },
-        1.0,
-        false,
-        false,
-        false,
-        parallelism(),
-    )
-}
-
 /// `dst (m x vocab) = h_rows (m x hidden) w`.
 fn logits(h_rows: &[f32], w: &Weight, dst: &mut [f32]) {
     let m = h_rows.len() / w.hidden;
     debug_assert_eq!(dst.len(), m * w.vocab);
-    let (hidden, vocab) = (w.hidden, w.vocab);
-    // SAFETY: `h_rows` holds m x hidden contiguous elements, `w` addresses hidden x vocab
-    // elements by its strides (from candle's layout), `dst` holds m x vocab.
-    unsafe {
-        let a = (h_rows, hidden as isize, 1);
-        product(m, vocab, hidden, dst, false, a, (w.data, w.rs, w.cs))
-    }
+    mm(
+        m,
+        w.vocab,
+        w.hidden,
+        dst,
+        0.0,
+        M::rows(h_rows, w.hidden),
+        w.view(),
+        1.0,
+    );
 }
 
 /// `grad_h (m x hidden) = d_logits (m x vocab) w^T`.
 fn rows_grad(d_logits: &[f32], w: &Weight, grad_h: &mut [f32]) {
     let m = d_logits.len() / w.vocab;
     debug_assert_eq!(grad_h.len(), m * w.hidden);
-    let (hidden, vocab) = (w.hidden, w.vocab);
-    // SAFETY: `d_logits` is m x vocab contiguous, `w` addresses hidden x vocab elements
-    // by its strides (read transposed), `grad_h` holds m x hidden.
-    unsafe {
-        let a = (d_logits, vocab as isize, 1);
-        product(m, hidden, vocab, grad_h, false, a, (w.data, w.cs, w.rs))
-    }
+    let a = M::rows(d_logits, w.vocab);
+    mm(m, w.hidden, w.vocab, grad_h, 0.0, a, w.view().t(), 1.0);
 }
 
 /// `grad_w (hidden x vocab) = h_rows (m x hidden)^T d_logits (m x vocab)`, or `+=` with
@@ -162,13 +118,9 @@ fn weights_grad(
     let m = d_logits.len() / w.vocab;
     debug_assert_eq!(h_rows.len(), m * w.hidden);
     debug_assert_eq!(grad_w.len(), w.hidden * w.vocab);
-    let (hidden, vocab) = (w.hidden, w.vocab);
-    // SAFETY: `h_rows` is m x hidden contiguous (read transposed), `d_logits` m x vocab
-    // contiguous, `grad_w` hidden x vocab.
-    unsafe {
-        let (a, b) = ((h_rows, 1, hidden as isize), (d_logits, vocab as isize, 1));
-        product(hidden, vocab, m, grad_w, accumulate, a, b)
-    }
+    let (a, b) = (M::rows(h_rows, w.hidden).t(), M::rows(d_logits, w.vocab));
+    let alpha = if accumulate { 1.0 } else { 0.0 };
+    mm(w.hidden, w.vocab, m, grad_w, alpha, a, b, 1.0);
 }
 
 /// Largest element and log-sum-exp of a row; the row is left holding `exp(x - max)`.

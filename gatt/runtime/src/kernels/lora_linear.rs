@@ -18,15 +18,11 @@
 //! merged copy lives until the backward pass (the size of the frozen weights once more).
 //! CPU, f32.
 
-use super::matmul::num_threads;
+use super::matmul::{mm, mm_new, num_threads, M, ONE_THREAD_BELOW};
 use super::rows::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 use std::sync::Mutex;
-
-/// Products with fewer multiply-adds than this run on the calling thread (as in
-/// `matmul.rs`).
-const ONE_THREAD_BELOW: usize = 4 << 20;
 
 /// Batches from this many rows merge the adapter into the weights (see the module doc):
 /// merging costs an in x out copy and an in x rank x out product, which a decoding step's
@@ -98,107 +94,6 @@ struct LoraLinear {
     xa: Mutex<Vec<f32>>,
     /// `W + s A B` laid out as `w`, when merged in the forward pass.
     merged: Mutex<Option<Vec<f32>>>,
-}
-
-/// A matrix operand as gemm reads it: elements, row stride, column stride.
-#[derive(Clone, Copy)]
-struct M<'a>(&'a [f32], isize, isize);
-
-impl<'a> M<'a> {
-    /// Row-major with rows of `n` elements.
-    fn rows(v: &'a [f32], n: usize) -> Self {
-        M(v, n as isize, 1)
-    }
-
-    fn t(self) -> Self {
-        M(self.0, self.2, self.1)
-    }
-}
-
-/// `dst (m x n, row-major) = alpha · dst + beta · a (m x k) b (k x n)`; `dst` is only
-/// read when `alpha` is not 0.
-#[allow(clippy::too_many_arguments)]
-fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], alpha: f32, a: M, b: M, beta: f32) {
-    assert!(dst.len() >= m * n, "lora linear: output too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        dst[..m * n].iter_mut().for_each(|v| *v *= alpha);
-        return;
-    }
-    // SAFETY: the operands come from contiguous buffers or candle layouts that address
-    // m x k and k x n elements of their slices; `dst` holds m x n initialized elements.
-    unsafe { gemm_into(m, n, k, dst.as_mut_ptr(), alpha, a, b, beta) }
-}
-
-/// `beta · a (m x k) b (k x n)` in a new m x n buffer that gemm writes directly, not
-/// cleared first (one pass less over memory gemm overwrites anyway).
-fn mm_new(m: usize, n: usize, k: usize, a: M, b: M, beta: f32) -> Vec<f32> {
-    if m == 0 || n == 0 || k == 0 {
-        return vec![0f32; m * n];
-    }
-    let mut v: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: operands as in `mm`; the spare capacity holds m x n elements; with alpha 0
-    // gemm does not read them and, k being positive, writes every one before set_len.
-    unsafe {
-        gemm_into(
-            m,
-            n,
-            k,
-            v.spare_capacity_mut().as_mut_ptr().cast(),
-            0.0,
-            a,
-            b,
-            beta,
-        );
-        v.set_len(m * n);
-    }
-    v
-}
-
-/// gemm's `dst = alpha · dst + beta · a b` (m x n, rows n apart), on candle's threads
-/// for large products, on the calling thread for small ones.
-///
-/// # Safety
-/// `dst` must address m x n writable elements (readable too when `alpha` is not 0); the
-/// operands must address m x k and k x n elements of their slices; k > 0.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    alpha: f32,
-    a: M,
-    b: M,
-    beta: f32,
-) {
-    let par = match num_threads() {
-        t if t > 1 && m * n * k >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
-        _ => Parallelism::None,
-    };
-    gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        n as isize,
-        alpha != 0.0,
-        a.0.as_ptr(),
-        a.2,
-        a.1,
-        b.0.as_ptr(),
-        b.2,
-        b.1,
-        alpha,
-        beta,
-        false,
-        false,
-        false,
-        par,
-    )
 }
 
 /// The frozen weights as a matrix operand (any strides).
