@@ -82,6 +82,26 @@ impl<'a> Weight<'a> {
     }
 }
 
+/// The hidden rows (n x hidden, contiguous) and the weights of either op's forward pass.
+fn operands<'a>(
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+    n: usize,
+) -> Result<(&'a [f32], Weight<'a>)> {
+    let h = contiguous_f32(s1, l1, "linear cross-entropy")?;
+    let w = Weight::of(s2, l2)?;
+    if h.len() != n * w.hidden {
+        bail!(
+            "linear cross-entropy: {:?} rows for {:?} weights",
+            l1.shape(),
+            l2.shape()
+        )
+    }
+    Ok((h, w))
+}
+
 /// `dst (m x vocab) = h_rows (m x hidden) w`.
 fn logits(h_rows: &[f32], w: &Weight, dst: &mut [f32]) {
     let m = h_rows.len() / w.hidden;
@@ -144,16 +164,8 @@ impl CustomOp2 for LinearNll {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let h = contiguous_f32(s1, l1, "linear cross-entropy")?;
-        let w = Weight::of(s2, l2)?;
         let n = self.targets.len();
-        if h.len() != n * w.hidden {
-            bail!(
-                "linear cross-entropy: {:?} rows for {:?} weights",
-                l1.shape(),
-                l2.shape()
-            )
-        }
+        let (h, w) = operands(s1, l1, s2, l2, n)?;
         let mut nll = vec![0f32; n];
         let mut lse = vec![0f32; n];
         let mut buf = vec![0f32; BLOCK_ROWS.min(n) * w.vocab];
@@ -328,17 +340,9 @@ impl CustomOp2 for WeightedNll {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let h = contiguous_f32(s1, l1, "linear cross-entropy")?;
-        let w = Weight::of(s2, l2)?;
         let (targets, weights) = (&self.per_row.targets, &self.weights);
         let n = targets.len();
-        if h.len() != n * w.hidden {
-            bail!(
-                "linear cross-entropy: {:?} rows for {:?} weights",
-                l1.shape(),
-                l2.shape()
-            )
-        }
+        let (h, w) = operands(s1, l1, s2, l2, n)?;
         let (hidden, vocab) = (w.hidden, w.vocab);
         let mut loss = 0f64;
         let mut grad_h = if self.want_h {
