@@ -287,10 +287,7 @@ pub fn linear_cross_entropy(
     check(h, w, targets)?;
     let h = h.contiguous()?;
     let op = WeightedNll {
-        per_row: LinearNll {
-            targets: targets.to_vec(),
-            lse: Mutex::new(Vec::new()),
-        },
+        targets: targets.to_vec(),
         weights: weights.to_vec(),
         want_h: h.track_op(),
         want_w: w.track_op(),
@@ -320,7 +317,7 @@ fn check(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<()> {
 }
 
 struct WeightedNll {
-    per_row: LinearNll,
+    targets: Vec<u32>,
     weights: Vec<f32>,
     want_h: bool,
     want_w: bool,
@@ -340,7 +337,7 @@ impl CustomOp2 for WeightedNll {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (targets, weights) = (&self.per_row.targets, &self.weights);
+        let (targets, weights) = (&self.targets, &self.weights);
         let n = targets.len();
         let (h, w) = operands(s1, l1, s2, l2, n)?;
         let (hidden, vocab) = (w.hidden, w.vocab);

@@ -309,6 +309,7 @@ mod tests {
     #[test]
     fn avx2_and_portable_tiles_agree() {
         if !has_avx2() {
+            eprintln!("no AVX2 on this CPU: only the portable tile is compared, above");
             return;
         }
         let (d, ld) = (37, 16);

@@ -292,19 +292,27 @@ impl Model {
     /// cross-entropy are one op that never holds all n x vocab logits
     /// (`kernels::cross_entropy`); otherwise the logits, their log-softmax and a gather.
     pub fn target_nll(&self, rows: &Tensor, targets: &[u32]) -> Result<Tensor> {
-        let out = &self.output;
-        if let (Weight::Dense(w), None, None, true) = (
-            &out.weight,
-            &out.bias,
-            &out.lora,
-            rows.device().is_cpu() && rows.dtype() == DType::F32,
-        ) {
+        if let Some(w) = self.fused_output(rows) {
             return cross_entropy::linear_nll(rows, w, targets);
         }
         let n = targets.len();
         let t = Tensor::from_vec(targets.to_vec(), (n, 1), rows.device())?;
         let logp = candle_nn::ops::log_softmax(&self.logits(rows)?, candle_core::D::Minus1)?;
         logp.gather(&t, 1)?.squeeze(1)?.neg()
+    }
+
+    /// The output weights (hidden, vocab) when the projection and the cross-entropy of
+    /// `rows` can be one op: dense weights without bias or adapter, f32 rows on the CPU.
+    fn fused_output(&self, rows: &Tensor) -> Option<&Tensor> {
+        let out = &self.output;
+        match (&out.weight, &out.bias, &out.lora) {
+            (Weight::Dense(w), None, None)
+                if rows.device().is_cpu() && rows.dtype() == DType::F32 =>
+            {
+                Some(w)
+            }
+            _ => None,
+        }
     }
 
     /// `sum_i weights[i] * nll_i` of the rows' targets, a scalar f32 in nats (a
@@ -318,13 +326,7 @@ impl Model {
         targets: &[u32],
         weights: &Tensor,
     ) -> Result<Tensor> {
-        let out = &self.output;
-        if let (Weight::Dense(w), None, None, true) = (
-            &out.weight,
-            &out.bias,
-            &out.lora,
-            rows.device().is_cpu() && rows.dtype() == DType::F32,
-        ) {
+        if let Some(w) = self.fused_output(rows) {
             let weights = weights.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             return cross_entropy::linear_cross_entropy(rows, w, targets, &weights);
         }
