@@ -18,10 +18,9 @@
 //! merged copy lives until the backward pass (the size of the frozen weights once more).
 //! CPU, f32.
 
-use super::matmul::{mm, mm_new, num_threads, M, ONE_THREAD_BELOW};
+use super::matmul::{gemm_parts, mm, mm_new, Raw, M};
 use super::rows::contiguous_f32;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
-use gemm::{gemm, Parallelism};
 use std::sync::Mutex;
 
 /// Batches from this many rows merge the adapter into the weights (see the module doc):
@@ -127,33 +126,18 @@ fn merge(
     }
     let mut merged = w.0[..k * out].to_vec();
     if rank > 0 {
-        let par = match num_threads() {
-            t if t > 1 && k * out * rank >= ONE_THREAD_BELOW => Parallelism::Rayon(t),
-            _ => Parallelism::None,
-        };
         // SAFETY: `merged` holds k x out elements at strides (rs, cs) (checked dense
         // above); `a` is k x rank and `b` rank x out, contiguous.
         unsafe {
-            gemm(
+            gemm_parts(
                 k,
                 out,
                 rank,
-                merged.as_mut_ptr(),
-                cs,
-                rs,
-                true,
-                a.as_ptr(),
-                1,
-                rank as isize,
-                b.as_ptr(),
-                1,
-                out as isize,
+                Raw::new(merged.as_mut_ptr(), rs, cs),
                 1.0,
+                Raw::new(a.as_ptr(), rank as isize, 1),
+                Raw::new(b.as_ptr(), out as isize, 1),
                 s,
-                false,
-                false,
-                false,
-                par,
             )
         }
     }
