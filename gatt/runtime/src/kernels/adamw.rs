@@ -8,12 +8,8 @@
 //! the composed version performs (`x * a + 0` for each scalar product, as candle's
 //! `affine`), so both give the same bits; `optim`'s tests check that.
 
-use super::rows::contiguous_f32;
+use super::rows::{contiguous_f32, for_row_blocks_by_work};
 use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
-use rayon::prelude::*;
-
-/// Elements per parallel task.
-const CHUNK: usize = 1 << 16;
 
 /// The step's constants, as f32 in the order the composed ops apply them.
 #[derive(Clone, Copy, Debug)]
@@ -73,15 +69,13 @@ impl InplaceOp2 for Moment {
             )
         }
         let (beta, rest, scale, square) = (self.beta, self.rest, self.scale, self.square);
-        m.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    let g = scaled(g, scale);
-                    let g = if square { g * g } else { g };
-                    *m = (*m * beta + 0.0) + (g * rest + 0.0);
-                }
-            });
+        for_row_blocks_by_work(m, 1, 1, |first, m| {
+            for (m, &g) in m.iter_mut().zip(&g[first..]) {
+                let g = scaled(g, scale);
+                let g = if square { g * g } else { g };
+                *m = (*m * beta + 0.0) + (g * rest + 0.0);
+            }
+        });
         Ok(())
     }
 }
@@ -123,20 +117,18 @@ impl InplaceOp3 for Weight {
             lr,
             decay,
         } = *self;
-        w.par_chunks_mut(CHUNK)
-            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
-            .for_each(|(w, (m, v))| {
-                for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                    let m_hat = m * inv_bc1 + 0.0;
-                    let v_hat = v * inv_bc2 + 0.0;
-                    let update = m_hat / (v_hat.sqrt() * 1.0 + eps);
-                    let kept = match decay {
-                        Some(d) => *w * d + 0.0,
-                        None => *w,
-                    };
-                    *w = kept - (update * lr + 0.0);
-                }
-            });
+        for_row_blocks_by_work(w, 1, 1, |first, w| {
+            for ((w, &m), &v) in w.iter_mut().zip(&m[first..]).zip(&v[first..]) {
+                let m_hat = m * inv_bc1 + 0.0;
+                let v_hat = v * inv_bc2 + 0.0;
+                let update = m_hat / (v_hat.sqrt() * 1.0 + eps);
+                let kept = match decay {
+                    Some(d) => *w * d + 0.0,
+                    None => *w,
+                };
+                *w = kept - (update * lr + 0.0);
+            }
+        });
         Ok(())
     }
 }

@@ -10,6 +10,7 @@
 //! read from `/proc/cpuinfo` each time (tens of microseconds); here it is read once.
 //! On other devices, and for other dtypes, the product is candle's own.
 
+use super::rows::for_each_task;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use std::sync::OnceLock;
@@ -222,8 +223,7 @@ unsafe fn gemm_in_parts(
     // Part i covers [i * long / parts, (i + 1) * long / parts), rounded to PART_ALIGN.
     let edge = |i: usize| (i * long / parts).div_ceil(PART_ALIGN) * PART_ALIGN;
     let edge = |i: usize| if i == parts { long } else { edge(i).min(long) };
-    use rayon::prelude::*;
-    (0..parts).into_par_iter().for_each(|i| {
+    for_each_task(parts, |i| {
         let (from, to) = (edge(i), edge(i + 1));
         if from >= to {
             return;

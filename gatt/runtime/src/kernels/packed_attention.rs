@@ -9,11 +9,10 @@
 //! tiles that skip the future of each query (`tile`), and the probabilities are kept
 //! from the forward pass for the backward pass. CPU only.
 
-use super::rows::contiguous_f32;
+use super::rows::{contiguous_f32, for_each_task};
 use super::softmax::{softmax_grad_in_place, softmax_in_place};
 use super::tile::{product, Causal, Strided, COLS};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// `q` (1, heads, T, hd), `k` and `v` (1, kv_heads, T, hd) with `T` the sum of
@@ -89,9 +88,13 @@ impl Packed {
 
     /// One task per (segment, key head): the units both passes share out to threads.
     fn tasks(&self, nkv: usize) -> Vec<(usize, usize)> {
-        (0..self.segments.len())
+        let mut tasks: Vec<(usize, usize)> = (0..self.segments.len())
             .flat_map(|g| (0..nkv).map(move |kh| (g, kh)))
-            .collect()
+            .collect();
+        // Longest sequences first (work grows with the square of the length), so the
+        // threads do not wait on one long task taken last.
+        tasks.sort_by_key(|&(g, _)| std::cmp::Reverse(self.segments[g]));
+        tasks
     }
 }
 
@@ -146,7 +149,9 @@ impl CustomOp3 for Packed {
         let mut probs = vec![0f32; plan.prob_len];
         let mut out = vec![0f32; nh * t * hd];
         let (pp, op) = (Shared(probs.as_mut_ptr()), Shared(out.as_mut_ptr()));
-        self.tasks(nkv).par_iter().for_each(|&(g, kh)| {
+        let tasks = self.tasks(nkv);
+        for_each_task(tasks.len(), |i| {
+            let (g, kh) = tasks[i];
             let (n, o) = (self.segments[g], plan.starts[g]);
             let ld = padded(n);
             let kt = transposed(&k[(kh * t + o) * hd..], n, hd, ld);
@@ -258,7 +263,9 @@ impl CustomOp3 for PackedGrad<'_> {
         let scale = self.fwd.scale;
         // One task per (segment, key head): it alone writes that head's dk and dv rows
         // and its query heads' dq rows.
-        self.fwd.tasks(nkv).par_iter().for_each(|&(g, kh)| {
+        let tasks = self.fwd.tasks(nkv);
+        for_each_task(tasks.len(), |i| {
+            let (g, kh) = tasks[i];
             let (n, o) = (self.fwd.segments[g], plan.starts[g]);
             let ld = padded(n);
             let kk = k[(kh * t + o) * hd..].as_ptr();

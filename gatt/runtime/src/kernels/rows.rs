@@ -4,6 +4,8 @@
 #[cfg(test)]
 use candle_core::Tensor;
 use candle_core::{bail, CpuStorage, Layout, Result};
+use std::cell::Cell;
+use std::ops::Range;
 use std::sync::Mutex;
 
 /// Elements per parallel task (whole rows, at least one), and the size under which one
@@ -46,13 +48,50 @@ where
         return;
     }
     let blocks: Vec<Mutex<&mut [f32]>> = out.chunks_mut(block).map(Mutex::new).collect();
-    candle_core::utils::barrier_pool().execute_chunked(blocks.len(), |range| {
+    on_pool(blocks.len(), |range| {
         for i in range {
             f(
                 i * rows_per_task,
                 &mut blocks[i].lock().expect("block lock"),
             );
         }
+    });
+}
+
+/// Runs `f(i)` for every task `i` in `0..n`, on candle's barrier pool, each thread taking
+/// the next task as it finishes one (so tasks may differ in size).
+pub fn for_each_task<F>(n: usize, f: F)
+where
+    F: Fn(usize) + Sync,
+{
+    on_pool(n, |range| range.for_each(&f));
+}
+
+thread_local! {
+    /// Whether this thread is running a task of [`on_pool`].
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `f` over ranges covering `0..n` on candle's barrier pool (its workers and the calling
+/// thread). All of the model's parallel CPU work goes through this one pool: candle's
+/// element-wise ops use it, and a second pool (rayon's, for the products and the
+/// attention until then) left one pool's threads spinning while the other's worked, more
+/// threads than cores. A call from inside a task runs inline (the pool takes one job at
+/// a time; from the calling thread it would wait for itself).
+fn on_pool<F>(n: usize, f: F)
+where
+    F: Fn(Range<usize>) + Sync,
+{
+    if n == 0 {
+        return;
+    }
+    if n == 1 || IN_TASK.with(Cell::get) {
+        return f(0..n);
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
+        let outer = IN_TASK.with(|t| t.replace(true));
+        f(range);
+        IN_TASK.with(|t| t.set(outer));
     });
 }
 

@@ -4,9 +4,9 @@
 //! kernel (`kernels::adamw`), the same bits as the composed ops used elsewhere.
 
 use crate::kernels::adamw;
-use crate::kernels::rows::contiguous_f32;
+use crate::kernels::rows::{contiguous_f32, for_each_task};
 use candle_core::{DType, Result, Tensor, Var};
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// AdamW's hyper-parameters (Loshchilov & Hutter, "Decoupled Weight Decay
 /// Regularization", ICLR 2019), named as in PyTorch's `torch.optim.AdamW`.
@@ -139,11 +139,16 @@ pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
                 unreachable!("a CPU tensor has CPU storage")
             };
             let xs = contiguous_f32(cpu, layout, "gradient norm")?;
-            let parts: Vec<f64> = xs
-                .par_chunks(1 << 16)
-                .map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
-                .collect();
-            sq += parts.iter().sum::<f64>();
+            let chunks: Vec<&[f32]> = xs.chunks(1 << 16).collect();
+            let parts: Vec<AtomicU64> = chunks.iter().map(|_| AtomicU64::new(0)).collect();
+            for_each_task(chunks.len(), |i| {
+                let s = chunks[i].iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+                parts[i].store(s.to_bits(), Ordering::Relaxed);
+            });
+            sq += parts
+                .iter()
+                .map(|p| f64::from_bits(p.load(Ordering::Relaxed)))
+                .sum::<f64>();
         } else {
             sq += g
                 .sqr()?
