@@ -8,7 +8,10 @@
 //! operands, where a frozen base weight needs none (a third of LoRA's backward work).
 //! candle also asks for its thread count on every product, and on Linux that count is
 //! read from `/proc/cpuinfo` each time (tens of microseconds); here it is read once.
-//! On other devices, and for other dtypes, the product is candle's own.
+//! Large products are cut into one block of output rows (or columns) per thread, each a
+//! single-threaded gemm on candle's barrier pool ([`gemm_parts`]), not gemm's own
+//! threading on rayon's pool. On other devices, and for other dtypes, the product is
+//! candle's own.
 
 use super::rows::for_each_task;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};

@@ -8,7 +8,7 @@
 //! | [`qmatvec`] | products of GGUF-quantized weights (Q4_1/Q8_0) with activations |
 //! | [`cross_entropy`] | the output projection and cross-entropy of the loss rows in one op, a block of rows at a time, gradients in the forward pass (training) |
 //! | [`lora_linear`] | a frozen linear layer and its LoRA adapter in one op, with its backward pass (training) |
-//! | [`matmul`] | f32 products with size-aware threading (`gemm`) |
+//! | [`matmul`] | f32 products with size-aware threading (`gemm`), one block of the output per thread |
 //! | [`norm`] | RMS norm, forward and backward |
 //! | [`rope`] | rotary position embedding, interleaved or halves |
 //! | [`swiglu`] | the SiLU gate of the MLP |
@@ -18,7 +18,7 @@
 //! | [`decode_attention`] | inference attention against the KV cache, row by row: decoding steps and prompts alike, so a kept cache changes nothing |
 //! | [`adamw`] | AdamW's update of one parameter in place, the clipping scale folded in (training) |
 //! | [`exp`] | vectorized `exp` shared by the softmax, the SiLU gate and the sampler |
-//! | [`rows`] | row-block helpers the kernels share |
+//! | [`rows`] | row-block helpers the kernels share, and the one thread pool they all run on |
 
 pub(crate) mod adamw;
 pub(crate) mod cross_entropy;
