@@ -1,7 +1,8 @@
 //! f32 matrix-product speed (GFLOP/s) of `gemm` at the shapes of one training step of the
 //! default model (2,048 packed tokens, hidden 576, MLP 1,536): on one thread, on two
 //! threads by gemm's own threading, and as two independent halves of the output on two
-//! threads (what `kernels::matmul::gemm_parts` does). Best of 6 runs each.
+//! threads, cut as `kernels::matmul::gemm_parts` cuts them (by rows when the output has at
+//! least as many rows as columns, by columns otherwise). Best of 6 runs each.
 //!
 //! cargo run --release -p gatt-runtime --example gemm_speed
 
@@ -15,36 +16,38 @@ enum Mode {
     Halves,
 }
 
-/// `c (rows x n) = a (rows x k) b (k x n)`, a at strides (rs, cs), b and c row-major.
+/// `c (rows x cols) = a (rows x k) b (k x cols)`, a at strides (rs, cs), b and c
+/// row-major with `ld` elements per row (cols of them used).
 ///
 /// # Safety
 /// The pointers address the matrices at those strides.
 #[allow(clippy::too_many_arguments)]
 unsafe fn product(
     rows: usize,
-    n: usize,
+    cols: usize,
     k: usize,
     c: usize,
     a: usize,
     rs: isize,
     cs: isize,
     b: usize,
+    ld: usize,
     par: Parallelism,
 ) {
     gemm(
         rows,
-        n,
+        cols,
         k,
         c as *mut f32,
         1,
-        n as isize,
+        ld as isize,
         false,
         a as *const f32,
         cs,
         rs,
         b as *const f32,
         1,
-        n as isize,
+        ld as isize,
         0.0,
         1.0,
         false,
@@ -73,17 +76,25 @@ fn run(m: usize, k: usize, n: usize, a_t: bool, mode: Mode) -> f64 {
     for _ in 0..6 {
         let t = Instant::now();
         // SAFETY: the buffers hold m x k, k x n and m x n elements; the halves write
-        // disjoint rows of c.
+        // disjoint rows (or columns) of c.
         unsafe {
             match mode {
-                Mode::OneThread => product(m, n, k, cp, ap, rs, cs, bp, Parallelism::None),
-                Mode::GemmThreads => product(m, n, k, cp, ap, rs, cs, bp, Parallelism::Rayon(2)),
-                Mode::Halves => {
+                Mode::OneThread => product(m, n, k, cp, ap, rs, cs, bp, n, Parallelism::None),
+                Mode::GemmThreads => product(m, n, k, cp, ap, rs, cs, bp, n, Parallelism::Rayon(2)),
+                Mode::Halves if m >= n => {
                     let h = m / 2;
                     let (c2, a2) = (cp + 4 * h * n, (ap as isize + 4 * h as isize * rs) as usize);
                     rayon::join(
-                        || product(h, n, k, cp, ap, rs, cs, bp, Parallelism::None),
-                        || product(m - h, n, k, c2, a2, rs, cs, bp, Parallelism::None),
+                        || product(h, n, k, cp, ap, rs, cs, bp, n, Parallelism::None),
+                        || product(m - h, n, k, c2, a2, rs, cs, bp, n, Parallelism::None),
+                    );
+                }
+                Mode::Halves => {
+                    let h = n / 2;
+                    let (c2, b2) = (cp + 4 * h, bp + 4 * h);
+                    rayon::join(
+                        || product(m, h, k, cp, ap, rs, cs, bp, n, Parallelism::None),
+                        || product(m, n - h, k, c2, ap, rs, cs, b2, n, Parallelism::None),
                     );
                 }
             }

@@ -146,7 +146,8 @@ impl Raw {
 }
 
 /// Output blocks are cut at multiples of this many rows or columns (gemm's register tile
-/// is 16 x 4 or 4 x 16 floats with AVX2).
+/// is 16 x 4 or 4 x 16 floats with AVX2; with AVX-512 its tiles are 64 x 6, of which a
+/// cut at 16 splits at most one row of tiles).
 const PART_ALIGN: usize = 16;
 
 /// gemm's `dst = alpha · dst + beta · a b` (m x n), cut into one block of output rows per

@@ -89,10 +89,29 @@ where
         return f(0..n);
     }
     candle_core::utils::barrier_pool().execute_chunked(n, |range| {
-        let outer = IN_TASK.with(|t| t.replace(true));
+        let _task = InTask::enter();
         f(range);
-        IN_TASK.with(|t| t.set(outer));
     });
+}
+
+/// Marks this thread as running a task of [`on_pool`] until dropped, so the mark is
+/// cleared even when the task panics (candle's pool passes the panic on to the caller).
+struct InTask {
+    outer: bool,
+}
+
+impl InTask {
+    fn enter() -> Self {
+        InTask {
+            outer: IN_TASK.with(|t| t.replace(true)),
+        }
+    }
+}
+
+impl Drop for InTask {
+    fn drop(&mut self) {
+        IN_TASK.with(|t| t.set(self.outer));
+    }
 }
 
 /// Largest absolute difference between two tensors of one shape (the kernels' tests
