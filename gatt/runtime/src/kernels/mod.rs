@@ -13,6 +13,7 @@
 //! | [`rope`] | rotary position embedding, interleaved or halves |
 //! | [`swiglu`] | the SiLU gate of the MLP |
 //! | [`softmax`] | causal softmax for training (and prompts off the CPU) |
+//! | [`decoder_layer`] | a whole decoder layer of full fine-tuning as one op, its backward pass by hand (training) |
 //! | [`packed_attention`] | attention over sequences packed end to end (training) |
 //! | [`tile`] | the attention's small products in 6 x 16 register tiles, skipping the causal zeros |
 //! | [`decode_attention`] | inference attention against the KV cache, row by row: decoding steps and prompts alike, so a kept cache changes nothing |
@@ -23,6 +24,7 @@
 pub(crate) mod adamw;
 pub(crate) mod cross_entropy;
 pub(crate) mod decode_attention;
+pub(crate) mod decoder_layer;
 pub(crate) mod exp;
 pub(crate) mod lora_linear;
 pub(crate) mod matmul;

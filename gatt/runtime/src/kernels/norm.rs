@@ -37,6 +37,73 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
     1.0 / (ss / x.len() as f32 + eps).sqrt()
 }
 
+/// `x / rms(x) * w` of every row of `x` (rows of `w.len()` elements).
+pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let h = w.len();
+    let mut y = vec![0f32; x.len()];
+    for_row_blocks(&mut y, h, |first, ys| {
+        for (i, y) in ys.chunks_mut(h).enumerate() {
+            let x = &x[(first + i) * h..(first + i + 1) * h];
+            let r = inv_rms(x, eps);
+            for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                *y = x * r * w;
+            }
+        }
+    });
+    y
+}
+
+/// The gradient of the rows' input for the output gradient `g`, written to `dx` (added
+/// to it when `accumulate`): `r (g w) - x r^3 mean(g w x)` per row, r = 1 / rms(x).
+pub(super) fn rms_norm_grad_x_rows(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    let h = w.len();
+    for_row_blocks(dx, h, |first, ds| {
+        for (i, d) in ds.chunks_mut(h).enumerate() {
+            let rows = (first + i) * h..(first + i + 1) * h;
+            let (x, g) = (&x[rows.clone()], &g[rows]);
+            let r = inv_rms(x, eps);
+            let dot: f32 = x.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum();
+            let c = r * r * r * dot / h as f32;
+            for (((d, &x), &g), &w) in d.iter_mut().zip(x).zip(g).zip(w) {
+                let v = r * g * w - x * c;
+                *d = if accumulate { *d + v } else { v };
+            }
+        }
+    });
+}
+
+/// The gradient of the weights (h): the sum over rows of `g x r`.
+pub(super) fn rms_norm_grad_w_rows(x: &[f32], g: &[f32], eps: f32, h: usize) -> Vec<f32> {
+    // Sums of 64 rows each, added in order: the same bits whatever the thread count.
+    const ROWS: usize = 64;
+    let n = x.len() / h.max(1);
+    let mut partial = vec![0f32; n.div_ceil(ROWS) * h];
+    for_row_blocks_by_work(&mut partial, h, ROWS * h * 3, |first, sums| {
+        for (b, acc) in sums.chunks_exact_mut(h.max(1)).enumerate() {
+            let rows = (first + b) * ROWS..((first + b + 1) * ROWS).min(n);
+            for i in rows {
+                let (x, g) = (&x[i * h..(i + 1) * h], &g[i * h..(i + 1) * h]);
+                let r = inv_rms(x, eps);
+                for ((a, &x), &g) in acc.iter_mut().zip(x).zip(g) {
+                    *a += g * x * r;
+                }
+            }
+        }
+    });
+    let mut dw = vec![0f32; h];
+    for block in partial.chunks_exact(h.max(1)) {
+        dw.iter_mut().zip(block).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
+
 struct RmsNorm {
     eps: f32,
 }
@@ -59,17 +126,10 @@ impl CustomOp2 for RmsNorm {
         if h == 0 || l1.dims().last() != Some(&h) {
             bail!("rms norm: {:?} rows against {h} weights", l1.shape())
         }
-        let mut y = vec![0f32; x.len()];
-        for_row_blocks(&mut y, h, |first, ys| {
-            for (i, y) in ys.chunks_mut(h).enumerate() {
-                let x = &x[(first + i) * h..(first + i + 1) * h];
-                let r = inv_rms(x, self.eps);
-                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                    *y = x * r * w;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(rms_norm_rows(x, w, self.eps)),
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -118,20 +178,8 @@ impl CustomOp3 for RmsNormGradX {
         let x = contiguous_f32(s1, l1, "rms norm grad")?;
         let w = contiguous_f32(s2, l2, "rms norm grad")?;
         let g = contiguous_f32(s3, l3, "rms norm grad")?;
-        let h = w.len();
         let mut dx = vec![0f32; x.len()];
-        for_row_blocks(&mut dx, h, |first, ds| {
-            for (i, d) in ds.chunks_mut(h).enumerate() {
-                let rows = (first + i) * h..(first + i + 1) * h;
-                let (x, g) = (&x[rows.clone()], &g[rows]);
-                let r = inv_rms(x, self.eps);
-                let dot: f32 = x.iter().zip(g).zip(w).map(|((x, g), w)| x * g * w).sum();
-                let c = r * r * r * dot / h as f32;
-                for (((d, &x), &g), &w) in d.iter_mut().zip(x).zip(g).zip(w) {
-                    *d = r * g * w - x * c;
-                }
-            }
-        });
+        rms_norm_grad_x_rows(x, w, g, self.eps, &mut dx, false);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -156,26 +204,7 @@ impl CustomOp2 for RmsNormGradW {
         let x = contiguous_f32(s1, l1, "rms norm grad")?;
         let g = contiguous_f32(s2, l2, "rms norm grad")?;
         let h = *l1.dims().last().unwrap_or(&0);
-        // Sums of 64 rows each, added in order: the same bits whatever the thread count.
-        const ROWS: usize = 64;
-        let n = x.len() / h.max(1);
-        let mut partial = vec![0f32; n.div_ceil(ROWS) * h];
-        for_row_blocks_by_work(&mut partial, h, ROWS * h * 3, |first, sums| {
-            for (b, acc) in sums.chunks_exact_mut(h.max(1)).enumerate() {
-                let rows = (first + b) * ROWS..((first + b + 1) * ROWS).min(n);
-                for i in rows {
-                    let (x, g) = (&x[i * h..(i + 1) * h], &g[i * h..(i + 1) * h]);
-                    let r = inv_rms(x, self.eps);
-                    for ((a, &x), &g) in acc.iter_mut().zip(x).zip(g) {
-                        *a += g * x * r;
-                    }
-                }
-            }
-        });
-        let mut dw = vec![0f32; h];
-        for block in partial.chunks_exact(h.max(1)) {
-            dw.iter_mut().zip(block).for_each(|(a, b)| *a += b);
-        }
+        let dw = rms_norm_grad_w_rows(x, g, self.eps, h);
         Ok((CpuStorage::F32(dw), Shape::from(h)))
     }
 }

@@ -24,16 +24,12 @@ pub fn packed(
     segments: &[usize],
     scale: f32,
 ) -> Result<Tensor> {
-    let op = Packed {
-        segments: segments.to_vec(),
-        scale,
-        probs: Mutex::new(Arc::new(Vec::new())),
-    };
+    let op = Packed::new(segments, scale);
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
-struct Packed {
+pub(super) struct Packed {
     segments: Vec<usize>,
     scale: f32,
     /// The forward pass's probabilities, block (segment, head) after block; shared with
@@ -70,6 +66,28 @@ struct Plan {
 }
 
 impl Packed {
+    /// Attention over sequences of these lengths, scores scaled by `scale`.
+    pub(super) fn new(segments: &[usize], scale: f32) -> Self {
+        Packed {
+            segments: segments.to_vec(),
+            scale,
+            probs: Mutex::new(Arc::new(Vec::new())),
+        }
+    }
+
+    /// Refuses head counts that do not group evenly and segments that are empty or do
+    /// not add up to the `t` tokens.
+    pub(super) fn check(&self, nh: usize, nkv: usize, t: usize) -> Result<()> {
+        let covered = self.segments.iter().sum::<usize>() == t;
+        if nkv == 0 || !nh.is_multiple_of(nkv) || !covered || self.segments.contains(&0) {
+            bail!(
+                "packed attention: segments {:?} for {t} tokens, {nh} heads over {nkv}",
+                self.segments
+            )
+        }
+        Ok(())
+    }
+
     fn plan(&self, nh: usize) -> Plan {
         let (mut starts, mut prob_starts) = (Vec::new(), Vec::new());
         let (mut t, mut p) = (0, 0);
@@ -84,6 +102,156 @@ impl Packed {
             prob_starts,
             prob_len: p,
         }
+    }
+
+    /// The forward pass on slices: `q` (heads x T x hd), `k` and `v` (kv_heads x T x hd),
+    /// T the sum of the segments (checked by the caller). Returns the output (heads x T x
+    /// hd) and the probabilities the backward pass reads.
+    pub(super) fn forward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let t: usize = self.segments.iter().sum();
+        let plan = self.plan(nh);
+        let rep = nh / nkv;
+        let mut probs = vec![0f32; plan.prob_len];
+        let mut out = vec![0f32; nh * t * hd];
+        let (pp, op) = (Shared(probs.as_mut_ptr()), Shared(out.as_mut_ptr()));
+        let tasks = self.tasks(nkv);
+        for_each_task(tasks.len(), |i| {
+            let (g, kh) = tasks[i];
+            let (n, o) = (self.segments[g], plan.starts[g]);
+            let ld = padded(n);
+            let kt = transposed(&k[(kh * t + o) * hd..], n, hd, ld);
+            let vv = v[(kh * t + o) * hd..].as_ptr();
+            for h in kh * rep..(kh + 1) * rep {
+                let qh = Strided::rows(q[(h * t + o) * hd..].as_ptr(), hd);
+                // SAFETY: block (g, h) of `probs` (n x ld) and rows o..o+n of head h of
+                // `out` belong to this task alone; `qh` and `vv` address n rows of hd,
+                // `kt` hd rows of ld.
+                unsafe {
+                    let p = pp.at(plan.prob_starts[g] + h * n * ld);
+                    // Scores of each query against its past (whole tiles at the diagonal).
+                    product(
+                        n,
+                        ld,
+                        hd,
+                        qh,
+                        kt.as_ptr(),
+                        ld,
+                        p,
+                        ld,
+                        false,
+                        Causal::Columns,
+                    );
+                    let block = std::slice::from_raw_parts_mut(p, n * ld);
+                    for (i, row) in block.chunks_exact_mut(ld).enumerate() {
+                        softmax_in_place(&mut row[..=i], self.scale);
+                        row[i + 1..].fill(0.0);
+                    }
+                    let out_h = op.at((h * t + o) * hd);
+                    let ph = Strided::rows(p, ld);
+                    product(n, hd, n, ph, vv, hd, out_h, hd, false, Causal::DepthUpTo);
+                }
+            }
+        });
+        (out, probs)
+    }
+
+    /// The backward pass on slices, for the output gradient `d_out` (heads x T x hd) and
+    /// the forward pass's inputs and probabilities: [dq | dk | dv] stacked in one buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward(
+        &self,
+        probs: &[f32],
+        d_out: &[f32],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Vec<f32> {
+        let t: usize = self.segments.iter().sum();
+        let rep = nh / nkv;
+        let plan = self.plan(nh);
+        let (nq, nk) = (nh * t * hd, nkv * t * hd);
+        let mut all = vec![0f32; nq + 2 * nk];
+        let base = Shared(all.as_mut_ptr());
+        let scale = self.scale;
+        // One task per (segment, key head): it alone writes that head's dk and dv rows
+        // and its query heads' dq rows.
+        let tasks = self.tasks(nkv);
+        for_each_task(tasks.len(), |i| {
+            let (g, kh) = tasks[i];
+            let (n, o) = (self.segments[g], plan.starts[g]);
+            let ld = padded(n);
+            let kk = k[(kh * t + o) * hd..].as_ptr();
+            let vt = transposed(&v[(kh * t + o) * hd..], n, hd, ld);
+            let mut ds = vec![0f32; n * ld];
+            for h in kh * rep..(kh + 1) * rep {
+                let p = &probs[plan.prob_starts[g] + h * n * ld..][..n * ld];
+                let dout = &d_out[(h * t + o) * hd..];
+                let qh = q[(h * t + o) * hd..].as_ptr();
+                let (dq, dk, dv) = (
+                    base.at((h * t + o) * hd),
+                    base.at(nq + (kh * t + o) * hd),
+                    base.at(nq + nk + (kh * t + o) * hd),
+                );
+                let first = h == kh * rep;
+                let (dsv, pv) = (
+                    Strided::rows(ds.as_ptr(), ld),
+                    Strided::rows(p.as_ptr(), ld),
+                );
+                // SAFETY: `ds` is this task's own n x ld buffer, `vt` hd x ld; `dout`,
+                // `qh` and `kk` address n rows of hd; the rows written (head h of dq,
+                // head kh of dk and dv, segment g) belong to this task.
+                unsafe {
+                    // dP = dO V^T (row i: columns up to i), then
+                    // dS = scale * P * (dP - rowsum(dP * P)), zero past the diagonal.
+                    let dov = Strided::rows(dout.as_ptr(), hd);
+                    let dsp = ds.as_mut_ptr();
+                    product(
+                        n,
+                        ld,
+                        hd,
+                        dov,
+                        vt.as_ptr(),
+                        ld,
+                        dsp,
+                        ld,
+                        false,
+                        Causal::Columns,
+                    );
+                    for (i, (drow, prow)) in
+                        ds.chunks_exact_mut(ld).zip(p.chunks_exact(ld)).enumerate()
+                    {
+                        softmax_grad_in_place(&prow[..=i], &mut drow[..=i], scale);
+                        drow[i + 1..].fill(0.0);
+                    }
+                    product(n, hd, n, dsv, kk, hd, dq, hd, false, Causal::DepthUpTo);
+                    product(n, hd, n, dsv.t(), qh, hd, dk, hd, !first, Causal::DepthFrom);
+                    product(
+                        n,
+                        hd,
+                        n,
+                        pv.t(),
+                        dout.as_ptr(),
+                        hd,
+                        dv,
+                        hd,
+                        !first,
+                        Causal::DepthFrom,
+                    );
+                }
+            }
+        });
+        all
     }
 
     /// One task per (segment, key head): the units both passes share out to threads.
@@ -134,59 +302,11 @@ impl CustomOp3 for Packed {
                 l3.shape()
             )
         }
-        let covered = self.segments.iter().sum::<usize>() == t;
-        if nkv == 0 || nh % nkv != 0 || !covered || self.segments.contains(&0) {
-            bail!(
-                "packed attention: segments {:?} for {t} tokens",
-                self.segments
-            )
-        }
+        self.check(nh, nkv, t)?;
         let q = contiguous_f32(s1, l1, "packed attention")?;
         let k = contiguous_f32(s2, l2, "packed attention")?;
         let v = contiguous_f32(s3, l3, "packed attention")?;
-        let plan = self.plan(nh);
-        let rep = nh / nkv;
-        let mut probs = vec![0f32; plan.prob_len];
-        let mut out = vec![0f32; nh * t * hd];
-        let (pp, op) = (Shared(probs.as_mut_ptr()), Shared(out.as_mut_ptr()));
-        let tasks = self.tasks(nkv);
-        for_each_task(tasks.len(), |i| {
-            let (g, kh) = tasks[i];
-            let (n, o) = (self.segments[g], plan.starts[g]);
-            let ld = padded(n);
-            let kt = transposed(&k[(kh * t + o) * hd..], n, hd, ld);
-            let vv = v[(kh * t + o) * hd..].as_ptr();
-            for h in kh * rep..(kh + 1) * rep {
-                let qh = Strided::rows(q[(h * t + o) * hd..].as_ptr(), hd);
-                // SAFETY: block (g, h) of `probs` (n x ld) and rows o..o+n of head h of
-                // `out` belong to this task alone; `qh` and `vv` address n rows of hd,
-                // `kt` hd rows of ld.
-                unsafe {
-                    let p = pp.at(plan.prob_starts[g] + h * n * ld);
-                    // Scores of each query against its past (whole tiles at the diagonal).
-                    product(
-                        n,
-                        ld,
-                        hd,
-                        qh,
-                        kt.as_ptr(),
-                        ld,
-                        p,
-                        ld,
-                        false,
-                        Causal::Columns,
-                    );
-                    let block = std::slice::from_raw_parts_mut(p, n * ld);
-                    for (i, row) in block.chunks_exact_mut(ld).enumerate() {
-                        softmax_in_place(&mut row[..=i], self.scale);
-                        row[i + 1..].fill(0.0);
-                    }
-                    let out_h = op.at((h * t + o) * hd);
-                    let ph = Strided::rows(p, ld);
-                    product(n, hd, n, ph, vv, hd, out_h, hd, false, Causal::DepthUpTo);
-                }
-            }
-        });
+        let (out, probs) = self.forward(q, k, v, nh, nkv, hd);
         *self.probs.lock().expect("probabilities lock") = Arc::new(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -252,82 +372,11 @@ impl CustomOp3 for PackedGrad<'_> {
         };
         let k = contiguous_f32(k_cpu, k_layout, "packed attention grad")?;
         let nkv = k_layout.dims()[1];
-        let rep = nh / nkv;
-        let plan = self.fwd.plan(nh);
-        if self.probs.len() != plan.prob_len {
+        if self.probs.len() != self.fwd.plan(nh).prob_len {
             bail!("packed attention grad: the forward pass's probabilities are missing")
         }
+        let all = self.fwd.backward(&self.probs, d_out, q, k, v, nh, nkv, hd);
         let (nq, nk) = (nh * t * hd, nkv * t * hd);
-        let mut all = vec![0f32; nq + 2 * nk];
-        let base = Shared(all.as_mut_ptr());
-        let scale = self.fwd.scale;
-        // One task per (segment, key head): it alone writes that head's dk and dv rows
-        // and its query heads' dq rows.
-        let tasks = self.fwd.tasks(nkv);
-        for_each_task(tasks.len(), |i| {
-            let (g, kh) = tasks[i];
-            let (n, o) = (self.fwd.segments[g], plan.starts[g]);
-            let ld = padded(n);
-            let kk = k[(kh * t + o) * hd..].as_ptr();
-            let vt = transposed(&v[(kh * t + o) * hd..], n, hd, ld);
-            let mut ds = vec![0f32; n * ld];
-            for h in kh * rep..(kh + 1) * rep {
-                let p = &self.probs[plan.prob_starts[g] + h * n * ld..][..n * ld];
-                let dout = &d_out[(h * t + o) * hd..];
-                let qh = q[(h * t + o) * hd..].as_ptr();
-                let (dq, dk, dv) = (
-                    base.at((h * t + o) * hd),
-                    base.at(nq + (kh * t + o) * hd),
-                    base.at(nq + nk + (kh * t + o) * hd),
-                );
-                let first = h == kh * rep;
-                let (dsv, pv) = (
-                    Strided::rows(ds.as_ptr(), ld),
-                    Strided::rows(p.as_ptr(), ld),
-                );
-                // SAFETY: `ds` is this task's own n x ld buffer, `vt` hd x ld; `dout`,
-                // `qh` and `kk` address n rows of hd; the rows written (head h of dq,
-                // head kh of dk and dv, segment g) belong to this task.
-                unsafe {
-                    // dP = dO V^T (row i: columns up to i), then
-                    // dS = scale * P * (dP - rowsum(dP * P)), zero past the diagonal.
-                    let dov = Strided::rows(dout.as_ptr(), hd);
-                    let dsp = ds.as_mut_ptr();
-                    product(
-                        n,
-                        ld,
-                        hd,
-                        dov,
-                        vt.as_ptr(),
-                        ld,
-                        dsp,
-                        ld,
-                        false,
-                        Causal::Columns,
-                    );
-                    for (i, (drow, prow)) in
-                        ds.chunks_exact_mut(ld).zip(p.chunks_exact(ld)).enumerate()
-                    {
-                        softmax_grad_in_place(&prow[..=i], &mut drow[..=i], scale);
-                        drow[i + 1..].fill(0.0);
-                    }
-                    product(n, hd, n, dsv, kk, hd, dq, hd, false, Causal::DepthUpTo);
-                    product(n, hd, n, dsv.t(), qh, hd, dk, hd, !first, Causal::DepthFrom);
-                    product(
-                        n,
-                        hd,
-                        n,
-                        pv.t(),
-                        dout.as_ptr(),
-                        hd,
-                        dv,
-                        hd,
-                        !first,
-                        Causal::DepthFrom,
-                    );
-                }
-            }
-        });
         Ok((CpuStorage::F32(all), Shape::from(nq + 2 * nk)))
     }
 }

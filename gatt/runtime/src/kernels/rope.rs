@@ -77,10 +77,10 @@ pub fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Re
 
 /// Forward: (b, t, n*hd) -> (b, n, t, hd), rotated by +angle. Back: (b, n, t, hd) ->
 /// (b, t, n*hd), rotated by -angle (the gradient of the forward).
-struct Rope {
-    n: usize,
-    interleaved: bool,
-    back: bool,
+pub(super) struct Rope {
+    pub n: usize,
+    pub interleaved: bool,
+    pub back: bool,
 }
 
 impl Rope {
@@ -94,6 +94,45 @@ impl Rope {
                 (i, i + half, i)
             }
         })
+    }
+
+    /// The rotation of `x` (forward: b x t x n·hd rows; back: b x n x t x hd heads) by
+    /// the angles `cos`/`sin` (b x t x hd/2), in the other layout; b follows from the
+    /// sizes, which the caller checks.
+    pub(super) fn apply(
+        &self,
+        x: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        t: usize,
+        hd: usize,
+    ) -> Vec<f32> {
+        let (n, half) = (self.n, hd / 2);
+        let sign = if self.back { -1.0 } else { 1.0 };
+        let mut y = vec![0f32; x.len()];
+        // One output row is one head of one position.
+        for_row_blocks(&mut y, hd, |first, ys| {
+            for (i, y) in ys.chunks_mut(hd).enumerate() {
+                let r = first + i;
+                // Batch and position of this row, and where its input row starts.
+                let (bi, ti, src) = if self.back {
+                    let (bi, ti, hi) = (r / (t * n), (r / n) % t, r % n);
+                    (bi, ti, ((bi * n + hi) * t + ti) * hd)
+                } else {
+                    let (bi, hi, ti) = (r / (n * t), (r / t) % n, r % t);
+                    (bi, ti, ((bi * t + ti) * n + hi) * hd)
+                };
+                let x = &x[src..src + hd];
+                let angle = (bi * t + ti) * half;
+                let (c, s) = (&cos[angle..angle + half], &sin[angle..angle + half]);
+                for (a, p, k) in self.pairs(hd) {
+                    let (x0, x1, s) = (x[a], x[p], sign * s[k]);
+                    y[a] = x0 * c[k] - x1 * s;
+                    y[p] = x0 * s + x1 * c[k];
+                }
+            }
+        });
+        y
     }
 }
 
@@ -129,31 +168,7 @@ impl CustomOp3 for Rope {
         if hd % 2 != 0 || cos.len() != b * t * half || sin.len() != cos.len() {
             bail!("rope: head size {hd} against angle tables {:?}", l2.shape())
         }
-        let sign = if self.back { -1.0 } else { 1.0 };
-        let mut y = vec![0f32; x.len()];
-        // One output row is one head of one position.
-        for_row_blocks(&mut y, hd, |first, ys| {
-            for (i, y) in ys.chunks_mut(hd).enumerate() {
-                let r = first + i;
-                // Batch and position of this row, and where its input row starts.
-                let (bi, ti, src) = if self.back {
-                    let (bi, ti, hi) = (r / (t * n), (r / n) % t, r % n);
-                    (bi, ti, ((bi * n + hi) * t + ti) * hd)
-                } else {
-                    let (bi, hi, ti) = (r / (n * t), (r / t) % n, r % t);
-                    (bi, ti, ((bi * t + ti) * n + hi) * hd)
-                };
-                let x = &x[src..src + hd];
-                let angle = (bi * t + ti) * half;
-                let (c, s) = (&cos[angle..angle + half], &sin[angle..angle + half]);
-                for (a, p, k) in self.pairs(hd) {
-                    let (x0, x1, s) = (x[a], x[p], sign * s[k]);
-                    y[a] = x0 * c[k] - x1 * s;
-                    y[p] = x0 * s + x1 * c[k];
-                }
-            }
-        });
-        Ok((CpuStorage::F32(y), out_shape))
+        Ok((CpuStorage::F32(self.apply(x, cos, sin, t, hd)), out_shape))
     }
 
     fn bwd(

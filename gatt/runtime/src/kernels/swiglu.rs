@@ -39,6 +39,52 @@ fn silu_mul_into(g: &[f32], u: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `silu(g) · u` of equal-length buffers, in parallel blocks.
+pub(super) fn silu_mul_all(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; g.len()];
+    for_row_blocks(&mut y, ROW, |first, ys| {
+        let at = first * ROW;
+        silu_mul_into(&g[at..at + ys.len()], &u[at..at + ys.len()], ys);
+    });
+    y
+}
+
+/// The gradients of `silu(x) · u` for the output gradient `g`, stacked: [d gate | d up]
+/// (2 x len).
+pub(super) fn silu_mul_grad_all(x: &[f32], u: &[f32], g: &[f32]) -> Vec<f32> {
+    let n = x.len();
+    let mut out = vec![0f32; 2 * n];
+    let (d_gate, d_up) = out.split_at_mut(n);
+    // d_up holds s = sigmoid(x) first, as in the forward pass: exp(-x) in bulk, then
+    // 1 / (1 + exp(-x)).
+    for_row_blocks(d_up, ROW, |first, s| {
+        let x = &x[first * ROW..first * ROW + s.len()];
+        for (s, &x) in s.iter_mut().zip(x) {
+            *s = -x;
+        }
+        exp_shifted_in_place(s, 0.0);
+        s.iter_mut().for_each(|s| *s = 1.0 / (1.0 + *s));
+    });
+    let sig: &[f32] = d_up;
+    for_row_blocks(d_gate, ROW, |first, dg| {
+        let at = first * ROW;
+        let len = dg.len();
+        let (x, u, g) = (&x[at..at + len], &u[at..at + len], &g[at..at + len]);
+        for ((((d, &x), &u), &g), &s) in dg.iter_mut().zip(x).zip(u).zip(g).zip(&sig[at..]) {
+            *d = g * u * s * (1.0 + x * (1.0 - s));
+        }
+    });
+    for_row_blocks(d_up, ROW, |first, du| {
+        let at = first * ROW;
+        let len = du.len();
+        let (x, g) = (&x[at..at + len], &g[at..at + len]);
+        for ((d, &x), &g) in du.iter_mut().zip(x).zip(g) {
+            *d *= g * x;
+        }
+    });
+    out
+}
+
 struct SiluMulHalves;
 
 impl CustomOp1 for SiluMulHalves {
@@ -85,12 +131,7 @@ impl CustomOp2 for SiluMul {
         if l1.shape() != l2.shape() {
             bail!("silu mul: {:?} against {:?}", l1.shape(), l2.shape())
         }
-        let mut y = vec![0f32; g.len()];
-        for_row_blocks(&mut y, ROW, |first, ys| {
-            let at = first * ROW;
-            silu_mul_into(&g[at..at + ys.len()], &u[at..at + ys.len()], ys);
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((CpuStorage::F32(silu_mul_all(g, u)), l1.shape().clone()))
     }
 
     fn bwd(
@@ -128,36 +169,7 @@ impl CustomOp3 for SiluMulGrad {
         let x = contiguous_f32(s1, l1, "silu mul grad")?;
         let u = contiguous_f32(s2, l2, "silu mul grad")?;
         let g = contiguous_f32(s3, l3, "silu mul grad")?;
-        let n = x.len();
-        let mut out = vec![0f32; 2 * n];
-        let (d_gate, d_up) = out.split_at_mut(n);
-        // d_up holds s = sigmoid(x) first, as in the forward pass: exp(-x) in bulk, then
-        // 1 / (1 + exp(-x)).
-        for_row_blocks(d_up, ROW, |first, s| {
-            let x = &x[first * ROW..first * ROW + s.len()];
-            for (s, &x) in s.iter_mut().zip(x) {
-                *s = -x;
-            }
-            exp_shifted_in_place(s, 0.0);
-            s.iter_mut().for_each(|s| *s = 1.0 / (1.0 + *s));
-        });
-        let sig: &[f32] = d_up;
-        for_row_blocks(d_gate, ROW, |first, dg| {
-            let at = first * ROW;
-            let len = dg.len();
-            let (x, u, g) = (&x[at..at + len], &u[at..at + len], &g[at..at + len]);
-            for ((((d, &x), &u), &g), &s) in dg.iter_mut().zip(x).zip(u).zip(g).zip(&sig[at..]) {
-                *d = g * u * s * (1.0 + x * (1.0 - s));
-            }
-        });
-        for_row_blocks(d_up, ROW, |first, du| {
-            let at = first * ROW;
-            let len = du.len();
-            let (x, g) = (&x[at..at + len], &g[at..at + len]);
-            for ((d, &x), &g) in du.iter_mut().zip(x).zip(g) {
-                *d *= g * x;
-            }
-        });
+        let out = silu_mul_grad_all(x, u, g);
         let mut dims = vec![2];
         dims.extend_from_slice(l1.dims());
         Ok((CpuStorage::F32(out), Shape::from(dims)))

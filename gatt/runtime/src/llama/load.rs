@@ -185,6 +185,8 @@ impl Model {
             device: device.clone(),
             training: false,
             dropout: None,
+            layer_grads: Default::default(),
+            fused_layers: true,
         })
     }
 }

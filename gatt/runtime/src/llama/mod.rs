@@ -19,6 +19,7 @@ mod load;
 mod probe;
 mod weights;
 
+use crate::kernels::decoder_layer::{self, GradSink, LayerShape, LayerWeights};
 use crate::kernels::{
     cross_entropy, decode_attention, norm, packed_attention, rope, softmax, swiglu,
 };
@@ -34,9 +35,10 @@ pub use probe::AttentionSummary;
 use probe::Probe;
 pub use weights::{module_of, WeightKind, LINEAR_NAMES};
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// How a batch's sequences lie in its rows of tokens.
 #[derive(Clone, Copy)]
@@ -118,6 +120,12 @@ pub struct Model {
     device: Device,
     training: bool,
     dropout: Option<Mutex<Dropout>>,
+    /// The weight gradients of layers run as one op (`kernels::decoder_layer`), until
+    /// [`Model::backward`] moves them into the step's gradients.
+    layer_grads: Arc<GradSink>,
+    /// Whether full fine-tuning on the CPU runs each layer as one op (the default; off
+    /// only to compare with the composed layer).
+    fused_layers: bool,
 }
 
 fn rope_tables(cfg: &Config, device: &Device) -> Result<(Tensor, Tensor)> {
@@ -333,6 +341,53 @@ impl Model {
         (self.target_nll(rows, targets)? * weights)?.sum_all()
     }
 
+    /// The gradients of `loss` (a scalar of this model's forward pass), as candle's
+    /// `Tensor::backward` gives them, with the weight gradients of the layers that ran as
+    /// one op added: use it instead of `loss.backward()` when training.
+    ///
+    /// # Errors
+    ///
+    /// When candle's backward pass fails.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut store = loss.backward()?;
+        self.layer_grads.drain_into(&mut store)?;
+        Ok(store)
+    }
+
+    /// Runs the composed layer instead of the one-op layer (tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn set_fused_layers(&mut self, on: bool) {
+        self.fused_layers = on;
+    }
+
+    /// The layer's weights when it can run as one op of full fine-tuning: training on
+    /// the CPU with packed rows, every weight a dense f32 variable without bias or
+    /// adapter, and an input that carries the graph.
+    fn fused_weights(&self, layer: &Layer, x: &Tensor) -> Option<LayerWeights> {
+        if !(self.fused_layers && self.training && x.device().is_cpu() && x.track_op()) {
+            return None;
+        }
+        let dense = |l: &Linear| match (&l.weight, &l.bias, &l.lora) {
+            (Weight::Dense(w), None, None) if w.track_op() && w.dtype() == DType::F32 => {
+                Some(w.clone())
+            }
+            _ => None,
+        };
+        let norm = |n: &RmsNorm| n.weight.track_op().then(|| n.weight.clone());
+        let (a, m) = (&layer.attn, &layer.mlp);
+        Some(LayerWeights {
+            attn_norm: norm(&layer.attn_norm)?,
+            q: dense(&a.q)?,
+            k: dense(&a.k)?,
+            v: dense(&a.v)?,
+            o: dense(&a.o)?,
+            ffn_norm: norm(&layer.ffn_norm)?,
+            gate: dense(&m.gate)?,
+            up: dense(&m.up)?,
+            down: dense(&m.down)?,
+        })
+    }
+
     fn hidden(
         &self,
         tokens: &Tensor,
@@ -358,7 +413,21 @@ impl Model {
             inference: !self.training && matches!(rows, Rows::Padded(_)) && probe.is_none(),
         };
         let train = self.training;
+        let shape = LayerShape {
+            heads: self.cfg.n_head,
+            kv_heads: self.cfg.n_kv_head,
+            head_dim: self.cfg.head_dim,
+            eps: self.cfg.rms_eps as f32,
+            interleaved: self.cfg.rope_interleaved,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
+            if let (Rows::Packed(segments), None, None) = (rows, &cache, &probe) {
+                if let Some(w) = self.fused_weights(layer, &x) {
+                    let sink = &self.layer_grads;
+                    x = decoder_layer::decoder_layer(&x, w, shape, (&cos, &sin), segments, sink)?;
+                    continue;
+                }
+            }
             let side = match (cache.as_deref_mut(), probe.as_deref_mut()) {
                 (Some(c), _) => Side::Cache(&mut c.kv[i], c.dtype),
                 (None, Some(p)) => Side::Probe(p),

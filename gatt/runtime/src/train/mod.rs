@@ -369,7 +369,7 @@ impl Trainer {
             .map_err(candle("building a batch"))?;
             let l = loss::weighted_loss(&self.model, &mb).map_err(candle("forward pass"))?;
             loss += l.to_scalar::<f32>().map_err(candle("loss"))? as f64;
-            let store = l.backward().map_err(candle("backward pass"))?;
+            let store = self.model.backward(&l).map_err(candle("backward pass"))?;
             for (g, p) in grads.iter_mut().zip(&self.params) {
                 if let Some(new) = store.get(p.var.as_tensor()) {
                     let new = new.detach();
