@@ -6,7 +6,8 @@
 #
 # ROUNDS=N (default 3) repeats the whole comparison N times, each round LoRA then full,
 # gatt then transformers back to back: on a shared machine step times move 10-25% between
-# identical runs, so the summary gives each round's ratio and their median.
+# identical runs, so the summary gives each round's ratio and their median. MODES="full"
+# (default "lora full") runs only those methods.
 #
 # gatt: `gatt train` (release build if BIN is unset: target/release/gatt), the first step
 # left out as warm-up; transformers: scripts/train/bench_torch.py with one warm-up step.
@@ -17,11 +18,12 @@ PY="${PY:-/work/pyenv/bin/python}"
 BIN="${BIN:-target/release/gatt}"
 WORK="${WORK:-$(mktemp -d)}"
 ROUNDS="${ROUNDS:-3}"
+MODES="${MODES:-lora full}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 export RAYON_NUM_THREADS="$THREADS" HF_HUB_OFFLINE=1
 "$BIN" model export default --out "$WORK/hf" >/dev/null
 for round in $(seq "$ROUNDS"); do
-for mode in lora full; do
+for mode in $MODES; do
   rm -rf "$WORK/run-$mode"
   /usr/bin/time -v -o "$WORK/gatt-$mode.time" "$BIN" train --model "$WORK/hf" --data "$DATA" \
     --out "$WORK/run-$mode" --method "$mode" --max-steps $((STEPS + 1)) --batch-tokens "$BT" \

@@ -96,7 +96,7 @@ fn main() -> gatt::Result<()> {
         let l = loss::weighted_loss(&m2, &mb1).unwrap();
         let f2 = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let _g = l.backward().unwrap();
+        let _g = m2.backward(&l).unwrap();
         println!(
             "with LoRA: forward+loss {f2:.2}s, backward {:.2}s",
             t.elapsed().as_secs_f64()

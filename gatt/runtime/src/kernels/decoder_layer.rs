@@ -101,6 +101,11 @@ impl GradSink {
         }
     }
 
+    /// Forgets every gradient summed so far.
+    pub fn clear(&self) {
+        self.0.lock().expect("gradient sink lock").clear();
+    }
+
     /// Moves every gradient summed so far into `store` (added to one already there),
     /// leaving the sink empty.
     ///

@@ -228,7 +228,9 @@ impl Model {
     /// Final hidden states (1 x T x hidden) of sequences packed end to end in one row
     /// of T tokens (`positions` restart at 0 for each sequence; `segments` are the
     /// lengths): the training forward pass on the CPU, where every linear layer is then
-    /// one product for the whole batch and no position is padding.
+    /// one product for the whole batch and no position is padding. In full fine-tuning
+    /// each layer is one op whose weight gradients only [`Model::backward`] returns
+    /// (candle's `Tensor::backward` leaves them out).
     pub fn hidden_states_packed(
         &self,
         tokens: &Tensor,
@@ -420,6 +422,10 @@ impl Model {
             eps: self.cfg.rms_eps as f32,
             interleaved: self.cfg.rope_interleaved,
         };
+        if self.training && matches!(rows, Rows::Packed(_)) {
+            // Sums left by a backward pass that was not the model's own belong to no step.
+            self.layer_grads.clear();
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             if let (Rows::Packed(segments), None, None) = (rows, &cache, &probe) {
                 if let Some(w) = self.fused_weights(layer, &x) {
