@@ -230,7 +230,7 @@ impl Model {
     /// lengths): the training forward pass on the CPU, where every linear layer is then
     /// one product for the whole batch and no position is padding. In full fine-tuning
     /// each layer is one op whose weight gradients only [`Model::backward`] returns
-    /// (candle's `Tensor::backward` leaves them out).
+    /// (candle's `Tensor::backward` leaves them out), once per forward pass.
     pub fn hidden_states_packed(
         &self,
         tokens: &Tensor,
@@ -345,12 +345,17 @@ impl Model {
 
     /// The gradients of `loss` (a scalar of this model's forward pass), as candle's
     /// `Tensor::backward` gives them, with the weight gradients of the layers that ran as
-    /// one op added: use it instead of `loss.backward()` when training.
+    /// one op added: use it instead of `loss.backward()` when training (candle's alone
+    /// leaves out every layer weight of full fine-tuning on the CPU). Each forward pass
+    /// takes one backward pass; a second one over the same graph is an error. One model
+    /// trains on one thread at a time: the layers' sums are the model's.
     ///
     /// # Errors
     ///
-    /// When candle's backward pass fails.
+    /// When candle's backward pass fails, or runs a second time over one forward pass.
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        // Sums left by a backward pass that was not the model's own belong to no step.
+        self.layer_grads.clear();
         let mut store = loss.backward()?;
         self.layer_grads.drain_into(&mut store)?;
         Ok(store)
@@ -363,19 +368,19 @@ impl Model {
     }
 
     /// The layer's weights when it can run as one op of full fine-tuning: training on
-    /// the CPU with packed rows, every weight a dense f32 variable without bias or
-    /// adapter, and an input that carries the graph.
+    /// the CPU with packed rows, every weight an f32 variable itself (not a tensor
+    /// computed from one, whose gradient the op could not pass on), the projections dense
+    /// without bias or adapter, and an input that carries the graph.
     fn fused_weights(&self, layer: &Layer, x: &Tensor) -> Option<LayerWeights> {
         if !(self.fused_layers && self.training && x.device().is_cpu() && x.track_op()) {
             return None;
         }
+        let variable = |w: &Tensor| w.is_variable() && w.dtype() == DType::F32;
         let dense = |l: &Linear| match (&l.weight, &l.bias, &l.lora) {
-            (Weight::Dense(w), None, None) if w.track_op() && w.dtype() == DType::F32 => {
-                Some(w.clone())
-            }
+            (Weight::Dense(w), None, None) if variable(w) => Some(w.clone()),
             _ => None,
         };
-        let norm = |n: &RmsNorm| n.weight.track_op().then(|| n.weight.clone());
+        let norm = |n: &RmsNorm| variable(&n.weight).then(|| n.weight.clone());
         let (a, m) = (&layer.attn, &layer.mlp);
         Some(LayerWeights {
             attn_norm: norm(&layer.attn_norm)?,
@@ -422,10 +427,6 @@ impl Model {
             eps: self.cfg.rms_eps as f32,
             interleaved: self.cfg.rope_interleaved,
         };
-        if self.training && matches!(rows, Rows::Packed(_)) {
-            // Sums left by a backward pass that was not the model's own belong to no step.
-            self.layer_grads.clear();
-        }
         for (i, layer) in self.layers.iter().enumerate() {
             if let (Rows::Packed(segments), None, None) = (rows, &cache, &probe) {
                 if let Some(w) = self.fused_weights(layer, &x) {

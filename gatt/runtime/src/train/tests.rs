@@ -252,6 +252,52 @@ fn one_op_layers_give_the_loss_and_gradients_of_the_composed_layers() {
     }
 }
 
+/// A raw `loss.backward()` of a one-op pass leaves sums in the model; the next step,
+/// padded here, must not pick them up.
+#[test]
+fn a_raw_backward_pass_leaves_nothing_for_the_next_step() {
+    let mut m = tiny("llama");
+    let vars = trainable(&mut m);
+    let exs = examples();
+    let refs: Vec<&Example> = exs.iter().collect();
+    let totals = StepTotals::of(refs.iter().copied());
+    let packed = MicroBatch::packed(&refs, LossMean::Token, totals, &Device::Cpu).unwrap();
+    let padded = MicroBatch::new(&refs, LossMean::Token, totals, &Device::Cpu).unwrap();
+    let want = grads_in(&m, &padded, &vars);
+    weighted_loss(&m, &packed).unwrap().backward().unwrap();
+    assert_same_grads(&grads_in(&m, &padded, &vars), &want);
+}
+
+/// A layer weight computed from a variable (not the variable itself) keeps the composed
+/// layer, which passes its gradient on.
+#[test]
+fn a_weight_computed_from_a_variable_keeps_its_gradient() {
+    let mut m = tiny("llama");
+    let mut vars = Vec::new();
+    for (name, _, t) in m.weights_mut() {
+        let v = Var::from_tensor(t).unwrap();
+        *t = if name == "model.layers.0.self_attn.q_proj.weight" {
+            (v.as_tensor() * 1.0).unwrap()
+        } else {
+            v.as_tensor().clone()
+        };
+        vars.push(v);
+    }
+    m.retie().unwrap();
+    m.set_training(true, 0);
+    let exs = examples();
+    let refs: Vec<&Example> = exs.iter().collect();
+    let totals = StepTotals::of(refs.iter().copied());
+    let mb = MicroBatch::packed(&refs, LossMean::Token, totals, &Device::Cpu).unwrap();
+    let fused = grads_in(&m, &mb, &vars);
+    m.set_fused_layers(false);
+    let composed = grads_in(&m, &mb, &vars);
+    for (i, (got, want)) in fused.iter().zip(&composed).enumerate() {
+        assert_eq!(got.len(), want.len(), "gradient {i} is missing");
+    }
+    assert_same_grads(&fused, &composed);
+}
+
 #[test]
 fn gradients_match_finite_differences() {
     // One weight of the first query projection, nudged both ways.
