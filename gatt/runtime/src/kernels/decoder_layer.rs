@@ -1,4 +1,4 @@
-//! One decoder layer of full fine-tuning on the CPU as a single op: the forward pass of
+//! One decoder layer of training on the CPU as a single op: the forward pass of
 //! the pre-norm block (RMS norm, grouped-query attention with rotary positions over
 //! packed sequences, RMS norm, SwiGLU MLP, both residual additions) and its backward
 //! pass written out by hand, the weights' gradients added into a [`GradSink`].
@@ -12,11 +12,17 @@
 //! gradient once, adds the residual branches inside the products (gemm's `alpha`), and
 //! frees the layer's saved activations as soon as its gradients are out.
 //!
+//! A projection may carry a LoRA adapter (`y = x W + s (x ∘ m) A B`, as
+//! `lora_linear` computes it, the adapter merged into a copy of the weights for large
+//! batches without dropout); frozen weights and norms get no gradient. Which tensors are
+//! trained is read from the tensors: a variable is trained, anything else is frozen.
+//!
 //! The steps are the model's own kernels on slices (`norm`, `rope`,
 //! `packed_attention`, `swiglu`, the products of `matmul`), so the numbers are those of
 //! the composed layer up to the order of a few float additions; the model's tests
 //! compare both ways on every gradient.
 
+use super::lora_linear::{merge, MERGE_FROM_ROWS};
 use super::matmul::{mm, mm_new, M};
 use super::norm::{rms_norm_grad_w_rows, rms_norm_grad_x_rows, rms_norm_rows};
 use super::packed_attention::Packed;
@@ -25,38 +31,89 @@ use super::rows::contiguous_f32;
 use super::swiglu::{silu_mul_all, silu_mul_grad_all};
 use candle_core::backprop::GradStore;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor, TensorId};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// A layer's weights, as the model holds them: norms (hidden), projections transposed
-/// (in, out): q (hidden, heads·hd), k and v (hidden, kv_heads·hd), o (heads·hd, hidden),
-/// gate and up (hidden, intermediate), down (intermediate, hidden).
+/// A LoRA adapter on a projection: `y += scale · (x ∘ mask) A B`.
+#[derive(Clone)]
+pub struct Adapter {
+    /// (in, rank).
+    pub a: Tensor,
+    /// (rank, out).
+    pub b: Tensor,
+    /// peft's `lora_alpha / r`.
+    pub scale: f32,
+    /// The dropout's factor (0 or 1 / (1 - p)) for each element of the projection's
+    /// input (T x in), or `None` without dropout.
+    pub mask: Option<Vec<f32>>,
+}
+
+/// A projection: its weights, transposed as the model holds them (in, out), and its
+/// adapter if it has one.
+#[derive(Clone)]
+pub struct Projection {
+    pub w: Tensor,
+    pub adapter: Option<Adapter>,
+}
+
+/// A layer's weights: norms (hidden) and projections q (hidden, heads·hd), k and v
+/// (hidden, kv_heads·hd), o (heads·hd, hidden), gate and up (hidden, intermediate), down
+/// (intermediate, hidden).
 #[derive(Clone)]
 pub struct LayerWeights {
     pub attn_norm: Tensor,
-    pub q: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
-    pub o: Tensor,
+    pub q: Projection,
+    pub k: Projection,
+    pub v: Projection,
+    pub o: Projection,
     pub ffn_norm: Tensor,
-    pub gate: Tensor,
-    pub up: Tensor,
-    pub down: Tensor,
+    pub gate: Projection,
+    pub up: Projection,
+    pub down: Projection,
 }
 
+/// Indices of the projections in [`LayerWeights::projections`] order.
+const Q: usize = 0;
+const K: usize = 1;
+const V: usize = 2;
+const O: usize = 3;
+const GATE: usize = 4;
+const UP: usize = 5;
+const DOWN: usize = 6;
+
 impl LayerWeights {
-    fn all(&self) -> [&Tensor; 9] {
+    /// q, k, v, o, gate, up, down: the order the model runs them (and draws their
+    /// adapters' dropout masks).
+    pub fn projections(&self) -> [&Projection; 7] {
         [
-            &self.attn_norm,
-            &self.q,
-            &self.k,
-            &self.v,
-            &self.o,
-            &self.ffn_norm,
-            &self.gate,
-            &self.up,
-            &self.down,
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
         ]
+    }
+
+    /// [`LayerWeights::projections`], mutable.
+    pub fn projections_mut(&mut self) -> [&mut Projection; 7] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+
+    /// Every tensor: the two norms, then each projection's weights and adapter.
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = vec![&self.attn_norm, &self.ffn_norm];
+        for p in self.projections() {
+            all.push(&p.w);
+            if let Some(a) = &p.adapter {
+                all.extend([&a.a, &a.b]);
+            }
+        }
+        all
     }
 }
 
@@ -78,14 +135,16 @@ pub struct LayerShape {
 pub struct GradSink(Mutex<HashMap<TensorId, (Shape, Vec<f32>)>>);
 
 impl GradSink {
-    /// Adds `a (m x k) b (k x n)` to the gradient of `w` (m x n): the first product is
-    /// written straight into a new buffer, later ones accumulate inside gemm.
-    fn add_product(&self, w: &Tensor, m: usize, n: usize, k: usize, a: M, b: M) {
+    /// Adds `scale · a (m x k) b (k x n)` to the gradient of `w` (m x n): the first
+    /// product is written straight into a new buffer, later ones accumulate inside gemm.
+    #[allow(clippy::too_many_arguments)]
+    fn add_product(&self, w: &Tensor, m: usize, n: usize, k: usize, a: M, b: M, scale: f32) {
         let mut sums = self.0.lock().expect("gradient sink lock");
         match sums.get_mut(&w.id()) {
-            Some((_, g)) => mm(m, n, k, g, 1.0, a, b, 1.0),
+            Some((_, g)) => mm(m, n, k, g, 1.0, a, b, scale),
             None => {
-                sums.insert(w.id(), (w.shape().clone(), mm_new(m, n, k, a, b, 1.0)));
+                let g = mm_new(m, n, k, a, b, scale);
+                sums.insert(w.id(), (w.shape().clone(), g));
             }
         }
     }
@@ -148,26 +207,38 @@ pub fn decoder_layer(
         shape.heads * shape.head_dim,
         shape.kv_heads * shape.head_dim,
     );
-    let inter = weights.gate.dim(1)?;
-    let expected: [&[usize]; 9] = [
-        &[hidden],
-        &[hidden, q],
-        &[hidden, kv],
-        &[hidden, kv],
-        &[q, hidden],
-        &[hidden],
-        &[hidden, inter],
-        &[hidden, inter],
-        &[inter, hidden],
-    ];
-    for (w, want) in weights.all().iter().zip(expected) {
-        if w.dims() != want || !w.device().is_cpu() || w.dtype() != candle_core::DType::F32 {
-            bail!(
-                "decoder layer: a weight of {:?} {:?}, expected {want:?} f32 on the CPU",
-                w.dims(),
-                w.dtype()
-            )
+    let inter = weights.gate.w.dim(1)?;
+    let (h, i) = (hidden, inter);
+    let io = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)];
+    let mut bad = None;
+    for (n, want) in [&weights.attn_norm, &weights.ffn_norm]
+        .into_iter()
+        .zip([h, h])
+    {
+        if n.dims() != [want] {
+            bad = Some((n.dims().to_vec(), vec![want]));
         }
+    }
+    for (p, (k, n)) in weights.projections().into_iter().zip(io) {
+        if p.w.dims() != [k, n] {
+            bad = Some((p.w.dims().to_vec(), vec![k, n]));
+        }
+        if let Some(a) = &p.adapter {
+            let r = a.a.dim(1)?;
+            if a.a.dims() != [k, r] || a.b.dims() != [r, n] {
+                bad = Some((a.b.dims().to_vec(), vec![r, n]));
+            }
+            if a.mask.as_ref().is_some_and(|m| m.len() != t * k) {
+                bail!("decoder layer: a dropout mask does not fit the input of {t} x {k}")
+            }
+        }
+    }
+    if let Some((got, want)) = bad {
+        bail!("decoder layer: a weight of {got:?}, expected {want:?}")
+    }
+    let f32_cpu = |w: &&Tensor| w.device().is_cpu() && w.dtype() == candle_core::DType::F32;
+    if !weights.tensors().iter().all(f32_cpu) {
+        bail!("decoder layer: weights must be f32 tensors on the CPU")
     }
     let half = shape.head_dim / 2;
     if b != 1
@@ -225,42 +296,69 @@ struct Saved {
     gate: Vec<f32>,
     up: Vec<f32>,
     gated: Vec<f32>,
+    /// What each projection's adapter keeps, in [`LayerWeights::projections`] order.
+    proj: Vec<ProjSaved>,
+}
+
+/// What a projection with an adapter keeps for its backward pass.
+#[derive(Default)]
+struct ProjSaved {
+    /// `(x ∘ m) A`, T x rank.
+    xa: Vec<f32>,
+    /// `W + s A B`, laid out as `W`, when the adapter was merged for the forward pass.
+    merged: Option<Vec<f32>>,
+}
+
+/// One projection's elements: weights, and the adapter's A and B.
+#[derive(Clone, Copy)]
+struct ProjSlices<'a> {
+    w: &'a [f32],
+    ab: Option<(&'a [f32], &'a [f32])>,
 }
 
 /// The weights' elements, borrowed for one pass.
 struct Slices<'a> {
     attn_norm: &'a [f32],
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    o: &'a [f32],
     ffn_norm: &'a [f32],
-    gate: &'a [f32],
-    up: &'a [f32],
-    down: &'a [f32],
+    /// In [`LayerWeights::projections`] order.
+    p: Vec<ProjSlices<'a>>,
 }
 
 /// Runs `f` on the weights' elements, holding their storage for the call.
 fn with_slices<R>(w: &LayerWeights, f: impl FnOnce(&Slices) -> Result<R>) -> Result<R> {
-    let held: Vec<_> = w.all().iter().map(|t| t.storage_and_layout()).collect();
-    let mut s = Vec::with_capacity(9);
+    let held: Vec<_> = w.tensors().iter().map(|t| t.storage_and_layout()).collect();
+    let mut s = Vec::with_capacity(held.len());
     for (storage, layout) in &held {
         let Storage::Cpu(cpu) = &**storage else {
             bail!("decoder layer: weights off the CPU")
         };
         s.push(contiguous_f32(cpu, layout, "decoder layer")?);
     }
+    let mut next = s[2..].iter().copied();
+    let mut p = Vec::with_capacity(7);
+    for proj in w.projections() {
+        let wt = next.next().expect("one slice per tensor");
+        let mut one = || next.next().expect("one slice per tensor");
+        let ab = proj.adapter.as_ref().map(|_| (one(), one()));
+        p.push(ProjSlices { w: wt, ab });
+    }
     f(&Slices {
         attn_norm: s[0],
-        q: s[1],
-        k: s[2],
-        v: s[3],
-        o: s[4],
-        ffn_norm: s[5],
-        gate: s[6],
-        up: s[7],
-        down: s[8],
+        ffn_norm: s[1],
+        p,
     })
+}
+
+/// `x ∘ mask`, or `x` itself without dropout.
+fn masked<'a>(x: &'a [f32], mask: Option<&[f32]>) -> Cow<'a, [f32]> {
+    match mask {
+        Some(m) => Cow::Owned(x.iter().zip(m).map(|(x, m)| x * m).collect()),
+        None => Cow::Borrowed(x),
+    }
+}
+
+fn rows(v: &[f32], n: usize) -> M<'_> {
+    M::rows(v, n)
 }
 
 /// T rows of n heads side by side (T x n·hd) to heads (n x T x hd).
@@ -296,15 +394,121 @@ impl DecoderLayer {
         r.apply(x, &self.cos, &self.sin, t, self.shape.head_dim)
     }
 
+    /// Projection `i` of `x` (t x in): `x W (+ s (x ∘ m) A B)`, added to `residual`
+    /// when given (the product accumulates into it).
+    fn project(
+        &self,
+        i: usize,
+        x: &[f32],
+        t: usize,
+        residual: Option<Vec<f32>>,
+        w: &Slices,
+    ) -> (Vec<f32>, ProjSaved) {
+        let p = w.p[i];
+        let k = x.len() / t;
+        let n = p.w.len() / k;
+        let product = |weights: &[f32]| match residual {
+            Some(mut r) => {
+                mm(t, n, k, &mut r, 1.0, rows(x, k), rows(weights, n), 1.0);
+                r
+            }
+            None => mm_new(t, n, k, rows(x, k), rows(weights, n), 1.0),
+        };
+        let (Some((a, b)), Some(ad)) = (p.ab, &self.weights.projections()[i].adapter) else {
+            return (product(p.w), ProjSaved::default());
+        };
+        let rank = a.len() / k;
+        let xd = masked(x, ad.mask.as_deref());
+        let xa = mm_new(t, rank, k, rows(&xd, k), rows(a, rank), 1.0);
+        let merged = match ad.mask {
+            None if t >= MERGE_FROM_ROWS => merge(rows(p.w, n), k, n, a, b, rank, ad.scale),
+            _ => None,
+        };
+        let y = match &merged {
+            Some(m) => product(m),
+            None => {
+                let mut y = product(p.w);
+                mm(
+                    t,
+                    n,
+                    rank,
+                    &mut y,
+                    1.0,
+                    rows(&xa, rank),
+                    rows(b, n),
+                    ad.scale,
+                );
+                y
+            }
+        };
+        (y, ProjSaved { xa, merged })
+    }
+
+    /// The backward pass of projection `i` with input `x` (t x in) for the output
+    /// gradient `dy` (t x out): the input's gradient added to `dx` (written when `dx`
+    /// is empty), the trained tensors' gradients to the sink.
+    #[allow(clippy::too_many_arguments)]
+    fn project_back(
+        &self,
+        i: usize,
+        x: &[f32],
+        dy: &[f32],
+        t: usize,
+        saved: ProjSaved,
+        w: &Slices,
+        dx: &mut Vec<f32>,
+    ) {
+        let (p, proj) = (w.p[i], self.weights.projections()[i]);
+        let (k, n) = (x.len() / t, dy.len() / t);
+        if proj.w.is_variable() {
+            let xt = rows(x, k).t();
+            self.sink
+                .add_product(&proj.w, k, n, t, xt, rows(dy, n), 1.0);
+        }
+        let wt = rows(saved.merged.as_deref().unwrap_or(p.w), n).t();
+        if dx.is_empty() {
+            *dx = mm_new(t, k, n, rows(dy, n), wt, 1.0);
+        } else {
+            mm(t, k, n, dx, 1.0, rows(dy, n), wt, 1.0);
+        }
+        let (Some((a, b)), Some(ad)) = (p.ab, &proj.adapter) else {
+            return;
+        };
+        let (rank, s) = (a.len() / k, ad.scale);
+        // g = dy Bᵀ (t x rank); dB = s (x∘m A)ᵀ dy; dA = s (x∘m)ᵀ g.
+        let g = mm_new(t, rank, n, rows(dy, n), rows(b, n).t(), 1.0);
+        if ad.b.is_variable() {
+            let xat = rows(&saved.xa, rank).t();
+            self.sink
+                .add_product(&ad.b, rank, n, t, xat, rows(dy, n), s);
+        }
+        if ad.a.is_variable() {
+            let xd = masked(x, ad.mask.as_deref());
+            let xdt = rows(&xd, k).t();
+            self.sink
+                .add_product(&ad.a, k, rank, t, xdt, rows(&g, rank), s);
+        }
+        if saved.merged.is_some() {
+            return; // the merged weights' product above holds the adapter's part
+        }
+        match &ad.mask {
+            None => mm(t, k, rank, dx, 1.0, rows(&g, rank), rows(a, rank).t(), s),
+            Some(m) => {
+                let ga = mm_new(t, k, rank, rows(&g, rank), rows(a, rank).t(), 1.0);
+                for ((d, g), m) in dx.iter_mut().zip(&ga).zip(m) {
+                    *d += s * g * m;
+                }
+            }
+        }
+    }
+
     fn forward(&self, x: &[f32], hidden: usize, w: &Slices) -> (Vec<f32>, Saved) {
         let sh = self.shape;
         let (hd, t) = (sh.head_dim, x.len() / hidden);
-        let (q, kv, inter) = (sh.heads * hd, sh.kv_heads * hd, w.gate.len() / hidden);
         let xn1 = rms_norm_rows(x, w.attn_norm, sh.eps);
-        let a = M::rows(&xn1, hidden);
-        let qr = mm_new(t, q, hidden, a, M::rows(w.q, q), 1.0);
-        let kr = mm_new(t, kv, hidden, a, M::rows(w.k, kv), 1.0);
-        let vr = mm_new(t, kv, hidden, a, M::rows(w.v, kv), 1.0);
+        let (qr, q_saved) = self.project(Q, &xn1, t, None, w);
+        let (kr, k_saved) = self.project(K, &xn1, t, None, w);
+        let (vr, v_saved) = self.project(V, &xn1, t, None, w);
         let qh = self.rope(sh.heads, false, &qr, t);
         let kh = self.rope(sh.kv_heads, false, &kr, t);
         let vh = rows_to_heads(&vr, sh.kv_heads, hd);
@@ -313,34 +517,15 @@ impl DecoderLayer {
         let att = heads_to_rows(&att_h, sh.heads, hd);
         drop(att_h);
         // x2 = x + att Wo: the residual added inside the product.
-        let mut x2 = x.to_vec();
-        mm(
-            t,
-            hidden,
-            q,
-            &mut x2,
-            1.0,
-            M::rows(&att, q),
-            M::rows(w.o, hidden),
-            1.0,
-        );
+        let (x2, o_saved) = self.project(O, &att, t, Some(x.to_vec()), w);
         let xn2 = rms_norm_rows(&x2, w.ffn_norm, sh.eps);
-        let a = M::rows(&xn2, hidden);
-        let gate = mm_new(t, inter, hidden, a, M::rows(w.gate, inter), 1.0);
-        let up = mm_new(t, inter, hidden, a, M::rows(w.up, inter), 1.0);
+        let (gate, gate_saved) = self.project(GATE, &xn2, t, None, w);
+        let (up, up_saved) = self.project(UP, &xn2, t, None, w);
         let gated = silu_mul_all(&gate, &up);
-        let mut out = x2.clone();
-        let g = M::rows(&gated, inter);
-        mm(
-            t,
-            hidden,
-            inter,
-            &mut out,
-            1.0,
-            g,
-            M::rows(w.down, hidden),
-            1.0,
-        );
+        let (out, down_saved) = self.project(DOWN, &gated, t, Some(x2.clone()), w);
+        let proj = vec![
+            q_saved, k_saved, v_saved, o_saved, gate_saved, up_saved, down_saved,
+        ];
         let saved = Saved {
             xn1,
             qh,
@@ -353,65 +538,44 @@ impl DecoderLayer {
             gate,
             up,
             gated,
+            proj,
         };
         (out, saved)
     }
 
-    /// The gradient of the input `x` for the output gradient `dy`; the weights'
-    /// gradients go to the sink.
+    /// The gradient of the input `x` for the output gradient `dy`; the trained
+    /// tensors' gradients go to the sink.
     fn backward(&self, x: &[f32], dy: &[f32], hidden: usize, w: &Slices, s: Saved) -> Vec<f32> {
         let sh = self.shape;
         let (hd, t) = (sh.head_dim, x.len() / hidden);
-        let (q, kv, inter) = (sh.heads * hd, sh.kv_heads * hd, w.gate.len() / hidden);
-        let wt = &self.weights;
-        let sink = &self.sink;
-        fn rows(v: &[f32], n: usize) -> M<'_> {
-            M::rows(v, n)
-        }
+        let (q, kv) = (sh.heads * hd, sh.kv_heads * hd);
+        let inter = s.gate.len() / t;
+        let mut proj = s.proj.into_iter();
+        let mut saved = || proj.next().expect("one per projection");
+        let (q_s, k_s, v_s, o_s) = (saved(), saved(), saved(), saved());
+        let (gate_s, up_s, down_s) = (saved(), saved(), saved());
         // MLP: out = x2 + silu(gate) up Wd.
-        let d_gated = mm_new(
-            t,
-            inter,
-            hidden,
-            rows(dy, hidden),
-            rows(w.down, hidden).t(),
-            1.0,
-        );
-        sink.add_product(
-            &wt.down,
-            inter,
-            hidden,
-            t,
-            rows(&s.gated, inter).t(),
-            rows(dy, hidden),
-        );
+        let mut d_gated = Vec::new();
+        self.project_back(DOWN, &s.gated, dy, t, down_s, w, &mut d_gated);
         drop(s.gated);
         let d_both = silu_mul_grad_all(&s.gate, &s.up, &d_gated);
         drop((d_gated, s.gate, s.up));
         let (d_gate, d_up) = d_both.split_at(t * inter);
-        let mut d_xn2 = mm_new(
-            t,
-            hidden,
-            inter,
-            rows(d_gate, inter),
-            rows(w.gate, inter).t(),
-            1.0,
-        );
-        let (d_up_m, w_up_t) = (rows(d_up, inter), rows(w.up, inter).t());
-        mm(t, hidden, inter, &mut d_xn2, 1.0, d_up_m, w_up_t, 1.0);
-        let xn2_t = rows(&s.xn2, hidden).t();
-        sink.add_product(&wt.gate, hidden, inter, t, xn2_t, rows(d_gate, inter));
-        sink.add_product(&wt.up, hidden, inter, t, xn2_t, d_up_m);
+        let mut d_xn2 = Vec::new();
+        self.project_back(GATE, &s.xn2, d_gate, t, gate_s, w, &mut d_xn2);
+        self.project_back(UP, &s.xn2, d_up, t, up_s, w, &mut d_xn2);
         drop((d_both, s.xn2));
         // The residual stream's gradient before the MLP: dy plus the norm's.
         let mut dx2 = dy.to_vec();
         rms_norm_grad_x_rows(&s.x2, w.ffn_norm, &d_xn2, sh.eps, &mut dx2, true);
-        let d_norm = rms_norm_grad_w_rows(&s.x2, &d_xn2, sh.eps, hidden);
-        sink.add(&wt.ffn_norm, d_norm);
+        if self.weights.ffn_norm.is_variable() {
+            let d_norm = rms_norm_grad_w_rows(&s.x2, &d_xn2, sh.eps, hidden);
+            self.sink.add(&self.weights.ffn_norm, d_norm);
+        }
         drop((d_xn2, s.x2));
         // Attention: x2 = x + att Wo.
-        let d_att = mm_new(t, q, hidden, rows(&dx2, hidden), rows(w.o, hidden).t(), 1.0);
-        sink.add_product(&wt.o, q, hidden, t, rows(&s.att, q).t(), rows(&dx2, hidden));
+        let mut d_att = Vec::new();
+        self.project_back(O, &s.att, &dx2, t, o_s, w, &mut d_att);
         drop(s.att);
         let d_att_h = rows_to_heads(&d_att, sh.heads, hd);
         drop(d_att);
@@ -426,38 +590,17 @@ impl DecoderLayer {
         let dk = self.rope(kvh, true, dkh, t);
         let dv = heads_to_rows(dvh, kvh, hd);
         drop(all);
-        let mut d_xn1 = mm_new(t, hidden, q, rows(&dq, q), rows(w.q, q).t(), 1.0);
-        mm(
-            t,
-            hidden,
-            kv,
-            &mut d_xn1,
-            1.0,
-            rows(&dk, kv),
-            rows(w.k, kv).t(),
-            1.0,
-        );
-        mm(
-            t,
-            hidden,
-            kv,
-            &mut d_xn1,
-            1.0,
-            rows(&dv, kv),
-            rows(w.v, kv).t(),
-            1.0,
-        );
-        let xn1_t = rows(&s.xn1, hidden).t();
-        sink.add_product(&wt.q, hidden, q, t, xn1_t, rows(&dq, q));
-        sink.add_product(&wt.k, hidden, kv, t, xn1_t, rows(&dk, kv));
-        sink.add_product(&wt.v, hidden, kv, t, xn1_t, rows(&dv, kv));
+        let mut d_xn1 = Vec::new();
+        self.project_back(Q, &s.xn1, &dq, t, q_s, w, &mut d_xn1);
+        self.project_back(K, &s.xn1, &dk, t, k_s, w, &mut d_xn1);
+        self.project_back(V, &s.xn1, &dv, t, v_s, w, &mut d_xn1);
         drop(s.xn1);
         let mut dx = dx2;
         rms_norm_grad_x_rows(x, w.attn_norm, &d_xn1, sh.eps, &mut dx, true);
-        sink.add(
-            &wt.attn_norm,
-            rms_norm_grad_w_rows(x, &d_xn1, sh.eps, hidden),
-        );
+        if self.weights.attn_norm.is_variable() {
+            let d_norm = rms_norm_grad_w_rows(x, &d_xn1, sh.eps, hidden);
+            self.sink.add(&self.weights.attn_norm, d_norm);
+        }
         dx
     }
 }

@@ -110,7 +110,7 @@ fn weights<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<M<'a>> {
 
 /// `W + s · A B` in a new buffer laid out as `w` (in x out, dense in either order), or
 /// `None` when `w` is not dense (then the adapter stays a separate product).
-fn merge(
+pub(super) fn merge(
     w: M,
     k: usize,
     out: usize,

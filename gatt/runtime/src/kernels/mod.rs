@@ -13,7 +13,7 @@
 //! | [`rope`] | rotary position embedding, interleaved or halves |
 //! | [`swiglu`] | the SiLU gate of the MLP |
 //! | [`softmax`] | causal softmax for training (and prompts off the CPU) |
-//! | [`decoder_layer`] | a whole decoder layer of full fine-tuning as one op, its backward pass by hand (training) |
+//! | [`decoder_layer`] | a whole decoder layer as one op, its backward pass by hand, LoRA adapters included (training) |
 //! | [`packed_attention`] | attention over sequences packed end to end (training) |
 //! | [`tile`] | the attention's small products in 6 x 16 register tiles, skipping the causal zeros |
 //! | [`decode_attention`] | inference attention against the KV cache, row by row: decoding steps and prompts alike, so a kept cache changes nothing |

@@ -334,7 +334,7 @@ impl Dropout {
     }
 
     /// `n` factors, each 0 (dropped, probability `p`) or 1 / (1 - p).
-    fn mask_values(&mut self, n: usize, p: f32) -> Vec<f32> {
+    pub(super) fn mask_values(&mut self, n: usize, p: f32) -> Vec<f32> {
         let keep = 1.0 / (1.0 - p);
         let threshold = (p as f64 * u32::MAX as f64) as u32;
         let mut m = Vec::with_capacity(n + 1);

@@ -19,7 +19,9 @@ mod load;
 mod probe;
 mod weights;
 
-use crate::kernels::decoder_layer::{self, GradSink, LayerShape, LayerWeights};
+use crate::kernels::decoder_layer::{
+    self, Adapter, GradSink, LayerShape, LayerWeights, Projection,
+};
 use crate::kernels::{
     cross_entropy, decode_attention, norm, packed_attention, rope, softmax, swiglu,
 };
@@ -100,6 +102,14 @@ struct Layer {
     attn: Attention,
     ffn_norm: RmsNorm,
     mlp: Mlp,
+}
+
+impl Layer {
+    /// q, k, v, o, gate, up, down: the order a forward pass runs them.
+    fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.attn, &self.mlp);
+        [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+    }
 }
 
 /// A llama-family decoder: token embedding (vocab, hidden), `n_layer` pre-norm blocks
@@ -228,9 +238,10 @@ impl Model {
     /// Final hidden states (1 x T x hidden) of sequences packed end to end in one row
     /// of T tokens (`positions` restart at 0 for each sequence; `segments` are the
     /// lengths): the training forward pass on the CPU, where every linear layer is then
-    /// one product for the whole batch and no position is padding. In full fine-tuning
-    /// each layer is one op whose weight gradients only [`Model::backward`] returns
-    /// (candle's `Tensor::backward` leaves them out), once per forward pass.
+    /// one product for the whole batch and no position is padding. In training the
+    /// layers run as one op each, whose trained tensors' gradients only
+    /// [`Model::backward`] returns (candle's `Tensor::backward` leaves them out), once
+    /// per forward pass.
     pub fn hidden_states_packed(
         &self,
         tokens: &Tensor,
@@ -346,7 +357,8 @@ impl Model {
     /// The gradients of `loss` (a scalar of this model's forward pass), as candle's
     /// `Tensor::backward` gives them, with the weight gradients of the layers that ran as
     /// one op added: use it instead of `loss.backward()` when training (candle's alone
-    /// leaves out every layer weight of full fine-tuning on the CPU). Each forward pass
+    /// leaves out what those layers train: their weights in full fine-tuning, their
+    /// adapters with LoRA). Each forward pass
     /// takes one backward pass; a second one over the same graph is an error. One model
     /// trains on one thread at a time: the layers' sums are the model's.
     ///
@@ -367,32 +379,68 @@ impl Model {
         self.fused_layers = on;
     }
 
-    /// The layer's weights when it can run as one op of full fine-tuning: training on
-    /// the CPU with packed rows, every weight an f32 variable itself (not a tensor
-    /// computed from one, whose gradient the op could not pass on), the projections dense
-    /// without bias or adapter, and an input that carries the graph.
+    /// The layer's tensors when it can run as one op of training: on the CPU with packed
+    /// rows and an input that carries the graph, every tensor f32 and either a variable
+    /// itself (trained) or outside the graph (frozen) (a tensor computed from a variable
+    /// would lose its gradient in the op), the projections dense without bias. Full
+    /// fine-tuning and LoRA alike (with LoRA the first layer's input, the frozen
+    /// embedding, is outside the graph: that layer stays composed). Dropout masks are not
+    /// drawn here ([`Model::draw_masks`]).
     fn fused_weights(&self, layer: &Layer, x: &Tensor) -> Option<LayerWeights> {
         if !(self.fused_layers && self.training && x.device().is_cpu() && x.track_op()) {
             return None;
         }
-        let variable = |w: &Tensor| w.is_variable() && w.dtype() == DType::F32;
-        let dense = |l: &Linear| match (&l.weight, &l.bias, &l.lora) {
-            (Weight::Dense(w), None, None) if variable(w) => Some(w.clone()),
-            _ => None,
+        let settled = |w: &Tensor| w.dtype() == DType::F32 && (w.is_variable() || !w.track_op());
+        let projection = |l: &Linear| {
+            let (Weight::Dense(w), None) = (&l.weight, &l.bias) else {
+                return None;
+            };
+            let adapter = match &l.lora {
+                None => None,
+                Some(lo) if settled(&lo.a) && settled(&lo.b) => Some(Adapter {
+                    a: lo.a.clone(),
+                    b: lo.b.clone(),
+                    scale: lo.scale as f32,
+                    mask: None,
+                }),
+                Some(_) => return None,
+            };
+            settled(w).then(|| Projection {
+                w: w.clone(),
+                adapter,
+            })
         };
-        let norm = |n: &RmsNorm| variable(&n.weight).then(|| n.weight.clone());
-        let (a, m) = (&layer.attn, &layer.mlp);
+        let norm = |n: &RmsNorm| settled(&n.weight).then(|| n.weight.clone());
+        let [q, k, v, o, gate, up, down] = layer.linears().map(projection);
         Some(LayerWeights {
             attn_norm: norm(&layer.attn_norm)?,
-            q: dense(&a.q)?,
-            k: dense(&a.k)?,
-            v: dense(&a.v)?,
-            o: dense(&a.o)?,
+            q: q?,
+            k: k?,
+            v: v?,
+            o: o?,
             ffn_norm: norm(&layer.ffn_norm)?,
-            gate: dense(&m.gate)?,
-            up: dense(&m.up)?,
-            down: dense(&m.down)?,
+            gate: gate?,
+            up: up?,
+            down: down?,
         })
+    }
+
+    /// Draws the adapters' dropout masks of a one-op layer over `t` tokens, in the order
+    /// and with the draws the composed layer makes, so both see the same masks.
+    fn draw_masks(&self, w: &mut LayerWeights, layer: &Layer, t: usize, pass: Pass) -> Result<()> {
+        let Some(dropout) = pass.dropout else {
+            return Ok(());
+        };
+        for (p, l) in w.projections_mut().into_iter().zip(layer.linears()) {
+            if let (Some(a), Some(lo)) = (&mut p.adapter, &l.lora) {
+                if lo.dropout > 0.0 {
+                    let n = t * p.w.dim(0)?;
+                    let mut d = dropout.lock().expect("dropout rng");
+                    a.mask = Some(d.mask_values(n, lo.dropout));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn hidden(
@@ -429,7 +477,8 @@ impl Model {
         };
         for (i, layer) in self.layers.iter().enumerate() {
             if let (Rows::Packed(segments), None, None) = (rows, &cache, &probe) {
-                if let Some(w) = self.fused_weights(layer, &x) {
+                if let Some(mut w) = self.fused_weights(layer, &x) {
+                    self.draw_masks(&mut w, layer, t, pass)?;
                     let sink = &self.layer_grads;
                     x = decoder_layer::decoder_layer(&x, w, shape, (&cos, &sin), segments, sink)?;
                     continue;
