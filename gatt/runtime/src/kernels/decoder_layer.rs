@@ -1,7 +1,7 @@
 //! One decoder layer of training on the CPU as a single op: the forward pass of
 //! the pre-norm block (RMS norm, grouped-query attention with rotary positions over
 //! packed sequences, RMS norm, SwiGLU MLP, both residual additions) and its backward
-//! pass written out by hand, the weights' gradients added into a [`GradSink`].
+//! pass written out by hand, the trained tensors' gradients added into a [`GradSink`].
 //!
 //! Composed from one op per step, candle's backward pass gives every node of the graph
 //! (about fifteen a layer) a zero tensor and then adds the node's gradient to it
@@ -187,8 +187,8 @@ impl GradSink {
 /// The decoder layer applied to `x` (1, T, hidden), T tokens of sequences packed end to
 /// end (`segments`, their lengths), each sequence attending only to itself; `cos`/`sin`
 /// (1, T, head_dim / 2) are each token's rotary angles. Returns (1, T, hidden). The
-/// backward pass returns the gradient of `x` and adds the weights' gradients to `sink`
-/// (to be drained into the step's [`GradStore`]); it runs once per forward pass.
+/// backward pass returns the gradient of `x` and adds the trained tensors' gradients to
+/// `sink` (to be drained into the step's [`GradStore`]); it runs once per forward pass.
 ///
 /// # Errors
 ///

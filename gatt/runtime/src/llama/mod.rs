@@ -130,10 +130,10 @@ pub struct Model {
     device: Device,
     training: bool,
     dropout: Option<Mutex<Dropout>>,
-    /// The weight gradients of layers run as one op (`kernels::decoder_layer`), until
+    /// The gradients the one-op layers compute (`kernels::decoder_layer`), until
     /// [`Model::backward`] moves them into the step's gradients.
     layer_grads: Arc<GradSink>,
-    /// Whether full fine-tuning on the CPU runs each layer as one op (the default; off
+    /// Whether training on the CPU runs each layer as one op (the default; off
     /// only to compare with the composed layer).
     fused_layers: bool,
 }
@@ -354,13 +354,12 @@ impl Model {
         (self.target_nll(rows, targets)? * weights)?.sum_all()
     }
 
-    /// The gradients of `loss` (a scalar of this model's forward pass), as candle's
-    /// `Tensor::backward` gives them, with the weight gradients of the layers that ran as
-    /// one op added: use it instead of `loss.backward()` when training (candle's alone
-    /// leaves out what those layers train: their weights in full fine-tuning, their
-    /// adapters with LoRA). Each forward pass
-    /// takes one backward pass; a second one over the same graph is an error. One model
-    /// trains on one thread at a time: the layers' sums are the model's.
+    /// The gradients of `loss` (a scalar of this model's forward pass): candle's
+    /// `Tensor::backward`, plus the gradients the one-op layers computed outside candle's
+    /// graph (their weights in full fine-tuning, their adapters with LoRA), which
+    /// candle's alone leaves out. Use it instead of `loss.backward()` when training. Each
+    /// forward pass takes one backward pass; a second one over the same graph is an
+    /// error. One model trains on one thread at a time: the layers' sums are the model's.
     ///
     /// # Errors
     ///
