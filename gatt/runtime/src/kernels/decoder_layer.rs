@@ -25,7 +25,7 @@
 use super::lora_linear::{merge, MERGE_FROM_ROWS};
 use super::matmul::{mm, mm_new, M};
 use super::norm::{rms_norm_grad_w_rows, rms_norm_grad_x_rows, rms_norm_rows};
-use super::packed_attention::Packed;
+use super::packed_attention::{Heads, Packed};
 use super::rope::Rope;
 use super::rows::contiguous_f32;
 use super::swiglu::{silu_mul_all, silu_mul_grad_all};
@@ -385,6 +385,15 @@ fn heads_to_rows(x: &[f32], n: usize, hd: usize) -> Vec<f32> {
 }
 
 impl DecoderLayer {
+    fn heads(&self) -> Heads {
+        let sh = self.shape;
+        Heads {
+            nh: sh.heads,
+            nkv: sh.kv_heads,
+            hd: sh.head_dim,
+        }
+    }
+
     fn rope(&self, n: usize, back: bool, x: &[f32], t: usize) -> Vec<f32> {
         let r = Rope {
             n,
@@ -513,7 +522,7 @@ impl DecoderLayer {
         let kh = self.rope(sh.kv_heads, false, &kr, t);
         let vh = rows_to_heads(&vr, sh.kv_heads, hd);
         drop((qr, kr, vr));
-        let (att_h, probs) = self.attn.forward(&qh, &kh, &vh, sh.heads, sh.kv_heads, hd);
+        let (att_h, probs) = self.attn.forward(&qh, &kh, &vh, self.heads());
         let att = heads_to_rows(&att_h, sh.heads, hd);
         drop(att_h);
         // x2 = x + att Wo: the residual added inside the product.
@@ -580,9 +589,8 @@ impl DecoderLayer {
         let d_att_h = rows_to_heads(&d_att, sh.heads, hd);
         drop(d_att);
         let (heads, kvh) = (sh.heads, sh.kv_heads);
-        let all = self
-            .attn
-            .backward(&s.probs, &d_att_h, &s.qh, &s.kh, &s.vh, heads, kvh, hd);
+        let qkv = (&s.qh[..], &s.kh[..], &s.vh[..]);
+        let all = self.attn.backward(&s.probs, &d_att_h, qkv, self.heads());
         drop((d_att_h, s.probs, s.qh, s.kh, s.vh));
         let (dqh, rest) = all.split_at(t * q);
         let (dkh, dvh) = rest.split_at(t * kv);

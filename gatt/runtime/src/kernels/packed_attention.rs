@@ -37,6 +37,14 @@ pub(super) struct Packed {
     probs: Mutex<Arc<Vec<f32>>>,
 }
 
+/// Query heads, key/value heads (grouped: `nh` a multiple of `nkv`) and the head size.
+#[derive(Clone, Copy)]
+pub(super) struct Heads {
+    pub nh: usize,
+    pub nkv: usize,
+    pub hd: usize,
+}
+
 /// A buffer written by several tasks at disjoint places.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);
@@ -112,10 +120,9 @@ impl Packed {
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        nh: usize,
-        nkv: usize,
-        hd: usize,
+        heads: Heads,
     ) -> (Vec<f32>, Vec<f32>) {
+        let Heads { nh, nkv, hd } = heads;
         let t: usize = self.segments.iter().sum();
         let plan = self.plan(nh);
         let rep = nh / nkv;
@@ -165,18 +172,14 @@ impl Packed {
 
     /// The backward pass on slices, for the output gradient `d_out` (heads x T x hd) and
     /// the forward pass's inputs and probabilities: [dq | dk | dv] stacked in one buffer.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn backward(
         &self,
         probs: &[f32],
         d_out: &[f32],
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        nh: usize,
-        nkv: usize,
-        hd: usize,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        heads: Heads,
     ) -> Vec<f32> {
+        let Heads { nh, nkv, hd } = heads;
         let t: usize = self.segments.iter().sum();
         let rep = nh / nkv;
         let plan = self.plan(nh);
@@ -306,7 +309,7 @@ impl CustomOp3 for Packed {
         let q = contiguous_f32(s1, l1, "packed attention")?;
         let k = contiguous_f32(s2, l2, "packed attention")?;
         let v = contiguous_f32(s3, l3, "packed attention")?;
-        let (out, probs) = self.forward(q, k, v, nh, nkv, hd);
+        let (out, probs) = self.forward(q, k, v, Heads { nh, nkv, hd });
         *self.probs.lock().expect("probabilities lock") = Arc::new(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -375,7 +378,8 @@ impl CustomOp3 for PackedGrad<'_> {
         if self.probs.len() != self.fwd.plan(nh).prob_len {
             bail!("packed attention grad: the forward pass's probabilities are missing")
         }
-        let all = self.fwd.backward(&self.probs, d_out, q, k, v, nh, nkv, hd);
+        let heads = Heads { nh, nkv, hd };
+        let all = self.fwd.backward(&self.probs, d_out, (q, k, v), heads);
         let (nq, nk) = (nh * t * hd, nkv * t * hd);
         Ok((CpuStorage::F32(all), Shape::from(nq + 2 * nk)))
     }
