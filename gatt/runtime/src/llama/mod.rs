@@ -379,17 +379,20 @@ impl Model {
     }
 
     /// The layer's tensors when it can run as one op of training: on the CPU with packed
-    /// rows and an input that carries the graph, every tensor f32 and either a variable
-    /// itself (trained) or outside the graph (frozen) (a tensor computed from a variable
-    /// would lose its gradient in the op), the projections dense without bias. Full
-    /// fine-tuning and LoRA alike (with LoRA the first layer's input, the frozen
+    /// rows and an input that carries the graph, every tensor contiguous f32 and either a
+    /// variable itself (trained) or outside the graph (frozen) (a tensor computed from a
+    /// variable would lose its gradient in the op), the projections dense without bias.
+    /// Full fine-tuning and LoRA alike (with LoRA the first layer's input, the frozen
     /// embedding, is outside the graph: that layer stays composed). Dropout masks are not
     /// drawn here ([`Model::draw_masks`]).
     fn fused_weights(&self, layer: &Layer, x: &Tensor) -> Option<LayerWeights> {
         if !(self.fused_layers && self.training && x.device().is_cpu() && x.track_op()) {
             return None;
         }
-        let settled = |w: &Tensor| w.dtype() == DType::F32 && (w.is_variable() || !w.track_op());
+        // The op reads every tensor in place: contiguous f32.
+        let settled = |w: &Tensor| {
+            w.dtype() == DType::F32 && w.is_contiguous() && (w.is_variable() || !w.track_op())
+        };
         let projection = |l: &Linear| {
             let (Weight::Dense(w), None) = (&l.weight, &l.bias) else {
                 return None;
