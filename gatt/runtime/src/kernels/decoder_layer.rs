@@ -117,6 +117,34 @@ impl LayerWeights {
     }
 }
 
+/// Each token's rotary angles, read out of candle once per forward pass and shared by
+/// every layer: cos and sin, T x head_dim / 2 each.
+pub struct RopeAngles {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeAngles {
+    /// From the model's tables gathered for the tokens, (1, T, head_dim / 2) each.
+    ///
+    /// # Errors
+    ///
+    /// When the two tables differ in shape or are not f32.
+    pub fn new(cos: &Tensor, sin: &Tensor) -> Result<Self> {
+        if cos.dims() != sin.dims() {
+            bail!(
+                "rope angles: cos {:?} against sin {:?}",
+                cos.dims(),
+                sin.dims()
+            )
+        }
+        Ok(RopeAngles {
+            cos: cos.flatten_all()?.to_vec1::<f32>()?,
+            sin: sin.flatten_all()?.to_vec1::<f32>()?,
+        })
+    }
+}
+
 /// The layer's hyper-parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct LayerShape {
@@ -185,8 +213,8 @@ impl GradSink {
 }
 
 /// The decoder layer applied to `x` (1, T, hidden), T tokens of sequences packed end to
-/// end (`segments`, their lengths), each sequence attending only to itself; `cos`/`sin`
-/// (1, T, head_dim / 2) are each token's rotary angles. Returns (1, T, hidden). The
+/// end (`segments`, their lengths), each sequence attending only to itself; `angles`
+/// are each token's rotary angles. Returns (1, T, hidden). The
 /// backward pass returns the gradient of `x` and adds the trained tensors' gradients to
 /// `sink` (to be drained into the step's [`GradStore`]); it runs once per forward pass.
 ///
@@ -198,7 +226,7 @@ pub fn decoder_layer(
     x: &Tensor,
     weights: LayerWeights,
     shape: LayerShape,
-    (cos, sin): (&Tensor, &Tensor),
+    angles: &Arc<RopeAngles>,
     segments: &[usize],
     sink: &Arc<GradSink>,
 ) -> Result<Tensor> {
@@ -241,22 +269,17 @@ pub fn decoder_layer(
         bail!("decoder layer: weights must be f32 tensors on the CPU")
     }
     let half = shape.head_dim / 2;
-    if b != 1
-        || !shape.head_dim.is_multiple_of(2)
-        || cos.dims() != [1, t, half]
-        || sin.dims() != cos.dims()
-    {
+    if b != 1 || !shape.head_dim.is_multiple_of(2) || angles.cos.len() != t * half {
         bail!(
-            "decoder layer: input {:?} with angles {:?}, expected (1, T, hidden) and (1, T, {half})",
+            "decoder layer: input {:?} with {} angles, expected (1, T, hidden) and T x {half}",
             x.dims(),
-            cos.dims()
+            angles.cos.len()
         )
     }
     let attn = Packed::new(segments, 1.0 / (shape.head_dim as f64).sqrt() as f32);
     attn.check(shape.heads, shape.kv_heads, t)?;
     let op = DecoderLayer {
-        cos: cos.flatten_all()?.to_vec1::<f32>()?,
-        sin: sin.flatten_all()?.to_vec1::<f32>()?,
+        angles: Arc::clone(angles),
         weights,
         shape,
         attn,
@@ -269,8 +292,7 @@ pub fn decoder_layer(
 struct DecoderLayer {
     weights: LayerWeights,
     shape: LayerShape,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    angles: Arc<RopeAngles>,
     attn: Packed,
     sink: Arc<GradSink>,
     saved: Mutex<Option<Saved>>,
@@ -400,7 +422,8 @@ impl DecoderLayer {
             interleaved: self.shape.interleaved,
             back,
         };
-        r.apply(x, &self.cos, &self.sin, t, self.shape.head_dim)
+        let a = &self.angles;
+        r.apply(x, &a.cos, &a.sin, t, self.shape.head_dim)
     }
 
     /// Projection `i` of `x` (t x in): `x W (+ s (x ∘ m) A B)`, added to `residual`

@@ -20,7 +20,7 @@ mod probe;
 mod weights;
 
 use crate::kernels::decoder_layer::{
-    self, Adapter, GradSink, LayerShape, LayerWeights, Projection,
+    self, Adapter, GradSink, LayerShape, LayerWeights, Projection, RopeAngles,
 };
 use crate::kernels::{
     cross_entropy, decode_attention, norm, packed_attention, rope, softmax, swiglu,
@@ -164,17 +164,7 @@ impl Model {
     /// (Q8_0, Q4_1: the default model) and no LoRA adapter. Then a kept cache can start a longer sequence without changing
     /// anything it computes.
     pub fn positions_independent(&self) -> bool {
-        let linears = self.layers.iter().flat_map(|l| {
-            [
-                &l.attn.q,
-                &l.attn.k,
-                &l.attn.v,
-                &l.attn.o,
-                &l.mlp.gate,
-                &l.mlp.up,
-                &l.mlp.down,
-            ]
-        });
+        let linears = self.layers.iter().flat_map(Layer::linears);
         self.device.is_cpu()
             && !self.training
             && self.output.rows_independent()
@@ -477,12 +467,18 @@ impl Model {
             eps: self.cfg.rms_eps as f32,
             interleaved: self.cfg.rope_interleaved,
         };
+        // Read out of candle once per pass, for the layers that run as one op.
+        let mut angles: Option<Arc<RopeAngles>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             if let (Rows::Packed(segments), None, None) = (rows, &cache, &probe) {
                 if let Some(mut w) = self.fused_weights(layer, &x) {
                     self.draw_masks(&mut w, layer, t, pass)?;
+                    if angles.is_none() {
+                        angles = Some(Arc::new(RopeAngles::new(&cos, &sin)?));
+                    }
+                    let a = angles.as_ref().expect("set above");
                     let sink = &self.layer_grads;
-                    x = decoder_layer::decoder_layer(&x, w, shape, (&cos, &sin), segments, sink)?;
+                    x = decoder_layer::decoder_layer(&x, w, shape, a, segments, sink)?;
                     continue;
                 }
             }
