@@ -421,8 +421,8 @@ impl CustomOp2 for WeightedNll {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rows::max_diff;
-    use candle_core::{Device, Var, D};
+    use crate::kernels::rows::{max_diff, randn, var_randn};
+    use candle_core::{Device, D};
 
     /// The composed reference: product, log-softmax, gather.
     fn composed(h: &Tensor, w: &Tensor, targets: &[u32]) -> Tensor {
@@ -443,11 +443,11 @@ mod tests {
     fn equals_composed_ops_forward_and_backward() {
         let dev = Device::Cpu;
         let (n, hidden, vocab) = (2 * BLOCK_ROWS + 37, 24, 301);
-        let h = Var::randn(0f32, 1.0, (n, hidden), &dev).unwrap();
-        let embed = Var::randn(0f32, 1.0, (vocab, hidden), &dev).unwrap();
+        let h = var_randn(0f32, 1.0, (n, hidden), &dev).unwrap();
+        let embed = var_randn(0f32, 1.0, (vocab, hidden), &dev).unwrap();
         let w = embed.as_tensor().t().unwrap();
         let targets: Vec<u32> = (0..n).map(|i| ((i * 97 + 13) % vocab) as u32).collect();
-        let weights = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+        let weights = randn(0f32, 1.0, n, &dev).unwrap();
         let ours = linear_nll(h.as_tensor(), &w, &targets).unwrap();
         let theirs = composed(h.as_tensor(), &w, &targets);
         assert!(
@@ -481,7 +481,7 @@ mod tests {
                     > 1e-3
             );
         }
-        let frozen = Tensor::randn(0f32, 1.0, (hidden, vocab), &dev).unwrap();
+        let frozen = randn(0f32, 1.0, (hidden, vocab), &dev).unwrap();
         let g = linear_nll(h.as_tensor(), &frozen, &targets)
             .unwrap()
             .sum_all()
@@ -499,8 +499,8 @@ mod tests {
     fn weighted_sum_equals_per_row_losses_times_weights() {
         let dev = Device::Cpu;
         let (n, hidden, vocab) = (BLOCK_ROWS + 29, 16, 257);
-        let h = Var::randn(0f32, 1.0, (n, hidden), &dev).unwrap();
-        let embed = Var::randn(0f32, 1.0, (vocab, hidden), &dev).unwrap();
+        let h = var_randn(0f32, 1.0, (n, hidden), &dev).unwrap();
+        let embed = var_randn(0f32, 1.0, (vocab, hidden), &dev).unwrap();
         let w = embed.as_tensor().t().unwrap();
         let targets: Vec<u32> = (0..n).map(|i| ((i * 31 + 7) % vocab) as u32).collect();
         let weights: Vec<f32> = (0..n).map(|i| 0.01 + (i % 5) as f32 * 0.02).collect();
@@ -531,7 +531,7 @@ mod tests {
             g_ours.get(h.as_tensor()).unwrap(),
         );
         assert_eq!(d, 0.0);
-        let frozen = Tensor::randn(0f32, 1.0, (hidden, vocab), &dev).unwrap();
+        let frozen = randn(0f32, 1.0, (hidden, vocab), &dev).unwrap();
         let g = linear_cross_entropy(h.as_tensor(), &frozen, &targets, &weights)
             .unwrap()
             .backward()

@@ -390,6 +390,7 @@ impl CustomOp3 for OneQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::rows::randn;
     use candle_core::{DType, Device, D};
 
     #[test]
@@ -408,10 +409,10 @@ mod tests {
             (2, 5, 8, 2, 2),
         ] {
             let cap = len + 5;
-            let q = Tensor::randn(0f32, 1.0, (b, nh, 1, hd), &dev).unwrap();
+            let q = randn(0f32, 1.0, (b, nh, 1, hd), &dev).unwrap();
             // Keys and values read in place from a larger cache, as during decoding.
-            let kc = Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), &dev).unwrap();
-            let vc = Tensor::randn(0f32, 1.0, (b, nkv, cap, hd), &dev).unwrap();
+            let kc = randn(0f32, 1.0, (b, nkv, cap, hd), &dev).unwrap();
+            let vc = randn(0f32, 1.0, (b, nkv, cap, hd), &dev).unwrap();
             let (k, v) = (kc.narrow(2, 0, len).unwrap(), vc.narrow(2, 0, len).unwrap());
             let pad: Vec<usize> = (0..b).map(|s| s % 3).collect();
             check_against_composed_ops(&q, &k, &v, &pad);
@@ -481,12 +482,12 @@ mod tests {
             (1, 300, 300, 16, 6, 3),
             (3, 40, 40, 6, 2, 1),
         ] {
-            let q = Tensor::randn(0f32, 1.0, (b, nh, t, hd), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1.0, (b, nkv, len, hd), &dev)
+            let q = randn(0f32, 1.0, (b, nh, t, hd), &dev).unwrap();
+            let k = randn(0f32, 1.0, (b, nkv, len, hd), &dev)
                 .unwrap()
                 .to_dtype(DType::F16)
                 .unwrap();
-            let v = Tensor::randn(0f32, 1.0, (b, nkv, len, hd), &dev)
+            let v = randn(0f32, 1.0, (b, nkv, len, hd), &dev)
                 .unwrap()
                 .to_dtype(DType::F16)
                 .unwrap();

@@ -361,8 +361,8 @@ impl CustomOp3 for LoraLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rows::{max_diff, probe_grads};
-    use candle_core::{Device, Var};
+    use crate::kernels::rows::{max_diff, probe_grads, randn, var_randn};
+    use candle_core::Device;
 
     /// Values and the gradients of x, A and B equal the composed ops, with and without a
     /// dropout mask, for transposed (strided) and row-major frozen weights, a batch
@@ -374,7 +374,7 @@ mod tests {
         for rows in [37, MERGE_FROM_ROWS + 3] {
             for with_mask in [false, true] {
                 for transposed in [true, false] {
-                    let wt = Tensor::randn(0f32, 1.0, (out, k), &Device::Cpu).unwrap();
+                    let wt = randn(0f32, 1.0, (out, k), &Device::Cpu).unwrap();
                     let w = if transposed {
                         wt.t().unwrap()
                     } else {
@@ -391,9 +391,9 @@ mod tests {
         let (k, out) = w.dims2().unwrap();
         let rank = 4;
         {
-            let x = Var::randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
-            let a = Var::randn(0f32, 1.0, (k, rank), &dev).unwrap();
-            let b = Var::randn(0f32, 1.0, (rank, out), &dev).unwrap();
+            let x = var_randn(0f32, 1.0, (1, rows, k), &dev).unwrap();
+            let a = var_randn(0f32, 1.0, (k, rank), &dev).unwrap();
+            let b = var_randn(0f32, 1.0, (rank, out), &dev).unwrap();
             let mask: Option<Vec<f32>> =
                 with_mask.then(|| (0..rows * k).map(|i| [0.0, 1.25][i % 3 % 2]).collect());
             let s = 0.7f32;
@@ -419,7 +419,7 @@ mod tests {
             .unwrap();
             assert_eq!(ours.dims(), &[1, rows, out]);
             assert!(max_diff(&ours, &theirs) < 1e-4);
-            let probe = Tensor::randn(0f32, 1.0, (1, rows, out), &dev).unwrap();
+            let probe = randn(0f32, 1.0, (1, rows, out), &dev).unwrap();
             let (g1, g2) = (probe_grads(&ours, &probe), probe_grads(&theirs, &probe));
             for v in [x.as_tensor(), a.as_tensor(), b.as_tensor()] {
                 let (p, q) = (g1.get(v).unwrap(), g2.get(v).unwrap());

@@ -212,17 +212,17 @@ impl CustomOp2 for RmsNormGradW {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rows::{max_diff, probe_grads};
-    use candle_core::{Device, Var};
+    use crate::kernels::rows::{max_diff, probe_grads, randn, var_randn};
+    use candle_core::Device;
 
     #[test]
     fn values_and_gradients_equal_the_composed_ops() {
         // One thread (few rows) and parallel blocks (many rows).
         for rows in [3, 700] {
             let dev = Device::Cpu;
-            let x = Var::randn(0f32, 2.0, (rows, 48), &dev).unwrap();
-            let w = Var::randn(1f32, 0.3, 48, &dev).unwrap();
-            let probe = Tensor::randn(0f32, 1.0, (rows, 48), &dev).unwrap();
+            let x = var_randn(0f32, 2.0, (rows, 48), &dev).unwrap();
+            let w = var_randn(1f32, 0.3, 48, &dev).unwrap();
+            let probe = randn(0f32, 1.0, (rows, 48), &dev).unwrap();
             let ours = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, true).unwrap();
             let theirs = candle_nn::ops::rms_norm_slow(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-5);
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn a_frozen_weight_gets_no_gradient() {
         let dev = Device::Cpu;
-        let x = Var::randn(0f32, 1.0, (4, 8), &dev).unwrap();
+        let x = var_randn(0f32, 1.0, (4, 8), &dev).unwrap();
         let w = Tensor::ones(8, DType::F32, &dev).unwrap();
         let g = rms_norm(x.as_tensor(), &w, 1e-5, true)
             .unwrap()

@@ -388,8 +388,8 @@ impl CustomOp3 for PackedGrad<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rows::{max_diff, probe_grads};
-    use candle_core::{Device, Var, D};
+    use crate::kernels::rows::{max_diff, probe_grads, randn, var_randn};
+    use candle_core::{Device, D};
 
     /// Each segment on its own with candle's ops (grouped heads repeated).
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, segments: &[usize], scale: f64) -> Tensor {
@@ -440,10 +440,10 @@ mod tests {
     fn equal_each_sequence_alone(segments: &[usize], nh: usize, nkv: usize, hd: usize) {
         let dev = Device::Cpu;
         let t = segments.iter().sum::<usize>();
-        let q = Var::randn(0f32, 1.0, (1, nh, t, hd), &dev).unwrap();
-        let k = Var::randn(0f32, 1.0, (1, nkv, t, hd), &dev).unwrap();
-        let v = Var::randn(0f32, 1.0, (1, nkv, t, hd), &dev).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (1, nh, t, hd), &dev).unwrap();
+        let q = var_randn(0f32, 1.0, (1, nh, t, hd), &dev).unwrap();
+        let k = var_randn(0f32, 1.0, (1, nkv, t, hd), &dev).unwrap();
+        let v = var_randn(0f32, 1.0, (1, nkv, t, hd), &dev).unwrap();
+        let probe = randn(0f32, 1.0, (1, nh, t, hd), &dev).unwrap();
         let ours = packed(q.as_tensor(), k.as_tensor(), v.as_tensor(), segments, 0.3).unwrap();
         let theirs = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), segments, 0.3);
         assert!(max_diff(&ours, &theirs) < 1e-5);

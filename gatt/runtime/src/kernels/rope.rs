@@ -192,8 +192,8 @@ impl CustomOp3 for Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rows::{max_diff, probe_grads};
-    use candle_core::{Device, Var};
+    use crate::kernels::rows::{max_diff, probe_grads, randn, var_randn};
+    use candle_core::Device;
 
     #[test]
     fn values_and_gradients_equal_the_composed_ops() {
@@ -201,10 +201,10 @@ mod tests {
         // Small (one thread) and large (parallel blocks); both pair orders.
         for (b, t, n, hd) in [(2, 3, 2, 4), (2, 70, 3, 64)] {
             for interleaved in [true, false] {
-                let y = Var::randn(0f32, 1.0, (b, t, n * hd), &dev).unwrap();
-                let ang = Tensor::randn(0f32, 2.0, (b, t, hd / 2), &dev).unwrap();
+                let y = var_randn(0f32, 1.0, (b, t, n * hd), &dev).unwrap();
+                let ang = randn(0f32, 2.0, (b, t, hd / 2), &dev).unwrap();
                 let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
-                let probe = Tensor::randn(0f32, 1.0, (b, n, t, hd), &dev).unwrap();
+                let probe = randn(0f32, 1.0, (b, n, t, hd), &dev).unwrap();
                 let ours =
                     rotated_heads(y.as_tensor(), n, (&cos, &sin), interleaved, true).unwrap();
                 let heads = y

@@ -1,9 +1,9 @@
 //! What the model's own CPU kernels share: borrowing a contiguous f32 buffer from candle's
 //! storage, and splitting an output into blocks of whole rows over threads.
 
-#[cfg(test)]
-use candle_core::Tensor;
 use candle_core::{bail, CpuStorage, Layout, Result};
+#[cfg(test)]
+use candle_core::{Device, Shape, Tensor, Var};
 use std::cell::Cell;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -112,6 +112,35 @@ impl Drop for InTask {
     fn drop(&mut self) {
         IN_TASK.with(|t| t.set(self.outer));
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The tests' generator: seeded alike on every thread, and every test runs on a
+    /// thread of its own, so a test draws the same numbers on every run and machine.
+    static TEST_RNG: std::cell::RefCell<rand_chacha::ChaCha8Rng> =
+        std::cell::RefCell::new(rand::SeedableRng::seed_from_u64(0x6a77));
+}
+
+/// Normal draws (`mean`, `std`) for tests, like `Tensor::randn` but from the seeded
+/// test generator: a test that fails on one machine fails the same way on any other.
+#[cfg(test)]
+pub fn randn(mean: f32, std: f32, shape: impl Into<Shape>, dev: &Device) -> Result<Tensor> {
+    use rand::Rng;
+    let shape = shape.into();
+    let normal = rand_distr::Normal::new(mean, std).expect("a finite, non-negative std");
+    let data: Vec<f32> = TEST_RNG.with(|r| {
+        (0..shape.elem_count())
+            .map(|_| r.borrow_mut().sample(normal))
+            .collect()
+    });
+    Tensor::from_vec(data, shape, dev)
+}
+
+/// [`randn`] as a trainable variable (`Var::randn` from the seeded test generator).
+#[cfg(test)]
+pub fn var_randn(mean: f32, std: f32, shape: impl Into<Shape>, dev: &Device) -> Result<Var> {
+    Var::from_tensor(&randn(mean, std, shape, dev)?)
 }
 
 /// Largest absolute difference between two tensors of one shape (the kernels' tests

@@ -144,8 +144,7 @@ impl CustomOp2 for SoftmaxGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rows::{max_diff, probe_grads};
-    use candle_core::Var;
+    use crate::kernels::rows::{max_diff, probe_grads, randn, var_randn};
 
     /// The composed path (mask, scale, candle's softmax) as the reference.
     fn reference(scores: &Tensor, n_q: usize, scale: f64) -> Tensor {
@@ -163,8 +162,8 @@ mod tests {
         // Small (one thread) and large (parallel blocks) cases; prompt (n_q = n_k),
         // continuation (n_q < n_k) and single-query decoding.
         for (groups, n_q, n_k) in [(3, 5, 5), (2, 4, 9), (3, 1, 7), (6, 150, 170)] {
-            let s = Var::randn(0f32, 3.0, (groups * n_q, n_k), &Device::Cpu).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (groups * n_q, n_k), &Device::Cpu).unwrap();
+            let s = var_randn(0f32, 3.0, (groups * n_q, n_k), &Device::Cpu).unwrap();
+            let w = randn(0f32, 1.0, (groups * n_q, n_k), &Device::Cpu).unwrap();
             let ours = causal(s.as_tensor(), n_q, 0.125, true).unwrap();
             let theirs = reference(s.as_tensor(), n_q, 0.125);
             assert!(max_diff(&ours, &theirs) < 1e-6, "{groups} {n_q} {n_k}");
@@ -177,7 +176,7 @@ mod tests {
 
     #[test]
     fn masked_keys_get_zero_probability() {
-        let s = Tensor::randn(0f32, 1.0, (4, 4), &Device::Cpu).unwrap();
+        let s = randn(0f32, 1.0, (4, 4), &Device::Cpu).unwrap();
         let p: Vec<Vec<f32>> = causal(&s, 4, 1.0, false).unwrap().to_vec2().unwrap();
         for (i, row) in p.iter().enumerate() {
             assert!(row[i + 1..].iter().all(|&v| v == 0.0));

@@ -179,15 +179,15 @@ impl CustomOp3 for SiluMulGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::rows::{max_diff, probe_grads};
-    use candle_core::{Device, Var};
+    use crate::kernels::rows::{max_diff, probe_grads, randn, var_randn};
+    use candle_core::Device;
 
     /// The halves of one tensor give the same bits as the two tensors apart.
     #[test]
     fn halves_equal_the_two_tensors() {
         let dev = Device::Cpu;
         for rows in [1usize, 3, 40] {
-            let both = Tensor::randn(0f32, 3.0, (rows, 2 * 1500), &dev).unwrap();
+            let both = randn(0f32, 3.0, (rows, 2 * 1500), &dev).unwrap();
             let (g, u) = (
                 both.narrow(1, 0, 1500).unwrap(),
                 both.narrow(1, 1500, 1500).unwrap(),
@@ -205,9 +205,9 @@ mod tests {
         let dev = Device::Cpu;
         // One block, and many blocks with a ragged last one.
         for shape in [(3usize, 5usize), (40, 1000)] {
-            let gate = Var::randn(0f32, 3.0, shape, &dev).unwrap();
-            let up = Var::randn(0f32, 1.0, shape, &dev).unwrap();
-            let probe = Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+            let gate = var_randn(0f32, 3.0, shape, &dev).unwrap();
+            let up = var_randn(0f32, 1.0, shape, &dev).unwrap();
+            let probe = randn(0f32, 1.0, shape, &dev).unwrap();
             let ours = silu_mul(gate.as_tensor(), up.as_tensor()).unwrap();
             let theirs =
                 (candle_nn::ops::silu(gate.as_tensor()).unwrap() * up.as_tensor()).unwrap();

@@ -174,6 +174,7 @@ pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::rows::randn;
     use candle_core::Device;
 
     #[test]
@@ -229,14 +230,12 @@ mod tests {
             vec![
                 Param {
                     name: "a".into(),
-                    var: Var::from_tensor(&Tensor::randn(0f32, 1.0, (70_000,), &dev).unwrap())
-                        .unwrap(),
+                    var: Var::from_tensor(&randn(0f32, 1.0, (70_000,), &dev).unwrap()).unwrap(),
                     decay: true,
                 },
                 Param {
                     name: "b".into(),
-                    var: Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5), &dev).unwrap())
-                        .unwrap(),
+                    var: Var::from_tensor(&randn(0f32, 1.0, (3, 5), &dev).unwrap()).unwrap(),
                     decay: false,
                 },
             ]
@@ -254,8 +253,8 @@ mod tests {
         let mut opt_theirs = AdamW::new(cfg, &theirs).unwrap();
         for step in 0..3 {
             let grads = vec![
-                Tensor::randn(0f32, 1.0, (70_000,), &dev).unwrap(),
-                Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap().t().unwrap(),
+                randn(0f32, 1.0, (70_000,), &dev).unwrap(),
+                randn(0f32, 1.0, (5, 3), &dev).unwrap().t().unwrap(),
             ];
             let scale = [1.0, 0.37, 0.9][step];
             opt_ours.step(&ours, &grads, 1e-3, scale).unwrap();
