@@ -323,8 +323,10 @@ impl OneQuery {
                 .enumerate()
                 .for_each(|(r, out)| attend(r, out));
         } else {
-            // More chunks than workers when queries differ in length (a prompt's rows).
-            let per = rows.div_ceil(if t > 1 { 4 * parts } else { parts });
+            // More chunks than workers, taken as the workers free up: rows differ in
+            // length (a prompt's rows; in a running batch, sequences at different
+            // positions), and halves by count left one worker waiting for the other.
+            let per = rows.div_ceil(4 * parts);
             let chunks: Vec<Mutex<&mut [f32]>> = y.chunks_mut(per * hd).map(Mutex::new).collect();
             // Inline on the calling thread if it is a pool worker itself.
             pool.execute_chunked(chunks.len(), |range| {
