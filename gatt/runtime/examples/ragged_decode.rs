@@ -4,7 +4,7 @@
 //!
 //! Usage: cargo run -p gatt-runtime --example ragged_decode -- [steps=64] [rounds=5]
 //!
-//! Both batches hold 8 sequences and 3,700 prompt tokens in all: equal ones of 462 tokens
+//! Both batches hold 8 sequences and 4,200 prompt tokens in all: equal ones of 525 tokens
 //! each, or ragged ones of 150 to 900 (the longer ones together). The attention reads
 //! about the same number of cached keys per step in both; with the work split well over
 //! the threads, the two step rates are the same. Rounds alternate the two cases; the
