@@ -325,7 +325,8 @@ impl OneQuery {
         } else {
             // More chunks than workers, taken as the workers free up: rows differ in
             // length (a prompt's rows; in a running batch, sequences at different
-            // positions), and halves by count left one worker waiting for the other.
+            // positions), and equal shares by count left workers waiting for the one
+            // holding the longest rows.
             let per = rows.div_ceil(4 * parts);
             let chunks: Vec<Mutex<&mut [f32]>> = y.chunks_mut(per * hd).map(Mutex::new).collect();
             // Inline on the calling thread if it is a pool worker itself.
@@ -398,13 +399,16 @@ mod tests {
     #[test]
     fn equals_softmax_attention_over_each_sequences_own_keys() {
         let dev = Device::Cpu;
-        // Few rows (one thread) and many (parallel blocks); 1, 2, 3 and 7 query heads per
+        // Few rows (one thread) and many (parallel chunks); 1, 2, 3 and 7 query heads per
         // key head; head sizes for the SIMD kernels (8, and 72 = one 64-column block and
         // a rest) and for the portable path (6); key counts with and without a rest after
         // fours.
         for (b, len, hd, nh, nkv) in [
             (3usize, 6usize, 8usize, 4usize, 2usize),
             (16, 300, 8, 9, 3),
+            // Parallel with a short last chunk, and with fewer rows than chunks.
+            (15, 300, 8, 9, 3),
+            (2, 800, 8, 3, 1),
             (2, 7, 72, 4, 2),
             (3, 9, 6, 4, 2),
             (2, 13, 16, 7, 1),

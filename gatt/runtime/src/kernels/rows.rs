@@ -117,13 +117,13 @@ impl Drop for InTask {
 #[cfg(test)]
 thread_local! {
     /// The tests' generator: seeded alike on every thread, and every test runs on a
-    /// thread of its own, so a test draws the same numbers on every run and machine.
+    /// thread of its own, so a test draws the same inputs on every run.
     static TEST_RNG: std::cell::RefCell<rand_chacha::ChaCha8Rng> =
         std::cell::RefCell::new(rand::SeedableRng::seed_from_u64(0x6a77));
 }
 
 /// Normal draws (`mean`, `std`) for tests, like `Tensor::randn` but from the seeded
-/// test generator: a test that fails on one machine fails the same way on any other.
+/// test generator: a test gets the same inputs on every run, so a failure repeats.
 #[cfg(test)]
 pub fn randn(mean: f32, std: f32, shape: impl Into<Shape>, dev: &Device) -> Result<Tensor> {
     use rand::Rng;
