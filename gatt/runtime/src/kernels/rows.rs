@@ -1,5 +1,6 @@
 //! What the model's own CPU kernels share: borrowing a contiguous f32 buffer from candle's
-//! storage, and splitting an output into blocks of whole rows over threads.
+//! storage, and splitting an output into blocks of whole rows over threads; for their tests,
+//! seeded random inputs and comparisons against candle's composed ops.
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 #[cfg(test)]
