@@ -50,10 +50,19 @@ fn batch_loss(m: &Model, batch: &[&Example], mean: LossMean) -> f64 {
 
 /// Gradients equal up to float rounding.
 fn assert_same_grads(a: &[Vec<f32>], b: &[Vec<f32>]) {
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!(x.len(), y.len());
+    assert_grads_close(b, a, 1e-6, "");
+}
+
+/// Every element of `got` within `tol * (1 + |want|)` of `want`, tensor by tensor (each
+/// one present, of the same length); `what` names the case in a failure.
+fn assert_grads_close(got: &[Vec<f32>], want: &[Vec<f32>], tol: f32, what: &str) {
+    for (i, (x, y)) in got.iter().zip(want).enumerate() {
+        assert_eq!(x.len(), y.len(), "{what} gradient {i} is missing");
         for (p, q) in x.iter().zip(y) {
-            assert!((p - q).abs() <= 1e-6 * (1.0 + p.abs()), "{p} vs {q}");
+            assert!(
+                (p - q).abs() <= tol * (1.0 + q.abs()),
+                "{what} gradient {i}: {p} vs {q}"
+            );
         }
     }
 }
@@ -201,15 +210,7 @@ fn packed_sequences_give_the_loss_and_gradients_of_each_sequence_alone() {
             (l.to_scalar::<f32>().unwrap() - loss).abs() < 1e-5,
             "{arch}"
         );
-        for (got, want) in grads_in(&m, &mb, &vars).iter().zip(&grads) {
-            assert_eq!(got.len(), want.len(), "{arch}: a gradient is missing");
-            for (p, q) in got.iter().zip(want) {
-                assert!(
-                    (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
-                    "{arch}: {p} vs {q}"
-                );
-            }
-        }
+        assert_grads_close(&grads_in(&m, &mb, &vars), &grads, 1e-5, arch);
     }
 }
 
@@ -337,14 +338,7 @@ fn chunked_micro_batches_give_the_loss_and_gradients_of_the_whole() {
         for (g, p) in a.iter().zip(&t.params) {
             assert!(g.iter().any(|x| *x != 0.0), "{method:?}: {}", p.name);
         }
-        for (x, y) in a.iter().zip(&b) {
-            for (p, q) in x.iter().zip(y) {
-                assert!(
-                    (p - q).abs() <= 1e-5 * (1.0 + p.abs()),
-                    "{method:?}: {p} vs {q}"
-                );
-            }
-        }
+        assert_grads_close(&b, &a, 1e-5, &format!("{method:?}"));
     }
 }
 
