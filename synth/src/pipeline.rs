@@ -131,6 +131,9 @@ struct InFlight {
     step: Option<Step>,
     /// The seed of the request in flight.
     seed: u64,
+    /// Tokens the model sampled for it: every candidate of every request, rejected ones
+    /// included.
+    sampled: usize,
 }
 
 /// A dialogue's next request.
@@ -162,6 +165,9 @@ pub struct ChunkOutput {
     pub records: Vec<Dialogue>,
     /// What the gate rejected.
     pub gate: GateCounts,
+    /// Tokens the model sampled for the chunk's dialogues: every candidate of every
+    /// request, those the gate rejected and those of dropped dialogues included.
+    pub tokens_sampled: usize,
 }
 
 /// The conversation key of a dialogue's reply requests ([`Request::conversation`]).

@@ -29,6 +29,16 @@ pub struct Progress {
     pub dialogues_resumed: usize,
     /// Tokens of the kept replies sampled by this run (resumed chunks add none).
     pub tokens_generated: usize,
+    /// Tokens the model sampled in this run: every candidate of every request, those
+    /// the gate rejected, resampled turns and dropped dialogues included (what the
+    /// backend's speed applies to; resumed chunks add none). Left out of `run.json`
+    /// when 0, as older versions wrote it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_sampled: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What a finished run did.
@@ -186,6 +196,7 @@ pub fn run(
     s.run_chunks(&todo, &mut |k, out| {
         write_json(&gate_path(dir, k), &out.gate)?;
         gate.add(&out.gate);
+        progress.tokens_sampled += out.tokens_sampled;
         let mut w = DialogueWriter::create(&chunk_path(dir, k), Format::Jsonl)?;
         for r in &out.records {
             progress.tokens_generated += r.meta.tokens_generated();

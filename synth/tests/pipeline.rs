@@ -58,6 +58,15 @@ fn synth_to(
     fail_after: usize,
     resume: bool,
 ) -> gatt::Result<Vec<Dialogue>> {
+    read_all(&run_to(dir, shard, fail_after, resume)?.output)
+}
+
+fn run_to(
+    dir: &std::path::Path,
+    shard: Shard,
+    fail_after: usize,
+    resume: bool,
+) -> gatt::Result<gatt_synth::run::RunSummary> {
     let backend = Fake {
         calls: AtomicUsize::new(0),
         fail_after,
@@ -72,15 +81,28 @@ fn synth_to(
         judge: None,
         opts: opts(shard),
     };
-    let summary = gatt_synth::run::run(
+    gatt_synth::run::run(
         &s,
         dir,
         resume,
         Format::Jsonl,
         gatt_synth::run::Provenance::new("scripted"),
         &|_| {},
-    )?;
-    read_all(&summary.output)
+    )
+}
+
+/// `run.json` counts the tokens of the kept replies (`tokens_generated`) and every token
+/// the model sampled (`tokens_sampled`): here two candidates of 4 tokens per turn, one
+/// kept, in 10 dialogues of 3 turns.
+#[test]
+fn sampled_tokens_count_every_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run_to(dir.path(), Shard::default(), usize::MAX, false).unwrap();
+    assert_eq!(summary.progress.tokens_generated, 10 * 3 * 4);
+    assert_eq!(summary.progress.tokens_sampled, 10 * 3 * 2 * 4);
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["counts"]["tokens_sampled"], 240);
 }
 
 #[test]

@@ -275,7 +275,8 @@ pub fn run(args: Args) -> Result<()> {
     let summary = gatt_synth::run::run(&synth, &args.out, args.resume, format, provenance, &|p| {
         pb.set_position(p.dialogues_done as u64);
         let secs = started.elapsed().as_secs_f64().max(1e-3);
-        pb.set_message(format!("{:.1} tok/s", p.tokens_generated as f64 / secs));
+        // The model's speed: every sampled token, rejected candidates included.
+        pb.set_message(format!("{:.1} tok/s", p.tokens_sampled as f64 / secs));
     })?;
     pb.finish_and_clear();
     let g = &summary.gate;

@@ -3,15 +3,19 @@
 //! model's raw batched decoding steps at the same batch size, in one run.
 //!
 //! Usage: cargo run -p gatt-runtime --example continuous_speed -- [batch=8] [dialogues=24]
-//! [turns=3] [max=320] [rounds=1]
+//! [turns=3] [max=320] [rounds=1] [raw=1]
 //!
 //! The dialogues sample at the default settings (temperature 0.7, top-p 0.9, penalty 1.1)
 //! up to `max` tokens per reply, with kept conversation caches; every sampled token counts
 //! (prefill of the new turns, sampling and the batch's rebuilds are part of the time). The
-//! raw decode is `batch` sequences of the dialogues' mean prompt length, decoding steps
-//! only (no prefill, no sampling): the ceiling. Both ratios are printed, by wall time and
+//! raw decode is `batch` sequences decoding as many steps as a mean reply, decoding steps
+//! only (no prefill, no sampling): the ceiling. Its prompts are as long as makes its steps
+//! attend over as many positions on average as the dialogues' decoding steps did (a step's
+//! attention grows with its sequence's length, and long replies at long prompts weigh
+//! more in the dialogues than the mean prompt and the mean reply say). Both ratios are printed, by wall time and
 //! by the process's CPU time (which a busy shared machine disturbs less); with several
-//! rounds, also the ratio of the rounds pooled.
+//! rounds, also the ratio of the rounds pooled. With `raw=0` only the dialogues run (to
+//! profile them alone).
 use candle_core::Device;
 use gatt::backend::{ChatBackend, Feed, Reply, Request, SamplingParams};
 use gatt::model::ModelSource;
@@ -48,6 +52,10 @@ struct Dialogues {
     tokens: usize,
     prompt_tokens: usize,
     requests: usize,
+    /// Decoding steps of the replies (a reply's first token comes from its prompt's
+    /// prefill) and the positions they attended over, summed.
+    steps: usize,
+    attended: usize,
 }
 
 impl Feed for Dialogues {
@@ -67,6 +75,11 @@ impl Feed for Dialogues {
             self.tokens += r.completion_tokens;
             self.prompt_tokens += r.prompt_tokens;
             self.requests += 1;
+            // Step k (k = 1..c-1) feeds the reply's token k-1 at position p+k-1 and
+            // attends over p+k positions.
+            let (p, c) = (r.prompt_tokens, r.completion_tokens);
+            self.steps += c.saturating_sub(1);
+            self.attended += c.saturating_sub(1) * p + c * c.saturating_sub(1) / 2;
         }
         self.messages[i].push(Message::assistant(replies[0].text.clone()));
         self.answered[i] += 1;
@@ -111,19 +124,37 @@ fn main() {
             tokens: 0,
             prompt_tokens: 0,
             requests: 0,
+            steps: 0,
+            attended: 0,
         };
         let (t0, c0) = (Instant::now(), cpu_seconds());
         backend.generate_each(&mut feed).unwrap();
         let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
         let dialogue_rate = feed.tokens as f64 / secs;
         let mean_prompt = feed.prompt_tokens / feed.requests.max(1);
+        if arg("raw=", 1) == 0 {
+            println!(
+                "round {round}: {} tokens in {secs:.1} s = {dialogue_rate:.1} tokens/s, \
+                 {} prompt tokens in {} requests; prefilled and reused since loading {:?}, \
+                 joins in a free place and rebuilds {:?}",
+                feed.tokens,
+                feed.prompt_tokens,
+                feed.requests,
+                backend.prefill_counts(),
+                backend.join_counts()
+            );
+            continue;
+        }
 
-        // Raw decoding steps of `batch` sequences of the mean prompt length, then as
-        // many positions again as a mean reply.
+        // Raw decoding steps of `batch` sequences, as many as a mean reply, from prompts
+        // such that a step attends over as many positions on average as the dialogues'
+        // steps did: step i (i = 1..steps) attends over raw_prompt + i.
         let steps = (feed.tokens / feed.requests.max(1)).max(16);
+        let mean_attended = feed.attended as f64 / feed.steps.max(1) as f64;
+        let raw_prompt = (mean_attended - (steps + 1) as f64 / 2.0).round().max(1.0) as usize;
         let prompts: Vec<Vec<u32>> = (0..batch)
             .map(|s| {
-                (0..mean_prompt)
+                (0..raw_prompt)
                     .map(|i| ((i * 31 + s * 7) % 5000 + 100) as u32)
                     .collect()
             })
@@ -132,7 +163,7 @@ fn main() {
         // dialogues' time, so slow drifts of a shared machine weigh on both alike.
         let (mut raw_secs, mut raw_cpu) = (0.0, 0.0);
         for _ in 0..RAW_PASSES {
-            let mut cache = model.sampling_cache(mean_prompt + steps + 1);
+            let mut cache = model.sampling_cache(raw_prompt + steps + 1);
             let bt = pad_prompts(&prompts, 2, &Device::Cpu).unwrap();
             model
                 .forward(&bt.tokens, &bt.positions, &bt.pad, &mut cache)
@@ -153,7 +184,8 @@ fn main() {
         println!(
             "round {round}: {dialogues} dialogues x {turns} turns, batch {batch}: {} tokens in \
              {secs:.1} s = {dialogue_rate:.1} tokens/s (mean prompt {mean_prompt}, mean reply \
-             {}); raw batch-{batch} decode at that length: {raw_rate:.1} tokens/s; ratio \
+             {}, a decoding step attending over {mean_attended:.0} positions on average); raw \
+             batch-{batch} decode from {raw_prompt}-token prompts: {raw_rate:.1} tokens/s; ratio \
              {:.2}; per CPU second (user + system, {cpu:.1} s and {raw_cpu:.1} s): ratio \
              {cpu_ratio:.2}",
             feed.tokens,

@@ -1,6 +1,6 @@
 //! Times prefill and decode steps of the embedded model at several batch sizes.
 //! Usage: cargo run -p gatt-runtime --example decode_speed [--release] -- [quantized] [only=B]
-//! [steps=N] [rounds=R]
+//! [steps=N] [rounds=R] [prompt=P]
 //!
 //! With `rounds=R` the cases run R times, interleaved, and a summary gives each case's
 //! median and best decode rate: on a shared machine the best of several rounds is the
@@ -20,7 +20,8 @@ fn main() {
         Weights::Dense
     };
     let m = Model::from_gguf(&ct, &mut f, &Device::Cpu, w).unwrap();
-    // `only=B` runs the batch-B case alone, `steps=N` decodes N steps (for profiling).
+    // `only=B` runs the batch-B case alone, `steps=N` decodes N steps (for profiling),
+    // `prompt=P` starts the decoding cases from P-token prompts instead of 32.
     let arg = |key: &str| -> Option<usize> {
         std::env::args().find_map(|a| a.strip_prefix(key).and_then(|v| v.parse().ok()))
     };
@@ -29,11 +30,15 @@ fn main() {
         arg("steps=").unwrap_or(64),
         arg("rounds=").unwrap_or(1).max(1),
     );
-    let cases = [(1usize, 512usize), (1, 32), (4, 32), (16, 32)];
+    let short = arg("prompt=").unwrap_or(32);
+    let mut cases = vec![(1usize, 512usize), (1, short), (4, short), (16, short)];
+    if let Some(b) = only.filter(|b| ![1, 4, 16].contains(b)) {
+        cases.push((b, short));
+    }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
         for (c, &(b, plen)) in cases.iter().enumerate() {
-            if only.is_some_and(|o| o != b || plen == 512) {
+            if only.is_some_and(|o| o != b || c == 0) {
                 continue;
             }
             let prompts: Vec<Vec<u32>> = (0..b)
@@ -78,7 +83,7 @@ fn main() {
         if rounds > 1 {
             println!("batch {b:>2} prompt {plen:>3}: decode median {median:.1}, best {best:.1} tok/s over {rounds} rounds");
         }
-        if plen == 32 {
+        if c > 0 {
             summary.push((b, median, best));
         }
     }

@@ -1,7 +1,7 @@
 //! Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling
 //! with a repetition penalty, from a seeded generator so that runs repeat exactly.
 
-use crate::kernels::exp::exp_shifted_in_place;
+use crate::kernels::exp::{exp_scaled_shifted_in_place, exp_shifted_in_place};
 use gatt::backend::SamplingParams;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -10,6 +10,9 @@ use rand_chacha::ChaCha8Rng;
 pub struct Sampler {
     rng: ChaCha8Rng,
     params: SamplingParams,
+    /// One bit per vocabulary entry, all clear between draws: the tokens already
+    /// penalized in a draw.
+    seen: Vec<u64>,
 }
 
 impl Sampler {
@@ -21,6 +24,7 @@ impl Sampler {
             // `gatt::backend::candidate_seed`).
             rng: ChaCha8Rng::seed_from_u64(seed),
             params: params.clone(),
+            seen: Vec::new(),
         }
     }
 
@@ -28,23 +32,36 @@ impl Sampler {
     ///
     /// `logits` (one per vocabulary entry) are modified in place: each distinct token of
     /// `context` is penalized as in CTRL and `transformers`' repetition penalty (a
-    /// positive logit divided by the penalty, a negative one multiplied). A temperature
+    /// positive logit divided by the penalty, a negative one multiplied); without top-k
+    /// and above temperature 0 they are left holding the tokens' unnormalized
+    /// probabilities (the draw's scratch, so that it allocates nothing). A temperature
     /// of 0 or less takes the argmax without drawing; otherwise the `top_k` highest
     /// logits are kept, then the top-p nucleus of their softmax at the temperature, and
     /// one token is drawn in proportion to its probability.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> u32 {
         let penalty = self.params.repetition_penalty;
         if penalty != 1.0 {
-            let mut seen = context.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
-                if let Some(l) = logits.get_mut(t as usize) {
+            // Each distinct token once: marked in a bitset of the vocabulary, the marks
+            // cleared after (no copy or sort of the context in every draw).
+            let words = logits.len().div_ceil(64);
+            if self.seen.len() < words {
+                self.seen.resize(words, 0);
+            }
+            for &t in context {
+                let (word, bit) = (t as usize / 64, 1u64 << (t % 64));
+                if (t as usize) < logits.len() && self.seen[word] & bit == 0 {
+                    self.seen[word] |= bit;
+                    let l = &mut logits[t as usize];
                     *l = if *l >= 0.0 {
                         *l / penalty
                     } else {
                         *l * penalty
                     };
+                }
+            }
+            for &t in context {
+                if (t as usize) < logits.len() {
+                    self.seen[t as usize / 64] = 0;
                 }
             }
         }
@@ -65,39 +82,53 @@ impl Sampler {
             idx.truncate(k);
             idx
         });
-        // Unnormalized probabilities of the candidates, in candidate order.
-        let mut weights: Vec<f32> = match &top_k {
-            Some(idx) => idx.iter().map(|&i| logits[i as usize] / temp).collect(),
-            None => logits.iter().map(|&l| l / temp).collect(),
+        // Unnormalized probabilities of the candidates, in candidate order: each logit
+        // divided by the temperature, less the largest quotient, exponentiated. (The
+        // largest quotient is the largest logit divided: division by a positive number
+        // keeps the order.) Over the whole vocabulary they take the logits' place.
+        let c = match &top_k {
+            Some(idx) => {
+                let mut weights: Vec<f32> =
+                    idx.iter().map(|&i| logits[i as usize] / temp).collect();
+                let max = lanes_max(&weights);
+                exp_shifted_in_place(&mut weights, max);
+                self.draw(&weights)
+            }
+            None => {
+                let shift = lanes_max(logits) / temp;
+                exp_scaled_shifted_in_place(logits, temp, shift);
+                self.draw(logits)
+            }
         };
-        let max = lanes_max(&weights);
-        exp_shifted_in_place(&mut weights, max);
-        let token = |c: usize| top_k.as_ref().map_or(c as u32, |idx| idx[c]);
-        let total = lanes_sum(&weights);
+        top_k.map_or(c as u32, |idx| idx[c])
+    }
+
+    /// A candidate drawn in proportion to `weights` (unnormalized probabilities), from
+    /// the top-p nucleus where top-p is below 1.
+    fn draw(&mut self, weights: &[f32]) -> usize {
+        let (total, max) = lanes_sum_max(weights);
         let top_p = self.params.top_p.filter(|p| *p < 1.0);
         let Some(top_p) = top_p else {
-            let c = pick(&weights, self.rng.random::<f32>() * total);
-            return token(c);
+            return pick(weights, self.rng.random::<f32>() * total);
         };
-        let kept = nucleus(&weights, top_p as f32 * total);
+        let kept = nucleus(weights, max, top_p as f32 * total);
         let kept_weights: Vec<f32> = kept.iter().map(|&c| weights[c]).collect();
         let kept_total: f32 = kept_weights.iter().sum();
-        let c = pick(&kept_weights, self.rng.random::<f32>() * kept_total);
-        token(kept[c])
+        kept[pick(&kept_weights, self.rng.random::<f32>() * kept_total)]
     }
 }
 
-/// The top-p nucleus of `weights` (unnormalized probabilities): the fewest largest ones
-/// whose running sum, largest first, reaches `mass`; all of them where none does. Returns
-/// their indices, largest weight first, equal weights by index.
+/// The top-p nucleus of `weights` (unnormalized probabilities, the largest `max`): the
+/// fewest largest ones whose running sum, largest first, reaches `mass`; all of them where
+/// none does. Returns their indices, largest weight first, equal weights by index.
 ///
 /// Only the weights at or above a threshold are sorted: those are the head of the
 /// order, so where their sum reaches `mass` the nucleus lies among them; otherwise the
 /// threshold is lowered (to zero at last). One pass over the vocabulary per threshold
-/// instead of sorting it (a sixth of a synthesis run's time went to sorting the whole
-/// vocabulary for every token, then a tenth to selecting its head).
-fn nucleus(weights: &[f32], mass: f32) -> Vec<usize> {
-    let max = lanes_max(weights);
+/// (summing and collecting the head together) instead of sorting it: a sixth of a
+/// synthesis run's time went to sorting the whole vocabulary for every token, then a
+/// tenth to selecting its head.
+fn nucleus(weights: &[f32], max: f32, mass: f32) -> Vec<usize> {
     // Weights that are all NaN or zero (logits of -inf or NaN) go straight to the last
     // pass over everything.
     let mut threshold = if max > 0.0 && max.is_finite() {
@@ -106,8 +137,8 @@ fn nucleus(weights: &[f32], mass: f32) -> Vec<usize> {
         0.0
     };
     loop {
-        if threshold == 0.0 || lanes_sum_from(weights, threshold) >= mass {
-            let mut head = at_or_above(weights, threshold);
+        let (sum, mut head) = at_or_above(weights, threshold);
+        if threshold == 0.0 || sum >= mass {
             head.sort_unstable_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
             let mut acc = 0.0;
             let cut = head.iter().position(|&c| {
@@ -135,17 +166,28 @@ fn nucleus(weights: &[f32], mass: f32) -> Vec<usize> {
     }
 }
 
-/// Indices of the elements of `xs` at or above `threshold`, in order; eight at a time
-/// are passed over where none is.
-fn at_or_above(xs: &[f32], threshold: f32) -> Vec<usize> {
+/// The elements of `xs` at or above `threshold` (NaNs never are): their sum, in the
+/// order of [`lanes_sum_max`], and their indices in order. Eight at a time are passed
+/// over where none is.
+fn at_or_above(xs: &[f32], threshold: f32) -> (f32, Vec<usize>) {
     let mut found = Vec::new();
-    for (i, c) in xs.chunks(8).enumerate() {
-        if c.iter().fold(false, |any, &x| any | (x >= threshold)) {
-            let at = (0..c.len()).filter(|&j| c[j] >= threshold);
-            found.extend(at.map(|j| 8 * i + j));
+    let mut lanes = [0f32; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for (i, c) in (&mut chunks).enumerate() {
+        let mut any = false;
+        for (s, &x) in lanes.iter_mut().zip(c) {
+            *s += if x >= threshold { x } else { 0.0 };
+            any |= x >= threshold;
+        }
+        if any {
+            found.extend((0..8).filter(|&j| c[j] >= threshold).map(|j| 8 * i + j));
         }
     }
-    found
+    let whole = xs.len() - chunks.remainder().len();
+    let rest = (whole..xs.len()).filter(|&i| xs[i] >= threshold);
+    found.extend(rest.clone());
+    let sum = rest.map(|i| xs[i]).sum::<f32>() + lanes.iter().sum::<f32>();
+    (sum, found)
 }
 
 /// The largest of `xs` (minus infinity when empty), in eight lanes so that it
@@ -163,23 +205,32 @@ fn lanes_max(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
-/// The sum of `xs`, in eight interleaved partial sums so that it vectorizes (the
-/// rounding differs from a sum in order by a few units in the last place).
-fn lanes_sum(xs: &[f32]) -> f32 {
-    lanes_sum_from(xs, f32::NEG_INFINITY)
-}
-
-/// [`lanes_sum`] of the elements of `xs` at or above `threshold`.
-fn lanes_sum_from(xs: &[f32], threshold: f32) -> f32 {
-    let mut lanes = [0f32; 8];
+/// The sum of `xs` (NaNs left out) and their largest ([`lanes_max`]), in one pass. The
+/// sum is kept in eight interleaved partial sums so that it vectorizes (element `i` of
+/// the whole chunks of eight into lane `i % 8`, the last 1-7 elements summed in order,
+/// then the lanes added to that in order): its rounding differs from a sum in order by a
+/// few units in the last place.
+fn lanes_sum_max(xs: &[f32]) -> (f32, f32) {
+    let mut sums = [0f32; 8];
+    let mut maxes = [f32::NEG_INFINITY; 8];
     let mut chunks = xs.chunks_exact(8);
     for c in &mut chunks {
-        for (s, &x) in lanes.iter_mut().zip(c) {
-            *s += if x >= threshold { x } else { 0.0 };
+        for ((s, m), &x) in sums.iter_mut().zip(maxes.iter_mut()).zip(c) {
+            *s += if x >= f32::NEG_INFINITY { x } else { 0.0 };
+            *m = if x > *m { x } else { *m };
         }
     }
-    let rest = chunks.remainder().iter().filter(|&&x| x >= threshold);
-    rest.sum::<f32>() + lanes.iter().sum::<f32>()
+    let rest = chunks.remainder();
+    let sum = rest
+        .iter()
+        .filter(|x| **x >= f32::NEG_INFINITY)
+        .sum::<f32>()
+        + sums.iter().sum::<f32>();
+    let max = rest
+        .iter()
+        .chain(&maxes)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    (sum, max)
 }
 
 /// The index at which the running sum of `weights` passes `r` (the last one if rounding
@@ -219,6 +270,19 @@ mod tests {
         p.repetition_penalty = 2.0;
         let mut s = Sampler::new(&p, 0);
         assert_eq!(s.sample(&mut [0.0, 3.0, 2.0], &[1]), 2);
+    }
+
+    /// A token repeated in the context is penalized once, ids past the vocabulary are
+    /// passed over, and the marks of one draw do not carry into the next.
+    #[test]
+    fn repetition_penalty_counts_each_token_once() {
+        let mut p = SamplingParams::greedy(1);
+        p.repetition_penalty = 1.1;
+        let mut s = Sampler::new(&p, 0);
+        // Once: 3.0 / 1.1 = 2.73 stays above 2.6; three times it would fall below.
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.6], &[1, 1, 1, 70_000]), 1);
+        // Penalized again in the next draw: 2.73 falls below 2.9.
+        assert_eq!(s.sample(&mut [0.0, 3.0, 2.9], &[1]), 2);
     }
 
     #[test]

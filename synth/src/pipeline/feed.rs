@@ -63,6 +63,7 @@ impl Dialogues<'_, '_> {
                 out.records.push(record);
             }
             out.gate.add(&d.counts);
+            out.tokens_sampled += d.sampled;
         }
         (self.on_chunk)(self.chunks[k].0, out)
     }
@@ -83,6 +84,7 @@ impl Dialogues<'_, '_> {
             counts: GateCounts::default(),
             step: None,
             seed: 0,
+            sampled: 0,
         };
         let step = self.synth.begin_turn(&mut d, 0);
         self.live[i] = Some(d);
@@ -120,6 +122,7 @@ impl Feed for Dialogues<'_, '_> {
         let i = self.tickets[ticket];
         let synth = self.synth;
         let d = self.live[i].as_mut().expect("a started dialogue");
+        d.sampled += replies.iter().map(|r| r.completion_tokens).sum::<usize>();
         let next = match d.step.expect("a dialogue in flight has a step") {
             Step::Reply { turn, attempt } => match synth.take_reply(d, turn, attempt, replies)? {
                 Some(again) => Some(again),

@@ -64,10 +64,45 @@ pub fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
     xs.iter_mut().for_each(|x| *x = exp(*x - shift));
 }
 
+/// `xs[i] = e^(xs[i] / divisor - shift)` for every element, in one pass (a sampler's
+/// weights at a temperature: the logits divided by it, shifted by the largest quotient).
+/// The division and the subtraction round as the scalar `/` and `-` do, so the result has
+/// the bits of dividing first and then calling [`exp_shifted_in_place`].
+pub fn exp_scaled_shifted_in_place(xs: &mut [f32], divisor: f32, shift: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if super::qmatvec::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        unsafe { avx2::exp_scaled_shifted_in_place(xs, divisor, shift) };
+        return;
+    }
+    xs.iter_mut().for_each(|x| *x = exp(*x / divisor - shift));
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
+
+    /// [`super::exp_scaled_shifted_in_place`], eight lanes at a time; the caller
+    /// detected AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_scaled_shifted_in_place(xs: &mut [f32], divisor: f32, shift: f32) {
+        let (d, s) = (_mm256_set1_ps(divisor), _mm256_set1_ps(shift));
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let x = _mm256_sub_ps(_mm256_div_ps(_mm256_loadu_ps(c.as_ptr()), d), s);
+            _mm256_storeu_ps(c.as_mut_ptr(), exp8(x));
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            // Padded with zeros, which divide and exponentiate harmlessly.
+            let mut lanes = [0f32; 8];
+            lanes[..rest.len()].copy_from_slice(rest);
+            let x = _mm256_sub_ps(_mm256_div_ps(_mm256_loadu_ps(lanes.as_ptr()), d), s);
+            _mm256_storeu_ps(lanes.as_mut_ptr(), exp8(x));
+            rest.copy_from_slice(&lanes[..rest.len()]);
+        }
+    }
 
     /// [`super::exp_shifted_in_place`], eight lanes at a time; the caller detected AVX2
     /// and FMA.
@@ -179,6 +214,32 @@ mod tests {
                     want.to_bits() == g.to_bits() || (want.is_nan() && g.is_nan()),
                     "x={x} shift={shift}: {g} vs {want}"
                 );
+            }
+        }
+    }
+
+    /// Dividing and exponentiating in one pass gives the bits of the two steps apart, the
+    /// tail included (lengths 0 to 9 and the long slice).
+    #[test]
+    fn scaled_pass_matches_dividing_first() {
+        let xs: Vec<f32> = (0..20_003)
+            .map(|i| -60.0 + i as f32 * 0.0061)
+            .chain([f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -0.0, 1e-30])
+            .collect();
+        for divisor in [0.7f32, 1.0, 0.013] {
+            let shift = 37.0 / divisor;
+            for len in (0..10).chain([xs.len()]) {
+                let mut got = xs[..len].to_vec();
+                exp_scaled_shifted_in_place(&mut got, divisor, shift);
+                let mut want: Vec<f32> = xs[..len].iter().map(|x| x / divisor).collect();
+                exp_shifted_in_place(&mut want, shift);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                        "x={} divisor={divisor}: {g} vs {w}",
+                        xs[i]
+                    );
+                }
             }
         }
     }

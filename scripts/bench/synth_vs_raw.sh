@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# `gatt synth`'s sampled tokens per second against the embedded model's raw batched
+# decode at the same batch size, alternated in one run (issue: synthesis at least 0.8 of
+# the raw decode).
+#
+#   scripts/bench/synth_vs_raw.sh GATT DECODE_SPEED [ROUNDS] [DIALOGUES] [TURNS] [BATCH]
+#
+# GATT: the `gatt` binary; DECODE_SPEED: the `decode_speed` example of the same build
+# (`cargo build -p gatt-runtime --example decode_speed`). Each round runs
+# `gatt synth --dialogues D --turns T --batch B` (default model, default settings), then
+# the raw decode of B sequences, three passes, decoding steps only.
+# - Synthesis rate: `run.json`'s `counts.tokens_sampled` (every candidate the model
+#   sampled, rejected ones included) over its `seconds` (the whole invocation: loading the
+#   model and writing the dataset count against synthesis).
+# - Raw decode: as many steps as a mean reply, from prompts such that a step attends over
+#   as many positions on average as the kept replies' steps did (their `meta.prompt_tokens`
+#   and `meta.completion_tokens`; rejected candidates are not recorded).
+# Output: one line per round and the ratio of the rounds pooled.
+set -euo pipefail
+GATT="$1"; DEC="$2"; ROUNDS="${3:-2}"; D="${4:-32}"; T="${5:-3}"; B="${6:-8}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+total_tok=0; total_s=0; total_raw=""
+for r in $(seq "$ROUNDS"); do
+  rm -rf "$WORK/synth"
+  "$GATT" synth --out "$WORK/synth" --dialogues "$D" --turns "$T" --batch "$B" >/dev/null 2>&1
+  read -r tok secs prompt steps < <(python3 - "$WORK/synth" <<'PY'
+import glob, json, sys
+d = sys.argv[1]
+run = json.load(open(f"{d}/run.json"))
+steps = attended = replies = tokens = 0
+for path in glob.glob(f"{d}/chunks/*.jsonl"):
+    for line in open(path):
+        m = json.loads(line)["meta"]
+        for p, c in zip(m["prompt_tokens"], m["completion_tokens"]):
+            if p is None or c is None:
+                continue
+            replies += 1; tokens += c
+            steps += max(c - 1, 0); attended += max(c - 1, 0) * p + c * max(c - 1, 0) // 2
+mean_reply = max(tokens // max(replies, 1), 16)
+prompt = max(round(attended / max(steps, 1) - (mean_reply + 1) / 2), 1)
+print(run["counts"]["tokens_sampled"], run["seconds"], prompt, mean_reply)
+PY
+)
+  raw=$("$DEC" only="$B" prompt="$prompt" steps="$steps" rounds=3 | sed -n "s/^batch *$B prompt *$prompt: decode median \([0-9.]*\).*/\1/p")
+  synth_rate=$(python3 -c "print(f'{$tok / $secs:.1f}')")
+  echo "round $r: synth $tok tokens in ${secs%.*} s = $synth_rate tokens/s; raw batch-$B decode from $prompt-token prompts, $steps steps: $raw tokens/s; ratio $(python3 -c "print(f'{$synth_rate / $raw:.2f}')")"
+  total_tok=$(python3 -c "print($total_tok + $tok)"); total_s=$(python3 -c "print($total_s + $secs)")
+  total_raw="$total_raw $raw"
+done
+python3 - "$total_tok" "$total_s" $total_raw <<'PY'
+import statistics, sys
+tok, secs, raws = float(sys.argv[1]), float(sys.argv[2]), [float(x) for x in sys.argv[3:]]
+print(f"all rounds: synth {tok / secs:.1f} tokens/s, raw decode {statistics.mean(raws):.1f} (mean of the rounds' medians): ratio {tok / secs / statistics.mean(raws):.2f}")
+PY
