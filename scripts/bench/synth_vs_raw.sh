@@ -10,11 +10,13 @@
 # `gatt synth --dialogues D --turns T --batch B` (default model, default settings), then
 # the raw decode of B sequences, three passes, decoding steps only.
 # - Synthesis rate: `run.json`'s `counts.tokens_sampled` (every candidate the model
-#   sampled, rejected ones included) over its `seconds` (the whole invocation: loading the
-#   model and writing the dataset count against synthesis).
+#   sampled, rejected ones included) over its `seconds` (from the start of synthesis to the
+#   dataset written; loading the model is not in it).
 # - Raw decode: as many steps as a mean reply, from prompts such that a step attends over
-#   as many positions on average as the kept replies' steps did (their `meta.prompt_tokens`
-#   and `meta.completion_tokens`; rejected candidates are not recorded).
+#   as many positions on average as the kept replies' steps did (their `meta.prompt_tokens`,
+#   `meta.completion_tokens` and `meta.finished`; rejected candidates are not recorded,
+#   and those cut at the token limit decode at longer contexts, so this baseline likely
+#   decodes shorter sequences than synthesis did and favours the raw side).
 # Output: one line per round and the ratio of the rounds pooled.
 set -euo pipefail
 GATT="$1"; DEC="$2"; ROUNDS="${3:-2}"; D="${4:-32}"; T="${5:-3}"; B="${6:-8}"
@@ -23,7 +25,7 @@ trap 'rm -rf "$WORK"' EXIT
 total_tok=0; total_s=0; total_raw=""
 for r in $(seq "$ROUNDS"); do
   rm -rf "$WORK/synth"
-  "$GATT" synth --out "$WORK/synth" --dialogues "$D" --turns "$T" --batch "$B" >/dev/null 2>&1
+  "$GATT" synth --out "$WORK/synth" --dialogues "$D" --turns "$T" --batch "$B" >/dev/null
   read -r tok secs prompt steps < <(python3 - "$WORK/synth" <<'PY'
 import glob, json, sys
 d = sys.argv[1]
@@ -32,17 +34,22 @@ steps = attended = replies = tokens = 0
 for path in glob.glob(f"{d}/chunks/*.jsonl"):
     for line in open(path):
         m = json.loads(line)["meta"]
-        for p, c in zip(m["prompt_tokens"], m["completion_tokens"]):
+        finished = m.get("finished") or [True] * len(m["prompt_tokens"])
+        for p, c, f in zip(m["prompt_tokens"], m["completion_tokens"], finished):
             if p is None or c is None:
                 continue
             replies += 1; tokens += c
-            steps += max(c - 1, 0); attended += max(c - 1, 0) * p + c * max(c - 1, 0) // 2
+            # A reply that stopped took c steps (the last drew its end-of-turn token);
+            # one cut at the limit c - 1. Step k attends over p + k positions.
+            s = c if f else max(c - 1, 0)
+            steps += s; attended += s * p + s * (s + 1) // 2
 mean_reply = max(tokens // max(replies, 1), 16)
 prompt = max(round(attended / max(steps, 1) - (mean_reply + 1) / 2), 1)
 print(run["counts"]["tokens_sampled"], run["seconds"], prompt, mean_reply)
 PY
 )
   raw=$("$DEC" only="$B" prompt="$prompt" steps="$steps" rounds=3 | sed -n "s/^batch *$B prompt *$prompt: decode median \([0-9.]*\).*/\1/p")
+  [[ -n "$raw" ]] || { echo "no decode median in decode_speed's output" >&2; exit 1; }
   synth_rate=$(python3 -c "print(f'{$tok / $secs:.1f}')")
   echo "round $r: synth $tok tokens in ${secs%.*} s = $synth_rate tokens/s; raw batch-$B decode from $prompt-token prompts, $steps steps: $raw tokens/s; ratio $(python3 -c "print(f'{$synth_rate / $raw:.2f}')")"
   total_tok=$(python3 -c "print($total_tok + $tok)"); total_s=$(python3 -c "print($total_s + $secs)")

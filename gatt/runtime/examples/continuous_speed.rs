@@ -75,11 +75,18 @@ impl Feed for Dialogues {
             self.tokens += r.completion_tokens;
             self.prompt_tokens += r.prompt_tokens;
             self.requests += 1;
-            // Step k (k = 1..c-1) feeds the reply's token k-1 at position p+k-1 and
-            // attends over p+k positions.
-            let (p, c) = (r.prompt_tokens, r.completion_tokens);
-            self.steps += c.saturating_sub(1);
-            self.attended += c.saturating_sub(1) * p + c * c.saturating_sub(1) / 2;
+            // Step k feeds the reply's token k-1 at position p+k-1 and attends over p+k
+            // positions: c steps for a reply that stopped (the last one draws its
+            // end-of-turn token, which `completion_tokens` leaves out), c-1 for one cut
+            // at the limit (its last token is never fed).
+            let p = r.prompt_tokens;
+            let steps = if r.finished {
+                r.completion_tokens
+            } else {
+                r.completion_tokens.saturating_sub(1)
+            };
+            self.steps += steps;
+            self.attended += steps * p + steps * (steps + 1) / 2;
         }
         self.messages[i].push(Message::assistant(replies[0].text.clone()));
         self.answered[i] += 1;
@@ -205,7 +212,7 @@ fn main() {
             *total += x;
         }
     }
-    if rounds > 1 {
+    if rounds > 1 && arg("raw=", 1) != 0 {
         let [tokens, secs, cpu, raw_tokens, raw_secs, raw_cpu] = totals;
         println!(
             "all {rounds} rounds: ratio {:.2} by wall time, {:.2} by CPU time",

@@ -5,7 +5,8 @@
 //! With `rounds=R` the cases run R times, interleaved, and a summary gives each case's
 //! median and best decode rate: on a shared machine the best of several rounds is the
 //! steadiest figure. The last line compares aggregate decoding at batch 16 with batch 1
-//! (both after a 32-token prompt) measured in this run.
+//! (both after a 32-token prompt, or `prompt=P` tokens) measured in this run. `only=B` runs
+//! batch B alone (any size), from the same prompts.
 use candle_core::Device;
 use gatt_runtime::llama::*;
 use std::time::Instant;

@@ -88,7 +88,7 @@ fn real_logits(steps: usize) -> Vec<(Vec<f32>, Vec<u32>)> {
         let mut logits = logits_rows(&model.forward(&ids, &pos, &[0], &mut cache).unwrap())
             .unwrap()
             .remove(0);
-        for _ in 0..steps / prompts.len() {
+        for _ in 0..(steps / prompts.len()).max(1) {
             cases.push((logits.clone(), context.clone()));
             let t = sampler.sample(&mut logits, &context);
             context.push(t);

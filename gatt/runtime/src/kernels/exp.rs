@@ -219,25 +219,40 @@ mod tests {
     }
 
     /// Dividing and exponentiating in one pass gives the bits of the two steps apart, the
-    /// tail included (lengths 0 to 9 and the long slice).
+    /// tail included: short slices (0 to 9, where the results are far from 0) and long
+    /// ones whose lengths leave tails of 1 and 6.
     #[test]
     fn scaled_pass_matches_dividing_first() {
         let xs: Vec<f32> = (0..20_003)
             .map(|i| -60.0 + i as f32 * 0.0061)
-            .chain([f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -0.0, 1e-30])
+            .chain([
+                f32::NEG_INFINITY,
+                f32::INFINITY,
+                f32::NAN,
+                -0.0,
+                1e-30,
+                37.0,
+            ])
             .collect();
+        assert_eq!(xs.len() % 8, 1);
+        // Around x = 36, where x / divisor is close to the shift below.
+        let near = 15_740;
         for divisor in [0.7f32, 1.0, 0.013] {
             let shift = 37.0 / divisor;
-            for len in (0..10).chain([xs.len()]) {
-                let mut got = xs[..len].to_vec();
+            let slices = (0..10)
+                .map(|len| &xs[near..near + len])
+                .chain([&xs[..], &xs[3..]]);
+            for part in slices {
+                let mut got = part.to_vec();
                 exp_scaled_shifted_in_place(&mut got, divisor, shift);
-                let mut want: Vec<f32> = xs[..len].iter().map(|x| x / divisor).collect();
+                let mut want: Vec<f32> = part.iter().map(|x| x / divisor).collect();
                 exp_shifted_in_place(&mut want, shift);
+                assert!(part.len() > 10 || want.iter().all(|w| *w > 0.0));
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
                         "x={} divisor={divisor}: {g} vs {w}",
-                        xs[i]
+                        part[i]
                     );
                 }
             }
