@@ -58,7 +58,7 @@ pub fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
     if super::qmatvec::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
-        unsafe { avx2::exp_shifted_in_place(xs, shift) };
+        unsafe { avx2::exp_in_place::<false>(xs, 1.0, shift) };
         return;
     }
     xs.iter_mut().for_each(|x| *x = exp(*x - shift));
@@ -72,7 +72,7 @@ pub fn exp_scaled_shifted_in_place(xs: &mut [f32], divisor: f32, shift: f32) {
     #[cfg(target_arch = "x86_64")]
     if super::qmatvec::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
-        unsafe { avx2::exp_scaled_shifted_in_place(xs, divisor, shift) };
+        unsafe { avx2::exp_in_place::<true>(xs, divisor, shift) };
         return;
     }
     xs.iter_mut().for_each(|x| *x = exp(*x / divisor - shift));
@@ -83,45 +83,35 @@ mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// [`super::exp_scaled_shifted_in_place`], eight lanes at a time; the caller
-    /// detected AVX2 and FMA.
+    /// `xs[i] = e^(xs[i] / divisor - shift)` ([`super::exp_scaled_shifted_in_place`]),
+    /// or without the division when `DIVIDE` is false ([`super::exp_shifted_in_place`]),
+    /// eight lanes at a time; the caller detected AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_scaled_shifted_in_place(xs: &mut [f32], divisor: f32, shift: f32) {
+    pub(super) unsafe fn exp_in_place<const DIVIDE: bool>(
+        xs: &mut [f32],
+        divisor: f32,
+        shift: f32,
+    ) {
         let (d, s) = (_mm256_set1_ps(divisor), _mm256_set1_ps(shift));
         let mut chunks = xs.chunks_exact_mut(8);
         for c in &mut chunks {
-            let x = _mm256_sub_ps(_mm256_div_ps(_mm256_loadu_ps(c.as_ptr()), d), s);
-            _mm256_storeu_ps(c.as_mut_ptr(), exp8(x));
+            let mut x = _mm256_loadu_ps(c.as_ptr());
+            if DIVIDE {
+                x = _mm256_div_ps(x, d);
+            }
+            _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_sub_ps(x, s)));
         }
-        let rest = chunks.into_remainder();
-        if !rest.is_empty() {
-            // Padded with zeros, which divide and exponentiate harmlessly.
-            let mut lanes = [0f32; 8];
-            lanes[..rest.len()].copy_from_slice(rest);
-            let x = _mm256_sub_ps(_mm256_div_ps(_mm256_loadu_ps(lanes.as_ptr()), d), s);
-            _mm256_storeu_ps(lanes.as_mut_ptr(), exp8(x));
-            rest.copy_from_slice(&lanes[..rest.len()]);
-        }
-    }
-
-    /// [`super::exp_shifted_in_place`], eight lanes at a time; the caller detected AVX2
-    /// and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
-        let mut chunks = xs.chunks_exact_mut(8);
-        let s = _mm256_set1_ps(shift);
-        for c in &mut chunks {
-            let x = _mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), s);
-            _mm256_storeu_ps(c.as_mut_ptr(), exp8(x));
-        }
-        // The last 1-7 elements through the same lanes (the scalar twin would call the C
-        // library's `fmaf` for each fused multiply-add).
+        // The last 1-7 elements through the same lanes, padded with zeros (the scalar
+        // twin would call the C library's `fmaf` for each fused multiply-add).
         let rest = chunks.into_remainder();
         if !rest.is_empty() {
             let mut lanes = [0f32; 8];
             lanes[..rest.len()].copy_from_slice(rest);
-            let x = _mm256_sub_ps(_mm256_loadu_ps(lanes.as_ptr()), s);
-            _mm256_storeu_ps(lanes.as_mut_ptr(), exp8(x));
+            let mut x = _mm256_loadu_ps(lanes.as_ptr());
+            if DIVIDE {
+                x = _mm256_div_ps(x, d);
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), exp8(_mm256_sub_ps(x, s)));
             rest.copy_from_slice(&lanes[..rest.len()]);
         }
     }
