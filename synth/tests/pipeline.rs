@@ -67,6 +67,15 @@ fn run_to(
     fail_after: usize,
     resume: bool,
 ) -> gatt::Result<gatt_synth::run::RunSummary> {
+    run_with(dir, opts(shard), fail_after, resume)
+}
+
+fn run_with(
+    dir: &std::path::Path,
+    opts: gatt_synth::SynthOptions,
+    fail_after: usize,
+    resume: bool,
+) -> gatt::Result<gatt_synth::run::RunSummary> {
     let backend = Fake {
         calls: AtomicUsize::new(0),
         fail_after,
@@ -79,7 +88,7 @@ fn run_to(
         users: &users,
         scorer: &DefaultScorer,
         judge: None,
-        opts: opts(shard),
+        opts,
     };
     gatt_synth::run::run(
         &s,
@@ -103,6 +112,18 @@ fn sampled_tokens_count_every_candidate() {
     let run: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("run.json")).unwrap()).unwrap();
     assert_eq!(run["counts"]["tokens_sampled"], 240);
+}
+
+/// With simulated users, the model's user turns (one candidate of 4 tokens for turns 2
+/// and 3 of each dialogue) count as sampled, not as kept replies.
+#[test]
+fn simulated_user_turns_count_as_sampled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(Shard::default());
+    o.user_sim = true;
+    let summary = run_with(dir.path(), o, usize::MAX, false).unwrap();
+    assert_eq!(summary.progress.tokens_generated, 10 * 3 * 4);
+    assert_eq!(summary.progress.tokens_sampled, 10 * 3 * 2 * 4 + 10 * 2 * 4);
 }
 
 #[test]
