@@ -10,11 +10,11 @@
 //! (prefill of the new turns, sampling and the batch's rebuilds are part of the time). The
 //! raw decode is `batch` sequences decoding as many steps as a mean reply, decoding steps
 //! only (no prefill, no sampling): the ceiling. Its prompts are as long as makes its steps
-//! attend over as many positions on average as the dialogues' decoding steps did (a step's
-//! attention grows with its sequence's length, and long replies at long prompts weigh
-//! more in the dialogues than the mean prompt and the mean reply say). Both ratios are printed, by wall time and
-//! by the process's CPU time (which a busy shared machine disturbs less); with several
-//! rounds, also the ratio of the rounds pooled. With `raw=0` only the dialogues run (to
+//! attend over as many positions on average as the dialogues' decoding steps did (a
+//! step's attention grows with its sequence's length, and long replies at long prompts
+//! weigh more in the dialogues than the mean prompt and the mean reply say). Both ratios
+//! are printed, by wall time and by the process's CPU time (which a busy shared machine
+//! disturbs less); with several rounds, also the ratio of the rounds pooled. With `raw=0` only the dialogues run (to
 //! profile them alone).
 use candle_core::Device;
 use gatt::backend::{ChatBackend, Feed, Reply, Request, SamplingParams};
@@ -111,6 +111,7 @@ fn main() {
         arg("max=", 320),
         arg("rounds=", 1),
     );
+    let raw = arg("raw=", 1) != 0;
     let source = ModelSource::resolve("default").unwrap();
     let backend = EmbeddedBackend::load(&source, &Device::Cpu, batch).unwrap();
     let model = load_model(&source, &Device::Cpu).unwrap();
@@ -139,7 +140,7 @@ fn main() {
         let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
         let dialogue_rate = feed.tokens as f64 / secs;
         let mean_prompt = feed.prompt_tokens / feed.requests.max(1);
-        if arg("raw=", 1) == 0 {
+        if !raw {
             println!(
                 "round {round}: {} tokens in {secs:.1} s = {dialogue_rate:.1} tokens/s, \
                  {} prompt tokens in {} requests; prefilled and reused since loading {:?}, \
@@ -212,7 +213,7 @@ fn main() {
             *total += x;
         }
     }
-    if rounds > 1 && arg("raw=", 1) != 0 {
+    if rounds > 1 && raw {
         let [tokens, secs, cpu, raw_tokens, raw_secs, raw_cpu] = totals;
         println!(
             "all {rounds} rounds: ratio {:.2} by wall time, {:.2} by CPU time",

@@ -1,7 +1,7 @@
 //! Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling
 //! with a repetition penalty, from a seeded generator so that runs repeat exactly.
 
-use crate::kernels::exp::{exp_scaled_shifted_in_place, exp_shifted_in_place};
+use crate::kernels::exp::exp_scaled_shifted_in_place;
 use gatt::backend::SamplingParams;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -85,21 +85,19 @@ impl Sampler {
         // Unnormalized probabilities of the candidates, in candidate order: each logit
         // divided by the temperature, less the largest quotient, exponentiated. (The
         // largest quotient is the largest logit divided: division by a positive number
-        // keeps the order.) Over the whole vocabulary they take the logits' place.
-        let c = match &top_k {
+        // keeps the order.) Over the whole vocabulary they take the logits' place; the
+        // top-k candidates' logits are gathered first.
+        let mut gathered: Vec<f32>;
+        let weights: &mut [f32] = match &top_k {
             Some(idx) => {
-                let mut weights: Vec<f32> =
-                    idx.iter().map(|&i| logits[i as usize] / temp).collect();
-                let max = lanes_max(&weights);
-                exp_shifted_in_place(&mut weights, max);
-                self.draw(&weights)
+                gathered = idx.iter().map(|&i| logits[i as usize]).collect();
+                &mut gathered
             }
-            None => {
-                let shift = lanes_max(logits) / temp;
-                exp_scaled_shifted_in_place(logits, temp, shift);
-                self.draw(logits)
-            }
+            None => logits,
         };
+        let shift = lanes_max(weights) / temp;
+        exp_scaled_shifted_in_place(weights, temp, shift);
+        let c = self.draw(weights);
         top_k.map_or(c as u32, |idx| idx[c])
     }
 
