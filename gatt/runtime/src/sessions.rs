@@ -5,7 +5,8 @@
 //! and those of the tokens fed after it. Its next prompt reuses the longest prefix of
 //! token ids that one branch shares with it: positions whose tokens are exactly the
 //! prompt's first tokens, and so (see `decode_attention.rs`) exactly the keys and values a
-//! full prefill would compute. Whatever does not match (a template that re-renders the
+//! full prefill would compute. The branch may be another conversation's (a new dialogue's
+//! system prompt and template text, held by the dialogues already running). Whatever does not match (a template that re-renders the
 //! history, a reply whose text tokenizes otherwise than it was sampled) is prefilled.
 
 use crate::llama::SeqKv;
@@ -128,22 +129,28 @@ impl Sessions {
         self.reused += reused;
     }
 
-    /// The keys and values `prompt` can start from in conversation `key`: those of the
-    /// longest [`reusable_len`] over its branches, or `None` when no position can be
-    /// reused.
+    /// The keys and values `prompt` can start from: those of the longest
+    /// [`reusable_len`] over the branches kept, conversation `key`'s and every other's;
+    /// `None` when no position can be reused. Another conversation's branch serves where
+    /// it shares more of the prompt, typically a first turn's system prompt and template
+    /// text: the same token ids from the start have the same keys and values in any
+    /// conversation (see the module's docs).
     pub(crate) fn reusable(&self, key: &str, prompt: &[u32]) -> candle_core::Result<Option<SeqKv>> {
-        let Some(entry) = self.entries.get(key) else {
-            return Ok(None);
-        };
-        let best = entry
-            .branches
+        // The conversation's own branches first, so that a tie goes to them.
+        let own = self.entries.get(key).into_iter();
+        let others = self
+            .entries
             .iter()
-            .map(|b| (reusable_len(&b.tokens, prompt), b))
-            .max_by_key(|(len, _)| *len);
-        match best {
-            Some((len, branch)) if len > 0 => branch.prefix(len).map(Some),
-            _ => Ok(None),
+            .filter(|(k, _)| k.as_str() != key)
+            .map(|(_, e)| e);
+        let mut best: Option<(usize, &Branch)> = None;
+        for branch in own.chain(others).flat_map(|e| &e.branches) {
+            let len = reusable_len(&branch.tokens, prompt);
+            if len > best.map_or(0, |(l, _)| l) {
+                best = Some((len, branch));
+            }
         }
+        best.map(|(len, branch)| branch.prefix(len)).transpose()
     }
 
     /// Keeps `branches` as conversation `key`'s (replacing what it held), then drops the
@@ -254,12 +261,22 @@ mod tests {
         let got = s.reusable("a", &[1, 2, 3, 6, 7, 9, 9]).unwrap().unwrap();
         assert_eq!(got.len(), 5);
         assert!(s.reusable("a", &[5, 5]).unwrap().is_none());
-        assert!(s.reusable("b", &[1, 2, 3, 4]).unwrap().is_none());
+        // A conversation with nothing kept starts from another's common prefix.
+        assert_eq!(s.reusable("b", &[1, 2, 3, 4]).unwrap().unwrap().len(), 3);
+        assert_eq!(s.reusable("b", &[1, 2, 3, 6, 9]).unwrap().unwrap().len(), 4);
         s.keep("b", vec![branch(vec![4])]);
+        // Its own branch where it holds more, another's where that holds more.
+        assert_eq!(s.reusable("b", &[1, 2, 3, 4, 5]).unwrap().unwrap().len(), 4);
+        assert_eq!(
+            s.reusable("b", &[1, 2, 3, 4, 5, 6]).unwrap().unwrap().len(),
+            5
+        );
         s.set_budget(6 * per);
-        assert!(
-            s.reusable("a", &[1, 2, 3, 4, 5]).unwrap().is_none(),
-            "a kept first"
+        // "a" was kept first and is gone: only "b"'s four positions are left.
+        assert_eq!(s.bytes(), 4 * per);
+        assert_eq!(
+            s.reusable("a", &[1, 2, 3, 6, 7, 9]).unwrap().unwrap().len(),
+            3
         );
         assert_eq!(s.reusable("b", &[1, 2, 3, 4, 5]).unwrap().unwrap().len(), 4);
         s.forget("b");

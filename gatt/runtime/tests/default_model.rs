@@ -254,6 +254,58 @@ fn kept_conversation_caches_change_no_reply() {
     );
 }
 
+/// A new conversation starts from the positions another conversation holds in common
+/// with it (here the system prompt and template text), with the replies of a full
+/// prefill.
+#[test]
+#[cfg_attr(
+    not(feature = "model-tests"),
+    ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
+)]
+fn a_new_conversation_reuses_another_ones_common_prefix() {
+    let source = ModelSource::resolve("default").unwrap();
+    let load = |budget| {
+        let mut b = EmbeddedBackend::load(&source, &candle_core::Device::Cpu, 4).unwrap();
+        b.set_session_budget(budget);
+        b
+    };
+    let (full, kept) = (load(0), load(EmbeddedBackend::DEFAULT_SESSION_BUDGET));
+    let params = SamplingParams {
+        max_new_tokens: 16,
+        n: 2,
+        ..SamplingParams::default()
+    };
+    let first = ask("You are a pirate.", "Name a river.", 1).in_conversation("first");
+    let second = ask("You are a pirate.", "Why is the sky blue?", 2).in_conversation("second");
+    kept.generate(std::slice::from_ref(&first), &params)
+        .unwrap();
+    let before = kept.prefill_counts();
+    let got = kept
+        .generate(std::slice::from_ref(&second), &params)
+        .unwrap();
+    let want = full
+        .generate(std::slice::from_ref(&second), &params)
+        .unwrap();
+    let texts = |r: &[Vec<gatt::backend::Reply>]| -> Vec<String> {
+        r[0].iter().map(|c| c.text.clone()).collect()
+    };
+    assert_eq!(texts(&got), texts(&want));
+    let reused = kept.prefill_counts().1 - before.1;
+    let prompt = kept.prompt_tokens(&second.messages).unwrap();
+    let shared = kept
+        .prompt_tokens(&first.messages)
+        .unwrap()
+        .iter()
+        .zip(&prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        shared > 5,
+        "the prompts share the system turn ({shared} tokens)"
+    );
+    assert_eq!(reused, shared, "the common prefix is reused, nothing more");
+}
+
 #[derive(serde::Deserialize)]
 struct TransformersAttention {
     input_ids: Vec<u32>,

@@ -331,7 +331,20 @@ impl EmbeddedBackend {
         let cache = batch.cache.as_mut().expect("a running batch has its cache");
         let dev = self.model.device();
         let (tokens, positions) = llama::step_inputs(next, &batch.pad, cache.len(), dev)?;
-        let logits = self.model.forward(&tokens, &positions, &batch.pad, cache)?;
+        // A row that is done waits in the batch only until the next rebuild, and its
+        // logits are not read: it attends to its new position alone (as if everything
+        // before were padding) instead of its whole context, which was up to a tenth of
+        // the steps' attention in a synthesis job's tail. The others are untouched: a
+        // row's attention reads its own keys and values only.
+        let attend_from: Vec<usize> = batch
+            .rows
+            .iter()
+            .zip(&batch.pad)
+            .map(|(row, &pad)| if row.done { cache.len() } else { pad })
+            .collect();
+        let logits = self
+            .model
+            .forward(&tokens, &positions, &attend_from, cache)?;
         for (row, logits) in batch.rows.iter_mut().zip(llama::logits_rows(&logits)?) {
             if !row.done {
                 row.logits = logits;
