@@ -72,6 +72,16 @@ pub struct SynthOptions {
     pub chunk: usize,
     /// The quality gate: cut, empty and degenerate replies (see [`crate::gate`]).
     pub gate: GateOptions,
+    /// Dialogues open at once (started, not yet done): a new dialogue starts while fewer
+    /// are open, and otherwise only when no open one has a request ready; of the ready
+    /// ones, the one at the earliest turn goes first. More open dialogues shorten the end
+    /// of a job, where fewer dialogues are left than the backend samples at once (the last
+    /// ones started no longer have every turn still to do), at the cost of more kept
+    /// conversation caches and of chunks finishing later (more work redone after an
+    /// interruption). 0: new dialogues start only when none is ready. Not in `run.json`:
+    /// the outputs do not depend on it.
+    #[serde(skip)]
+    pub open_dialogues: usize,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -144,6 +154,15 @@ enum Step {
     UserSim { turn: usize },
     /// Try `attempt` (from 0) at the reply of turn `turn`.
     Reply { turn: usize, attempt: usize },
+}
+
+impl Step {
+    /// The turn (from 0) it belongs to.
+    fn turn(self) -> usize {
+        match self {
+            Step::UserSim { turn } | Step::Reply { turn, .. } => turn,
+        }
+    }
 }
 
 /// A turn's reply still to choose: the candidates that passed the gate.
@@ -264,6 +283,8 @@ impl Synthesizer<'_> {
             chunks,
             left: chunks.iter().map(|(_, p)| p.len()).collect(),
             started: 0,
+            open: 0,
+            window: self.opts.open_dialogues,
             ready: BTreeSet::new(),
             tickets: Vec::new(),
             on_chunk,

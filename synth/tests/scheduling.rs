@@ -101,8 +101,8 @@ impl ChatBackend for HashJudge {
 }
 
 /// The run's files and gate counts with `backend` (simulated users, probes, two candidates,
-/// resampling, a judge, several chunks).
-fn scheduled_run(backend: &dyn ChatBackend) -> (Vec<u8>, String) {
+/// resampling, a judge, several chunks), `open` dialogues open at once.
+fn scheduled_run(backend: &dyn ChatBackend, open: usize) -> (Vec<u8>, String) {
     let catalog = Catalog::builtin();
     let users = UserSource::Bank(catalog.user_bank.clone());
     let mut o = opts(Shard::default());
@@ -110,6 +110,7 @@ fn scheduled_run(backend: &dyn ChatBackend) -> (Vec<u8>, String) {
     o.user_sim = true;
     o.probe_rate = 0.5;
     o.gate.min_adherence = 0.1;
+    o.open_dialogues = open;
     let s = Synthesizer {
         backend,
         catalog: &catalog,
@@ -137,10 +138,13 @@ fn scheduled_run(backend: &dyn ChatBackend) -> (Vec<u8>, String) {
 /// with up to 5 or 16 in flight, give the same bytes and the same gate counts.
 #[test]
 fn the_order_requests_finish_in_changes_no_output() {
-    let alone = scheduled_run(&Shuffled {
-        window: 1,
-        order: 0,
-    });
+    let alone = scheduled_run(
+        &Shuffled {
+            window: 1,
+            order: 0,
+        },
+        0,
+    );
     let (records, gate) = &alone;
     assert!(gate.contains("\"resampled_turns\":") && !gate.contains("\"resampled_turns\":0"));
     assert!(gate.contains("\"questions\":") && !gate.contains("\"questions\":0"));
@@ -158,13 +162,119 @@ fn the_order_requests_finish_in_changes_no_output() {
             self.0.generate(r, p)
         }
     }
-    let batches = scheduled_run(&Batches(Shuffled {
-        window: 4,
-        order: 0,
-    }));
+    let batches = scheduled_run(
+        &Batches(Shuffled {
+            window: 4,
+            order: 0,
+        }),
+        0,
+    );
     assert!(alone == batches, "batches of 4");
-    for (window, order) in [(5, 1), (16, 2), (3, 3)] {
-        let got = scheduled_run(&Shuffled { window, order });
-        assert!(alone == got, "{window} in flight, order {order}");
+    for (window, order, open) in [(5, 1, 0), (16, 2, 0), (3, 3, 0), (3, 4, 6), (5, 5, 11)] {
+        let got = scheduled_run(&Shuffled { window, order }, open);
+        assert!(
+            alone == got,
+            "{window} in flight, order {order}, {open} dialogues open"
+        );
     }
+}
+
+/// Answers every request with text the gate keeps (no turn is resampled), two requests
+/// in flight, finished in the order they came; notes each request's conversation and
+/// turn (from 0).
+struct Noting(std::sync::Mutex<Vec<(String, usize)>>);
+
+impl ChatBackend for Noting {
+    fn describe(&self) -> String {
+        "noting".into()
+    }
+    fn preferred_batch(&self) -> usize {
+        2
+    }
+    fn generate(&self, reqs: &[Request], p: &SamplingParams) -> gatt::Result<Vec<Vec<Reply>>> {
+        let kept = |r: &Request, c: usize| Reply {
+            text: format!("Here is what I think: {c}, and that is all."),
+            finished: true,
+            ..reply_of(r, r.seed)
+        };
+        Ok(reqs
+            .iter()
+            .map(|r| (0..p.n).map(|c| kept(r, c)).collect())
+            .collect())
+    }
+    fn generate_each(&self, feed: &mut dyn gatt::backend::Feed) -> gatt::Result<()> {
+        let mut held = std::collections::VecDeque::new();
+        let mut ticket = 0;
+        loop {
+            while held.len() < 2 {
+                let Some((r, p)) = feed.next() else { break };
+                let key = r.conversation.clone().unwrap_or_default();
+                let users = r.messages.iter().filter(|m| m.role == gatt::Role::User);
+                self.0.lock().unwrap().push((key, users.count() - 1));
+                held.push_back((ticket, r, p));
+                ticket += 1;
+            }
+            let Some((t, r, p)) = held.pop_front() else {
+                return Ok(());
+            };
+            let replies = self.generate(&[r], &p)?.remove(0);
+            feed.done(t, replies)?;
+        }
+    }
+}
+
+/// With every dialogue open at once, each one's first turn goes out before any second
+/// turn, and then the dialogue furthest behind goes first; with none open beyond need, a
+/// dialogue's next turn goes before a new dialogue starts. The same records either way.
+#[test]
+fn open_dialogues_start_first_and_the_furthest_behind_goes_next() {
+    let run = |open: usize| {
+        let catalog = Catalog::builtin();
+        let users = UserSource::Bank(catalog.user_bank.clone());
+        let mut o = opts(Shard::default());
+        (o.dialogues, o.turns, o.candidates, o.open_dialogues) = (6, 3, 1, open);
+        // No language to answer in: the gate keeps every reply.
+        o.kinds = vec![gatt::ConstraintKind::Hobby];
+        let backend = Noting(Default::default());
+        let s = Synthesizer {
+            backend: &backend,
+            catalog: &catalog,
+            users: &users,
+            scorer: &DefaultScorer,
+            judge: None,
+            opts: o,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let summary = gatt_synth::run::run(
+            &s,
+            dir.path(),
+            false,
+            Format::Jsonl,
+            gatt_synth::run::Provenance::new("scripted"),
+            &|_| {},
+        )
+        .unwrap();
+        let requests = backend.0.into_inner().unwrap();
+        (std::fs::read(&summary.output).unwrap(), requests)
+    };
+    let (all_open, requests) = run(6);
+    let first_turns: Vec<usize> = requests[..6].iter().map(|r| r.1).collect();
+    assert_eq!(first_turns, vec![0; 6], "{requests:?}");
+    let ids: std::collections::BTreeSet<&String> = requests[..6].iter().map(|r| &r.0).collect();
+    assert_eq!(ids.len(), 6, "six dialogues started: {requests:?}");
+    // Afterwards no request is more than one turn ahead of another dialogue's.
+    let mut done = vec![0usize; 6];
+    for (key, turn) in &requests[6..] {
+        let d = requests[..6].iter().position(|r| &r.0 == key).unwrap();
+        done[d] = *turn;
+        let (lo, hi) = (done.iter().min().unwrap(), done.iter().max().unwrap());
+        assert!(hi - lo <= 1, "{done:?} after {requests:?}");
+    }
+    let (none_open, requests) = run(0);
+    assert_eq!(
+        requests[2],
+        (requests[0].0.clone(), 1),
+        "the first dialogue's second turn goes third: {requests:?}"
+    );
+    assert!(all_open == none_open, "the same records");
 }

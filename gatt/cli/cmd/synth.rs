@@ -152,6 +152,15 @@ pub struct Args {
     /// Dialogues per saved chunk (default: the backend's batch).
     #[arg(long)]
     pub chunk: Option<usize>,
+    /// Dialogues open at once: more let the last ones of a job finish together instead
+    /// of one running alone at the end, at the cost of more kept KV caches
+    /// (--session-cache) and of more work redone after an interruption (chunks finish
+    /// later). 0: a new dialogue starts only when no open one has a request ready.
+    /// Default: twice --batch with the embedded model; 0 with --endpoint (a server's
+    /// prefix cache, llama.cpp's one prompt per slot, keeps few conversations).
+    /// The outputs do not depend on it.
+    #[arg(long, value_name = "N")]
+    pub open_dialogues: Option<usize>,
     /// Format of dialogues.* and masked.*.
     #[arg(long, value_enum, default_value_t = FormatArg::Parquet)]
     pub format: FormatArg,
@@ -258,6 +267,10 @@ pub fn run(args: Args) -> Result<()> {
             resample_tries: args.resample_tries,
             min_adherence: args.min_adherence,
         },
+        open_dialogues: args.open_dialogues.unwrap_or(match args.backend.endpoint {
+            Some(_) => 0,
+            None => 2 * args.backend.batch,
+        }),
     };
     let scorer = crate::scoring::EvalScorer::new(&catalog);
     let synth = Synthesizer {

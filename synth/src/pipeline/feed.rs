@@ -9,8 +9,13 @@ use gatt::Result;
 use std::collections::BTreeSet;
 
 /// The dialogues of [`Synthesizer::run_chunks`] as a [`Feed`]: each dialogue's next
-/// request is ready once its previous one is answered; ready requests go out in plan
-/// order, and a new dialogue starts only when none is ready.
+/// request is ready once its previous one is answered. A new dialogue starts while fewer
+/// than [`SynthOptions::open_dialogues`] are open, or when none is ready; otherwise the
+/// ready dialogue at the earliest turn goes next (in plan order among equals): the one
+/// with the most still to do, so that the open dialogues finish together rather than the
+/// last one started running alone at the end of the job.
+///
+/// [`SynthOptions::open_dialogues`]: crate::SynthOptions::open_dialogues
 pub(super) struct Dialogues<'s, 'a> {
     pub(super) synth: &'s Synthesizer<'a>,
     /// Settings of reply requests and of simulated-user requests.
@@ -24,6 +29,10 @@ pub(super) struct Dialogues<'s, 'a> {
     pub(super) left: Vec<usize>,
     /// Dialogues started so far (the first `started` plans).
     pub(super) started: usize,
+    /// Dialogues started and not yet done.
+    pub(super) open: usize,
+    /// [`SynthOptions::open_dialogues`](crate::SynthOptions::open_dialogues).
+    pub(super) window: usize,
     /// Started dialogues whose next request is ready to go.
     pub(super) ready: BTreeSet<usize>,
     /// The dialogue of each request handed out.
@@ -44,6 +53,7 @@ impl Dialogues<'_, '_> {
         }
         self.synth.backend.end_conversation(&reply_key(&d.plan));
         self.synth.backend.end_conversation(&user_sim_key(&d.plan));
+        self.open -= 1;
         // The chunk of dialogue `i`, and its first dialogue.
         let (mut k, mut first) = (0, 0);
         while first + self.chunks[k].1.len() <= i {
@@ -88,13 +98,17 @@ impl Dialogues<'_, '_> {
         };
         let step = self.synth.begin_turn(&mut d, 0);
         self.live[i] = Some(d);
+        self.open += 1;
         self.then(i, step)
     }
 }
 
 impl Feed for Dialogues<'_, '_> {
     fn next(&mut self) -> Option<(Request, SamplingParams)> {
-        while self.ready.is_empty() && self.failed.is_none() && self.started < self.plans.len() {
+        while (self.ready.is_empty() || self.open < self.window)
+            && self.failed.is_none()
+            && self.started < self.plans.len()
+        {
             if let Err(e) = self.start() {
                 self.failed = Some(e);
             }
@@ -102,7 +116,16 @@ impl Feed for Dialogues<'_, '_> {
         if self.failed.is_some() {
             return None;
         }
-        let i = self.ready.pop_first()?;
+        let i = *self.ready.iter().min_by_key(|&&i| {
+            (
+                self.live[i]
+                    .as_ref()
+                    .and_then(|d| d.step)
+                    .map_or(0, Step::turn),
+                i,
+            )
+        })?;
+        self.ready.remove(&i);
         let d = self.live[i].as_mut().expect("a started dialogue");
         let step = d.step.expect("a ready dialogue has a step");
         let request = self.synth.request(d, step);

@@ -32,6 +32,7 @@ pub fn opts(shard: Shard) -> SynthOptions {
         shard,
         chunk: 3,
         gate: gatt_synth::GateOptions::default(),
+        open_dialogues: 0,
     }
 }
 
