@@ -8,7 +8,10 @@
 # GATT: the `gatt` binary; DECODE_SPEED: the `decode_speed` example of the same build
 # (`cargo build -p gatt-runtime --example decode_speed`). Each round runs
 # `gatt synth --dialogues D --turns T --batch B` (default model, default settings), then
-# the raw decode of B sequences, three passes, decoding steps only.
+# the raw decode of B sequences (five passes, decoding steps only). Each round is compared
+# with the mean of the raw decodes just before and just after it (the machine's speed
+# moves by a fifth within minutes, and a synthesis round lasts one to four); the first
+# round's "before" runs right after it, its prompt length coming from the round's output.
 # - Synthesis rate: `run.json`'s `counts.tokens_sampled` (every candidate the model
 #   sampled, rejected ones included) over its `seconds` (from the start of synthesis to the
 #   dataset written; loading the model is not in it).
@@ -22,7 +25,13 @@ set -euo pipefail
 GATT="$1"; DEC="$2"; ROUNDS="${3:-2}"; D="${4:-32}"; T="${5:-3}"; B="${6:-8}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-total_tok=0; total_s=0; total_raw=""
+total_tok=0; total_s=0; all_raw=""; prev_raw=""
+raw_decode() { # prompt steps -> median tokens/s of five passes
+  local out
+  out=$("$DEC" only="$B" prompt="$1" steps="$2" rounds=5 | sed -n "s/^batch *$B prompt *$1: decode median \([0-9.]*\).*/\1/p")
+  [[ -n "$out" ]] || { echo "no decode median in decode_speed's output" >&2; exit 1; }
+  echo "$out"
+}
 for r in $(seq "$ROUNDS"); do
   rm -rf "$WORK/synth"
   "$GATT" synth --out "$WORK/synth" --dialogues "$D" --turns "$T" --batch "$B" >/dev/null
@@ -48,15 +57,19 @@ prompt = max(round(attended / max(steps, 1) - (mean_reply + 1) / 2), 1)
 print(run["counts"]["tokens_sampled"], run["seconds"], prompt, mean_reply)
 PY
 )
-  raw=$("$DEC" only="$B" prompt="$prompt" steps="$steps" rounds=3 | sed -n "s/^batch *$B prompt *$prompt: decode median \([0-9.]*\).*/\1/p")
-  [[ -n "$raw" ]] || { echo "no decode median in decode_speed's output" >&2; exit 1; }
-  synth_rate=$(python3 -c "print(f'{$tok / $secs:.1f}')")
-  echo "round $r: synth $tok tokens in ${secs%.*} s = $synth_rate tokens/s; raw batch-$B decode from $prompt-token prompts, $steps steps: $raw tokens/s; ratio $(python3 -c "print(f'{$synth_rate / $raw:.2f}')")"
+  # The synthesis is deterministic: every round gives the same prompt and step count.
+  if [[ -z "$prev_raw" ]]; then prev_raw=$(raw_decode "$prompt" "$steps"); all_raw="$prev_raw"; fi
+  raw=$(raw_decode "$prompt" "$steps")
+  all_raw="$all_raw $raw"
+  read -r synth_rate around ratio < <(python3 -c "
+r = $tok / $secs; a = ($prev_raw + $raw) / 2
+print(f'{r:.1f} {a:.1f} {r / a:.2f}')")
+  echo "round $r: synth $tok tokens in ${secs%.*} s = $synth_rate tokens/s; raw batch-$B decode from $prompt-token prompts, $steps steps: $prev_raw before, $raw after (mean $around) tokens/s; ratio $ratio"
   total_tok=$(python3 -c "print($total_tok + $tok)"); total_s=$(python3 -c "print($total_s + $secs)")
-  total_raw="$total_raw $raw"
+  prev_raw="$raw"
 done
-python3 - "$total_tok" "$total_s" $total_raw <<'PY'
+python3 - "$total_tok" "$total_s" $all_raw <<'PY'
 import statistics, sys
 tok, secs, raws = float(sys.argv[1]), float(sys.argv[2]), [float(x) for x in sys.argv[3:]]
-print(f"all rounds: synth {tok / secs:.1f} tokens/s, raw decode {statistics.mean(raws):.1f} (mean of the rounds' medians): ratio {tok / secs / statistics.mean(raws):.2f}")
+print(f"all rounds: synth {tok / secs:.1f} tokens/s, raw decode {statistics.mean(raws):.1f} (mean of {len(raws)} medians, before, between and after the rounds): ratio {tok / secs / statistics.mean(raws):.2f}")
 PY

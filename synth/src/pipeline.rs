@@ -79,7 +79,10 @@ pub struct SynthOptions {
     /// ones started no longer have every turn still to do), at the cost of more kept
     /// conversation caches and of chunks finishing later (more work redone after an
     /// interruption). 0: new dialogues start only when none is ready. Not in `run.json`:
-    /// the outputs do not depend on it.
+    /// it decides only the order requests go out in, and the outputs do not depend on that
+    /// where a reply is a function of its own request alone (the embedded model on the
+    /// CPU with the file's block weights); where requests go in batches whose members can
+    /// change each other's numbers (`--device cuda`, other weights) it may.
     #[serde(skip)]
     pub open_dialogues: usize,
 }
@@ -239,8 +242,8 @@ impl Synthesizer<'_> {
     /// Samples the dialogues of `chunks` (each a chunk number and its plans), all through
     /// one [`ChatBackend::generate_each`]: dialogues advance independently, each turn's
     /// request going out as soon as the dialogue's previous one is answered, while the
-    /// others are still being sampled; dialogues start in plan order as the backend has
-    /// room. Once every dialogue of a chunk is done, `on_chunk` gets the chunk's number and
+    /// others are still being sampled; dialogues start in plan order, as
+    /// [`SynthOptions::open_dialogues`] says. Once every dialogue of a chunk is done, `on_chunk` gets the chunk's number and
     /// output (the training records of the dialogues the gate kept, in plan order, and what
     /// it rejected); chunks may finish in any order. Every request has its own seed, so the
     /// outputs do not depend on that order or on what else was in flight.

@@ -156,9 +156,12 @@ pub struct Args {
     /// of one running alone at the end, at the cost of more kept KV caches
     /// (--session-cache) and of more work redone after an interruption (chunks finish
     /// later). 0: a new dialogue starts only when no open one has a request ready.
-    /// Default: twice --batch with the embedded model; 0 with --endpoint (a server's
-    /// prefix cache, llama.cpp's one prompt per slot, keeps few conversations).
-    /// The outputs do not depend on it.
+    /// Default with the embedded model: twice --batch, at most one per 8 MiB of
+    /// --session-cache per turn (what the default model keeps of a dialogue, so that the
+    /// open ones fit: the dialogue waiting longest is the next to go, and the first the
+    /// cache would drop). With --endpoint: 0 (a server's prefix cache, llama.cpp's one
+    /// prompt per slot, keeps few conversations). Only the order requests go out in
+    /// depends on it, so the outputs do not on the CPU.
     #[arg(long, value_name = "N")]
     pub open_dialogues: Option<usize>,
     /// Format of dialogues.* and masked.*.
@@ -267,10 +270,9 @@ pub fn run(args: Args) -> Result<()> {
             resample_tries: args.resample_tries,
             min_adherence: args.min_adherence,
         },
-        open_dialogues: args.open_dialogues.unwrap_or(match args.backend.endpoint {
-            Some(_) => 0,
-            None => 2 * args.backend.batch,
-        }),
+        open_dialogues: args
+            .open_dialogues
+            .unwrap_or_else(|| default_open_dialogues(&args)),
     };
     let scorer = crate::scoring::EvalScorer::new(&catalog);
     let synth = Synthesizer {
@@ -483,6 +485,18 @@ fn mask_format(args: &Args) -> Result<ChatFormat> {
     // The samples are rendered as the chat model's prompts were.
     args.backend.template_args.apply(&mut format.template)?;
     Ok(format)
+}
+
+/// `--open-dialogues` when not given (see its help): 0 against a server; on the embedded
+/// model twice `--batch`, capped so that the open dialogues' kept caches fit in
+/// `--session-cache` at about 8 MiB per turn each (the default model keeps 23,040 bytes a
+/// position; a turn adds some 350 positions with two candidates).
+fn default_open_dialogues(args: &Args) -> usize {
+    if args.backend.endpoint.is_some() {
+        return 0;
+    }
+    let fit = args.backend.session_cache / (8 * args.turns.max(1));
+    (2 * args.backend.batch).min(fit)
 }
 
 /// Refuses an `--out` folder that holds a user's files rather than a gatt run, and inputs

@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex};
 /// [`Request::conversation`] key is kept after its reply (its prompt and every
 /// candidate's reply tokens), within a memory budget
 /// ([`EmbeddedBackend::set_session_budget`]). The dialogue's next request prefills only
-/// the tokens after the longest prefix of its prompt's token ids that the kept cache
-/// holds: the reply's tokens as sampled are usually that prefix's end, and where the
-/// template re-renders the history otherwise (or the reply text tokenizes differently),
-/// the prefix simply stops there, down to a full prefill. The CPU's inference kernels
+/// the tokens after the longest prefix of its prompt's token ids that a kept cache holds
+/// (its own, or another conversation's where that holds more: a new dialogue's system
+/// prompt and template text): the reply's tokens as sampled are usually that prefix's
+/// end, and where the template re-renders the history otherwise (or the reply text
+/// tokenizes differently), the prefix simply stops there, down to a full prefill. The CPU's inference kernels
 /// compute every position from the tokens up to it alone (`decode_attention.rs`,
 /// `qmatvec.rs`), so the replies are bit for bit those of a full prefill: the cache saves
 /// work and changes nothing, whatever was evicted. Where that does not hold

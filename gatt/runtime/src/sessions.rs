@@ -6,8 +6,9 @@
 //! token ids that one branch shares with it: positions whose tokens are exactly the
 //! prompt's first tokens, and so (see `decode_attention.rs`) exactly the keys and values a
 //! full prefill would compute. The branch may be another conversation's (a new dialogue's
-//! system prompt and template text, held by the dialogues already running). Whatever does not match (a template that re-renders the
-//! history, a reply whose text tokenizes otherwise than it was sampled) is prefilled.
+//! system prompt and template text, held by the dialogues already running). Whatever does
+//! not match (a template that re-renders the history, a reply whose text tokenizes
+//! otherwise than it was sampled) is prefilled.
 
 use crate::llama::SeqKv;
 use std::collections::HashMap;

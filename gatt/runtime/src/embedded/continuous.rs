@@ -193,8 +193,8 @@ impl EmbeddedBackend {
         }
     }
 
-    /// The prompt of `request`, checked and prefilled (from its conversation's kept
-    /// cache where one matches).
+    /// The prompt of `request`, checked and prefilled (from the kept cache, its
+    /// conversation's or another's, that holds the longest prefix of it).
     fn prefill_request(&self, request: &Request) -> Result<Prefilled> {
         let prompt = self.checked_prompt(&request.messages)?;
         let reuse = match &request.conversation {
@@ -330,18 +330,20 @@ impl EmbeddedBackend {
     fn step(&self, batch: &mut Batch, next: &[u32]) -> Result<()> {
         let cache = batch.cache.as_mut().expect("a running batch has its cache");
         let dev = self.model.device();
-        let (tokens, positions) = llama::step_inputs(next, &batch.pad, cache.len(), dev)?;
-        // A row that is done waits in the batch only until the next rebuild, and its
-        // logits are not read: it attends to its new position alone (as if everything
-        // before were padding) instead of its whole context, which was up to a tenth of
-        // the steps' attention in a synthesis job's tail. The others are untouched: a
-        // row's attention reads its own keys and values only.
+        // A row that is done waits in the batch only until the next rebuild or until a
+        // joining row takes its place, and neither its logits nor the keys and values of
+        // this step are read: it runs as a sequence whose every earlier position is
+        // padding, at position 0, attending to its new position alone instead of its
+        // whole context (which was up to a tenth of the steps' attention in a synthesis
+        // job's tail), and never past the rotary table however long the others go on.
+        // The others are untouched: a row's attention reads its own keys and values only.
         let attend_from: Vec<usize> = batch
             .rows
             .iter()
             .zip(&batch.pad)
             .map(|(row, &pad)| if row.done { cache.len() } else { pad })
             .collect();
+        let (tokens, positions) = llama::step_inputs(next, &attend_from, cache.len(), dev)?;
         let logits = self
             .model
             .forward(&tokens, &positions, &attend_from, cache)?;
