@@ -103,20 +103,31 @@ impl ChatBackend for HashJudge {
 /// The run's files and gate counts with `backend` (simulated users, probes, two candidates,
 /// resampling, a judge, several chunks), `open` dialogues open at once.
 fn scheduled_run(backend: &dyn ChatBackend, open: usize) -> (Vec<u8>, String) {
-    let catalog = Catalog::builtin();
-    let users = UserSource::Bank(catalog.user_bank.clone());
     let mut o = opts(Shard::default());
     (o.dialogues, o.turns, o.chunk) = (11, 4, 3);
     o.user_sim = true;
     o.probe_rate = 0.5;
     o.gate.min_adherence = 0.1;
     o.open_dialogues = open;
+    let (records, summary) = run_synth(backend, Some(&HashJudge), o);
+    (records, serde_json::to_string(&summary.gate).unwrap())
+}
+
+/// A whole synthesis run with `backend`, `judge` and `o` (built-in catalog and user bank)
+/// in a temporary folder: the bytes of its dataset, and its summary.
+fn run_synth(
+    backend: &dyn ChatBackend,
+    judge: Option<&dyn ChatBackend>,
+    o: gatt_synth::SynthOptions,
+) -> (Vec<u8>, gatt_synth::run::RunSummary) {
+    let catalog = Catalog::builtin();
+    let users = UserSource::Bank(catalog.user_bank.clone());
     let s = Synthesizer {
         backend,
         catalog: &catalog,
         users: &users,
         scorer: &DefaultScorer,
-        judge: Some(&HashJudge),
+        judge,
         opts: o,
     };
     let dir = tempfile::tempdir().unwrap();
@@ -129,8 +140,7 @@ fn scheduled_run(backend: &dyn ChatBackend, open: usize) -> (Vec<u8>, String) {
         &|_| {},
     )
     .unwrap();
-    let gate = serde_json::to_string(&summary.gate).unwrap();
-    (std::fs::read(&summary.output).unwrap(), gate)
+    (std::fs::read(&summary.output).unwrap(), summary)
 }
 
 /// Scheduling leaks into nothing: requests answered one at a time in order (each alone,
@@ -229,33 +239,13 @@ impl ChatBackend for Noting {
 #[test]
 fn open_dialogues_start_first_and_the_furthest_behind_goes_next() {
     let run = |open: usize| {
-        let catalog = Catalog::builtin();
-        let users = UserSource::Bank(catalog.user_bank.clone());
         let mut o = opts(Shard::default());
         (o.dialogues, o.turns, o.candidates, o.open_dialogues) = (6, 3, 1, open);
         // No language to answer in: the gate keeps every reply.
         o.kinds = vec![gatt::ConstraintKind::Hobby];
         let backend = Noting(Default::default());
-        let s = Synthesizer {
-            backend: &backend,
-            catalog: &catalog,
-            users: &users,
-            scorer: &DefaultScorer,
-            judge: None,
-            opts: o,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let summary = gatt_synth::run::run(
-            &s,
-            dir.path(),
-            false,
-            Format::Jsonl,
-            gatt_synth::run::Provenance::new("scripted"),
-            &|_| {},
-        )
-        .unwrap();
-        let requests = backend.0.into_inner().unwrap();
-        (std::fs::read(&summary.output).unwrap(), requests)
+        let (records, _) = run_synth(&backend, None, o);
+        (records, backend.0.into_inner().unwrap())
     };
     let (all_open, requests) = run(6);
     let first_turns: Vec<usize> = requests[..6].iter().map(|r| r.1).collect();

@@ -217,6 +217,15 @@ fn converse(b: &EmbeddedBackend, turns: usize, n: usize) -> Vec<String> {
     texts
 }
 
+/// The default model, batches of 4, keeping at most `budget` bytes of conversations'
+/// caches.
+fn with_budget(budget: usize) -> EmbeddedBackend {
+    let source = ModelSource::resolve("default").unwrap();
+    let mut b = EmbeddedBackend::load(&source, &candle_core::Device::Cpu, 4).unwrap();
+    b.set_session_budget(budget);
+    b
+}
+
 /// Kept conversation caches change no reply: the same dialogues, seeds and candidates
 /// give the same texts with every prompt prefilled in full (no cache kept) and with each
 /// dialogue's cache kept between turns, and the kept caches did spare most of the prompt
@@ -227,13 +236,10 @@ fn converse(b: &EmbeddedBackend, turns: usize, n: usize) -> Vec<String> {
     ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
 )]
 fn kept_conversation_caches_change_no_reply() {
-    let source = ModelSource::resolve("default").unwrap();
-    let load = |budget| {
-        let mut b = EmbeddedBackend::load(&source, &candle_core::Device::Cpu, 4).unwrap();
-        b.set_session_budget(budget);
-        b
-    };
-    let (full, kept) = (load(0), load(EmbeddedBackend::DEFAULT_SESSION_BUDGET));
+    let (full, kept) = (
+        with_budget(0),
+        with_budget(EmbeddedBackend::DEFAULT_SESSION_BUDGET),
+    );
     let want = converse(&full, 3, 2);
     let got = converse(&kept, 3, 2);
     assert_eq!(want, got);
@@ -245,7 +251,7 @@ fn kept_conversation_caches_change_no_reply() {
     );
     // A budget too small to keep every dialogue: those evicted are prefilled again, with
     // the same replies.
-    let tight = load(300 * 23_040);
+    let tight = with_budget(300 * 23_040);
     assert_eq!(converse(&tight, 3, 2), want);
     let (computed, reused) = tight.prefill_counts();
     assert!(
@@ -263,13 +269,10 @@ fn kept_conversation_caches_change_no_reply() {
     ignore = "needs the default model (about 93 MB, fetched on first use): cargo test --workspace --features model-tests"
 )]
 fn a_new_conversation_reuses_another_ones_common_prefix() {
-    let source = ModelSource::resolve("default").unwrap();
-    let load = |budget| {
-        let mut b = EmbeddedBackend::load(&source, &candle_core::Device::Cpu, 4).unwrap();
-        b.set_session_budget(budget);
-        b
-    };
-    let (full, kept) = (load(0), load(EmbeddedBackend::DEFAULT_SESSION_BUDGET));
+    let (full, kept) = (
+        with_budget(0),
+        with_budget(EmbeddedBackend::DEFAULT_SESSION_BUDGET),
+    );
     let params = SamplingParams {
         max_new_tokens: 16,
         n: 2,
