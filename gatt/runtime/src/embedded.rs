@@ -368,7 +368,7 @@ impl EmbeddedBackend {
         let mut prefilled = Vec::with_capacity(requests.len());
         for (req, prompt) in requests.iter().zip(prompts) {
             let reuse = match &req.conversation {
-                Some(key) if exact => self.lock_sessions().reusable(key, &prompt)?,
+                Some(_) if exact => self.lock_sessions().reusable(&prompt)?,
                 _ => None,
             };
             let p = self.prefill(prompt, reuse)?;

@@ -131,27 +131,23 @@ impl Sessions {
     }
 
     /// The keys and values `prompt` can start from: those of the longest
-    /// [`reusable_len`] over the branches kept, conversation `key`'s and every other's;
+    /// [`reusable_len`] over every branch kept, its own conversation's or another's;
     /// `None` when no position can be reused. Another conversation's branch serves where
     /// it shares more of the prompt, typically a first turn's system prompt and template
     /// text: the same token ids from the start have the same keys and values in any
-    /// conversation (see the module's docs).
-    pub(crate) fn reusable(&self, key: &str, prompt: &[u32]) -> candle_core::Result<Option<SeqKv>> {
-        // The conversation's own branches first, so that a tie goes to them.
-        let own = self.entries.get(key).into_iter();
-        let others = self
+    /// conversation (see the module's docs), so which of equally long branches serves
+    /// changes nothing.
+    pub(crate) fn reusable(&self, prompt: &[u32]) -> candle_core::Result<Option<SeqKv>> {
+        let best = self
             .entries
-            .iter()
-            .filter(|(k, _)| k.as_str() != key)
-            .map(|(_, e)| e);
-        let mut best: Option<(usize, &Branch)> = None;
-        for branch in own.chain(others).flat_map(|e| &e.branches) {
-            let len = reusable_len(&branch.tokens, prompt);
-            if len > best.map_or(0, |(l, _)| l) {
-                best = Some((len, branch));
-            }
+            .values()
+            .flat_map(|e| &e.branches)
+            .map(|b| (reusable_len(&b.tokens, prompt), b))
+            .max_by_key(|(len, _)| *len);
+        match best {
+            Some((len, branch)) if len > 0 => branch.prefix(len).map(Some),
+            _ => Ok(None),
         }
-        best.map(|(len, branch)| branch.prefix(len)).transpose()
     }
 
     /// Keeps `branches` as conversation `key`'s (replacing what it held), then drops the
@@ -259,31 +255,26 @@ mod tests {
         s.keep("a", vec![branch(vec![4, 5]), branch(vec![6, 7, 8])]);
         // Prompt shared by the two branches: 3 + 2 + 3 positions.
         assert_eq!(s.bytes(), 8 * per);
-        let got = s.reusable("a", &[1, 2, 3, 6, 7, 9, 9]).unwrap().unwrap();
+        let got = s.reusable(&[1, 2, 3, 6, 7, 9, 9]).unwrap().unwrap();
         assert_eq!(got.len(), 5);
-        assert!(s.reusable("a", &[5, 5]).unwrap().is_none());
-        // A conversation with nothing kept starts from another's common prefix.
-        assert_eq!(s.reusable("b", &[1, 2, 3, 4]).unwrap().unwrap().len(), 3);
-        assert_eq!(s.reusable("b", &[1, 2, 3, 6, 9]).unwrap().unwrap().len(), 4);
+        assert!(s.reusable(&[5, 5]).unwrap().is_none());
+        // Any prompt starts from what it shares with a kept branch, whichever
+        // conversation it comes from (a new dialogue's first turn included).
+        assert_eq!(s.reusable(&[1, 2, 3, 4]).unwrap().unwrap().len(), 3);
+        assert_eq!(s.reusable(&[1, 2, 3, 6, 9]).unwrap().unwrap().len(), 4);
         s.keep("b", vec![branch(vec![4])]);
-        // Its own branch where it holds more, another's where that holds more.
-        assert_eq!(s.reusable("b", &[1, 2, 3, 4, 5]).unwrap().unwrap().len(), 4);
-        assert_eq!(
-            s.reusable("b", &[1, 2, 3, 4, 5, 6]).unwrap().unwrap().len(),
-            5
-        );
+        // The longest match serves: "b"'s branch here, "a"'s there.
+        assert_eq!(s.reusable(&[1, 2, 3, 4, 5]).unwrap().unwrap().len(), 4);
+        assert_eq!(s.reusable(&[1, 2, 3, 4, 5, 6]).unwrap().unwrap().len(), 5);
         s.set_budget(6 * per);
         // "a" was kept first and is gone: only "b"'s four positions are left.
         assert_eq!(s.bytes(), 4 * per);
-        assert_eq!(
-            s.reusable("a", &[1, 2, 3, 6, 7, 9]).unwrap().unwrap().len(),
-            3
-        );
-        assert_eq!(s.reusable("b", &[1, 2, 3, 4, 5]).unwrap().unwrap().len(), 4);
+        assert_eq!(s.reusable(&[1, 2, 3, 6, 7, 9]).unwrap().unwrap().len(), 3);
+        assert_eq!(s.reusable(&[1, 2, 3, 4, 5]).unwrap().unwrap().len(), 4);
         s.forget("b");
         assert_eq!(s.bytes(), 0);
         s.set_budget(0);
         s.keep("c", vec![branch(vec![4])]);
-        assert!(s.reusable("c", &[1, 2, 3, 4, 5]).unwrap().is_none());
+        assert!(s.reusable(&[1, 2, 3, 4, 5]).unwrap().is_none());
     }
 }

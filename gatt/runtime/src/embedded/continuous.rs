@@ -198,7 +198,7 @@ impl EmbeddedBackend {
     fn prefill_request(&self, request: &Request) -> Result<Prefilled> {
         let prompt = self.checked_prompt(&request.messages)?;
         let reuse = match &request.conversation {
-            Some(key) => self.lock_sessions().reusable(key, &prompt)?,
+            Some(_) => self.lock_sessions().reusable(&prompt)?,
             None => None,
         };
         let p = self
